@@ -1,0 +1,268 @@
+"""HTTP layer: the REST paths the ``google-genai`` client calls, nothing more."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .config import EmulatorConfig
+from .errors import ApiError, invalid
+from .service import Emulator, model_id, rfc3339
+
+DEV_STATES = {"PENDING": "BATCH_STATE_PENDING", "RUNNING": "BATCH_STATE_RUNNING", "SUCCEEDED": "BATCH_STATE_SUCCEEDED",
+              "FAILED": "BATCH_STATE_FAILED", "CANCELLED": "BATCH_STATE_CANCELLED", "EXPIRED": "BATCH_STATE_EXPIRED"}
+VERTEX = "/{version}/projects/{project}/locations/{location}/batchPredictionJobs"
+
+
+def _json(value: Any, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(orjson.dumps(value), status_code=status, media_type="application/json", headers=headers)
+
+
+def _base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+async def _body(request: Request) -> dict:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"Invalid JSON payload received: {exc}") from None
+    if not isinstance(value, dict):
+        raise invalid("Invalid JSON payload received: expected an object.")
+    return value
+
+
+def developer_job_view(em: Emulator, job: dict) -> dict:
+    stats = em.progress(job)
+    total = job["request_count"]
+    pending = 0 if job["state"] in ("SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED") and job["processed"] else total - stats["processed"]
+    metadata: dict[str, Any] = {
+        "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.GenerateContentBatch",
+        "name": job["name"],
+        "model": job["model"],
+        "displayName": job["display_name"],
+        "createTime": rfc3339(job["create_time"]),
+        "updateTime": rfc3339(job["update_time"]),
+        "state": DEV_STATES.get(job["state"], "BATCH_STATE_RUNNING"),
+        "batchStats": {
+            "requestCount": str(total),
+            "successfulRequestCount": str(stats["succeeded"]),
+            "failedRequestCount": str(stats["failed"]),
+            "pendingRequestCount": str(max(pending, 0) if job["state"] not in ("SUCCEEDED",) else 0),
+        },
+        "inputConfig": {"fileName": job["input_file"]} if job.get("input_file") else {"requests": {}},
+    }
+    if job["end_time"]:
+        metadata["endTime"] = rfc3339(job["end_time"])
+    output: dict[str, Any] = {}
+    if job.get("output_file"):
+        output = {"responsesFile": job["output_file"]}
+    elif job.get("inline") and job["state"] in ("SUCCEEDED", "FAILED", "EXPIRED"):
+        output = {"inlinedResponses": {"inlinedResponses": em.inlined_responses(job)}}
+    if output:
+        metadata["output"] = output
+    view: dict[str, Any] = {"name": job["name"], "metadata": metadata, "done": job["state"] in ("SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED")}
+    if job["error"]:
+        view["error"] = job["error"]
+    elif view["done"] and output:
+        view["response"] = {"@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.GenerateContentBatchOutput", **output}
+    return view
+
+
+def vertex_job_view(em: Emulator, job: dict) -> dict:
+    stats = em.progress(job)
+    view: dict[str, Any] = {
+        "name": job["name"],
+        "displayName": job["display_name"],
+        "model": job["model"],
+        "inputConfig": {"instancesFormat": "jsonl", "gcsSource": {"uris": job["input_uris"]}},
+        "outputConfig": {"predictionsFormat": "jsonl", "gcsDestination": {"outputUriPrefix": job["output_prefix"]}},
+        "state": f"JOB_STATE_{job['state']}",
+        "createTime": rfc3339(job["create_time"]),
+        "updateTime": rfc3339(job["update_time"]),
+        "completionStats": {
+            "successfulCount": str(stats["succeeded"]),
+            "failedCount": str(stats["failed"]),
+            "incompleteCount": str(job["request_count"] - stats["processed"]),
+        },
+    }
+    if job["start_time"]:
+        view["startTime"] = rfc3339(job["start_time"])
+    if job["end_time"]:
+        view["endTime"] = rfc3339(job["end_time"])
+    if job.get("output_dir"):
+        view["outputInfo"] = {"gcsOutputDirectory": job["output_dir"]}
+    if job["error"]:
+        view["error"] = {"code": job["error"]["code"], "message": job["error"]["message"]}
+    return view
+
+
+def create_app(config: EmulatorConfig) -> FastAPI:
+    em = Emulator(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        em.start()
+        try:
+            yield
+        finally:
+            em.stop()
+
+    app = FastAPI(title="Gemini Batch API emulator", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.emulator = em
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        headers = {"x-goog-upload-status": "final"} if request.url.path.startswith("/upload/") else None
+        return _json(exc.body(), exc.http_code, headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        return _json(ApiError(exc.status_code, str(exc.detail)).body(), exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
+        return _json(invalid(f"Invalid request: {exc.errors()}").body(), 400)
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next):
+        path = request.url.path
+        if path.startswith(("/v1beta/", "/upload/")) and "upload_id" not in request.query_params:
+            if not (request.headers.get("x-goog-api-key") or request.query_params.get("key")):
+                return _json(ApiError(403, "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.").body(), 403)
+        elif "/batchPredictionJobs" in path and not request.headers.get("authorization", "").lower().startswith("bearer "):
+            return _json(ApiError(401, "Request is missing required authentication credential. Expected OAuth 2 access token.").body(), 401)
+        return await call_next(request)
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    # ------------------------------------------------------------ Files API
+
+    @app.post("/upload/v1beta/files")
+    async def upload(request: Request) -> Response:
+        upload_id = request.query_params.get("upload_id")
+        if upload_id is None:
+            if request.headers.get("x-goog-upload-protocol") != "resumable" or request.headers.get("x-goog-upload-command") != "start":
+                raise invalid("Only the resumable upload protocol is supported: send X-Goog-Upload-Protocol: resumable and X-Goog-Upload-Command: start.")
+            meta = (await _body(request)).get("file") or {}
+            size = int(request.headers.get("x-goog-upload-header-content-length", meta.get("sizeBytes", -1)))
+            mime = request.headers.get("x-goog-upload-header-content-type") or meta.get("mimeType") or ""
+            upload_id = await run_in_threadpool(em.start_upload, meta, size, mime)
+            url = f"{_base_url(request)}/upload/v1beta/files?upload_id={upload_id}&upload_protocol=resumable"
+            return Response(b"", headers={"x-goog-upload-url": url, "x-goog-upload-status": "active", "x-goog-upload-chunk-granularity": "8388608"})
+        command = request.headers.get("x-goog-upload-command", "")
+        offset = int(request.headers.get("x-goog-upload-offset", "0"))
+        target = em.upload_chunk_target(upload_id, offset)
+        received = 0
+        with target.open("ab") as out:
+            async for chunk in request.stream():
+                out.write(chunk)
+                received += len(chunk)
+        record = await run_in_threadpool(em.record_chunk, upload_id, received, "finalize" in command)
+        if record is None:
+            return Response(b"", headers={"x-goog-upload-status": "active"})
+        return _json({"file": em.file_view(record, _base_url(request))}, headers={"x-goog-upload-status": "final"})
+
+    @app.get("/v1beta/files/{file_id}:download")
+    async def download_file(file_id: str) -> Response:
+        path = em.download_path(file_id)
+        return FileResponse(path, media_type="application/octet-stream")
+
+    @app.get("/v1beta/files/{file_id}")
+    async def get_file(file_id: str, request: Request) -> Response:
+        em.inject("get")
+        return _json(em.file_view(em.get_file(file_id), _base_url(request)))
+
+    @app.get("/v1beta/files")
+    async def list_files(request: Request, pageSize: int | None = None, pageToken: str | None = None) -> Response:
+        em.inject("list")
+        files, token = em.list_files(pageSize, pageToken)
+        body: dict[str, Any] = {"files": [em.file_view(f, _base_url(request)) for f in files]}
+        if token:
+            body["nextPageToken"] = token
+        return _json(body)
+
+    @app.delete("/v1beta/files/{file_id}")
+    async def delete_file(file_id: str) -> Response:
+        em.delete_file(file_id)
+        return _json({})
+
+    # ------------------------------------------------------------ Developer API batches
+
+    @app.post("/v1beta/models/{model}:batchGenerateContent")
+    async def create_batch(model: str, request: Request) -> Response:
+        body = await _body(request)
+        job = await run_in_threadpool(em.create_batch, model, body.get("batch"))
+        return _json(developer_job_view(em, job))
+
+    @app.get("/v1beta/batches/{job_id}")
+    async def get_batch(job_id: str) -> Response:
+        em.inject("get")
+        return _json(await run_in_threadpool(developer_job_view, em, em.get_job(job_id, "developer")))
+
+    @app.get("/v1beta/batches")
+    async def list_batches(pageSize: int | None = None, pageToken: str | None = None) -> Response:
+        em.inject("list")
+        jobs, token = em.list_jobs("developer", pageSize, pageToken)
+        body: dict[str, Any] = {"operations": [developer_job_view(em, j) for j in jobs]}
+        if token:
+            body["nextPageToken"] = token
+        return _json(body)
+
+    @app.post("/v1beta/batches/{job_id}:cancel")
+    async def cancel_batch(job_id: str) -> Response:
+        await run_in_threadpool(em.cancel_job, job_id, "developer")
+        return _json({})
+
+    @app.delete("/v1beta/batches/{job_id}")
+    async def delete_batch(job_id: str) -> Response:
+        await run_in_threadpool(em.delete_job, job_id, "developer")
+        return _json({})
+
+    # ------------------------------------------------------------ Vertex AI batch prediction
+
+    @app.post(VERTEX)
+    async def create_vertex(version: str, project: str, location: str, request: Request) -> Response:
+        body = await _body(request)
+        job = await run_in_threadpool(em.create_vertex_job, project, location, body)
+        return _json(vertex_job_view(em, job))
+
+    @app.get(VERTEX + "/{job_id}")
+    async def get_vertex(version: str, project: str, location: str, job_id: str) -> Response:
+        em.inject("get")
+        return _json(vertex_job_view(em, em.get_job(job_id, "vertex")))
+
+    @app.get(VERTEX)
+    async def list_vertex(version: str, project: str, location: str, pageSize: int | None = None, pageToken: str | None = None, filter: str | None = None) -> Response:
+        em.inject("list")
+        parent = f"projects/{project}/locations/{location}/"
+        jobs, token = em.list_jobs("vertex", pageSize, pageToken, filter, parent)
+        body: dict[str, Any] = {"batchPredictionJobs": [vertex_job_view(em, j) for j in jobs]}
+        if token:
+            body["nextPageToken"] = token
+        return _json(body)
+
+    @app.post(VERTEX + "/{job_id}:cancel")
+    async def cancel_vertex(version: str, project: str, location: str, job_id: str) -> Response:
+        await run_in_threadpool(em.cancel_job, job_id, "vertex")
+        return _json({})
+
+    @app.delete(VERTEX + "/{job_id}")
+    async def delete_vertex(version: str, project: str, location: str, job_id: str) -> Response:
+        await run_in_threadpool(em.delete_job, job_id, "vertex")
+        name = f"projects/{project}/locations/{location}/operations/{job_id}"
+        return _json({"name": name, "done": True, "response": {"@type": "type.googleapis.com/google.protobuf.Empty"}})
+
+    return app

@@ -1,0 +1,671 @@
+"""The emulated service: Files API, Developer API batches and Vertex AI
+batch prediction jobs, with a background runner that moves jobs through their
+states on the (scaled) clock."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import datetime as dt
+import hashlib
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+
+from . import responder
+from .config import HOUR, EmulatorConfig, HttpFaultInjector
+from .errors import ApiError, invalid, not_found, precondition, row_status
+from .store import RecordStore, new_id
+
+KNOWN_MODELS = frozenset({
+    "gemini-3.1-pro-preview", "gemini-3-pro-preview", "gemini-3-flash-preview",
+    "gemini-3.1-flash-lite-preview", "gemini-2.5-pro", "gemini-2.5-flash",
+    "gemini-2.5-flash-lite", "gemini-2.0-flash", "gemini-2.0-flash-001",
+    "gemini-2.0-flash-lite", "gemini-2.0-flash-lite-001", "gemini-flash-latest",
+    "gemini-flash-lite-latest", "gemini-pro-latest",
+})
+
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"})
+ROW_ERROR_MESSAGES = {
+    4: "Deadline expired before the request could complete. Please retry.",
+    9: "The request could not be processed in the current system state. Please retry.",
+    13: "An internal error has occurred. Please retry.",
+    429: "Resource has been exhausted (e.g. check quota).",
+}
+_KEY_IN_BROKEN_LINE = re.compile(rb'"key"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_FILE_ID = re.compile(r"^[a-z0-9-]{1,40}$")
+
+
+def rfc3339(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _page(items: list[dict], page_size: int | None, page_token: str | None, default: int, maximum: int) -> tuple[list[dict], str | None]:
+    size = min(max(int(page_size or default), 1), maximum)
+    try:
+        start = int(base64.urlsafe_b64decode(page_token.encode()).decode()) if page_token else 0
+    except (ValueError, UnicodeDecodeError):
+        raise invalid(f"Invalid page token: {page_token!r}") from None
+    page = items[start : start + size]
+    end = start + size
+    token = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(items) else None
+    return page, token
+
+
+def model_id(model: str) -> str:
+    return model.rsplit("/", 1)[-1]
+
+
+class Emulator:
+    """All state and behaviour; the HTTP layer in ``app.py`` only translates."""
+
+    def __init__(self, config: EmulatorConfig):
+        self.config = config
+        self.faults = config.faults
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.files = RecordStore(config.data_dir / "files")
+        self.uploads = RecordStore(config.data_dir / "uploads")
+        self.jobs = RecordStore(config.data_dir / "jobs")
+        self.gcs_cache = config.data_dir / "gcs-cache"
+        self.gcs_cache.mkdir(exist_ok=True)
+        self.http_faults = HttpFaultInjector(config.faults)
+        self._gcs_client = None
+        self._runner = JobRunner(self)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        self._runner.start()
+
+    def stop(self) -> None:
+        self._runner.stop()
+
+    def inject(self, endpoint: str) -> None:
+        code = self.http_faults.error_for(endpoint)
+        if code == 429:
+            raise ApiError(429, "Resource has been exhausted (e.g. check quota).")
+        if code is not None:
+            raise ApiError(code, "The service is currently unavailable." if code == 503 else f"Injected error {code}.")
+
+    def expiry_seconds(self) -> float:
+        return self.config.real_seconds(self.faults.job_expiry_hours * HOUR)
+
+    # ---------------------------------------------------------------- Files API
+
+    def start_upload(self, file_meta: dict, size: int, mime_type: str) -> str:
+        self.inject("upload")
+        if size < 0:
+            raise invalid("X-Goog-Upload-Header-Content-Length is required.")
+        if size > self.faults.max_input_bytes:
+            raise invalid(f"File size {size} bytes exceeds the maximum of {self.faults.max_input_bytes} bytes.")
+        used = sum(int(f["size_bytes"]) for f in self.files.values() if not self._file_expired(f))
+        if used + size > self.faults.files_storage_bytes:
+            raise ApiError(429, f"Files storage quota exceeded: {used} of {self.faults.files_storage_bytes} bytes in use.")
+        if not mime_type:
+            raise invalid("X-Goog-Upload-Header-Content-Type (the file's MIME type) is required.")
+        file_id = None
+        if file_meta.get("name"):
+            file_id = str(file_meta["name"]).removeprefix("files/")
+            if not _FILE_ID.match(file_id):
+                raise invalid(f"Invalid file name {file_meta['name']!r}: use up to 40 lowercase letters, digits or dashes.")
+            if self.files.get(file_id) and not self._file_expired(self.files.get(file_id)):
+                raise ApiError(409, f"File files/{file_id} already exists.")
+        upload_id = new_id(24)
+        self.uploads.put(upload_id, {
+            "file_id": file_id or new_id(),
+            "display_name": file_meta.get("displayName"),
+            "mime_type": mime_type,
+            "size_bytes": size,
+            "received": 0,
+        })
+        self.uploads.blob_path(upload_id, "part").touch()
+        return upload_id
+
+    def upload_chunk_target(self, upload_id: str, offset: int) -> Path:
+        upload = self.uploads.get(upload_id)
+        if upload is None:
+            raise not_found(f"Upload session {upload_id} does not exist or has been finalized.")
+        if offset != upload["received"]:
+            raise invalid(f"Upload offset {offset} does not match the {upload['received']} bytes received so far.")
+        return self.uploads.blob_path(upload_id, "part")
+
+    def record_chunk(self, upload_id: str, nbytes: int, finalize: bool) -> dict | None:
+        upload = self.uploads.update(upload_id, received=self.uploads.get(upload_id)["received"] + nbytes)
+        if upload["received"] > upload["size_bytes"]:
+            self.uploads.delete(upload_id)
+            raise invalid(f"Received {upload['received']} bytes, more than the declared {upload['size_bytes']}.")
+        if not finalize:
+            return None
+        if upload["received"] != upload["size_bytes"]:
+            raise invalid(f"Upload finalized after {upload['received']} of {upload['size_bytes']} declared bytes.")
+        file_id = upload["file_id"]
+        blob = self.files.blob_path(file_id, "bin")
+        os.replace(self.uploads.blob_path(upload_id, "part"), blob)
+        self.uploads.delete(upload_id)
+        return self._add_file(file_id, blob, upload["mime_type"], upload["display_name"], source="UPLOADED")
+
+    def _add_file(self, file_id: str, blob: Path, mime_type: str, display_name: str | None, source: str) -> dict:
+        digest = hashlib.sha256()
+        with blob.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+        now = time.time()
+        processing = 0.0 if source == "GENERATED" else self.config.real_seconds(self.faults.file_processing_seconds)
+        record = {
+            "id": file_id,
+            "display_name": display_name,
+            "mime_type": mime_type,
+            "size_bytes": blob.stat().st_size,
+            "sha256": base64.b64encode(digest.digest()).decode(),
+            "create_time": now,
+            "active_time": now + processing,
+            "expire_time": now + self.config.real_seconds(self.faults.file_ttl_hours * HOUR),
+            "source": source,
+        }
+        self.files.put(file_id, record)
+        return record
+
+    def _file_expired(self, record: dict) -> bool:
+        return time.time() >= record["expire_time"]
+
+    def get_file(self, file_id: str) -> dict:
+        record = self.files.get(file_id)
+        if record is None or self._file_expired(record):
+            raise ApiError(403, f"You do not have permission to access the File {file_id} or it may not exist.")
+        return record
+
+    def list_files(self, page_size: int | None, page_token: str | None) -> tuple[list[dict], str | None]:
+        live = [f for f in self.files.values() if not self._file_expired(f)]
+        live.sort(key=lambda f: f["create_time"], reverse=True)
+        return _page(live, page_size, page_token, default=10, maximum=100)
+
+    def delete_file(self, file_id: str) -> None:
+        self.get_file(file_id)
+        self.files.delete(file_id)
+
+    def download_path(self, file_id: str) -> Path:
+        self.inject("download")
+        record = self.get_file(file_id)
+        if record["source"] != "GENERATED":
+            raise invalid("Only generated files can be downloaded; uploaded files can't be downloaded.")
+        return self.files.blob_path(file_id, "bin")
+
+    def file_view(self, record: dict, base_url: str) -> dict:
+        state = "ACTIVE" if time.time() >= record["active_time"] else "PROCESSING"
+        view = {
+            "name": f"files/{record['id']}",
+            "mimeType": record["mime_type"],
+            "sizeBytes": str(record["size_bytes"]),
+            "createTime": rfc3339(record["create_time"]),
+            "updateTime": rfc3339(max(record["create_time"], min(time.time(), record["active_time"]))),
+            "expirationTime": rfc3339(record["expire_time"]),
+            "sha256Hash": record["sha256"],
+            "uri": f"{base_url}/v1beta/files/{record['id']}",
+            "state": state,
+            "source": record["source"],
+        }
+        if record.get("display_name"):
+            view["displayName"] = record["display_name"]
+        if record["source"] == "GENERATED":
+            view["downloadUri"] = f"{base_url}/v1beta/files/{record['id']}:download?alt=media"
+        return view
+
+    def resolve_file(self, uri: str) -> tuple[Path, str]:
+        """Local path and mime type of a ``fileData.fileUri`` (Files API or gs://)."""
+        if uri.startswith("gs://"):
+            return self._gcs_fetch(uri)
+        match = re.search(r"(?:^|/)files/([a-z0-9-]+)$", uri)
+        if not match:
+            raise responder.RowFailure(3, f"Invalid fileUri {uri!r}: expected a Files API URI or a gs:// URI.")
+        record = self.files.get(match[1])
+        if record is None or self._file_expired(record):
+            raise responder.RowFailure(7, f"You do not have permission to access the File {match[1]} or it may not exist.")
+        if time.time() < record["active_time"]:
+            raise responder.RowFailure(9, f"The File {match[1]} is not in an ACTIVE state and usage is not allowed.")
+        return self.files.blob_path(match[1], "bin"), record["mime_type"]
+
+    # ---------------------------------------------------------------- GCS
+
+    def gcs(self):
+        if not self.config.gcs_endpoint:
+            raise precondition("The emulator was started without --gcs-endpoint; the Vertex AI surface and gs:// URIs need a GCS emulator.")
+        if self._gcs_client is None:
+            from google.auth.credentials import AnonymousCredentials
+            from google.cloud import storage
+
+            self._gcs_client = storage.Client(
+                project="gemini-emulator",
+                credentials=AnonymousCredentials(),
+                client_options={"api_endpoint": self.config.gcs_endpoint},
+            )
+        return self._gcs_client
+
+    @staticmethod
+    def _split_gs(uri: str) -> tuple[str, str]:
+        bucket, _, name = uri.removeprefix("gs://").partition("/")
+        return bucket, name
+
+    def _gcs_fetch(self, uri: str) -> tuple[Path, str]:
+        from google.api_core.exceptions import NotFound
+
+        bucket, name = self._split_gs(uri)
+        try:
+            blob = self.gcs().bucket(bucket).get_blob(name)
+        except ApiError as exc:
+            raise responder.RowFailure(9, exc.message) from None
+        if blob is None:
+            raise responder.RowFailure(3, f"Cannot fetch content from {uri}: the object does not exist.")
+        cached = self.gcs_cache / hashlib.sha256(f"{uri}#{blob.generation}".encode()).hexdigest()
+        if not cached.exists():
+            tmp = cached.with_suffix(f".{threading.get_ident()}.tmp")
+            try:
+                blob.download_to_filename(str(tmp))
+            except NotFound:
+                raise responder.RowFailure(3, f"Cannot fetch content from {uri}: the object does not exist.") from None
+            os.replace(tmp, cached)
+        return cached, blob.content_type or "application/octet-stream"
+
+    # ---------------------------------------------------------------- batches (both surfaces)
+
+    def _check_model(self, model: str, surface: str, project: str = "", location: str = "") -> None:
+        if model_id(model) not in KNOWN_MODELS:
+            if surface == "vertex":
+                raise not_found(f"Publisher Model `projects/{project}/locations/{location}/{model}` was not found or your project does not have access to it.")
+            raise not_found(f"{model} is not found for API version v1beta, or is not supported for batchGenerateContent. Call ListModels to see the list of available models and their supported methods.")
+
+    def _scan_input(self, path: Path, require_key: bool) -> int:
+        """Validate a JSONL input the way the service does before accepting it.
+
+        A line that is not JSON fails only its own row (later); a missing or
+        duplicate key, or an input that is too large, rejects the whole job.
+        """
+        size = path.stat().st_size
+        if size > self.faults.max_input_bytes:
+            raise invalid(f"Input file is {size} bytes; the maximum is {self.faults.max_input_bytes} bytes.")
+        seen: dict[str, int] = {}
+        rows = 0
+        with path.open("rb") as fh:
+            for line_no, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                rows += 1
+                if rows > self.faults.max_requests:
+                    raise invalid(f"Input has more than {self.faults.max_requests} requests.")
+                try:
+                    row = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                key = row.get("key") if isinstance(row, dict) else None
+                if key is None:
+                    if require_key:
+                        raise invalid(f"Line {line_no}: the request has no 'key'; every line needs a unique string 'key'.")
+                    continue
+                if not isinstance(key, str) or not key:
+                    raise invalid(f"Line {line_no}: 'key' must be a non-empty string, got {key!r}.")
+                if key in seen:
+                    raise invalid(f"Line {line_no}: duplicate key {key!r} (first used on line {seen[key]}); keys must be unique within a batch.")
+                seen[key] = line_no
+        if rows == 0:
+            raise invalid("The input contains no requests.")
+        return rows
+
+    def _new_job(self, **fields: Any) -> dict:
+        ordinal = self.jobs.next_ordinal()
+        f = self.faults
+        fate = "normal"
+        if f.chance("stuck", ordinal) < f.stuck_pending_rate:
+            fate = "stuck"
+        elif f.chance("expire", ordinal) < f.job_expire_rate:
+            fate = "expire"
+        elif f.chance("fail", ordinal) < f.job_fail_rate:
+            fate = "fail"
+        now = time.time()
+        job = {
+            "ordinal": ordinal, "fate": fate, "state": "PENDING", "create_time": now,
+            "update_time": now, "start_time": None, "end_time": None, "processed": False,
+            "stats": {"succeeded": 0, "failed": 0, "processed": 0}, "error": None,
+            "cancel_requested": False, **fields,
+        }
+        self.jobs.put(job["id"], job)
+        return job
+
+    def create_batch(self, model: str, batch: dict) -> dict:
+        self.inject("create")
+        self._check_model(model, "developer")
+        if not isinstance(batch, dict):
+            raise invalid("Missing 'batch' in the request body.")
+        source = batch.get("inputConfig") or {}
+        has_file, has_inline = "fileName" in source, "requests" in source
+        if has_file == has_inline:
+            raise invalid("batch.input_config must set exactly one of file_name or requests.")
+        job_id = new_id()
+        input_path = self.jobs.blob_path(job_id, "input.jsonl")
+        if has_file:
+            file_id = str(source["fileName"]).removeprefix("files/")
+            record = self.files.get(file_id)
+            if record is None or self._file_expired(record):
+                raise ApiError(403, f"You do not have permission to access the File {file_id} or it may not exist.")
+            if time.time() < record["active_time"]:
+                raise precondition(f"The File {file_id} is not in an ACTIVE state and usage is not allowed.")
+            try:
+                os.link(self.files.blob_path(file_id, "bin"), input_path)
+            except OSError:
+                shutil.copyfile(self.files.blob_path(file_id, "bin"), input_path)
+        else:
+            requests = (source.get("requests") or {}).get("requests") or []
+            with input_path.open("wb") as out:
+                for item in requests:
+                    out.write(orjson.dumps({"key": (item.get("metadata") or {}).get("key"), "request": item.get("request"), "metadata": item.get("metadata")}))
+                    out.write(b"\n")
+            if input_path.stat().st_size > self.faults.max_inline_bytes:
+                input_path.unlink()
+                raise invalid(f"Inlined requests total more than {self.faults.max_inline_bytes} bytes; upload a JSONL file instead.")
+        try:
+            rows = self._scan_input(input_path, require_key=has_file)
+        except ApiError:
+            input_path.unlink(missing_ok=True)
+            raise
+        return self._new_job(
+            id=job_id, surface="developer", name=f"batches/{job_id}", model=f"models/{model_id(model)}",
+            display_name=batch.get("displayName") or "", request_count=rows,
+            input_file=source.get("fileName"), inline=has_inline,
+        )
+
+    def create_vertex_job(self, project: str, location: str, body: dict) -> dict:
+        self.inject("create")
+        model = str(body.get("model", ""))
+        self._check_model(model, "vertex", project, location)
+        uris = ((body.get("inputConfig") or {}).get("gcsSource") or {}).get("uris") or []
+        prefix = (((body.get("outputConfig") or {}).get("gcsDestination") or {}).get("outputUriPrefix")) or ""
+        if not uris or not all(str(u).startswith("gs://") for u in uris):
+            raise invalid("inputConfig.gcsSource.uris must list gs:// URIs of JSONL files.")
+        if not prefix.startswith("gs://"):
+            raise invalid("outputConfig.gcsDestination.outputUriPrefix must be a gs:// prefix.")
+        job_id = str(secrets.randbelow(9 * 10**18) + 10**18)
+        input_path = self.jobs.blob_path(job_id, "input.jsonl")
+        try:
+            with input_path.open("wb") as out:
+                for uri in uris:
+                    path, _ = self._gcs_fetch(uri)
+                    with path.open("rb") as fh:
+                        shutil.copyfileobj(fh, out, 1 << 20)
+            rows = self._scan_input(input_path, require_key=True)
+        except responder.RowFailure as exc:
+            input_path.unlink(missing_ok=True)
+            raise invalid(exc.status["message"]) from None
+        except ApiError:
+            input_path.unlink(missing_ok=True)
+            raise
+        return self._new_job(
+            id=job_id, surface="vertex", name=f"projects/{project}/locations/{location}/batchPredictionJobs/{job_id}",
+            model=model, display_name=body.get("displayName") or "", request_count=rows,
+            input_uris=list(uris), output_prefix=prefix,
+        )
+
+    def get_job(self, job_id: str, surface: str) -> dict:
+        job = self.jobs.get(job_id)
+        if job is None or job["surface"] != surface:
+            raise not_found("Requested entity was not found." if surface == "developer" else f"The BatchPredictionJob {job_id} does not exist.")
+        return job
+
+    def list_jobs(self, surface: str, page_size: int | None, page_token: str | None, filter_: str | None = None, parent: str = "") -> tuple[list[dict], str | None]:
+        jobs = [j for j in self.jobs.values() if j["surface"] == surface and j["name"].startswith(parent)]
+        for clause in filter(None, (c.strip() for c in (filter_ or "").split(" AND "))):
+            match = re.fullmatch(r'(display_name|state)\s*=\s*"?([^"]*)"?', clause)
+            if not match:
+                raise invalid(f"Unsupported filter {clause!r}; use display_name=\"...\" or state=JOB_STATE_...")
+            field, value = match.groups()
+            if field == "display_name":
+                jobs = [j for j in jobs if j["display_name"] == value]
+            else:
+                jobs = [j for j in jobs if f"JOB_STATE_{j['state']}" == value]
+        jobs.sort(key=lambda j: j["create_time"], reverse=True)
+        return _page(jobs, page_size, page_token, default=50 if surface == "developer" else 100, maximum=1000)
+
+    def cancel_job(self, job_id: str, surface: str) -> None:
+        self.inject("cancel")
+        job = self.get_job(job_id, surface)
+        if job["state"] in TERMINAL:
+            raise precondition(f"The batch job {job['name']} is already in a terminal state ({job['state']}) and cannot be cancelled.")
+        self.jobs.update(job_id, cancel_requested=True, update_time=time.time())
+        self._runner.wake()
+
+    def delete_job(self, job_id: str, surface: str) -> None:
+        self.inject("delete")
+        job = self.get_job(job_id, surface)
+        if surface == "vertex" and job["state"] not in TERMINAL:
+            raise precondition(f"The BatchPredictionJob {job['name']} is in state JOB_STATE_{job['state']}; cancel it before deleting it.")
+        self._runner.forget(job_id)
+        self.jobs.delete(job_id)
+
+    def progress(self, job: dict) -> dict:
+        return self._runner.progress(job)
+
+    def inlined_responses(self, job: dict) -> list[dict]:
+        path = self.jobs.blob_path(job["id"], "output.jsonl")
+        if not path.exists():
+            return []
+        with path.open("rb") as fh:
+            return [orjson.loads(line) for line in fh if line.strip()]
+
+    # ---------------------------------------------------------------- row processing
+
+    def answer_row(self, line: bytes, line_no: int, job: dict) -> dict | None:
+        """The output row for one input line, or None when the row goes missing."""
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            match = _KEY_IN_BROKEN_LINE.search(line)
+            key = match[1].decode("utf-8", "replace") if match else None
+            out = self._row_error(job, key, None, None, row_status(3, f"Line {line_no} is not valid JSON: {exc}"))
+            return out
+        key = row.get("key") if isinstance(row, dict) else None
+        metadata = row.get("metadata") if isinstance(row, dict) else None
+        request = row.get("request") if isinstance(row, dict) else None
+        identity = key if key is not None else f"line-{line_no}"
+        f = self.faults
+        if f.chance("missing", identity) < f.missing_rate:
+            return None
+        if f.chance("row_error", identity) < f.row_error_rate:
+            code = f.pick(f.row_error_codes, "row_error", identity)
+            return self._row_error(job, key, metadata, request, row_status(code, ROW_ERROR_MESSAGES.get(code, f"Error {code}.")))
+        if request is None:
+            return self._row_error(job, key, metadata, None, row_status(3, f"Line {line_no} has no 'request' field."))
+        try:
+            response = responder.answer(request, identity, model_id(job["model"]), self.resolve_file, f)
+        except responder.RowFailure as exc:
+            return self._row_error(job, key, metadata, request, exc.status)
+        if job["surface"] == "vertex":
+            return {"key": key, "request": request, "status": "", "response": response, "processed_time": rfc3339(time.time())}
+        if job.get("inline"):
+            return {"response": response, "metadata": metadata}
+        return {"key": key, "response": response}
+
+    @staticmethod
+    def _row_error(job: dict, key: str | None, metadata: Any, request: Any, status: dict) -> dict:
+        if job["surface"] == "vertex":
+            row = {"key": key, "request": request, "status": f"{status['status']}: {status['message']}", "processed_time": rfc3339(time.time())}
+        elif job.get("inline"):
+            row = {"error": status, "metadata": metadata}
+        else:
+            row = {"key": key, "error": status}
+        return {k: v for k, v in row.items() if v is not None or k == "status"}
+
+    def publish_output(self, job: dict) -> dict:
+        """Make a job's (possibly partial) output visible where the service puts it."""
+        tmp = self.jobs.blob_path(job["id"], "output.tmp")
+        if not tmp.exists():
+            return {}
+        if job["surface"] == "vertex":
+            stamp = dt.datetime.fromtimestamp(job["create_time"], dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            bucket, prefix = self._split_gs(job["output_prefix"].rstrip("/"))
+            directory = f"{prefix}/prediction-model-{stamp}".lstrip("/")
+            self.gcs().bucket(bucket).blob(f"{directory}/predictions.jsonl").upload_from_filename(str(tmp), content_type="application/jsonl")
+            tmp.unlink()
+            return {"output_dir": f"gs://{bucket}/{directory}"}
+        if job.get("inline"):
+            os.replace(tmp, self.jobs.blob_path(job["id"], "output.jsonl"))
+            return {}
+        file_id = f"batch-{job['id']}"
+        blob = self.files.blob_path(file_id, "bin")
+        os.replace(tmp, blob)
+        self._add_file(file_id, blob, "application/jsonl", f"Responses of {job['name']}", source="GENERATED")
+        return {"output_file": f"files/{file_id}"}
+
+    def iter_input(self, job: dict) -> Iterator[tuple[int, bytes]]:
+        with self.jobs.blob_path(job["id"], "input.jsonl").open("rb") as fh:
+            for line_no, line in enumerate(fh, 1):
+                if line.strip():
+                    yield line_no, line
+
+
+class JobRunner:
+    """Moves jobs through their states; one worker thread per job being processed."""
+
+    TICK = 0.05
+
+    def __init__(self, emulator: Emulator):
+        self.em = emulator
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="job")
+        self._active: dict[str, concurrent.futures.Future] = {}
+        self._stop_flags: dict[str, threading.Event] = {}
+        self._progress: dict[str, dict] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        for flag in list(self._stop_flags.values()):
+            flag.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def forget(self, job_id: str) -> None:
+        flag = self._stop_flags.get(job_id)
+        if flag:
+            flag.set()
+        future = self._active.get(job_id)
+        if future:
+            future.result(timeout=30)
+
+    def progress(self, job: dict) -> dict:
+        with self._lock:
+            live = self._progress.get(job["id"])
+            return dict(live) if live else dict(job["stats"])
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            for job in self.em.jobs.values():
+                if job["state"] not in TERMINAL:
+                    try:
+                        self._advance(job)
+                    except Exception as exc:  # noqa: BLE001 - one broken job must not stop the others
+                        self._finish(job, "FAILED", error=row_status(13, f"Emulator error: {exc}"))
+            self._wake.wait(self.TICK)
+            self._wake.clear()
+
+    def _advance(self, job: dict) -> None:
+        cfg, f = self.em.config, self.em.faults
+        now = time.time()
+        future = self._active.get(job["id"])
+        running = future is not None and not future.done()
+        if job["cancel_requested"]:
+            if running:
+                self._stop_flags[job["id"]].set()
+                if job["surface"] == "vertex" and job["state"] != "CANCELLING":
+                    self.em.jobs.update(job["id"], state="CANCELLING", update_time=now)
+                return
+            self.em.jobs.blob_path(job["id"], "output.tmp").unlink(missing_ok=True)
+            self._finish(job, "CANCELLED")
+            return
+        if now >= job["create_time"] + self.em.expiry_seconds():
+            if running:
+                self._stop_flags[job["id"]].set()
+                return
+            self._finish(job, "EXPIRED", output=self.em.publish_output(job) if job["processed"] else {})
+            return
+        if job["state"] == "PENDING":
+            if job["fate"] != "stuck" and now >= job["create_time"] + cfg.real_seconds(f.pending_seconds):
+                job = self.em.jobs.update(job["id"], state="RUNNING", start_time=now, update_time=now)
+                self._launch(job)
+            return
+        if not job["processed"]:
+            if not running and not self._stopping.is_set():
+                self._launch(job)  # e.g. after a restart of the emulator
+            return
+        if job["fate"] == "expire":
+            return  # stalls until the expiry deadline
+        min_run = cfg.real_seconds(f.running_seconds + f.row_seconds * job["request_count"])
+        if now < job["start_time"] + min_run:
+            return
+        if job["fate"] == "fail":
+            error = row_status(13, "Batch job failed: an internal error occurred while processing the batch.")
+            self._finish(job, "FAILED", output=self.em.publish_output(job), error=error)
+        else:
+            self._finish(job, "SUCCEEDED", output=self.em.publish_output(job))
+
+    def _launch(self, job: dict) -> None:
+        flag = threading.Event()
+        self._stop_flags[job["id"]] = flag
+        self._active[job["id"]] = self._pool.submit(self._process, job, flag)
+
+    def _process(self, job: dict, stop: threading.Event) -> None:
+        """Answer every row in order into ``output.tmp``; a restart starts over."""
+        em, f = self.em, self.em.faults
+        stats = {"succeeded": 0, "failed": 0, "processed": 0}
+        with self._lock:
+            self._progress[job["id"]] = stats
+        limit = job["request_count"]
+        if job["fate"] in ("fail", "expire"):
+            limit = int(job["request_count"] * f.partial_fraction)
+        row_delay = em.config.real_seconds(f.row_seconds)
+        tmp = em.jobs.blob_path(job["id"], "output.tmp")
+        try:
+            with tmp.open("wb") as out:
+                for line_no, line in em.iter_input(job):
+                    if stats["processed"] >= limit or stop.is_set():
+                        break
+                    row = em.answer_row(line, line_no, job)
+                    ok = row is None or ("response" in row)
+                    if row is not None:
+                        out.write(orjson.dumps(row))
+                        out.write(b"\n")
+                    with self._lock:
+                        stats["processed"] += 1
+                        stats["succeeded" if ok else "failed"] += 1
+                    if row_delay:
+                        stop.wait(row_delay)
+            if stop.is_set() and self._stopping.is_set():
+                return  # shutting down: leave the job RUNNING for the next start
+            if em.jobs.get(job["id"]) is not None:
+                em.jobs.update(job["id"], processed=True, stats=dict(stats), update_time=time.time())
+        finally:
+            with self._lock:
+                self._progress.pop(job["id"], None)
+            self._wake.set()
+
+    def _finish(self, job: dict, state: str, output: dict | None = None, error: dict | None = None) -> None:
+        now = time.time()
+        self.em.jobs.update(job["id"], state=state, end_time=now, update_time=now, error=error, **(output or {}))
+        self._active.pop(job["id"], None)
+        self._stop_flags.pop(job["id"], None)

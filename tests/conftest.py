@@ -1,0 +1,74 @@
+"""Shared fixtures: real emulator processes on free loopback ports, and the
+real google-genai / google-cloud-storage clients pointed at them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
+
+from gemini_emulator.testing import gcs_emulator, gemini_emulator  # noqa: E402
+
+
+def developer_client(url: str):
+    from google import genai
+    from google.genai import types
+
+    return genai.Client(api_key="test-key", http_options=types.HttpOptions(base_url=url))
+
+
+def vertex_client(url: str, project: str = "test-project", location: str = "us-central1"):
+    from google import genai
+    from google.genai import types
+    from google.oauth2.credentials import Credentials
+
+    return genai.Client(
+        vertexai=True, project=project, location=location,
+        credentials=Credentials(token="test-token"),
+        http_options=types.HttpOptions(base_url=url),
+    )
+
+
+def storage_client(url: str):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    return storage.Client(project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": url})
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+    """One gcp-storage-emulator for the session, with the bucket ``test-bucket``."""
+    with gcs_emulator(tmp_path_factory.mktemp("gcs"), bucket="test-bucket") as server:
+        yield server
+
+
+@pytest.fixture
+def start_emulator(tmp_path):
+    """Factory: start a Gemini emulator; every one started is stopped after the test."""
+    started = []
+
+    def start(**kwargs):
+        data_dir = kwargs.pop("data_dir", None) or tmp_path / f"emulator-{len(started)}"
+        server = gemini_emulator(data_dir, **kwargs).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def emulator(start_emulator):
+    """A fast emulator: an emulated hour passes in a second."""
+    return start_emulator(time_scale=3600)
+
+
+@pytest.fixture
+def client(emulator):
+    return developer_client(emulator.url)
