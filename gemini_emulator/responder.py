@@ -62,21 +62,26 @@ FileResolver = Callable[[str], tuple[Path, str]]
 """Maps a ``fileData.fileUri`` to a local path and mime type, or raises RowFailure."""
 
 
-@functools.lru_cache(maxsize=512)
-def _read_pdf(path: str, size: int, mtime: float) -> Document:
+def _pdf_document(source: str | io.BytesIO) -> Document:
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
     try:
-        reader = PdfReader(path)
+        reader = PdfReader(source)
         if reader.is_encrypted:
-            raise RowFailure(3, "The document has no pages: the PDF is encrypted.")
+            raise RowFailure(3, "Unable to process input PDF: the document is encrypted (password protected).")
         texts = [(page.extract_text() or "") for page in reader.pages]
     except (PdfReadError, ValueError, KeyError, OSError) as exc:
         raise RowFailure(3, f"Unable to process input PDF: {exc}") from None
     if not texts:
-        raise RowFailure(3, "The document has no pages.")
+        raise RowFailure(3, "Unable to process input PDF: the document has no pages.")
     return Document(text="\n".join(texts), pages=len(texts))
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_pdf(path: str, size: int, mtime: float) -> Document:
+    """PDFs referenced by many rows (or re-read after a restart) are parsed once."""
+    return _pdf_document(path)
 
 
 def read_document(data: bytes | Path, mime_type: str) -> Document:
@@ -84,22 +89,12 @@ def read_document(data: bytes | Path, mime_type: str) -> Document:
     if mime_type == "application/pdf":
         if isinstance(data, Path):
             stat = data.stat()
-            return _read_pdf(str(data), stat.st_size, stat.st_mtime)
-        from pypdf import PdfReader
-        from pypdf.errors import PdfReadError
-
-        try:
-            reader = PdfReader(io.BytesIO(data))
-            texts = [(page.extract_text() or "") for page in reader.pages]
-        except (PdfReadError, ValueError, KeyError, OSError) as exc:
-            raise RowFailure(3, f"Unable to process input PDF: {exc}") from None
-        if not texts:
-            raise RowFailure(3, "The document has no pages.")
-        return Document(text="\n".join(texts), pages=len(texts))
-    raw = data.read_bytes() if isinstance(data, Path) else data
+            return _cached_pdf(str(data), stat.st_size, stat.st_mtime)
+        return _pdf_document(io.BytesIO(data))
     if mime_type.startswith("image/"):
         return Document(text="", images=1)
     if mime_type.startswith("text/") or mime_type in ("application/json", "application/jsonl"):
+        raw = data.read_bytes() if isinstance(data, Path) else data
         return Document(text=raw.decode("utf-8", errors="replace"))
     raise RowFailure(3, f"Unsupported MIME type: {mime_type}")
 
@@ -276,7 +271,7 @@ _DATE_PATTERNS = [
     (re.compile(rf"\b(\d{{1,2}})\s+({_MONTH_RE})\.?,?\s+(\d{{4}})\b", re.I), lambda m: (m[3], _MONTHS[m[2].lower()], m[1])),
     (re.compile(rf"\b({_MONTH_RE})\.?\s+(\d{{1,2}}),?\s+(\d{{4}})\b", re.I), lambda m: (m[3], _MONTHS[m[1].lower()], m[2])),
 ]
-_NUMBER_RE = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?")
+_NUMBER_RE = re.compile(r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?")
 _LABEL_RE = re.compile(r"^\s*([A-Za-z][\w /#().&-]{0,60}?)\s*[:=]\s*(.+?)\s*$")
 _BULLET_RE = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+(.+?)\s*$")
 _EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")

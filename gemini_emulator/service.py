@@ -340,7 +340,7 @@ class Emulator:
 
     def create_batch(self, model: str, batch: dict) -> dict:
         self.inject("create")
-        self._check_model(model, "developer")
+        self._check_model(f"models/{model_id(model)}", "developer")
         if not isinstance(batch, dict):
             raise invalid("Missing 'batch' in the request body.")
         source = batch.get("inputConfig") or {}
