@@ -10,7 +10,7 @@ from pathlib import Path
 from .config import EmulatorConfig, Faults
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gemini_emulator", description="Local emulator of the Gemini Batch API (Developer API and Vertex AI).")
     parser.add_argument("--port", type=int, required=True, help="TCP port to listen on")
     parser.add_argument("--data-dir", type=Path, required=True, help="where files, jobs and outputs persist across restarts")
@@ -19,6 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-scale", type=float, default=1.0, help="emulated seconds per real second (3600: an hour passes in a second)")
     parser.add_argument("--faults", help="fault plan: a JSON object or a path to a JSON file (see README)")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.time_scale <= 0:
         parser.error("--time-scale must be positive")

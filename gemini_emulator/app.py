@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .config import EmulatorConfig
 from .errors import ApiError, invalid
-from .service import Emulator, model_id, rfc3339
+from .service import TERMINAL, Emulator, rfc3339
 
 DEV_STATES = {"PENDING": "BATCH_STATE_PENDING", "RUNNING": "BATCH_STATE_RUNNING", "SUCCEEDED": "BATCH_STATE_SUCCEEDED",
               "FAILED": "BATCH_STATE_FAILED", "CANCELLED": "BATCH_STATE_CANCELLED", "EXPIRED": "BATCH_STATE_EXPIRED"}
@@ -45,7 +45,6 @@ async def _body(request: Request) -> dict:
 def developer_job_view(em: Emulator, job: dict) -> dict:
     stats = em.progress(job)
     total = job["request_count"]
-    pending = 0 if job["state"] in ("SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED") and job["processed"] else total - stats["processed"]
     metadata: dict[str, Any] = {
         "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.GenerateContentBatch",
         "name": job["name"],
@@ -58,7 +57,7 @@ def developer_job_view(em: Emulator, job: dict) -> dict:
             "requestCount": str(total),
             "successfulRequestCount": str(stats["succeeded"]),
             "failedRequestCount": str(stats["failed"]),
-            "pendingRequestCount": str(max(pending, 0) if job["state"] not in ("SUCCEEDED",) else 0),
+            "pendingRequestCount": str(total - stats["processed"]),
         },
         "inputConfig": {"fileName": job["input_file"]} if job.get("input_file") else {"requests": {}},
     }
@@ -71,7 +70,7 @@ def developer_job_view(em: Emulator, job: dict) -> dict:
         output = {"inlinedResponses": {"inlinedResponses": em.inlined_responses(job)}}
     if output:
         metadata["output"] = output
-    view: dict[str, Any] = {"name": job["name"], "metadata": metadata, "done": job["state"] in ("SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED")}
+    view: dict[str, Any] = {"name": job["name"], "metadata": metadata, "done": job["state"] in TERMINAL}
     if job["error"]:
         view["error"] = job["error"]
     elif view["done"] and output:
