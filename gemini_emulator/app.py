@@ -181,12 +181,12 @@ def create_app(config: EmulatorConfig) -> FastAPI:
 
     @app.get("/v1beta/files/{file_id}")
     async def get_file(file_id: str, request: Request) -> Response:
-        em.inject("get")
+        em.inject("file_get")
         return _json(em.file_view(em.get_file(file_id), _base_url(request)))
 
     @app.get("/v1beta/files")
     async def list_files(request: Request, pageSize: int | None = None, pageToken: str | None = None) -> Response:
-        em.inject("list")
+        em.inject("file_list")
         files, token = em.list_files(pageSize, pageToken)
         body: dict[str, Any] = {"files": [em.file_view(f, _base_url(request)) for f in files]}
         if token:

@@ -32,7 +32,7 @@ STATUS_NAMES = {
     503: "UNAVAILABLE",
 }
 
-HTTP_ENDPOINTS = ("create", "get", "list", "cancel", "delete", "upload", "download")
+HTTP_ENDPOINTS = ("create", "get", "list", "cancel", "delete", "upload", "download", "file_get", "file_list")
 
 
 @dataclasses.dataclass
@@ -111,6 +111,12 @@ class Faults:
         for endpoint, fault in (values.get("http") or {}).items():
             if endpoint not in HTTP_ENDPOINTS:
                 raise ValueError(f"--faults: unknown endpoint {endpoint!r}; known: {HTTP_ENDPOINTS}")
+            if not isinstance(fault, dict):
+                raise ValueError(f"--faults: http.{endpoint} must be an object with rate, burst and codes; got {fault!r}")
+            allowed = {f.name for f in dataclasses.fields(HttpFault)}
+            bad = sorted(set(fault) - allowed)
+            if bad:
+                raise ValueError(f"--faults: unknown setting(s) {bad} in http.{endpoint}; known: {sorted(allowed)}")
             fault = dict(fault)
             if "codes" in fault:
                 fault["codes"] = tuple(int(c) for c in fault["codes"])
