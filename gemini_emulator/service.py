@@ -61,6 +61,12 @@ def _page(items: list[dict], page_size: int | None, page_token: str | None, defa
     return page, token
 
 
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) == b"\n"
+
+
 def model_id(model: str) -> str:
     return model.rsplit("/", 1)[-1]
 
@@ -390,6 +396,7 @@ class Emulator:
             raise invalid("inputConfig.gcsSource.uris must list gs:// URIs of JSONL files.")
         if not prefix.startswith("gs://"):
             raise invalid("outputConfig.gcsDestination.outputUriPrefix must be a gs:// prefix.")
+        self.gcs()  # without a GCS emulator: 400 FAILED_PRECONDITION before anything else
         job_id = str(secrets.randbelow(9 * 10**18) + 10**18)
         input_path = self.jobs.blob_path(job_id, "input.jsonl")
         try:
@@ -398,6 +405,8 @@ class Emulator:
                     path, _ = self._gcs_fetch(uri)
                     with path.open("rb") as fh:
                         shutil.copyfileobj(fh, out, 1 << 20)
+                    if path.stat().st_size and not _ends_with_newline(path):
+                        out.write(b"\n")  # each file is its own JSONL: never join two files' lines
             rows = self._scan_input(input_path, require_key=True)
         except responder.RowFailure as exc:
             input_path.unlink(missing_ok=True)
@@ -589,6 +598,11 @@ class JobRunner:
         now = time.time()
         future = self._active.get(job["id"])
         running = future is not None and not future.done()
+        # The loop's snapshot may predate a worker that has since finished and
+        # persisted processed=True: decide on the record as it is now.
+        job = self.em.jobs.get(job["id"])
+        if job is None or job["state"] in TERMINAL:
+            return
         if job["cancel_requested"]:
             if running:
                 self._stop_flags[job["id"]].set()
