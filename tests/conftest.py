@@ -3,6 +3,7 @@ real google-genai / google-cloud-storage clients pointed at them."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
+
+# gcsfs probes bucket layouts over a gRPC API no emulator serves (see gemini_batch.locations).
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 from gemini_emulator.testing import gcs_emulator, gemini_emulator  # noqa: E402
 
@@ -45,6 +49,20 @@ def gcs(tmp_path_factory):
     """One gcp-storage-emulator for the session, with the bucket ``test-bucket``."""
     with gcs_emulator(tmp_path_factory.mktemp("gcs"), bucket="test-bucket") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def gcs_root(gcs):
+    """``gs://test-bucket`` as an ObjectStoragePath served by the session's GCS emulator.
+
+    gcsfs (under ObjectStoragePath) finds the emulator through STORAGE_EMULATOR_HOST,
+    set for the whole session; every other client here names its endpoint explicitly.
+    """
+    os.environ["STORAGE_EMULATOR_HOST"] = gcs.url
+    from airflow.sdk import ObjectStoragePath
+
+    yield ObjectStoragePath("gs://test-bucket", conn_id=None)
+    os.environ.pop("STORAGE_EMULATOR_HOST", None)
 
 
 @pytest.fixture

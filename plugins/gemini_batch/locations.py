@@ -1,0 +1,35 @@
+"""One path type for local folders and ``gs://`` prefixes.
+
+Everything that reads sources or writes run artefacts takes an Airflow
+``ObjectStoragePath`` so the same code serves a laptop folder and a bucket.
+"""
+
+from __future__ import annotations
+
+import os
+
+if os.environ.get("STORAGE_EMULATOR_HOST"):
+    # gcsfs probes the bucket layout through the Storage Control gRPC API, which
+    # no emulator serves; each probe fails with a warning. Off for emulators only.
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+from airflow.sdk import ObjectStoragePath  # noqa: E402
+
+
+def as_path(location: str | os.PathLike | ObjectStoragePath, conn_id: str | None = None) -> ObjectStoragePath:
+    """``gs://bucket/prefix`` or a local path (absolute or relative) as an ObjectStoragePath."""
+    if isinstance(location, ObjectStoragePath):
+        return location
+    text = os.fspath(location)
+    if "://" in text:
+        return ObjectStoragePath(text, conn_id=conn_id)
+    return ObjectStoragePath(f"file://{os.path.abspath(text)}")
+
+
+def is_gcs(path: ObjectStoragePath) -> bool:
+    return path.protocol in ("gs", "gcs")
+
+
+def uri_of(path: ObjectStoragePath) -> str:
+    """The address users recognise: ``gs://bucket/name`` or a plain local path."""
+    return str(path) if is_gcs(path) else path.path
