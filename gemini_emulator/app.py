@@ -29,6 +29,11 @@ def _base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(word.title() for word in rest)
+
+
 async def _body(request: Request) -> dict:
     raw = await request.body()
     if not raw:
@@ -155,7 +160,8 @@ def create_app(config: EmulatorConfig) -> FastAPI:
         if upload_id is None:
             if request.headers.get("x-goog-upload-protocol") != "resumable" or request.headers.get("x-goog-upload-command") != "start":
                 raise invalid("Only the resumable upload protocol is supported: send X-Goog-Upload-Protocol: resumable and X-Goog-Upload-Command: start.")
-            meta = (await _body(request)).get("file") or {}
+            # Proto JSON accepts snake_case and camelCase field names; the SDK sends snake_case here.
+            meta = {_camel(k): v for k, v in ((await _body(request)).get("file") or {}).items()}
             size = int(request.headers.get("x-goog-upload-header-content-length", meta.get("sizeBytes", -1)))
             mime = request.headers.get("x-goog-upload-header-content-type") or meta.get("mimeType") or ""
             upload_id = await run_in_threadpool(em.start_upload, meta, size, mime)

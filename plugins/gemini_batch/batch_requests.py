@@ -1,0 +1,236 @@
+"""Batch request rows in the REST form, and the JSONL shards that carry them.
+
+A row is ``{"key": ..., "request": <GenerateContentRequest>}`` in camelCase
+with options under ``generationConfig``: the SDK's flat snake_case config is
+not what the batch service reads from a file. Shards stay under the per-job
+limits so each one can be submitted as its own job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import IO
+
+import orjson
+from airflow.sdk import ObjectStoragePath
+
+from gemini_batch.keys import normalize_model
+from gemini_batch.locations import as_path, uri_of
+
+THINKING_SETTINGS = ("low", "model-default")
+GEMINI_2_5_PRO_MIN_THINKING_BUDGET = 128  # it cannot switch thinking off
+_GEMINI_MAJOR = re.compile(r"gemini-(\d+)")
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """What every row of a run shares."""
+
+    model: str
+    prompt: str
+    response_schema: dict | None = None
+    thinking: str = "low"  # "low" (extraction default) or "model-default" (send no thinkingConfig)
+    max_output_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.prompt.strip():
+            raise ValueError("prompt is empty")
+        normalize_model(self.model)
+        if self.response_schema is not None and not isinstance(self.response_schema, dict):
+            raise ValueError(f"response_schema must be a JSON object or None, got {type(self.response_schema).__name__}")
+        if self.thinking not in THINKING_SETTINGS:
+            raise ValueError(f"thinking must be one of {', '.join(THINKING_SETTINGS)}, got {self.thinking!r}")
+        if self.max_output_tokens is not None and self.max_output_tokens < 1:
+            raise ValueError(f"max_output_tokens must be positive, got {self.max_output_tokens}")
+
+    def key_options(self) -> dict:
+        """The settings besides prompt, model and schema that change the answer (part of the request key)."""
+        return {"thinking": self.thinking, "max_output_tokens": self.max_output_tokens}
+
+
+def thinking_config(spec: RequestSpec) -> dict | None:
+    """The least thinking each model family allows, for "low"; None sends no thinkingConfig.
+
+    Gemini 3 takes a level; 2.5 takes a token budget (Pro's floor is 128,
+    Flash can go to 0); 2.0 does not think. The ``-latest`` aliases move
+    between generations, so they get a budget, which both generations accept.
+    """
+    if spec.thinking == "model-default":
+        return None
+    model = normalize_model(spec.model)
+    if model == "gemini-pro-latest" or model.startswith("gemini-2.5-pro"):
+        return {"thinkingBudget": GEMINI_2_5_PRO_MIN_THINKING_BUDGET}
+    if model.endswith("-latest") or model.startswith("gemini-2.5"):
+        return {"thinkingBudget": 0}
+    major = _GEMINI_MAJOR.match(model)
+    if major and int(major[1]) >= 3:
+        return {"thinkingLevel": "low"}
+    return None
+
+
+def generation_config(spec: RequestSpec) -> dict:
+    """``generationConfig`` in REST form: always JSON out; no sampling settings (Gemini 3 must not get them)."""
+    config: dict = {"responseMimeType": "application/json"}
+    if spec.response_schema is not None:
+        config["responseJsonSchema"] = spec.response_schema
+    thinking = thinking_config(spec)
+    if thinking is not None:
+        config["thinkingConfig"] = thinking
+    if spec.max_output_tokens is not None:
+        config["maxOutputTokens"] = spec.max_output_tokens
+    return config
+
+
+def build_row(
+    key: str, spec: RequestSpec, *, file_uri: str | None = None, mime_type: str | None = None, text: str | None = None,
+) -> dict:
+    """One JSONL row: the prompt first, then the document as a file reference or as inline text."""
+    if (file_uri is None) == (text is None):
+        raise ValueError(f"row {key}: give exactly one of file_uri or text")
+    if file_uri is not None:
+        if not mime_type:
+            raise ValueError(f"row {key}: file_uri {file_uri} needs a mime_type")
+        document = {"fileData": {"fileUri": file_uri, "mimeType": mime_type}}
+    else:
+        document = {"text": text}
+    return {
+        "key": key,
+        "request": {
+            "contents": [{"role": "user", "parts": [{"text": spec.prompt}, document]}],
+            "generationConfig": generation_config(spec),
+        },
+    }
+
+
+@dataclass(frozen=True)
+class ShardManifest:
+    """One written shard; XCom carries only ``manifest_uri``, the rest is read back with ``load``."""
+
+    shard_id: str
+    uri: str  # the JSONL (local path or gs://...)
+    rows: int
+    bytes: int
+    keys_uri: str  # newline-separated keys of the rows, in order
+    manifest_uri: str  # where this manifest itself is written
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> ShardManifest:
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data]
+        if missing:
+            raise ValueError(f"shard manifest lacks {', '.join(missing)}")
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def load(cls, path: str | ObjectStoragePath) -> ShardManifest:
+        path = as_path(path)
+        try:
+            return cls.from_json(orjson.loads(path.read_bytes()))
+        except (orjson.JSONDecodeError, ValueError) as exc:
+            raise ValueError(f"{uri_of(path)}: not a shard manifest: {exc}") from None
+
+
+class ShardWriter:
+    """Streams rows into shards under a folder (local or gs://), each within max_rows and max_bytes.
+
+    A shard rolls over before a row would take it past either limit; its keys
+    file and manifest are written when it closes. Each row is serialized once,
+    one line, so the byte count is exact. Use as a context manager; read
+    ``manifests`` after it closes.
+    """
+
+    def __init__(
+        self, folder: str | ObjectStoragePath, *, max_rows: int = 10_000, max_bytes: int = 100 * 2**20,
+        prefix: str = "shard",
+    ):
+        if max_rows < 1 or max_bytes < 1:
+            raise ValueError(f"max_rows and max_bytes must be positive, got {max_rows} and {max_bytes}")
+        self.folder = as_path(folder)
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self.prefix = prefix
+        self._manifests: list[ShardManifest] = []
+        self._open: _OpenShard | None = None
+        self._closed = False
+
+    @property
+    def manifests(self) -> list[ShardManifest]:
+        return list(self._manifests)
+
+    def __enter__(self) -> ShardWriter:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        if self._open is not None:
+            self._open.abandon()  # no manifest: a half-written shard is never submitted
+            self._open = None
+        self._closed = True
+
+    def add(self, row: dict) -> None:
+        if self._closed:
+            raise ValueError("ShardWriter is closed")
+        key = row.get("key")
+        if not isinstance(key, str) or not key or "\n" in key:
+            raise ValueError(f"row needs a non-empty one-line string 'key', got {key!r} (fields: {', '.join(sorted(row))})")
+        line = orjson.dumps(row) + b"\n"
+        if len(line) > self.max_bytes:
+            raise ValueError(f"row {key} is {len(line)} bytes, more than a whole shard may hold ({self.max_bytes} bytes)")
+        shard = self._open
+        if shard is not None and (shard.rows == self.max_rows or shard.bytes + len(line) > self.max_bytes):
+            self._finish()
+            shard = None
+        if shard is None:
+            shard = self._open = _OpenShard(self.folder, f"{self.prefix}-{len(self._manifests):05d}")
+        shard.write(key, line)
+
+    def close(self) -> None:
+        if self._open is not None:
+            self._finish()
+        self._closed = True
+
+    def _finish(self) -> None:
+        self._manifests.append(self._open.finish())
+        self._open = None
+
+
+class _OpenShard:
+    """The JSONL and keys files of the shard being written."""
+
+    def __init__(self, folder: ObjectStoragePath, shard_id: str):
+        self.shard_id = shard_id
+        self.data_path = folder / f"{shard_id}.jsonl"
+        self.keys_path = folder / f"{shard_id}.keys"
+        self.manifest_path = folder / f"{shard_id}.manifest.json"
+        self.data: IO[bytes] = self.data_path.open("wb")
+        self.keys: IO[bytes] = self.keys_path.open("wb")
+        self.rows = 0
+        self.bytes = 0
+
+    def write(self, key: str, line: bytes) -> None:
+        self.data.write(line)
+        self.keys.write(key.encode() + b"\n")
+        self.rows += 1
+        self.bytes += len(line)
+
+    def finish(self) -> ShardManifest:
+        self.data.close()
+        self.keys.close()
+        manifest = ShardManifest(
+            shard_id=self.shard_id, uri=uri_of(self.data_path), rows=self.rows, bytes=self.bytes,
+            keys_uri=uri_of(self.keys_path), manifest_uri=uri_of(self.manifest_path),
+        )
+        self.manifest_path.write_bytes(orjson.dumps(manifest.to_json(), option=orjson.OPT_INDENT_2))
+        return manifest
+
+    def abandon(self) -> None:
+        self.data.close()
+        self.keys.close()

@@ -1,0 +1,158 @@
+"""What a run will cost, estimated before anything is submitted.
+
+Cost alerts arrive hours after a batch is billed, so a run states its price
+up front. The estimate is a heuristic from what is known without calling the
+model; the real usage is recorded from the answers afterwards.
+
+Heuristic, per request:
+
+- input tokens: the prompt and the JSON schema at 4 bytes (UTF-8) per token;
+  plus the document: text at 4 bytes per token; a PDF at 258 tokens per page
+  (Gemini reads each page as an image) plus 250 per page for the text it
+  extracts alongside; an image at 258 tokens.
+- output tokens: the answer plus thinking. The answer is allowed twice the
+  schema's tokens (an object repeats the schema's keys and fills its values;
+  arrays may hold several items), at least 64; free JSON gets 512. Thinking
+  follows the spec: a token budget counts in full, the "low" level counts
+  512, a thinking model left at its default counts 2048, a model that does
+  not think counts 0. ``max_output_tokens`` caps answer plus thinking.
+- price: (input x input price + output x output price) / 1e6 x the batch
+  discount, from ``include/prices.json`` (standard paid-tier prices; output
+  prices include thinking).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from gemini_batch.batch_requests import RequestSpec, thinking_config
+from gemini_batch.keys import canonical_json, normalize_model
+
+DEFAULT_PRICES = Path(__file__).resolve().parents[2] / "include" / "prices.json"
+
+TEXT_BYTES_PER_TOKEN = 4
+PAGE_IMAGE_TOKENS = 258
+PDF_TEXT_TOKENS_PER_PAGE = 250
+IMAGE_TOKENS = 258
+FREE_JSON_OUTPUT_TOKENS = 512
+MIN_ANSWER_TOKENS = 64
+ANSWER_TOKENS_PER_SCHEMA_TOKEN = 2
+LOW_LEVEL_THINKING_TOKENS = 512
+DEFAULT_THINKING_TOKENS = 2048
+_NOT_THINKING_BY_DEFAULT = ("gemini-2.0", "gemini-2.5-flash-lite")
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    usd: float
+
+    @classmethod
+    def zero(cls) -> CostEstimate:
+        return cls(0, 0, 0, 0.0)
+
+    def __add__(self, other: CostEstimate) -> CostEstimate:
+        if not isinstance(other, CostEstimate):
+            return NotImplemented
+        return CostEstimate(
+            self.requests + other.requests, self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens, self.usd + other.usd,
+        )
+
+    def to_json(self) -> dict:
+        return {
+            "requests": self.requests, "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens, "usd": round(self.usd, 6),
+        }
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    input_per_million: float
+    output_per_million: float
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    as_of: str
+    source: str
+    batch_discount: float  # the factor batch prices are of standard ones (0.5: half price)
+    models: Mapping[str, ModelPrice]
+    aliases: Mapping[str, str]  # alias -> a model in ``models``
+
+    def model_id(self, model: str) -> str:
+        """The priced model a name stands for; ValueError naming the known ones when there is none."""
+        bare = normalize_model(model)
+        priced = self.aliases.get(bare, bare)
+        if priced not in self.models:
+            known = ", ".join(sorted({*self.models, *self.aliases}))
+            raise ValueError(f"no price for model {model!r}; known models: {known}")
+        return priced
+
+    def price(self, model: str) -> ModelPrice:
+        return self.models[self.model_id(model)]
+
+
+def load_prices(path: str | Path | None = None) -> PriceTable:
+    """The price table; ``include/prices.json`` of this repository by default."""
+    path = Path(path) if path is not None else DEFAULT_PRICES
+    try:
+        data = json.loads(path.read_text())
+        return PriceTable(
+            as_of=data["as_of"], source=data["source"], batch_discount=float(data["batch_discount"]),
+            models={
+                name: ModelPrice(float(price["input_per_million"]), float(price["output_per_million"]))
+                for name, price in data["models"].items()
+            },
+            aliases=dict(data.get("aliases", {})),
+        )
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{path}: not a valid price table: {type(exc).__name__}: {exc}") from None
+
+
+def estimate_request(spec: RequestSpec, *, mime_type: str, pages: int | None, size: int, prices: PriceTable) -> CostEstimate:
+    """One request for a document part of ``size`` bytes (``pages`` pages when it is a PDF)."""
+    price = prices.price(spec.model)
+    input_tokens = _text_tokens(len(spec.prompt.encode())) + _document_tokens(mime_type, pages, size)
+    if spec.response_schema is None:
+        answer_tokens = FREE_JSON_OUTPUT_TOKENS
+    else:
+        schema_tokens = _text_tokens(len(canonical_json(spec.response_schema)))
+        input_tokens += schema_tokens
+        answer_tokens = max(MIN_ANSWER_TOKENS, ANSWER_TOKENS_PER_SCHEMA_TOKEN * schema_tokens)
+    output_tokens = answer_tokens + _thinking_tokens(spec, prices.model_id(spec.model))
+    if spec.max_output_tokens is not None:
+        output_tokens = min(output_tokens, spec.max_output_tokens)
+    usd = (input_tokens * price.input_per_million + output_tokens * price.output_per_million) / 1e6
+    return CostEstimate(1, input_tokens, output_tokens, usd * prices.batch_discount)
+
+
+def _text_tokens(size: int) -> int:
+    return math.ceil(size / TEXT_BYTES_PER_TOKEN)
+
+
+def _document_tokens(mime_type: str, pages: int | None, size: int) -> int:
+    if mime_type == "application/pdf":
+        if pages is None:
+            raise ValueError("a PDF estimate needs its page count (pages)")
+        return pages * (PAGE_IMAGE_TOKENS + PDF_TEXT_TOKENS_PER_PAGE)
+    if mime_type.startswith("image/"):
+        return IMAGE_TOKENS
+    if mime_type.startswith("text/"):
+        return _text_tokens(size)
+    raise ValueError(f"no token estimate for mime type {mime_type!r}: expected application/pdf, image/* or text/*")
+
+
+def _thinking_tokens(spec: RequestSpec, priced_model: str) -> int:
+    config = thinking_config(spec)
+    if config is not None:
+        return int(config["thinkingBudget"]) if "thinkingBudget" in config else LOW_LEVEL_THINKING_TOKENS
+    if spec.thinking == "model-default" and not priced_model.startswith(_NOT_THINKING_BY_DEFAULT):
+        return DEFAULT_THINKING_TOKENS
+    return 0

@@ -1,0 +1,209 @@
+"""Plan a run: discover the source, inspect and key every part, decide what to request.
+
+The plan is a JSONL file, one line per discovered document in discovery order,
+so every later step (stage, build, collect, publish) reads the same list of
+documents and nothing is lost: a rejected document stays in the plan with its
+reason. Only the file's URI and a few counts travel through XCom.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+from collections.abc import Container, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import orjson
+from airflow.sdk import ObjectStoragePath
+
+from gemini_batch import documents, keys
+from gemini_batch.batch_requests import RequestSpec, ShardManifest, ShardWriter, build_row
+from gemini_batch.cost import CostEstimate, PriceTable, estimate_request
+from gemini_batch.staging import StagedPart, StageItem
+
+
+@dataclass(frozen=True)
+class PlannedPart:
+    key: str
+    pages: tuple[int, int] | None
+    size: int
+    reused: bool  # the key is in the finished store: answered by an earlier run
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "pages": list(self.pages) if self.pages else None, "size": self.size, "reused": self.reused}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> PlannedPart:
+        return cls(data["key"], tuple(data["pages"]) if data["pages"] else None, data["size"], data["reused"])
+
+
+@dataclass(frozen=True)
+class PlannedDocument:
+    path: str
+    uri: str
+    size: int
+    mime_type: str | None
+    sha256: str | None
+    page_count: int | None
+    parts: tuple[PlannedPart, ...]
+    rejected: str | None
+
+    def to_json(self) -> dict:
+        return {
+            "document": self.path, "uri": self.uri, "size": self.size, "mime_type": self.mime_type,
+            "sha256": self.sha256, "page_count": self.page_count,
+            "parts": [part.to_json() for part in self.parts], "rejected": self.rejected,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> PlannedDocument:
+        return cls(
+            data["document"], data["uri"], data["size"], data["mime_type"], data["sha256"], data["page_count"],
+            tuple(PlannedPart.from_json(part) for part in data["parts"]), data["rejected"],
+        )
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """What XCom carries for a plan: its URI and counts, never the documents."""
+
+    plan_uri: str
+    documents: int
+    rejected: int
+    parts: int
+    reused_parts: int
+    duplicate_parts: int  # parts whose key another document already brings (same bytes): requested once
+    requests: int  # unique keys that must be requested
+    estimate: CostEstimate = field(default_factory=CostEstimate.zero)
+
+    def to_json(self) -> dict:
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "estimate"}
+        data["estimate"] = self.estimate.to_json()
+        return data
+
+
+def plan_run(
+    source: ObjectStoragePath,
+    spec: RequestSpec,
+    plan_file: ObjectStoragePath,
+    *,
+    finished: Container[str] = frozenset(),
+    limits: documents.Limits = documents.Limits(),
+    prices: PriceTable,
+    workers: int = 4,
+) -> PlanSummary:
+    """Inspect every document under ``source`` and write the plan to ``plan_file``.
+
+    Raises ``documents.SourceError`` when the source itself is unreadable;
+    a bad file is a rejected line in the plan, never an exception.
+    """
+    counts = dict.fromkeys(("documents", "rejected", "parts", "reused_parts", "duplicate_parts", "requests"), 0)
+    estimate = CostEstimate.zero()
+    requested: set[str] = set()
+    plan_file.parent.mkdir(parents=True, exist_ok=True)
+    with plan_file.open("wb") as out:
+        for inspection in _inspect_in_order(documents.discover(source), limits, workers):
+            planned = _plan_document(inspection, spec, finished)
+            out.write(orjson.dumps(planned.to_json()) + b"\n")
+            counts["documents"] += 1
+            counts["rejected"] += planned.rejected is not None
+            for part in planned.parts:
+                counts["parts"] += 1
+                if part.reused:
+                    counts["reused_parts"] += 1
+                elif part.key in requested:
+                    counts["duplicate_parts"] += 1
+                else:
+                    requested.add(part.key)
+                    counts["requests"] += 1
+                    estimate += estimate_request(
+                        spec, mime_type=planned.mime_type, pages=_page_span(part, planned), size=part.size, prices=prices,
+                    )
+    return PlanSummary(plan_uri=str(plan_file), estimate=estimate, **counts)
+
+
+def read_plan(plan_file: ObjectStoragePath) -> Iterator[PlannedDocument]:
+    with plan_file.open("rb") as fh:
+        for line in fh:
+            yield PlannedDocument.from_json(orjson.loads(line))
+
+
+def parts_to_stage(plan_file: ObjectStoragePath, source: ObjectStoragePath) -> Iterator[StageItem]:
+    """Each key to request once (first document wins), except text parts, which go inline."""
+    seen: set[str] = set()
+    for doc in read_plan(plan_file):
+        if doc.mime_type in documents.TEXT_TYPES:
+            continue
+        for part in doc.parts:
+            if part.reused or part.key in seen:
+                continue
+            seen.add(part.key)
+            yield StageItem(part.key, source / doc.path, part.pages, doc.mime_type, part.size)
+
+
+def build_shards(
+    plan_file: ObjectStoragePath,
+    source: ObjectStoragePath,
+    staged: Mapping[str, StagedPart],
+    spec: RequestSpec,
+    folder: ObjectStoragePath,
+    *,
+    max_rows: int = 10_000,
+    max_bytes: int = 100 * 2**20,
+) -> tuple[list[ShardManifest], list[str]]:
+    """Write one row per key to request into shards under ``folder``.
+
+    Returns the manifests and the keys that could not be built because
+    staging failed for them (their documents fail with the staging error).
+    """
+    seen: set[str] = set()
+    unstaged: list[str] = []
+    with ShardWriter(folder, max_rows=max_rows, max_bytes=max_bytes) as writer:
+        for doc in read_plan(plan_file):
+            for part in doc.parts:
+                if part.reused or part.key in seen:
+                    continue
+                seen.add(part.key)
+                if doc.mime_type in documents.TEXT_TYPES:
+                    writer.add(build_row(part.key, spec, text=documents.read_text(source / doc.path)))
+                elif part.key in staged:
+                    stage = staged[part.key]
+                    writer.add(build_row(part.key, spec, file_uri=stage.uri, mime_type=stage.mime_type))
+                else:
+                    unstaged.append(part.key)
+    return writer.manifests, unstaged
+
+
+def _inspect_in_order(
+    files: Iterable[documents.SourceFile], limits: documents.Limits, workers: int,
+) -> Iterator[documents.Inspection]:
+    """Inspect concurrently, yield in discovery order, with a bounded window so memory stays flat."""
+    files = iter(files)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inspect") as pool:
+        window = collections.deque(pool.submit(documents.inspect, f, limits) for f in itertools.islice(files, workers * 4))
+        while window:
+            inspection = window.popleft().result()
+            window.extend(pool.submit(documents.inspect, f, limits) for f in itertools.islice(files, 1))
+            yield inspection
+
+
+def _plan_document(inspection: documents.Inspection, spec: RequestSpec, finished: Container[str]) -> PlannedDocument:
+    parts = tuple(
+        PlannedPart(key, part.pages, part.size, key in finished)
+        for part in inspection.parts
+        for key in [keys.request_key(
+            inspection.sha256, part.pages, prompt=spec.prompt, model=spec.model,
+            response_schema=spec.response_schema, options=spec.key_options(),
+        )]
+    )
+    return PlannedDocument(
+        inspection.path, inspection.uri, inspection.size, inspection.mime_type, inspection.sha256,
+        inspection.page_count, parts, inspection.rejected,
+    )
+
+
+def _page_span(part: PlannedPart, doc: PlannedDocument) -> int | None:
+    if part.pages:
+        return part.pages[1] - part.pages[0] + 1
+    return doc.page_count

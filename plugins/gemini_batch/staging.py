@@ -1,0 +1,243 @@
+"""Put each part where a batch request can point at it, once.
+
+Developer API: the Files API, under a name derived from the part's key, so a
+second run (or a retry after a lost response) finds the upload instead of
+making another. Files expire after 48 h; the expiry is recorded so a late
+retry re-stages rather than sending a dead URI.
+Vertex AI: objects under a GCS staging prefix, named by key.
+
+Both stream each part from its source (or from the temporary PDF of a page
+range) and never hold a whole file in memory; uploads run in a bounded pool
+and transient errors (429, 5xx, timeouts) are retried with backoff.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime as dt
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import httpx
+import tenacity
+from airflow.sdk import ObjectStoragePath
+from google import genai
+from google.genai import errors, types
+
+from gemini_batch.locations import uri_of
+
+log = logging.getLogger(__name__)
+
+OpenPart = Callable[[ObjectStoragePath, "tuple[int, int] | None"], AbstractContextManager[BinaryIO]]
+
+TRANSIENT_CODES = frozenset({408, 429, 500, 502, 503, 504})
+EXPIRY_MARGIN = dt.timedelta(hours=2)  # longer than a batch job may take to read its inputs once submitted
+CHUNK_BYTES = 8 * 2**20
+EXTENSIONS = {"application/pdf": ".pdf", "image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
+
+
+@dataclass(frozen=True)
+class StageItem:
+    """One part to stage: the document it comes from and, for a split PDF, its pages."""
+
+    key: str
+    location: ObjectStoragePath
+    pages: tuple[int, int] | None
+    mime_type: str
+    size: int
+
+
+@dataclass(frozen=True)
+class StagedPart:
+    key: str
+    uri: str
+    mime_type: str
+    expires_at: str | None  # ISO 8601 UTC; None where the staged copy does not expire (GCS)
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "uri": self.uri, "mime_type": self.mime_type, "expires_at": self.expires_at}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> StagedPart:
+        return cls(data["key"], data["uri"], data["mime_type"], data["expires_at"])
+
+
+@dataclass(frozen=True)
+class StageFailure:
+    key: str
+    error: str
+
+
+class StagingError(Exception):
+    """A part that cannot be staged for a reason a retry will not fix."""
+
+
+def files_api_name(key: str) -> str:
+    """The Files API name of a key's upload (ids are at most 40 lowercase letters, digits or dashes)."""
+    return "gb-" + key[:37]
+
+
+def needs_restage(staged: StagedPart, *, now: dt.datetime | None = None, margin: dt.timedelta = EXPIRY_MARGIN) -> bool:
+    """Whether the staged copy expires, or is about to, before a job could read it."""
+    if staged.expires_at is None:
+        return False
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.fromisoformat(staged.expires_at) - margin <= now
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, errors.APIError):
+        return exc.code in TRANSIENT_CODES
+    return isinstance(exc, (httpx.TransportError, TimeoutError, ConnectionError))
+
+
+class _Stager:
+    """The bounded pool and the retry policy both stagers share."""
+
+    def __init__(self, open_part: OpenPart, *, workers: int = 8, attempts: int = 5, backoff_seconds: float = 1.0):
+        self.open_part = open_part
+        self.workers = workers
+        self._retry = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(is_transient),
+            stop=tenacity.stop_after_attempt(attempts),
+            wait=tenacity.wait_exponential_jitter(initial=backoff_seconds, max=60),
+            before_sleep=lambda state: log.warning(
+                "Staging: transient error, attempt %d: %s", state.attempt_number, state.outcome.exception()),
+            reraise=True,
+        )
+
+    def stage(self, items: Iterable[StageItem]) -> Iterator[StagedPart | StageFailure]:
+        """Stage every item; yield one result per item as uploads finish (not in input order)."""
+        items = iter(items)
+        with concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="stage") as pool:
+            in_flight = {}
+
+            def refill() -> None:
+                while len(in_flight) < self.workers * 2:
+                    item = next(items, None)
+                    if item is None:
+                        return
+                    in_flight[pool.submit(self._stage_one, item)] = item
+
+            refill()
+            while in_flight:
+                done, _ = concurrent.futures.wait(in_flight, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    item = in_flight.pop(future)
+                    try:
+                        yield future.result()
+                    except Exception as exc:  # noqa: BLE001 - one bad part must not stop the others
+                        log.warning("Staging %s (%s) failed: %s", item.key, item.location, exc)
+                        yield StageFailure(item.key, f"staging {item.location} failed: {exc}")
+                refill()
+
+    def _stage_one(self, item: StageItem) -> StagedPart:
+        return self._retry.copy()(self._attempt, item)  # a copy per call: retry state is per part
+
+    def _attempt(self, item: StageItem) -> StagedPart:
+        raise NotImplementedError
+
+
+class FilesApiStager(_Stager):
+    """Stage parts through the Gemini Files API (Developer API)."""
+
+    def __init__(
+        self,
+        client: genai.Client,
+        open_part: OpenPart,
+        *,
+        margin: dt.timedelta = EXPIRY_MARGIN,
+        processing_timeout: float = 600.0,
+        **kwargs,
+    ):
+        super().__init__(open_part, **kwargs)
+        self.client = client
+        self.margin = margin
+        self.processing_timeout = processing_timeout
+
+    def _attempt(self, item: StageItem) -> StagedPart:
+        name = files_api_name(item.key)
+        existing = self._get(name)
+        if existing is not None and self._usable(existing):
+            return self._ready(item, existing)
+        if existing is not None:
+            log.info("Staging: %s is unusable (state %s, expires %s, margin %s); uploading again",
+                     name, existing.state.value if existing.state else None, existing.expiration_time, self.margin)
+            self._delete(name)
+        try:
+            with self.open_part(item.location, item.pages) as stream:
+                uploaded = self.client.files.upload(
+                    file=stream,
+                    config=types.UploadFileConfig(name=name, mime_type=item.mime_type, display_name=_display_name(item)),
+                )
+        except errors.APIError as exc:
+            if exc.code != 409:
+                raise
+            uploaded = self._get(name)  # uploaded by a concurrent run, or by our own attempt whose response was lost
+            if uploaded is None:
+                raise
+        return self._ready(item, uploaded)
+
+    def _usable(self, file: types.File) -> bool:
+        if file.state == types.FileState.FAILED:
+            return False
+        expires = file.expiration_time
+        return expires is None or expires - self.margin > dt.datetime.now(dt.timezone.utc)
+
+    def _ready(self, item: StageItem, file: types.File) -> StagedPart:
+        """Wait until the service has processed the upload: a PROCESSING file fails the rows that use it."""
+        deadline = time.monotonic() + self.processing_timeout
+        delay = 0.2
+        while file.state == types.FileState.PROCESSING:
+            if time.monotonic() > deadline:
+                raise StagingError(f"{file.name} still PROCESSING after {self.processing_timeout:.0f} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            file = self.client.files.get(name=file.name)
+        if file.state == types.FileState.FAILED:
+            raise StagingError(f"the Files API could not process {file.name}: {file.error or 'state FAILED'}")
+        expires = file.expiration_time.astimezone(dt.timezone.utc).isoformat() if file.expiration_time else None
+        return StagedPart(item.key, file.uri, file.mime_type or item.mime_type, expires)
+
+    def _get(self, name: str) -> types.File | None:
+        try:
+            return self.client.files.get(name=name)
+        except errors.ClientError as exc:
+            if exc.code in (403, 404):  # the service answers 403 for a name that does not exist
+                return None
+            raise
+
+    def _delete(self, name: str) -> None:
+        try:
+            self.client.files.delete(name=name)
+        except errors.ClientError as exc:
+            if exc.code not in (403, 404):
+                raise
+
+
+class GcsStager(_Stager):
+    """Stage parts as objects under a GCS prefix (Vertex AI), named by key."""
+
+    def __init__(self, prefix: ObjectStoragePath, open_part: OpenPart, **kwargs):
+        super().__init__(open_part, **kwargs)
+        self.prefix = prefix
+
+    def _attempt(self, item: StageItem) -> StagedPart:
+        target = self.prefix / f"{item.key}{EXTENSIONS.get(item.mime_type, '')}"
+        # A GCS object appears only once its upload completes, so one that exists is whole.
+        if not target.exists():
+            with self.open_part(item.location, item.pages) as stream, target.open("wb") as out:
+                shutil.copyfileobj(stream, out, CHUNK_BYTES)
+        return StagedPart(item.key, uri_of(target), item.mime_type, None)
+
+
+def _display_name(item: StageItem) -> str:
+    name = item.location.name
+    if item.pages:
+        name += f" p{item.pages[0]}-{item.pages[1]}"
+    return name[:512]
