@@ -32,4 +32,5 @@ def is_gcs(path: ObjectStoragePath) -> bool:
 
 def uri_of(path: ObjectStoragePath) -> str:
     """The address users recognise: ``gs://bucket/name`` or a plain local path."""
-    return str(path) if is_gcs(path) else path.path
+    # str() of a path with a connection reads gs://conn@bucket/key: no service understands that.
+    return f"gs://{path.bucket}/{path.key}" if is_gcs(path) else path.path

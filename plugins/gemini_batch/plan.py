@@ -20,6 +20,7 @@ from airflow.sdk import ObjectStoragePath
 from gemini_batch import documents, keys
 from gemini_batch.batch_requests import RequestSpec, ShardManifest, ShardWriter, build_row
 from gemini_batch.cost import CostEstimate, PriceTable, estimate_request
+from gemini_batch.locations import uri_of
 from gemini_batch.staging import StagedPart, StageItem
 
 
@@ -120,7 +121,7 @@ def plan_run(
                     estimate += estimate_request(
                         spec, mime_type=planned.mime_type, pages=_page_span(part, planned), size=part.size, prices=prices,
                     )
-    return PlanSummary(plan_uri=str(plan_file), estimate=estimate, **counts)
+    return PlanSummary(plan_uri=uri_of(plan_file), estimate=estimate, **counts)
 
 
 def read_plan(plan_file: ObjectStoragePath) -> Iterator[PlannedDocument]:
@@ -151,18 +152,20 @@ def build_shards(
     *,
     max_rows: int = 10_000,
     max_bytes: int = 100 * 2**20,
+    only: Container[str] | None = None,
+    prefix: str = "shard",
 ) -> tuple[list[ShardManifest], list[str]]:
-    """Write one row per key to request into shards under ``folder``.
+    """Write one row per key to request (or per key in ``only``, for a retry) into shards under ``folder``.
 
     Returns the manifests and the keys that could not be built because
     staging failed for them (their documents fail with the staging error).
     """
     seen: set[str] = set()
     unstaged: list[str] = []
-    with ShardWriter(folder, max_rows=max_rows, max_bytes=max_bytes) as writer:
+    with ShardWriter(folder, max_rows=max_rows, max_bytes=max_bytes, prefix=prefix) as writer:
         for doc in read_plan(plan_file):
             for part in doc.parts:
-                if part.reused or part.key in seen:
+                if part.reused or part.key in seen or (only is not None and part.key not in only):
                     continue
                 seen.add(part.key)
                 if doc.mime_type in documents.TEXT_TYPES:

@@ -1,0 +1,190 @@
+"""gemini_batch_extract: a folder of documents in, one structured record per document out.
+
+plan -> check budget -> stage -> build requests -> submit and wait (one mapped
+task per shard, deferred) -> collect -> retry rounds (failed keys only) ->
+publish results -> clean up. Each step lives in ``gemini_batch.runs``; this
+file only wires them. Trigger it from the UI form, let it run nightly over
+``$GEMINI_BATCH_LANDING/<date>/``, or backfill dated folders.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk import Asset, Param, TaskGroup, TriggerRule, dag, get_current_context, task, teardown
+
+from gemini_batch import runs
+from gemini_batch.hooks import GeminiBatchHook
+from gemini_batch.locations import uri_of
+from gemini_batch.operators import GeminiBatchSubmitOperator
+
+POOL = "gemini_batch_jobs"  # counts deferred tasks: caps jobs in flight (bin/setup creates it with 10 slots)
+MAX_RETRY_ROUNDS = 3  # task groups in the graph; the retry_rounds param decides how many run
+RESULTS = Asset(name="gemini_batch_extract.results", uri="gemini-batch://gemini_batch_extract/results")
+
+LANDING = os.environ.get("GEMINI_BATCH_LANDING")  # nightly runs read <landing>/<date>/
+DEFAULT_PROMPT = (
+    "Extract the invoice from this document: the invoice number, the issue date (YYYY-MM-DD), the vendor name, "
+    "the currency and the total amount due. Use null for anything the document does not state."
+)
+DEFAULT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "invoice_number": {"type": ["string", "null"]},
+        "date": {"type": ["string", "null"]},
+        "vendor": {"type": ["string", "null"]},
+        "currency": {"type": ["string", "null"]},
+        "total": {"type": ["number", "null"]},
+    },
+    "required": ["invoice_number", "date", "vendor", "currency", "total"],
+}
+
+PARAMS = {
+    "source": Param(f"{LANDING}/{{{{ ds }}}}/" if LANDING else "include/samples", type="string", title="Source",
+                    description="Local folder or gs://bucket/prefix with the documents. Relative paths are inside the "
+                                "project. Jinja works: gs://landing/{{ ds }}/ reads the run's day."),
+    "output": Param("output/{{ ds }}", type="string", title="Output",
+                    description="Local folder or gs:// prefix for results.jsonl and summary.json (Jinja works)."),
+    "prompt": Param(DEFAULT_PROMPT, type="string", title="Prompt", minLength=1,
+                    description="One extraction prompt, sent with every document.", format="multiline"),
+    "response_schema": Param(DEFAULT_SCHEMA, type=["object", "null"], title="Response JSON schema",
+                             description="JSON schema every answer must match; null for free JSON."),
+    "model": Param("gemini-2.5-flash", type="string", title="Model", examples=["gemini-2.5-flash", "gemini-2.5-pro",
+                   "gemini-3-flash-preview", "gemini-2.5-flash-lite"]),
+    "gemini_conn_id": Param("gemini_default", type="string", title="Gemini connection",
+                            description="Connection with the API key (password) and backend/base_url/project extras."),
+    "max_cost_usd": Param(None, type=["number", "null"], minimum=0, title="Budget (USD)",
+                          description="Fail before submitting when the estimated cost is above this; null: no limit."),
+    "retry_rounds": Param(2, type="integer", minimum=0, maximum=MAX_RETRY_ROUNDS, title="Retry rounds",
+                          description="How many times failed or unanswered requests are resubmitted."),
+    "max_pages": Param(50, type="integer", minimum=1, title="Pages per PDF part",
+                       description="Longer PDFs are split into page ranges of at most this many pages."),
+    "max_part_mb": Param(50, type="integer", minimum=1, title="MB per document part"),
+    "max_rows_per_job": Param(10_000, type="integer", minimum=1, title="Requests per batch job"),
+    "max_mb_per_job": Param(100, type="integer", minimum=1, title="MB of JSONL per batch job"),
+    "thinking": Param("low", enum=["low", "model-default"], title="Thinking",
+                      description="low: the least thinking the model allows (best for extraction)."),
+    "expiry_hours": Param(24, type="number", minimum=0.001, title="Job expiry (hours)",
+                          description="A job not finished this long after submission is cancelled and its rows retried."),
+    "poll_seconds": Param(30, type="number", minimum=0.1, title="Poll interval (seconds)"),
+    "staging_prefix": Param(None, type=["string", "null"], title="Vertex staging prefix",
+                            description="Vertex AI only: gs://bucket/prefix for documents, requests and outputs."),
+    "state": Param(None, type=["string", "null"], title="Finished-key store",
+                   description="Folder remembering answered documents across runs; default <output>/_state."),
+    "retention": Param("staged", enum=list(runs.RETENTIONS), title="Clean-up",
+                       description="keep: keep everything; staged: delete staged uploads; all: also the work files."),
+}
+
+
+def _open_run():
+    """Settings, work folder and hook of the current run."""
+    context = get_current_context()
+    hook = GeminiBatchHook(context["params"]["gemini_conn_id"])
+    settings = runs.RunSettings.from_context(context, gcp_conn_id=hook.gcp_conn_id)
+    return settings, runs.RunFolder(settings, context["run_id"], hook.backend), hook
+
+
+@task
+def plan_documents() -> dict:
+    settings, folder, _ = _open_run()
+    return runs.plan_documents(settings, folder).to_json()
+
+
+@task
+def check_budget(planned: dict) -> None:
+    settings, _, _ = _open_run()
+    try:
+        runs.check_budget(planned, settings.max_cost_usd)
+    except runs.RunConfigError as exc:
+        raise AirflowFailException(str(exc)) from None
+
+
+@task
+def stage_documents() -> dict:
+    settings, folder, hook = _open_run()
+    return runs.stage_documents(settings, folder, hook)
+
+
+@task
+def build_requests() -> list[str]:
+    settings, folder, _ = _open_run()
+    return runs.build_round(settings, folder, 0)
+
+
+@task(trigger_rule=TriggerRule.NONE_FAILED)
+def collect_results(round_: int, jobs) -> dict:
+    settings, folder, hook = _open_run()
+    return runs.collect_round(settings, folder, round_, list(jobs or []), hook)
+
+
+@task(trigger_rule=TriggerRule.NONE_FAILED)
+def prepare_retry(round_: int) -> list[str]:
+    settings, folder, hook = _open_run()
+    if round_ > settings.retry_rounds:
+        return []
+    failed = runs.keys_to_retry(folder, round_, hook, settings)
+    return runs.build_round(settings, folder, round_, only=failed) if failed else []
+
+
+def submit_and_wait(manifests):
+    return GeminiBatchSubmitOperator.partial(
+        task_id="submit_and_wait",
+        model="{{ params.model }}",
+        gemini_conn_id="{{ params.gemini_conn_id }}",
+        expiry_hours="{{ params.expiry_hours }}",
+        poll_interval="{{ params.poll_seconds }}",
+        pool=POOL,
+    ).expand(manifest_uri=manifests)
+
+
+@task(trigger_rule=TriggerRule.NONE_FAILED, outlets=[RESULTS])
+def publish_results(planned: dict, collected: list[dict], outlet_events=None) -> dict:
+    settings, folder, _ = _open_run()
+    context = get_current_context()
+    summary = runs.publish(settings, folder, planned, jobs=sum(c["jobs"] for c in collected), run_id=context["run_id"])
+    outlet_events[RESULTS].extra = {"output": uri_of(settings.output), **summary}
+    return summary
+
+
+@teardown  # runs whatever happened upstream, and does not decide the run's state
+def clean_up() -> dict:
+    settings, folder, hook = _open_run()
+    context = get_current_context()
+    task_ids = ["submit_and_wait"] + [f"retry_round_{r}.submit_and_wait" for r in range(1, MAX_RETRY_ROUNDS + 1)]
+    names = [n for n in context["ti"].xcom_pull(task_ids=task_ids, key="job_name") or [] if n]
+    return runs.clean_up(settings, folder, hook, names)
+
+
+@dag(
+    dag_id="gemini_batch_extract",
+    description="Documents in a folder -> one structured record each, with Gemini Batch Mode",
+    schedule="0 2 * * *",
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    catchup=False,
+    max_active_runs=4,
+    params=PARAMS,
+    tags=["gemini", "batch", "extraction"],
+    doc_md=__doc__,
+)
+def gemini_batch_extract():
+    planned = plan_documents()
+    staged = stage_documents()
+    check_budget(planned) >> staged
+    manifests = build_requests()
+    staged >> manifests
+    jobs = submit_and_wait(manifests)
+    collected = [collect_results(0, jobs.output)]
+
+    for round_ in range(1, MAX_RETRY_ROUNDS + 1):
+        with TaskGroup(f"retry_round_{round_}", tooltip="Resubmit the requests that failed or got no answer"):
+            retry_manifests = prepare_retry(round_)
+            collected[-1] >> retry_manifests
+            collected.append(collect_results(round_, submit_and_wait(retry_manifests).output))
+
+    published = publish_results(planned, collected)
+    published >> clean_up()
+
+
+gemini_batch_extract()

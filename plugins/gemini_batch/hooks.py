@@ -1,0 +1,364 @@
+"""The one place that turns an Airflow connection into a google-genai client.
+
+Everything that talks to the batch service goes through ``GeminiBatchHook``:
+it keeps one client per connection per process (several polls through a
+closed client fail), retries transient errors on every call that is safe to
+repeat, and streams job outputs instead of reading them whole. The API key
+lives only in the connection's password and the client: it is never logged,
+templated or handed to a trigger.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from functools import cached_property
+from typing import Any, TypeVar
+
+import httpx
+import orjson
+import tenacity
+from airflow.sdk import BaseHook, ObjectStoragePath
+from google import genai
+from google.genai import errors, types
+
+from gemini_batch.locations import as_path
+from gemini_batch.staging import EXPIRY_MARGIN, StagingError, is_transient
+
+T = TypeVar("T")
+
+BACKENDS = ("developer", "vertex")
+DEFAULT_LOCATION = "us-central1"
+DEVELOPER_BASE_URL = "https://generativelanguage.googleapis.com"
+DEVELOPER_API_VERSION = "v1beta"  # what the SDK's Developer client speaks; downloads use the same path
+JSONL_MIME_TYPE = "application/jsonl"
+TERMINAL_STATES = frozenset({
+    "JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED",
+    "JOB_STATE_PARTIALLY_SUCCEEDED",
+})
+# A job in one of these will deliver nothing more: never reattach to it.
+DEAD_STATES = frozenset({"JOB_STATE_FAILED", "JOB_STATE_CANCELLING", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"})
+DOWNLOAD_CHUNK_BYTES = 2**20
+DOWNLOAD_TIMEOUT = httpx.Timeout(120.0, connect=15.0)
+FILE_PROCESSING_TIMEOUT = 600.0
+
+_clients: dict[str, tuple[str, genai.Client]] = {}  # conn id -> (fingerprint of the connection, client)
+_clients_lock = threading.Lock()
+
+
+def state_name(job: types.BatchJob) -> str | None:
+    return job.state.name if job.state else None
+
+
+def is_terminal(job: types.BatchJob) -> bool:
+    # BatchJob.done does not count JOB_STATE_PARTIALLY_SUCCEEDED (Vertex) as an end.
+    return job.done or state_name(job) in TERMINAL_STATES
+
+
+def job_stats(job: types.BatchJob) -> dict[str, int]:
+    """Row counts as the SDK maps them: Vertex ``completionStats`` only (it drops the Developer API's ``batchStats``)."""
+    stats = job.completion_stats
+    if stats is None:
+        return {}
+    counts = {"succeeded": stats.successful_count, "failed": stats.failed_count, "incomplete": stats.incomplete_count}
+    return {name: count for name, count in counts.items() if count is not None}
+
+
+def job_error(job: types.BatchJob) -> str | None:
+    if job.error is None:
+        return None
+    return job.error.message or f"error code {job.error.code}"
+
+
+class GeminiBatchHook(BaseHook):
+    """Gemini batch jobs on the Developer API or Vertex AI, chosen by the connection's ``backend`` extra."""
+
+    conn_name_attr = "gemini_conn_id"
+    default_conn_name = "gemini_default"
+    conn_type = "gemini_batch"
+    hook_name = "Gemini Batch"
+
+    retry_attempts = 5
+    retry_initial_seconds = 1.0
+
+    def __init__(self, gemini_conn_id: str = default_conn_name, **kwargs):
+        super().__init__(**kwargs)
+        self.gemini_conn_id = gemini_conn_id
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(gemini_conn_id={self.gemini_conn_id!r})"
+
+    @cached_property
+    def connection(self):
+        return self.get_connection(self.gemini_conn_id)
+
+    @cached_property
+    def extra(self) -> dict[str, Any]:
+        return self.connection.extra_dejson
+
+    @property
+    def backend(self) -> str:
+        backend = self.extra.get("backend") or "developer"
+        if backend not in BACKENDS:
+            raise ValueError(
+                f"connection {self.gemini_conn_id!r}: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        return backend
+
+    @property
+    def base_url(self) -> str | None:
+        return self.extra.get("base_url") or None
+
+    @property
+    def gcp_conn_id(self) -> str | None:
+        return self.extra.get("gcp_conn_id") or None
+
+    # ------------------------------------------------------------------ clients
+
+    def get_conn(self) -> genai.Client:
+        """The process's client for this connection; rebuilt only when the connection changed."""
+        fingerprint = self._fingerprint()
+        with _clients_lock:
+            cached = _clients.get(self.gemini_conn_id)
+            if cached is not None and cached[0] == fingerprint:
+                return cached[1]
+            client = self._build_client()
+            _clients[self.gemini_conn_id] = (fingerprint, client)
+            return client
+
+    def get_async_conn(self):
+        """The async face of the same client (the SDK keeps one HTTP session per event loop)."""
+        return self.get_conn().aio
+
+    def _fingerprint(self) -> str:
+        conn = self.connection
+        fields = [self.backend, conn.host, conn.login, conn.password, conn.port, conn.schema, self.extra]
+        return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+    def _http_options(self) -> types.HttpOptions | None:
+        return types.HttpOptions(base_url=self.base_url) if self.base_url else None
+
+    def _build_client(self) -> genai.Client:
+        if self.backend == "vertex":
+            return self._vertex_client()
+        if not self.connection.password:
+            # The SDK cannot build a Developer client without a key, and the emulator refuses calls without one.
+            raise ValueError(f"connection {self.gemini_conn_id!r} has no API key: put it in the password field")
+        self.log.info("Gemini Developer API client for connection %s (base URL %s)",
+                      self.gemini_conn_id, self.base_url or DEVELOPER_BASE_URL)
+        return genai.Client(api_key=self.connection.password, http_options=self._http_options())
+
+    def _vertex_client(self) -> genai.Client:
+        from google.auth.credentials import AnonymousCredentials
+        from google.oauth2.credentials import Credentials
+        from airflow.providers.google.common.hooks.base_google import GoogleBaseHook
+
+        gcp_conn_id = self.gcp_conn_id or GoogleBaseHook.default_conn_name
+        credentials, gcp_project = GoogleBaseHook(gcp_conn_id=gcp_conn_id).get_credentials_and_project_id()
+        if isinstance(credentials, AnonymousCredentials) and self.base_url:
+            # An emulator set-up. The Vertex emulator, like the service, refuses a request without an
+            # ``Authorization: Bearer`` header, and anonymous credentials send none: use a static token.
+            credentials = Credentials(token="anonymous")
+        project = self.extra.get("project") or gcp_project
+        if not project:
+            raise ValueError(
+                f"connection {self.gemini_conn_id!r}: no project in its extra nor in connection {gcp_conn_id!r}")
+        location = self.extra.get("location") or DEFAULT_LOCATION
+        self.log.info("Vertex AI client for connection %s: project %s, location %s, credentials from %s",
+                      self.gemini_conn_id, project, location, gcp_conn_id)
+        return genai.Client(vertexai=True, project=project, location=location, credentials=credentials,
+                            http_options=self._http_options())
+
+    def _retry(self, call: Callable[..., T], *args, **kwargs) -> T:
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(is_transient),
+            stop=tenacity.stop_after_attempt(self.retry_attempts),
+            wait=tenacity.wait_exponential_jitter(initial=self.retry_initial_seconds, max=60),
+            before_sleep=lambda state: self.log.warning(
+                "%s: transient error, attempt %d: %s", getattr(call, "__name__", call),
+                state.attempt_number, state.outcome.exception()),
+            reraise=True,
+        )
+        return retrying(call, *args, **kwargs)
+
+    # ------------------------------------------------------------------ storage and uploads
+
+    def storage_path(self, uri: str) -> ObjectStoragePath:
+        """A local path, or a ``gs://`` URI read with the connection's Google Cloud credentials."""
+        return as_path(uri, conn_id=self.gcp_conn_id)
+
+    def upload_jsonl(self, path: ObjectStoragePath, name: str) -> str:
+        """Upload a shard to the Files API as ``files/<name>``, streamed; an earlier usable upload is reused.
+
+        ``name`` is deterministic (at most 40 lowercase letters, digits, dashes), so a retry after a
+        lost response finds the upload instead of making a second one.
+        """
+        if self.backend != "developer":
+            raise ValueError("the Files API belongs to the Developer API; Vertex AI reads shards from gs://")
+        existing = self._retry(self._get_file, name)
+        if existing is not None and not _file_usable(existing):
+            self.log.info("files/%s is unusable (state %s, expires %s); uploading again", name,
+                          existing.state.value if existing.state else None, existing.expiration_time)
+            self._retry(self._delete_file, name)
+            existing = None
+        uploaded = existing or self._retry(self._upload_file, path, name)
+        return self._wait_until_active(uploaded).name
+
+    def _upload_file(self, path: ObjectStoragePath, name: str) -> types.File:
+        try:
+            # The filesystem's own file object is an io.IOBase, which the SDK needs to stream an upload.
+            with path.fs.open(path.path, "rb") as stream:
+                return self.get_conn().files.upload(
+                    file=stream, config=types.UploadFileConfig(name=name, mime_type=JSONL_MIME_TYPE, display_name=path.name))
+        except errors.APIError as exc:
+            if exc.code != 409:
+                raise
+            uploaded = self._get_file(name)  # our own earlier attempt, whose response was lost
+            if uploaded is None:
+                raise
+            return uploaded
+
+    def _get_file(self, name: str) -> types.File | None:
+        try:
+            return self.get_conn().files.get(name=name)
+        except errors.ClientError as exc:
+            if exc.code in (403, 404):  # the service answers 403 for a name that does not exist
+                return None
+            raise
+
+    def _delete_file(self, name: str) -> None:
+        try:
+            self.get_conn().files.delete(name=name)
+        except errors.ClientError as exc:
+            if exc.code not in (403, 404):
+                raise
+
+    def _wait_until_active(self, file: types.File) -> types.File:
+        """A job refuses an input file that is still PROCESSING."""
+        deadline = time.monotonic() + FILE_PROCESSING_TIMEOUT
+        delay = 0.2
+        while file.state == types.FileState.PROCESSING:
+            if time.monotonic() > deadline:
+                raise StagingError(f"{file.name} still PROCESSING after {FILE_PROCESSING_TIMEOUT:.0f} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            file = self._retry(self.get_conn().files.get, name=file.name)
+        if file.state == types.FileState.FAILED:
+            raise StagingError(f"the Files API could not process {file.name}: {file.error or 'state FAILED'}")
+        return file
+
+    # ------------------------------------------------------------------ jobs
+
+    def create_job(self, *, model: str, src: str, display_name: str, dest: str | None = None) -> types.BatchJob:
+        """Create a batch job; a retry first looks for the job an attempt with a lost response may have made."""
+        config = types.CreateBatchJobConfig(display_name=display_name, dest=dest)
+        attempts = itertools.count()
+
+        def create() -> types.BatchJob:
+            if next(attempts):
+                earlier = self.find_job(display_name)
+                if earlier is not None and state_name(earlier) not in DEAD_STATES:
+                    return earlier
+            return self.get_conn().batches.create(model=model, src=src, config=config)
+
+        job = self._retry(create)
+        self.log.info("Batch job %s (%s) for %s: %s", job.name, display_name, src, state_name(job))
+        return job
+
+    def find_job(self, display_name: str) -> types.BatchJob | None:
+        """The newest live job with this display name, else the newest dead one, else None."""
+        jobs = self._retry(self._jobs_named, display_name)
+        jobs.sort(key=lambda job: job.create_time or dt.datetime.min.replace(tzinfo=dt.timezone.utc), reverse=True)
+        return next((job for job in jobs if state_name(job) not in DEAD_STATES), jobs[0] if jobs else None)
+
+    def _jobs_named(self, display_name: str) -> list[types.BatchJob]:
+        batches = self.get_conn().batches
+        if self.backend == "vertex":
+            return list(batches.list(config=types.ListBatchJobsConfig(filter=f'display_name="{display_name}"')))
+        # The Developer API has no list filter: page through every job.
+        return [job for job in batches.list() if job.display_name == display_name]
+
+    def get_job(self, name: str) -> types.BatchJob:
+        return self._retry(self.get_conn().batches.get, name=name)
+
+    def cancel_job(self, name: str) -> bool:
+        """Ask the service to cancel a job; False when it had already ended (nothing to cancel)."""
+        if is_terminal(self.get_job(name)):
+            return False
+        try:
+            self._retry(self.get_conn().batches.cancel, name=name)
+        except errors.ClientError as exc:
+            if exc.code == 400 and exc.status == "FAILED_PRECONDITION":  # it ended since we looked
+                return False
+            raise
+        self.log.info("Cancelled batch job %s", name)
+        return True
+
+    # ------------------------------------------------------------------ outputs
+
+    def iter_output_lines(self, job: types.BatchJob) -> Iterator[bytes]:
+        """Each non-blank line of a finished job's output, streamed (memory stays flat); none if it has none."""
+        if self.backend == "vertex":
+            return self._gcs_output_lines(job)
+        return self._files_api_output_lines(job)
+
+    def _files_api_output_lines(self, job: types.BatchJob) -> Iterator[bytes]:
+        # client.files.download returns the whole file at once; stream the same request with httpx instead.
+        file_name = job.dest.file_name if job.dest else None
+        if not file_name:
+            return
+        url = f"{(self.base_url or DEVELOPER_BASE_URL).rstrip('/')}/{DEVELOPER_API_VERSION}/{file_name}:download"
+        with httpx.Client(timeout=DOWNLOAD_TIMEOUT) as http:
+            response = self._retry(self._start_download, http, url)
+            try:
+                yield from _split_lines(response.iter_bytes(DOWNLOAD_CHUNK_BYTES))
+            finally:
+                response.close()
+
+    def _start_download(self, http: httpx.Client, url: str) -> httpx.Response:
+        request = http.build_request(
+            "GET", url, params={"alt": "media"}, headers={"x-goog-api-key": self.connection.password or ""})
+        response = http.send(request, stream=True)
+        try:
+            errors.APIError.raise_for_response(response)
+        except errors.APIError:
+            response.close()
+            raise
+        return response
+
+    def _gcs_output_lines(self, job: types.BatchJob) -> Iterator[bytes]:
+        # The job's own output directory when the service names it: the destination prefix may also hold
+        # the output of an earlier job that wrote there.
+        location = (job.output_info and job.output_info.gcs_output_directory) or (job.dest and job.dest.gcs_uri)
+        if not location:
+            return
+        for path in sorted(self.storage_path(location).rglob("*.jsonl"), key=lambda p: p.path):
+            with path.fs.open(path.path, "rb") as stream:
+                yield from _split_lines(stream)
+
+
+def _file_usable(file: types.File) -> bool:
+    if file.state == types.FileState.FAILED:
+        return False
+    expires = file.expiration_time
+    return expires is None or expires - EXPIRY_MARGIN > dt.datetime.now(dt.timezone.utc)
+
+
+def _split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Lines without their line ends from arbitrary chunks; blank lines are no rows and are dropped."""
+    partial: list[bytes] = []
+    for chunk in chunks:
+        *complete, rest = chunk.split(b"\n")
+        for piece in complete:
+            line = b"".join(partial) + piece if partial else piece
+            partial.clear()
+            if line.strip():
+                yield line.rstrip(b"\r")
+        if rest:
+            partial.append(rest)
+    line = b"".join(partial)
+    if line.strip():
+        yield line.rstrip(b"\r")

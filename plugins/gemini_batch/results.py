@@ -1,0 +1,370 @@
+"""Turn batch output rows into per-key outcomes, and outcomes into one record per document.
+
+A job that succeeded can still hold rows without a usable answer: row errors,
+finish reasons other than STOP, JSON wrapped in fences or prose, truncated
+JSON, answers that do not match the schema. Each becomes a failed outcome
+with a reason a user can act on (and the raw text kept), never an empty
+success. Output rows are joined to requests by key, never by line order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+
+from gemini_batch.plan import PlannedDocument
+
+log = logging.getLogger(__name__)
+
+RAW_TEXT_LIMIT = 2_000
+SCHEMA_MESSAGE_LIMIT = 300  # a type error repeats the offending value, which may be the whole answer
+WARNINGS_PER_KIND = 10  # a corrupt output file must not flood the task log
+
+# A fence's marks touch a raw newline, which a JSON string cannot hold: a fence quoted inside the
+# answer's strings is never taken for one. The opening mark may follow prose on its line.
+_FENCE = re.compile(r"```[ \t]*(?:json)?[ \t]*\n(.*?)\n[ \t]*```", re.DOTALL | re.IGNORECASE)
+_BRACKETS = {"{": "}", "[": "]"}
+_SCALAR_NAMES = {str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+_FINISH_MEANINGS = {
+    "MAX_TOKENS": "answer truncated",
+    "SAFETY": "answer blocked by the safety filters",
+    "RECITATION": "answer blocked as recitation",
+}
+
+
+class ExtractionError(ValueError):
+    pass
+
+
+def extract_json(text: str | None) -> Any:
+    """The JSON object or array in a model's answer.
+
+    Tries a direct parse, then each ```json (or bare ```) fenced block, then
+    the span from the first '{' or '[' to the last matching '}' or ']'. A
+    bare string or number is not an answer to an extraction prompt: it is
+    passed over, and an error if nothing else is found. A truncated answer
+    is an error, never the part of it that happens to parse.
+    """
+    if text is None or not text.strip():
+        raise ExtractionError("empty answer")
+    scalar = error = None
+    for candidate in _candidates(text):
+        try:
+            value = orjson.loads(candidate)
+        except orjson.JSONDecodeError as exc:
+            if error is None and candidate.lstrip()[:1] in _BRACKETS:
+                error = f"invalid JSON: {exc.msg}"
+            continue
+        if isinstance(value, (dict, list)):
+            return value
+        scalar = scalar or _SCALAR_NAMES[type(value)]
+    if scalar:
+        raise ExtractionError(f"a bare {scalar}, not a JSON object or array")
+    raise ExtractionError(error or "no JSON object or array found")
+
+
+def _candidates(text: str) -> Iterator[str]:
+    yield text
+    for fence in _FENCE.finditer(text):
+        yield fence[1]
+    starts = [start for start in (text.find("{"), text.find("[")) if start >= 0]
+    if starts:  # only the outermost span: an inner one of a truncated answer would be part of the data
+        start = min(starts)
+        end = text.rfind(_BRACKETS[text[start]])
+        yield text[start:end + 1] if end > start else text[start:]  # no closer: truncated, say so
+
+
+@dataclass(frozen=True)
+class RowOutcome:
+    key: str
+    status: str  # "succeeded" | "failed"
+    data: Any  # the extracted JSON; None when failed
+    error: str | None  # why it failed, for people
+    finish_reason: str | None
+    input_tokens: int
+    output_tokens: int  # answer + thinking
+    model_version: str | None
+    raw_text: str | None  # the model's text, kept on failure (truncated); None on success
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> RowOutcome:
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data]
+        if missing:
+            raise ValueError(f"outcome record lacks {', '.join(missing)}")
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+def missing_outcome(key: str, reason: str) -> RowOutcome:
+    """A failed outcome without any answer: the key's row is missing (job expired or failed) or is an error."""
+    return RowOutcome(key, "failed", None, reason, None, 0, 0, None, None)
+
+
+def parse_output_row(row: Mapping, response_schema: Mapping | None) -> RowOutcome:
+    """The outcome of one output row, Developer API or Vertex AI form.
+
+    Success needs finish reason STOP (or none, with text), an extractable JSON
+    object or array, and, given a schema, data that matches it.
+    """
+    return _parse_row(row, _validator(response_schema))
+
+
+def _validator(response_schema: Mapping | None) -> Draft202012Validator | None:
+    """Raises jsonschema.SchemaError before any row is read when the schema itself is invalid."""
+    if response_schema is None:
+        return None
+    Draft202012Validator.check_schema(response_schema)
+    return Draft202012Validator(response_schema)
+
+
+def _parse_row(row: Mapping, validator: Draft202012Validator | None) -> RowOutcome:
+    key = row.get("key")
+    problem = row.get("error") or row.get("status")  # Developer API: error object; Vertex AI: "STATUS: message"
+    if problem:
+        if isinstance(problem, Mapping):  # google.rpc.Status
+            code = " ".join(str(problem[name]) for name in ("code", "status") if problem.get(name) is not None)
+            problem = f"{code}: {problem.get('message')}"
+        return missing_outcome(key, f"row error {problem}")
+    response = row.get("response")
+    if not isinstance(response, Mapping):
+        return missing_outcome(key, "row has neither a response nor an error")
+
+    usage = _mapping(response.get("usageMetadata"))
+    input_tokens = _count(usage.get("promptTokenCount"))
+    output_tokens = _count(usage.get("candidatesTokenCount")) + _count(usage.get("thoughtsTokenCount"))
+    model_version = response.get("modelVersion")
+
+    def failed(reason: str, finish_reason: str | None = None, text: str | None = None) -> RowOutcome:
+        raw = text[:RAW_TEXT_LIMIT] if text else None
+        return RowOutcome(key, "failed", None, reason, finish_reason, input_tokens, output_tokens, model_version, raw)
+
+    candidates = response.get("candidates")
+    if not isinstance(candidates, list) or not candidates:
+        block = _mapping(response.get("promptFeedback")).get("blockReason")
+        return failed(f"prompt blocked: {block}" if block else "response has no candidates")
+    candidate = _mapping(candidates[0])
+    finish = candidate.get("finishReason")
+    text = _answer_text(candidate)
+    if finish not in (None, "STOP"):
+        meaning = _FINISH_MEANINGS.get(finish, "no usable answer")
+        if finish == "MAX_TOKENS" and not text:
+            meaning = "output token limit reached before any answer (spent on thinking?)"
+        return failed(f"finish reason {finish}: {meaning}", finish, text)
+    try:
+        data = extract_json(text)
+    except ExtractionError as exc:
+        return failed(f"answer is not JSON: {exc}", finish, text)
+    if validator is not None:
+        error = best_match(validator.iter_errors(data))
+        if error is not None:
+            message = error.message[:SCHEMA_MESSAGE_LIMIT]
+            return failed(f"answer does not match the response schema: {error.json_path}: {message}", finish, text)
+    return RowOutcome(key, "succeeded", data, None, finish, input_tokens, output_tokens, model_version, None)
+
+
+def _mapping(value: Any) -> Mapping:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) else 0
+
+
+def _answer_text(candidate: Mapping) -> str:
+    """The answer's text parts joined; thought parts are the model's thinking, not its answer."""
+    parts = _mapping(candidate.get("content")).get("parts")
+    if not isinstance(parts, list):
+        return ""
+    return "".join(
+        part["text"] for part in parts
+        if isinstance(part, Mapping) and isinstance(part.get("text"), str) and not part.get("thought")
+    )
+
+
+@dataclass
+class OutputReading:
+    """What reading one job's output found."""
+
+    outcomes: int = 0  # handed to the sink: succeeded + failed
+    succeeded: int = 0
+    failed: int = 0
+    unparseable_lines: int = 0  # not JSON, or JSON but not an object
+    unknown_keys: int = 0  # rows without a key, or with a key this job was not sent
+    duplicate_keys: int = 0  # later rows for a key already read
+
+
+def read_output(
+    lines: Iterable[bytes],
+    expected_keys: Collection[str],
+    response_schema: Mapping | None,
+    sink: Callable[[RowOutcome], None],
+) -> OutputReading:
+    """Stream a job's output rows to ``sink`` as outcomes, at most one per expected key (the first row wins).
+
+    Anything else is counted and skipped with a warning, never raised: one
+    bad line must not cost the rest of the job. Memory stays flat in the
+    number of rows: besides the expected keys, only the keys seen are kept.
+    """
+    validator = _validator(response_schema)
+    expected = frozenset(expected_keys)  # a job's keys often arrive as a list: keep lookups O(1)
+    reading = OutputReading()
+    seen: set[str] = set()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict):
+            reading.unparseable_lines += 1
+            _warn(reading.unparseable_lines, "Output line %d is not a JSON object: %.100r", number, line)
+            continue
+        key = row.get("key")
+        if not isinstance(key, str) or key not in expected:
+            reading.unknown_keys += 1
+            _warn(reading.unknown_keys, "Output line %d: key %r is not one this job was sent, ignored", number, key)
+            continue
+        if key in seen:
+            reading.duplicate_keys += 1
+            _warn(reading.duplicate_keys, "Output line %d: key %s was already read, ignored", number, key)
+            continue
+        seen.add(key)
+        outcome = _parse_row(row, validator)
+        reading.outcomes += 1
+        if outcome.status == "succeeded":
+            reading.succeeded += 1
+        else:
+            reading.failed += 1
+        sink(outcome)
+    return reading
+
+
+def _warn(count: int, message: str, *args: Any) -> None:
+    if count <= WARNINGS_PER_KIND:
+        log.warning(message + ("; further ones of this kind are not logged" if count == WARNINGS_PER_KIND else ""), *args)
+
+
+def document_record(doc: PlannedDocument, outcomes: Mapping[str, RowOutcome], reused: Mapping[str, Mapping]) -> dict:
+    """The results.jsonl line of one document.
+
+    The document succeeds only if every part does; its error then names each
+    failed part ("pages 51-100: ..." for a split PDF). A part answered by an
+    earlier run (``reused``: records from the finished store) counts as
+    succeeded with its stored data and adds no tokens to this run's usage.
+    The data of a split PDF is its parts' data combined by ``merge_part_data``.
+    """
+    record = {
+        "document": doc.path, "status": "rejected", "data": None, "error": doc.rejected, "parts": [],
+        "usage": {"input_tokens": 0, "output_tokens": 0}, "reused": False,
+    }
+    if doc.rejected is not None:
+        return record
+    if not doc.parts:
+        return record | {"status": "failed", "error": "document has no parts to request"}
+    datas, errors = [], []
+    for part in doc.parts:
+        outcome, was_reused = _part_outcome(part.key, outcomes, reused)
+        record["usage"]["input_tokens"] += outcome.input_tokens
+        record["usage"]["output_tokens"] += outcome.output_tokens
+        record["parts"].append({
+            "key": part.key, "pages": list(part.pages) if part.pages else None, "status": outcome.status,
+            "finish_reason": outcome.finish_reason, "error": outcome.error, "reused": was_reused,
+        })
+        if outcome.status == "succeeded":
+            datas.append(outcome.data)
+        else:
+            errors.append(f"pages {part.pages[0]}-{part.pages[1]}: {outcome.error}" if part.pages else outcome.error)
+    record["reused"] = all(part["reused"] for part in record["parts"])
+    if errors:
+        return record | {"status": "failed", "error": "; ".join(errors)}
+    return record | {"status": "succeeded", "error": None, "data": datas[0] if len(datas) == 1 else merge_part_data(datas)}
+
+
+def _part_outcome(key: str, outcomes: Mapping[str, RowOutcome], reused: Mapping[str, Mapping]) -> tuple[RowOutcome, bool]:
+    """This run's outcome for a key, else the earlier run's record (as a token-free success), else a failure."""
+    if key in outcomes:
+        return outcomes[key], False
+    if key in reused:
+        stored = reused[key]
+        return RowOutcome(key, "succeeded", stored.get("data"), None, stored.get("finish_reason"), 0, 0,
+                          stored.get("model_version"), None), True
+    return missing_outcome(key, "no answer for this part"), False
+
+
+def merge_part_data(datas: list) -> Any:
+    """One document's data from the answers for its page ranges, given in page order.
+
+    When every answer is an object they merge key by key: for a scalar the
+    first non-null value wins (a field found on page 3 is not overwritten by
+    page 60), lists are concatenated (line items of all pages, in page order),
+    nested objects merge the same way; where the parts disagree on a field's
+    type, the first non-null value wins. When any answer is not an object,
+    the data is the list of the answers.
+    """
+    if all(isinstance(data, dict) for data in datas):
+        merged: dict = {}
+        for data in datas:
+            for name, value in data.items():
+                merged[name] = _merge_values(merged[name], value) if name in merged else value
+        return merged
+    return list(datas)
+
+
+def _merge_values(first: Any, later: Any) -> Any:
+    if first is None:
+        return later
+    if isinstance(first, list) and isinstance(later, list):
+        return first + later
+    if isinstance(first, dict) and isinstance(later, dict):
+        return merge_part_data([first, later])
+    return first
+
+
+@dataclass
+class RunTotals:
+    """Running tallies for summary.json: ``add`` each published record, then ``to_json``.
+
+    Documents with the same bytes share their requests, so a request's
+    tokens are counted once, as they are billed once.
+    """
+
+    documents: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    rejected: int = 0
+    reused: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    _counted_keys: set[str] = field(default_factory=set, init=False, repr=False)
+
+    def add(self, record: Mapping) -> None:
+        status = record["status"]
+        if status not in ("succeeded", "failed", "rejected"):
+            raise ValueError(f"record for {record['document']} has status {status!r}")
+        self.documents += 1
+        setattr(self, status, getattr(self, status) + 1)
+        self.reused += bool(record["reused"])
+        keys = {part["key"] for part in record["parts"] if not part["reused"]}
+        if not keys <= self._counted_keys:  # a document's keys are all new or all shared: they hash its bytes
+            self._counted_keys |= keys
+            self.input_tokens += record["usage"]["input_tokens"]
+            self.output_tokens += record["usage"]["output_tokens"]
+
+    def to_json(self, *, requests: int, jobs: int, retry_rounds: int, estimated_cost_usd: float) -> dict:
+        return {
+            "documents": self.documents, "succeeded": self.succeeded, "failed": self.failed,
+            "rejected": self.rejected, "reused": self.reused, "requests": requests, "jobs": jobs,
+            "retry_rounds": retry_rounds, "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+            "estimated_cost_usd": estimated_cost_usd,
+        }

@@ -1,0 +1,381 @@
+"""The steps of one extraction run, as the DAG's tasks call them.
+
+Each step reads what earlier steps wrote into the run's work folder and
+writes its own output there, so a task can be retried or cleared on its own
+and XCom carries only URIs and counts. Work folder layout::
+
+    <work>/plan.jsonl                  one line per discovered document
+    <work>/staged.jsonl                key -> staged URI (and expiry), appended per staging pass
+    <work>/stage-failures.jsonl        key -> why it could not be staged
+    <shards>/round-<r>/shard-*.jsonl   the requests of round r (+ .keys, .manifest.json)
+    <work>/round-<r>/outcomes.jsonl    one outcome per key requested in round r
+
+``<shards>`` is the work folder, or for Vertex AI the run's folder under the
+gs:// staging prefix (Vertex reads its input from Cloud Storage only).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jsonschema
+import orjson
+from airflow.sdk import ObjectStoragePath
+
+from gemini_batch import documents, plan, results
+from gemini_batch.batch_requests import RequestSpec, ShardManifest
+from gemini_batch.cost import load_prices
+from gemini_batch.locations import as_path, is_gcs, uri_of
+from gemini_batch.staging import FilesApiStager, GcsStager, StagedPart, StageFailure, needs_restage
+from gemini_batch.store import FinishedStore
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+RETENTIONS = ("keep", "staged", "all")
+TEMPLATED_PARAMS = ("source", "output", "state", "staging_prefix")
+
+
+class RunConfigError(ValueError):
+    """A run's parameters cannot work; the message names the parameter."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """A run's parameters, checked once, from the DAG params."""
+
+    source: ObjectStoragePath
+    output: ObjectStoragePath
+    spec: RequestSpec
+    gemini_conn_id: str = "gemini_default"
+    state: ObjectStoragePath | None = None  # the finished-key store; <output>/../_state by default
+    staging_prefix: ObjectStoragePath | None = None  # Vertex: gs:// prefix for documents, shards and outputs
+    limits: documents.Limits = field(default_factory=documents.Limits)
+    max_rows: int = 10_000
+    max_bytes: int = 100 * 2**20
+    max_cost_usd: float | None = None
+    retry_rounds: int = 2
+    retention: str = "staged"
+
+    @classmethod
+    def from_params(cls, params: Mapping, *, gcp_conn_id: str | None = None) -> RunSettings:
+        try:
+            spec = RequestSpec(
+                model=params["model"], prompt=params["prompt"], response_schema=params.get("response_schema"),
+                thinking=params.get("thinking", "low"),
+            )
+            limits = documents.Limits(
+                max_pages=int(params.get("max_pages", 50)), max_part_bytes=int(params.get("max_part_mb", 50)) * 2**20,
+            )
+            if spec.response_schema is not None:
+                jsonschema.Draft202012Validator.check_schema(spec.response_schema)
+        except jsonschema.SchemaError as exc:
+            raise RunConfigError(f"response_schema is not a valid JSON schema: {exc.message}") from None
+        except (ValueError, TypeError) as exc:
+            raise RunConfigError(f"invalid parameters: {exc}") from None
+        if params.get("retention", "staged") not in RETENTIONS:
+            raise RunConfigError(f"retention must be one of {RETENTIONS}, got {params['retention']!r}")
+        output = _location(params["output"], "output", gcp_conn_id)
+        state = params.get("state")
+        staging = params.get("staging_prefix")
+        return cls(
+            source=_location(params["source"], "source", gcp_conn_id),
+            output=output,
+            spec=spec,
+            gemini_conn_id=params.get("gemini_conn_id") or "gemini_default",
+            state=_location(state, "state", gcp_conn_id) if state else None,
+            staging_prefix=_location(staging, "staging_prefix", gcp_conn_id) if staging else None,
+            limits=limits,
+            max_rows=int(params.get("max_rows_per_job", 10_000)),
+            max_bytes=int(params.get("max_mb_per_job", 100)) * 2**20,
+            max_cost_usd=params.get("max_cost_usd"),
+            retry_rounds=int(params.get("retry_rounds", 2)),
+            retention=params.get("retention", "staged"),
+        )
+
+    @classmethod
+    def from_context(cls, context: Mapping, *, gcp_conn_id: str | None = None) -> RunSettings:
+        """The run's params with the location ones rendered, so ``gs://landing/{{ ds }}/`` means that day's folder."""
+        render = dict(context)
+        if render.get("ds") is None:  # a manual run without a logical date: the day it runs
+            render["ds"] = context["dag_run"].run_after.strftime("%Y-%m-%d")
+        params = dict(context["params"])
+        for name in TEMPLATED_PARAMS:
+            if isinstance(params.get(name), str):
+                params[name] = context["task"].render_template(params[name], render)
+        return cls.from_params(params, gcp_conn_id=gcp_conn_id)
+
+    def store(self) -> FinishedStore:
+        return FinishedStore(self.state or self.output / "_state")
+
+
+def _location(value: str, name: str, conn_id: str | None) -> ObjectStoragePath:
+    if not isinstance(value, str) or not value.strip():
+        raise RunConfigError(f"{name}: give a local folder or a gs:// prefix, got {value!r}")
+    value = value.strip()
+    if "://" not in value and not Path(value).is_absolute():
+        value = str(PROJECT_ROOT / value)  # relative to the project, wherever Airflow runs from
+    return as_path(value, conn_id=conn_id if value.startswith("gs://") else None)
+
+
+class RunFolder:
+    """Where one run keeps its work files (see the module docstring)."""
+
+    def __init__(self, settings: RunSettings, run_id: str, backend: str):
+        self.slug = run_slug(run_id)
+        self.work = settings.output / "_work" / self.slug
+        if backend == "vertex":
+            if settings.staging_prefix is None or not is_gcs(settings.staging_prefix):
+                raise RunConfigError("staging_prefix: Vertex AI reads documents and requests from Cloud Storage; "
+                                     "give a gs://bucket/prefix")
+            self.remote = settings.staging_prefix / self.slug
+        else:
+            self.remote = self.work
+        self.plan = self.work / "plan.jsonl"
+        self.staged = self.work / "staged.jsonl"
+        self.stage_failures = self.work / "stage-failures.jsonl"
+
+    def shards(self, round_: int) -> ObjectStoragePath:
+        return self.remote / f"round-{round_}"
+
+    def outcomes(self, round_: int) -> ObjectStoragePath:
+        return self.work / f"round-{round_}" / "outcomes.jsonl"
+
+    def documents_prefix(self) -> ObjectStoragePath:
+        """Vertex: staged documents are shared by key across runs, so they live beside the runs."""
+        return self.remote.parent / "documents"
+
+
+def run_slug(run_id: str) -> str:
+    """A folder- and display-name-safe, unique form of a run id."""
+    readable = re.sub(r"[^a-z0-9]+", "-", run_id.lower()).strip("-")[:40]
+    return f"{readable}-{hashlib.sha256(run_id.encode()).hexdigest()[:8]}"
+
+
+# ------------------------------------------------------------------ plan and stage
+
+
+def plan_documents(settings: RunSettings, folder: RunFolder) -> plan.PlanSummary:
+    return plan.plan_run(
+        settings.source, settings.spec, folder.plan,
+        finished=settings.store().load().keys(), limits=settings.limits, prices=load_prices(),
+    )
+
+
+def check_budget(summary: Mapping, max_cost_usd: float | None) -> None:
+    estimate = summary["estimate"]
+    if max_cost_usd is not None and estimate["usd"] > max_cost_usd:
+        raise RunConfigError(
+            f"estimated cost ${estimate['usd']:.4f} for {summary['requests']} requests "
+            f"({estimate['input_tokens']:,} input + {estimate['output_tokens']:,} output tokens) exceeds "
+            f"max_cost_usd ${max_cost_usd:.4f}; nothing was submitted"
+        )
+
+
+def stage_documents(settings: RunSettings, folder: RunFolder, hook, *, only: set[str] | None = None) -> dict:
+    """Stage every part to request (or the keys in ``only``); append to staged.jsonl and stage-failures.jsonl."""
+    items = (i for i in plan.parts_to_stage(folder.plan, settings.source) if only is None or i.key in only)
+    if hook.backend == "vertex":
+        stager = GcsStager(folder.documents_prefix(), documents.open_part)
+    else:
+        stager = FilesApiStager(hook.get_conn(), documents.open_part)
+    staged = failed = 0
+    with _appending(folder.staged) as ok_out, _appending(folder.stage_failures) as failed_out:
+        for result in stager.stage(items):
+            if isinstance(result, StagedPart):
+                ok_out.write(orjson.dumps(result.to_json()) + b"\n")
+                staged += 1
+            else:
+                failed_out.write(orjson.dumps({"key": result.key, "error": result.error}) + b"\n")
+                failed += 1
+    return {"staged": staged, "failed": failed}
+
+
+def read_staged(folder: RunFolder) -> dict[str, StagedPart]:
+    """The latest staging of each key."""
+    return {s.key: s for s in map(StagedPart.from_json, _read_jsonl(folder.staged))}
+
+
+def read_stage_failures(folder: RunFolder) -> dict[str, str]:
+    staged = read_staged(folder)
+    return {f["key"]: f["error"] for f in _read_jsonl(folder.stage_failures) if f["key"] not in staged}
+
+
+# ------------------------------------------------------------------ build, collect, retry
+
+
+def build_round(settings: RunSettings, folder: RunFolder, round_: int, only: set[str] | None = None) -> list[str]:
+    """Write round ``round_``'s shards; return their manifest URIs (what the submit tasks map over)."""
+    manifests, unstaged = plan.build_shards(
+        folder.plan, settings.source, read_staged(folder), settings.spec, folder.shards(round_),
+        max_rows=settings.max_rows, max_bytes=settings.max_bytes, only=only,
+        prefix=f"r{round_}-shard",  # the shard id names the job: a retry of the same keys is a new job
+    )
+    if unstaged:
+        log.warning("%d part(s) could not be staged and are not requested; see %s", len(unstaged), uri_of(folder.stage_failures))
+    return [m.manifest_uri for m in manifests]
+
+
+def keys_to_retry(folder: RunFolder, round_: int, hook, settings: RunSettings) -> set[str]:
+    """Keys whose latest outcome failed, re-staging any Files API upload that expired meanwhile."""
+    failed = {key for key, outcome in latest_outcomes(folder, round_ - 1).items() if outcome.status == "failed"}
+    if not failed:
+        return set()
+    staged = read_staged(folder)
+    expiring = {key for key in failed if key in staged and needs_restage(staged[key])}
+    if expiring:
+        log.info("Re-staging %d upload(s) that expire before a retry could use them", len(expiring))
+        stage_documents(settings, folder, hook, only=expiring)
+    return failed
+
+
+def collect_round(settings: RunSettings, folder: RunFolder, round_: int, jobs: Iterable[Mapping], hook) -> dict:
+    """Turn every key of round ``round_`` into an outcome: answered, failed, or missing from its job's output."""
+    jobs_by_manifest = {job["manifest_uri"]: job for job in jobs if job}
+    counts = {"keys": 0, "succeeded": 0, "failed": 0, "jobs": 0}
+    manifests = _manifests(folder.shards(round_))
+    if not manifests:
+        return counts  # nothing was requested in this round: no outcomes file, the round did not happen
+    target = folder.outcomes(round_)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("wb") as out:
+
+        def write(outcome: results.RowOutcome) -> None:
+            out.write(orjson.dumps(outcome.to_json()) + b"\n")
+            counts["keys"] += 1
+            counts[outcome.status] += 1
+
+        for manifest_file in manifests:
+            manifest = ShardManifest.load(manifest_file)
+            expected = as_path(manifest.keys_uri, conn_id=manifest_file.conn_id).read_text().split()
+            job = jobs_by_manifest.get(manifest.manifest_uri)
+            answered: set[str] = set()
+            if job is None:
+                reason = "no answer: the shard's job was not submitted"
+            else:
+                counts["jobs"] += 1
+                reason = f"no answer: job {job['job_name']} ended {job['state']} before this row finished"
+                batch = hook.get_job(job["job_name"])
+
+                def sink(outcome: results.RowOutcome) -> None:
+                    answered.add(outcome.key)
+                    write(outcome)
+
+                reading = results.read_output(hook.iter_output_lines(batch), expected, settings.spec.response_schema, sink)
+                log.info("Job %s (%s): %s", job["job_name"], job["state"], reading)
+            for key in expected:
+                if key not in answered:
+                    write(results.missing_outcome(key, reason))
+    return counts
+
+
+def latest_outcomes(folder: RunFolder, last_round: int) -> dict[str, results.RowOutcome]:
+    """Each key's outcome in the latest round that requested it."""
+    latest: dict[str, results.RowOutcome] = {}
+    for round_ in range(last_round + 1):
+        for data in _read_jsonl(folder.outcomes(round_)):
+            latest[data["key"]] = results.RowOutcome.from_json(data)
+    return latest
+
+
+def last_round(folder: RunFolder, retry_rounds: int) -> int:
+    return max((r for r in range(retry_rounds + 1) if folder.outcomes(r).exists()), default=0)
+
+
+# ------------------------------------------------------------------ publish and clean up
+
+
+def publish(settings: RunSettings, folder: RunFolder, summary: Mapping, *, jobs: int, run_id: str) -> dict:
+    """Write results.jsonl and summary.json (contract 6) and remember the answered keys."""
+    rounds = last_round(folder, settings.retry_rounds)
+    outcomes = latest_outcomes(folder, rounds)
+    for key, error in read_stage_failures(folder).items():
+        outcomes.setdefault(key, results.missing_outcome(key, f"not requested: {error}"))
+    store = settings.store()
+    finished = store.load()
+    totals = results.RunTotals()
+    settings.output.mkdir(parents=True, exist_ok=True)
+    with (settings.output / "results.jsonl").open("wb") as out:
+        for doc in plan.read_plan(folder.plan):
+            reused = {p.key: finished[p.key] for p in doc.parts if p.reused and p.key in finished}
+            record = results.document_record(doc, outcomes, reused)
+            totals.add(record)
+            out.write(orjson.dumps(record) + b"\n")
+    now = dt.datetime.now(dt.timezone.utc).isoformat()
+    store.add(
+        ({**o.to_json(), "finished_at": now} for o in outcomes.values() if o.status == "succeeded"),
+        segment=f"{now[:19]}-{folder.slug}",
+    )
+    report = totals.to_json(
+        requests=summary["requests"], jobs=jobs, retry_rounds=rounds,
+        estimated_cost_usd=round(summary["estimate"]["usd"], 6),
+    )
+    (settings.output / "summary.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    return report
+
+
+def clean_up(settings: RunSettings, folder: RunFolder, hook, job_names: Iterable[str]) -> dict:
+    """Cancel this run's unfinished jobs (no orphaned billing), then delete staged files per ``retention``."""
+    cancelled = sum(bool(hook.cancel_job(name)) for name in job_names)
+    deleted = 0
+    if settings.retention in ("staged", "all") and folder.staged.exists():
+        for part in read_staged(folder).values():
+            deleted += _delete_staged(part, hook)
+    if settings.retention == "all":
+        for path in {uri_of(folder.work): folder.work, uri_of(folder.remote): folder.remote}.values():
+            if path.exists():
+                path.fs.rm(path.path, recursive=True)
+    return {"cancelled_jobs": cancelled, "deleted_uploads": deleted}
+
+
+def _delete_staged(part: StagedPart, hook) -> int:
+    try:
+        if part.uri.startswith("gs://"):
+            hook.storage_path(part.uri).unlink(missing_ok=True)
+        else:
+            hook.get_conn().files.delete(name="files/" + part.uri.rsplit("/files/", 1)[-1])
+        return 1
+    except Exception as exc:  # noqa: BLE001 - clean-up is best effort; the file expires anyway
+        log.warning("Could not delete staged %s: %s", part.uri, exc)
+        return 0
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _manifests(shard_folder: ObjectStoragePath) -> list[ObjectStoragePath]:
+    if not shard_folder.exists():
+        return []
+    return sorted(p for p in shard_folder.iterdir() if p.name.endswith(".manifest.json"))
+
+
+def _read_jsonl(path: ObjectStoragePath) -> Iterator[dict]:
+    if not path.exists():
+        return
+    with path.open("rb") as fh:
+        for line in fh:
+            if line.strip():
+                yield orjson.loads(line)
+
+
+class _appending:
+    """Append to a JSONL file on local disk or GCS (where objects cannot be appended to: rewrite it)."""
+
+    def __init__(self, path: ObjectStoragePath):
+        self.path = path
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._previous = self.path.read_bytes() if is_gcs(self.path) and self.path.exists() else b""
+        self._fh = self.path.open("ab" if not is_gcs(self.path) else "wb")
+        self._fh.write(self._previous)
+        return self._fh
+
+    def __exit__(self, *exc) -> None:
+        self._fh.close()

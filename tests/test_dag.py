@@ -1,0 +1,190 @@
+"""The gemini_batch_extract DAG end to end: real `airflow dags test` runs
+(bin/airflow, SQLite in a temporary AIRFLOW_HOME, deferred tasks run by
+dags test's in-process triggerer) against emulator processes, for both
+backends, with faults on. What was submitted is read from the emulator's own
+record of each job's input, not from anything the DAG says about itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from fpdf import FPDF
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "include" / "samples"
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("airflow-home")
+    env = {**os.environ, "AIRFLOW_HOME": str(home)}
+    subprocess.run([ROOT / "bin" / "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    subprocess.run([ROOT / "bin" / "airflow", "pools", "set", "gemini_batch_jobs", "10", "jobs", "--include-deferred"],
+                   env=env, check=True, capture_output=True)
+    return home
+
+
+def run_dag(airflow_home, conn: dict, conf: dict, logical_date: str, extra_env: dict | None = None):
+    env = {
+        **os.environ, "AIRFLOW_HOME": str(airflow_home), "AIRFLOW_CONN_GEMINI_DEFAULT": json.dumps(conn),
+        **(extra_env or {}),
+    }
+    conf = {"poll_seconds": 0.5, **conf}
+    done = subprocess.run(
+        [ROOT / "bin" / "airflow", "dags", "test", "gemini_batch_extract", logical_date, "-c", json.dumps(conf)],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    log = done.stdout + done.stderr
+    # `dags test` exits 0 whatever the run's outcome: the run's state is in its last log line
+    finished = re.findall(r"DagRun Finished: .*? state=(\w+)", log)
+    return DagRun(finished[-1] if finished else None, log)
+
+
+@dataclasses.dataclass
+class DagRun:
+    state: str | None
+    log: str
+
+    def check(self) -> None:
+        assert self.state == "success", self.log[-6000:]
+
+
+def developer_conn(url: str) -> dict:
+    return {"conn_type": "generic", "password": "test-key", "extra": {"backend": "developer", "base_url": url}}
+
+
+def read_results(output: Path) -> tuple[dict[str, dict], dict]:
+    records = [json.loads(line) for line in (output / "results.jsonl").read_text().splitlines()]
+    return {r["document"]: r for r in records}, json.loads((output / "summary.json").read_text())
+
+
+def submitted_keys(server) -> list[list[str]]:
+    """Keys of every job the emulator received, oldest first: its own record of each job's input."""
+    jobs_dir = server.log_path.parent / "jobs"
+    jobs = sorted((json.loads(p.read_text()) for p in jobs_dir.glob("*.json")), key=lambda j: j["create_time"])
+    return [
+        [json.loads(line)["key"] for line in (jobs_dir / f"{job['id']}.input.jsonl").read_text().splitlines() if line]
+        for job in jobs
+    ]
+
+
+def assert_contract(records: dict[str, dict], summary: dict, source: Path) -> None:
+    found = sorted(str(p.relative_to(source)) for p in source.rglob("*") if p.is_file() and not p.name.startswith("."))
+    assert sorted(records) == found, "exactly one line per document"
+    assert summary["documents"] == len(found) == summary["succeeded"] + summary["failed"] + summary["rejected"]
+    for record in records.values():
+        assert set(record) >= {"document", "status", "data", "error", "parts", "usage", "reused"}
+        assert record["status"] in ("succeeded", "failed", "rejected")
+        assert (record["data"] is not None) == (record["status"] == "succeeded")
+        assert (record["error"] is None) == (record["status"] == "succeeded")
+
+
+@pytest.fixture
+def source(tmp_path):
+    folder = tmp_path / "source"
+    shutil.copytree(SAMPLES, folder)
+    return folder
+
+
+def test_developer_run_over_the_samples(airflow_home, source, tmp_path, start_emulator):
+    server = start_emulator(time_scale=600)
+    output = tmp_path / "out"
+    done = run_dag(airflow_home, developer_conn(server.url), {"source": str(source), "output": str(output)}, "2026-11-01")
+    done.check()
+
+    records, summary = read_results(output)
+    assert_contract(records, summary, source)
+    assert records["corrupt.pdf"]["status"] == "rejected" and "corrupt PDF" in records["corrupt.pdf"]["error"]
+    assert records["invoice-1.pdf"]["status"] == "succeeded"
+    assert records["invoice-1-copy.pdf"]["data"] == records["invoice-1.pdf"]["data"]
+    statement = records["statement-120-pages.pdf"]
+    assert [p["pages"] for p in statement["parts"]] == [[1, 50], [51, 100], [101, 120]]
+    assert statement["status"] == "succeeded"
+    assert summary["rejected"] == 1 and summary["succeeded"] == 7 and summary["retry_rounds"] == 0
+
+    # 8 documents, 1 rejected, one duplicate, the statement in 3 parts: 8 requests, each submitted once
+    keys = submitted_keys(server)
+    assert summary["requests"] == 8 == sum(map(len, keys)) == len({k for job in keys for k in job})
+    assert summary["jobs"] == len(keys) == 1
+    assert summary["input_tokens"] > 0
+
+    # Incremental: the same folder again plans and submits nothing, and every record is still there.
+    output2 = tmp_path / "out2"
+    again = run_dag(airflow_home, developer_conn(server.url),
+                    {"source": str(source), "output": str(output2), "state": str(output / "_state")}, "2026-11-02")
+    again.check()
+    records2, summary2 = read_results(output2)
+    assert_contract(records2, summary2, source)
+    assert (summary2["requests"], summary2["jobs"]) == (0, 0)
+    assert len(submitted_keys(server)) == 1
+    assert summary2["reused"] == 7
+    assert records2["invoice-2.pdf"]["data"] == records["invoice-2.pdf"]["data"] and records2["invoice-2.pdf"]["reused"]
+
+
+def test_faults_retry_only_what_failed(airflow_home, source, tmp_path, start_emulator):
+    for n in range(6, 26):  # more documents, so each kind of fault hits some
+        pdf = FPDF()
+        pdf.add_page()
+        pdf.set_font("helvetica", size=12)
+        pdf.cell(text=f"Invoice INV-{n:04d} total {n * 10}.00 EUR")
+        pdf.output(str(source / f"more-{n}.pdf"))
+    faults = {
+        "seed": 7, "row_error_rate": 0.15, "fenced_rate": 0.2, "truncated_rate": 0.1,
+        "http": {"get": {"rate": 0.3, "codes": [503]}, "upload": {"burst": 2, "codes": [503]}},
+    }
+    server = start_emulator(time_scale=600, faults=faults)
+    output = tmp_path / "out"
+    done = run_dag(airflow_home, developer_conn(server.url),
+                   {"source": str(source), "output": str(output), "max_rows_per_job": 10}, "2026-11-03")
+    done.check()
+    records, summary = read_results(output)
+    assert_contract(records, summary, source)
+
+    keys = submitted_keys(server)
+    first_round = [k for job in keys[:3] for k in job]  # 28 requests in shards of 10
+    assert len(first_round) == summary["requests"] == 28
+    later = [k for job in keys[3:] for k in job]
+    assert later, "some rows failed and were retried"
+    assert summary["retry_rounds"] >= 1
+    # only failed keys come back: every retried key is one whose document did not succeed the first time
+    assert len(later) < len(first_round)
+    succeeded_first = set(first_round) - set(later)
+    assert succeeded_first, "succeeded rows are never resubmitted"
+    assert summary["succeeded"] >= 20
+
+
+def test_budget_gate_fails_before_submitting(airflow_home, source, tmp_path, start_emulator):
+    server = start_emulator(time_scale=600)
+    output = tmp_path / "out"
+    done = run_dag(airflow_home, developer_conn(server.url),
+                   {"source": str(source), "output": str(output), "max_cost_usd": 0.000001}, "2026-11-04")
+    assert done.state == "failed"
+    assert "exceeds max_cost_usd" in done.log and "estimated cost $" in done.log
+    assert submitted_keys(server) == []
+    assert not (output / "results.jsonl").exists()
+
+
+def test_vertex_run_through_gcs(airflow_home, source, tmp_path, start_emulator, gcs):
+    server = start_emulator(time_scale=600, gcs_endpoint=gcs.url)
+    conn = {"conn_type": "generic", "extra": {"backend": "vertex", "base_url": server.url, "project": "test-project",
+                                              "location": "us-central1", "gcp_conn_id": "gcs_emulator"}}
+    gcp = json.dumps({"conn_type": "google_cloud_platform", "extra": {"is_anonymous": True, "project": "test-project"}})
+    output = tmp_path / "out"
+    done = run_dag(
+        airflow_home, conn,
+        {"source": str(source), "output": str(output), "staging_prefix": "gs://test-bucket/dag-vertex"},
+        "2026-11-05",
+        extra_env={"AIRFLOW_CONN_GCS_EMULATOR": gcp, "STORAGE_EMULATOR_HOST": gcs.url},
+    )
+    done.check()
+    records, summary = read_results(output)
+    assert_contract(records, summary, source)
+    assert summary["succeeded"] == 7 and summary["jobs"] == 1
+    assert sum(map(len, submitted_keys(server))) == 8

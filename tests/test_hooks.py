@@ -1,0 +1,278 @@
+"""GeminiBatchHook against real emulator processes: clients built from Airflow
+connections (set through AIRFLOW_CONN_* variables), the real google-genai
+client (Developer API and Vertex AI), gcsfs against gcp-storage-emulator.
+Faults (503 bursts) are injected by the emulator, not mocked."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import time
+import uuid
+
+import orjson
+import pytest
+from conftest import developer_client
+from google import genai
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gemini_batch.batch_requests import RequestSpec, ShardManifest, ShardWriter, build_row
+from gemini_batch.hooks import GeminiBatchHook, _split_lines, is_terminal, state_name
+
+KEY = "test-key-5ecr3t-8d1f0c"
+MODEL = "gemini-2.5-flash"
+GCS_CONNECTION = {"conn_type": "google_cloud_platform", "extra": {"is_anonymous": True, "project": "test-project"}}
+SLOW = {"pending_seconds": 3600}  # with time_scale=1: a job stays PENDING for the whole test
+
+
+def use_developer(monkeypatch, url: str, conn_id: str = "gemini_default", **extra) -> None:
+    connection = {"conn_type": "generic", "password": KEY, "extra": {"backend": "developer", "base_url": url, **extra}}
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(connection))
+
+
+def use_vertex(monkeypatch, url: str, conn_id: str = "gemini_default") -> None:
+    """Vertex AI through the emulator; the project comes from the anonymous GCP connection."""
+    monkeypatch.setenv("AIRFLOW_CONN_GCS_EMULATOR", json.dumps(GCS_CONNECTION))
+    connection = {"conn_type": "generic", "extra": {"backend": "vertex", "base_url": url, "gcp_conn_id": "gcs_emulator"}}
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(connection))
+
+
+def write_shard(folder, rows: int = 3) -> ShardManifest:
+    """A real shard of text rows (text needs no staging), as the DAG's build step writes it."""
+    spec = RequestSpec(model=MODEL, prompt="Return the invoice number as JSON.")
+    with ShardWriter(folder) as writer:
+        for i in range(rows):
+            writer.add(build_row(f"key-{i:05d}", spec, text=f"Invoice Number: INV-{i}\n"))
+    (manifest,) = writer.manifests
+    return manifest
+
+
+def wait_until_ended(hook: GeminiBatchHook, name: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = hook.get_job(name)
+        if is_terminal(job):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"{name} did not end within {timeout} s")
+
+
+def submit_shard(hook: GeminiBatchHook, manifest: ShardManifest, display_name: str):
+    src = hook.upload_jsonl(hook.storage_path(manifest.uri), "gbs-" + uuid.uuid4().hex[:32])
+    return hook.create_job(model=MODEL, src=src, display_name=display_name)
+
+
+def keys_of(lines) -> list[str]:
+    return [orjson.loads(line)["key"] for line in lines]
+
+
+# ---------------------------------------------------------------- clients
+
+
+def test_developer_client_is_built_once_per_connection(emulator, monkeypatch):
+    use_developer(monkeypatch, emulator.url)
+    hook = GeminiBatchHook()
+    assert (hook.backend, hook.base_url) == ("developer", emulator.url)
+    client = hook.get_conn()
+    assert isinstance(client, genai.Client) and not client.vertexai
+    assert list(client.batches.list()) == []  # it reaches the emulator with the key
+    assert GeminiBatchHook().get_conn() is client
+    assert GeminiBatchHook().get_async_conn() is client.aio
+
+    use_developer(monkeypatch, emulator.url, location="changed")  # a changed connection gets a new client
+    assert GeminiBatchHook().get_conn() is not client
+
+
+def test_connections_are_kept_apart(emulator, start_emulator, monkeypatch, tmp_path):
+    other = start_emulator(time_scale=3600)
+    use_developer(monkeypatch, emulator.url)
+    use_developer(monkeypatch, other.url, conn_id="gemini_other")
+    hook, other_hook = GeminiBatchHook(), GeminiBatchHook("gemini_other")
+    assert hook.get_conn() is not other_hook.get_conn()
+    submit_shard(other_hook, write_shard(tmp_path / "shards"), "only-on-the-other")
+    assert hook.find_job("only-on-the-other") is None
+    assert other_hook.find_job("only-on-the-other") is not None
+
+
+def test_missing_key_names_the_connection(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_GEMINI_NOKEY", json.dumps(
+        {"conn_type": "generic", "extra": {"backend": "developer", "base_url": "http://127.0.0.1:9"}}))
+    with pytest.raises(ValueError, match="'gemini_nokey' has no API key"):
+        GeminiBatchHook("gemini_nokey").get_conn()
+
+
+def test_unknown_backend_is_refused(monkeypatch):
+    connection = {"conn_type": "generic", "password": KEY, "extra": {"backend": "bard"}}
+    monkeypatch.setenv("AIRFLOW_CONN_GEMINI_ODD", json.dumps(connection))
+    with pytest.raises(ValueError, match="backend must be one of developer, vertex, got 'bard'"):
+        GeminiBatchHook("gemini_odd").get_conn()
+
+
+def test_key_is_never_logged_nor_shown(start_emulator, monkeypatch, tmp_path, caplog, capfd):
+    emulator = start_emulator(time_scale=3600, faults={"http": {"get": {"burst": 1, "codes": [503]}}})
+    use_developer(monkeypatch, emulator.url)
+    caplog.set_level(logging.DEBUG)
+    hook = GeminiBatchHook()
+    hook.retry_initial_seconds = 0.05
+    job = submit_shard(hook, write_shard(tmp_path / "shards"), "secret-check")
+    assert hook.find_job("secret-check").name == job.name
+    job = wait_until_ended(hook, job.name)
+    assert len(list(hook.iter_output_lines(job))) == 3
+    assert not hook.cancel_job(job.name)
+    out, err = capfd.readouterr()
+    logged = caplog.text + out + err  # stdlib logging (SDK, httpx) and the hook's structlog output
+    assert "transient error" in logged  # the 503 retry was logged: the capture sees the hook's log
+    for text in (logged, repr(hook), repr(hook.get_conn())):
+        assert KEY not in text
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def test_create_find_and_cancel(start_emulator, monkeypatch, tmp_path):
+    emulator = start_emulator(time_scale=1, faults=SLOW)
+    use_developer(monkeypatch, emulator.url)
+    hook = GeminiBatchHook()
+    manifest = write_shard(tmp_path / "shards")
+    live = submit_shard(hook, manifest, "shard-a")
+    assert state_name(live) == "JOB_STATE_PENDING"
+    assert hook.find_job("shard-a").name == live.name
+    assert hook.find_job("shard-b") is None
+
+    newer = submit_shard(hook, manifest, "shard-a")
+    assert hook.find_job("shard-a").name == newer.name  # newest first
+    assert hook.cancel_job(newer.name)
+    assert state_name(wait_until_ended(hook, newer.name)) == "JOB_STATE_CANCELLED"
+    assert hook.find_job("shard-a").name == live.name  # a live job wins over a newer dead one
+    assert not hook.cancel_job(newer.name)  # already ended: nothing to cancel, no error
+
+    assert hook.cancel_job(live.name)
+    wait_until_ended(hook, live.name)
+    assert hook.find_job("shard-a").name == newer.name  # only dead ones left: the newest
+
+
+def test_find_job_pages_through_the_developer_list(start_emulator, monkeypatch, tmp_path):
+    emulator = start_emulator(time_scale=1, faults=SLOW)
+    use_developer(monkeypatch, emulator.url)
+    hook = GeminiBatchHook()
+    src = hook.upload_jsonl(hook.storage_path(write_shard(tmp_path / "shards").uri), "gbs-paging")
+    names = [hook.create_job(model=MODEL, src=src, display_name=f"job-{i}").name for i in range(55)]
+    assert hook.find_job("job-0").name == names[0]  # the oldest is on the second page (50 a page)
+
+
+def test_create_and_list_survive_transient_errors(start_emulator, monkeypatch, tmp_path):
+    faults = {"http": {"create": {"burst": 2, "codes": [503, 429]}, "list": {"burst": 2, "codes": [503]}}}
+    emulator = start_emulator(time_scale=3600, faults=faults)
+    use_developer(monkeypatch, emulator.url)
+    hook = GeminiBatchHook()
+    hook.retry_initial_seconds = 0.05
+    job = submit_shard(hook, write_shard(tmp_path / "shards"), "retried")
+    assert hook.find_job("retried").name == job.name
+    client = developer_client(emulator.url)  # held: a client that is garbage collected closes its HTTP client
+    assert [j.name for j in client.batches.list()] == [job.name]
+
+
+def test_upload_jsonl_reuses_an_active_upload(start_emulator, monkeypatch, tmp_path):
+    # Real time: at a time scale of 3600 the 48 h expiry is 48 s away, inside the 2 h re-upload margin.
+    emulator = start_emulator(time_scale=1, faults={"file_processing_seconds": 0.5})
+    use_developer(monkeypatch, emulator.url)
+    hook = GeminiBatchHook()
+    shard = hook.storage_path(write_shard(tmp_path / "shards").uri)
+    assert hook.upload_jsonl(shard, "gbs-once") == "files/gbs-once"
+    first = hook.get_conn().files.get(name="files/gbs-once")
+    assert first.state.name == "ACTIVE" and first.mime_type == "application/jsonl"
+    assert first.size_bytes == shard.stat().st_size
+    assert hook.upload_jsonl(shard, "gbs-once") == "files/gbs-once"
+    assert [f.name for f in hook.get_conn().files.list()] == ["files/gbs-once"]
+    assert hook.get_conn().files.get(name="files/gbs-once").create_time == first.create_time
+
+
+def test_upload_jsonl_replaces_an_upload_about_to_expire(emulator, monkeypatch, tmp_path):
+    """At a time scale of 3600 the emulator's 48 h file expiry is 48 s away: inside the 2 h margin."""
+    use_developer(monkeypatch, emulator.url)
+    hook = GeminiBatchHook()
+    shard = hook.storage_path(write_shard(tmp_path / "shards").uri)
+    hook.upload_jsonl(shard, "gbs-short-lived")
+    first = hook.get_conn().files.get(name="files/gbs-short-lived")
+    assert hook.upload_jsonl(shard, "gbs-short-lived") == "files/gbs-short-lived"
+    again = hook.get_conn().files.get(name="files/gbs-short-lived")
+    assert again.create_time > first.create_time and again.state.name == "ACTIVE"
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def test_developer_output_is_streamed_line_by_line(start_emulator, monkeypatch, tmp_path):
+    emulator = start_emulator(time_scale=3600, faults={"http": {"download": {"burst": 2, "codes": [503]}}})
+    use_developer(monkeypatch, emulator.url)
+    hook = GeminiBatchHook()
+    hook.retry_initial_seconds = 0.05
+    manifest = write_shard(tmp_path / "shards", rows=300)
+    job = wait_until_ended(hook, submit_shard(hook, manifest, "outputs").name)
+    assert state_name(job) == "JOB_STATE_SUCCEEDED" and job.dest.file_name.startswith("files/")
+    lines = hook.iter_output_lines(job)
+    assert inspect.isgenerator(lines)  # nothing is fetched until iterated
+    keys = keys_of(lines)
+    assert sorted(keys) == [f"key-{i:05d}" for i in range(300)]
+    assert all(orjson.loads(line).get("response") for line in hook.iter_output_lines(job))
+
+
+def test_job_without_output_yields_nothing(start_emulator, monkeypatch, tmp_path):
+    emulator = start_emulator(time_scale=1, faults=SLOW)
+    use_developer(monkeypatch, emulator.url)
+    hook = GeminiBatchHook()
+    job = submit_shard(hook, write_shard(tmp_path / "shards"), "no-output")
+    hook.cancel_job(job.name)
+    assert list(hook.iter_output_lines(wait_until_ended(hook, job.name))) == []
+
+
+@pytest.fixture
+def vertex_hook(start_emulator, gcs, gcs_root, monkeypatch):
+    emulator = start_emulator(time_scale=3600, gcs_endpoint=gcs.url)
+    use_vertex(monkeypatch, emulator.url)
+    return GeminiBatchHook()
+
+
+def test_vertex_jobs_and_outputs(vertex_hook, gcs_root):
+    hook = vertex_hook
+    client = hook.get_conn()
+    assert client.vertexai and hook.backend == "vertex"
+    assert (client._api_client.project, client._api_client.location) == ("test-project", "us-central1")
+    assert GeminiBatchHook().get_conn() is client
+
+    run = f"hooks/{uuid.uuid4().hex}"
+    first = write_shard(gcs_root / run / "first", rows=4)
+    second = write_shard(gcs_root / run / "second", rows=2)
+    dest = f"gs://test-bucket/{run}/output/"  # both jobs write under the same prefix
+    job_a = hook.create_job(model=MODEL, src=first.uri, display_name="vertex-a", dest=dest)
+    job_a = wait_until_ended(hook, job_a.name)
+    job_b = hook.create_job(model=MODEL, src=second.uri, display_name="vertex-b", dest=dest)
+    job_b = wait_until_ended(hook, job_b.name)
+
+    assert hook.find_job("vertex-a").name == job_a.name
+    assert hook.find_job("vertex-c") is None
+    assert state_name(job_a) == "JOB_STATE_SUCCEEDED" and job_a.dest.gcs_uri == dest
+    # Each job reads its own output directory, not everything under the shared prefix.
+    assert sorted(keys_of(hook.iter_output_lines(job_a))) == [f"key-{i:05d}" for i in range(4)]
+    assert sorted(keys_of(hook.iter_output_lines(job_b))) == [f"key-{i:05d}" for i in range(2)]
+    assert not hook.cancel_job(job_a.name)
+
+
+def test_vertex_prefix_is_read_recursively_without_an_output_directory(vertex_hook, gcs_root):
+    """A job the service has not (yet) named an output directory for: every *.jsonl under the prefix."""
+    run = f"hooks/{uuid.uuid4().hex}"
+    for name, keys in (("prediction-model-1/predictions.jsonl", "ab"), ("prediction-model-2/deeper/predictions.jsonl", "c")):
+        (gcs_root / run / name).write_bytes(b"".join(orjson.dumps({"key": k}) + b"\n\n" for k in keys))
+    (gcs_root / run / "prediction-model-1" / "notes.txt").write_bytes(b'{"key": "not-output"}\n')
+    job = genai.types.BatchJob(name="x", dest=genai.types.BatchJobDestination(gcs_uri=f"gs://test-bucket/{run}/"))
+    assert sorted(keys_of(vertex_hook.iter_output_lines(job))) == ["a", "b", "c"]
+
+
+@given(st.lists(st.binary(max_size=30).filter(lambda b: b"\n" not in b and b.strip())), st.data())
+def test_split_lines_across_any_chunking(lines, data):
+    body = b"".join(line + b"\n" for line in lines)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=8)))
+    chunks = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)])]
+    assert list(_split_lines(chunks)) == [line.rstrip(b"\r") for line in lines]

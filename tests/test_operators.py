@@ -1,0 +1,182 @@
+"""GeminiBatchSubmitOperator and GeminiBatchJobSensor against real emulator
+processes, on real shards written by ShardWriter.
+
+``execute`` is called outside a DAG run, so each test passes a minimal
+context: ``ti`` is a stand-in carrying ``dag_id``/``run_id`` and recording
+``xcom_push``. A deferral is followed as Airflow does it: the TaskDeferred's
+trigger runs to its first event and the task resumes through
+``resume_execution``. The whole DAG under ``airflow dags test`` is tested
+elsewhere.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+
+import pytest
+from airflow.sdk.exceptions import AirflowException, TaskDeferred
+from conftest import developer_client
+
+from gemini_batch.hooks import GeminiBatchHook, state_name
+from gemini_batch.operators import (
+    GeminiBatchJobSensor,
+    GeminiBatchSubmitOperator,
+    default_display_name,
+    shard_file_name,
+)
+from gemini_batch.triggers import GeminiBatchJobTrigger
+from test_hooks import MODEL, submit_shard, use_developer, use_vertex, wait_until_ended, write_shard
+from test_triggers import first_event
+
+
+class RecordingTaskInstance:
+    def __init__(self, dag_id: str = "gemini_batch_extract", run_id: str = "manual__2026-01-01"):
+        self.dag_id, self.run_id = dag_id, run_id
+        self.pushed: list[tuple[str, object]] = []
+
+    def xcom_push(self, key: str, value) -> None:
+        self.pushed.append((key, value))
+
+
+def context(ti: RecordingTaskInstance | None = None) -> dict:
+    ti = ti or RecordingTaskInstance()
+    return {"ti": ti, "run_id": ti.run_id}
+
+
+def run_to_completion(task, ctx: dict):
+    """execute, and while it defers: run the trigger, then resume the task with the event."""
+    try:
+        return task.execute(ctx)
+    except TaskDeferred as deferred:
+        assert isinstance(deferred.trigger, GeminiBatchJobTrigger) and deferred.method_name == "execute_complete"
+        event = first_event(deferred.trigger)
+        return task.resume_execution(deferred.method_name, {**(deferred.kwargs or {}), "event": event}, ctx)
+
+
+def operator(manifest, **kwargs) -> GeminiBatchSubmitOperator:
+    return GeminiBatchSubmitOperator(task_id=f"submit-{uuid.uuid4().hex[:6]}", manifest_uri=manifest.manifest_uri,
+                                     model=MODEL, poll_interval=0.2, **kwargs)
+
+
+def listed_jobs(url: str) -> list:
+    client = developer_client(url)
+    return list(client.batches.list())
+
+
+def test_execute_twice_submits_once(start_emulator, monkeypatch, tmp_path, capfd):
+    emulator = start_emulator(time_scale=1, faults={"pending_seconds": 3600})
+    use_developer(monkeypatch, emulator.url)
+    manifest = write_shard(tmp_path / "shards", rows=4)
+    first, second = RecordingTaskInstance(), RecordingTaskInstance()
+    name = operator(manifest, wait=False).execute(context(first))
+    assert operator(manifest, wait=False).execute(context(second)) == name  # a new task object: a cleared task
+    assert first.pushed == second.pushed == [("job_name", name)]
+    assert "Reattaching to batch job " + name in capfd.readouterr().out
+
+    jobs = listed_jobs(emulator.url)
+    expected = default_display_name("gemini_batch_extract", "manual__2026-01-01", manifest.shard_id,
+                                    GeminiBatchHook().storage_path(manifest.keys_uri))
+    assert [(j.name, j.display_name) for j in jobs] == [(name, expected)]
+    assert len(expected) <= 40 and expected.startswith("gb-") and manifest.shard_id in expected
+    client = developer_client(emulator.url)
+    assert [f.name for f in client.files.list()] == [f"files/{shard_file_name(expected)}"]
+
+    other_run = RecordingTaskInstance(run_id="manual__2026-01-02")  # another run of the same shard is its own job
+    assert operator(manifest, wait=False).execute(context(other_run)) != name
+
+
+def test_wait_defers_then_returns_the_outcome(start_emulator, monkeypatch, tmp_path):
+    emulator = start_emulator(time_scale=1, faults={"pending_seconds": 1, "running_seconds": 1})
+    use_developer(monkeypatch, emulator.url)
+    manifest = write_shard(tmp_path / "shards", rows=5)
+    task, ctx = operator(manifest, expiry_hours=2), context()
+    with pytest.raises(TaskDeferred) as deferred:
+        task.execute(ctx)
+    trigger = deferred.value.trigger
+    job = GeminiBatchHook().get_job(trigger.job_name)
+    assert dt.datetime.fromisoformat(trigger.deadline) == job.create_time + dt.timedelta(hours=2)
+    assert trigger.poll_interval == 0.2
+
+    outcome = task.resume_execution("execute_complete", {**deferred.value.kwargs, "event": first_event(trigger)}, ctx)
+    assert outcome == {
+        "job_name": job.name, "display_name": job.display_name, "shard_id": manifest.shard_id,
+        "manifest_uri": manifest.manifest_uri, "state": "JOB_STATE_SUCCEEDED", "stats": {}, "error": None,
+        "deadline_passed": False,
+    }
+    # Run again after the job ended: the outcome at once, no deferral, no second job.
+    assert operator(manifest).execute(context()) == outcome
+    assert len(listed_jobs(emulator.url)) == 1
+    assert len(list(GeminiBatchHook().iter_output_lines(GeminiBatchHook().get_job(job.name)))) == 5
+
+
+def test_deadline_cancels_the_job(start_emulator, monkeypatch, tmp_path):
+    emulator = start_emulator(time_scale=3600, faults={"stuck_pending_rate": 1, "job_expiry_hours": 1000})
+    use_developer(monkeypatch, emulator.url)
+    manifest = write_shard(tmp_path / "shards")
+    task = operator(manifest, expiry_hours=2 / 3600)
+    outcome = run_to_completion(task, context())
+    assert outcome["state"] == "JOB_STATE_EXPIRED" and outcome["deadline_passed"] is True
+    assert "cancelled" in outcome["error"]
+    assert state_name(wait_until_ended(GeminiBatchHook(), outcome["job_name"])) == "JOB_STATE_CANCELLED"
+
+    # A cleared task does not reattach to the cancelled job: it submits a new one.
+    name = operator(manifest, wait=False).execute(context())
+    assert name != outcome["job_name"] and len(listed_jobs(emulator.url)) == 2
+
+
+def test_a_failed_job_does_not_fail_the_task(start_emulator, monkeypatch, tmp_path, capfd):
+    emulator = start_emulator(time_scale=3600, faults={"job_fail_rate": 1, "partial_fraction": 0.5})
+    use_developer(monkeypatch, emulator.url)
+    manifest = write_shard(tmp_path / "shards", rows=4)
+    outcome = run_to_completion(operator(manifest), context())
+    assert outcome["state"] == "JOB_STATE_FAILED" and outcome["deadline_passed"] is False
+    assert "ended JOB_STATE_FAILED" in capfd.readouterr().out
+    rows = list(GeminiBatchHook().iter_output_lines(GeminiBatchHook().get_job(outcome["job_name"])))
+    assert 0 < len(rows) < 4  # the rows finished before the failure are there to collect
+
+
+def test_polling_error_fails_the_task(emulator, monkeypatch, tmp_path):
+    use_developer(monkeypatch, emulator.url)
+    task = operator(write_shard(tmp_path / "shards"))
+    event = {"status": "error", "job_name": "batches/x", "error": "5 polls in a row failed; last: 404"}
+    with pytest.raises(AirflowException, match="batches/x failed: 5 polls in a row failed"):
+        task.execute_complete(context(), event)
+
+
+def test_vertex_submit_writes_under_the_shard_folder(start_emulator, gcs, gcs_root, monkeypatch):
+    emulator = start_emulator(time_scale=3600, gcs_endpoint=gcs.url)
+    use_vertex(monkeypatch, emulator.url)
+    folder = gcs_root / "operators" / uuid.uuid4().hex
+    manifest = write_shard(folder, rows=3)
+    outcome = run_to_completion(operator(manifest), context())
+    assert outcome["state"] == "JOB_STATE_SUCCEEDED" and outcome["stats"] == {"succeeded": 3, "failed": 0, "incomplete": 0}
+    job = GeminiBatchHook().get_job(outcome["job_name"])
+    assert job.dest.gcs_uri == f"{manifest.uri.rsplit('/', 1)[0]}/output/{manifest.shard_id}/"
+    assert len(list(GeminiBatchHook().iter_output_lines(job))) == 3
+    assert operator(manifest, wait=False).execute(context()) == job.name
+
+
+def test_sensor_waits_for_a_job_submitted_elsewhere(start_emulator, monkeypatch, tmp_path):
+    emulator = start_emulator(time_scale=1, faults={"pending_seconds": 1, "running_seconds": 1})
+    use_developer(monkeypatch, emulator.url)
+    job = submit_shard(GeminiBatchHook(), write_shard(tmp_path / "shards"), "elsewhere")
+    deferred_sensor = GeminiBatchJobSensor(task_id="wait", job_name=job.name, poll_interval=0.2)
+    polling_sensor = GeminiBatchJobSensor(task_id="poke", job_name=job.name, poll_interval=0.2, deferrable=False)
+    expected = {"job_name": job.name, "display_name": "elsewhere", "shard_id": None, "manifest_uri": None,
+                "state": "JOB_STATE_SUCCEEDED", "stats": {}, "error": None, "deadline_passed": False}
+    assert run_to_completion(deferred_sensor, context()) == expected
+    assert polling_sensor.execute(context()) == expected
+
+
+def test_sensor_cancels_at_the_deadline_without_deferring(start_emulator, monkeypatch, tmp_path):
+    emulator = start_emulator(time_scale=3600, faults={"stuck_pending_rate": 1, "job_expiry_hours": 1000})
+    use_developer(monkeypatch, emulator.url)
+    job = submit_shard(GeminiBatchHook(), write_shard(tmp_path / "shards"), "stuck")
+    time.sleep(1)
+    sensor = GeminiBatchJobSensor(task_id="poke", job_name=job.name, poll_interval=0.2, deferrable=False,
+                                  expiry_hours=1 / 3600)
+    outcome = sensor.execute(context())
+    assert (outcome["state"], outcome["deadline_passed"]) == ("JOB_STATE_EXPIRED", True)
+    assert state_name(wait_until_ended(GeminiBatchHook(), job.name)) == "JOB_STATE_CANCELLED"
