@@ -49,7 +49,7 @@ class Faults:
     """What goes wrong, and how slowly things happen, in emulated seconds.
 
     Every decision is a pure function of ``seed`` and a stable identity (row
-    key, job ordinal, call ordinal), so a run repeats exactly.
+    key and attempt, job ordinal, call ordinal), so a run repeats exactly.
     """
 
     seed: int = 0

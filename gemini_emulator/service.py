@@ -5,6 +5,7 @@ states on the (scaled) clock."""
 from __future__ import annotations
 
 import base64
+import collections
 import concurrent.futures
 import datetime as dt
 import hashlib
@@ -81,6 +82,8 @@ class Emulator:
         self.files = RecordStore(config.data_dir / "files")
         self.uploads = RecordStore(config.data_dir / "uploads")
         self.jobs = RecordStore(config.data_dir / "jobs")
+        self._attempts: collections.Counter[str] = collections.Counter()  # answers per key, this process
+        self._attempts_lock = threading.Lock()
         self.gcs_cache = config.data_dir / "gcs-cache"
         self.gcs_cache.mkdir(exist_ok=True)
         self.http_faults = HttpFaultInjector(config.faults)
@@ -468,6 +471,18 @@ class Emulator:
 
     # ---------------------------------------------------------------- row processing
 
+    def _attempt_identity(self, key: str) -> str:
+        """The key for a row's first answer, ``key#n`` for its n-th resubmission.
+
+        Faults are a pure function of this identity, so a run repeats exactly,
+        while a resubmitted row gets a fresh draw: like the service, where rows
+        that failed transiently succeed when sent again.
+        """
+        with self._attempts_lock:
+            attempt = self._attempts[key]
+            self._attempts[key] += 1
+        return key if attempt == 0 else f"{key}#{attempt}"
+
     def answer_row(self, line: bytes, line_no: int, job: dict) -> dict | None:
         """The output row for one input line, or None when the row goes missing."""
         try:
@@ -480,7 +495,7 @@ class Emulator:
         key = row.get("key") if isinstance(row, dict) else None
         metadata = row.get("metadata") if isinstance(row, dict) else None
         request = row.get("request") if isinstance(row, dict) else None
-        identity = key if key is not None else f"line-{line_no}"
+        identity = self._attempt_identity(key if key is not None else f"line-{line_no}")
         f = self.faults
         if f.chance("missing", identity) < f.missing_rate:
             return None

@@ -65,14 +65,23 @@ def read_results(output: Path) -> tuple[dict[str, dict], dict]:
     return {r["document"]: r for r in records}, json.loads((output / "summary.json").read_text())
 
 
-def submitted_keys(server) -> list[list[str]]:
-    """Keys of every job the emulator received, oldest first: its own record of each job's input."""
+def submitted_jobs(server) -> list[tuple[str, list[str]]]:
+    """(display name, keys) of every job the emulator received, oldest first: its own record of each input."""
     jobs_dir = server.log_path.parent / "jobs"
     jobs = sorted((json.loads(p.read_text()) for p in jobs_dir.glob("*.json")), key=lambda j: j["create_time"])
     return [
-        [json.loads(line)["key"] for line in (jobs_dir / f"{job['id']}.input.jsonl").read_text().splitlines() if line]
+        (job["display_name"],
+         [json.loads(line)["key"] for line in (jobs_dir / f"{job['id']}.input.jsonl").read_text().splitlines() if line])
         for job in jobs
     ]
+
+
+def submitted_keys(server) -> list[list[str]]:
+    return [keys for _, keys in submitted_jobs(server)]
+
+
+def round_keys(server, round_: int) -> list[str]:
+    return [k for name, keys in submitted_jobs(server) if f"-r{round_}-shard-" in name for k in keys]
 
 
 def assert_contract(records: dict[str, dict], summary: dict, source: Path) -> None:
@@ -136,7 +145,8 @@ def test_faults_retry_only_what_failed(airflow_home, source, tmp_path, start_emu
         pdf.cell(text=f"Invoice INV-{n:04d} total {n * 10}.00 EUR")
         pdf.output(str(source / f"more-{n}.pdf"))
     faults = {
-        "seed": 7, "row_error_rate": 0.15, "fenced_rate": 0.2, "truncated_rate": 0.1,
+        "seed": 7, "row_error_rate": 0.15, "fenced_rate": 0.2, "truncated_rate": 0.1, "job_expire_rate": 0.3,
+        "job_expiry_hours": 0.5,  # an EXPIRED job ends after 3 s here, with part of its rows answered
         "http": {"get": {"rate": 0.3, "codes": [503]}, "upload": {"burst": 2, "codes": [503]}},
     }
     server = start_emulator(time_scale=600, faults=faults)
@@ -147,17 +157,22 @@ def test_faults_retry_only_what_failed(airflow_home, source, tmp_path, start_emu
     records, summary = read_results(output)
     assert_contract(records, summary, source)
 
-    keys = submitted_keys(server)
-    first_round = [k for job in keys[:3] for k in job]  # 28 requests in shards of 10
-    assert len(first_round) == summary["requests"] == 28
-    later = [k for job in keys[3:] for k in job]
-    assert later, "some rows failed and were retried"
-    assert summary["retry_rounds"] >= 1
-    # only failed keys come back: every retried key is one whose document did not succeed the first time
-    assert len(later) < len(first_round)
-    succeeded_first = set(first_round) - set(later)
-    assert succeeded_first, "succeeded rows are never resubmitted"
-    assert summary["succeeded"] >= 20
+    first = round_keys(server, 0)
+    assert len(first) == len(set(first)) == summary["requests"] == 28  # 28 requests in 3 shards of at most 10
+    # The DAG's record of round 0 (every key: answered, failed, or missing from an EXPIRED job's output) ...
+    work = next((output / "_work").iterdir())
+    outcomes = [json.loads(line) for line in (work / "round-0" / "outcomes.jsonl").read_text().splitlines()]
+    assert sorted(o["key"] for o in outcomes) == sorted(first)
+    failed_first = {o["key"] for o in outcomes if o["status"] == "failed"}
+    assert failed_first and len(failed_first) < len(first)
+    # ... matches what the emulator received next: exactly the failed keys, and never a key that succeeded.
+    assert sorted(round_keys(server, 1)) == sorted(failed_first)
+    later = {k for r in (1, 2, 3) for k in round_keys(server, r)}
+    assert later <= failed_first
+    assert summary["retry_rounds"] >= 1 and summary["jobs"] == len(submitted_jobs(server))
+    assert any("EXPIRED" in (o["error"] or "") for o in outcomes), "an expired job's unfinished rows were retried"
+    # the emulator, like the service, answers a resubmitted row afresh: the retries recover most documents
+    assert summary["succeeded"] > len(first) - len(failed_first)
 
 
 def test_budget_gate_fails_before_submitting(airflow_home, source, tmp_path, start_emulator):
