@@ -5,7 +5,6 @@ against real gcp-storage-emulator and Gemini emulator processes."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import re
 import time

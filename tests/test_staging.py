@@ -192,6 +192,7 @@ def test_gcs_stages_objects_named_by_key_once(items, gcs_root):
     assert whole.uri == f"gs://test-bucket/staging/test_gcs_stages/{'a' * 64}.pdf" and whole.expires_at is None
     assert (prefix / f"{'a' * 64}.pdf").read_bytes() == items[0].location.read_bytes()
     assert len(PdfReader(io.BytesIO((prefix / f"{'b' * 64}.pdf").read_bytes())).pages) == 2
+    assert part.uri == f"gs://test-bucket/staging/test_gcs_stages/{'b' * 64}.pdf"
 
     again = counting(documents.open_part)
     assert by_key(GcsStager(prefix, again).stage(items)) == staged

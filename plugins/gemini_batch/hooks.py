@@ -14,7 +14,6 @@ import datetime as dt
 import hashlib
 import itertools
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from typing import Any, TypeVar
@@ -27,7 +26,7 @@ from google import genai
 from google.genai import errors, types
 
 from gemini_batch.locations import as_path
-from gemini_batch.staging import EXPIRY_MARGIN, StagingError, is_transient
+from gemini_batch.staging import FilesApiUploads, is_transient
 
 T = TypeVar("T")
 
@@ -44,7 +43,6 @@ TERMINAL_STATES = frozenset({
 DEAD_STATES = frozenset({"JOB_STATE_FAILED", "JOB_STATE_CANCELLING", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"})
 DOWNLOAD_CHUNK_BYTES = 2**20
 DOWNLOAD_TIMEOUT = httpx.Timeout(120.0, connect=15.0)
-FILE_PROCESSING_TIMEOUT = 600.0
 
 _clients: dict[str, tuple[str, genai.Client]] = {}  # conn id -> (fingerprint of the connection, client)
 _clients_lock = threading.Lock()
@@ -198,57 +196,12 @@ class GeminiBatchHook(BaseHook):
         """
         if self.backend != "developer":
             raise ValueError("the Files API belongs to the Developer API; Vertex AI reads shards from gs://")
-        existing = self._retry(self._get_file, name)
-        if existing is not None and not _file_usable(existing):
-            self.log.info("files/%s is unusable (state %s, expires %s); uploading again", name,
-                          existing.state.value if existing.state else None, existing.expiration_time)
-            self._retry(self._delete_file, name)
-            existing = None
-        uploaded = existing or self._retry(self._upload_file, path, name)
-        return self._wait_until_active(uploaded).name
-
-    def _upload_file(self, path: ObjectStoragePath, name: str) -> types.File:
-        try:
-            # The filesystem's own file object is an io.IOBase, which the SDK needs to stream an upload.
-            with path.fs.open(path.path, "rb") as stream:
-                return self.get_conn().files.upload(
-                    file=stream, config=types.UploadFileConfig(name=name, mime_type=JSONL_MIME_TYPE, display_name=path.name))
-        except errors.APIError as exc:
-            if exc.code != 409:
-                raise
-            uploaded = self._get_file(name)  # our own earlier attempt, whose response was lost
-            if uploaded is None:
-                raise
-            return uploaded
-
-    def _get_file(self, name: str) -> types.File | None:
-        try:
-            return self.get_conn().files.get(name=name)
-        except errors.ClientError as exc:
-            if exc.code in (403, 404):  # the service answers 403 for a name that does not exist
-                return None
-            raise
-
-    def _delete_file(self, name: str) -> None:
-        try:
-            self.get_conn().files.delete(name=name)
-        except errors.ClientError as exc:
-            if exc.code not in (403, 404):
-                raise
-
-    def _wait_until_active(self, file: types.File) -> types.File:
-        """A job refuses an input file that is still PROCESSING."""
-        deadline = time.monotonic() + FILE_PROCESSING_TIMEOUT
-        delay = 0.2
-        while file.state == types.FileState.PROCESSING:
-            if time.monotonic() > deadline:
-                raise StagingError(f"{file.name} still PROCESSING after {FILE_PROCESSING_TIMEOUT:.0f} s")
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
-            file = self._retry(self.get_conn().files.get, name=file.name)
-        if file.state == types.FileState.FAILED:
-            raise StagingError(f"the Files API could not process {file.name}: {file.error or 'state FAILED'}")
-        return file
+        uploads = FilesApiUploads(self.get_conn())
+        file = self._retry(
+            uploads.ensure, name, lambda: path.fs.open(path.path, "rb"),  # an io.IOBase, which the SDK streams
+            mime_type=JSONL_MIME_TYPE, display_name=path.name,
+        )
+        return file.name
 
     # ------------------------------------------------------------------ jobs
 
@@ -338,13 +291,6 @@ class GeminiBatchHook(BaseHook):
         for path in sorted(self.storage_path(location).rglob("*.jsonl"), key=lambda p: p.path):
             with path.fs.open(path.path, "rb") as stream:
                 yield from _split_lines(stream)
-
-
-def _file_usable(file: types.File) -> bool:
-    if file.state == types.FileState.FAILED:
-        return False
-    expires = file.expiration_time
-    return expires is None or expires - EXPIRY_MARGIN > dt.datetime.now(dt.timezone.utc)
 
 
 def _split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:

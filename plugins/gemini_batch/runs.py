@@ -32,7 +32,7 @@ from gemini_batch import documents, plan, results
 from gemini_batch.batch_requests import RequestSpec, ShardManifest
 from gemini_batch.cost import load_prices
 from gemini_batch.locations import as_path, is_gcs, uri_of
-from gemini_batch.staging import FilesApiStager, GcsStager, StagedPart, StageFailure, needs_restage
+from gemini_batch.staging import FilesApiStager, GcsStager, StagedPart, needs_restage
 from gemini_batch.store import FinishedStore
 
 log = logging.getLogger(__name__)

@@ -143,45 +143,43 @@ class _Stager:
         raise NotImplementedError
 
 
-class FilesApiStager(_Stager):
-    """Stage parts through the Gemini Files API (Developer API)."""
+class FilesApiUploads:
+    """Files API uploads under names the caller derives from content, so each is made once.
 
-    def __init__(
-        self,
-        client: genai.Client,
-        open_part: OpenPart,
-        *,
-        margin: dt.timedelta = EXPIRY_MARGIN,
-        processing_timeout: float = 600.0,
-        **kwargs,
-    ):
-        super().__init__(open_part, **kwargs)
+    ``ensure`` finds the upload by name and reuses it while it is usable;
+    one FAILED or expiring within ``margin`` is deleted and uploaded again; a
+    409 on upload (a concurrent run, or our own attempt whose response was
+    lost) takes the existing file. It returns once the file is ACTIVE: a job
+    fails the rows, or refuses the input, of a file still PROCESSING.
+    """
+
+    def __init__(self, client: genai.Client, *, margin: dt.timedelta = EXPIRY_MARGIN, processing_timeout: float = 600.0):
         self.client = client
         self.margin = margin
         self.processing_timeout = processing_timeout
 
-    def _attempt(self, item: StageItem) -> StagedPart:
-        name = files_api_name(item.key)
+    def ensure(
+        self, name: str, open_stream: Callable[[], AbstractContextManager[BinaryIO]], *, mime_type: str, display_name: str,
+    ) -> types.File:
         existing = self._get(name)
         if existing is not None and self._usable(existing):
-            return self._ready(item, existing)
+            return self._active(existing)
         if existing is not None:
-            log.info("Staging: %s is unusable (state %s, expires %s, margin %s); uploading again",
+            log.info("Files API: %s is unusable (state %s, expires %s, margin %s); uploading again",
                      name, existing.state.value if existing.state else None, existing.expiration_time, self.margin)
             self._delete(name)
         try:
-            with self.open_part(item.location, item.pages) as stream:
+            with open_stream() as stream:
                 uploaded = self.client.files.upload(
-                    file=stream,
-                    config=types.UploadFileConfig(name=name, mime_type=item.mime_type, display_name=_display_name(item)),
+                    file=stream, config=types.UploadFileConfig(name=name, mime_type=mime_type, display_name=display_name),
                 )
         except errors.APIError as exc:
             if exc.code != 409:
                 raise
-            uploaded = self._get(name)  # uploaded by a concurrent run, or by our own attempt whose response was lost
+            uploaded = self._get(name)
             if uploaded is None:
                 raise
-        return self._ready(item, uploaded)
+        return self._active(uploaded)
 
     def _usable(self, file: types.File) -> bool:
         if file.state == types.FileState.FAILED:
@@ -189,8 +187,7 @@ class FilesApiStager(_Stager):
         expires = file.expiration_time
         return expires is None or expires - self.margin > dt.datetime.now(dt.timezone.utc)
 
-    def _ready(self, item: StageItem, file: types.File) -> StagedPart:
-        """Wait until the service has processed the upload: a PROCESSING file fails the rows that use it."""
+    def _active(self, file: types.File) -> types.File:
         deadline = time.monotonic() + self.processing_timeout
         delay = 0.2
         while file.state == types.FileState.PROCESSING:
@@ -201,8 +198,7 @@ class FilesApiStager(_Stager):
             file = self.client.files.get(name=file.name)
         if file.state == types.FileState.FAILED:
             raise StagingError(f"the Files API could not process {file.name}: {file.error or 'state FAILED'}")
-        expires = file.expiration_time.astimezone(dt.timezone.utc).isoformat() if file.expiration_time else None
-        return StagedPart(item.key, file.uri, file.mime_type or item.mime_type, expires)
+        return file
 
     def _get(self, name: str) -> types.File | None:
         try:
@@ -218,6 +214,30 @@ class FilesApiStager(_Stager):
         except errors.ClientError as exc:
             if exc.code not in (403, 404):
                 raise
+
+
+class FilesApiStager(_Stager):
+    """Stage parts through the Gemini Files API (Developer API), each under ``files_api_name(key)``."""
+
+    def __init__(
+        self,
+        client: genai.Client,
+        open_part: OpenPart,
+        *,
+        margin: dt.timedelta = EXPIRY_MARGIN,
+        processing_timeout: float = 600.0,
+        **kwargs,
+    ):
+        super().__init__(open_part, **kwargs)
+        self.uploads = FilesApiUploads(client, margin=margin, processing_timeout=processing_timeout)
+
+    def _attempt(self, item: StageItem) -> StagedPart:
+        file = self.uploads.ensure(
+            files_api_name(item.key), lambda: self.open_part(item.location, item.pages),
+            mime_type=item.mime_type, display_name=_display_name(item),
+        )
+        expires = file.expiration_time.astimezone(dt.timezone.utc).isoformat() if file.expiration_time else None
+        return StagedPart(item.key, file.uri, file.mime_type or item.mime_type, expires)
 
 
 class GcsStager(_Stager):

@@ -1,0 +1,71 @@
+"""Run steps outside a DAG run: parameter checks, the budget gate, and the
+clean-up that leaves no job billing, against a real emulator."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from test_hooks import submit_shard, use_developer, write_shard
+
+from gemini_batch import runs
+from gemini_batch.hooks import GeminiBatchHook
+from gemini_batch.locations import as_path
+
+SAMPLES = Path(__file__).resolve().parent.parent / "include" / "samples"
+PARAMS = {"source": str(SAMPLES), "output": "/tmp/unused", "prompt": "Extract.", "model": "gemini-2.5-flash",
+          "response_schema": {"type": "object"}}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"response_schema": {"type": "objekt"}}, "response_schema is not a valid JSON schema"),
+    ({"prompt": "  "}, "prompt is empty"),
+    ({"source": ""}, "source: give a local folder or a gs:// prefix"),
+    ({"retention": "forever"}, "retention must be one of"),
+])
+def test_bad_parameters_name_the_parameter(change, message):
+    with pytest.raises(runs.RunConfigError, match=message):
+        runs.RunSettings.from_params({**PARAMS, **change})
+
+
+def test_relative_locations_are_inside_the_project():
+    settings = runs.RunSettings.from_params({**PARAMS, "source": "include/samples"})
+    assert settings.source.path == str(SAMPLES)
+
+
+def test_vertex_needs_a_gcs_staging_prefix():
+    settings = runs.RunSettings.from_params(PARAMS)
+    with pytest.raises(runs.RunConfigError, match="staging_prefix"):
+        runs.RunFolder(settings, "manual__1", "vertex")
+
+
+def test_budget_gate_states_the_estimate(tmp_path):
+    settings = runs.RunSettings.from_params({**PARAMS, "output": str(tmp_path)})
+    summary = runs.plan_documents(settings, runs.RunFolder(settings, "manual__1", "developer")).to_json()
+    runs.check_budget(summary, None)
+    runs.check_budget(summary, 100.0)
+    with pytest.raises(runs.RunConfigError, match=r"estimated cost \$0\.0\d+ for 8 requests .* exceeds max_cost_usd"):
+        runs.check_budget(summary, 0.0001)
+
+
+def test_clean_up_cancels_unfinished_jobs_and_deletes_staged_uploads(start_emulator, monkeypatch, tmp_path):
+    server = start_emulator(time_scale=3600, faults={"stuck_pending_rate": 1, "job_expiry_hours": 1000})
+    use_developer(monkeypatch, server.url)
+    hook = GeminiBatchHook()
+    source = tmp_path / "source"
+    shutil.copytree(SAMPLES, source)
+    settings = runs.RunSettings.from_params({**PARAMS, "source": str(source), "output": str(tmp_path / "out")})
+    folder = runs.RunFolder(settings, "manual__cleanup", "developer")
+    runs.plan_documents(settings, folder)
+    assert runs.stage_documents(settings, folder, hook) == {"staged": 7, "failed": 0}  # 8 requests, the text one inline
+    stuck = submit_shard(hook, write_shard(as_path(tmp_path / "shards")), "gb-cleanup-test")
+
+    report = runs.clean_up(settings, folder, hook, [stuck.name])
+    assert report == {"cancelled_jobs": 1, "deleted_uploads": 7}
+    assert hook.get_job(stuck.name).state.name in ("JOB_STATE_CANCELLED", "JOB_STATE_CANCELLING")
+    assert [f.name for f in hook.get_conn().files.list() if f.name.startswith("files/gb-") and len(f.name) > 30] == []
+    # cancelling again finds nothing to cancel and fails nothing
+    assert runs.clean_up(settings, folder, hook, [stuck.name])["cancelled_jobs"] == 0
+    assert json.loads(json.dumps(report)) == report
