@@ -153,8 +153,9 @@ def clean_up() -> dict:
     settings, folder, hook = _open_run()
     context = get_current_context()
     task_ids = ["submit_and_wait"] + [f"retry_round_{r}.submit_and_wait" for r in range(1, MAX_RETRY_ROUNDS + 1)]
-    names = [n for n in context["ti"].xcom_pull(task_ids=task_ids, key="job_name") or [] if n]
-    return runs.clean_up(settings, folder, hook, names)
+    names, inputs = ([v for v in context["ti"].xcom_pull(task_ids=task_ids, key=key) or [] if v]
+                     for key in ("job_name", "job_input"))
+    return runs.clean_up(settings, folder, hook, names, inputs)
 
 
 @dag(

@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import developer_client
 from fpdf import FPDF
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,6 +124,9 @@ def test_developer_run_over_the_samples(airflow_home, source, tmp_path, start_em
     assert summary["requests"] == 8 == sum(map(len, keys)) == len({k for job in keys for k in job})
     assert summary["jobs"] == len(keys) == 1
     assert summary["input_tokens"] > 0
+    # retention "staged" (the default): the staged documents and the job's uploaded input are deleted
+    client = developer_client(server.url)
+    assert [f.source.name for f in client.files.list()] == ["GENERATED"], "only the job's output file is left"
 
     # Incremental: the same folder again plans and submits nothing, and every record is still there.
     output2 = tmp_path / "out2"
@@ -203,3 +207,22 @@ def test_vertex_run_through_gcs(airflow_home, source, tmp_path, start_emulator, 
     assert_contract(records, summary, source)
     assert summary["succeeded"] == 7 and summary["jobs"] == 1
     assert sum(map(len, submitted_keys(server))) == 8
+
+
+def test_dated_source_and_output_follow_the_logical_date(airflow_home, tmp_path, start_emulator):
+    """What nightly runs and backfills do: `{{ ds }}` in source and output picks each day's folder."""
+    landing, out = tmp_path / "landing", tmp_path / "extracted"
+    for day, count in (("2026-11-06", 1), ("2026-11-07", 2)):
+        shutil.copytree(SAMPLES, landing / day, ignore=shutil.ignore_patterns("*.pdf", "scans"))  # the Markdown one
+        for n in range(1, count):
+            (landing / day / f"note-{n}.txt").write_text(f"Invoice T-{n} of {day}, total 12.50 EUR\n")
+    server = start_emulator(time_scale=600)
+    conf = {"source": f"{landing}/{{{{ ds }}}}/", "output": f"{out}/{{{{ ds }}}}", "state": str(out / "_state")}
+    for day in ("2026-11-06", "2026-11-07"):
+        run_dag(airflow_home, developer_conn(server.url), conf, day).check()
+    first, summary1 = read_results(out / "2026-11-06")
+    second, summary2 = read_results(out / "2026-11-07")
+    assert sorted(first) == ["invoice-4.md"] and sorted(second) == ["invoice-4.md", "note-1.txt"]
+    # the same Markdown invoice on both days: answered once, reused the second day
+    assert (summary1["requests"], summary2["requests"]) == (1, 1)
+    assert second["invoice-4.md"]["reused"] and second["invoice-4.md"]["data"] == first["invoice-4.md"]["data"]

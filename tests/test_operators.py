@@ -72,12 +72,12 @@ def test_execute_twice_submits_once(start_emulator, monkeypatch, tmp_path, capfd
     first, second = RecordingTaskInstance(), RecordingTaskInstance()
     name = operator(manifest, wait=False).execute(context(first))
     assert operator(manifest, wait=False).execute(context(second)) == name  # a new task object: a cleared task
-    assert first.pushed == second.pushed == [("job_name", name)]
+    expected = default_display_name("gemini_batch_extract", "manual__2026-01-01", manifest.shard_id,
+                                    GeminiBatchHook().storage_path(manifest.keys_uri))
+    assert first.pushed == second.pushed == [("job_name", name), ("job_input", f"files/{shard_file_name(expected)}")]
     assert "Reattaching to batch job " + name in capfd.readouterr().out
 
     jobs = listed_jobs(emulator.url)
-    expected = default_display_name("gemini_batch_extract", "manual__2026-01-01", manifest.shard_id,
-                                    GeminiBatchHook().storage_path(manifest.keys_uri))
     assert [(j.name, j.display_name) for j in jobs] == [(name, expected)]
     assert len(expected) <= 40 and expected.startswith("gb-") and manifest.shard_id in expected
     client = developer_client(emulator.url)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_hooks import submit_shard, use_developer, write_shard
 
-from gemini_batch import runs
+from gemini_batch import results, runs
 from gemini_batch.hooks import GeminiBatchHook
 from gemini_batch.locations import as_path
 
@@ -61,11 +61,34 @@ def test_clean_up_cancels_unfinished_jobs_and_deletes_staged_uploads(start_emula
     runs.plan_documents(settings, folder)
     assert runs.stage_documents(settings, folder, hook) == {"staged": 7, "failed": 0}  # 8 requests, the text one inline
     stuck = submit_shard(hook, write_shard(as_path(tmp_path / "shards")), "gb-cleanup-test")
+    (job_input,) = [f.name for f in hook.get_conn().files.list() if f.name.startswith("files/gbs-")]
 
-    report = runs.clean_up(settings, folder, hook, [stuck.name])
-    assert report == {"cancelled_jobs": 1, "deleted_uploads": 7}
+    report = runs.clean_up(settings, folder, hook, [stuck.name], [job_input])
+    assert report == {"cancelled_jobs": 1, "deleted_files": 8}  # 7 staged documents and the job's input
     assert hook.get_job(stuck.name).state.name in ("JOB_STATE_CANCELLED", "JOB_STATE_CANCELLING")
-    assert [f.name for f in hook.get_conn().files.list() if f.name.startswith("files/gb-") and len(f.name) > 30] == []
+    assert list(hook.get_conn().files.list()) == []
     # cancelling again finds nothing to cancel and fails nothing
     assert runs.clean_up(settings, folder, hook, [stuck.name])["cancelled_jobs"] == 0
     assert json.loads(json.dumps(report)) == report
+
+
+def test_retry_restages_an_upload_that_is_gone(start_emulator, monkeypatch, tmp_path):
+    """Another run's clean-up (or the 48 h expiry) removed an upload: the retry uploads it again."""
+    server = start_emulator(time_scale=3600)
+    use_developer(monkeypatch, server.url)
+    hook = GeminiBatchHook()
+    settings = runs.RunSettings.from_params({**PARAMS, "output": str(tmp_path / "out")})
+    folder = runs.RunFolder(settings, "manual__retry", "developer")
+    runs.plan_documents(settings, folder)
+    runs.stage_documents(settings, folder, hook)
+    staged = runs.read_staged(folder)
+    key, gone = next(iter(staged.items()))
+    name = "files/" + gone.uri.rsplit("/files/", 1)[-1]
+    hook.get_conn().files.delete(name=name)
+    outcomes = folder.outcomes(0)
+    outcomes.parent.mkdir(parents=True, exist_ok=True)
+    outcomes.write_text(json.dumps(results.missing_outcome(key, "no answer: job EXPIRED").to_json()) + "\n")
+
+    assert runs.keys_to_retry(folder, 1, hook, settings) == {key}
+    assert hook.get_conn().files.get(name=name).state.name == "ACTIVE"
+    assert runs.build_round(settings, folder, 1, only={key})  # one shard, with the fresh upload's URI

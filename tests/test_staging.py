@@ -23,7 +23,6 @@ from gemini_batch.staging import (
     StageFailure,
     StageItem,
     files_api_name,
-    needs_restage,
 )
 
 FAST = {"backoff_seconds": 0.01}
@@ -109,13 +108,8 @@ def test_files_api_restages_uploads_about_to_expire(items, emulator):
     assert again[items[0].key].expires_at > first[items[0].key].expires_at
 
 
-def test_needs_restage_by_expiry_and_margin():
-    now = dt.datetime(2026, 11, 25, 12, tzinfo=dt.timezone.utc)
-    part = StagedPart("k", "files/x", "application/pdf", (now + dt.timedelta(hours=3)).isoformat())
-    assert not needs_restage(part, now=now)
-    assert needs_restage(part, now=now, margin=dt.timedelta(hours=3))
-    assert needs_restage(part, now=now + dt.timedelta(hours=4))
-    assert not needs_restage(StagedPart("k", "gs://b/k.pdf", "application/pdf", None), now=now + dt.timedelta(days=900))
+def test_staged_part_round_trips():
+    part = StagedPart("k", "files/x", "application/pdf", "2026-11-25T12:00:00+00:00")
     assert StagedPart.from_json(part.to_json()) == part
 
 

@@ -166,6 +166,8 @@ class GeminiBatchSubmitOperator(BaseOperator):
             job = self._submit(hook, manifest, display_name)
         self.job_name = job.name
         ti.xcom_push(key="job_name", value=job.name)
+        if hook.backend == "developer":  # the SDK does not report a Developer API job's input: clean-up needs it
+            ti.xcom_push(key="job_input", value=f"files/{shard_file_name(display_name)}")
         if not self.wait:
             return job.name
         describe = self._describe(display_name, manifest)

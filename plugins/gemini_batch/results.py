@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -333,10 +333,11 @@ def _merge_values(first: Any, later: Any) -> Any:
 
 @dataclass
 class RunTotals:
-    """Running tallies for summary.json: ``add`` each published record, then ``to_json``.
+    """Running tallies of published records for summary.json: ``add`` each record, then ``to_json``.
 
-    Documents with the same bytes share their requests, so a request's
-    tokens are counted once, as they are billed once.
+    Tokens are not tallied from records: a record carries its final answer's
+    usage, while a run is billed for every attempt, failed ones included; the
+    caller passes what was billed.
     """
 
     documents: int = 0
@@ -344,9 +345,6 @@ class RunTotals:
     failed: int = 0
     rejected: int = 0
     reused: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    _counted_keys: set[str] = field(default_factory=set, init=False, repr=False)
 
     def add(self, record: Mapping) -> None:
         status = record["status"]
@@ -355,16 +353,14 @@ class RunTotals:
         self.documents += 1
         setattr(self, status, getattr(self, status) + 1)
         self.reused += bool(record["reused"])
-        keys = {part["key"] for part in record["parts"] if not part["reused"]}
-        if not keys <= self._counted_keys:  # a document's keys are all new or all shared: they hash its bytes
-            self._counted_keys |= keys
-            self.input_tokens += record["usage"]["input_tokens"]
-            self.output_tokens += record["usage"]["output_tokens"]
 
-    def to_json(self, *, requests: int, jobs: int, retry_rounds: int, estimated_cost_usd: float) -> dict:
+    def to_json(
+        self, *, requests: int, jobs: int, retry_rounds: int, input_tokens: int, output_tokens: int,
+        estimated_cost_usd: float,
+    ) -> dict:
         return {
             "documents": self.documents, "succeeded": self.succeeded, "failed": self.failed,
             "rejected": self.rejected, "reused": self.reused, "requests": requests, "jobs": jobs,
-            "retry_rounds": retry_rounds, "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+            "retry_rounds": retry_rounds, "input_tokens": input_tokens, "output_tokens": output_tokens,
             "estimated_cost_usd": estimated_cost_usd,
         }

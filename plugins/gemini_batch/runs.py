@@ -32,7 +32,7 @@ from gemini_batch import documents, plan, results
 from gemini_batch.batch_requests import RequestSpec, ShardManifest
 from gemini_batch.cost import load_prices
 from gemini_batch.locations import as_path, is_gcs, uri_of
-from gemini_batch.staging import FilesApiStager, GcsStager, StagedPart, needs_restage
+from gemini_batch.staging import FilesApiStager, GcsStager, StagedPart
 from gemini_batch.store import FinishedStore
 
 log = logging.getLogger(__name__)
@@ -223,15 +223,18 @@ def build_round(settings: RunSettings, folder: RunFolder, round_: int, only: set
 
 
 def keys_to_retry(folder: RunFolder, round_: int, hook, settings: RunSettings) -> set[str]:
-    """Keys whose latest outcome failed, re-staging any Files API upload that expired meanwhile."""
+    """Keys whose latest outcome failed, staged again first.
+
+    Staging again costs one lookup per key when the upload is still there; it
+    replaces a Files API upload that expired (48 h) or is about to, or that
+    another run's clean-up deleted, so a retry never sends a dead URI.
+    """
     failed = {key for key, outcome in latest_outcomes(folder, round_ - 1).items() if outcome.status == "failed"}
-    if not failed:
-        return set()
     staged = read_staged(folder)
-    expiring = {key for key in failed if key in staged and needs_restage(staged[key])}
-    if expiring:
-        log.info("Re-staging %d upload(s) that expire before a retry could use them", len(expiring))
-        stage_documents(settings, folder, hook, only=expiring)
+    restage = {key for key in failed if key in staged}
+    if restage:
+        log.info("Checking the staged uploads of %d key(s) to retry", len(restage))
+        stage_documents(settings, folder, hook, only=restage)
     return failed
 
 
@@ -312,37 +315,61 @@ def publish(settings: RunSettings, folder: RunFolder, summary: Mapping, *, jobs:
         ({**o.to_json(), "finished_at": now} for o in outcomes.values() if o.status == "succeeded"),
         segment=f"{now[:19]}-{folder.slug}",
     )
+    billed = _billed_tokens(folder, rounds)
     report = totals.to_json(
-        requests=summary["requests"], jobs=jobs, retry_rounds=rounds,
+        requests=summary["requests"], jobs=jobs, retry_rounds=rounds, input_tokens=billed[0], output_tokens=billed[1],
         estimated_cost_usd=round(summary["estimate"]["usd"], 6),
     )
     (settings.output / "summary.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     return report
 
 
-def clean_up(settings: RunSettings, folder: RunFolder, hook, job_names: Iterable[str]) -> dict:
-    """Cancel this run's unfinished jobs (no orphaned billing), then delete staged files per ``retention``."""
+def _billed_tokens(folder: RunFolder, last_round: int) -> tuple[int, int]:
+    """Tokens of every answer in every round: failed attempts are billed too."""
+    total_in = total_out = 0
+    for round_ in range(last_round + 1):
+        for data in _read_jsonl(folder.outcomes(round_)):
+            total_in += data["input_tokens"]
+            total_out += data["output_tokens"]
+    return total_in, total_out
+
+
+def clean_up(
+    settings: RunSettings, folder: RunFolder, hook, job_names: Iterable[str], job_inputs: Iterable[str] = (),
+) -> dict:
+    """Cancel this run's unfinished jobs (no orphaned billing), then delete files per ``retention``.
+
+    staged: the staged documents and the jobs' uploaded input files; all: also
+    the jobs' output files and the run's work folders.
+    """
+    job_names = list(dict.fromkeys(job_names))
     cancelled = sum(bool(hook.cancel_job(name)) for name in job_names)
     deleted = 0
-    if settings.retention in ("staged", "all") and folder.staged.exists():
-        for part in read_staged(folder).values():
-            deleted += _delete_staged(part, hook)
+    if settings.retention in ("staged", "all"):
+        uris = [part.uri for part in read_staged(folder).values()] if folder.staged.exists() else []
+        uris += dict.fromkeys(job_inputs)
+        if settings.retention == "all":
+            for name in job_names:
+                job = hook.get_job(name)
+                uris.append(job.dest.file_name if job.dest else None)
+        deleted = sum(_delete(uri, hook) for uri in uris if uri)
     if settings.retention == "all":
         for path in {uri_of(folder.work): folder.work, uri_of(folder.remote): folder.remote}.values():
             if path.exists():
                 path.fs.rm(path.path, recursive=True)
-    return {"cancelled_jobs": cancelled, "deleted_uploads": deleted}
+    return {"cancelled_jobs": cancelled, "deleted_files": deleted}
 
 
-def _delete_staged(part: StagedPart, hook) -> int:
+def _delete(uri: str, hook) -> int:
+    """Delete a staged or uploaded file: a gs:// object or a Files API file (``files/ID`` or its URI)."""
     try:
-        if part.uri.startswith("gs://"):
-            hook.storage_path(part.uri).unlink(missing_ok=True)
+        if uri.startswith("gs://"):
+            hook.storage_path(uri).unlink(missing_ok=True)
         else:
-            hook.get_conn().files.delete(name="files/" + part.uri.rsplit("/files/", 1)[-1])
+            hook.get_conn().files.delete(name="files/" + uri.rsplit("files/", 1)[-1])
         return 1
-    except Exception as exc:  # noqa: BLE001 - clean-up is best effort; the file expires anyway
-        log.warning("Could not delete staged %s: %s", part.uri, exc)
+    except Exception as exc:  # noqa: BLE001 - clean-up is best effort; Files API uploads expire anyway
+        log.warning("Could not delete %s: %s", uri, exc)
         return 0
 
 

@@ -82,14 +82,6 @@ def files_api_name(key: str) -> str:
     return "gb-" + key[:37]
 
 
-def needs_restage(staged: StagedPart, *, now: dt.datetime | None = None, margin: dt.timedelta = EXPIRY_MARGIN) -> bool:
-    """Whether the staged copy expires, or is about to, before a job could read it."""
-    if staged.expires_at is None:
-        return False
-    now = now or dt.datetime.now(dt.timezone.utc)
-    return dt.datetime.fromisoformat(staged.expires_at) - margin <= now
-
-
 def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, errors.APIError):
         return exc.code in TRANSIENT_CODES
