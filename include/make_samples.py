@@ -26,8 +26,8 @@ INVOICES = [
 
 def invoice_lines(number: str, date: str, vendor: str, currency: str, total: float) -> list[str]:
     return [
-        vendor, "INVOICE", f"Invoice number: {number}", f"Issue date: {date}",
-        "Description                 Qty     Amount",
+        vendor, "INVOICE", f"Vendor: {vendor}", f"Invoice number: {number}", f"Issue date: {date}",
+        f"Currency: {currency}", "Description                 Qty     Amount",
         f"Services rendered            1   {total:>10.2f}", f"Total due: {currency} {total:,.2f}",
     ]
 
@@ -54,8 +54,8 @@ def main() -> None:
     write_pdf(SAMPLES / "statement-120-pages.pdf", statement)
 
     (SAMPLES / "invoice-4.md").write_text(
-        "# Invoice INV-2026-0004\n\n- Vendor: Umbrella Office Goods\n- Issue date: 2026-04-01\n"
-        "- Total due: CHF 432.10\n"
+        "# Invoice\n\nInvoice number: INV-2026-0004  \nVendor: Umbrella Office Goods  \nIssue date: 2026-04-01  \n"
+        "Currency: CHF  \nTotal due: CHF 432.10\n"
     )
 
     image = Image.new("RGB", (800, 400), "white")
