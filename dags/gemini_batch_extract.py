@@ -82,8 +82,11 @@ def _open_run():
     """Settings, work folder and hook of the current run."""
     context = get_current_context()
     hook = GeminiBatchHook(context["params"]["gemini_conn_id"])
-    settings = runs.RunSettings.from_context(context, gcp_conn_id=hook.gcp_conn_id)
-    return settings, runs.RunFolder(settings, context["run_id"], hook.backend), hook
+    try:
+        settings = runs.RunSettings.from_context(context, gcp_conn_id=hook.gcp_conn_id)
+        return settings, runs.RunFolder(settings, context["run_id"], hook.backend), hook
+    except runs.RunConfigError as exc:
+        raise AirflowFailException(str(exc)) from None  # retrying cannot fix a parameter
 
 
 @task
@@ -98,7 +101,7 @@ def check_budget(planned: dict) -> None:
     try:
         runs.check_budget(planned, settings.max_cost_usd)
     except runs.RunConfigError as exc:
-        raise AirflowFailException(str(exc)) from None
+        raise AirflowFailException(str(exc)) from None  # over budget: no retry
 
 
 @task
@@ -142,8 +145,7 @@ def submit_and_wait(manifests):
 @task(trigger_rule=TriggerRule.NONE_FAILED, outlets=[RESULTS])
 def publish_results(planned: dict, collected: list[dict], outlet_events=None) -> dict:
     settings, folder, _ = _open_run()
-    context = get_current_context()
-    summary = runs.publish(settings, folder, planned, jobs=sum(c["jobs"] for c in collected), run_id=context["run_id"])
+    summary = runs.publish(settings, folder, planned, jobs=sum(c["jobs"] for c in collected))
     outlet_events[RESULTS].extra = {"output": uri_of(settings.output), **summary}
     return summary
 

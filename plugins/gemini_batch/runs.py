@@ -294,7 +294,7 @@ def last_round(folder: RunFolder, retry_rounds: int) -> int:
 # ------------------------------------------------------------------ publish and clean up
 
 
-def publish(settings: RunSettings, folder: RunFolder, summary: Mapping, *, jobs: int, run_id: str) -> dict:
+def publish(settings: RunSettings, folder: RunFolder, summary: Mapping, *, jobs: int) -> dict:
     """Write results.jsonl and summary.json (contract 6) and remember the answered keys."""
     rounds = last_round(folder, settings.retry_rounds)
     outcomes = latest_outcomes(folder, rounds)
