@@ -125,10 +125,7 @@ def collect_results(round_: int, jobs) -> dict:
 @task(trigger_rule=TriggerRule.NONE_FAILED)
 def prepare_retry(round_: int) -> list[str]:
     settings, folder, hook = _open_run()
-    if round_ > settings.retry_rounds:
-        return []
-    failed = runs.keys_to_retry(folder, round_, hook, settings)
-    return runs.build_round(settings, folder, round_, only=failed) if failed else []
+    return runs.retry_round(settings, folder, round_, hook)
 
 
 def submit_and_wait(manifests):

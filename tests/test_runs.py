@@ -92,3 +92,21 @@ def test_retry_restages_an_upload_that_is_gone(start_emulator, monkeypatch, tmp_
     assert runs.keys_to_retry(folder, 1, hook, settings) == {key}
     assert hook.get_conn().files.get(name=name).state.name == "ACTIVE"
     assert runs.build_round(settings, folder, 1, only={key})  # one shard, with the fresh upload's URI
+
+
+def test_a_cleared_run_forgets_its_earlier_rounds(tmp_path):
+    """Clearing a finished run re-runs its tasks in the same work folder: stale shards and outcomes must go."""
+    settings = runs.RunSettings.from_params({**PARAMS, "output": str(tmp_path / "out")})
+    folder = runs.RunFolder(settings, "manual__cleared", "developer")
+    runs.plan_documents(settings, folder)
+    first = runs.build_round(settings, folder, 0)  # nothing staged here: only the Markdown document goes inline
+    assert len(first) == 1
+    stale = folder.outcomes(1)
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text(json.dumps(results.missing_outcome("k", "old").to_json()) + "\n")
+
+    assert runs.build_round(settings, folder, 0, only=set()) == []  # the second try requests nothing
+    assert not folder.shards(0).exists() or list(folder.shards(0).iterdir()) == []
+    assert runs.retry_round(settings, folder, 1, hook=None) == []  # nothing failed: no round 1, and no stale file
+    assert not stale.exists()
+    assert runs.last_round(folder, settings.retry_rounds) == 0

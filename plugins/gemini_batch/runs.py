@@ -210,8 +210,17 @@ def read_stage_failures(folder: RunFolder) -> dict[str, str]:
 # ------------------------------------------------------------------ build, collect, retry
 
 
+def reset_round(folder: RunFolder, round_: int) -> None:
+    """Forget what an earlier try of this run left for this round: a cleared run must not collect stale shards."""
+    shards = folder.shards(round_)
+    if shards.exists():
+        shards.fs.rm(shards.path, recursive=True)
+    folder.outcomes(round_).unlink(missing_ok=True)
+
+
 def build_round(settings: RunSettings, folder: RunFolder, round_: int, only: set[str] | None = None) -> list[str]:
     """Write round ``round_``'s shards; return their manifest URIs (what the submit tasks map over)."""
+    reset_round(folder, round_)
     manifests, unstaged = plan.build_shards(
         folder.plan, settings.source, read_staged(folder), settings.spec, folder.shards(round_),
         max_rows=settings.max_rows, max_bytes=settings.max_bytes, only=only,
@@ -220,6 +229,15 @@ def build_round(settings: RunSettings, folder: RunFolder, round_: int, only: set
     if unstaged:
         log.warning("%d part(s) could not be staged and are not requested; see %s", len(unstaged), uri_of(folder.stage_failures))
     return [m.manifest_uri for m in manifests]
+
+
+def retry_round(settings: RunSettings, folder: RunFolder, round_: int, hook) -> list[str]:
+    """Round ``round_``'s shards of the keys that failed so far; none past the run's retry_rounds."""
+    failed = keys_to_retry(folder, round_, hook, settings) if round_ <= settings.retry_rounds else set()
+    if not failed:
+        reset_round(folder, round_)
+        return []
+    return build_round(settings, folder, round_, only=failed)
 
 
 def keys_to_retry(folder: RunFolder, round_: int, hook, settings: RunSettings) -> set[str]:
