@@ -164,6 +164,9 @@ def clean_up() -> dict:
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
     catchup=False,
     max_active_runs=4,
+    # Every task is idempotent (a resubmitted shard reattaches to its job by name), so a lost worker or a
+    # transient failure is retried; parameter and budget errors fail at once (AirflowFailException).
+    default_args={"retries": 2, "retry_delay": dt.timedelta(seconds=30)},
     params=PARAMS,
     tags=["gemini", "batch", "extraction"],
     doc_md=__doc__,
