@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from test_hooks import submit_shard, use_developer, write_shard
@@ -89,7 +90,7 @@ def test_retry_restages_an_upload_that_is_gone(start_emulator, monkeypatch, tmp_
     outcomes.parent.mkdir(parents=True, exist_ok=True)
     outcomes.write_text(json.dumps(results.missing_outcome(key, "no answer: job EXPIRED").to_json()) + "\n")
 
-    assert runs.keys_to_retry(folder, 1, hook, settings) == {key}
+    assert runs.keys_to_retry(settings, folder, 1, hook) == {key}
     assert hook.get_conn().files.get(name=name).state.name == "ACTIVE"
     assert runs.build_round(settings, folder, 1, only={key})  # one shard, with the fresh upload's URI
 
@@ -110,3 +111,28 @@ def test_a_cleared_run_forgets_its_earlier_rounds(tmp_path):
     assert runs.retry_round(settings, folder, 1, hook=None) == []  # nothing failed: no round 1, and no stale file
     assert not stale.exists()
     assert runs.last_round(folder, settings.retry_rounds) == 0
+
+
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_each_staging_pass_writes_its_own_file_and_later_passes_win(where, tmp_path, gcs_root):
+    """A GCS object cannot be appended to: a second pass (a retry's restaging) adds a file, read back after the first."""
+    source = tmp_path / "source"
+    shutil.copytree(SAMPLES, source)
+    output = str(tmp_path / "out") if where == "local" else f"gs://test-bucket/passes/{tmp_path.name}"
+    settings = runs.RunSettings.from_params({**PARAMS, "source": str(source), "output": output,
+                                             "staging_prefix": f"gs://test-bucket/passes-staging/{tmp_path.name}"})
+    folder = runs.RunFolder(settings, "manual__passes", "vertex")
+    hook = SimpleNamespace(backend="vertex")
+    runs.plan_documents(settings, folder)
+    (source / "invoice-2.pdf").rename(tmp_path / "away.pdf")
+    assert runs.stage_documents(settings, folder, hook) == {"staged": 6, "failed": 1}
+    ((key, error),) = runs.read_stage_failures(folder).items()
+    assert "invoice-2.pdf" in error
+
+    (tmp_path / "away.pdf").rename(source / "invoice-2.pdf")
+    assert runs.stage_documents(settings, folder, hook, only={key}) == {"staged": 1, "failed": 0}
+    assert sorted(p.name for p in folder.staged.iterdir()) == ["pass-00000.jsonl", "pass-00001.jsonl"]
+    assert sorted(p.name for p in folder.stage_failures.iterdir()) == ["pass-00000.jsonl", "pass-00001.jsonl"]
+    staged = runs.read_staged(folder)
+    assert len(staged) == 7 and staged[key].uri.endswith(f"/{key}.pdf")
+    assert runs.read_stage_failures(folder) == {}  # staged by the later pass: no longer a failure

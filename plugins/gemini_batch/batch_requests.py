@@ -12,7 +12,7 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, TypeVar
 
 import orjson
 from airflow.sdk import ObjectStoragePath
@@ -23,6 +23,8 @@ from gemini_batch.locations import as_path, uri_of
 THINKING_SETTINGS = ("low", "model-default")
 GEMINI_2_5_PRO_MIN_THINKING_BUDGET = 128  # it cannot switch thinking off
 _GEMINI_MAJOR = re.compile(r"gemini-(\d+)")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,14 @@ def build_row(
     }
 
 
+def from_record(cls: type[T], data: Mapping, what: str) -> T:
+    """The dataclass ``cls`` from a record read back from a file: extra fields are ignored, a missing one is named."""
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data]
+    if missing:
+        raise ValueError(f"{what} lacks {', '.join(missing)}")
+    return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
 @dataclass(frozen=True)
 class ShardManifest:
     """One written shard; XCom carries only ``manifest_uri``, the rest is read back with ``load``."""
@@ -121,10 +131,7 @@ class ShardManifest:
 
     @classmethod
     def from_json(cls, data: Mapping) -> ShardManifest:
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data]
-        if missing:
-            raise ValueError(f"shard manifest lacks {', '.join(missing)}")
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        return from_record(cls, data, "shard manifest")
 
     @classmethod
     def load(cls, path: str | ObjectStoragePath) -> ShardManifest:

@@ -20,6 +20,7 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
+from gemini_batch.batch_requests import from_record
 from gemini_batch.plan import PlannedDocument
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,7 @@ class RowOutcome:
 
     @classmethod
     def from_json(cls, data: Mapping) -> RowOutcome:
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data]
-        if missing:
-            raise ValueError(f"outcome record lacks {', '.join(missing)}")
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        return from_record(cls, data, "outcome record")
 
 
 def missing_outcome(key: str, reason: str) -> RowOutcome:

@@ -4,14 +4,17 @@ Each step reads what earlier steps wrote into the run's work folder and
 writes its own output there, so a task can be retried or cleared on its own
 and XCom carries only URIs and counts. Work folder layout::
 
-    <work>/plan.jsonl                  one line per discovered document
-    <work>/staged.jsonl                key -> staged URI (and expiry), appended per staging pass
-    <work>/stage-failures.jsonl        key -> why it could not be staged
-    <shards>/round-<r>/shard-*.jsonl   the requests of round r (+ .keys, .manifest.json)
-    <work>/round-<r>/outcomes.jsonl    one outcome per key requested in round r
+    <work>/plan.jsonl                      one line per discovered document
+    <work>/staged/pass-<n>.jsonl           key -> staged URI (and expiry), one file per staging pass
+    <work>/stage-failures/pass-<n>.jsonl   key -> why it could not be staged in that pass
+    <shards>/round-<r>/shard-*.jsonl       the requests of round r (+ .keys, .manifest.json)
+    <work>/round-<r>/outcomes.jsonl        one outcome per key requested in round r
 
 ``<shards>`` is the work folder, or for Vertex AI the run's folder under the
 gs:// staging prefix (Vertex reads its input from Cloud Storage only).
+Each staging pass (the stage task, a retry's restaging) writes files of its
+own, read back in order with later passes winning: a GCS object cannot be
+appended to.
 """
 
 from __future__ import annotations
@@ -138,8 +141,8 @@ class RunFolder:
         else:
             self.remote = self.work
         self.plan = self.work / "plan.jsonl"
-        self.staged = self.work / "staged.jsonl"
-        self.stage_failures = self.work / "stage-failures.jsonl"
+        self.staged = self.work / "staged"
+        self.stage_failures = self.work / "stage-failures"
 
     def shards(self, round_: int) -> ObjectStoragePath:
         return self.remote / f"round-{round_}"
@@ -179,14 +182,17 @@ def check_budget(summary: Mapping, max_cost_usd: float | None) -> None:
 
 
 def stage_documents(settings: RunSettings, folder: RunFolder, hook, *, only: set[str] | None = None) -> dict:
-    """Stage every part to request (or the keys in ``only``); append to staged.jsonl and stage-failures.jsonl."""
+    """Stage every part to request (or the keys in ``only``); record the pass in its own staged and failures files."""
     items = (i for i in plan.parts_to_stage(folder.plan, settings.source) if only is None or i.key in only)
     if hook.backend == "vertex":
         stager = GcsStager(folder.documents_prefix(), documents.open_part)
     else:
         stager = FilesApiStager(hook.get_conn(), documents.open_part)
     staged = failed = 0
-    with _appending(folder.staged) as ok_out, _appending(folder.stage_failures) as failed_out:
+    name = f"pass-{len(_passes(folder.staged)):05d}.jsonl"
+    for pass_folder in (folder.staged, folder.stage_failures):
+        pass_folder.mkdir(parents=True, exist_ok=True)
+    with (folder.staged / name).open("wb") as ok_out, (folder.stage_failures / name).open("wb") as failed_out:
         for result in stager.stage(items):
             if isinstance(result, StagedPart):
                 ok_out.write(orjson.dumps(result.to_json()) + b"\n")
@@ -199,12 +205,12 @@ def stage_documents(settings: RunSettings, folder: RunFolder, hook, *, only: set
 
 def read_staged(folder: RunFolder) -> dict[str, StagedPart]:
     """The latest staging of each key."""
-    return {s.key: s for s in map(StagedPart.from_json, _read_jsonl(folder.staged))}
+    return {s.key: s for s in map(StagedPart.from_json, _read_passes(folder.staged))}
 
 
 def read_stage_failures(folder: RunFolder) -> dict[str, str]:
     staged = read_staged(folder)
-    return {f["key"]: f["error"] for f in _read_jsonl(folder.stage_failures) if f["key"] not in staged}
+    return {f["key"]: f["error"] for f in _read_passes(folder.stage_failures) if f["key"] not in staged}
 
 
 # ------------------------------------------------------------------ build, collect, retry
@@ -233,21 +239,22 @@ def build_round(settings: RunSettings, folder: RunFolder, round_: int, only: set
 
 def retry_round(settings: RunSettings, folder: RunFolder, round_: int, hook) -> list[str]:
     """Round ``round_``'s shards of the keys that failed so far; none past the run's retry_rounds."""
-    failed = keys_to_retry(folder, round_, hook, settings) if round_ <= settings.retry_rounds else set()
+    failed = keys_to_retry(settings, folder, round_, hook) if round_ <= settings.retry_rounds else set()
     if not failed:
         reset_round(folder, round_)
         return []
     return build_round(settings, folder, round_, only=failed)
 
 
-def keys_to_retry(folder: RunFolder, round_: int, hook, settings: RunSettings) -> set[str]:
+def keys_to_retry(settings: RunSettings, folder: RunFolder, round_: int, hook) -> set[str]:
     """Keys whose latest outcome failed, staged again first.
 
     Staging again costs one lookup per key when the upload is still there; it
     replaces a Files API upload that expired (48 h) or is about to, or that
     another run's clean-up deleted, so a retry never sends a dead URI.
     """
-    failed = {key for key, outcome in latest_outcomes(folder, round_ - 1).items() if outcome.status == "failed"}
+    latest, _, _ = latest_outcomes(folder, round_ - 1)
+    failed = {key for key, outcome in latest.items() if outcome.status == "failed"}
     staged = read_staged(folder)
     restage = {key for key in failed if key in staged}
     if restage:
@@ -296,13 +303,19 @@ def collect_round(settings: RunSettings, folder: RunFolder, round_: int, jobs: I
     return counts
 
 
-def latest_outcomes(folder: RunFolder, last_round: int) -> dict[str, results.RowOutcome]:
-    """Each key's outcome in the latest round that requested it."""
+def latest_outcomes(folder: RunFolder, last_round: int) -> tuple[dict[str, results.RowOutcome], int, int]:
+    """Each key's outcome in the latest round that requested it, then the input and output tokens of all rounds.
+
+    The tokens count every outcome read, not only the latest: failed attempts are billed too.
+    """
     latest: dict[str, results.RowOutcome] = {}
+    input_tokens = output_tokens = 0
     for round_ in range(last_round + 1):
         for data in _read_jsonl(folder.outcomes(round_)):
-            latest[data["key"]] = results.RowOutcome.from_json(data)
-    return latest
+            outcome = latest[data["key"]] = results.RowOutcome.from_json(data)
+            input_tokens += outcome.input_tokens
+            output_tokens += outcome.output_tokens
+    return latest, input_tokens, output_tokens
 
 
 def last_round(folder: RunFolder, retry_rounds: int) -> int:
@@ -315,7 +328,7 @@ def last_round(folder: RunFolder, retry_rounds: int) -> int:
 def publish(settings: RunSettings, folder: RunFolder, summary: Mapping, *, jobs: int) -> dict:
     """Write results.jsonl and summary.json (contract 6) and remember the answered keys."""
     rounds = last_round(folder, settings.retry_rounds)
-    outcomes = latest_outcomes(folder, rounds)
+    outcomes, input_tokens, output_tokens = latest_outcomes(folder, rounds)
     for key, error in read_stage_failures(folder).items():
         outcomes.setdefault(key, results.missing_outcome(key, f"not requested: {error}"))
     store = settings.store()
@@ -333,23 +346,12 @@ def publish(settings: RunSettings, folder: RunFolder, summary: Mapping, *, jobs:
         ({**o.to_json(), "finished_at": now} for o in outcomes.values() if o.status == "succeeded"),
         segment=f"{now[:19]}-{folder.slug}",
     )
-    billed = _billed_tokens(folder, rounds)
     report = totals.to_json(
-        requests=summary["requests"], jobs=jobs, retry_rounds=rounds, input_tokens=billed[0], output_tokens=billed[1],
-        estimated_cost_usd=round(summary["estimate"]["usd"], 6),
+        requests=summary["requests"], jobs=jobs, retry_rounds=rounds,
+        input_tokens=input_tokens, output_tokens=output_tokens, estimated_cost_usd=round(summary["estimate"]["usd"], 6),
     )
     (settings.output / "summary.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     return report
-
-
-def _billed_tokens(folder: RunFolder, last_round: int) -> tuple[int, int]:
-    """Tokens of every answer in every round: failed attempts are billed too."""
-    total_in = total_out = 0
-    for round_ in range(last_round + 1):
-        for data in _read_jsonl(folder.outcomes(round_)):
-            total_in += data["input_tokens"]
-            total_out += data["output_tokens"]
-    return total_in, total_out
 
 
 def clean_up(
@@ -364,7 +366,7 @@ def clean_up(
     cancelled = sum(bool(hook.cancel_job(name)) for name in job_names)
     deleted = 0
     if settings.retention in ("staged", "all"):
-        uris = [part.uri for part in read_staged(folder).values()] if folder.staged.exists() else []
+        uris = [part.uri for part in read_staged(folder).values()]
         uris += dict.fromkeys(job_inputs)
         if settings.retention == "all":
             for name in job_names:
@@ -409,18 +411,13 @@ def _read_jsonl(path: ObjectStoragePath) -> Iterator[dict]:
                 yield orjson.loads(line)
 
 
-class _appending:
-    """Append to a JSONL file on local disk or GCS (where objects cannot be appended to: rewrite it)."""
+def _passes(pass_folder: ObjectStoragePath) -> list[ObjectStoragePath]:
+    """The files of a folder written one per staging pass, oldest first."""
+    if not pass_folder.exists():
+        return []
+    return sorted(p for p in pass_folder.iterdir() if p.name.startswith("pass-") and p.name.endswith(".jsonl"))
 
-    def __init__(self, path: ObjectStoragePath):
-        self.path = path
 
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._previous = self.path.read_bytes() if is_gcs(self.path) and self.path.exists() else b""
-        self._fh = self.path.open("ab" if not is_gcs(self.path) else "wb")
-        self._fh.write(self._previous)
-        return self._fh
-
-    def __exit__(self, *exc) -> None:
-        self._fh.close()
+def _read_passes(pass_folder: ObjectStoragePath) -> Iterator[dict]:
+    for path in _passes(pass_folder):
+        yield from _read_jsonl(path)
