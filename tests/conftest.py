@@ -90,3 +90,28 @@ def emulator(start_emulator):
 @pytest.fixture
 def client(emulator):
     return developer_client(emulator.url)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    """The production topology (tests/stack.py) for the full-stack and browser tests, started once, with
+    gemini_batch_extract parsed and unpaused. Slower emulated work (~5 s per upload to become ACTIVE, ~5 s pending,
+    ~5 s running at 600x) keeps tasks running and waits deferred long enough to be seen and disturbed."""
+    import time
+
+    from stack import Stack
+
+    folder = tmp_path_factory.mktemp("stack")
+    t0 = time.monotonic()
+    faults = {"pending_seconds": 3000, "running_seconds": 3000, "file_processing_seconds": 3000}
+    with Stack(folder, time_scale=600, faults=faults) as running:
+        running.timings = {"start": time.monotonic() - t0}
+        print(f"[stack] up in {running.timings['start']:.0f}s ({running.executor}); logs in {running.logs}",
+              file=sys.stderr)
+        running.wait_parsed("gemini_batch_extract")
+        running.api("PATCH", "/dags/gemini_batch_extract", {"is_paused": False})
+        assert running.api("GET", "/dags/gemini_batch_extract")["is_paused"] is False
+        yield running
+        t1 = time.monotonic()
+    print(f"[stack] stopped in {time.monotonic() - t1:.0f}s; stage wall time {time.monotonic() - t0:.0f}s "
+          f"({', '.join(f'{k} {v:.0f}s' for k, v in running.timings.items())})", file=sys.stderr)

@@ -249,6 +249,8 @@ class Stack:
             # a new DAG file is picked up within seconds, not minutes
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": str(self.schedule),
+            # a task whose worker died is failed (and retried) after 30 s without a heartbeat, not the default 300 s
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
             "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
         }
         if reasons:
@@ -348,18 +350,40 @@ class Stack:
         self._save()
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Signal one component's whole process group (SIGKILL: a crash; SIGTERM: a clean stop) and wait for it."""
+        """Signal one component's whole process group and wait for it. SIGTERM: a clean stop. SIGKILL: a crash of
+        its machine, so the tasks it runs in sessions of their own die with it."""
+        import psutil
+
         p = self.state["procs"][name]
+        tasks = []
+        if sig == signal.SIGKILL and _alive(p["pid"], p.get("create_time")):
+            tasks = psutil.Process(p["pid"]).children(recursive=True)
         try:
             os.killpg(p["pid"], sig)
         except ProcessLookupError:
             pass
+        for task in tasks:
+            try:
+                task.send_signal(sig)
+            except psutil.Error:
+                pass
         for proc in self._children:
             if proc.pid == p["pid"]:
                 proc.wait(timeout=60)
         deadline = time.monotonic() + 60
         while _alive(p["pid"], p.get("create_time")) and time.monotonic() < deadline:
             time.sleep(0.2)
+
+    def component_of(self, pid: int) -> str | None:
+        """The component that started ``pid``: a task runs in its own session under its worker's processes."""
+        import psutil
+
+        try:
+            lineage = [psutil.Process(pid), *psutil.Process(pid).parents()]
+        except psutil.Error:
+            return None
+        leaders = {p["pid"]: name for name, p in self.state["procs"].items()}
+        return next((leaders[proc.pid] for proc in lineage if proc.pid in leaders), None)
 
     def restart(self, name: str, sig: int = signal.SIGTERM) -> None:
         """Stop an Airflow component (a clean stop by default) and start it again with the same command."""
@@ -402,6 +426,18 @@ class Stack:
                 return
             time.sleep(1)
         raise TimeoutError(f"not ready after {timeout:.0f}s: {sorted(pending | workers)}")
+
+    def wait_parsed(self, dag_id: str, timeout: float = 180) -> dict:
+        """The dag-processor has parsed the DAG once the API knows it (and its serialized form answers)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.api("GET", f"/dags/{dag_id}/details")
+                return self.api("GET", f"/dags/{dag_id}")
+            except ApiError as exc:
+                if exc.code != 404 or time.monotonic() > deadline:
+                    raise
+            time.sleep(1)
 
     # -- stop --
     def stop(self) -> None:

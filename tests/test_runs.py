@@ -136,3 +136,17 @@ def test_each_staging_pass_writes_its_own_file_and_later_passes_win(where, tmp_p
     staged = runs.read_staged(folder)
     assert len(staged) == 7 and staged[key].uri.endswith(f"/{key}.pdf")
     assert runs.read_stage_failures(folder) == {}  # staged by the later pass: no longer a failure
+
+
+def test_a_pass_cut_off_by_a_killed_worker_loses_only_its_last_line(tmp_path):
+    """A worker killed mid-staging leaves a half-written line: the records before it still count, the retry's
+    pass restages the rest, and nothing raises."""
+    source = tmp_path / "source"
+    shutil.copytree(SAMPLES, source)
+    settings = runs.RunSettings.from_params({**PARAMS, "source": str(source), "output": str(tmp_path / "out"),
+                                             "staging_prefix": "gs://unused/prefix"})
+    folder = runs.RunFolder(settings, "manual__cut", "developer")
+    folder.staged.mkdir(parents=True)
+    whole = json.dumps({"key": "k1", "uri": "files/a", "mime_type": "application/pdf", "expires_at": None}).encode() + b"\n"
+    (folder.staged / "pass-00000.jsonl").write_bytes(whole + whole.replace(b"k1", b"k2")[:25])
+    assert list(runs.read_staged(folder)) == ["k1"]

@@ -403,10 +403,14 @@ def _manifests(shard_folder: ObjectStoragePath) -> list[ObjectStoragePath]:
 
 
 def _read_jsonl(path: ObjectStoragePath) -> Iterator[dict]:
+    """Each record of a JSONL work file; a last line cut off by a killed worker is skipped (its pass is redone)."""
     if not path.exists():
         return
     with path.open("rb") as fh:
         for line in fh:
+            if not line.endswith(b"\n"):
+                log.warning("%s ends in a cut-off line (its writer was stopped); ignoring %d bytes", path, len(line))
+                return
             if line.strip():
                 yield orjson.loads(line)
 
