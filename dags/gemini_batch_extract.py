@@ -15,7 +15,7 @@ import os
 from airflow.sdk.exceptions import AirflowFailException
 from airflow.sdk import Asset, Param, TaskGroup, TriggerRule, dag, get_current_context, task, teardown
 
-from gemini_batch import runs
+from gemini_batch import documents, runs
 from gemini_batch.hooks import GeminiBatchHook
 from gemini_batch.locations import uri_of
 from gemini_batch.operators import GeminiBatchSubmitOperator
@@ -91,8 +91,12 @@ def _open_run():
 
 @task
 def plan_documents() -> dict:
+    """An empty source plans zero documents and the run publishes an empty result; a missing one fails at once."""
     settings, folder, _ = _open_run()
-    return runs.plan_documents(settings, folder).to_json()
+    try:
+        return runs.plan_documents(settings, folder).to_json()
+    except documents.SourceError as exc:
+        raise AirflowFailException(str(exc)) from None  # a source that is not there is a parameter to fix
 
 
 @task

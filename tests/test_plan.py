@@ -98,8 +98,8 @@ def test_developer_stage_build_validate_and_submit(source, tmp_path, emulator):
     assert len(staged) == 5  # every non-text request once: a, b, 3 ranges of long.pdf
     assert all(s.uri.endswith(f"/files/{s.uri.rsplit('/', 1)[-1]}") and s.expires_at for s in staged.values())
 
-    manifests, unstaged = plan.build_shards(work / "plan.jsonl", as_path(source), staged, SPEC, work / "shards", max_rows=4)
-    assert unstaged == []
+    manifests, unbuilt = plan.build_shards(work / "plan.jsonl", as_path(source), staged, SPEC, work / "shards", max_rows=4)
+    assert unbuilt == {}
     assert [m.rows for m in manifests] == [4, 2]
     for manifest in manifests:
         report = validate_jsonl(manifest.uri, backend="developer")

@@ -12,7 +12,16 @@ Rules users can rely on:
   not documents and are skipped.
 - Local symlinks are followed when they resolve inside the source; a symlink
   that is broken, leaves the source or points back to a folder containing it
-  is reported as rejected and not followed.
+  is reported as rejected and not followed (an absolute target is judged the
+  same way: only where it resolves to counts).
+- Any other name the filesystem allows is a document: newlines, ``..`` inside a
+  name, 255-byte names. A local name that is not UTF-8 is read like any other;
+  the paths kept internally hold its bytes exactly (surrogate escapes), and
+  what is written to JSON shows them as ``\\xNN`` (``locations.printable``).
+- An object name with an empty segment (``docs//a.pdf``) names no path
+  inside the source: it is rejected, never read through a path that would
+  resolve to another object. (``.`` and ``..`` segments start with ``.``:
+  such objects are skipped like every hidden name.)
 - The content decides the type, never the extension; the extension only
   tells Markdown (``.md``, ``.markdown``) and HTML (``.html``, ``.htm``) text
   from plain text.
@@ -43,7 +52,7 @@ from typing import BinaryIO
 from airflow.sdk import ObjectStoragePath
 from pypdf import PasswordType, PdfReader, PdfWriter
 
-from gemini_batch.locations import uri_of
+from gemini_batch.locations import printable, uri_of
 
 PDF = "application/pdf"
 TEXT_TYPES = frozenset({"text/plain", "text/markdown", "text/html"})
@@ -105,7 +114,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class SourceFile:
-    path: str  # relative to the source, "/"-separated: the document's identity
+    path: str  # relative to the source, "/"-separated: the document's identity (bytes not UTF-8 as surrogate escapes)
     location: ObjectStoragePath
     size: int
     rejected: str | None = None  # discovery already knows it cannot be read
@@ -171,11 +180,6 @@ def _walk_folder(
     for entry in listed:
         relative = prefix + entry.name
         rejected = partial(SourceFile, relative, source / relative, 0)
-        try:
-            relative.encode()
-        except UnicodeEncodeError:
-            yield rejected(f"file name is not valid UTF-8: {relative!r}")
-            continue
         is_link = entry.is_symlink()
         target = os.path.realpath(entry.path) if is_link else entry.path  # folders walked are real paths already
         try:
@@ -184,10 +188,10 @@ def _walk_folder(
             yield rejected(f"{'broken symlink' if is_link else 'cannot be read'}: {error.strerror}")
             continue
         if is_link and os.path.commonpath([root, target]) != root:
-            yield rejected(f"symlink to {target}, outside the source: not followed")
+            yield rejected(f"symlink to {printable(target)}, outside the source: not followed")
         elif stat.S_ISDIR(status.st_mode):
             if target in ancestors:
-                yield rejected(f"symlink to {target}, a folder that contains it: not followed (cycle)")
+                yield rejected(f"symlink to {printable(target)}, a folder that contains it: not followed (cycle)")
                 continue
             try:
                 yield from _walk_folder(source, root, target, relative + "/", ancestors | {target})
@@ -220,10 +224,17 @@ def _walk_store(source: ObjectStoragePath) -> list[SourceFile]:
     if not objects and prefix != f"{source.drive}/":
         raise SourceError(f"source {uri} cannot be read: no such folder (nothing is stored under it)")
     return [
-        SourceFile(relative, source / relative, int(entry["size"]))
+        SourceFile(relative, source / relative, int(entry["size"]), _unsafe_object_name(relative))
         for relative, entry in inside.items()
         if relative and not relative.endswith("/") and not _is_hidden(relative)
     ]
+
+
+def _unsafe_object_name(relative: str) -> str | None:
+    """Why an object name cannot be joined to the source as a path ("a//b" would read "a/b"), or None."""
+    if "" in relative.split("/"):
+        return "object name has an empty segment ('//'): it names no path inside the source"
+    return None
 
 
 # --- inspection --------------------------------------------------------------
@@ -231,7 +242,7 @@ def _walk_store(source: ObjectStoragePath) -> list[SourceFile]:
 
 def inspect(file: SourceFile, limits: Limits = Limits()) -> Inspection:
     """Hash, type and part plan of one file. Never raises for a bad file: the reason goes into ``rejected``."""
-    uri = uri_of(file.location)
+    uri = printable(uri_of(file.location))
     if file.rejected:
         return Inspection(file.path, uri, file.size, None, None, None, (), file.rejected)
     try:

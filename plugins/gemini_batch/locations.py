@@ -34,3 +34,13 @@ def uri_of(path: ObjectStoragePath) -> str:
     """The address users recognise: ``gs://bucket/name`` or a plain local path."""
     # str() of a path with a connection reads gs://conn@bucket/key: no service understands that.
     return f"gs://{path.bucket}/{path.key}" if is_gcs(path) else path.path
+
+
+def printable(name: str) -> str:
+    """A local path as valid UTF-8, for JSON and people: each byte of it that is not UTF-8 reads ``\\xNN``.
+
+    Python holds such bytes as surrogate escapes, which no JSON encoder takes;
+    ``\\xNN`` is how ``ls -b`` and Python show them. Names that are UTF-8 (all
+    object names in a bucket) come back unchanged.
+    """
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from airflow.sdk import BaseOperator, BaseSensorOperator, ObjectStoragePath, PokeReturnValue
-from airflow.sdk.exceptions import AirflowException
-from google.genai import types
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from google.genai import errors, types
 
 from gemini_batch.batch_requests import ShardManifest
 from gemini_batch.hooks import DEAD_STATES, GeminiBatchHook, is_terminal, job_error, job_stats, state_name
@@ -175,14 +175,22 @@ class GeminiBatchSubmitOperator(BaseOperator):
                             poll_interval=float(self.poll_interval), describe=describe)
 
     def _submit(self, hook: GeminiBatchHook, manifest: ShardManifest, display_name: str) -> types.BatchJob:
+        """Create the shard's job; a 404 on create is the model (none such, or not for this project): no retry helps."""
         if hook.backend == "vertex":
             if not manifest.uri.startswith("gs://"):
                 raise ValueError(
                     f"Vertex AI reads batch input from gs:// only; shard {manifest.shard_id} is at {manifest.uri}")
-            dest = self.output_prefix or default_output_prefix(manifest)
-            return hook.create_job(model=self.model, src=manifest.uri, display_name=display_name, dest=dest)
-        src = hook.upload_jsonl(hook.storage_path(manifest.uri), shard_file_name(display_name))
-        return hook.create_job(model=self.model, src=src, display_name=display_name)
+            src, dest = manifest.uri, self.output_prefix or default_output_prefix(manifest)
+        else:
+            src, dest = hook.upload_jsonl(hook.storage_path(manifest.uri), shard_file_name(display_name)), None
+        try:
+            return hook.create_job(model=self.model, src=src, display_name=display_name, dest=dest)
+        except errors.ClientError as exc:
+            if exc.code != 404:
+                raise
+            raise AirflowFailException(
+                f"model {self.model!r}: the service has no such model for batch jobs, or not for this project "
+                f"({exc.code} {exc.status}: {exc.message})") from None
 
     def _shard(self, context, hook: GeminiBatchHook) -> tuple[ShardManifest, str]:
         """The shard's manifest and the job's display name (the same run and rows give the same name)."""

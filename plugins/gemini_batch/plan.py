@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import itertools
+import urllib.parse
 from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -20,7 +21,7 @@ from airflow.sdk import ObjectStoragePath
 from gemini_batch import documents, keys
 from gemini_batch.batch_requests import RequestSpec, ShardManifest, ShardWriter, build_row
 from gemini_batch.cost import CostEstimate, PriceTable, estimate_request
-from gemini_batch.locations import uri_of
+from gemini_batch.locations import printable, uri_of
 from gemini_batch.staging import StagedPart, StageItem
 
 
@@ -41,7 +42,7 @@ class PlannedPart:
 
 @dataclass(frozen=True)
 class PlannedDocument:
-    path: str
+    path: str  # exact, as discovered; ``document`` in JSON is its printable form
     uri: str
     size: int
     mime_type: str | None
@@ -51,16 +52,22 @@ class PlannedDocument:
     rejected: str | None
 
     def to_json(self) -> dict:
-        return {
-            "document": self.path, "uri": self.uri, "size": self.size, "mime_type": self.mime_type,
+        """The plan line; a name that is not UTF-8 also keeps its exact bytes, percent-encoded, in ``path_quoted``."""
+        data = {
+            "document": printable(self.path), "uri": self.uri, "size": self.size, "mime_type": self.mime_type,
             "sha256": self.sha256, "page_count": self.page_count,
             "parts": [part.to_json() for part in self.parts], "rejected": self.rejected,
         }
+        if data["document"] != self.path:
+            data["path_quoted"] = urllib.parse.quote(self.path, errors="surrogateescape")
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping) -> PlannedDocument:
+        quoted = data.get("path_quoted")
         return cls(
-            data["document"], data["uri"], data["size"], data["mime_type"], data["sha256"], data["page_count"],
+            urllib.parse.unquote(quoted, errors="surrogateescape") if quoted else data["document"], data["uri"],
+            data["size"], data["mime_type"], data["sha256"], data["page_count"],
             tuple(PlannedPart.from_json(part) for part in data["parts"]), data["rejected"],
         )
 
@@ -154,14 +161,16 @@ def build_shards(
     max_bytes: int = 100 * 2**20,
     only: Container[str] | None = None,
     prefix: str = "shard",
-) -> tuple[list[ShardManifest], list[str]]:
+) -> tuple[list[ShardManifest], dict[str, str | None]]:
     """Write one row per key to request (or per key in ``only``, for a retry) into shards under ``folder``.
 
-    Returns the manifests and the keys that could not be built because
-    staging failed for them (their documents fail with the staging error).
+    Returns the manifests and the keys that could not be built: with the
+    reason for a text part that cannot be read now (its file went away or
+    changed since the plan), None for a part whose staging failed (the
+    staging failure says why). Their documents fail; the others go on.
     """
     seen: set[str] = set()
-    unstaged: list[str] = []
+    unbuilt: dict[str, str | None] = {}
     with ShardWriter(folder, max_rows=max_rows, max_bytes=max_bytes, prefix=prefix) as writer:
         for doc in read_plan(plan_file):
             for part in doc.parts:
@@ -169,13 +178,18 @@ def build_shards(
                     continue
                 seen.add(part.key)
                 if doc.mime_type in documents.TEXT_TYPES:
-                    writer.add(build_row(part.key, spec, text=documents.read_text(source / doc.path)))
+                    try:
+                        text = documents.read_text(source / doc.path)
+                    except (OSError, UnicodeDecodeError) as error:
+                        unbuilt[part.key] = f"{printable(doc.path)} cannot be read any more: {error}"
+                        continue
+                    writer.add(build_row(part.key, spec, text=text))
                 elif part.key in staged:
                     stage = staged[part.key]
                     writer.add(build_row(part.key, spec, file_uri=stage.uri, mime_type=stage.mime_type))
                 else:
-                    unstaged.append(part.key)
-    return writer.manifests, unstaged
+                    unbuilt[part.key] = None
+    return writer.manifests, unbuilt
 
 
 def _inspect_in_order(

@@ -17,10 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import referencing
+import referencing.exceptions
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
+from jsonschema.exceptions import SchemaError, best_match
+from referencing.jsonschema import DRAFT202012
 
 from gemini_batch.batch_requests import from_record
+from gemini_batch.locations import printable
 from gemini_batch.plan import PlannedDocument
 
 log = logging.getLogger(__name__)
@@ -117,11 +121,35 @@ def parse_output_row(row: Mapping, response_schema: Mapping | None) -> RowOutcom
     return _parse_row(row, _validator(response_schema))
 
 
+def check_schema(response_schema: Mapping) -> None:
+    """Raises jsonschema.SchemaError when the schema is not valid JSON Schema (2020-12) or a ``$ref`` in it leads
+    nowhere: the validator would find that only when an answer reaches the reference, after the batch is paid for."""
+    Draft202012Validator.check_schema(response_schema)
+    resolver = referencing.Registry().resolver_with_root(DRAFT202012.create_resource(response_schema))
+    for ref in _refs(response_schema):
+        try:
+            resolver.lookup(ref)
+        except referencing.exceptions.Unresolvable:
+            raise SchemaError(f"$ref {ref!r} leads nowhere (nothing there in the schema, no other is loaded)") from None
+
+
+def _refs(value: Any) -> Iterator[str]:
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            if name == "$ref" and isinstance(item, str):
+                yield item
+            else:
+                yield from _refs(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _refs(item)
+
+
 def _validator(response_schema: Mapping | None) -> Draft202012Validator | None:
     """Raises jsonschema.SchemaError before any row is read when the schema itself is invalid."""
     if response_schema is None:
         return None
-    Draft202012Validator.check_schema(response_schema)
+    check_schema(response_schema)
     return Draft202012Validator(response_schema)
 
 
@@ -263,7 +291,7 @@ def document_record(doc: PlannedDocument, outcomes: Mapping[str, RowOutcome], re
     The data of a split PDF is its parts' data combined by ``merge_part_data``.
     """
     record = {
-        "document": doc.path, "status": "rejected", "data": None, "error": doc.rejected, "parts": [],
+        "document": printable(doc.path), "status": "rejected", "data": None, "error": doc.rejected, "parts": [],
         "usage": {"input_tokens": 0, "output_tokens": 0}, "reused": False,
     }
     if doc.rejected is not None:

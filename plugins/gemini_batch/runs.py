@@ -7,6 +7,7 @@ and XCom carries only URIs and counts. Work folder layout::
     <work>/plan.jsonl                      one line per discovered document
     <work>/staged/pass-<n>.jsonl           key -> staged URI (and expiry), one file per staging pass
     <work>/stage-failures/pass-<n>.jsonl   key -> why it could not be staged in that pass
+    <work>/stage-failures/pass-round-<r>.jsonl  key -> why a text part (inline) could not be read for round r
     <shards>/round-<r>/shard-*.jsonl       the requests of round r (+ .keys, .manifest.json)
     <work>/round-<r>/outcomes.jsonl        one outcome per key requested in round r
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -77,22 +79,31 @@ class RunSettings:
                 max_pages=int(params.get("max_pages", 50)), max_part_bytes=int(params.get("max_part_mb", 50)) * 2**20,
             )
             if spec.response_schema is not None:
-                jsonschema.Draft202012Validator.check_schema(spec.response_schema)
+                results.check_schema(spec.response_schema)
         except jsonschema.SchemaError as exc:
             raise RunConfigError(f"response_schema is not a valid JSON schema: {exc.message}") from None
         except (ValueError, TypeError) as exc:
             raise RunConfigError(f"invalid parameters: {exc}") from None
+        try:
+            load_prices().model_id(spec.model)  # a model without a price is unknown here: fail before any upload
+        except ValueError as exc:
+            raise RunConfigError(f"model: {exc} (a new model needs its prices in include/prices.json)") from None
         if params.get("retention", "staged") not in RETENTIONS:
             raise RunConfigError(f"retention must be one of {RETENTIONS}, got {params['retention']!r}")
+        source = _location(params["source"], "source", gcp_conn_id)
         output = _location(params["output"], "output", gcp_conn_id)
-        state = params.get("state")
+        state = _location(params["state"], "state", gcp_conn_id) if params.get("state") else None
+        for name, location in (("output", output), ("state", state)):
+            if location is not None and _inside(location, source):
+                raise RunConfigError(f"{name} {uri_of(location)} is inside source {uri_of(source)}: "
+                                     "the run's own files would be read as documents")
         staging = params.get("staging_prefix")
         return cls(
-            source=_location(params["source"], "source", gcp_conn_id),
+            source=source,
             output=output,
             spec=spec,
             gemini_conn_id=params.get("gemini_conn_id") or "gemini_default",
-            state=_location(state, "state", gcp_conn_id) if state else None,
+            state=state,
             staging_prefix=_location(staging, "staging_prefix", gcp_conn_id) if staging else None,
             limits=limits,
             max_rows=int(params.get("max_rows_per_job", 10_000)),
@@ -127,6 +138,14 @@ def _location(value: str, name: str, conn_id: str | None) -> ObjectStoragePath:
     return as_path(value, conn_id=conn_id if value.startswith("gs://") else None)
 
 
+def _inside(path: ObjectStoragePath, folder: ObjectStoragePath) -> bool:
+    """``path`` is ``folder`` or below it (local paths compared where their symlinks lead)."""
+    if is_gcs(path) != is_gcs(folder):
+        return False
+    inner, outer = (uri_of(p) if is_gcs(p) else os.path.realpath(p.path) for p in (path, folder))
+    return (inner.rstrip("/") + "/").startswith(outer.rstrip("/") + "/")
+
+
 class RunFolder:
     """Where one run keeps its work files (see the module docstring)."""
 
@@ -149,6 +168,10 @@ class RunFolder:
 
     def outcomes(self, round_: int) -> ObjectStoragePath:
         return self.work / f"round-{round_}" / "outcomes.jsonl"
+
+    def unreadable(self, round_: int) -> ObjectStoragePath:
+        """Text parts go inline, read when round ``round_`` is built: failing that is their staging failure."""
+        return self.stage_failures / f"pass-round-{round_}.jsonl"
 
     def documents_prefix(self) -> ObjectStoragePath:
         """Vertex: staged documents are shared by key across runs, so they live beside the runs."""
@@ -222,18 +245,23 @@ def reset_round(folder: RunFolder, round_: int) -> None:
     if shards.exists():
         shards.fs.rm(shards.path, recursive=True)
     folder.outcomes(round_).unlink(missing_ok=True)
+    folder.unreadable(round_).unlink(missing_ok=True)
 
 
 def build_round(settings: RunSettings, folder: RunFolder, round_: int, only: set[str] | None = None) -> list[str]:
     """Write round ``round_``'s shards; return their manifest URIs (what the submit tasks map over)."""
     reset_round(folder, round_)
-    manifests, unstaged = plan.build_shards(
+    manifests, unbuilt = plan.build_shards(
         folder.plan, settings.source, read_staged(folder), settings.spec, folder.shards(round_),
         max_rows=settings.max_rows, max_bytes=settings.max_bytes, only=only,
         prefix=f"r{round_}-shard",  # the shard id names the job: a retry of the same keys is a new job
     )
-    if unstaged:
-        log.warning("%d part(s) could not be staged and are not requested; see %s", len(unstaged), uri_of(folder.stage_failures))
+    if unread := [{"key": key, "error": error} for key, error in unbuilt.items() if error]:
+        folder.stage_failures.mkdir(parents=True, exist_ok=True)
+        folder.unreadable(round_).write_bytes(b"".join(orjson.dumps(failure) + b"\n" for failure in unread))
+    if unbuilt:
+        log.warning("%d part(s) could not be staged or read and are not requested; see %s",
+                    len(unbuilt), uri_of(folder.stage_failures))
     return [m.manifest_uri for m in manifests]
 
 

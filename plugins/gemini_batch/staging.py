@@ -29,7 +29,7 @@ from airflow.sdk import ObjectStoragePath
 from google import genai
 from google.genai import errors, types
 
-from gemini_batch.locations import uri_of
+from gemini_batch.locations import printable, uri_of
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,9 @@ class _Stager:
                     try:
                         yield future.result()
                     except Exception as exc:  # noqa: BLE001 - one bad part must not stop the others
-                        log.warning("Staging %s (%s) failed: %s", item.key, item.location, exc)
-                        yield StageFailure(item.key, f"staging {item.location} failed: {exc}")
+                        where = printable(uri_of(item.location))
+                        log.warning("Staging %s (%s) failed: %s", item.key, where, exc)
+                        yield StageFailure(item.key, f"staging {where} failed: {exc}")
                 refill()
 
     def _stage_one(self, item: StageItem) -> StagedPart:
@@ -249,7 +250,7 @@ class GcsStager(_Stager):
 
 
 def _display_name(item: StageItem) -> str:
-    name = item.location.name
+    name = printable(item.location.name)
     if item.pages:
         name += f" p{item.pages[0]}-{item.pages[1]}"
     return name[:512]
