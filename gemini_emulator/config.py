@@ -62,6 +62,7 @@ class Faults:
     safety_rate: float = 0.0
     recitation_rate: float = 0.0
     missing_rate: float = 0.0
+    corrupt_rate: float = 0.0  # an output line cut off mid-way (a damaged file), still counted as answered
     # per job
     job_fail_rate: float = 0.0
     job_expire_rate: float = 0.0

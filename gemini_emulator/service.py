@@ -9,6 +9,7 @@ import collections
 import concurrent.futures
 import datetime as dt
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -24,6 +25,8 @@ from . import responder
 from .config import HOUR, EmulatorConfig, HttpFaultInjector
 from .errors import ApiError, invalid, not_found, precondition, row_status
 from .store import RecordStore, new_id
+
+log = logging.getLogger(__name__)
 
 KNOWN_MODELS = frozenset({
     "gemini-3.1-pro-preview", "gemini-3-pro-preview", "gemini-3-flash-preview",
@@ -100,6 +103,8 @@ class Emulator:
 
     def inject(self, endpoint: str) -> None:
         code = self.http_faults.error_for(endpoint)
+        if code is not None:
+            log.warning("fault: HTTP %d on %s", code, endpoint)  # the record tests read to see the fault happened
         if code == 429:
             raise ApiError(429, "Resource has been exhausted (e.g. check quota).")
         if code is not None:
@@ -677,7 +682,10 @@ class JobRunner:
                     row = em.answer_row(line, line_no, job)
                     ok = row is None or ("response" in row)
                     if row is not None:
-                        out.write(orjson.dumps(row))
+                        data = orjson.dumps(row)
+                        if f.chance("corrupt", job["id"], line_no) < f.corrupt_rate:
+                            data = data[: len(data) // 2]
+                        out.write(data)
                         out.write(b"\n")
                     with self._lock:
                         stats["processed"] += 1

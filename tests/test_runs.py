@@ -150,3 +150,34 @@ def test_a_pass_cut_off_by_a_killed_worker_loses_only_its_last_line(tmp_path):
     whole = json.dumps({"key": "k1", "uri": "files/a", "mime_type": "application/pdf", "expires_at": None}).encode() + b"\n"
     (folder.staged / "pass-00000.jsonl").write_bytes(whole + whole.replace(b"k1", b"k2")[:25])
     assert list(runs.read_staged(folder)) == ["k1"]
+
+
+def test_an_output_file_gone_before_collection_leaves_its_rows_for_the_next_round(start_emulator, monkeypatch,
+                                                                                  tmp_path):
+    """The service deletes a job's output file 48 h after the job; a collection after that (a long outage, a
+    paused DAG) must not fail the task over and over: the job's rows become unanswered, with the cause, and the
+    next round requests them again."""
+    from test_hooks import wait_until_ended
+
+    server = start_emulator(time_scale=3600)
+    use_developer(monkeypatch, server.url)
+    hook = GeminiBatchHook()
+    source = tmp_path / "source"
+    shutil.copytree(SAMPLES, source)
+    settings = runs.RunSettings.from_params({**PARAMS, "source": str(source), "output": str(tmp_path / "out")})
+    folder = runs.RunFolder(settings, "manual__gone", "developer")
+    runs.plan_documents(settings, folder)
+    runs.stage_documents(settings, folder, hook)
+    (manifest_uri,) = runs.build_round(settings, folder, 0)
+    src = hook.upload_jsonl(hook.storage_path(runs.ShardManifest.load(manifest_uri).uri), "gbs-gone")
+    job = wait_until_ended(hook, hook.create_job(model=PARAMS["model"], src=src, display_name="gone").name)
+    hook.get_conn().files.delete(name=job.dest.file_name)  # what the service does after 48 h
+
+    counts = runs.collect_round(settings, folder, 0, [{"manifest_uri": manifest_uri, "job_name": job.name,
+                                                       "state": job.state.name}], hook)
+    assert counts["keys"] == counts["failed"] == 8 and counts["succeeded"] == 0
+    outcomes, _, _ = runs.latest_outcomes(folder, 0)
+    assert {o.error for o in outcomes.values()} == {
+        f"no answer: job {job.name} ended {job.state.name} but its output file {job.dest.file_name} cannot be read: "
+        "403 PERMISSION_DENIED"}
+    assert runs.keys_to_retry(settings, folder, 1, hook) == set(outcomes)

@@ -26,6 +26,7 @@ from google import genai
 from google.genai import errors, types
 
 from gemini_batch.locations import as_path
+from gemini_batch.results import OutputUnavailable
 from gemini_batch.staging import FilesApiUploads, is_transient
 
 T = TypeVar("T")
@@ -265,7 +266,12 @@ class GeminiBatchHook(BaseHook):
             return
         url = f"{(self.base_url or DEVELOPER_BASE_URL).rstrip('/')}/{DEVELOPER_API_VERSION}/{file_name}:download"
         with httpx.Client(timeout=DOWNLOAD_TIMEOUT) as http:
-            response = self._retry(self._start_download, http, url)
+            try:
+                response = self._retry(self._start_download, http, url)
+            except errors.ClientError as exc:
+                if exc.code not in (403, 404):  # the service answers 403 for a file that expired or is gone
+                    raise
+                raise OutputUnavailable(f"output file {file_name} cannot be read: {exc.code} {exc.status}") from exc
             try:
                 yield from _split_lines(response.iter_bytes(DOWNLOAD_CHUNK_BYTES))
             finally:
@@ -289,7 +295,11 @@ class GeminiBatchHook(BaseHook):
         if not location:
             return
         for path in sorted(self.storage_path(location).rglob("*.jsonl"), key=lambda p: p.path):
-            with path.fs.open(path.path, "rb") as stream:
+            try:
+                stream = path.fs.open(path.path, "rb")
+            except FileNotFoundError as exc:  # deleted between listing and reading
+                raise OutputUnavailable(f"output {path} cannot be read: it is gone") from exc
+            with stream:
                 yield from _split_lines(stream)
 
 

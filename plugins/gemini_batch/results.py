@@ -229,6 +229,10 @@ class OutputReading:
     duplicate_keys: int = 0  # later rows for a key already read
 
 
+class OutputUnavailable(Exception):
+    """A finished job's output cannot be read (expired or deleted): its rows are unanswered, not a task error."""
+
+
 def read_output(
     lines: Iterable[bytes],
     expected_keys: Collection[str],

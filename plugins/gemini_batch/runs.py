@@ -41,6 +41,7 @@ from gemini_batch.staging import FilesApiStager, GcsStager, StagedPart
 from gemini_batch.store import FinishedStore
 
 log = logging.getLogger(__name__)
+FAILURES_LOGGED = 100  # the task log names this many failed documents with their reason; results.jsonl has all
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RETENTIONS = ("keep", "staged", "all")
@@ -323,8 +324,14 @@ def collect_round(settings: RunSettings, folder: RunFolder, round_: int, jobs: I
                     answered.add(outcome.key)
                     write(outcome)
 
-                reading = results.read_output(hook.iter_output_lines(batch), expected, settings.spec.response_schema, sink)
-                log.info("Job %s (%s): %s", job["job_name"], job["state"], reading)
+                try:
+                    reading = results.read_output(
+                        hook.iter_output_lines(batch), expected, settings.spec.response_schema, sink)
+                    log.info("Job %s (%s): %s", job["job_name"], job["state"], reading)
+                except results.OutputUnavailable as exc:  # the rows not read yet go to the next round
+                    reason = f"no answer: job {job['job_name']} ended {job['state']} but its {exc}"
+                    log.warning("Job %s: %s; %d row(s) read before that, the rest will be retried",
+                                job["job_name"], exc, len(answered))
             for key in expected:
                 if key not in answered:
                     write(results.missing_outcome(key, reason))
@@ -362,6 +369,7 @@ def publish(settings: RunSettings, folder: RunFolder, summary: Mapping, *, jobs:
     store = settings.store()
     finished = store.load()
     totals = results.RunTotals()
+    unsucceeded = 0
     settings.output.mkdir(parents=True, exist_ok=True)
     with (settings.output / "results.jsonl").open("wb") as out:
         for doc in plan.read_plan(folder.plan):
@@ -369,6 +377,13 @@ def publish(settings: RunSettings, folder: RunFolder, summary: Mapping, *, jobs:
             record = results.document_record(doc, outcomes, reused)
             totals.add(record)
             out.write(orjson.dumps(record) + b"\n")
+            if record["status"] != "succeeded":
+                unsucceeded += 1
+                if unsucceeded <= FAILURES_LOGGED:
+                    log.warning("%s %s: %s", record["status"].capitalize(), record["document"], record["error"])
+    if unsucceeded > FAILURES_LOGGED:
+        log.warning("... and %d more documents failed or were rejected; all are in %s", unsucceeded - FAILURES_LOGGED,
+                    uri_of(settings.output / "results.jsonl"))
     now = dt.datetime.now(dt.timezone.utc).isoformat()
     store.add(
         ({**o.to_json(), "finished_at": now} for o in outcomes.values() if o.status == "succeeded"),
