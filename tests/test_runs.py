@@ -181,3 +181,29 @@ def test_an_output_file_gone_before_collection_leaves_its_rows_for_the_next_roun
         f"no answer: job {job.name} ended {job.state.name} but its output file {job.dest.file_name} cannot be read: "
         "403 PERMISSION_DENIED"}
     assert runs.keys_to_retry(settings, folder, 1, hook) == set(outcomes)
+
+
+def test_a_collection_cut_off_and_retried_writes_the_same_outcomes(start_emulator, monkeypatch, tmp_path):
+    """A worker killed mid-collect leaves a half-written outcomes file; the task's retry rewrites it whole from the
+    job's output (nothing appended twice, nothing lost). The cut is made on the file; the process kill itself is
+    exercised on the full stack (tests/test_stack.py) for stage_documents."""
+    from test_hooks import wait_until_ended
+
+    server = start_emulator(time_scale=3600)
+    use_developer(monkeypatch, server.url)
+    hook = GeminiBatchHook()
+    settings = runs.RunSettings.from_params({**PARAMS, "source": str(SAMPLES), "output": str(tmp_path / "out")})
+    folder = runs.RunFolder(settings, "manual__cut-collect", "developer")
+    runs.plan_documents(settings, folder)
+    runs.stage_documents(settings, folder, hook)
+    (manifest_uri,) = runs.build_round(settings, folder, 0)
+    src = hook.upload_jsonl(hook.storage_path(runs.ShardManifest.load(manifest_uri).uri), "gbs-cut-collect")
+    job = wait_until_ended(hook, hook.create_job(model=PARAMS["model"], src=src, display_name="cut").name)
+    jobs = [{"manifest_uri": manifest_uri, "job_name": job.name, "state": job.state.name}]
+
+    first = runs.collect_round(settings, folder, 0, jobs, hook)
+    whole = folder.outcomes(0).read_bytes()
+    folder.outcomes(0).write_bytes(whole[: len(whole) // 2])  # the kill
+    assert runs.collect_round(settings, folder, 0, jobs, hook) == first
+    assert folder.outcomes(0).read_bytes() == whole
+    assert first["keys"] == 8 and len(whole.splitlines()) == 8
