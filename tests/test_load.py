@@ -495,7 +495,8 @@ def test_soak_consecutive_runs_leave_nothing_behind(airflow_home, tmp_path, star
     tmpdir.mkdir()
     server = start_emulator(time_scale=600)  # files live 48 emulated hours: 288 s, longer than a run
     emulator = psutil.Process(server.proc.pid)
-    keep = {server.proc.pid}
+    # what the session already runs (session-scoped emulators of other tests) is not the runs' to leave behind
+    keep = {server.proc.pid} | {p.pid for p in psutil.Process().children(recursive=True)}
     rows, problems = [], []
     generated_before = 0
     for n in range(SOAK_RUNS):
