@@ -152,29 +152,32 @@ def test_a_pass_cut_off_by_a_killed_worker_loses_only_its_last_line(tmp_path):
     assert list(runs.read_staged(folder)) == ["k1"]
 
 
+def finished_round_0(server_url: str, monkeypatch, tmp_path, name: str):
+    """The samples planned, staged and built, and round 0's one job run to its end on the emulator."""
+    from test_hooks import wait_until_ended
+
+    use_developer(monkeypatch, server_url)
+    hook = GeminiBatchHook()
+    settings = runs.RunSettings.from_params({**PARAMS, "source": str(SAMPLES), "output": str(tmp_path / "out")})
+    folder = runs.RunFolder(settings, f"manual__{name}", "developer")
+    runs.plan_documents(settings, folder)
+    runs.stage_documents(settings, folder, hook)
+    (manifest_uri,) = runs.build_round(settings, folder, 0)
+    src = hook.upload_jsonl(hook.storage_path(runs.ShardManifest.load(manifest_uri).uri), f"gbs-{name}")
+    job = wait_until_ended(hook, hook.create_job(model=PARAMS["model"], src=src, display_name=name).name)
+    return settings, folder, hook, job, [{"manifest_uri": manifest_uri, "job_name": job.name, "state": job.state.name}]
+
+
 def test_an_output_file_gone_before_collection_leaves_its_rows_for_the_next_round(start_emulator, monkeypatch,
                                                                                   tmp_path):
     """The service deletes a job's output file 48 h after the job; a collection after that (a long outage, a
     paused DAG) must not fail the task over and over: the job's rows become unanswered, with the cause, and the
     next round requests them again."""
-    from test_hooks import wait_until_ended
-
     server = start_emulator(time_scale=3600)
-    use_developer(monkeypatch, server.url)
-    hook = GeminiBatchHook()
-    source = tmp_path / "source"
-    shutil.copytree(SAMPLES, source)
-    settings = runs.RunSettings.from_params({**PARAMS, "source": str(source), "output": str(tmp_path / "out")})
-    folder = runs.RunFolder(settings, "manual__gone", "developer")
-    runs.plan_documents(settings, folder)
-    runs.stage_documents(settings, folder, hook)
-    (manifest_uri,) = runs.build_round(settings, folder, 0)
-    src = hook.upload_jsonl(hook.storage_path(runs.ShardManifest.load(manifest_uri).uri), "gbs-gone")
-    job = wait_until_ended(hook, hook.create_job(model=PARAMS["model"], src=src, display_name="gone").name)
+    settings, folder, hook, job, jobs = finished_round_0(server.url, monkeypatch, tmp_path, "gone")
     hook.get_conn().files.delete(name=job.dest.file_name)  # what the service does after 48 h
 
-    counts = runs.collect_round(settings, folder, 0, [{"manifest_uri": manifest_uri, "job_name": job.name,
-                                                       "state": job.state.name}], hook)
+    counts = runs.collect_round(settings, folder, 0, jobs, hook)
     assert counts["keys"] == counts["failed"] == 8 and counts["succeeded"] == 0
     outcomes, _, _ = runs.latest_outcomes(folder, 0)
     assert {o.error for o in outcomes.values()} == {
@@ -187,19 +190,8 @@ def test_a_collection_cut_off_and_retried_writes_the_same_outcomes(start_emulato
     """A worker killed mid-collect leaves a half-written outcomes file; the task's retry rewrites it whole from the
     job's output (nothing appended twice, nothing lost). The cut is made on the file; the process kill itself is
     exercised on the full stack (tests/test_stack.py) for stage_documents."""
-    from test_hooks import wait_until_ended
-
     server = start_emulator(time_scale=3600)
-    use_developer(monkeypatch, server.url)
-    hook = GeminiBatchHook()
-    settings = runs.RunSettings.from_params({**PARAMS, "source": str(SAMPLES), "output": str(tmp_path / "out")})
-    folder = runs.RunFolder(settings, "manual__cut-collect", "developer")
-    runs.plan_documents(settings, folder)
-    runs.stage_documents(settings, folder, hook)
-    (manifest_uri,) = runs.build_round(settings, folder, 0)
-    src = hook.upload_jsonl(hook.storage_path(runs.ShardManifest.load(manifest_uri).uri), "gbs-cut-collect")
-    job = wait_until_ended(hook, hook.create_job(model=PARAMS["model"], src=src, display_name="cut").name)
-    jobs = [{"manifest_uri": manifest_uri, "job_name": job.name, "state": job.state.name}]
+    settings, folder, hook, _, jobs = finished_round_0(server.url, monkeypatch, tmp_path, "cut-collect")
 
     first = runs.collect_round(settings, folder, 0, jobs, hook)
     whole = folder.outcomes(0).read_bytes()
