@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
@@ -141,6 +142,8 @@ def create_app(config: EmulatorConfig) -> FastAPI:
     @app.middleware("http")
     async def authenticate(request: Request, call_next):
         path = request.url.path
+        if config.faults.request_latency_ms and path != "/healthz":
+            await asyncio.sleep(config.faults.request_latency_ms / 1000)
         if path.startswith(("/v1beta/", "/upload/")) and "upload_id" not in request.query_params:
             if not (request.headers.get("x-goog-api-key") or request.query_params.get("key")):
                 return _json(ApiError(403, "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.").body(), 403)

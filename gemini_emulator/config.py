@@ -75,6 +75,7 @@ class Faults:
     running_seconds: float = 1.0
     row_seconds: float = 0.0
     file_processing_seconds: float = 1.0
+    request_latency_ms: float = 0.0  # real (not time-scaled) delay before each API request: a network round trip
     job_expiry_hours: float = 24.0
     file_ttl_hours: float = 48.0
     max_input_bytes: int = 2 * 1024**3

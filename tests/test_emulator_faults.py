@@ -551,3 +551,14 @@ def test_invalid_faults_are_refused_with_a_usage_error(tmp_path, faults, named):
     # A clean argparse error (exit 2, usage line), not a Python traceback.
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == 2 and "error: --faults:" in proc.stderr, proc.stderr
+
+
+def test_request_latency_delays_every_api_request_but_not_health(start_emulator):
+    emulator = start_emulator(time_scale=FAST, faults={"request_latency_ms": 300})
+    client = developer_client(emulator.url)
+    start = time.perf_counter()
+    assert list(client.batches.list()) == []
+    assert time.perf_counter() - start >= 0.3
+    start = time.perf_counter()
+    assert httpx.get(f"{emulator.url}/healthz").status_code == 200
+    assert time.perf_counter() - start < 0.3, "readiness checks are not delayed"

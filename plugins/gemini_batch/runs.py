@@ -20,14 +20,16 @@ appended to.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import orjson
@@ -41,6 +43,7 @@ from gemini_batch.staging import FilesApiStager, GcsStager, StagedPart
 from gemini_batch.store import FinishedStore
 
 log = logging.getLogger(__name__)
+WRITE_BATCH_BYTES = 2**20
 FAILURES_LOGGED = 100  # the task log names this many failed documents with their reason; results.jsonl has all
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -301,40 +304,34 @@ def collect_round(settings: RunSettings, folder: RunFolder, round_: int, jobs: I
         return counts  # nothing was requested in this round: no outcomes file, the round did not happen
     target = folder.outcomes(round_)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("wb") as out:
+    with jsonl_writer(target) as write_record:
 
         def write(outcome: results.RowOutcome) -> None:
-            out.write(orjson.dumps(outcome.to_json()) + b"\n")
+            write_record(outcome)  # orjson writes a dataclass as its to_json()
             counts["keys"] += 1
             counts[outcome.status] += 1
 
         for manifest_file in manifests:
             manifest = ShardManifest.load(manifest_file)
-            expected = as_path(manifest.keys_uri, conn_id=manifest_file.conn_id).read_text().split()
+            with as_path(manifest.keys_uri, conn_id=manifest_file.conn_id).open("rb") as keys_file:
+                expected = [line.decode().strip() for line in keys_file if line.strip()]
             job = jobs_by_manifest.get(manifest.manifest_uri)
-            answered: set[str] = set()
             if job is None:
-                reason = "no answer: the shard's job was not submitted"
-            else:
-                counts["jobs"] += 1
-                reason = f"no answer: job {job['job_name']} ended {job['state']} before this row finished"
-                batch = hook.get_job(job["job_name"])
-
-                def sink(outcome: results.RowOutcome) -> None:
-                    answered.add(outcome.key)
-                    write(outcome)
-
-                try:
-                    reading = results.read_output(
-                        hook.iter_output_lines(batch), expected, settings.spec.response_schema, sink)
-                    log.info("Job %s (%s): %s", job["job_name"], job["state"], reading)
-                except results.OutputUnavailable as exc:  # the rows not read yet go to the next round
-                    reason = f"no answer: job {job['job_name']} ended {job['state']} but its {exc}"
-                    log.warning("Job %s: %s; %d row(s) read before that, the rest will be retried",
-                                job["job_name"], exc, len(answered))
-            for key in expected:
-                if key not in answered:
-                    write(results.missing_outcome(key, reason))
+                for key in expected:
+                    write(results.missing_outcome(key, "no answer: the shard's job was not submitted"))
+                continue
+            counts["jobs"] += 1
+            reading = results.read_output(
+                hook.iter_output_lines(hook.get_job(job["job_name"])), expected, settings.spec.response_schema, write)
+            del expected  # the reading holds the keys from here on
+            log.info("Job %s (%s): %s", job["job_name"], job["state"], reading)
+            reason = f"no answer: job {job['job_name']} ended {job['state']} before this row finished"
+            if reading.unavailable:  # the rows not read yet go to the next round
+                reason = f"no answer: job {job['job_name']} ended {job['state']} but its {reading.unavailable}"
+                log.warning("Job %s: %s; %d row(s) read before that, the rest will be retried",
+                            job["job_name"], reading.unavailable, reading.outcomes)
+            for key in reading.unanswered:
+                write(results.missing_outcome(key, reason))
     return counts
 
 
@@ -456,6 +453,31 @@ def _read_jsonl(path: ObjectStoragePath) -> Iterator[dict]:
                 return
             if line.strip():
                 yield orjson.loads(line)
+
+
+@contextlib.contextmanager
+def jsonl_writer(path: ObjectStoragePath) -> Iterator[Callable[[Any], None]]:
+    """A function writing records as JSON lines to ``path``, in batches of about 1 MB.
+
+    One write through ObjectStoragePath's file wrapper costs more than
+    encoding a record: collecting a large output wrote at half the speed.
+    """
+    batch: list[bytes] = []
+    size = 0
+
+    def write(record: Any) -> None:
+        nonlocal size
+        line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        batch.append(line)
+        size += len(line)
+        if size >= WRITE_BATCH_BYTES:
+            out.write(b"".join(batch))
+            batch.clear()
+            size = 0
+
+    with path.open("wb") as out:
+        yield write
+        out.write(b"".join(batch))
 
 
 def _passes(pass_folder: ObjectStoragePath) -> list[ObjectStoragePath]:

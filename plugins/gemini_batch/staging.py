@@ -91,7 +91,7 @@ def is_transient(exc: BaseException) -> bool:
 class _Stager:
     """The bounded pool and the retry policy both stagers share."""
 
-    def __init__(self, open_part: OpenPart, *, workers: int = 8, attempts: int = 5, backoff_seconds: float = 1.0):
+    def __init__(self, open_part: OpenPart, *, workers: int = 16, attempts: int = 5, backoff_seconds: float = 1.0):
         self.open_part = open_part
         self.workers = workers
         self._retry = tenacity.Retrying(
@@ -182,7 +182,7 @@ class FilesApiUploads:
 
     def _active(self, file: types.File) -> types.File:
         deadline = time.monotonic() + self.processing_timeout
-        delay = 0.2
+        delay = 0.05  # a small file is usually ACTIVE within a fraction of a second
         while file.state == types.FileState.PROCESSING:
             if time.monotonic() > deadline:
                 raise StagingError(f"{file.name} still PROCESSING after {self.processing_timeout:.0f} s")

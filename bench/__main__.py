@@ -1,0 +1,94 @@
+"""Run every benchmark and print one table: ``bin/bench`` (``--quick`` for a smoke run of a minute or two).
+
+1. preparation: 1,000 and 10,000 PDFs against the sequential baseline and the
+   hash-only floor, on loopback and with a 50 ms network round trip;
+2. collection: a 1 GB output JSONL against a bare orjson loop;
+3. orchestration: the demo DAG under ``dags test`` split into Airflow and our
+   tasks, and the triggerer's CPU per waiting job;
+4. scaling: preparation and collection at 1k, 10k and 100k documents.
+
+Targets are printed beside the numbers, never asserted. Generated inputs are
+kept in the work folder (default /tmp/gemini-batch-bench) for the next run;
+every row is also appended to artifacts/bench/results.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+from bench import collect, orchestration, prepare
+from bench.common import ROOT, Row
+
+COLUMNS = (("bench", "benchmark"), ("case", "case"), ("size", "size"), ("seconds", "s"), ("rate", "rate"),
+           ("peak_rss_mb", "peak RSS MB"), ("compare", "compared"), ("target", "target"), ("met", "met"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="bin/bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes only: checks the benchmarks run")
+    parser.add_argument("--only", choices=["preparation", "collection", "orchestration", "scaling"], action="append")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/gemini-batch-bench"))
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    chosen = set(args.only or ["preparation", "collection", "orchestration", "scaling"])
+    small, large = (200, 1_000) if args.quick else (1_000, 10_000)
+
+    plans = []
+    if "preparation" in chosen:
+        plans += [lambda: prepare.run(args.workdir, small), lambda: prepare.run(args.workdir, large),
+                  lambda: prepare.run(args.workdir, small, latency_ms=50)]
+    if "collection" in chosen:
+        plans.append(lambda: collect.run(args.workdir, 20 if args.quick else 1024))
+    if "orchestration" in chosen:
+        plans.append(lambda: orchestration.run(args.workdir, quick=args.quick))
+    if "scaling" in chosen:
+        for count in (small, large) if args.quick else (1_000, 10_000, 100_000):
+            plans.append(lambda count=count: [
+                r for r in prepare.run(args.workdir, count, baseline=False, bench="scaling") if r.case.startswith("ours")])
+            plans.append(lambda count=count: [
+                r for r in collect.run(args.workdir, keys=count, bench="scaling") if r.case.startswith("ours")])
+
+    rows: list[Row] = []
+    started = time.perf_counter()
+    for plan in plans:
+        for row in plan():
+            rows.append(row)
+            print(f"  {row.bench}: {row.case}, {row.size}: {row.seconds} s, {row.rate}", file=sys.stderr, flush=True)
+    print(table(rows))
+    print(f"\n{len(rows)} rows in {time.perf_counter() - started:.0f} s on {platform.node()} "
+          f"({platform.processor() or platform.machine()}, Python {platform.python_version()})")
+    record(rows, args.quick)
+
+
+def table(rows: list[Row]) -> str:
+    """A Markdown table (it reads as plain text too)."""
+    def cell(row: Row, name: str) -> str:
+        value = getattr(row, name)
+        if value is None:
+            return ""
+        if name == "met":
+            return "yes" if value else "NO"
+        return f"{value:,.1f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(row, name) for name, _ in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def record(rows: list[Row], quick: bool) -> None:
+    target = ROOT / "artifacts" / "bench" / "results.jsonl"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    with target.open("a") as out:
+        for row in rows:
+            out.write(json.dumps({"at": at, "quick": quick, **row.to_json()}) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Preparation: N one-page PDFs from a local folder to validated shards on the emulator.
+
+Three ways over the same files, each in a fresh process (``common.measure``):
+
+- ours: what the DAG's plan, stage and build tasks run (``gemini_batch.plan``
+  and ``staging.FilesApiStager``), then the JSONL check of every shard;
+- the sequential baseline, the script a user would write: read, hash and
+  upload one file at a time with the same client, then write the JSONL;
+- the floor: read and sha256-hash the same bytes, nothing else.
+
+The emulator answers on loopback, so an upload costs CPU, not the network
+round trip the real service adds; ``--latency-ms`` adds that delay to every
+emulator request to see both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import orjson
+
+from bench.common import MB, Row, measure, pdf_source
+
+PROMPT = "Extract the invoice number, date, vendor and total."
+SCHEMA = {"type": "object", "properties": {"invoice_number": {"type": "string"}, "total": {"type": "number"}}}
+BASELINE_SAMPLE = 2_000  # the baseline's rate is steady: larger runs time it on this many files
+
+
+def ours(source: str, work: str, url: str) -> dict:
+    """Plan, stage, build and validate, as the DAG's tasks do; seconds per step."""
+    from google import genai
+    from google.genai import types
+
+    from gemini_batch import documents, plan
+    from gemini_batch.batch_requests import RequestSpec
+    from gemini_batch.cost import load_prices
+    from gemini_batch.locations import as_path
+    from gemini_batch.staging import FilesApiStager, StagedPart
+    from gemini_batch.validate import validate_jsonl
+
+    spec = RequestSpec(model="gemini-2.5-flash", prompt=PROMPT, response_schema=SCHEMA)
+    client = genai.Client(api_key="bench", http_options=types.HttpOptions(base_url=url))
+    src, out = as_path(source), as_path(work)
+    steps: dict[str, float] = {}
+
+    start = time.perf_counter()
+    summary = plan.plan_run(src, spec, out / "plan.jsonl", prices=load_prices())
+    steps["plan"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    staged: dict[str, StagedPart] = {}
+    for result in FilesApiStager(client, documents.open_part).stage(plan.parts_to_stage(out / "plan.jsonl", src)):
+        if isinstance(result, StagedPart):
+            staged[result.key] = result
+    steps["stage"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    manifests, unbuilt = plan.build_shards(out / "plan.jsonl", src, staged, spec, out / "shards")
+    steps["build"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    valid = all(validate_jsonl(m.uri, backend="developer").ok for m in manifests)
+    steps["validate"] = time.perf_counter() - start
+    return {"documents": summary.documents, "staged": len(staged), "unbuilt": len(unbuilt),
+            "rows": sum(m.rows for m in manifests), "valid": valid,
+            "steps": {name: round(seconds, 3) for name, seconds in steps.items()}, "seconds": round(sum(steps.values()), 3)}
+
+
+def baseline(source: str, work: str, url: str, limit: int) -> dict:
+    """One file at a time: read, hash, upload, then one JSONL row per file."""
+    from google import genai
+    from google.genai import types
+
+    client = genai.Client(api_key="bench", http_options=types.HttpOptions(base_url=url))
+    files = sorted(Path(source).rglob("*.pdf"))[:limit]
+    start = time.perf_counter()
+    uploaded = []
+    for path in files:
+        data = path.read_bytes()
+        key = hashlib.sha256(data).hexdigest()
+        file = client.files.upload(file=path, config=types.UploadFileConfig(mime_type="application/pdf"))
+        uploaded.append((key, file.uri))
+    Path(work).mkdir(parents=True, exist_ok=True)
+    with open(Path(work) / "requests.jsonl", "wb") as out:
+        for key, uri in uploaded:
+            request = {"contents": [{"role": "user", "parts": [
+                {"fileData": {"fileUri": uri, "mimeType": "application/pdf"}}, {"text": PROMPT}]}],
+                "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": SCHEMA}}
+            out.write(orjson.dumps({"key": key, "request": request}) + b"\n")
+    return {"documents": len(files), "seconds": round(time.perf_counter() - start, 3)}
+
+
+def floor(source: str) -> dict:
+    """Read and sha256-hash every file: what no preparation can beat on this machine."""
+    start = time.perf_counter()
+    count = size = 0
+    for path in sorted(Path(source).rglob("*.pdf")):
+        with open(path, "rb") as fh:
+            digest = hashlib.sha256()
+            while chunk := fh.read(MB):
+                digest.update(chunk)
+                size += len(chunk)
+        count += 1
+    return {"documents": count, "bytes": size, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def run(workdir: Path, count: int, *, baseline: bool = True, latency_ms: float = 0, bench: str = "preparation") -> list[Row]:
+    """Rows for the floor, the baseline (timed on at most ``BASELINE_SAMPLE`` files) and ours over ``count`` PDFs."""
+    import shutil
+
+    from gemini_emulator.testing import gemini_emulator
+
+    rows = []
+    source, size = pdf_source(workdir, count)
+    label = f"{count:,} PDFs" + (f", {latency_ms:g} ms RTT" if latency_ms else "")
+    hashed = measure("bench.prepare.floor", source=str(source))
+    run_dir = workdir / f"prepare-{count}-{latency_ms:g}ms"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh emulator and work folder: nothing is reused
+    faults = {"request_latency_ms": latency_ms} if latency_ms else None
+    with gemini_emulator(run_dir / "emulator", time_scale=3600, faults=faults) as server:
+        ours_run = measure("bench.prepare.ours", source=str(source), work=str(run_dir / "ours"), url=server.url)
+        base = None
+        if baseline:
+            sample = min(count, BASELINE_SAMPLE if not latency_ms else int(20_000 / latency_ms))  # about 20 s
+            base = measure("bench.prepare.baseline", source=str(source), work=str(run_dir / "baseline"),
+                           url=server.url, limit=sample)
+    ours_rate = count / ours_run["seconds"]
+    floor_rate = count / hashed["seconds"]
+    rows.append(Row(bench, "hash-only floor", label, hashed["seconds"], f"{floor_rate:,.0f} docs/s",
+                    hashed["peak_rss_mb"], extra={"bytes": size}))
+    plan_s = ours_run["steps"]["plan"]
+    compare = [f"{ours_run['seconds'] / hashed['seconds']:,.0f}x floor's time (plan step alone {plan_s / hashed['seconds']:,.0f}x)"]
+    met = None
+    if base:
+        base_rate = base["documents"] / base["seconds"]
+        sampled = "" if base["documents"] == count else f" (rate timed on {base['documents']:,})"
+        rows.append(Row(bench, "sequential baseline" + sampled, label, round(count / base_rate, 2),
+                        f"{base_rate:,.0f} docs/s", base["peak_rss_mb"], extra=base))
+        compare.insert(0, f"{ours_rate / base_rate:.1f}x baseline")
+        met = ours_rate >= 5 * base_rate and ours_run["seconds"] <= 3 * hashed["seconds"]
+    rows.append(Row(bench, "ours: plan, stage, build, validate", label, ours_run["seconds"],
+                    f"{ours_rate:,.0f} docs/s", ours_run["peak_rss_mb"], "; ".join(compare),
+                    ">=5x baseline, <=3x floor" if base else "", met, extra=ours_run))
+    return rows
