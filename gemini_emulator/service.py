@@ -82,7 +82,7 @@ class Emulator:
         self.config = config
         self.faults = config.faults
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.files = RecordStore(config.data_dir / "files")
+        self.files = RecordStore(config.data_dir / "files", summed="size_bytes")
         self.uploads = RecordStore(config.data_dir / "uploads")
         self.jobs = RecordStore(config.data_dir / "jobs")
         self._attempts: collections.Counter[str] = collections.Counter()  # answers per key, this process
@@ -121,7 +121,9 @@ class Emulator:
             raise invalid("X-Goog-Upload-Header-Content-Length is required.")
         if size > self.faults.max_input_bytes:
             raise invalid(f"File size {size} bytes exceeds the maximum of {self.faults.max_input_bytes} bytes.")
-        used = sum(int(f["size_bytes"]) for f in self.files.values() if not self._file_expired(f))
+        used = self.files.total()  # every stored file: an upper bound; only near the quota count the live ones
+        if used + size > self.faults.files_storage_bytes:
+            used = sum(int(f["size_bytes"]) for f in self.files.values() if not self._file_expired(f))
         if used + size > self.faults.files_storage_bytes:
             raise ApiError(429, f"Files storage quota exceeded: {used} of {self.faults.files_storage_bytes} bytes in use.")
         if not mime_type:

@@ -33,13 +33,23 @@ def write_json_atomic(path: Path, value: Any) -> None:
 class RecordStore:
     """A keyed collection of JSON records persisted in one folder."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, summed: str | None = None):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._records: dict[str, dict[str, Any]] = {}
+        self._summed = summed  # a numeric field whose total over all records ``total`` keeps at hand
+        self._total = 0
         for path in sorted(folder.glob("*.json")):
-            self._records[path.stem] = orjson.loads(path.read_bytes())
+            self._records[path.stem] = record = orjson.loads(path.read_bytes())
+            self._total += self._amount(record)
+
+    def _amount(self, record: dict[str, Any] | None) -> int:
+        return int(record.get(self._summed) or 0) if record is not None and self._summed else 0
+
+    def total(self) -> int:
+        """The ``summed`` field added over every record, in constant time."""
+        return self._total
 
     def blob_path(self, record_id: str, suffix: str) -> Path:
         return self.folder / f"{record_id}.{suffix}"
@@ -51,6 +61,7 @@ class RecordStore:
 
     def put(self, record_id: str, record: dict[str, Any]) -> None:
         with self._lock:
+            self._total += self._amount(record) - self._amount(self._records.get(record_id))
             self._records[record_id] = dict(record)
             write_json_atomic(self.folder / f"{record_id}.json", record)
 
@@ -63,7 +74,7 @@ class RecordStore:
 
     def delete(self, record_id: str) -> None:
         with self._lock:
-            self._records.pop(record_id, None)
+            self._total -= self._amount(self._records.pop(record_id, None))
             for path in self.folder.glob(f"{record_id}.*"):
                 path.unlink(missing_ok=True)
 
