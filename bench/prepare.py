@@ -2,8 +2,8 @@
 
 Three ways over the same files, each in a fresh process (``common.measure``):
 
-- ours: what the DAG's plan, stage and build tasks run (``gemini_batch.plan``
-  and ``staging.FilesApiStager``), then the JSONL check of every shard;
+- ours: what the DAG's plan, stage and build tasks run (``gemini_batch.runs``),
+  then the JSONL check of every shard;
 - the sequential baseline, the script a user would write: read, hash and
   upload one file at a time with the same client, then write the JSONL;
 - the floor: read and sha256-hash the same bytes, nothing else.
@@ -16,6 +16,7 @@ emulator request to see both.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from pathlib import Path
 
@@ -29,42 +30,37 @@ BASELINE_SAMPLE = 2_000  # the baseline's rate is steady: larger runs time it on
 
 
 def ours(source: str, work: str, url: str) -> dict:
-    """Plan, stage, build and validate, as the DAG's tasks do; seconds per step."""
-    from google import genai
-    from google.genai import types
-
-    from gemini_batch import documents, plan
-    from gemini_batch.batch_requests import RequestSpec
-    from gemini_batch.cost import load_prices
+    """The plan, stage and build tasks' steps (``gemini_batch.runs``), then the JSONL check; seconds per step."""
+    os.environ["AIRFLOW_CONN_GEMINI_DEFAULT"] = orjson.dumps(
+        {"conn_type": "generic", "password": "bench", "extra": {"backend": "developer", "base_url": url}}).decode()
+    from gemini_batch import runs
+    from gemini_batch.batch_requests import ShardManifest
+    from gemini_batch.hooks import GeminiBatchHook
     from gemini_batch.locations import as_path
-    from gemini_batch.staging import FilesApiStager, StagedPart
     from gemini_batch.validate import validate_jsonl
 
-    spec = RequestSpec(model="gemini-2.5-flash", prompt=PROMPT, response_schema=SCHEMA)
-    client = genai.Client(api_key="bench", http_options=types.HttpOptions(base_url=url))
-    src, out = as_path(source), as_path(work)
+    hook = GeminiBatchHook()
+    settings = runs.RunSettings.from_params({"source": source, "output": work, "model": "gemini-2.5-flash",
+                                             "prompt": PROMPT, "response_schema": SCHEMA})
+    folder = runs.RunFolder(settings, "bench", hook.backend)
     steps: dict[str, float] = {}
 
     start = time.perf_counter()
-    summary = plan.plan_run(src, spec, out / "plan.jsonl", prices=load_prices())
+    summary = runs.plan_documents(settings, folder)
     steps["plan"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    staged: dict[str, StagedPart] = {}
-    for result in FilesApiStager(client, documents.open_part).stage(plan.parts_to_stage(out / "plan.jsonl", src)):
-        if isinstance(result, StagedPart):
-            staged[result.key] = result
+    staging = runs.stage_documents(settings, folder, hook)
     steps["stage"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    manifests, unbuilt = plan.build_shards(out / "plan.jsonl", src, staged, spec, out / "shards")
+    manifests = [ShardManifest.load(as_path(uri)) for uri in runs.build_round(settings, folder, 0)]
     steps["build"] = time.perf_counter() - start
 
     start = time.perf_counter()
     valid = all(validate_jsonl(m.uri, backend="developer").ok for m in manifests)
     steps["validate"] = time.perf_counter() - start
-    return {"documents": summary.documents, "staged": len(staged), "unbuilt": len(unbuilt),
-            "rows": sum(m.rows for m in manifests), "valid": valid,
+    return {"documents": summary.documents, **staging, "rows": sum(m.rows for m in manifests), "valid": valid,
             "steps": {name: round(seconds, 3) for name, seconds in steps.items()}, "seconds": round(sum(steps.values()), 3)}
 
 

@@ -20,6 +20,6 @@ def test_collection_benchmark_writes_one_outcome_per_key_sent(tmp_path: Path):
 def test_preparation_benchmark_stages_every_pdf_and_times_the_baseline(tmp_path: Path):
     rows = {row.case.split(" (")[0]: row for row in prepare.run(tmp_path, 30)}
     ours = rows["ours: plan, stage, build, validate"]
-    assert ours.extra["staged"] == ours.extra["rows"] == 30 and ours.extra["valid"]
+    assert ours.extra["staged"] == ours.extra["rows"] == 30 and ours.extra["failed"] == 0 and ours.extra["valid"]
     assert rows["sequential baseline"].extra["documents"] == 30
     assert "x baseline" in ours.compare and ours.met is not None

@@ -146,10 +146,12 @@ def test_rerun_over_unchanged_folder_plans_zero_requests(source, tmp_path):
             for d in plan.read_plan(as_path(first.plan_uri)) for p in d.parts]
     store.add(done, segment="run-1")
 
-    second = run_plan(source, tmp_path / "w2", finished=store.load())
+    with store.index() as finished:
+        second = run_plan(source, tmp_path / "w2", finished=finished)
     assert (second.requests, second.reused_parts, second.documents) == (0, first.parts, first.documents)
     assert list(plan.parts_to_stage(as_path(second.plan_uri), as_path(source))) == []
 
     write_pdf(source / "new.pdf", 2, "Invoice C-9")
-    third = run_plan(source, tmp_path / "w3", finished=store.load())
+    with store.index() as finished:
+        third = run_plan(source, tmp_path / "w3", finished=finished)
     assert third.requests == 1 and third.documents == first.documents + 1

@@ -82,8 +82,8 @@ def test_retry_restages_an_upload_that_is_gone(start_emulator, monkeypatch, tmp_
     folder = runs.RunFolder(settings, "manual__retry", "developer")
     runs.plan_documents(settings, folder)
     runs.stage_documents(settings, folder, hook)
-    staged = runs.read_staged(folder)
-    key, gone = next(iter(staged.items()))
+    with runs.read_staged(folder) as staged:
+        key, gone = next(iter(staged.items()))
     name = "files/" + gone.uri.rsplit("/files/", 1)[-1]
     hook.get_conn().files.delete(name=name)
     outcomes = folder.outcomes(0)
@@ -133,8 +133,8 @@ def test_each_staging_pass_writes_its_own_file_and_later_passes_win(where, tmp_p
     assert runs.stage_documents(settings, folder, hook, only={key}) == {"staged": 1, "failed": 0}
     assert sorted(p.name for p in folder.staged.iterdir()) == ["pass-00000.jsonl", "pass-00001.jsonl"]
     assert sorted(p.name for p in folder.stage_failures.iterdir()) == ["pass-00000.jsonl", "pass-00001.jsonl"]
-    staged = runs.read_staged(folder)
-    assert len(staged) == 7 and staged[key].uri.endswith(f"/{key}.pdf")
+    with runs.read_staged(folder) as staged:
+        assert len(staged) == 7 and staged[key].uri.endswith(f"/{key}.pdf")
     assert runs.read_stage_failures(folder) == {}  # staged by the later pass: no longer a failure
 
 
@@ -149,7 +149,8 @@ def test_a_pass_cut_off_by_a_killed_worker_loses_only_its_last_line(tmp_path):
     folder.staged.mkdir(parents=True)
     whole = json.dumps({"key": "k1", "uri": "files/a", "mime_type": "application/pdf", "expires_at": None}).encode() + b"\n"
     (folder.staged / "pass-00000.jsonl").write_bytes(whole + whole.replace(b"k1", b"k2")[:25])
-    assert list(runs.read_staged(folder)) == ["k1"]
+    with runs.read_staged(folder) as staged:
+        assert list(staged) == ["k1"]
 
 
 def finished_round_0(server_url: str, monkeypatch, tmp_path, name: str):
@@ -179,11 +180,11 @@ def test_an_output_file_gone_before_collection_leaves_its_rows_for_the_next_roun
 
     counts = runs.collect_round(settings, folder, 0, jobs, hook)
     assert counts["keys"] == counts["failed"] == 8 and counts["succeeded"] == 0
-    outcomes, _, _ = runs.latest_outcomes(folder, 0)
-    assert {o.error for o in outcomes.values()} == {
-        f"no answer: job {job.name} ended {job.state.name} but its output file {job.dest.file_name} cannot be read: "
-        "403 PERMISSION_DENIED"}
-    assert runs.keys_to_retry(settings, folder, 1, hook) == set(outcomes)
+    with runs.latest_outcomes(folder, 0) as (outcomes, _):
+        assert {o["error"] for o in outcomes.records()} == {
+            f"no answer: job {job.name} ended {job.state.name} but its output file {job.dest.file_name} cannot be "
+            "read: 403 PERMISSION_DENIED"}
+        assert runs.keys_to_retry(settings, folder, 1, hook) == set(outcomes.keys())
 
 
 def test_a_collection_cut_off_and_retried_writes_the_same_outcomes(start_emulator, monkeypatch, tmp_path):

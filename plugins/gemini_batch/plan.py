@@ -22,6 +22,7 @@ from gemini_batch import documents, keys
 from gemini_batch.batch_requests import RequestSpec, ShardManifest, ShardWriter, build_row
 from gemini_batch.cost import CostEstimate, PriceTable, estimate_request
 from gemini_batch.locations import printable, uri_of
+from gemini_batch.record_index import RecordIndex
 from gemini_batch.staging import StagedPart, StageItem
 
 
@@ -108,9 +109,8 @@ def plan_run(
     """
     counts = dict.fromkeys(("documents", "rejected", "parts", "reused_parts", "duplicate_parts", "requests"), 0)
     estimate = CostEstimate.zero()
-    requested: set[str] = set()
     plan_file.parent.mkdir(parents=True, exist_ok=True)
-    with plan_file.open("wb") as out:
+    with plan_file.open("wb") as out, RecordIndex() as requested:
         for inspection in _inspect_in_order(documents.discover(source), limits, workers):
             planned = _plan_document(inspection, spec, finished)
             out.write(orjson.dumps(planned.to_json()) + b"\n")
@@ -120,10 +120,9 @@ def plan_run(
                 counts["parts"] += 1
                 if part.reused:
                     counts["reused_parts"] += 1
-                elif part.key in requested:
+                elif not requested.add(part.key):
                     counts["duplicate_parts"] += 1
                 else:
-                    requested.add(part.key)
                     counts["requests"] += 1
                     estimate += estimate_request(
                         spec, mime_type=planned.mime_type, pages=_page_span(part, planned), size=part.size, prices=prices,
@@ -139,15 +138,13 @@ def read_plan(plan_file: ObjectStoragePath) -> Iterator[PlannedDocument]:
 
 def parts_to_stage(plan_file: ObjectStoragePath, source: ObjectStoragePath) -> Iterator[StageItem]:
     """Each key to request once (first document wins), except text parts, which go inline."""
-    seen: set[str] = set()
-    for doc in read_plan(plan_file):
-        if doc.mime_type in documents.TEXT_TYPES:
-            continue
-        for part in doc.parts:
-            if part.reused or part.key in seen:
+    with RecordIndex() as seen:
+        for doc in read_plan(plan_file):
+            if doc.mime_type in documents.TEXT_TYPES:
                 continue
-            seen.add(part.key)
-            yield StageItem(part.key, source / doc.path, part.pages, doc.mime_type, part.size)
+            for part in doc.parts:
+                if not part.reused and seen.add(part.key):
+                    yield StageItem(part.key, source / doc.path, part.pages, doc.mime_type, part.size)
 
 
 def build_shards(
@@ -169,14 +166,12 @@ def build_shards(
     changed since the plan), None for a part whose staging failed (the
     staging failure says why). Their documents fail; the others go on.
     """
-    seen: set[str] = set()
     unbuilt: dict[str, str | None] = {}
-    with ShardWriter(folder, max_rows=max_rows, max_bytes=max_bytes, prefix=prefix) as writer:
+    with ShardWriter(folder, max_rows=max_rows, max_bytes=max_bytes, prefix=prefix) as writer, RecordIndex() as seen:
         for doc in read_plan(plan_file):
             for part in doc.parts:
-                if part.reused or part.key in seen or (only is not None and part.key not in only):
+                if part.reused or (only is not None and part.key not in only) or not seen.add(part.key):
                     continue
-                seen.add(part.key)
                 if doc.mime_type in documents.TEXT_TYPES:
                     try:
                         text = documents.read_text(source / doc.path)

@@ -39,6 +39,7 @@ from gemini_batch import documents, plan, results
 from gemini_batch.batch_requests import RequestSpec, ShardManifest
 from gemini_batch.cost import load_prices
 from gemini_batch.locations import as_path, is_gcs, uri_of
+from gemini_batch.record_index import RecordIndex
 from gemini_batch.staging import FilesApiStager, GcsStager, StagedPart
 from gemini_batch.store import FinishedStore
 
@@ -192,10 +193,10 @@ def run_slug(run_id: str) -> str:
 
 
 def plan_documents(settings: RunSettings, folder: RunFolder) -> plan.PlanSummary:
-    return plan.plan_run(
-        settings.source, settings.spec, folder.plan,
-        finished=settings.store().load().keys(), limits=settings.limits, prices=load_prices(),
-    )
+    with settings.store().index() as finished:
+        return plan.plan_run(
+            settings.source, settings.spec, folder.plan, finished=finished, limits=settings.limits, prices=load_prices(),
+        )
 
 
 def check_budget(summary: Mapping, max_cost_usd: float | None) -> None:
@@ -230,14 +231,41 @@ def stage_documents(settings: RunSettings, folder: RunFolder, hook, *, only: set
     return {"staged": staged, "failed": failed}
 
 
-def read_staged(folder: RunFolder) -> dict[str, StagedPart]:
-    """The latest staging of each key."""
-    return {s.key: s for s in map(StagedPart.from_json, _read_passes(folder.staged))}
+class StagedParts(Mapping[str, StagedPart]):
+    """The latest staging of each key, read through an on-disk index (a run may stage millions of parts)."""
+
+    def __init__(self, index: RecordIndex):
+        self._index = index
+
+    def __getitem__(self, key: str) -> StagedPart:
+        record = self._index.get(key)
+        if record is None:
+            raise KeyError(key)
+        return StagedPart.from_json(record)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        return self._index.keys()
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+@contextlib.contextmanager
+def read_staged(folder: RunFolder) -> Iterator[StagedParts]:
+    """The latest staging of each key: a later pass wins."""
+    with RecordIndex() as index:
+        for path in _passes(folder.staged):
+            index.put(StagedPart.from_json(record).to_json() for record in _read_jsonl(path))  # checked records
+        yield StagedParts(index)
 
 
 def read_stage_failures(folder: RunFolder) -> dict[str, str]:
-    staged = read_staged(folder)
-    return {f["key"]: f["error"] for f in _read_passes(folder.stage_failures) if f["key"] not in staged}
+    """Why each key that no pass staged could not be staged (its latest reason)."""
+    with read_staged(folder) as staged:
+        return {f["key"]: f["error"] for f in _read_passes(folder.stage_failures) if f["key"] not in staged}
 
 
 # ------------------------------------------------------------------ build, collect, retry
@@ -255,11 +283,12 @@ def reset_round(folder: RunFolder, round_: int) -> None:
 def build_round(settings: RunSettings, folder: RunFolder, round_: int, only: set[str] | None = None) -> list[str]:
     """Write round ``round_``'s shards; return their manifest URIs (what the submit tasks map over)."""
     reset_round(folder, round_)
-    manifests, unbuilt = plan.build_shards(
-        folder.plan, settings.source, read_staged(folder), settings.spec, folder.shards(round_),
-        max_rows=settings.max_rows, max_bytes=settings.max_bytes, only=only,
-        prefix=f"r{round_}-shard",  # the shard id names the job: a retry of the same keys is a new job
-    )
+    with read_staged(folder) as staged:
+        manifests, unbuilt = plan.build_shards(
+            folder.plan, settings.source, staged, settings.spec, folder.shards(round_),
+            max_rows=settings.max_rows, max_bytes=settings.max_bytes, only=only,
+            prefix=f"r{round_}-shard",  # the shard id names the job: a retry of the same keys is a new job
+        )
     if unread := [{"key": key, "error": error} for key, error in unbuilt.items() if error]:
         folder.stage_failures.mkdir(parents=True, exist_ok=True)
         folder.unreadable(round_).write_bytes(b"".join(orjson.dumps(failure) + b"\n" for failure in unread))
@@ -285,10 +314,10 @@ def keys_to_retry(settings: RunSettings, folder: RunFolder, round_: int, hook) -
     replaces a Files API upload that expired (48 h) or is about to, or that
     another run's clean-up deleted, so a retry never sends a dead URI.
     """
-    latest, _, _ = latest_outcomes(folder, round_ - 1)
-    failed = {key for key, outcome in latest.items() if outcome.status == "failed"}
-    staged = read_staged(folder)
-    restage = {key for key in failed if key in staged}
+    with latest_outcomes(folder, round_ - 1) as (latest, _):
+        failed = set(latest.keys("failed"))
+    with read_staged(folder) as staged:
+        restage = {key for key in failed if key in staged}
     if restage:
         log.info("Checking the staged uploads of %d key(s) to retry", len(restage))
         stage_documents(settings, folder, hook, only=restage)
@@ -335,19 +364,26 @@ def collect_round(settings: RunSettings, folder: RunFolder, round_: int, jobs: I
     return counts
 
 
-def latest_outcomes(folder: RunFolder, last_round: int) -> tuple[dict[str, results.RowOutcome], int, int]:
-    """Each key's outcome in the latest round that requested it, then the input and output tokens of all rounds.
+@contextlib.contextmanager
+def latest_outcomes(folder: RunFolder, last_round: int) -> Iterator[tuple[RecordIndex, dict[str, int]]]:
+    """Each key's outcome in the latest round that requested it (indexed on disk: outcomes carry the data), and
+    the input and output tokens of all rounds.
 
     The tokens count every outcome read, not only the latest: failed attempts are billed too.
     """
-    latest: dict[str, results.RowOutcome] = {}
-    input_tokens = output_tokens = 0
-    for round_ in range(last_round + 1):
+    tokens = {"input_tokens": 0, "output_tokens": 0}
+
+    def read(round_: int) -> Iterator[dict]:
         for data in _read_jsonl(folder.outcomes(round_)):
-            outcome = latest[data["key"]] = results.RowOutcome.from_json(data)
-            input_tokens += outcome.input_tokens
-            output_tokens += outcome.output_tokens
-    return latest, input_tokens, output_tokens
+            outcome = results.RowOutcome.from_json(data)  # checks the record
+            tokens["input_tokens"] += outcome.input_tokens
+            tokens["output_tokens"] += outcome.output_tokens
+            yield data
+
+    with RecordIndex() as latest:
+        for round_ in range(last_round + 1):
+            latest.put(read(round_))
+        yield latest, tokens
 
 
 def last_round(folder: RunFolder, retry_rounds: int) -> int:
@@ -360,35 +396,32 @@ def last_round(folder: RunFolder, retry_rounds: int) -> int:
 def publish(settings: RunSettings, folder: RunFolder, summary: Mapping, *, jobs: int) -> dict:
     """Write results.jsonl and summary.json (contract 6) and remember the answered keys."""
     rounds = last_round(folder, settings.retry_rounds)
-    outcomes, input_tokens, output_tokens = latest_outcomes(folder, rounds)
-    for key, error in read_stage_failures(folder).items():
-        outcomes.setdefault(key, results.missing_outcome(key, f"not requested: {error}"))
     store = settings.store()
-    finished = store.load()
     totals = results.RunTotals()
     unsucceeded = 0
     settings.output.mkdir(parents=True, exist_ok=True)
-    with (settings.output / "results.jsonl").open("wb") as out:
-        for doc in plan.read_plan(folder.plan):
-            reused = {p.key: finished[p.key] for p in doc.parts if p.reused and p.key in finished}
-            record = results.document_record(doc, outcomes, reused)
-            totals.add(record)
-            out.write(orjson.dumps(record) + b"\n")
-            if record["status"] != "succeeded":
-                unsucceeded += 1
-                if unsucceeded <= FAILURES_LOGGED:
-                    log.warning("%s %s: %s", record["status"].capitalize(), record["document"], record["error"])
-    if unsucceeded > FAILURES_LOGGED:
-        log.warning("... and %d more documents failed or were rejected; all are in %s", unsucceeded - FAILURES_LOGGED,
-                    uri_of(settings.output / "results.jsonl"))
-    now = dt.datetime.now(dt.timezone.utc).isoformat()
-    store.add(
-        ({**o.to_json(), "finished_at": now} for o in outcomes.values() if o.status == "succeeded"),
-        segment=f"{now[:19]}-{folder.slug}",
-    )
+    with latest_outcomes(folder, rounds) as (outcomes, tokens), store.index() as finished:
+        outcomes.put((results.missing_outcome(key, f"not requested: {error}").to_json()
+                      for key, error in read_stage_failures(folder).items()), replace=False)
+        with jsonl_writer(settings.output / "results.jsonl") as write:
+            for doc in plan.read_plan(folder.plan):
+                answered = {p.key: results.RowOutcome.from_json(o) for p in doc.parts if (o := outcomes.get(p.key))}
+                reused = {p.key: r for p in doc.parts if p.reused and (r := finished.get(p.key)) is not None}
+                record = results.document_record(doc, answered, reused)
+                totals.add(record)
+                write(record)
+                if record["status"] != "succeeded":
+                    unsucceeded += 1
+                    if unsucceeded <= FAILURES_LOGGED:
+                        log.warning("%s %s: %s", record["status"].capitalize(), record["document"], record["error"])
+        if unsucceeded > FAILURES_LOGGED:
+            log.warning("... and %d more documents failed or were rejected; all are in %s",
+                        unsucceeded - FAILURES_LOGGED, uri_of(settings.output / "results.jsonl"))
+        now = dt.datetime.now(dt.timezone.utc).isoformat()
+        store.add(({**o, "finished_at": now} for o in outcomes.records("succeeded")), segment=f"{now[:19]}-{folder.slug}")
     report = totals.to_json(
-        requests=summary["requests"], jobs=jobs, retry_rounds=rounds,
-        input_tokens=input_tokens, output_tokens=output_tokens, estimated_cost_usd=round(summary["estimate"]["usd"], 6),
+        requests=summary["requests"], jobs=jobs, retry_rounds=rounds, **tokens,
+        estimated_cost_usd=round(summary["estimate"]["usd"], 6),
     )
     (settings.output / "summary.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     return report
@@ -406,13 +439,14 @@ def clean_up(
     cancelled = sum(bool(hook.cancel_job(name)) for name in job_names)
     deleted = 0
     if settings.retention in ("staged", "all"):
-        uris = [part.uri for part in read_staged(folder).values()]
-        uris += dict.fromkeys(job_inputs)
+        uris = list(dict.fromkeys(job_inputs))
         if settings.retention == "all":
             for name in job_names:
                 job = hook.get_job(name)
                 uris.append(job.dest.file_name if job.dest else None)
-        deleted = sum(_delete(uri, hook) for uri in uris if uri)
+        with read_staged(folder) as staged:
+            deleted = sum(_delete(part.uri, hook) for part in staged.values())
+        deleted += sum(_delete(uri, hook) for uri in uris if uri)
     if settings.retention == "all":
         for path in {uri_of(folder.work): folder.work, uri_of(folder.remote): folder.remote}.values():
             if path.exists():

@@ -8,14 +8,16 @@ each other's keys, and a half-written segment never becomes visible.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import orjson
 from airflow.sdk import ObjectStoragePath
 
 from gemini_batch.locations import is_gcs
+from gemini_batch.record_index import RecordIndex
 
 log = logging.getLogger(__name__)
 
@@ -27,27 +29,20 @@ class FinishedStore:
     def __init__(self, folder: ObjectStoragePath):
         self.folder = folder
 
-    def load(self) -> dict[str, dict]:
-        """Every finished key and its record; a later segment (by name) wins over an earlier one.
+    @contextlib.contextmanager
+    def index(self) -> Iterator[RecordIndex]:
+        """Every finished key and its record, indexed on disk (the store outgrows memory); a later segment (by
+        name) wins over an earlier one.
 
         A corrupt line is skipped with a warning naming the segment and line,
         so one damaged segment costs at most a re-request of its keys.
         """
-        if not self.folder.exists():
-            return {}
-        records: dict[str, dict] = {}
-        segments = sorted(p for p in self.folder.iterdir() if p.name.endswith(SEGMENT_SUFFIX) and p.is_file())
-        for segment in segments:
-            with segment.open("rb") as fh:
-                for number, line in enumerate(fh, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = orjson.loads(line)
-                        records[record["key"]] = record
-                    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                        log.warning("Finished store: skipping %s line %d (%s)", segment, number, exc)
-        return records
+        with RecordIndex() as index:
+            if self.folder.exists():
+                segments = sorted(p for p in self.folder.iterdir() if p.name.endswith(SEGMENT_SUFFIX) and p.is_file())
+                for segment in segments:
+                    index.put(_segment_records(segment))
+            yield index
 
     def add(self, records: Iterable[Mapping], *, segment: str) -> int:
         """Write ``records`` as the segment ``segment`` (replacing a segment of that name); return how many."""
@@ -70,3 +65,18 @@ class FinishedStore:
         if partial != target:
             partial.rename(target)
         return count
+
+
+def _segment_records(segment: ObjectStoragePath) -> Iterator[dict]:
+    with segment.open("rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+                    raise TypeError("not a record with a key")
+            except (orjson.JSONDecodeError, TypeError) as exc:
+                log.warning("Finished store: skipping %s line %d (%s)", segment, number, exc)
+                continue
+            yield record
