@@ -22,7 +22,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.common import MB, Row, measure, pdf_source
+from bench.common import MB, Row, measure, pdf_source, peak_rss_mb
 
 PROMPT = "Extract the invoice number, date, vendor and total."
 SCHEMA = {"type": "object", "properties": {"invoice_number": {"type": "string"}, "total": {"type": "number"}}}
@@ -44,24 +44,29 @@ def ours(source: str, work: str, url: str) -> dict:
                                              "prompt": PROMPT, "response_schema": SCHEMA})
     folder = runs.RunFolder(settings, "bench", hook.backend)
     steps: dict[str, float] = {}
+    peaks: dict[str, float] = {"start": peak_rss_mb()}  # the process's peak so far, after each step
 
     start = time.perf_counter()
     summary = runs.plan_documents(settings, folder)
     steps["plan"] = time.perf_counter() - start
+    peaks["plan"] = peak_rss_mb()
 
     start = time.perf_counter()
     staging = runs.stage_documents(settings, folder, hook)
     steps["stage"] = time.perf_counter() - start
+    peaks["stage"] = peak_rss_mb()
 
     start = time.perf_counter()
     manifests = [ShardManifest.load(as_path(uri)) for uri in runs.build_round(settings, folder, 0)]
     steps["build"] = time.perf_counter() - start
+    peaks["build"] = peak_rss_mb()
 
     start = time.perf_counter()
     valid = all(validate_jsonl(m.uri, backend="developer").ok for m in manifests)
     steps["validate"] = time.perf_counter() - start
+    peaks["validate"] = peak_rss_mb()
     return {"documents": summary.documents, **staging, "rows": sum(m.rows for m in manifests), "valid": valid,
-            "steps": {name: round(seconds, 3) for name, seconds in steps.items()}, "seconds": round(sum(steps.values()), 3)}
+            "steps": {name: round(seconds, 3) for name, seconds in steps.items()}, "peak_rss_mb_after": peaks, "seconds": round(sum(steps.values()), 3)}
 
 
 def baseline(source: str, work: str, url: str, limit: int) -> dict:

@@ -10,7 +10,6 @@ drops when closed, memory stays at the page cache's size.
 
 from __future__ import annotations
 
-import itertools
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -18,7 +17,6 @@ from typing import Any
 import orjson
 
 CACHE_KIB = 16 * 1024
-BATCH = 5_000
 
 
 class RecordIndex:
@@ -44,9 +42,9 @@ class RecordIndex:
     def put(self, records: Iterable[Mapping], *, replace: bool = True) -> None:
         """Add records (each with a ``key``; ``status`` if any); an existing key is replaced, or kept if not ``replace``."""
         verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
-        rows = ((r["key"], r.get("status"), orjson.dumps(r)) for r in records)
-        while batch := list(itertools.islice(rows, BATCH)):
-            self._db.executemany(f"{verb} INTO records VALUES (?, ?, ?)", batch)
+        # Row by row from the generator: a list of orjson.dumps results would hold about 4 KB per record.
+        self._db.executemany(f"{verb} INTO records VALUES (?, ?, ?)",
+                             ((r["key"], r.get("status"), orjson.dumps(r)) for r in records))
 
     def add(self, key: str) -> bool:
         """Add a key without a record; False if it is there already (a set of keys that stays on disk)."""

@@ -294,7 +294,7 @@ def _read_rows(
     sink: Callable[[RowOutcome], None], reading: OutputReading,
 ) -> None:
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
+        if line.isspace() or not line:  # isspace stops at the first other byte; strip would copy the line
             continue
         try:
             row = orjson.loads(line)

@@ -495,23 +495,20 @@ def jsonl_writer(path: ObjectStoragePath) -> Iterator[Callable[[Any], None]]:
 
     One write through ObjectStoragePath's file wrapper costs more than
     encoding a record: collecting a large output wrote at half the speed.
+    The batch is a bytearray, not a list of lines: each bytes object
+    orjson.dumps returns keeps about 4 KB allocated, whatever its length.
     """
-    batch: list[bytes] = []
-    size = 0
+    batch = bytearray()
 
     def write(record: Any) -> None:
-        nonlocal size
-        line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-        batch.append(line)
-        size += len(line)
-        if size >= WRITE_BATCH_BYTES:
-            out.write(b"".join(batch))
+        batch.extend(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        if len(batch) >= WRITE_BATCH_BYTES:
+            out.write(batch)
             batch.clear()
-            size = 0
 
     with path.open("wb") as out:
         yield write
-        out.write(b"".join(batch))
+        out.write(batch)
 
 
 def _passes(pass_folder: ObjectStoragePath) -> list[ObjectStoragePath]:
