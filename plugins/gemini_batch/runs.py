@@ -333,12 +333,13 @@ def collect_round(settings: RunSettings, folder: RunFolder, round_: int, jobs: I
         return counts  # nothing was requested in this round: no outcomes file, the round did not happen
     target = folder.outcomes(round_)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with jsonl_writer(target) as write_record:
+    with jsonl_writer(target) as write:  # orjson writes a RowOutcome dataclass as its to_json()
 
-        def write(outcome: results.RowOutcome) -> None:
-            write_record(outcome)  # orjson writes a dataclass as its to_json()
-            counts["keys"] += 1
-            counts[outcome.status] += 1
+        def write_missing(keys: list[str], reason: str) -> None:
+            for key in keys:
+                write(results.missing_outcome(key, reason))
+            counts["keys"] += len(keys)
+            counts["failed"] += len(keys)
 
         for manifest_file in manifests:
             manifest = ShardManifest.load(manifest_file)
@@ -346,21 +347,22 @@ def collect_round(settings: RunSettings, folder: RunFolder, round_: int, jobs: I
                 expected = [line.decode().strip() for line in keys_file if line.strip()]
             job = jobs_by_manifest.get(manifest.manifest_uri)
             if job is None:
-                for key in expected:
-                    write(results.missing_outcome(key, "no answer: the shard's job was not submitted"))
+                write_missing(expected, "no answer: the shard's job was not submitted")
                 continue
             counts["jobs"] += 1
             reading = results.read_output(
                 hook.iter_output_lines(hook.get_job(job["job_name"])), expected, settings.spec.response_schema, write)
             del expected  # the reading holds the keys from here on
             log.info("Job %s (%s): %s", job["job_name"], job["state"], reading)
+            counts["keys"] += reading.outcomes
+            counts["succeeded"] += reading.succeeded
+            counts["failed"] += reading.failed
             reason = f"no answer: job {job['job_name']} ended {job['state']} before this row finished"
             if reading.unavailable:  # the rows not read yet go to the next round
                 reason = f"no answer: job {job['job_name']} ended {job['state']} but its {reading.unavailable}"
                 log.warning("Job %s: %s; %d row(s) read before that, the rest will be retried",
                             job["job_name"], reading.unavailable, reading.outcomes)
-            for key in reading.unanswered:
-                write(results.missing_outcome(key, reason))
+            write_missing(reading.unanswered, reason)
     return counts
 
 
