@@ -94,17 +94,19 @@ def baseline(source: str, work: str, url: str, limit: int) -> dict:
 
 
 def floor(source: str) -> dict:
-    """Read and sha256-hash every file: what no preparation can beat on this machine."""
-    start = time.perf_counter()
-    count = size = 0
-    for path in sorted(Path(source).rglob("*.pdf")):
-        with open(path, "rb") as fh:
-            digest = hashlib.sha256()
-            while chunk := fh.read(MB):
-                digest.update(chunk)
-                size += len(chunk)
-        count += 1
-    return {"documents": count, "bytes": size, "seconds": round(time.perf_counter() - start, 3)}
+    """Read and sha256-hash every file: what no preparation can beat on this machine (timed on the second of two
+    passes, so the files come from the page cache, as they do for ours and the baseline)."""
+    for _ in range(2):
+        start = time.perf_counter()
+        size = 0
+        paths = sorted(Path(source).rglob("*.pdf"))  # finding the files is part of the floor
+        for path in paths:
+            with open(path, "rb") as fh:
+                digest = hashlib.sha256()
+                while chunk := fh.read(MB):
+                    digest.update(chunk)
+                    size += len(chunk)
+    return {"documents": len(paths), "bytes": size, "seconds": round(time.perf_counter() - start, 3)}
 
 
 def run(workdir: Path, count: int, *, baseline: bool = True, latency_ms: float = 0, bench: str = "preparation") -> list[Row]:

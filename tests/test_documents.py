@@ -494,3 +494,17 @@ def test_gcs_source_errors_name_the_source(gcs_root):
     ]:
         with pytest.raises(SourceError, match=f"^source {uri} {cause}$"):
             discover(as_path(uri))
+
+
+def test_a_local_walk_yields_whole_paths_in_code_point_order_lazily(tmp_path):
+    """Folders are walked one listing at a time, yet the order is that of sorting every relative path:
+    ``a-b`` (0x2D) before the files of folder ``a`` ("a/" is 0x2F), ``a0`` after them."""
+    names = ["a/x.txt", "a/b/y.txt", "a-b.txt", "a.txt", "a0.txt", "Z.txt", "b/a/a.txt", "b/a-.txt", "é.txt", "a/a b.txt"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    (tmp_path / "loop").symlink_to(tmp_path)  # a cycle: rejected under its own name, in its place in the order
+    walk = discover(as_path(tmp_path))
+    assert not isinstance(walk, list)
+    found = [f.path for f in walk]
+    assert found == sorted(names + ["loop"]) and found[found.index("loop")] == "loop"

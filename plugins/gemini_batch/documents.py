@@ -151,8 +151,9 @@ def discover(source: ObjectStoragePath) -> Iterator[SourceFile]:
     Raises SourceError, naming the source, at the call when the source itself
     cannot be listed; bad files inside it are yielded with ``rejected`` set.
     """
-    walk = _walk_local(source) if _is_local(source) else _walk_store(source)
-    return iter(sorted(walk, key=lambda file: file.path))
+    if _is_local(source):
+        return _walk_local(source)  # lazily, already in order: memory holds one listing per folder level
+    return iter(sorted(_walk_store(source), key=lambda file: file.path))
 
 
 def _is_local(path: ObjectStoragePath) -> bool:
@@ -172,40 +173,57 @@ def _is_hidden(relative: str) -> bool:
     return any(name.startswith(".") for name in relative.split("/"))
 
 
-def _walk_local(source: ObjectStoragePath) -> list[SourceFile]:
+def _walk_local(source: ObjectStoragePath) -> Iterator[SourceFile]:
     root = os.path.realpath(source.path)
     try:
-        return list(_walk_folder(source, root, root, "", frozenset({root})))
+        listing = _listing(root, root, frozenset({root}))
     except OSError as error:
         raise SourceError(f"source {uri_of(source)} cannot be read: {error.strerror}") from error
+    return _walk_folder(source, root, listing, "", frozenset({root}))
+
+
+def _listing(folder: str, root: str, ancestors: frozenset[str]) -> list[tuple]:
+    """The visible entries of ``folder`` as (sort key, name, is_link, target, stat or OSError), in the order of
+    their whole paths: a folder to walk sorts as ``name/``, so ``a-b`` comes before the files in folder ``a``."""
+    listed = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            is_link = entry.is_symlink()
+            target = os.path.realpath(entry.path) if is_link else entry.path  # folders walked are real paths already
+            try:
+                status: os.stat_result | OSError = os.stat(target)
+            except OSError as error:
+                status = error
+            walked = (isinstance(status, os.stat_result) and stat.S_ISDIR(status.st_mode) and target not in ancestors
+                      and not (is_link and os.path.commonpath([root, target]) != root))
+            listed.append((entry.name + "/" if walked else entry.name, entry.name, is_link, target, status))
+    listed.sort(key=lambda item: item[0])
+    return listed
 
 
 def _walk_folder(
-    source: ObjectStoragePath, root: str, folder: str, prefix: str, ancestors: frozenset[str]
+    source: ObjectStoragePath, root: str, listing: list[tuple], prefix: str, ancestors: frozenset[str]
 ) -> Iterator[SourceFile]:
-    """Files under ``folder``; ``ancestors`` (real paths of the folders above) stop symlink cycles."""
-    with os.scandir(folder) as entries:  # the source's own OSError becomes a SourceError in _walk_local
-        listed = [entry for entry in entries if not entry.name.startswith(".")]
-    for entry in listed:
-        relative = prefix + entry.name
+    """Files of a folder's ``listing`` and below; ``ancestors`` (real paths of the folders above) stop symlink cycles."""
+    for _, name, is_link, target, status in listing:
+        relative = prefix + name
         rejected = partial(SourceFile, relative, source / relative, 0)
-        is_link = entry.is_symlink()
-        target = os.path.realpath(entry.path) if is_link else entry.path  # folders walked are real paths already
-        try:
-            status = os.stat(target)
-        except OSError as error:
-            yield rejected(f"{'broken symlink' if is_link else 'cannot be read'}: {error.strerror}")
-            continue
-        if is_link and os.path.commonpath([root, target]) != root:
+        if isinstance(status, OSError):
+            yield rejected(f"{'broken symlink' if is_link else 'cannot be read'}: {status.strerror}")
+        elif is_link and os.path.commonpath([root, target]) != root:
             yield rejected(f"symlink to {printable(target)}, outside the source: not followed")
         elif stat.S_ISDIR(status.st_mode):
             if target in ancestors:
                 yield rejected(f"symlink to {printable(target)}, a folder that contains it: not followed (cycle)")
                 continue
             try:
-                yield from _walk_folder(source, root, target, relative + "/", ancestors | {target})
+                inner = _listing(target, root, ancestors | {target})
             except OSError as error:
                 yield rejected(f"folder cannot be listed: {error.strerror}")
+                continue
+            yield from _walk_folder(source, root, inner, relative + "/", ancestors | {target})
         elif stat.S_ISREG(status.st_mode):
             yield SourceFile(relative, source / relative, status.st_size)
         else:
