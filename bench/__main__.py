@@ -74,6 +74,8 @@ def table(rows: list[Row]) -> str:
             return ""
         if name == "met":
             return "yes" if value else "NO"
+        if name == "seconds":
+            return f"{value:.3g}"  # 0.013, 14.9, 487
         return f"{value:,.1f}" if isinstance(value, float) else str(value)
 
     lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
