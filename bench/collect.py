@@ -158,7 +158,7 @@ def ours(jobs: str, work: str) -> dict:
     start = time.perf_counter()
     counts = runs.collect_round(settings, folder, 0, submitted, LocalOutputHook())
     return {**counts, "outcomes_bytes": Path(folder.outcomes(0).path).stat().st_size,
-            "seconds": round(time.perf_counter() - start, 3)}
+            "seconds": round(time.perf_counter() - start, 6)}
 
 
 def floor(jobs: str) -> dict:
@@ -170,7 +170,7 @@ def floor(jobs: str) -> dict:
             for line in fh:
                 orjson.loads(line)
                 rows += 1
-    return {"rows": rows, "seconds": round(time.perf_counter() - start, 3)}
+    return {"rows": rows, "seconds": round(time.perf_counter() - start, 6)}
 
 
 def run(workdir: Path, target_mb: float = float("inf"), *, keys: int | None = None, bench: str = "collection") -> list[Row]:

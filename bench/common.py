@@ -99,7 +99,7 @@ def _child(step: str, kwargs: str) -> None:
     module, function = step.rsplit(".", 1)
     start = time.perf_counter()
     result = getattr(importlib.import_module(module), function)(**json.loads(kwargs))
-    result.setdefault("seconds", round(time.perf_counter() - start, 3))
+    result.setdefault("seconds", round(time.perf_counter() - start, 6))
     result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
 

@@ -90,7 +90,7 @@ def baseline(source: str, work: str, url: str, limit: int) -> dict:
                 {"fileData": {"fileUri": uri, "mimeType": "application/pdf"}}, {"text": PROMPT}]}],
                 "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": SCHEMA}}
             out.write(orjson.dumps({"key": key, "request": request}) + b"\n")
-    return {"documents": len(files), "seconds": round(time.perf_counter() - start, 3)}
+    return {"documents": len(files), "seconds": round(time.perf_counter() - start, 6)}
 
 
 def floor(source: str) -> dict:
@@ -106,7 +106,7 @@ def floor(source: str) -> dict:
                 while chunk := fh.read(MB):
                     digest.update(chunk)
                     size += len(chunk)
-    return {"documents": len(paths), "bytes": size, "seconds": round(time.perf_counter() - start, 3)}
+    return {"documents": len(paths), "bytes": size, "seconds": round(time.perf_counter() - start, 6)}
 
 
 def run(workdir: Path, count: int, *, baseline: bool = True, latency_ms: float = 0, bench: str = "preparation") -> list[Row]:
