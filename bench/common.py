@@ -54,6 +54,11 @@ def measure(step: str, **kwargs) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def emulator_connection(url: str) -> str:
+    """AIRFLOW_CONN_GEMINI_DEFAULT for the emulator at ``url`` (it takes any key; this one guards nothing)."""
+    return json.dumps({"conn_type": "generic", "password": "bench", "extra": {"backend": "developer", "base_url": url}})
+
+
 def peak_rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):

@@ -33,14 +33,13 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import ROOT, Row, measure
+from bench.common import ROOT, Row, emulator_connection, measure
 
 DAG_ID = "gemini_batch_extract"
 DEMO_SOURCE = "include/samples"  # the DAG's default source (without GEMINI_BATCH_LANDING), given explicitly
 DEMO_POLL_SECONDS = 1  # the demo's poll interval (bin/demo uses 1 too); the DAG's default is 30
 POOL = "gemini_batch_jobs"
 MODEL = "gemini-2.5-flash"
-EMULATOR_KEY = "bench"  # the emulator takes any key; this one guards nothing
 # 1e6 emulated seconds per real second: the 1 s queue, run and file processing take a microsecond. The
 # default 24 h job expiry and 48 h file lifetime would then pass in 0.09 s and 0.17 s: make them ~6 minutes.
 INSTANT_TIME_SCALE = 1e6
@@ -82,15 +81,10 @@ def _prepare_airflow_home(home: Path) -> None:
                    env=env, check=True, capture_output=True)
 
 
-def _connection(url: str) -> str:
-    return json.dumps({"conn_type": "generic", "password": EMULATOR_KEY,
-                       "extra": {"backend": "developer", "base_url": url}})
-
-
 def _use_emulator(home: str, url: str) -> None:
     """This process reads the Gemini connection from the environment, with Airflow's home the throwaway one."""
     os.environ["AIRFLOW_HOME"] = home
-    os.environ["AIRFLOW_CONN_GEMINI_DEFAULT"] = _connection(url)
+    os.environ["AIRFLOW_CONN_GEMINI_DEFAULT"] = emulator_connection(url)
 
 
 def _dag_module():
@@ -106,7 +100,7 @@ def _dag_module():
 
 def dag_test(home: str, url: str, folder: str, runs: int) -> dict:
     """``runs`` consecutive ``dags test`` runs over the demo input; each one's wall time and task instances."""
-    env = {**os.environ, "AIRFLOW_HOME": home, "AIRFLOW_CONN_GEMINI_DEFAULT": _connection(url)}
+    env = {**os.environ, "AIRFLOW_HOME": home, "AIRFLOW_CONN_GEMINI_DEFAULT": emulator_connection(url)}
     measured = []
     for i in range(runs):
         output = Path(folder) / f"dag-output-{i}"

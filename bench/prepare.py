@@ -22,7 +22,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.common import MB, Row, measure, pdf_source, peak_rss_mb
+from bench.common import MB, Row, emulator_connection, measure, pdf_source, peak_rss_mb
 
 PROMPT = "Extract the invoice number, date, vendor and total."
 SCHEMA = {"type": "object", "properties": {"invoice_number": {"type": "string"}, "total": {"type": "number"}}}
@@ -31,8 +31,7 @@ BASELINE_SAMPLE = 2_000  # the baseline's rate is steady: larger runs time it on
 
 def ours(source: str, work: str, url: str) -> dict:
     """The plan, stage and build tasks' steps (``gemini_batch.runs``), then the JSONL check; seconds per step."""
-    os.environ["AIRFLOW_CONN_GEMINI_DEFAULT"] = orjson.dumps(
-        {"conn_type": "generic", "password": "bench", "extra": {"backend": "developer", "base_url": url}}).decode()
+    os.environ["AIRFLOW_CONN_GEMINI_DEFAULT"] = emulator_connection(url)
     from gemini_batch import runs
     from gemini_batch.batch_requests import ShardManifest
     from gemini_batch.hooks import GeminiBatchHook
