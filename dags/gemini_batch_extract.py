@@ -71,8 +71,10 @@ PARAMS = {
     "poll_seconds": Param(30, type="number", minimum=0.1, title="Poll interval (seconds)"),
     "staging_prefix": Param(None, type=["string", "null"], title="Vertex staging prefix",
                             description="Vertex AI only: gs://bucket/prefix for documents, requests and outputs."),
-    "state": Param(None, type=["string", "null"], title="Finished-key store",
-                   description="Folder remembering answered documents across runs; default <output>/_state."),
+    "state": Param(None, type=["string", "null"], title="Ledger",
+                   description="Folder (or gs:// prefix) of the ledger every run of this DAG shares: what was "
+                               "answered, and which run requests what now. Default: $GEMINI_BATCH_STATE/<dag id>, "
+                               "else $AIRFLOW_HOME/gemini_batch/ledger/<dag id>."),
     "retention": Param("staged", enum=list(runs.RETENTIONS), title="Clean-up",
                        description="keep: keep everything; staged: delete staged uploads; all: also the work files."),
 }
@@ -116,8 +118,8 @@ def stage_documents() -> dict:
 
 @task
 def build_requests() -> list[str]:
-    settings, folder, _ = _open_run()
-    return runs.build_round(settings, folder, 0)
+    settings, folder, hook = _open_run()
+    return runs.build_round(settings, folder, 0, hook, get_current_context()["ti"].get_dagrun_state)
 
 
 @task(trigger_rule=TriggerRule.NONE_FAILED)
@@ -129,7 +131,7 @@ def collect_results(round_: int, jobs) -> dict:
 @task(trigger_rule=TriggerRule.NONE_FAILED)
 def prepare_retry(round_: int) -> list[str]:
     settings, folder, hook = _open_run()
-    return runs.retry_round(settings, folder, round_, hook)
+    return runs.retry_round(settings, folder, round_, hook, get_current_context()["ti"].get_dagrun_state)
 
 
 def submit_and_wait(manifests):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+import threading
+import time
+from typing import Any, BinaryIO
 
 import orjson
 from fastapi import FastAPI, Request, Response
@@ -46,6 +48,41 @@ async def _body(request: Request) -> dict:
     if not isinstance(value, dict):
         raise invalid("Invalid JSON payload received: expected an object.")
     return value
+
+
+class RequestLog:
+    """ASGI middleware appending one JSON line per request to ``requests.jsonl``: the emulator's own record of
+    what it was asked (tests count calls from it). The file stays open; each line is written and flushed."""
+
+    def __init__(self, app, file: BinaryIO):
+        self.app = app
+        self._file = file
+        self._lock = threading.Lock()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        at, status = time.time(), None
+
+        async def send_and_note(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        except Exception:
+            status = status or 500  # what the server answers for an error that got this far (None: client left)
+            raise
+        finally:
+            self._write({"at": at, "method": scope["method"], "path": scope["path"],
+                         "query": scope["query_string"].decode("latin-1"), "status": status})
+
+    def _write(self, record: dict) -> None:
+        with self._lock:
+            self._file.write(orjson.dumps(record) + b"\n")
+            self._file.flush()
 
 
 def developer_job_view(em: Emulator, job: dict) -> dict:
@@ -114,6 +151,7 @@ def vertex_job_view(em: Emulator, job: dict) -> dict:
 
 def create_app(config: EmulatorConfig) -> FastAPI:
     em = Emulator(config)
+    requests_log = (config.data_dir / "requests.jsonl").open("ab")
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -122,6 +160,7 @@ def create_app(config: EmulatorConfig) -> FastAPI:
             yield
         finally:
             em.stop()
+            requests_log.close()
 
     app = FastAPI(title="Gemini Batch API emulator", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.emulator = em
@@ -150,6 +189,8 @@ def create_app(config: EmulatorConfig) -> FastAPI:
         elif "/batchPredictionJobs" in path and not request.headers.get("authorization", "").lower().startswith("bearer "):
             return _json(ApiError(401, "Request is missing required authentication credential. Expected OAuth 2 access token.").body(), 401)
         return await call_next(request)
+
+    app.add_middleware(RequestLog, file=requests_log)  # added last: the outermost
 
     @app.get("/healthz")
     async def healthz() -> Response:

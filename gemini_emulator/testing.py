@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,10 +23,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _bin(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
 
 
 class ServerProcess:
@@ -77,9 +74,9 @@ class ServerProcess:
 
 
 def gcs_emulator(data_dir: Path, port: int | None = None, bucket: str | None = None) -> ServerProcess:
-    """``gcp-storage-emulator`` on loopback, storing under ``data_dir``."""
+    """gcp-storage-emulator (with generation preconditions: ``gemini_emulator.gcs``) on loopback, storing under ``data_dir``."""
     port = port or free_port()
-    argv = [_bin("gcp-storage-emulator"), "start", "--host", "127.0.0.1", "--port", str(port), "--quiet"]
+    argv = [sys.executable, "-m", "gemini_emulator.gcs", "start", "--host", "127.0.0.1", "--port", str(port), "--quiet"]
     if bucket:
         argv += ["--default-bucket", bucket]
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -101,3 +98,19 @@ def gemini_emulator(
     if gcs_endpoint:
         argv += ["--gcs-endpoint", gcs_endpoint]
     return ServerProcess(argv, port, "/healthz", data_dir / "emulator.log")
+
+
+def requests_made(server_or_data_dir: ServerProcess | Path, method: str | None = None,
+                  path_regex: str | None = None) -> list[dict]:
+    """The requests a Gemini emulator received, oldest first, from its own ``requests.jsonl``.
+
+    ``path_regex`` must match the whole path, so ``/v1beta/batches`` counts list calls and not gets of one job.
+    """
+    data_dir = server_or_data_dir.log_path.parent if isinstance(server_or_data_dir, ServerProcess) else server_or_data_dir
+    path = Path(data_dir) / "requests.jsonl"
+    if not path.exists():
+        return []
+    pattern = re.compile(path_regex) if path_regex else None
+    records = [json.loads(line) for line in path.read_bytes().splitlines(keepends=True) if line.endswith(b"\n")]
+    return [r for r in records
+            if (method is None or r["method"] == method.upper()) and (pattern is None or pattern.fullmatch(r["path"]))]

@@ -4,6 +4,7 @@ real google-genai / google-cloud-storage clients pointed at them."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 # gcsfs probes bucket layouts over a gRPC API no emulator serves (see gemini_batch.locations).
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
-from gemini_emulator.testing import gcs_emulator, gemini_emulator  # noqa: E402
+from gemini_emulator.testing import gcs_emulator, gemini_emulator, requests_made  # noqa: E402
 
 
 def developer_client(url: str):
@@ -42,6 +43,36 @@ def storage_client(url: str):
     from google.cloud import storage
 
     return storage.Client(project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": url})
+
+
+def list_calls(server) -> int:
+    """Developer API job list pages the emulator served (``GET /v1beta/batches``), from its own request log."""
+    return len(requests_made(server, "GET", r"/v1beta/batches"))
+
+
+def seed_job_history(data_dir: Path, count: int, *, days: float = 30.0, model: str = "gemini-2.5-flash") -> None:
+    """``count`` earlier Developer API batch jobs of the account, finished, created over the last ``days`` (the
+    newest a day ago), written into an emulator's data dir before it starts. The emulator's own code makes each
+    job (``create_batch``, one inline request); only its times and end state are set as its runner would have
+    set them then: thousands of real creates and runs would take minutes."""
+    import time
+
+    from gemini_emulator.config import EmulatorConfig
+    from gemini_emulator.service import Emulator
+
+    em = Emulator(EmulatorConfig(data_dir=data_dir))
+    request = {"contents": [{"role": "user", "parts": [{"text": "Return the invoice number as JSON."}]}]}
+    newest = time.time() - 86400
+    try:
+        for i in range(count):
+            job = em.create_batch(model, {"displayName": f"history-{i:05d}", "inputConfig": {"requests": {"requests": [
+                {"request": request, "metadata": {"key": f"history-{i:05d}"}}]}}})
+            created = newest - (count - 1 - i) * (days - 1) * 86400 / max(count - 1, 1)  # oldest first, as made
+            em.jobs.update(job["id"], state="SUCCEEDED", processed=True, create_time=created, start_time=created + 1,
+                           update_time=created + 60, end_time=created + 60,
+                           stats={"succeeded": 1, "failed": 0, "processed": 1})
+    finally:
+        em.stop()
 
 
 @pytest.fixture(scope="session")
@@ -115,3 +146,17 @@ def stack(tmp_path_factory):
         t1 = time.monotonic()
     print(f"[stack] stopped in {time.monotonic() - t1:.0f}s; stage wall time {time.monotonic() - t0:.0f}s "
           f"({', '.join(f'{k} {v:.0f}s' for k, v in running.timings.items())})", file=sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory):
+    """A migrated AIRFLOW_HOME (SQLite) with the jobs pool, for `dags test` runs."""
+    return new_airflow_home(tmp_path_factory.mktemp("airflow-home"))
+
+
+def new_airflow_home(home):
+    env = {**os.environ, "AIRFLOW_HOME": str(home)}
+    subprocess.run([ROOT / "bin" / "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    subprocess.run([ROOT / "bin" / "airflow", "pools", "set", "gemini_batch_jobs", "10", "jobs", "--include-deferred"],
+                   env=env, check=True, capture_output=True)
+    return home

@@ -22,7 +22,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from fpdf import FPDF
 from PIL import Image
 from pypdf import PdfReader, PdfWriter
-from test_dag import airflow_home, developer_conn, read_results, run_dag, submitted_jobs  # noqa: F401 - a fixture
+from dagrun import developer_conn, read_results, run_dag, submitted_jobs
 from test_hooks import use_developer, wait_until_ended, write_shard
 from test_operators import RecordingTaskInstance, context
 

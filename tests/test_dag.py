@@ -6,94 +6,15 @@ record of each job's input, not from anything the DAG says about itself."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-import re
 import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 from conftest import developer_client
+from dagrun import (
+    SAMPLES, assert_contract, developer_conn, read_results, round_keys, run_dag, submitted_jobs, submitted_keys,
+)
 from fpdf import FPDF
-
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ROOT / "include" / "samples"
-
-
-@pytest.fixture(scope="session")
-def airflow_home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("airflow-home")
-    env = {**os.environ, "AIRFLOW_HOME": str(home)}
-    subprocess.run([ROOT / "bin" / "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
-    subprocess.run([ROOT / "bin" / "airflow", "pools", "set", "gemini_batch_jobs", "10", "jobs", "--include-deferred"],
-                   env=env, check=True, capture_output=True)
-    return home
-
-
-def run_dag(airflow_home, conn: dict, conf: dict, logical_date: str, extra_env: dict | None = None):
-    env = {
-        **os.environ, "AIRFLOW_HOME": str(airflow_home), "AIRFLOW_CONN_GEMINI_DEFAULT": json.dumps(conn),
-        **(extra_env or {}),
-    }
-    conf = {"poll_seconds": 0.5, **conf}
-    done = subprocess.run(
-        [ROOT / "bin" / "airflow", "dags", "test", "gemini_batch_extract", logical_date, "-c", json.dumps(conf)],
-        env=env, capture_output=True, text=True, timeout=900,
-    )
-    log = done.stdout + done.stderr
-    # `dags test` exits 0 whatever the run's outcome: the run's state is in its last log line
-    finished = re.findall(r"DagRun Finished: .*? state=(\w+)", log)
-    return DagRun(finished[-1] if finished else None, log)
-
-
-@dataclasses.dataclass
-class DagRun:
-    state: str | None
-    log: str
-
-    def check(self) -> None:
-        assert self.state == "success", self.log[-6000:]
-
-
-def developer_conn(url: str) -> dict:
-    return {"conn_type": "generic", "password": "test-key", "extra": {"backend": "developer", "base_url": url}}
-
-
-def read_results(output: Path) -> tuple[dict[str, dict], dict]:
-    records = [json.loads(line) for line in (output / "results.jsonl").read_text().splitlines()]
-    return {r["document"]: r for r in records}, json.loads((output / "summary.json").read_text())
-
-
-def submitted_jobs(server) -> list[tuple[str, list[str]]]:
-    """(display name, keys) of every job the emulator received, oldest first: its own record of each input."""
-    jobs_dir = server.log_path.parent / "jobs"
-    jobs = sorted((json.loads(p.read_text()) for p in jobs_dir.glob("*.json")), key=lambda j: j["create_time"])
-    return [
-        (job["display_name"],
-         [json.loads(line)["key"] for line in (jobs_dir / f"{job['id']}.input.jsonl").read_text().splitlines() if line])
-        for job in jobs
-    ]
-
-
-def submitted_keys(server) -> list[list[str]]:
-    return [keys for _, keys in submitted_jobs(server)]
-
-
-def round_keys(server, round_: int) -> list[str]:
-    return [k for name, keys in submitted_jobs(server) if f"-r{round_}-shard-" in name for k in keys]
-
-
-def assert_contract(records: dict[str, dict], summary: dict, source: Path) -> None:
-    found = sorted(str(p.relative_to(source)) for p in source.rglob("*") if p.is_file() and not p.name.startswith("."))
-    assert sorted(records) == found, "exactly one line per document"
-    assert summary["documents"] == len(found) == summary["succeeded"] + summary["failed"] + summary["rejected"]
-    for record in records.values():
-        assert set(record) >= {"document", "status", "data", "error", "parts", "usage", "reused"}
-        assert record["status"] in ("succeeded", "failed", "rejected")
-        assert (record["data"] is not None) == (record["status"] == "succeeded")
-        assert (record["error"] is None) == (record["status"] == "succeeded")
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ Faults (503 bursts) are injected by the emulator, not mocked."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import datetime as dt
 import inspect
 import json
 import logging
@@ -13,13 +15,14 @@ import uuid
 
 import orjson
 import pytest
-from conftest import developer_client
+from conftest import developer_client, list_calls, seed_job_history
 from google import genai
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gemini_batch.batch_requests import RequestSpec, ShardManifest, ShardWriter, build_row
 from gemini_batch.hooks import GeminiBatchHook, _split_lines, is_terminal, state_name
+from gemini_emulator.testing import free_port, requests_made
 
 KEY = "test-key-5ecr3t-8d1f0c"
 MODEL = "gemini-2.5-flash"
@@ -153,13 +156,23 @@ def test_create_find_and_cancel(start_emulator, monkeypatch, tmp_path):
     assert hook.find_job("shard-a").name == newer.name  # only dead ones left: the newest
 
 
-def test_find_job_pages_through_the_developer_list(start_emulator, monkeypatch, tmp_path):
-    emulator = start_emulator(time_scale=1, faults=SLOW)
+def test_find_job_pages_lazily_back_to_created_after(start_emulator, monkeypatch, tmp_path):
+    data_dir = tmp_path / "emulator"
+    seed_job_history(data_dir, 2500)  # 3 pages of 1000, created over the last 30 days, the newest a day ago
+    emulator = start_emulator(data_dir=data_dir, time_scale=1, faults=SLOW)
     use_developer(monkeypatch, emulator.url)
     hook = GeminiBatchHook()
-    src = hook.upload_jsonl(hook.storage_path(write_shard(tmp_path / "shards").uri), "gbs-paging")
-    names = [hook.create_job(model=MODEL, src=src, display_name=f"job-{i}").name for i in range(55)]
-    assert hook.find_job("job-0").name == names[0]  # the oldest is on the second page (50 a page)
+    job = submit_shard(hook, write_shard(tmp_path / "shards"), "wanted")
+
+    assert hook.find_job("history-00000").display_name == "history-00000"  # the oldest: on the last page
+    assert list_calls(emulator) == 3
+    assert {r["query"].split("&")[0] for r in requests_made(emulator, "GET", r"/v1beta/batches")} == {"pageSize=1000"}
+    an_hour_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+    assert hook.find_job("wanted", created_after=an_hour_ago).name == job.name
+    assert hook.find_job("history-02499", created_after=an_hour_ago) is None  # a day old: left out
+    assert list_calls(emulator) == 5  # one page each: paging stopped at the first older job
+    assert hook.find_job("history-01400", created_after=an_hour_ago - dt.timedelta(days=20)) is not None
+    assert list_calls(emulator) == 7  # back 20 days of 30: 2 pages
 
 
 def test_create_and_list_survive_transient_errors(start_emulator, monkeypatch, tmp_path):
@@ -172,6 +185,56 @@ def test_create_and_list_survive_transient_errors(start_emulator, monkeypatch, t
     assert hook.find_job("retried").name == job.name
     client = developer_client(emulator.url)  # held: a client that is garbage collected closes its HTTP client
     assert [j.name for j in client.batches.list()] == [job.name]
+
+
+def test_delete_files_in_parallel_counts_the_gone_without_warning(start_emulator, monkeypatch, tmp_path, caplog,
+                                                                    capfd):
+    emulator = start_emulator(time_scale=3600, faults={"request_latency_ms": 50})
+    use_developer(monkeypatch, emulator.url)
+    client = developer_client(emulator.url)
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        uploaded = list(pool.map(lambda i: client.files.upload(file=_jsonl_file(tmp_path, i),
+                                                               config={"mime_type": "application/jsonl"}), range(50)))
+    # both forms a run records: a name (files/ID) and a URI ending in one
+    uris = [f.name if i % 2 else f.uri for i, f in enumerate(uploaded)] + [f"files/gone-{i}" for i in range(10)]
+    caplog.set_level(logging.INFO)
+    capfd.readouterr()
+
+    assert GeminiBatchHook().delete_files(uris) == {"deleted": 50, "gone": 10, "failed": 0}
+    assert list(client.files.list()) == []
+    deletes = requests_made(emulator, "DELETE", r"/v1beta/files/[a-z0-9-]+")
+    assert len(deletes) == 60 and sorted(r["status"] for r in deletes) == [200] * 50 + [403] * 10
+    out, err = capfd.readouterr()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "warning" not in (out + err).lower(), out + err  # the hook logs through structlog to stdout
+
+
+def test_delete_files_in_cloud_storage(vertex_hook, gcs_root):
+    folder = gcs_root / "deletes" / uuid.uuid4().hex
+    for i in range(3):
+        (folder / f"part-{i}.pdf").write_bytes(b"%PDF-1.4")
+    uris = [f"{folder}/part-{i}.pdf" for i in range(3)] + [f"{folder}/never-{i}.pdf" for i in range(2)]
+    assert vertex_hook.delete_files(uris) == {"deleted": 3, "gone": 2, "failed": 0}
+    assert not folder.exists() or list(folder.iterdir()) == []
+
+
+def test_delete_files_names_real_failures_in_one_warning(monkeypatch, caplog, capfd):
+    use_developer(monkeypatch, f"http://127.0.0.1:{free_port()}")  # nothing listens: every delete fails
+    hook = GeminiBatchHook()
+    hook.retry_attempts, hook.retry_initial_seconds = 2, 0.01
+    uris = [f"files/f-{i:02d}" for i in range(12)]
+    capfd.readouterr()
+    assert hook.delete_files(uris) == {"deleted": 0, "gone": 0, "failed": 12}
+    out, _ = capfd.readouterr()
+    (warning,) = [line for line in (caplog.text + out).splitlines() if "Could not delete" in line]
+    assert "12 of 12 file(s)" in warning and "and 2 more" in warning
+    assert sum(uri + ":" in warning for uri in uris) == 10
+
+
+def _jsonl_file(folder, i: int):
+    path = folder / f"upload-{i}.jsonl"
+    path.write_bytes(orjson.dumps({"key": f"k{i}", "request": {}}) + b"\n")
+    return str(path)
 
 
 def test_upload_jsonl_reuses_an_active_upload(start_emulator, monkeypatch, tmp_path):

@@ -47,7 +47,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import developer_client
-from test_dag import airflow_home, assert_contract, developer_conn, read_results  # noqa: F401 - a fixture
+from dagrun import assert_contract, developer_conn, ledger_root, read_results
 
 from gemini_emulator.testing import gemini_emulator
 
@@ -178,9 +178,9 @@ class MeasuredRun:
 
 def run_measured(airflow_home: Path, conn: dict, conf: dict, logical_date: str, log_path: Path, *,
                  extra_env: dict | None = None, timeout: float = 900) -> MeasuredRun:
-    """`bin/airflow dags test` (as tests/test_dag.py's run_dag) under a getrusage wrapper, its tree sampled."""
+    """`bin/airflow dags test` (as tests/dagrun.py's run_dag) under a getrusage wrapper, its tree sampled."""
     env = {**os.environ, "AIRFLOW_HOME": str(airflow_home), "AIRFLOW_CONN_GEMINI_DEFAULT": json.dumps(conn),
-           **(extra_env or {})}
+           "GEMINI_BATCH_STATE": str(ledger_root(conf)), **(extra_env or {})}
     conf = {"poll_seconds": 0.5, **conf}
     usage_file = log_path.with_suffix(".rusage")
     argv = [sys.executable, "-c", RUSAGE_WRAPPER, str(usage_file), str(ROOT / "bin" / "airflow"), "dags", "test",

@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
-from conftest import developer_client
+from conftest import developer_client, list_calls, seed_job_history
 
 from gemini_batch.hooks import GeminiBatchHook, state_name
 from gemini_batch.operators import (
@@ -40,9 +40,29 @@ class RecordingTaskInstance:
         self.pushed.append((key, value))
 
 
-def context(ti: RecordingTaskInstance | None = None) -> dict:
+class DictTaskStateStore:
+    """Stands in for Airflow's task state store (``context["task_state_store"]``), which exists only inside a
+    task run: ``execute`` is called outside one here. Like Airflow's, one object is kept for a task (run,
+    task id, map index) across its tries, so a retry is a new operator with the same store."""
+
+    def __init__(self):
+        self.values: dict[str, object] = {}
+
+    def get(self, key: str, default=None):
+        return self.values.get(key, default)
+
+    def set(self, key: str, value, *, retention=None) -> None:
+        if value is None:
+            raise ValueError("Cannot set value as None")
+        self.values[key] = value
+
+    def delete(self, key: str) -> None:
+        self.values.pop(key, None)
+
+
+def context(ti: RecordingTaskInstance | None = None, store: DictTaskStateStore | None = None) -> dict:
     ti = ti or RecordingTaskInstance()
-    return {"ti": ti, "run_id": ti.run_id}
+    return {"ti": ti, "run_id": ti.run_id, **({"task_state_store": store} if store is not None else {})}
 
 
 def run_to_completion(task, ctx: dict):
@@ -85,6 +105,42 @@ def test_execute_twice_submits_once(start_emulator, monkeypatch, tmp_path, capfd
 
     other_run = RecordingTaskInstance(run_id="manual__2026-01-02")  # another run of the same shard is its own job
     assert operator(manifest, wait=False).execute(context(other_run)) != name
+
+
+def test_the_task_state_store_spares_listing_the_account_s_jobs(start_emulator, monkeypatch, tmp_path, capfd):
+    data_dir = tmp_path / "emulator"
+    seed_job_history(data_dir, 1500)  # more than one list page (1000) of earlier jobs, the newest a day old
+    emulator = start_emulator(data_dir=data_dir, time_scale=1, faults={"pending_seconds": 3600})
+    use_developer(monkeypatch, emulator.url)
+    manifest = write_shard(tmp_path / "shards", rows=3)
+    store = DictTaskStateStore()
+
+    # A first try: nothing stored, nothing submitted before, no look-up.
+    name = operator(manifest, wait=False).execute(context(store=store))
+    assert list_calls(emulator) == 0
+    assert store.values["job_name"] == name
+    assert dt.datetime.fromisoformat(store.values["submit_started_at"]) <= GeminiBatchHook().get_job(name).create_time
+
+    # A retry: the stored name is one get, and it reattaches.
+    retry = RecordingTaskInstance()
+    assert operator(manifest, wait=False).execute(context(retry, store)) == name
+    assert "Reattaching to batch job " + name in capfd.readouterr().out
+    assert list_calls(emulator) == 0 and retry.pushed[0] == ("job_name", name)
+
+    # The worker died between create and storing the name: the search pages back only to the submit's start.
+    del store.values["job_name"]
+    assert operator(manifest, wait=False).execute(context(store=store)) == name
+    assert list_calls(emulator) == 1  # the first page reaches the history, older than the bound
+    assert store.values["job_name"] == name
+    # Without a store (and no DAG run to bound it), the same search reads the whole history: 2 pages.
+    assert operator(manifest, wait=False).execute(context()) == name
+    assert list_calls(emulator) == 3
+
+    # A stored job that ended dead is not reattached to: a new job, still without listing.
+    GeminiBatchHook().cancel_job(name)
+    wait_until_ended(GeminiBatchHook(), name)
+    again = operator(manifest, wait=False).execute(context(store=store))
+    assert again != name and store.values["job_name"] == again and list_calls(emulator) == 3
 
 
 def test_wait_defers_then_returns_the_outcome(start_emulator, monkeypatch, tmp_path):

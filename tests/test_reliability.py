@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 from fpdf import FPDF
-from test_dag import SAMPLES, airflow_home, assert_contract, read_results, run_dag  # noqa: F401 - a fixture
+from dagrun import SAMPLES, assert_contract, read_results, run_dag
 
 from gemini_emulator.testing import gemini_emulator
 

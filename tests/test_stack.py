@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from stack import ApiError, Stack
-from test_dag import assert_contract, read_results, submitted_jobs
+from dagrun import assert_contract, read_results, submitted_jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "include" / "samples"

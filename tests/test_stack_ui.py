@@ -16,7 +16,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from test_dag import assert_contract, read_results
+from dagrun import assert_contract, read_results
 from test_stack import DAG, emulator_jobs, failure_report, wait_run
 
 ROOT = Path(__file__).resolve().parent.parent

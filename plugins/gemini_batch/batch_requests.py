@@ -108,11 +108,13 @@ def build_row(
 
 
 def from_record(cls: type[T], data: Mapping, what: str) -> T:
-    """The dataclass ``cls`` from a record read back from a file: extra fields are ignored, a missing one is named."""
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data]
+    """The dataclass ``cls`` from a record read back from a file: extra fields are ignored, a missing one is named
+    (unless it has a default: records written before the field existed)."""
+    fields = dataclasses.fields(cls)
+    missing = [f.name for f in fields if f.name not in data and f.default is dataclasses.MISSING]
     if missing:
         raise ValueError(f"{what} lacks {', '.join(missing)}")
-    return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+    return cls(**{f.name: data[f.name] for f in fields if f.name in data})
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,9 @@ class ShardManifest:
     bytes: int
     keys_uri: str  # newline-separated keys of the rows, in order
     manifest_uri: str  # where this manifest itself is written
+    claim: str | None = None  # the ledger claim whose leases let this shard request its keys
+    ledger: str | None = None  # the ledger's URI, where the submit records the shard's job
+    adopts: str | None = None  # not a shard to submit: its keys are another claim's (or "ledger"), to wait for
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -153,7 +158,7 @@ class ShardWriter:
 
     def __init__(
         self, folder: str | ObjectStoragePath, *, max_rows: int = 10_000, max_bytes: int = 100 * 2**20,
-        prefix: str = "shard",
+        prefix: str = "shard", claim: str | None = None, ledger: str | None = None,
     ):
         if max_rows < 1 or max_bytes < 1:
             raise ValueError(f"max_rows and max_bytes must be positive, got {max_rows} and {max_bytes}")
@@ -161,6 +166,7 @@ class ShardWriter:
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self.prefix = prefix
+        self.stamp = {"claim": claim, "ledger": ledger}
         self._manifests: list[ShardManifest] = []
         self._open: _OpenShard | None = None
         self._closed = False
@@ -196,7 +202,7 @@ class ShardWriter:
             self._finish()
             shard = None
         if shard is None:
-            shard = self._open = _OpenShard(self.folder, f"{self.prefix}-{len(self._manifests):05d}")
+            shard = self._open = _OpenShard(self.folder, f"{self.prefix}-{len(self._manifests):05d}", self.stamp)
         shard.write(key, line)
 
     def close(self) -> None:
@@ -212,8 +218,9 @@ class ShardWriter:
 class _OpenShard:
     """The JSONL and keys files of the shard being written."""
 
-    def __init__(self, folder: ObjectStoragePath, shard_id: str):
+    def __init__(self, folder: ObjectStoragePath, shard_id: str, stamp: dict):
         self.shard_id = shard_id
+        self.stamp = stamp
         self.data_path = folder / f"{shard_id}.jsonl"
         self.keys_path = folder / f"{shard_id}.keys"
         self.manifest_path = folder / f"{shard_id}.manifest.json"
@@ -233,7 +240,7 @@ class _OpenShard:
         self.keys.close()
         manifest = ShardManifest(
             shard_id=self.shard_id, uri=uri_of(self.data_path), rows=self.rows, bytes=self.bytes,
-            keys_uri=uri_of(self.keys_path), manifest_uri=uri_of(self.manifest_path),
+            keys_uri=uri_of(self.keys_path), manifest_uri=uri_of(self.manifest_path), **self.stamp,
         )
         self.manifest_path.write_bytes(orjson.dumps(manifest.to_json(), option=orjson.OPT_INDENT_2))
         return manifest

@@ -10,9 +10,9 @@ templated or handed to a trigger.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import hashlib
-import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
@@ -44,6 +44,13 @@ TERMINAL_STATES = frozenset({
 DEAD_STATES = frozenset({"JOB_STATE_FAILED", "JOB_STATE_CANCELLING", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"})
 DOWNLOAD_CHUNK_BYTES = 2**20
 DOWNLOAD_TIMEOUT = httpx.Timeout(120.0, connect=15.0)
+# Jobs asked for per list page: the emulator's maximum (Google APIs lower a larger page size to their own
+# maximum, AIP-158), so even an unbounded search through 3,000 earlier jobs is 3 pages.
+LIST_PAGE_SIZE = 1000
+# How far the service's clock may be behind ours: a search for jobs created after a time we took starts this early.
+CLOCK_SKEW = dt.timedelta(minutes=5)
+DELETE_WORKERS = 16
+FAILURES_NAMED = 10  # a failed clean-up's warning names this many
 
 _clients: dict[str, tuple[str, genai.Client]] = {}  # conn id -> (fingerprint of the connection, client)
 _clients_lock = threading.Lock()
@@ -207,13 +214,19 @@ class GeminiBatchHook(BaseHook):
     # ------------------------------------------------------------------ jobs
 
     def create_job(self, *, model: str, src: str, display_name: str, dest: str | None = None) -> types.BatchJob:
-        """Create a batch job; a retry first looks for the job an attempt with a lost response may have made."""
+        """Create a batch job; a retry first looks for the job an attempt with a lost response may have made.
+
+        That job is no older than the first attempt, so the look-up pages only back to then.
+        """
         config = types.CreateBatchJobConfig(display_name=display_name, dest=dest)
-        attempts = itertools.count()
+        started: dt.datetime | None = None
 
         def create() -> types.BatchJob:
-            if next(attempts):
-                earlier = self.find_job(display_name)
+            nonlocal started
+            if started is None:
+                started = dt.datetime.now(dt.timezone.utc)
+            else:
+                earlier = self.find_job(display_name, created_after=started - CLOCK_SKEW)
                 if earlier is not None and state_name(earlier) not in DEAD_STATES:
                     return earlier
             return self.get_conn().batches.create(model=model, src=src, config=config)
@@ -222,18 +235,30 @@ class GeminiBatchHook(BaseHook):
         self.log.info("Batch job %s (%s) for %s: %s", job.name, display_name, src, state_name(job))
         return job
 
-    def find_job(self, display_name: str) -> types.BatchJob | None:
-        """The newest live job with this display name, else the newest dead one, else None."""
-        jobs = self._retry(self._jobs_named, display_name)
+    def find_job(self, display_name: str, created_after: dt.datetime | None = None) -> types.BatchJob | None:
+        """The newest live job with this display name, else the newest dead one, else None.
+
+        ``created_after`` (aware) leaves out older jobs; on the Developer API, which lists every job of the
+        account newest first, paging stops at the first older one instead of reading the whole history.
+        """
+        jobs = self._retry(self._jobs_named, display_name, created_after)
         jobs.sort(key=lambda job: job.create_time or dt.datetime.min.replace(tzinfo=dt.timezone.utc), reverse=True)
         return next((job for job in jobs if state_name(job) not in DEAD_STATES), jobs[0] if jobs else None)
 
-    def _jobs_named(self, display_name: str) -> list[types.BatchJob]:
+    def _jobs_named(self, display_name: str, created_after: dt.datetime | None) -> list[types.BatchJob]:
         batches = self.get_conn().batches
-        if self.backend == "vertex":
-            return list(batches.list(config=types.ListBatchJobsConfig(filter=f'display_name="{display_name}"')))
-        # The Developer API has no list filter: page through every job.
-        return [job for job in batches.list() if job.display_name == display_name]
+        if self.backend == "vertex":  # filtered by the service: a few jobs, in no promised order
+            config = types.ListBatchJobsConfig(filter=f'display_name="{display_name}"', page_size=LIST_PAGE_SIZE)
+            return [job for job in batches.list(config=config) if not _created_before(job, created_after)]
+        # The Developer API has no list filter: page (lazily: the pager fetches a page when it runs out)
+        # through the jobs, newest first, back to created_after.
+        named = []
+        for job in batches.list(config=types.ListBatchJobsConfig(page_size=LIST_PAGE_SIZE)):
+            if _created_before(job, created_after):
+                break
+            if job.display_name == display_name:
+                named.append(job)
+        return named
 
     def get_job(self, name: str) -> types.BatchJob:
         return self._retry(self.get_conn().batches.get, name=name)
@@ -250,6 +275,40 @@ class GeminiBatchHook(BaseHook):
             raise
         self.log.info("Cancelled batch job %s", name)
         return True
+
+    # ------------------------------------------------------------------ clean-up
+
+    def delete_files(self, uris: Iterable[str]) -> dict[str, int]:
+        """Delete ``gs://`` objects and Files API files (``files/ID`` or a URI ending in it), 16 at a time.
+
+        Counts ``deleted``, ``gone`` (already deleted or expired: no warning) and ``failed``; clean-up is
+        best effort (Files API uploads expire anyway), so failures are one warning, not an error.
+        """
+        uris = list(uris)
+        with concurrent.futures.ThreadPoolExecutor(DELETE_WORKERS, thread_name_prefix="delete") as pool:
+            outcomes = list(pool.map(self._delete_one, uris))
+        failures = [(uri, outcome) for uri, outcome in zip(uris, outcomes) if isinstance(outcome, Exception)]
+        if failures:
+            self.log.warning("Could not delete %d of %d file(s): %s%s", len(failures), len(uris),
+                             "; ".join(f"{uri}: {exc}" for uri, exc in failures[:FAILURES_NAMED]),
+                             f"; and {len(failures) - FAILURES_NAMED} more" if len(failures) > FAILURES_NAMED else "")
+        return {"deleted": outcomes.count("deleted"), "gone": outcomes.count("gone"), "failed": len(failures)}
+
+    def _delete_one(self, uri: str) -> str | Exception:
+        """"deleted", "gone", or the error that stopped it."""
+        try:
+            if uri.startswith("gs://"):
+                self._retry(self.storage_path(uri).unlink)
+            else:
+                self._retry(self.get_conn().files.delete, name="files/" + uri.rsplit("files/", 1)[-1])
+        except FileNotFoundError:
+            return "gone"
+        except errors.ClientError as exc:
+            # 403 is what the Files API answers for a file that is gone (and for one that expired)
+            return "gone" if exc.code in (403, 404) else exc
+        except Exception as exc:  # noqa: BLE001 - counted and logged by delete_files
+            return exc
+        return "deleted"
 
     # ------------------------------------------------------------------ outputs
 
@@ -301,6 +360,10 @@ class GeminiBatchHook(BaseHook):
                 raise OutputUnavailable(f"output {path} cannot be read: it is gone") from exc
             with stream:
                 yield from _split_lines(stream)
+
+
+def _created_before(job: types.BatchJob, when: dt.datetime | None) -> bool:
+    return when is not None and job.create_time is not None and job.create_time < when
 
 
 def _split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:

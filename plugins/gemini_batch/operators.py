@@ -2,7 +2,9 @@
 
 The submit operator is idempotent: the job's display name is derived from
 the run and the shard's keys, so a retried or cleared task finds the job it
-submitted before and reattaches instead of paying twice. Waiting is deferred
+submitted before and reattaches instead of paying twice. It finds it through
+Airflow's task state store (kept per run, task and map index across retries
+and clears), so a first try lists no jobs at all. Waiting is deferred
 by default and the task keeps its pool slot while deferred: a pool with
 ``include_deferred`` then caps the jobs in flight exactly. The deadline
 comes from the job's create time, so a restart never extends it; when it
@@ -23,16 +25,22 @@ from collections.abc import Mapping
 from typing import Any
 
 from airflow.sdk import BaseOperator, BaseSensorOperator, ObjectStoragePath, PokeReturnValue
+from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from google.genai import errors, types
 
 from gemini_batch.batch_requests import ShardManifest
-from gemini_batch.hooks import DEAD_STATES, GeminiBatchHook, is_terminal, job_error, job_stats, state_name
+from gemini_batch.claims import FROM_LEDGER, key_shards, run_alive
+from gemini_batch.hooks import CLOCK_SKEW, DEAD_STATES, GeminiBatchHook, is_terminal, job_error, job_stats, state_name
+from gemini_batch.ledger import Ledger
 from gemini_batch.triggers import GeminiBatchJobTrigger
 
 SUCCEEDED_STATES = frozenset({"JOB_STATE_SUCCEEDED"})
 DEFAULT_EXPIRY_HOURS = 24.0
 HASH_CHUNK_BYTES = 2**20
+# Task state store keys: when a submit started (ISO, UTC), then the job it made.
+SUBMIT_STARTED_KEY = "submit_started_at"
+JOB_NAME_KEY = "job_name"
 
 
 def default_display_name(dag_id: str, run_id: str, shard_id: str, keys: ObjectStoragePath) -> str:
@@ -155,16 +163,26 @@ class GeminiBatchSubmitOperator(BaseOperator):
 
     def execute(self, context) -> dict | str:
         hook = GeminiBatchHook(self.gemini_conn_id)
+        if (adoption := ShardManifest.load(hook.storage_path(self.manifest_uri))).adopts is not None:
+            return self._adopt(context, hook, adoption)
         manifest, display_name = self._shard(context, hook)
         ti = context["ti"]
-        job = hook.find_job(display_name)
+        store = context.get("task_state_store")
+        job = self._earlier_job(context, store, hook, display_name)
         if job is not None and state_name(job) not in DEAD_STATES:
             self.log.info("Reattaching to batch job %s (%s), %s", job.name, display_name, state_name(job))
         else:
             if job is not None:
                 self.log.info("The earlier job %s (%s) ended %s; submitting again", job.name, display_name, state_name(job))
+            if store is not None:
+                store.delete(JOB_NAME_KEY)  # else a crash before the new name is stored leaves the dead one
+                store.set(SUBMIT_STARTED_KEY, dt.datetime.now(dt.timezone.utc).isoformat())
             job = self._submit(hook, manifest, display_name)
+        if store is not None:  # a new job, or one found by searching: the next try needs a single get
+            store.set(JOB_NAME_KEY, job.name)
         self.job_name = job.name
+        if manifest.claim and manifest.ledger:  # what another run that wants these keys waits for
+            Ledger(hook.storage_path(manifest.ledger)).record_job(manifest.claim, manifest.shard_id, job.name)
         ti.xcom_push(key="job_name", value=job.name)
         if hook.backend == "developer":  # the SDK does not report a Developer API job's input: clean-up needs it
             ti.xcom_push(key="job_input", value=f"files/{shard_file_name(display_name)}")
@@ -173,6 +191,35 @@ class GeminiBatchSubmitOperator(BaseOperator):
         describe = self._describe(display_name, manifest)
         return wait_for_job(self, hook, job, expiry=dt.timedelta(hours=float(self.expiry_hours)),
                             poll_interval=float(self.poll_interval), describe=describe)
+
+    def _earlier_job(self, context, store, hook: GeminiBatchHook, display_name: str) -> types.BatchJob | None:
+        """The job an earlier try of this task submitted, found without reading the account's whole job list.
+
+        A stored job name is one get. A submit that started but stored no name (the worker died in between)
+        pages back only to its start; nothing stored means nothing submitted: no look-up. Without a store
+        (``execute`` called outside a task run) the search goes back to the DAG run's start, if there is one.
+        """
+        if store is None:
+            dag_run = context.get("dag_run")
+            started = dag_run.start_date if dag_run is not None else None
+            return hook.find_job(display_name, created_after=started - CLOCK_SKEW if started else None)
+        if job_name := store.get(JOB_NAME_KEY):
+            try:
+                job = hook.get_job(job_name)
+            except errors.ClientError as exc:
+                if exc.code != 404:
+                    raise
+                self.log.info("The earlier job %s is gone; submitting again", job_name)
+                return None
+            if job.display_name == display_name:
+                return job
+            # Mapped tasks are stored per map index: this index now holds other rows (its upstream was rerun).
+            self.log.info("The stored job %s is for %s, not %s; searching by name", job_name, job.display_name,
+                          display_name)
+            return hook.find_job(display_name)
+        if started := store.get(SUBMIT_STARTED_KEY):
+            return hook.find_job(display_name, created_after=dt.datetime.fromisoformat(started) - CLOCK_SKEW)
+        return None
 
     def _submit(self, hook: GeminiBatchHook, manifest: ShardManifest, display_name: str) -> types.BatchJob:
         """Create the shard's job; a 404 on create is the model (none such, or not for this project): no retry helps."""
@@ -208,8 +255,60 @@ class GeminiBatchSubmitOperator(BaseOperator):
             describe = self._describe(*reversed(self._shard(context, hook)))
         return complete_from_event(self, hook, event, describe)
 
+    def _adopt(self, context, hook: GeminiBatchHook, manifest: ShardManifest) -> dict:
+        """Wait, deferred, for the jobs of another run's claim that request this manifest's keys.
+
+        Nothing is submitted or cancelled: those jobs are the other run's. A
+        job past its deadline, or a claim whose run died before submitting, is
+        given up on: its keys get no answer here and the next round takes them over.
+        """
+        outcome = {**self._describe(None, manifest), "job_name": None, "state": "ADOPTED", "stats": {}, "error": None,
+                   "deadline_passed": False, "adopted_jobs": []}
+        if manifest.adopts == FROM_LEDGER:
+            return outcome
+        ledger = Ledger(hook.storage_path(manifest.ledger))
+        claim = ledger.claim(manifest.adopts)
+        run_state = getattr(context["ti"], "get_dagrun_state", None) or _unknown_run_state
+        if claim is not None and not claim.built and run_alive(claim, run_state):
+            return self._wait_for_claim(claim.claim, "to write its shards")
+        if claim is None or not claim.built:
+            return outcome
+        with hook.storage_path(manifest.keys_uri).open("rb") as keys:
+            wanted = {line.decode().strip() for line in keys if line.strip()}
+        shards = key_shards(claim, hook.gcp_conn_id)
+        expiry = dt.timedelta(hours=float(self.expiry_hours))
+        for shard in sorted({shards[key] for key in wanted if key in shards}):
+            name = ledger.job_of(claim.claim, shard)
+            if name is None:
+                if run_alive(claim, run_state):
+                    return self._wait_for_claim(claim.claim, f"to submit shard {shard}")
+                continue
+            job = hook.get_job(name)
+            deadline = job_deadline(job, expiry)
+            if not is_terminal(job) and dt.datetime.now(dt.timezone.utc) < deadline:
+                self.log.info("Waiting for batch job %s (%s) of claim %s: it requests keys of this round",
+                              name, state_name(job), claim.claim)
+                self.defer(trigger=GeminiBatchJobTrigger(job_name=name, gemini_conn_id=hook.gemini_conn_id,
+                                                         deadline=deadline.isoformat(),
+                                                         poll_interval=float(self.poll_interval)),
+                           method_name="resume_adoption")
+            outcome["adopted_jobs"].append({"job_name": name, "state": state_name(job)})
+        self.log.info("Adopted %d key(s) from claim %s: jobs %s", len(wanted), claim.claim,
+                      ", ".join(f"{j['job_name']} ({j['state']})" for j in outcome["adopted_jobs"]) or "none")
+        return outcome
+
+    def _wait_for_claim(self, claim: str, what: str):
+        self.log.info("Waiting for claim %s %s", claim, what)
+        self.defer(trigger=TimeDeltaTrigger(dt.timedelta(seconds=float(self.poll_interval))),
+                   method_name="resume_adoption")
+
+    def resume_adoption(self, context, event: Any = None) -> dict:
+        """Look again: the claim wrote its shards, a job was created, or the job ended."""
+        return self._adopt(context, GeminiBatchHook(self.gemini_conn_id),
+                           ShardManifest.load(GeminiBatchHook(self.gemini_conn_id).storage_path(self.manifest_uri)))
+
     def on_kill(self) -> None:
-        # Not cancelled on purpose: a cleared or retried task reattaches to the job by its display name.
+        # Not cancelled on purpose: a cleared or retried task reattaches to the job (task state store, display name).
         if self.job_name:
             self.log.info("Leaving batch job %s running", self.job_name)
 
@@ -257,6 +356,10 @@ class GeminiBatchJobSensor(BaseSensorOperator):
 
     def execute_complete(self, context, event: Mapping, describe: Mapping[str, Any] | None = None) -> dict:
         return complete_from_event(self, GeminiBatchHook(self.gemini_conn_id), event, describe or {})
+
+
+def _unknown_run_state(dag_id: str, run_id: str) -> str | None:
+    return None
 
 
 def _describe_job(job: types.BatchJob) -> dict:

@@ -147,6 +147,15 @@ def parts_to_stage(plan_file: ObjectStoragePath, source: ObjectStoragePath) -> I
                     yield StageItem(part.key, source / doc.path, part.pages, doc.mime_type, part.size)
 
 
+def keys_to_request(plan_file: ObjectStoragePath, only: Container[str] | None = None) -> Iterator[str]:
+    """Each key the plan requests (not answered before), once, in plan order; only those in ``only`` if given."""
+    with RecordIndex() as seen:
+        for doc in read_plan(plan_file):
+            for part in doc.parts:
+                if not part.reused and (only is None or part.key in only) and seen.add(part.key):
+                    yield part.key
+
+
 def build_shards(
     plan_file: ObjectStoragePath,
     source: ObjectStoragePath,
@@ -158,6 +167,8 @@ def build_shards(
     max_bytes: int = 100 * 2**20,
     only: Container[str] | None = None,
     prefix: str = "shard",
+    claim: str | None = None,
+    ledger: str | None = None,
 ) -> tuple[list[ShardManifest], dict[str, str | None]]:
     """Write one row per key to request (or per key in ``only``, for a retry) into shards under ``folder``.
 
@@ -167,7 +178,8 @@ def build_shards(
     staging failure says why). Their documents fail; the others go on.
     """
     unbuilt: dict[str, str | None] = {}
-    with ShardWriter(folder, max_rows=max_rows, max_bytes=max_bytes, prefix=prefix) as writer, RecordIndex() as seen:
+    with (ShardWriter(folder, max_rows=max_rows, max_bytes=max_bytes, prefix=prefix, claim=claim, ledger=ledger) as writer,
+          RecordIndex() as seen):
         for doc in read_plan(plan_file):
             for part in doc.parts:
                 if part.reused or (only is not None and part.key not in only) or not seen.add(part.key):

@@ -105,6 +105,7 @@ class RowOutcome:
     output_tokens: int  # answer + thinking
     model_version: str | None
     raw_text: str | None  # the model's text, kept on failure (truncated); None on success
+    reused: bool = False  # read from another run's job (adopted): that run paid for it
 
     def to_json(self) -> dict:
         return dict(self.__dict__)  # the fields in order (dataclasses.fields per record halved collection speed)
@@ -269,6 +270,8 @@ def read_output(
     expected_keys: Iterable[str],
     response_schema: Mapping | None,
     sink: Callable[[RowOutcome], None],
+    *,
+    adopted: bool = False,
 ) -> OutputReading:
     """Stream a job's output rows to ``sink`` as outcomes, at most one per expected key (the first row wins).
 
@@ -276,13 +279,14 @@ def read_output(
     bad line must not cost the rest of the job. An output that cannot be read
     (``OutputUnavailable`` from ``lines``) ends the reading, and the keys not
     read yet are ``unanswered``. Memory holds the expected keys once, whatever
-    the number of rows.
+    the number of rows. ``adopted``: the job is another run's, whose other keys
+    are no surprise, and the outcomes are marked reused.
     """
     validator = _validator(response_schema)
     answered = dict.fromkeys(expected_keys, False)  # in the order sent; True once a row for the key is read
     reading = OutputReading()
     try:
-        _read_rows(lines, answered, validator, sink, reading)
+        _read_rows(lines, answered, validator, _reused_sink(sink) if adopted else sink, reading, warn_unknown=not adopted)
     except OutputUnavailable as exc:
         reading.unavailable = str(exc)
     reading.unanswered = [key for key, done in answered.items() if not done]
@@ -291,7 +295,7 @@ def read_output(
 
 def _read_rows(
     lines: Iterable[bytes], answered: dict[str, bool], validator: _SchemaCheck | None,
-    sink: Callable[[RowOutcome], None], reading: OutputReading,
+    sink: Callable[[RowOutcome], None], reading: OutputReading, *, warn_unknown: bool = True,
 ) -> None:
     for number, line in enumerate(lines, start=1):
         if line.isspace() or not line:  # isspace stops at the first other byte; strip would copy the line
@@ -308,7 +312,8 @@ def _read_rows(
         done = answered.get(key) if isinstance(key, str) else None
         if done is None:
             reading.unknown_keys += 1
-            _warn(reading.unknown_keys, "Output line %d: key %r is not one this job was sent, ignored", number, key)
+            if warn_unknown:
+                _warn(reading.unknown_keys, "Output line %d: key %r is not one this job was sent, ignored", number, key)
             continue
         if done:
             reading.duplicate_keys += 1
@@ -322,6 +327,10 @@ def _read_rows(
         else:
             reading.failed += 1
         sink(outcome)
+
+
+def _reused_sink(sink: Callable[[RowOutcome], None]) -> Callable[[RowOutcome], None]:
+    return lambda outcome: sink(dataclasses.replace(outcome, reused=True))
 
 
 def _warn(count: int, message: str, *args: Any) -> None:
@@ -367,8 +376,10 @@ def document_record(doc: PlannedDocument, outcomes: Mapping[str, RowOutcome], re
 
 def _part_outcome(key: str, outcomes: Mapping[str, RowOutcome], reused: Mapping[str, Mapping]) -> tuple[RowOutcome, bool]:
     """This run's outcome for a key, else the earlier run's record (as a token-free success), else a failure."""
-    if key in outcomes:
+    if key in outcomes and not outcomes[key].reused:
         return outcomes[key], False
+    if key in outcomes:
+        return dataclasses.replace(outcomes[key], input_tokens=0, output_tokens=0), True
     if key in reused:
         stored = reused[key]
         return RowOutcome(key, "succeeded", stored.get("data"), None, stored.get("finish_reason"), 0, 0,

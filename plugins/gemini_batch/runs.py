@@ -21,6 +21,7 @@ appended to.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -37,11 +38,13 @@ from airflow.sdk import ObjectStoragePath
 
 from gemini_batch import documents, plan, results
 from gemini_batch.batch_requests import RequestSpec, ShardManifest
+from gemini_batch.claims import FROM_LEDGER, JobState, KeyClaimer
 from gemini_batch.cost import load_prices
+from gemini_batch.hooks import DEAD_STATES, is_terminal, state_name
+from gemini_batch.ledger import Claim, Ledger, LedgerEvent, claim_id, now_iso
 from gemini_batch.locations import as_path, is_gcs, uri_of
 from gemini_batch.record_index import RecordIndex
 from gemini_batch.staging import FilesApiStager, GcsStager, StagedPart
-from gemini_batch.store import FinishedStore
 
 log = logging.getLogger(__name__)
 WRITE_BATCH_BYTES = 2**20
@@ -49,7 +52,11 @@ FAILURES_LOGGED = 100  # the task log names this many failed documents with thei
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RETENTIONS = ("keep", "staged", "all")
+LEDGER_ROOT_ENV = "GEMINI_BATCH_STATE"  # where each DAG's ledger lives unless the state param names one
 TEMPLATED_PARAMS = ("source", "output", "state", "staging_prefix")
+
+
+RunState = Callable[[str, str], "str | None"]  # (dag id, run id) -> the run's state, from Airflow
 
 
 class RunConfigError(ValueError):
@@ -64,7 +71,8 @@ class RunSettings:
     output: ObjectStoragePath
     spec: RequestSpec
     gemini_conn_id: str = "gemini_default"
-    state: ObjectStoragePath | None = None  # the finished-key store; <output>/../_state by default
+    dag_id: str = "gemini_batch_extract"
+    state: ObjectStoragePath | None = None  # the ledger's folder (from_params: default_ledger(dag_id) if not given)
     staging_prefix: ObjectStoragePath | None = None  # Vertex: gs:// prefix for documents, shards and outputs
     limits: documents.Limits = field(default_factory=documents.Limits)
     max_rows: int = 10_000
@@ -72,9 +80,12 @@ class RunSettings:
     max_cost_usd: float | None = None
     retry_rounds: int = 2
     retention: str = "staged"
+    expiry: dt.timedelta = dt.timedelta(hours=24)
 
     @classmethod
-    def from_params(cls, params: Mapping, *, gcp_conn_id: str | None = None) -> RunSettings:
+    def from_params(
+        cls, params: Mapping, *, gcp_conn_id: str | None = None, dag_id: str = "gemini_batch_extract",
+    ) -> RunSettings:
         try:
             spec = RequestSpec(
                 model=params["model"], prompt=params["prompt"], response_schema=params.get("response_schema"),
@@ -97,7 +108,8 @@ class RunSettings:
             raise RunConfigError(f"retention must be one of {RETENTIONS}, got {params['retention']!r}")
         source = _location(params["source"], "source", gcp_conn_id)
         output = _location(params["output"], "output", gcp_conn_id)
-        state = _location(params["state"], "state", gcp_conn_id) if params.get("state") else None
+        state = (_location(params["state"], "state", gcp_conn_id) if params.get("state")
+                 else default_ledger(dag_id, gcp_conn_id))
         for name, location in (("output", output), ("state", state)):
             if location is not None and _inside(location, source):
                 raise RunConfigError(f"{name} {uri_of(location)} is inside source {uri_of(source)}: "
@@ -108,6 +120,7 @@ class RunSettings:
             output=output,
             spec=spec,
             gemini_conn_id=params.get("gemini_conn_id") or "gemini_default",
+            dag_id=dag_id,
             state=state,
             staging_prefix=_location(staging, "staging_prefix", gcp_conn_id) if staging else None,
             limits=limits,
@@ -116,6 +129,7 @@ class RunSettings:
             max_cost_usd=params.get("max_cost_usd"),
             retry_rounds=int(params.get("retry_rounds", 2)),
             retention=params.get("retention", "staged"),
+            expiry=dt.timedelta(hours=float(params.get("expiry_hours", 24))),
         )
 
     @classmethod
@@ -128,10 +142,18 @@ class RunSettings:
         for name in TEMPLATED_PARAMS:
             if isinstance(params.get(name), str):
                 params[name] = context["task"].render_template(params[name], render)
-        return cls.from_params(params, gcp_conn_id=gcp_conn_id)
+        return cls.from_params(params, gcp_conn_id=gcp_conn_id, dag_id=context["dag"].dag_id)
 
-    def store(self) -> FinishedStore:
-        return FinishedStore(self.state or self.output / "_state")
+    def ledger(self) -> Ledger:
+        return Ledger(self.state or default_ledger(self.dag_id))
+
+
+def default_ledger(dag_id: str, gcp_conn_id: str | None = None) -> ObjectStoragePath:
+    """``$GEMINI_BATCH_STATE/<dag id>``, else ``$AIRFLOW_HOME/gemini_batch/ledger/<dag id>``: never the run's
+    output or date, so every run of the DAG shares it. Workers on several machines need a shared one (gs://)."""
+    root = os.environ.get(LEDGER_ROOT_ENV) or os.path.join(
+        os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow"), "gemini_batch", "ledger")
+    return _location(root.rstrip("/") + "/" + dag_id, LEDGER_ROOT_ENV, gcp_conn_id)
 
 
 def _location(value: str, name: str, conn_id: str | None) -> ObjectStoragePath:
@@ -155,6 +177,7 @@ class RunFolder:
     """Where one run keeps its work files (see the module docstring)."""
 
     def __init__(self, settings: RunSettings, run_id: str, backend: str):
+        self.run_id = run_id
         self.slug = run_slug(run_id)
         self.work = settings.output / "_work" / self.slug
         if backend == "vertex":
@@ -193,7 +216,8 @@ def run_slug(run_id: str) -> str:
 
 
 def plan_documents(settings: RunSettings, folder: RunFolder) -> plan.PlanSummary:
-    with settings.store().index() as finished:
+    """Every document, keyed; a key the ledger holds as answered (by any earlier run) is reused, not requested."""
+    with settings.ledger().view() as finished:
         return plan.plan_run(
             settings.source, settings.spec, folder.plan, finished=finished, limits=settings.limits, prices=load_prices(),
         )
@@ -280,15 +304,28 @@ def reset_round(folder: RunFolder, round_: int) -> None:
     folder.unreadable(round_).unlink(missing_ok=True)
 
 
-def build_round(settings: RunSettings, folder: RunFolder, round_: int, only: set[str] | None = None) -> list[str]:
-    """Write round ``round_``'s shards; return their manifest URIs (what the submit tasks map over)."""
+def build_round(
+    settings: RunSettings, folder: RunFolder, round_: int, hook, run_state: RunState, only: set[str] | None = None,
+) -> list[str]:
+    """Claim round ``round_``'s keys, write the shards of those this run won and one adoption manifest per claim
+    whose keys another run requests; return the manifest URIs (what the submit tasks map over)."""
     reset_round(folder, round_)
+    ledger = settings.ledger()
+    me = Claim(claim_id(folder.slug, round_), settings.dag_id, folder.run_id, folder.slug, round_,
+               uri_of(folder.shards(round_)), built=False, created_at=now_iso())
+    ledger.write_claim(me)  # before any lease names it: a run that finds the lease must find the claim
+    claimer = KeyClaimer(ledger, me, job_state=lambda name: job_state(hook, name), run_state=run_state,
+                         expiry=settings.expiry, conn_id=hook.gcp_conn_id)
+    claimed = claimer.claim(plan.keys_to_request(folder.plan, only))
     with read_staged(folder) as staged:
         manifests, unbuilt = plan.build_shards(
             folder.plan, settings.source, staged, settings.spec, folder.shards(round_),
-            max_rows=settings.max_rows, max_bytes=settings.max_bytes, only=only,
+            max_rows=settings.max_rows, max_bytes=settings.max_bytes, only=claimed.won,
             prefix=f"r{round_}-shard",  # the shard id names the job: a retry of the same keys is a new job
+            claim=me.claim, ledger=uri_of(ledger.folder),
         )
+    manifests += _write_adoptions(folder.shards(round_), round_, claimed.adopted, uri_of(ledger.folder))
+    ledger.write_claim(dataclasses.replace(me, built=True))
     if unread := [{"key": key, "error": error} for key, error in unbuilt.items() if error]:
         folder.stage_failures.mkdir(parents=True, exist_ok=True)
         folder.unreadable(round_).write_bytes(b"".join(orjson.dumps(failure) + b"\n" for failure in unread))
@@ -298,13 +335,36 @@ def build_round(settings: RunSettings, folder: RunFolder, round_: int, only: set
     return [m.manifest_uri for m in manifests]
 
 
-def retry_round(settings: RunSettings, folder: RunFolder, round_: int, hook) -> list[str]:
+def _write_adoptions(
+    folder: ObjectStoragePath, round_: int, adopted: Mapping[str, list[str]], ledger_uri: str,
+) -> list[ShardManifest]:
+    """One manifest per claim this round waits for instead of requesting its keys."""
+    written = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for number, (holder, keys) in enumerate(sorted(adopted.items())):
+        shard_id = f"r{round_}-adopt-{number:05d}"
+        keys_path, manifest_path = folder / f"{shard_id}.keys", folder / f"{shard_id}.manifest.json"
+        keys_path.write_bytes(b"".join(key.encode() + b"\n" for key in keys))
+        manifest = ShardManifest(shard_id, "", len(keys), 0, uri_of(keys_path), uri_of(manifest_path),
+                                 ledger=ledger_uri, adopts=holder)
+        manifest_path.write_bytes(orjson.dumps(manifest.to_json(), option=orjson.OPT_INDENT_2))
+        written.append(manifest)
+    return written
+
+
+def job_state(hook, name: str) -> JobState:
+    job = hook.get_job(name)
+    state = state_name(job)
+    return JobState(state, is_terminal(job), state in DEAD_STATES, job.create_time)
+
+
+def retry_round(settings: RunSettings, folder: RunFolder, round_: int, hook, run_state: RunState) -> list[str]:
     """Round ``round_``'s shards of the keys that failed so far; none past the run's retry_rounds."""
     failed = keys_to_retry(settings, folder, round_, hook) if round_ <= settings.retry_rounds else set()
     if not failed:
         reset_round(folder, round_)
         return []
-    return build_round(settings, folder, round_, only=failed)
+    return build_round(settings, folder, round_, hook, run_state, only=failed)
 
 
 def keys_to_retry(settings: RunSettings, folder: RunFolder, round_: int, hook) -> set[str]:
@@ -346,6 +406,9 @@ def collect_round(settings: RunSettings, folder: RunFolder, round_: int, jobs: I
             with as_path(manifest.keys_uri, conn_id=manifest_file.conn_id).open("rb") as keys_file:
                 expected = [line.decode().strip() for line in keys_file if line.strip()]
             job = jobs_by_manifest.get(manifest.manifest_uri)
+            if manifest.adopts is not None:
+                counts = _collect_adopted(settings, manifest, job, expected, hook, write, write_missing, counts)
+                continue
             if job is None:
                 write_missing(expected, "no answer: the shard's job was not submitted")
                 continue
@@ -366,20 +429,52 @@ def collect_round(settings: RunSettings, folder: RunFolder, round_: int, jobs: I
     return counts
 
 
+def _collect_adopted(settings: RunSettings, manifest: ShardManifest, outcome: Mapping | None, expected: list[str],
+                     hook, write, write_missing, counts: dict) -> dict:
+    """Outcomes of keys another run requested: from the jobs its claim submitted, or from the ledger."""
+    if manifest.adopts == FROM_LEDGER:
+        with settings.ledger().view() as ledger:
+            remaining = []
+            for key in expected:
+                if (record := ledger.finished(key)) is not None:
+                    write(dataclasses.replace(results.RowOutcome.from_json(record), reused=True))
+                    counts["keys"] += 1
+                    counts["succeeded"] += 1
+                else:
+                    remaining.append(key)
+        write_missing(remaining, "no answer: another run released its lease before its answer reached the ledger")
+        return counts
+    remaining = expected
+    for job in (outcome or {}).get("adopted_jobs") or []:
+        if not remaining:
+            break
+        reading = results.read_output(hook.iter_output_lines(hook.get_job(job["job_name"])), remaining,
+                                      settings.spec.response_schema, write, adopted=True)
+        log.info("Job %s of claim %s (%s), adopted: %s", job["job_name"], manifest.adopts, job["state"], reading)
+        counts["keys"] += reading.outcomes
+        counts["succeeded"] += reading.succeeded
+        counts["failed"] += reading.failed
+        remaining = reading.unanswered
+    write_missing(remaining, f"no answer: the job of run claim {manifest.adopts} that requested it gave none")
+    return counts
+
+
 @contextlib.contextmanager
 def latest_outcomes(folder: RunFolder, last_round: int) -> Iterator[tuple[RecordIndex, dict[str, int]]]:
     """Each key's outcome in the latest round that requested it (indexed on disk: outcomes carry the data), and
     the input and output tokens of all rounds.
 
-    The tokens count every outcome read, not only the latest: failed attempts are billed too.
+    The tokens count every outcome read, not only the latest: failed attempts are billed too (but not what
+    was read from another run's job).
     """
     tokens = {"input_tokens": 0, "output_tokens": 0}
 
     def read(round_: int) -> Iterator[dict]:
         for data in _read_jsonl(folder.outcomes(round_)):
             outcome = results.RowOutcome.from_json(data)  # checks the record
-            tokens["input_tokens"] += outcome.input_tokens
-            tokens["output_tokens"] += outcome.output_tokens
+            if not outcome.reused:  # another run's job: that run was billed
+                tokens["input_tokens"] += outcome.input_tokens
+                tokens["output_tokens"] += outcome.output_tokens
             yield data
 
     with RecordIndex() as latest:
@@ -396,19 +491,19 @@ def last_round(folder: RunFolder, retry_rounds: int) -> int:
 
 
 def publish(settings: RunSettings, folder: RunFolder, summary: Mapping, *, jobs: int) -> dict:
-    """Write results.jsonl and summary.json (contract 6) and remember the answered keys."""
+    """Write results.jsonl and summary.json (contract 6) and append this run's answers to the ledger."""
     rounds = last_round(folder, settings.retry_rounds)
-    store = settings.store()
+    ledger = settings.ledger()
     totals = results.RunTotals()
     unsucceeded = 0
     settings.output.mkdir(parents=True, exist_ok=True)
-    with latest_outcomes(folder, rounds) as (outcomes, tokens), store.index() as finished:
+    with latest_outcomes(folder, rounds) as (outcomes, tokens), ledger.view() as finished:
         outcomes.put((results.missing_outcome(key, f"not requested: {error}").to_json()
                       for key, error in read_stage_failures(folder).items()), replace=False)
         with jsonl_writer(settings.output / "results.jsonl") as write:
             for doc in plan.read_plan(folder.plan):
                 answered = {p.key: results.RowOutcome.from_json(o) for p in doc.parts if (o := outcomes.get(p.key))}
-                reused = {p.key: r for p in doc.parts if p.reused and (r := finished.get(p.key)) is not None}
+                reused = {p.key: r for p in doc.parts if p.reused and (r := finished.finished(p.key)) is not None}
                 record = results.document_record(doc, answered, reused)
                 totals.add(record)
                 write(record)
@@ -419,8 +514,11 @@ def publish(settings: RunSettings, folder: RunFolder, summary: Mapping, *, jobs:
         if unsucceeded > FAILURES_LOGGED:
             log.warning("... and %d more documents failed or were rejected; all are in %s",
                         unsucceeded - FAILURES_LOGGED, uri_of(settings.output / "results.jsonl"))
-        now = dt.datetime.now(dt.timezone.utc).isoformat()
-        store.add(({**o, "finished_at": now} for o in outcomes.records("succeeded")), segment=f"{now[:19]}-{folder.slug}")
+        at = now_iso()
+        # Adopted answers too: the run that paid for them may have died before it could record them.
+        ledger.append((LedgerEvent(o["key"], "answered" if o["status"] == "succeeded" else "failed", folder.slug, at,
+                                   {**o, "reused": False}) for o in outcomes.records()), writer=folder.slug)
+    ledger.compact(writer=folder.slug)
     report = totals.to_json(
         requests=summary["requests"], jobs=jobs, retry_rounds=rounds, **tokens,
         estimated_cost_usd=round(summary["estimate"]["usd"], 6),
@@ -432,14 +530,23 @@ def publish(settings: RunSettings, folder: RunFolder, summary: Mapping, *, jobs:
 def clean_up(
     settings: RunSettings, folder: RunFolder, hook, job_names: Iterable[str], job_inputs: Iterable[str] = (),
 ) -> dict:
-    """Cancel this run's unfinished jobs (no orphaned billing), then delete files per ``retention``.
+    """Cancel this run's unfinished jobs (no orphaned billing), delete files per ``retention``, release leases.
 
     staged: the staged documents and the jobs' uploaded input files; all: also
-    the jobs' output files and the run's work folders.
+    the jobs' output files and the run's work folders. A staged document whose
+    key another run's claim now holds is left alone: that run's job reads it
+    (the Files API deletes it after 48 h anyway). The run's leases are released
+    last, so no other run takes a key over while this one still deletes.
     """
     job_names = list(dict.fromkeys(job_names))
     cancelled = sum(bool(hook.cancel_job(name)) for name in job_names)
-    deleted = 0
+    ledger = settings.ledger()
+    mine = {claim_id(folder.slug, round_) for round_ in range(settings.retry_rounds + 1)}
+    leases = ledger.current_leases()
+    run_keys = set(plan.keys_to_request(folder.plan)) if folder.plan.exists() else set()
+    held = ledger.holders({key: leases[key] for key in run_keys if key in leases})
+    counts = {"deleted": 0, "gone": 0, "failed": 0}
+    kept = 0
     if settings.retention in ("staged", "all"):
         uris = list(dict.fromkeys(job_inputs))
         if settings.retention == "all":
@@ -447,26 +554,21 @@ def clean_up(
                 job = hook.get_job(name)
                 uris.append(job.dest.file_name if job.dest else None)
         with read_staged(folder) as staged:
-            deleted = sum(_delete(part.uri, hook) for part in staged.values())
-        deleted += sum(_delete(uri, hook) for uri in uris if uri)
+            for key, part in staged.items():
+                if held.get(key) is None or held[key] in mine:
+                    uris.append(part.uri)
+                else:
+                    kept += 1
+        counts = hook.delete_files(uri for uri in uris if uri)
+    if kept:
+        log.info("Left %d staged document(s) in place: another run's claim holds their keys", kept)
     if settings.retention == "all":
         for path in {uri_of(folder.work): folder.work, uri_of(folder.remote): folder.remote}.values():
             if path.exists():
                 path.fs.rm(path.path, recursive=True)
-    return {"cancelled_jobs": cancelled, "deleted_files": deleted}
-
-
-def _delete(uri: str, hook) -> int:
-    """Delete a staged or uploaded file: a gs:// object or a Files API file (``files/ID`` or its URI)."""
-    try:
-        if uri.startswith("gs://"):
-            hook.storage_path(uri).unlink(missing_ok=True)
-        else:
-            hook.get_conn().files.delete(name="files/" + uri.rsplit("files/", 1)[-1])
-        return 1
-    except Exception as exc:  # noqa: BLE001 - clean-up is best effort; Files API uploads expire anyway
-        log.warning("Could not delete %s: %s", uri, exc)
-        return 0
+    released = ledger.release({key: leases[key] for key, holder in held.items() if holder in mine})
+    return {"cancelled_jobs": cancelled, "deleted_files": counts["deleted"] + counts["gone"],
+            "released_leases": released}
 
 
 # ------------------------------------------------------------------ helpers

@@ -1,0 +1,223 @@
+"""The ledger on its own: the fold, compaction, upgrades from the finished-key store, and leases claimed by
+racing threads on a local folder and on the GCS emulator (which honours ifGenerationMatch, like GCS)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime as dt
+import hashlib
+import uuid
+
+import orjson
+import pytest
+
+from gemini_batch import claims as claims_module
+from gemini_batch import ledger as ledger_module
+from gemini_batch.claims import FROM_LEDGER, JobState, KeyClaimer
+from gemini_batch.ledger import Claim, Ledger, LedgerEvent, claim_id, now_iso
+from gemini_batch.locations import as_path
+
+
+def key(n: int) -> str:
+    return hashlib.sha256(str(n).encode()).hexdigest()
+
+
+def answered(k: str, data, run: str = "run-a") -> LedgerEvent:
+    outcome = {"key": k, "status": "succeeded", "data": data, "error": None, "finish_reason": "STOP",
+               "input_tokens": 3, "output_tokens": 2, "model_version": "m", "raw_text": None, "reused": False}
+    return LedgerEvent(k, "answered", run, now_iso(), outcome)
+
+
+def failed(k: str, run: str = "run-a") -> LedgerEvent:
+    return LedgerEvent(k, "failed", run, now_iso(), {"key": k, "status": "failed", "error": "boom"})
+
+
+@pytest.fixture
+def ledger(tmp_path) -> Ledger:
+    return Ledger(as_path(tmp_path / "ledger"))
+
+
+def test_an_empty_ledger_knows_nothing(ledger):
+    with ledger.view() as view:
+        assert view.finished(key(1)) is None and key(1) not in view and view.finished_count() == 0
+
+
+def test_the_fold_keeps_the_latest_answer_and_ignores_failures(ledger):
+    ledger.append([answered(key(1), {"v": 1}), failed(key(2))], writer="run-a")
+    ledger.append([answered(key(1), {"v": 2}, run="run-b")], writer="run-b")
+    with ledger.view() as view:
+        assert view.finished(key(1))["data"] == {"v": 2}
+        assert key(2) not in view
+        assert view.finished_count() == 1
+
+
+def test_a_corrupt_line_costs_only_its_key(ledger, caplog):
+    ledger.append([answered(key(1), 1), answered(key(2), 2)], writer="run-a")
+    segment = next(ledger.events.iterdir())
+    lines = segment.read_bytes().splitlines()
+    segment.write_bytes(lines[0][:20] + b"\n" + lines[1] + b"\n")
+    with ledger.view() as view:
+        assert key(1) not in view and view.finished(key(2))["data"] == 2
+    assert "skipping" in caplog.text and "line 1" in caplog.text
+
+
+def test_a_finished_key_store_of_earlier_versions_is_read_and_folded_in(ledger):
+    """Upgrades keep what was paid for: the old store's segments (outcome records at the top level)."""
+    ledger.folder.mkdir(parents=True)
+    old = {"key": key(7), "status": "succeeded", "data": {"total": 7}, "error": None, "finish_reason": "STOP",
+           "input_tokens": 1, "output_tokens": 1, "model_version": "m", "raw_text": None, "finished_at": "2026-11-01"}
+    (ledger.folder / "2026-11-01T02_00_00-manual.jsonl").write_bytes(orjson.dumps(old) + b"\n")
+    with ledger.view() as view:
+        assert view.finished(key(7))["data"] == {"total": 7}
+    assert ledger.compact(writer="upgrade", force=True)
+    with ledger.view() as view:
+        assert view.unfolded == [] and view.finished(key(7))["data"] == {"total": 7}
+
+
+def test_compaction_folds_segments_into_a_snapshot_and_loses_nothing(ledger, monkeypatch):
+    for batch in range(ledger_module.COMPACT_AFTER_SEGMENTS - 1):
+        ledger.append([answered(key(batch * 10 + i), batch) for i in range(10)], writer=f"run-{batch}")
+    assert ledger.compact(writer="early") is None  # not enough segments yet
+    ledger.append([answered(key(999), "last")], writer="run-last")
+    snapshot = ledger.compact(writer="now")
+    assert snapshot is not None
+    ledger.append([answered(key(1000), "after")], writer="run-after")
+    with ledger.view() as view:
+        assert view.snapshot_name == f"{snapshot}.json"
+        assert [p.name for p in view.unfolded] == [next(p.name for p in ledger.events.iterdir() if "run-after" in p.name)]
+        assert view.finished_count() == (ledger_module.COMPACT_AFTER_SEGMENTS - 1) * 10 + 2
+        assert view.finished(key(999))["data"] == "last" and view.finished(key(1000))["data"] == "after"
+        assert view.finished(key(13))["data"] == 1
+    # Folded segments stay for their grace; a compaction after it removes them.
+    assert len(list(ledger.events.iterdir())) == ledger_module.COMPACT_AFTER_SEGMENTS + 1
+    monkeypatch.setattr(ledger_module, "SEGMENT_GRACE", dt.timedelta(seconds=-60))
+    ledger.compact(writer="later", force=True)
+    assert [p.name for p in ledger.events.iterdir()] == []
+    assert len([p for p in ledger.snapshots.iterdir() if p.name.endswith(".sqlite")]) == ledger_module.SNAPSHOTS_KEPT
+    with ledger.view() as view:
+        assert view.finished_count() == (ledger_module.COMPACT_AFTER_SEGMENTS - 1) * 10 + 2
+
+
+def test_two_runs_compacting_at_once_lose_nothing(ledger):
+    for batch in range(20):
+        ledger.append([answered(key(batch), batch)], writer=f"run-{batch}")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda w: ledger.compact(writer=w, force=True), ["one", "two"]))
+    ledger.append([answered(key(50), 50)], writer="late")
+    with ledger.view() as view:
+        assert view.finished_count() == 21 and all(key(b) in view for b in [*range(20), 50])
+
+
+def lease_race(ledger: Ledger, contenders: int = 16) -> list[str]:
+    ledger.prepare_leases()
+    k = key(42)
+    with concurrent.futures.ThreadPoolExecutor(contenders) as pool:
+        holders = list(pool.map(lambda n: ledger.try_lease(k, 0, f"claim-{n}"), range(contenders)))
+    return holders
+
+
+def test_sixteen_threads_racing_for_a_local_lease_agree_on_one_winner(ledger):
+    holders = lease_race(ledger)
+    assert len(set(holders)) == 1 and holders[0].startswith("claim-")
+    assert ledger.lease_holder(key(42), 0) == holders[0]
+
+
+def test_sixteen_threads_racing_for_a_gcs_lease_agree_on_one_winner(gcs_root):
+    holders = lease_race(Ledger(gcs_root / "ledgers" / uuid.uuid4().hex))
+    assert len(set(holders)) == 1 and holders[0].startswith("claim-")
+
+
+def claim_for(run: str, round_: int = 0, *, built: bool = False, shards: str = "/nonexistent") -> Claim:
+    return Claim(claim_id(run, round_), "gemini_batch_extract", f"manual__{run}", run, round_, shards, built, now_iso())
+
+
+def claimer(ledger: Ledger, me: Claim, *, jobs: dict | None = None, run_states: dict | None = None) -> KeyClaimer:
+    ledger.write_claim(me)
+    jobs = jobs or {}
+    run_states = run_states or {}
+    return KeyClaimer(ledger, me, job_state=lambda name: jobs[name], run_state=lambda dag, run: run_states.get(run),
+                      expiry=dt.timedelta(hours=24))
+
+
+def test_two_runs_claiming_the_same_keys_at_once_split_them_without_overlap(ledger):
+    keys = [key(n) for n in range(300)]
+    a, b = claim_for("run-a"), claim_for("run-b")
+    states = {"manual__run-a": "running", "manual__run-b": "running"}
+    first, second = claimer(ledger, a, run_states=states), claimer(ledger, b, run_states=states)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        got_a, got_b = pool.map(lambda c: c.claim(keys), [first, second])
+    assert got_a.won | got_b.won == set(keys) and not got_a.won & got_b.won
+    assert set(got_a.adopted.get(b.claim, [])) == got_b.won and set(got_b.adopted.get(a.claim, [])) == got_a.won
+
+
+def built_claim(ledger: Ledger, tmp_path, run: str, keys: list[str], job: str | None) -> Claim:
+    """A claim of another run whose one shard requests ``keys`` (as job ``job``, if submitted)."""
+    from gemini_batch.batch_requests import ShardWriter
+
+    shards = as_path(tmp_path / run / "round-0")
+    with ShardWriter(shards, prefix="r0-shard") as writer:
+        for k in keys:
+            writer.add({"key": k, "request": {}})
+    holder = claim_for(run, built=True, shards=str(shards.path))
+    ledger.write_claim(holder)
+    ledger.prepare_leases()
+    for k in keys:
+        assert ledger.try_lease(k, 0, holder.claim) == holder.claim
+    if job:
+        ledger.record_job(holder.claim, "r0-shard-00000", job)
+    return holder
+
+
+LIVE = JobState("JOB_STATE_RUNNING", False, False, dt.datetime.now(dt.timezone.utc))
+SUCCEEDED = JobState("JOB_STATE_SUCCEEDED", True, False, dt.datetime.now(dt.timezone.utc))
+FAILED = JobState("JOB_STATE_FAILED", True, True, dt.datetime.now(dt.timezone.utc))
+STUCK = JobState("JOB_STATE_PENDING", False, False, dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=25))
+
+
+@pytest.mark.parametrize(("job", "run_state", "round_", "adopt"), [
+    (LIVE, "failed", 0, True),  # its run died mid-wait, its job still runs: wait for that job
+    (SUCCEEDED, "failed", 0, True),  # the job answered: read its answers once
+    (SUCCEEDED, "failed", 1, False),  # ...and in a retry round, its failures are ours to request
+    (FAILED, "running", 0, False),  # a dead job delivers nothing
+    (STUCK, "running", 0, False),  # past its deadline
+    (None, "running", 0, True),  # not submitted yet by a live run
+    (None, "failed", 0, False),  # its run died before submitting
+])
+def test_a_lease_held_by_another_run_is_adopted_or_taken_over(ledger, tmp_path, job, run_state, round_, adopt):
+    keys = [key(n) for n in range(5)]
+    holder = built_claim(ledger, tmp_path, "run-a", keys, "batches/a" if job else None)
+    me = claim_for("run-b", round_)
+    result = claimer(ledger, me, jobs={"batches/a": job}, run_states={"manual__run-a": run_state}).claim(keys)
+    if adopt:
+        assert result.adopted == {holder.claim: keys} and not result.won
+    else:
+        assert result.won == set(keys) and not result.adopted
+        assert {ledger.lease_holder(k, 1) for k in keys} == {me.claim}
+        assert not any(p.name.endswith(".000000") for p in ledger.leases.iterdir()), "the dead generation is removed"
+
+
+def test_our_own_earlier_round_is_taken_over_and_a_repeated_build_keeps_its_claim(ledger, tmp_path):
+    keys = [key(n) for n in range(3)]
+    built_claim(ledger, tmp_path, "run-a", keys, "batches/a")
+    retry = claim_for("run-a", 1)
+    first = claimer(ledger, retry, jobs={"batches/a": SUCCEEDED}).claim(keys)
+    again = claimer(ledger, retry, jobs={"batches/a": SUCCEEDED}).claim(keys)
+    assert first.won == again.won == set(keys)
+
+
+def test_a_lease_released_while_it_is_read_is_taken_from_the_ledger(ledger, monkeypatch):
+    me = claim_for("run-b")
+    ledger.prepare_leases()
+    (ledger.leases / f"{key(1)}.000000").write_text("run-a-r0")
+    monkeypatch.setattr(Ledger, "lease_holder", lambda self, k, g: None)  # released between listing and reading
+    assert claimer(ledger, me).claim([key(1)]).adopted == {FROM_LEDGER: [key(1)]}
+
+
+def test_a_run_unknown_to_this_airflow_counts_as_alive_for_a_day():
+    fresh, old = claim_for("x"), Claim("x-r0", "d", "r", "x", 0, "/", False,
+                                       (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=2)).isoformat())
+
+    def unknown(dag_id, run_id):
+        raise RuntimeError("no such run here")
+
+    assert claims_module.run_alive(fresh, unknown) and not claims_module.run_alive(old, unknown)

@@ -1,0 +1,160 @@
+"""Runs that share one world: the next night's run, two runs of the same documents at once, a run after another
+was killed mid-wait. Real `airflow dags test` processes, one ledger (GEMINI_BATCH_STATE), one emulator; what was
+requested is counted from the emulator's own record of every job's input."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import new_airflow_home
+from dagrun import assert_contract, developer_conn, read_results, run_dag, start_dag, submitted_jobs
+from fpdf import FPDF
+
+
+def write_invoices(folder: Path, names: list[str]) -> None:
+    """Real one-page PDFs, each with its own text (so its own key)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        pdf = FPDF()
+        pdf.add_page()
+        pdf.set_font("Helvetica", size=12)
+        pdf.cell(text=f"Invoice {name}: total 10.00 EUR")
+        pdf.output(str(folder / f"{name}.pdf"))
+
+
+def requested_keys(server) -> list[str]:
+    return [key for _, keys in submitted_jobs(server) for key in keys]
+
+
+def test_the_next_nights_run_over_an_unchanged_folder_requests_nothing(airflow_home, tmp_path, start_emulator):
+    """A landing folder without {{ ds }}, the per-day output, no state param: the DAG's ledger carries over."""
+    server = start_emulator(time_scale=3600)
+    landing = tmp_path / "landing"
+    write_invoices(landing, ["a", "b", "c"])
+    conf = {"source": str(landing), "output": str(tmp_path / "output" / "{{ ds }}")}
+    conn = developer_conn(server.url)
+
+    run_dag(airflow_home, conn, conf, "2026-11-01").check()
+    assert len(requested_keys(server)) == 3
+    run_dag(airflow_home, conn, conf, "2026-11-02").check()
+    assert len(requested_keys(server)) == 3, "the second night sent nothing"
+    records, summary = read_results(tmp_path / "output" / "2026-11-02")
+    assert_contract(records, summary, landing)
+    assert summary["reused"] == summary["succeeded"] == 3 and summary["jobs"] == 0
+    assert all(r["reused"] and r["data"] for r in records.values())
+
+    write_invoices(landing, ["d"])
+    run_dag(airflow_home, conn, conf, "2026-11-03").check()
+    sent = requested_keys(server)
+    assert len(sent) == 4 and len(set(sent)) == 4, "only the new document was sent"
+    records, summary = read_results(tmp_path / "output" / "2026-11-03")
+    assert summary["succeeded"] == 4 and summary["reused"] == 3 and not records["d.pdf"]["reused"]
+    print(f"[nightly] requests sent per night: 3, 0, {len(sent) - 3}")
+
+
+@pytest.fixture
+def second_airflow_home(tmp_path_factory):
+    """Another Airflow (its own metadata database) whose runs share the first one's ledger."""
+    return new_airflow_home(tmp_path_factory.mktemp("airflow-home-2"))
+
+
+def test_two_runs_started_together_request_each_key_once(airflow_home, second_airflow_home, tmp_path, start_emulator):
+    """Both plan the same 6 PDFs at the same moment; the leases decide who requests each key, the other waits."""
+    server = start_emulator(time_scale=600, faults={"pending_seconds": 3000})  # jobs pend 5 s: the runs overlap
+    source = tmp_path / "source"
+    write_invoices(source, [f"doc-{n}" for n in range(6)])
+    conn = developer_conn(server.url)
+    ledger = {"GEMINI_BATCH_STATE": str(tmp_path / "ledgers")}
+    first = start_dag(airflow_home, conn, {"source": str(source), "output": str(tmp_path / "out-1")},
+                      "2026-11-05", ledger)
+    second = start_dag(second_airflow_home, conn, {"source": str(source), "output": str(tmp_path / "out-2")},
+                       "2026-11-05", ledger)
+    runs = [first.wait(), second.wait()]
+    for run in runs:
+        run.check()
+
+    sent = Counter(requested_keys(server))
+    assert len(sent) == 6 and set(sent.values()) == {1}, f"each key requested once in all: {sent}"
+    reused = []
+    for output in ("out-1", "out-2"):
+        records, summary = read_results(tmp_path / output)
+        assert_contract(records, summary, source)
+        assert summary["succeeded"] == 6 and summary["retry_rounds"] == 0, summary
+        reused.append(summary["reused"])
+    assert sum(reused) == 6, f"what one run requested the other reused: {reused}"
+    print(f"[overlap, together] requests sent {sum(sent.values())} for 6 documents in 2 runs; reused {reused}")
+
+
+def test_a_run_triggered_while_another_waits_takes_its_answers(airflow_home, second_airflow_home, tmp_path,
+                                                                start_emulator):
+    """The second run starts once the first one's job exists: it waits for that job instead of paying again,
+    and the first run's clean-up leaves nothing the second needs missing."""
+    server = start_emulator(time_scale=600, faults={"pending_seconds": 6000})  # 10 s pending
+    source = tmp_path / "source"
+    write_invoices(source, [f"doc-{n}" for n in range(6)])
+    conn = developer_conn(server.url)
+    ledger = {"GEMINI_BATCH_STATE": str(tmp_path / "ledgers")}
+    first = start_dag(airflow_home, conn, {"source": str(source), "output": str(tmp_path / "out-1")},
+                      "2026-11-06", ledger)
+    wait_for_jobs(server, 1)
+    second = start_dag(second_airflow_home, conn, {"source": str(source), "output": str(tmp_path / "out-2")},
+                       "2026-11-06", ledger)
+    first.wait().check()
+    second.wait().check()
+
+    assert len(submitted_jobs(server)) == 1 and Counter(requested_keys(server)) == Counter(
+        {k: 1 for k in requested_keys(server)}) and len(requested_keys(server)) == 6
+    records, summary = read_results(tmp_path / "out-2")
+    assert summary["succeeded"] == 6 and summary["reused"] == 6 and summary["jobs"] == 0
+    assert summary["retry_rounds"] == 0 and summary["input_tokens"] == 0, "the first run paid; this one did not"
+    print(f"[overlap, while waiting] requests sent {len(requested_keys(server))} for 6 documents in 2 runs")
+
+
+def test_a_run_after_one_killed_mid_wait_takes_over_and_pays_only_for_what_failed(airflow_home, tmp_path,
+                                                                                   start_emulator):
+    """The first run dies while its job runs. The next waits for that job, keeps every answer it gave, and
+    requests again only the rows the job failed (its leases taken over)."""
+    server = start_emulator(time_scale=600, faults={"pending_seconds": 6000, "row_error_rate": 0.3, "seed": 5})
+    source = tmp_path / "source"
+    write_invoices(source, [f"doc-{n}" for n in range(8)])
+    conn = developer_conn(server.url)
+    conf = {"source": str(source), "output": str(tmp_path / "out-{{ ds }}")}
+    killed = start_dag(airflow_home, conn, conf, "2026-11-07")
+    wait_for_jobs(server, 1)
+    killed.kill()
+
+    run_dag(airflow_home, conn, conf, "2026-11-08").check()
+    jobs = submitted_jobs(server)
+    first_keys = jobs[0][1]
+    failed_first = failed_rows(server, jobs[0][0])
+    later = [key for _, keys in jobs[1:] for key in keys]
+    assert len(first_keys) == 8
+    assert failed_first, "the fault plan failed some rows of the killed run's job"
+    assert set(later) <= set(failed_first), "nothing the killed run's job answered was requested again"
+    records, summary = read_results(tmp_path / "out-2026-11-08")
+    assert_contract(records, summary, source)
+    answered_first = set(first_keys) - set(failed_first)
+    assert {r["parts"][0]["key"] for r in records.values() if r["reused"]} >= answered_first
+    print(f"[killed mid-wait] first job {len(first_keys)} rows ({len(failed_first)} failed); "
+          f"the next run requested {len(later)} ({summary})")
+
+
+def wait_for_jobs(server, count: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while len(submitted_jobs(server)) < count:
+        assert time.monotonic() < deadline, f"no {count} job(s) after {timeout} s"
+        time.sleep(0.5)
+
+
+def failed_rows(server, display_name: str) -> list[str]:
+    """Keys of the rows the emulator answered with an error in the job of that display name (its Files API output)."""
+    jobs_dir = server.log_path.parent / "jobs"
+    job = next(json.loads(p.read_text()) for p in jobs_dir.glob("*.json") if json.loads(p.read_text())["display_name"]
+               == display_name)
+    output = server.log_path.parent / "files" / f"batch-{job['id']}.bin"  # the job's output file
+    rows = [json.loads(line) for line in output.read_text().splitlines() if line.strip()]
+    return [row["key"] for row in rows if "error" in row]
