@@ -5,7 +5,8 @@
 2. collection: a 1 GB output JSONL against a bare orjson loop;
 3. orchestration: the demo DAG under ``dags test`` split into Airflow and our
    tasks, and the triggerer's CPU per waiting job;
-4. scaling: preparation and collection at 1k, 10k and 100k documents.
+4. scaling: preparation and collection at 1k, 10k and 100k documents;
+5. ledger: planning 1,000 new PDFs against 0, 100k and 1M answered keys.
 
 Targets are printed beside the numbers, never asserted. Generated inputs are
 kept in the work folder (default /tmp/gemini-batch-bench) for the next run;
@@ -22,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import collect, orchestration, prepare
+from bench import collect, ledger, orchestration, prepare
 from bench.common import ROOT, Row
 
 COLUMNS = (("bench", "benchmark"), ("case", "case"), ("size", "size"), ("seconds", "s"), ("rate", "rate"),
@@ -32,11 +33,12 @@ COLUMNS = (("bench", "benchmark"), ("case", "case"), ("size", "size"), ("seconds
 def main() -> None:
     parser = argparse.ArgumentParser(prog="bin/bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes only: checks the benchmarks run")
-    parser.add_argument("--only", choices=["preparation", "collection", "orchestration", "scaling"], action="append")
+    parser.add_argument("--only", choices=["preparation", "collection", "orchestration", "scaling", "ledger"],
+                        action="append")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/gemini-batch-bench"))
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    chosen = set(args.only or ["preparation", "collection", "orchestration", "scaling"])
+    chosen = set(args.only or ["preparation", "collection", "orchestration", "scaling", "ledger"])
     small, large = (200, 1_000) if args.quick else (1_000, 10_000)
 
     plans = []
@@ -53,6 +55,9 @@ def main() -> None:
                 r for r in prepare.run(args.workdir, count, baseline=False, bench="scaling") if r.case.startswith("ours")])
             plans.append(lambda count=count: [
                 r for r in collect.run(args.workdir, keys=count, bench="scaling") if r.case.startswith("ours")])
+
+    if "ledger" in chosen:
+        plans.append(lambda: ledger.run(args.workdir, small, (0, 2_000, 20_000) if args.quick else ledger.SIZES))
 
     rows: list[Row] = []
     started = time.perf_counter()

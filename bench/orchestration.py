@@ -104,7 +104,9 @@ def dag_test(home: str, url: str, folder: str, runs: int) -> dict:
     measured = []
     for i in range(runs):
         output = Path(folder) / f"dag-output-{i}"
-        conf = {"source": DEMO_SOURCE, "output": str(output), "poll_seconds": DEMO_POLL_SECONDS}
+        # A ledger of its own per run: each run measures the whole pipeline, not a reuse of the one before.
+        conf = {"source": DEMO_SOURCE, "output": str(output), "poll_seconds": DEMO_POLL_SECONDS,
+                "state": str(output / "ledger")}
         launched, start = time.time(), time.perf_counter()
         done = subprocess.run([str(ROOT / "bin" / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)],
                               env=env, capture_output=True, text=True)
@@ -174,7 +176,7 @@ def our_steps(home: str, url: str, output: str) -> dict:
 
     imports_s = time.perf_counter() - started
     params = {name: param.value for name, param in dag_file.PARAMS.items()}
-    params.update(source=DEMO_SOURCE, output=output, poll_seconds=DEMO_POLL_SECONDS)
+    params.update(source=DEMO_SOURCE, output=output, poll_seconds=DEMO_POLL_SECONDS, state=f"{output}/ledger")
     run_id = f"manual__{dt.datetime.now(dt.timezone.utc).isoformat()}"
     ti = _TaskInstance(DAG_ID, run_id)
     context = {"ti": ti}
@@ -215,8 +217,8 @@ def our_steps(home: str, url: str, output: str) -> dict:
         return runs.stage_documents(settings, folder, hook)
 
     def build_requests():
-        settings, folder, _ = open_run()
-        return runs.build_round(settings, folder, 0)
+        settings, folder, hook = open_run()
+        return runs.build_round(settings, folder, 0, hook)
 
     def collect_results(round_, jobs):
         settings, folder, hook = open_run()

@@ -40,7 +40,7 @@ def ours(source: str, work: str, url: str) -> dict:
 
     hook = GeminiBatchHook()
     settings = runs.RunSettings.from_params({"source": source, "output": work, "model": "gemini-2.5-flash",
-                                             "prompt": PROMPT, "response_schema": SCHEMA})
+                                             "prompt": PROMPT, "response_schema": SCHEMA, "state": f"{work}/ledger"})
     folder = runs.RunFolder(settings, "bench", hook.backend)
     steps: dict[str, float] = {}
     peaks: dict[str, float] = {"start": peak_rss_mb()}  # the process's peak so far, after each step
@@ -56,7 +56,7 @@ def ours(source: str, work: str, url: str) -> dict:
     peaks["stage"] = peak_rss_mb()
 
     start = time.perf_counter()
-    manifests = [ShardManifest.load(as_path(uri)) for uri in runs.build_round(settings, folder, 0)]
+    manifests = [ShardManifest.load(as_path(uri)) for uri in runs.build_round(settings, folder, 0, hook)]
     steps["build"] = time.perf_counter() - start
     peaks["build"] = peak_rss_mb()
 

@@ -119,7 +119,7 @@ def stage_documents() -> dict:
 @task
 def build_requests() -> list[str]:
     settings, folder, hook = _open_run()
-    return runs.build_round(settings, folder, 0, hook, get_current_context()["ti"].get_dagrun_state)
+    return runs.build_round(settings, folder, 0, hook, run_state=get_current_context()["ti"].get_dagrun_state)
 
 
 @task(trigger_rule=TriggerRule.NONE_FAILED)
@@ -131,7 +131,7 @@ def collect_results(round_: int, jobs) -> dict:
 @task(trigger_rule=TriggerRule.NONE_FAILED)
 def prepare_retry(round_: int) -> list[str]:
     settings, folder, hook = _open_run()
-    return runs.retry_round(settings, folder, round_, hook, get_current_context()["ti"].get_dagrun_state)
+    return runs.retry_round(settings, folder, round_, hook, run_state=get_current_context()["ti"].get_dagrun_state)
 
 
 def submit_and_wait(manifests):

@@ -34,8 +34,7 @@ _SESSION_KEY = "x-gemini-emulator-preconditions"  # an upload session's precondi
 _MESSAGE = "At least one of the pre-conditions you specified did not hold."
 PRECONDITION_FAILED = {"error": {"code": 412, "message": _MESSAGE, "errors": [
     {"domain": "global", "reason": "conditionNotMet", "message": _MESSAGE, "locationType": "header", "location": "If-Match"}]}}
-_XML_PRECONDITION_FAILED = ("<?xml version='1.0' encoding='UTF-8'?><Error><Code>PreconditionFailed</Code>"
-                            f"<Message>{_MESSAGE}</Message></Error>")
+_XML_ERROR = "<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
 
 
 class _Unmet(Exception):
@@ -118,7 +117,8 @@ def _invalid(err: _Invalid) -> dict:
 def _reject(response, status: HTTPStatus, body: dict, xml: bool) -> None:
     response.status = status
     if xml:
-        response.write_file(_XML_PRECONDITION_FAILED.encode(), "application/xml; charset=UTF-8")
+        code = "PreconditionFailed" if status == HTTPStatus.PRECONDITION_FAILED else "InvalidArgument"
+        response.write_file(_XML_ERROR.format(code=code, message=body["error"]["message"]).encode(), "application/xml; charset=UTF-8")
     else:
         response.json(body)
 

@@ -75,6 +75,12 @@ def seed_job_history(data_dir: Path, count: int, *, days: float = 30.0, model: s
         em.stop()
 
 
+@pytest.fixture(autouse=True)
+def own_ledgers(tmp_path, monkeypatch):
+    """Every test's runs keep their ledger in its own folder: no test reuses another's answers."""
+    monkeypatch.setenv("GEMINI_BATCH_STATE", str(tmp_path / "ledgers"))
+
+
 @pytest.fixture(scope="session")
 def gcs(tmp_path_factory):
     """One gcp-storage-emulator for the session, with the bucket ``test-bucket``."""

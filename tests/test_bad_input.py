@@ -266,7 +266,7 @@ def test_a_source_that_disappears_mid_run_fails_only_what_it_still_needed(start_
     late.rename(source / "late.pdf")
     shutil.rmtree(source)  # gone after staging, before the requests are built
 
-    (manifest_uri,) = runs.build_round(settings, folder, 0)
+    (manifest_uri,) = runs.build_round(settings, folder, 0, None)
     assert as_path(manifest_uri).exists()
     src = hook.upload_jsonl(hook.storage_path(ShardManifest.load(manifest_uri).uri), "gbs-vanish")
     job = wait_until_ended(hook, hook.create_job(model=MODEL, src=src, display_name="vanish").name)
@@ -288,7 +288,7 @@ def test_a_source_that_disappears_mid_run_fails_only_what_it_still_needed(start_
     assert runs.read_stage_failures(folder).keys() == {late_key, note_key}
     (source / "sub").mkdir(parents=True)
     (source / "sub" / "note.txt").write_text("Invoice T-2, total 2.00 EUR\n")
-    runs.build_round(settings, folder, 0)
+    runs.build_round(settings, folder, 0, None)
     assert runs.read_stage_failures(folder).keys() == {late_key}
 
 

@@ -52,7 +52,7 @@ def test_developer_run_over_the_samples(airflow_home, source, tmp_path, start_em
     # Incremental: the same folder again plans and submits nothing, and every record is still there.
     output2 = tmp_path / "out2"
     again = run_dag(airflow_home, developer_conn(server.url),
-                    {"source": str(source), "output": str(output2), "state": str(output / "_state")}, "2026-11-02")
+                    {"source": str(source), "output": str(output2)}, "2026-11-02")  # the same (default) ledger
     again.check()
     records2, summary2 = read_results(output2)
     assert_contract(records2, summary2, source)

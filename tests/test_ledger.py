@@ -221,3 +221,14 @@ def test_a_run_unknown_to_this_airflow_counts_as_alive_for_a_day():
         raise RuntimeError("no such run here")
 
     assert claims_module.run_alive(fresh, unknown) and not claims_module.run_alive(old, unknown)
+
+
+def test_a_run_state_from_the_execution_api_is_read_by_its_value():
+    """get_dagrun_state answers the Execution API's enum, whose str() is "DagRunState.RUNNING", not "running"."""
+    from airflow.sdk.api.datamodels._generated import DagRunState
+
+    claim = claim_for("x")
+    assert claims_module.run_alive(claim, lambda dag_id, run_id: DagRunState.RUNNING)
+    assert claims_module.run_alive(claim, lambda dag_id, run_id: DagRunState.QUEUED)
+    assert not claims_module.run_alive(claim, lambda dag_id, run_id: DagRunState.FAILED)
+    assert not claims_module.run_alive(claim, lambda dag_id, run_id: "success")

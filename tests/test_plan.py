@@ -18,7 +18,7 @@ from gemini_batch.batch_requests import RequestSpec
 from gemini_batch.cost import load_prices
 from gemini_batch.locations import as_path
 from gemini_batch.staging import FilesApiStager, GcsStager, StagedPart
-from gemini_batch.store import FinishedStore
+from gemini_batch.ledger import Ledger, LedgerEvent
 from gemini_batch.validate import validate_jsonl
 
 SCHEMA = {"type": "object", "properties": {"invoice_number": {"type": "string"}, "date": {"type": "string"}}}
@@ -140,18 +140,18 @@ def test_vertex_stage_to_gcs(source, tmp_path, gcs_root):
 
 def test_rerun_over_unchanged_folder_plans_zero_requests(source, tmp_path):
     first = run_plan(source, tmp_path / "w1")
-    store = FinishedStore(as_path(tmp_path / "state"))
-    done = [{"key": p.key, "data": {"ok": True}, "usage": {"input_tokens": 1, "output_tokens": 1},
-             "finish_reason": "STOP", "model_version": SPEC.model, "finished_at": "2026-11-24T00:00:00Z"}
+    ledger = Ledger(as_path(tmp_path / "state"))
+    done = [LedgerEvent(p.key, "answered", "run-1", "2026-11-24T00:00:00Z",
+                        {"key": p.key, "status": "succeeded", "data": {"ok": True}, "finish_reason": "STOP"})
             for d in plan.read_plan(as_path(first.plan_uri)) for p in d.parts]
-    store.add(done, segment="run-1")
+    ledger.append(done, writer="run-1")
 
-    with store.index() as finished:
+    with ledger.view() as finished:
         second = run_plan(source, tmp_path / "w2", finished=finished)
     assert (second.requests, second.reused_parts, second.documents) == (0, first.parts, first.documents)
     assert list(plan.parts_to_stage(as_path(second.plan_uri), as_path(source))) == []
 
     write_pdf(source / "new.pdf", 2, "Invoice C-9")
-    with store.index() as finished:
+    with ledger.view() as finished:
         third = run_plan(source, tmp_path / "w3", finished=finished)
     assert third.requests == 1 and third.documents == first.documents + 1

@@ -64,13 +64,40 @@ def test_clean_up_cancels_unfinished_jobs_and_deletes_staged_uploads(start_emula
     stuck = submit_shard(hook, write_shard(as_path(tmp_path / "shards")), "gb-cleanup-test")
     (job_input,) = [f.name for f in hook.get_conn().files.list() if f.name.startswith("files/gbs-")]
 
+    runs.build_round(settings, folder, 0, hook)  # leases the run's 8 keys
+
     report = runs.clean_up(settings, folder, hook, [stuck.name], [job_input])
-    assert report == {"cancelled_jobs": 1, "deleted_files": 8}  # 7 staged documents and the job's input
+    assert report == {"cancelled_jobs": 1, "deleted_files": 8, "released_leases": 8}  # 7 staged + the job's input
+    assert settings.ledger().current_leases() == {}
     assert hook.get_job(stuck.name).state.name in ("JOB_STATE_CANCELLED", "JOB_STATE_CANCELLING")
     assert list(hook.get_conn().files.list()) == []
     # cancelling again finds nothing to cancel and fails nothing
     assert runs.clean_up(settings, folder, hook, [stuck.name])["cancelled_jobs"] == 0
     assert json.loads(json.dumps(report)) == report
+
+
+def test_clean_up_leaves_a_staged_document_another_runs_claim_holds(start_emulator, monkeypatch, tmp_path):
+    """Another run took one key over (its claim holds the lease now): its job reads that upload, so it stays."""
+    server = start_emulator(time_scale=3600)
+    use_developer(monkeypatch, server.url)
+    hook = GeminiBatchHook()
+    source = tmp_path / "source"
+    shutil.copytree(SAMPLES, source)
+    settings = runs.RunSettings.from_params({**PARAMS, "source": str(source), "output": str(tmp_path / "out")})
+    folder = runs.RunFolder(settings, "manual__kept", "developer")
+    runs.plan_documents(settings, folder)
+    runs.stage_documents(settings, folder, hook)
+    runs.build_round(settings, folder, 0, hook)
+    ledger = settings.ledger()
+    with runs.read_staged(folder) as staged:
+        taken, part = next(iter(staged.items()))
+    generation = ledger.current_leases()[taken]
+    assert ledger.try_lease(taken, generation + 1, "another-run-r1") == "another-run-r1"
+
+    report = runs.clean_up(settings, folder, hook, [])
+    assert report == {"cancelled_jobs": 0, "deleted_files": 6, "released_leases": 7}
+    assert [f.uri for f in hook.get_conn().files.list()] == [part.uri]
+    assert ledger.current_leases() == {taken: generation + 1}
 
 
 def test_retry_restages_an_upload_that_is_gone(start_emulator, monkeypatch, tmp_path):
@@ -92,7 +119,7 @@ def test_retry_restages_an_upload_that_is_gone(start_emulator, monkeypatch, tmp_
 
     assert runs.keys_to_retry(settings, folder, 1, hook) == {key}
     assert hook.get_conn().files.get(name=name).state.name == "ACTIVE"
-    assert runs.build_round(settings, folder, 1, only={key})  # one shard, with the fresh upload's URI
+    assert runs.build_round(settings, folder, 1, hook, only={key})  # one shard, with the fresh upload's URI
 
 
 def test_a_cleared_run_forgets_its_earlier_rounds(tmp_path):
@@ -100,15 +127,15 @@ def test_a_cleared_run_forgets_its_earlier_rounds(tmp_path):
     settings = runs.RunSettings.from_params({**PARAMS, "output": str(tmp_path / "out")})
     folder = runs.RunFolder(settings, "manual__cleared", "developer")
     runs.plan_documents(settings, folder)
-    first = runs.build_round(settings, folder, 0)  # nothing staged here: only the Markdown document goes inline
+    first = runs.build_round(settings, folder, 0, None)  # nothing staged here: only the Markdown document goes inline
     assert len(first) == 1
     stale = folder.outcomes(1)
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_text(json.dumps(results.missing_outcome("k", "old").to_json()) + "\n")
 
-    assert runs.build_round(settings, folder, 0, only=set()) == []  # the second try requests nothing
+    assert runs.build_round(settings, folder, 0, None, only=set()) == []  # the second try requests nothing
     assert not folder.shards(0).exists() or list(folder.shards(0).iterdir()) == []
-    assert runs.retry_round(settings, folder, 1, hook=None) == []  # nothing failed: no round 1, and no stale file
+    assert runs.retry_round(settings, folder, 1, None) == []  # nothing failed: no round 1, and no stale file
     assert not stale.exists()
     assert runs.last_round(folder, settings.retry_rounds) == 0
 
@@ -163,7 +190,7 @@ def finished_round_0(server_url: str, monkeypatch, tmp_path, name: str):
     folder = runs.RunFolder(settings, f"manual__{name}", "developer")
     runs.plan_documents(settings, folder)
     runs.stage_documents(settings, folder, hook)
-    (manifest_uri,) = runs.build_round(settings, folder, 0)
+    (manifest_uri,) = runs.build_round(settings, folder, 0, None)
     src = hook.upload_jsonl(hook.storage_path(runs.ShardManifest.load(manifest_uri).uri), f"gbs-{name}")
     job = wait_until_ended(hook, hook.create_job(model=PARAMS["model"], src=src, display_name=name).name)
     return settings, folder, hook, job, [{"manifest_uri": manifest_uri, "job_name": job.name, "state": job.state.name}]

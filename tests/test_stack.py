@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from stack import ApiError, Stack
-from dagrun import assert_contract, read_results, submitted_jobs
+from dagrun import assert_contract, ledger_root, read_results, submitted_jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "include" / "samples"
@@ -36,6 +36,8 @@ def q(value: str) -> str:
 
 
 def trigger(stack: Stack, run_id: str, logical_date: str, conf: dict) -> dict:
+    """Trigger a run; its ledger is its test's own (beside the output) unless the conf names one."""
+    conf = {"state": str(ledger_root(conf) / DAG), **conf}
     return stack.api("POST", f"/dags/{DAG}/dagRuns", {"dag_run_id": run_id, "logical_date": logical_date, "conf": conf})
 
 
@@ -363,3 +365,42 @@ def test_backfill_processes_each_dated_folder_once(stack, tmp_path):
         # the rerun of a completed run takes its answers from its own earlier round (not the state store), so
         # `reused` stays 0 and `jobs` counts that earlier job; what matters here: nothing planned, nothing sent
         assert summary["requests"] == 0 and summary["succeeded"] == n
+
+
+def test_two_overlapping_runs_on_celery_request_each_key_once(stack, tmp_path):
+    """Two runs of the same documents triggered together through the REST API, one ledger, CeleryExecutor
+    workers: the leases let exactly one run request each key, the other waits for that job (deferred), and both
+    publish every document without a retry round."""
+    from fpdf import FPDF
+
+    source = tmp_path / "source"
+    source.mkdir()
+    for n in range(6):
+        pdf = FPDF()
+        pdf.add_page()
+        pdf.set_font("Helvetica", size=12)
+        pdf.cell(text=f"Overlap invoice {n}: total {n}.00 EUR")
+        pdf.output(str(source / f"overlap-{n}.pdf"))
+    jobs_before = len(emulator_jobs(stack))
+    stamp = int(time.time())
+    runs = {f"stack-overlap-{i}-{stamp}": tmp_path / f"out-{i}" for i in (1, 2)}
+    t0 = time.monotonic()
+    for (run_id, output), day in zip(runs.items(), ("2026-11-20T00:00:00Z", "2026-11-21T00:00:00Z")):
+        trigger(stack, run_id, day, {"source": str(source), "output": str(output), "poll_seconds": 1,
+                                     "state": str(tmp_path / "ledger")})
+    for run_id in runs:
+        state, _, _ = wait_run(stack, run_id, timeout=600)
+        assert state == "success", failure_report(stack, run_id)
+    stack.timings["overlap runs"] = time.monotonic() - t0
+
+    sent = [key for _, keys in emulator_jobs(stack)[jobs_before:] for key in keys]
+    assert len(sent) == len(set(sent)) == 6, f"each key requested once in all: {sent}"
+    reused = []
+    for output in runs.values():
+        records, summary = read_results(output)
+        assert_contract(records, summary, source)
+        assert summary["succeeded"] == 6 and summary["retry_rounds"] == 0, summary
+        reused.append(summary["reused"])
+    assert sum(reused) == 6, reused
+    say(f"overlap on celery: 2 runs, {len(sent)} requests for 6 documents, reused {reused}, "
+        f"{stack.timings['overlap runs']:.0f}s")

@@ -165,8 +165,8 @@ def run_alive(claim: Claim, run_state: Callable[[str, str], str | None]) -> bool
     except Exception as exc:  # noqa: BLE001 - another Airflow's run, or no API to ask: judge by age
         log.debug("Cannot read the state of run %s of %s: %s", claim.run_id, claim.dag_id, exc)
         state = None
-    if state is not None:
-        return str(state).lower() in LIVE_RUN_STATES
+    if state is not None:  # an enum from the Execution API's models (whose str() is "DagRunState.RUNNING"), or a str
+        return str(getattr(state, "value", state)).lower() in LIVE_RUN_STATES
     created = dt.datetime.fromisoformat(claim.created_at)
     return dt.datetime.now(dt.timezone.utc) - created < UNKNOWN_RUN_ALIVE
 

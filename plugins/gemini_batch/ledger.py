@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 SEGMENT_SUFFIX = ".jsonl"
 COMPACT_AFTER_SEGMENTS = 16  # segments outside the snapshot before a run folds them into a new one
+COMPACT_AFTER_EVENTS = 50_000  # ... or answered events outside it: what every view reads one by one
+VIEW_CACHE_KIB = 64 * 1024
 SEGMENT_GRACE = dt.timedelta(hours=1)  # a folded segment stays this long for readers that listed it before
 SNAPSHOTS_KEPT = 2
 CLAIMS_KEPT = dt.timedelta(days=7)
@@ -97,7 +99,13 @@ class LedgerEvent:
     def from_json(cls, data: Mapping) -> LedgerEvent:
         if "event" not in data and isinstance(data.get("key"), str):  # a finished-store record of earlier versions
             return cls(data["key"], "answered", data.get("run") or "legacy", data.get("finished_at") or "", dict(data))
-        return from_record(cls, data, "ledger event")
+        try:  # by hand, not from_record: a view reads every event of the newer segments
+            event = cls(data["key"], data["event"], data["run"], data["at"], data.get("outcome"))
+        except KeyError as exc:
+            raise ValueError(f"ledger event lacks {exc.args[0]}") from None
+        if not isinstance(event.key, str):
+            raise ValueError(f"ledger event key must be a string, got {event.key!r}")
+        return event
 
 
 @dataclass(frozen=True)
@@ -197,7 +205,7 @@ class Ledger:
         newest snapshot lists it and its grace has passed.
         """
         with self.view() as view:
-            if not force and len(view.unfolded) < COMPACT_AFTER_SEGMENTS:
+            if not force and len(view.unfolded) < COMPACT_AFTER_SEGMENTS and view.unfolded_events < COMPACT_AFTER_EVENTS:
                 return None
             stem = f"{_stamp()}-{safe_name(writer)}"
             with tempfile.TemporaryDirectory(prefix="gemini-ledger-") as tmp:
@@ -290,8 +298,7 @@ class Ledger:
         """Create the lease ``key.generation`` for ``claim`` unless it exists; return the claim that holds it."""
         path = self._lease(key, generation)
         try:
-            with path.open("xb") as out:  # GCS: ifGenerationMatch=0; local: O_CREAT | O_EXCL
-                out.write(claim.encode())
+            _create_exclusive(path, claim.encode())
         except FileExistsError:
             return self.lease_holder(key, generation) or claim_lost(key)
         else:
@@ -318,6 +325,26 @@ class Ledger:
         self.leases.mkdir(parents=True, exist_ok=True)
 
 
+def _create_exclusive(path: ObjectStoragePath, content: bytes) -> None:
+    """Create ``path`` holding ``content``, or raise FileExistsError; nobody ever sees it empty.
+
+    GCS: an upload with ifGenerationMatch=0 (the object appears whole, or the
+    create fails with 412). Local: the content goes to a private file first,
+    which is then hard-linked to the name (link fails if the name exists).
+    """
+    if is_gcs(path):
+        with path.open("xb") as out:
+            out.write(content)
+        return
+    fd, private = tempfile.mkstemp(prefix=".lease-", dir=os.path.dirname(path.path))
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+        os.link(private, path.path)
+    finally:
+        os.unlink(private)
+
+
 def claim_lost(key: str) -> str:
     """A lease that exists but cannot be read back (removed meanwhile): another run holds or held it."""
     return f"unknown-holder-of-{key[:12]}"
@@ -335,7 +362,8 @@ class LedgerView:
         self.ledger = ledger
         self._tmp = tempfile.TemporaryDirectory(prefix="gemini-ledger-view-")
         self._db = sqlite3.connect("", check_same_thread=False)
-        self._db.executescript("""
+        self._db.executescript(f"""
+            PRAGMA cache_size = -{VIEW_CACHE_KIB};
             PRAGMA journal_mode = OFF;
             PRAGMA synchronous = OFF;
             CREATE TABLE finished (key TEXT PRIMARY KEY, record BLOB) WITHOUT ROWID;
@@ -351,6 +379,7 @@ class LedgerView:
             self._db.executemany(
                 "INSERT OR REPLACE INTO finished VALUES (?, ?)",
                 ((e.key, orjson.dumps(e.outcome)) for e in _segment_events(segment) if e.event == "answered"))
+        self.unfolded_events = self._db.total_changes
 
     def _attach(self, sqlite_path: ObjectStoragePath) -> None:
         if is_gcs(sqlite_path):

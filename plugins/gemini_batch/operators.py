@@ -197,11 +197,11 @@ class GeminiBatchSubmitOperator(BaseOperator):
 
         A stored job name is one get. A submit that started but stored no name (the worker died in between)
         pages back only to its start; nothing stored means nothing submitted: no look-up. Without a store
-        (``execute`` called outside a task run) the search goes back to the DAG run's start, if there is one.
+        (``execute`` called outside a task run) the search goes back to when the DAG run was due, if there is one.
         """
         if store is None:
             dag_run = context.get("dag_run")
-            started = dag_run.start_date if dag_run is not None else None
+            started = getattr(dag_run, "run_after", None)  # before the first try; a clear resets start_date
             return hook.find_job(display_name, created_after=started - CLOCK_SKEW if started else None)
         if job_name := store.get(JOB_NAME_KEY):
             try:

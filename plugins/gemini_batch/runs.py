@@ -56,7 +56,7 @@ LEDGER_ROOT_ENV = "GEMINI_BATCH_STATE"  # where each DAG's ledger lives unless t
 TEMPLATED_PARAMS = ("source", "output", "state", "staging_prefix")
 
 
-RunState = Callable[[str, str], "str | None"]  # (dag id, run id) -> the run's state, from Airflow
+RunState = Callable[[str, str], "str | None"]  # (dag id, run id) -> the run's state, from Airflow; None: unknown
 
 
 class RunConfigError(ValueError):
@@ -305,7 +305,8 @@ def reset_round(folder: RunFolder, round_: int) -> None:
 
 
 def build_round(
-    settings: RunSettings, folder: RunFolder, round_: int, hook, run_state: RunState, only: set[str] | None = None,
+    settings: RunSettings, folder: RunFolder, round_: int, hook, *, only: set[str] | None = None,
+    run_state: RunState = lambda dag_id, run_id: None,
 ) -> list[str]:
     """Claim round ``round_``'s keys, write the shards of those this run won and one adoption manifest per claim
     whose keys another run requests; return the manifest URIs (what the submit tasks map over)."""
@@ -315,7 +316,7 @@ def build_round(
                uri_of(folder.shards(round_)), built=False, created_at=now_iso())
     ledger.write_claim(me)  # before any lease names it: a run that finds the lease must find the claim
     claimer = KeyClaimer(ledger, me, job_state=lambda name: job_state(hook, name), run_state=run_state,
-                         expiry=settings.expiry, conn_id=hook.gcp_conn_id)
+                         expiry=settings.expiry, conn_id=hook.gcp_conn_id if hook else None)
     claimed = claimer.claim(plan.keys_to_request(folder.plan, only))
     with read_staged(folder) as staged:
         manifests, unbuilt = plan.build_shards(
@@ -358,13 +359,15 @@ def job_state(hook, name: str) -> JobState:
     return JobState(state, is_terminal(job), state in DEAD_STATES, job.create_time)
 
 
-def retry_round(settings: RunSettings, folder: RunFolder, round_: int, hook, run_state: RunState) -> list[str]:
+def retry_round(
+    settings: RunSettings, folder: RunFolder, round_: int, hook, *, run_state: RunState = lambda dag_id, run_id: None,
+) -> list[str]:
     """Round ``round_``'s shards of the keys that failed so far; none past the run's retry_rounds."""
     failed = keys_to_retry(settings, folder, round_, hook) if round_ <= settings.retry_rounds else set()
     if not failed:
         reset_round(folder, round_)
         return []
-    return build_round(settings, folder, round_, hook, run_state, only=failed)
+    return build_round(settings, folder, round_, hook, only=failed, run_state=run_state)
 
 
 def keys_to_retry(settings: RunSettings, folder: RunFolder, round_: int, hook) -> set[str]:
