@@ -36,7 +36,7 @@ def test_services_publish_on_loopback_only_and_use_installed_tools():
         for mapping in service.get("ports", []):
             assert mapping.startswith("127.0.0.1:"), f"{name} publishes {mapping} beyond loopback"
     assert shutil.which("gcp-storage-emulator", path=str(ROOT / ".venv" / "bin"))
-    assert services["gcs-emulator"]["command"][0] == "gcp-storage-emulator"
+    assert services["gcs-emulator"]["command"][:3] == ["python", "-m", "gemini_emulator.gcs"]
 
 
 def test_valid_against_the_compose_specification():
