@@ -1,8 +1,8 @@
 """gemini_batch_extract: a folder of documents in, one structured record per document out.
 
-plan -> check budget -> stage -> build requests -> submit and wait (one mapped
-task per shard, deferred) -> collect -> retry rounds (failed keys only) ->
-publish results -> clean up. Each step lives in ``gemini_batch.runs``; this
+plan -> check budget -> stage -> build requests (leases the keys in the ledger)
+-> jobs (one mapped group per shard: submit, then a deferred sensor waits) ->
+collect -> retry rounds (failed keys only) -> publish results -> clean up. Each step lives in ``gemini_batch.runs``; this
 file only wires them. Trigger it from the UI form, let it run nightly over
 ``$GEMINI_BATCH_LANDING/<date>/``, or backfill dated folders.
 """
@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Mapping
 
 from airflow.sdk.exceptions import AirflowFailException
-from airflow.sdk import Asset, Param, TaskGroup, TriggerRule, dag, get_current_context, task, teardown
+from airflow.sdk import Asset, Param, TaskGroup, TriggerRule, dag, get_current_context, task, task_group, teardown
 
 from gemini_batch import documents, runs
 from gemini_batch.hooks import GeminiBatchHook
 from gemini_batch.locations import uri_of
-from gemini_batch.operators import GeminiBatchSubmitOperator
+from gemini_batch.operators import GeminiBatchJobSensor, GeminiBatchSubmitOperator
 
-POOL = "gemini_batch_jobs"  # counts deferred tasks: caps jobs in flight (bin/setup creates it with 10 slots)
+POOL = "gemini_batch_jobs"  # counts deferred tasks: caps worker and triggerer load (bin/setup: 10 slots)
 MAX_RETRY_ROUNDS = 3  # task groups in the graph; the retry_rounds param decides how many run
 RESULTS = Asset(name="gemini_batch_extract.results", uri="gemini-batch://gemini_batch_extract/results")
 
@@ -64,6 +65,9 @@ PARAMS = {
     "max_part_mb": Param(50, type="integer", minimum=1, title="MB per document part"),
     "max_rows_per_job": Param(10_000, type="integer", minimum=1, title="Requests per batch job"),
     "max_mb_per_job": Param(100, type="integer", minimum=1, title="MB of JSONL per batch job"),
+    "max_jobs_in_flight": Param(10, type="integer", minimum=1, title="Jobs in flight",
+                                description="At most this many batch jobs of this DAG's runs (all that share the "
+                                            "ledger) run at once; a shard waits, deferred, for one to end."),
     "thinking": Param("low", enum=["low", "model-default"], title="Thinking",
                       description="low: the least thinking the model allows (best for extraction)."),
     "expiry_hours": Param(24, type="number", minimum=0.001, title="Job expiry (hours)",
@@ -125,7 +129,9 @@ def build_requests() -> list[str]:
 @task(trigger_rule=TriggerRule.NONE_FAILED)
 def collect_results(round_: int, jobs) -> dict:
     settings, folder, hook = _open_run()
-    return runs.collect_round(settings, folder, round_, list(jobs or []), hook)
+    # A mapped group of one shard hands its single outcome on unwrapped (Airflow 3.3), not as a list of one.
+    outcomes = [jobs] if isinstance(jobs, Mapping) else list(jobs or [])
+    return runs.collect_round(settings, folder, round_, outcomes, hook)
 
 
 @task(trigger_rule=TriggerRule.NONE_FAILED)
@@ -134,15 +140,27 @@ def prepare_retry(round_: int) -> list[str]:
     return runs.retry_round(settings, folder, round_, hook, run_state=get_current_context()["ti"].get_dagrun_state)
 
 
-def submit_and_wait(manifests):
-    return GeminiBatchSubmitOperator.partial(
-        task_id="submit_and_wait",
+@task_group(group_id="jobs", tooltip="Per shard: submit its batch job, then wait for it (deferred)")
+def batch_job(manifest_uri: str):
+    submitted = GeminiBatchSubmitOperator(
+        task_id="submit",
+        manifest_uri=manifest_uri,
         model="{{ params.model }}",
         gemini_conn_id="{{ params.gemini_conn_id }}",
         expiry_hours="{{ params.expiry_hours }}",
         poll_interval="{{ params.poll_seconds }}",
+        max_jobs_in_flight="{{ params.max_jobs_in_flight }}",
+        wait=False,
         pool=POOL,
-    ).expand(manifest_uri=manifests)
+    )
+    return GeminiBatchJobSensor(
+        task_id="wait",
+        job_name=submitted.output,
+        gemini_conn_id="{{ params.gemini_conn_id }}",
+        expiry_hours="{{ params.expiry_hours }}",
+        poll_interval="{{ params.poll_seconds }}",
+        pool=POOL,
+    ).output
 
 
 @task(trigger_rule=TriggerRule.NONE_FAILED, outlets=[RESULTS])
@@ -157,7 +175,7 @@ def publish_results(planned: dict, collected: list[dict], outlet_events=None) ->
 def clean_up() -> dict:
     settings, folder, hook = _open_run()
     context = get_current_context()
-    task_ids = ["submit_and_wait"] + [f"retry_round_{r}.submit_and_wait" for r in range(1, MAX_RETRY_ROUNDS + 1)]
+    task_ids = ["jobs.submit"] + [f"retry_round_{r}.jobs.submit" for r in range(1, MAX_RETRY_ROUNDS + 1)]
     names, inputs = ([v for v in context["ti"].xcom_pull(task_ids=task_ids, key=key) or [] if v]
                      for key in ("job_name", "job_input"))
     return runs.clean_up(settings, folder, hook, names, inputs)
@@ -183,14 +201,13 @@ def gemini_batch_extract():
     check_budget(planned) >> staged
     manifests = build_requests()
     staged >> manifests
-    jobs = submit_and_wait(manifests)
-    collected = [collect_results(0, jobs.output)]
+    collected = [collect_results(0, batch_job.expand(manifest_uri=manifests))]
 
     for round_ in range(1, MAX_RETRY_ROUNDS + 1):
         with TaskGroup(f"retry_round_{round_}", tooltip="Resubmit the requests that failed or got no answer"):
             retry_manifests = prepare_retry(round_)
             collected[-1] >> retry_manifests
-            collected.append(collect_results(round_, submit_and_wait(retry_manifests).output))
+            collected.append(collect_results(round_, batch_job.expand(manifest_uri=retry_manifests)))
 
     published = publish_results(planned, collected)
     published >> clean_up()

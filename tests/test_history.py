@@ -40,5 +40,5 @@ def test_a_run_does_not_page_through_the_account_s_job_history(airflow_home, tmp
     (job_name,) = [job["name"] for job in jobs if not job["display_name"].startswith("history-")]
     with contextlib.closing(sqlite3.connect(f"file:{airflow_home / 'airflow.db'}?mode=ro", uri=True, timeout=30)) as db:
         stored = db.execute("SELECT value FROM task_state_store WHERE dag_id = 'gemini_batch_extract' AND "
-                            "task_id = 'submit_and_wait' AND key = 'job_name'").fetchall()
+                            "task_id = 'jobs.submit' AND key = 'job_name'").fetchall()
     assert job_name in [json.loads(value) for (value,) in stored]

@@ -232,3 +232,17 @@ def test_a_run_state_from_the_execution_api_is_read_by_its_value():
     assert claims_module.run_alive(claim, lambda dag_id, run_id: DagRunState.QUEUED)
     assert not claims_module.run_alive(claim, lambda dag_id, run_id: DagRunState.FAILED)
     assert not claims_module.run_alive(claim, lambda dag_id, run_id: "success")
+
+
+def test_slots_for_jobs_in_flight_admit_at_most_the_cap_and_free_when_a_job_ends(ledger):
+    ended: set[str] = set()
+    free = ended.__contains__
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        took = list(pool.map(lambda n: ledger.take_slot(f"claim-{n}/shard", 3, free), range(16)))
+    winners = [n for n, ok in enumerate(took) if ok]
+    assert len(winners) == 3, "exactly the cap, among 16 racing shards"
+    assert ledger.take_slot(f"claim-{winners[0]}/shard", 3, free), "a holder asking again keeps its slot"
+    assert not ledger.take_slot("late/shard", 3, free)
+    ended.add(f"claim-{winners[1]}/shard")  # its job ended: its slot is free without anyone releasing it
+    assert ledger.take_slot("late/shard", 3, free)
+    assert not ledger.take_slot("later/shard", 3, free)

@@ -80,6 +80,13 @@ def operator(manifest, **kwargs) -> GeminiBatchSubmitOperator:
                                      model=MODEL, poll_interval=0.2, **kwargs)
 
 
+def submit(manifest, ctx: dict) -> str:
+    """Submit without waiting (as the DAG does); the job name from the submission."""
+    submission = operator(manifest, wait=False).execute(ctx)
+    assert submission["own"] and not submission["adopted"] and submission["manifest_uri"] == manifest.manifest_uri
+    return submission["jobs"][0]
+
+
 def listed_jobs(url: str) -> list:
     client = developer_client(url)
     return list(client.batches.list())
@@ -90,8 +97,8 @@ def test_execute_twice_submits_once(start_emulator, monkeypatch, tmp_path, capfd
     use_developer(monkeypatch, emulator.url)
     manifest = write_shard(tmp_path / "shards", rows=4)
     first, second = RecordingTaskInstance(), RecordingTaskInstance()
-    name = operator(manifest, wait=False).execute(context(first))
-    assert operator(manifest, wait=False).execute(context(second)) == name  # a new task object: a cleared task
+    name = submit(manifest, context(first))
+    assert submit(manifest, context(second)) == name  # a new task object: a cleared task
     expected = default_display_name("gemini_batch_extract", "manual__2026-01-01", manifest.shard_id,
                                     GeminiBatchHook().storage_path(manifest.keys_uri))
     assert first.pushed == second.pushed == [("job_name", name), ("job_input", f"files/{shard_file_name(expected)}")]
@@ -104,7 +111,7 @@ def test_execute_twice_submits_once(start_emulator, monkeypatch, tmp_path, capfd
     assert [f.name for f in client.files.list()] == [f"files/{shard_file_name(expected)}"]
 
     other_run = RecordingTaskInstance(run_id="manual__2026-01-02")  # another run of the same shard is its own job
-    assert operator(manifest, wait=False).execute(context(other_run)) != name
+    assert submit(manifest, context(other_run)) != name
 
 
 def test_the_task_state_store_spares_listing_the_account_s_jobs(start_emulator, monkeypatch, tmp_path, capfd):
@@ -116,30 +123,30 @@ def test_the_task_state_store_spares_listing_the_account_s_jobs(start_emulator, 
     store = DictTaskStateStore()
 
     # A first try: nothing stored, nothing submitted before, no look-up.
-    name = operator(manifest, wait=False).execute(context(store=store))
+    name = submit(manifest, context(store=store))
     assert list_calls(emulator) == 0
     assert store.values["job_name"] == name
     assert dt.datetime.fromisoformat(store.values["submit_started_at"]) <= GeminiBatchHook().get_job(name).create_time
 
     # A retry: the stored name is one get, and it reattaches.
     retry = RecordingTaskInstance()
-    assert operator(manifest, wait=False).execute(context(retry, store)) == name
+    assert submit(manifest, context(retry, store)) == name
     assert "Reattaching to batch job " + name in capfd.readouterr().out
     assert list_calls(emulator) == 0 and retry.pushed[0] == ("job_name", name)
 
     # The worker died between create and storing the name: the search pages back only to the submit's start.
     del store.values["job_name"]
-    assert operator(manifest, wait=False).execute(context(store=store)) == name
+    assert submit(manifest, context(store=store)) == name
     assert list_calls(emulator) == 1  # the first page reaches the history, older than the bound
     assert store.values["job_name"] == name
     # Without a store (and no DAG run to bound it), the same search reads the whole history: 2 pages.
-    assert operator(manifest, wait=False).execute(context()) == name
+    assert submit(manifest, context()) == name
     assert list_calls(emulator) == 3
 
     # A stored job that ended dead is not reattached to: a new job, still without listing.
     GeminiBatchHook().cancel_job(name)
     wait_until_ended(GeminiBatchHook(), name)
-    again = operator(manifest, wait=False).execute(context(store=store))
+    again = submit(manifest, context(store=store))
     assert again != name and store.values["job_name"] == again and list_calls(emulator) == 3
 
 
@@ -178,7 +185,7 @@ def test_deadline_cancels_the_job(start_emulator, monkeypatch, tmp_path):
     assert state_name(wait_until_ended(GeminiBatchHook(), outcome["job_name"])) == "JOB_STATE_CANCELLED"
 
     # A cleared task does not reattach to the cancelled job: it submits a new one.
-    name = operator(manifest, wait=False).execute(context())
+    name = submit(manifest, context())
     assert name != outcome["job_name"] and len(listed_jobs(emulator.url)) == 2
 
 
@@ -211,7 +218,7 @@ def test_vertex_submit_writes_under_the_shard_folder(start_emulator, gcs, gcs_ro
     job = GeminiBatchHook().get_job(outcome["job_name"])
     assert job.dest.gcs_uri == f"{manifest.uri.rsplit('/', 1)[0]}/output/{manifest.shard_id}/"
     assert len(list(GeminiBatchHook().iter_output_lines(job))) == 3
-    assert operator(manifest, wait=False).execute(context()) == job.name
+    assert submit(manifest, context()) == job.name
 
 
 def test_sensor_waits_for_a_job_submitted_elsewhere(start_emulator, monkeypatch, tmp_path):
@@ -226,13 +233,23 @@ def test_sensor_waits_for_a_job_submitted_elsewhere(start_emulator, monkeypatch,
     assert polling_sensor.execute(context()) == expected
 
 
-def test_sensor_cancels_at_the_deadline_without_deferring(start_emulator, monkeypatch, tmp_path):
+def test_sensor_only_cancels_at_the_deadline_a_job_its_run_submitted(start_emulator, monkeypatch, tmp_path):
+    """A job named alone (submitted elsewhere) is left running past the deadline; the run's own job is cancelled."""
     emulator = start_emulator(time_scale=3600, faults={"stuck_pending_rate": 1, "job_expiry_hours": 1000})
     use_developer(monkeypatch, emulator.url)
-    job = submit_shard(GeminiBatchHook(), write_shard(tmp_path / "shards"), "stuck")
+    hook = GeminiBatchHook()
+    elsewhere = submit_shard(hook, write_shard(tmp_path / "a"), "stuck-elsewhere")
+    own = submit_shard(hook, write_shard(tmp_path / "b"), "stuck-own")
     time.sleep(1)
-    sensor = GeminiBatchJobSensor(task_id="poke", job_name=job.name, poll_interval=0.2, deferrable=False,
-                                  expiry_hours=1 / 3600)
-    outcome = sensor.execute(context())
-    assert (outcome["state"], outcome["deadline_passed"]) == ("JOB_STATE_EXPIRED", True)
-    assert state_name(wait_until_ended(GeminiBatchHook(), job.name)) == "JOB_STATE_CANCELLED"
+
+    def poke(job_name) -> dict:
+        return GeminiBatchJobSensor(task_id=f"poke-{uuid.uuid4().hex[:6]}", job_name=job_name, poll_interval=0.2,
+                                    deferrable=False, expiry_hours=1 / 3600).execute(context())
+
+    observed = poke(elsewhere.name)
+    assert (observed["state"], observed["deadline_passed"]) == ("JOB_STATE_EXPIRED", True)
+    assert "left running" in observed["error"]
+    assert state_name(hook.get_job(elsewhere.name)) == "JOB_STATE_PENDING"
+    cancelled = poke({"jobs": [own.name], "adopted": False, "own": True, "manifest_uri": "m", "shard_id": "s"})
+    assert (cancelled["state"], cancelled["deadline_passed"], cancelled["manifest_uri"]) == ("JOB_STATE_EXPIRED", True, "m")
+    assert state_name(wait_until_ended(hook, own.name)) == "JOB_STATE_CANCELLED"

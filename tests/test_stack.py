@@ -122,20 +122,20 @@ def test_developer_run_through_the_rest_api(stack, source, tmp_path):
 
     # The wait was deferred and the triggerer held it: the worker's try logs "Pausing task as DEFERRED" (read
     # through the API), and the triggerer wrote the trigger's own log beside it, named after its TriggererJob.
-    ti_path = f"/dags/{DAG}/dagRuns/{q(run_id)}/taskInstances/submit_and_wait"
+    ti_path = f"/dags/{DAG}/dagRuns/{q(run_id)}/taskInstances/jobs.wait"
     done = stack.api("GET", f"{ti_path}/0")
     assert done["state"] == "success" and done["try_number"] == 1
     task_log = json.dumps(stack.api("GET", f"{ti_path}/logs/1", map_index=0, full_content="true"))
     assert "Pausing task as DEFERRED" in task_log
     triggerers = {j["id"] for j in stack.api("GET", "/jobs", job_type="TriggererJob", limit=100)["jobs"]}
-    task_dir = stack.home / "logs" / f"dag_id={DAG}" / f"run_id={run_id}" / "task_id=submit_and_wait" / "map_index=0"
+    task_dir = stack.home / "logs" / f"dag_id={DAG}" / f"run_id={run_id}" / "task_id=jobs.wait" / "map_index=0"
     trigger_logs = {int(p.name.split(".trigger.")[1].split(".")[0]): p.read_text()
                     for p in task_dir.glob("attempt=1.log.trigger.*.log")}
     assert trigger_logs and set(trigger_logs) <= triggerers, (trigger_logs.keys(), triggerers)
     assert any("Trigger fired event" in text and "JOB_STATE_SUCCEEDED" in text for text in trigger_logs.values())
     # seen deferred while polling (a short window with the fast emulator: reported, and checked when seen)
-    waits = [ti for ti in deferred if ti["task_id"] == "submit_and_wait"]
-    say(f"submit_and_wait seen deferred through the API: {len(waits)}; most pool slots held by deferred tasks: "
+    waits = [ti for ti in deferred if ti["task_id"] == "jobs.wait"]
+    say(f"jobs.wait seen deferred through the API: {len(waits)}; most pool slots held by deferred tasks: "
         f"{max_deferred_slots}; triggerer jobs {sorted(trigger_logs)}; task ran on {done['hostname']}")
     for ti in waits:
         assert ti["trigger"]["classpath"].startswith("gemini_batch."), ti["trigger"]
@@ -172,8 +172,8 @@ def test_vertex_run_through_gcs(stack, source, tmp_path):
 
 
 def wait_deferred(stack: Stack, run_id: str, timeout: float = 180) -> dict:
-    """Poll until submit_and_wait[0] is deferred and a triggerer has taken its trigger."""
-    ti_path = f"/dags/{DAG}/dagRuns/{q(run_id)}/taskInstances/submit_and_wait/0"
+    """Poll until jobs.wait[0] is deferred and a triggerer has taken its trigger."""
+    ti_path = f"/dags/{DAG}/dagRuns/{q(run_id)}/taskInstances/jobs.wait/0"
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -185,7 +185,7 @@ def wait_deferred(stack: Stack, run_id: str, timeout: float = 180) -> dict:
         if ti["state"] == "deferred" and ti.get("triggerer_job"):
             return ti
         assert ti["state"] not in ("success", "failed", "up_for_retry"), ti["state"]
-        assert time.monotonic() < deadline, f"submit_and_wait never deferred to a triggerer: {ti}"
+        assert time.monotonic() < deadline, f"jobs.wait never deferred to a triggerer: {ti}"
         time.sleep(0.5)
 
 
@@ -207,7 +207,7 @@ def test_triggerer_restart_while_deferred(stack, source, tmp_path):
     records, summary = read_results(output)
     assert_contract(records, summary, source)
     assert summary["jobs"] == 1 and len(emulator_jobs(stack)[jobs_before:]) == 1
-    task_dir = stack.home / "logs" / f"dag_id={DAG}" / f"run_id={run_id}" / "task_id=submit_and_wait" / "map_index=0"
+    task_dir = stack.home / "logs" / f"dag_id={DAG}" / f"run_id={run_id}" / "task_id=jobs.wait" / "map_index=0"
     holders = {int(p.name.split(".trigger.")[1].split(".")[0]): p.read_text()
                for p in task_dir.glob("attempt=1.log.trigger.*.log")}
     # the restarted triggerer (a new TriggererJob) ran the trigger to its event
@@ -275,34 +275,31 @@ def most_overlapping(spans: list[tuple[float, float]]) -> int:
     return most
 
 
-def test_pool_caps_jobs_in_flight(stack, source, tmp_path):
-    """Two requests per job (4 shards) against a pool of 2 slots that counts deferred tasks: the emulator never
-    has more than 2 of the run's jobs in flight at once, and does reach 2 (the cap binds, not something else)."""
+def test_jobs_in_flight_are_capped_exactly(stack, source, tmp_path):
+    """Two requests per job (4 shards) with max_jobs_in_flight 2: the emulator never has more than 2 of the run's
+    jobs in flight at once, and does reach 2 (the cap binds, not something else). The slots are leases in the
+    ledger, so the cap holds across the gap between a shard's submit and its sensor, and across runs."""
     output = tmp_path / "out"
-    run_id = f"stack-pool-{int(time.time())}"
-    pool = {"pool": POOL, "include_deferred": True, "description": "Gemini batch jobs in flight"}
-    stack.api("PATCH", f"/pools/{POOL}", {**pool, "slots": 2})
-    try:
-        t0 = time.monotonic()
-        trigger(stack, run_id, "2026-11-05T00:00:00Z", {"source": str(source), "output": str(output),
-                                                        "poll_seconds": 1, "max_rows_per_job": 2})
-        state, _, _ = wait_run(stack, run_id, timeout=600)
-        stack.timings["pool run"] = time.monotonic() - t0
-        assert state == "success", failure_report(stack, run_id)
-    finally:
-        stack.api("PATCH", f"/pools/{POOL}", {**pool, "slots": 10})
+    run_id = f"stack-cap-{int(time.time())}"
+    t0 = time.monotonic()
+    trigger(stack, run_id, "2026-11-05T00:00:00Z", {"source": str(source), "output": str(output), "poll_seconds": 1,
+                                                    "max_rows_per_job": 2, "max_jobs_in_flight": 2})
+    state, _, _ = wait_run(stack, run_id, timeout=600)
+    stack.timings["capped run"] = time.monotonic() - t0
+    assert state == "success", failure_report(stack, run_id)
     records, summary = read_results(output)
     assert_contract(records, summary, source)
     assert summary["requests"] == 8 and summary["jobs"] == 4
-    mapped = stack.api("GET", f"/dags/{DAG}/dagRuns/{q(run_id)}/taskInstances", task_id="submit_and_wait",
-                       limit=100)["task_instances"]
-    assert len(mapped) == 4 and {ti["pool"] for ti in mapped} == {POOL}
-    xcom = f"/dags/{DAG}/dagRuns/{q(run_id)}/taskInstances/submit_and_wait/xcomEntries/job_name"
+    for task_id in ("jobs.submit", "jobs.wait"):
+        mapped = stack.api("GET", f"/dags/{DAG}/dagRuns/{q(run_id)}/taskInstances", task_id=task_id,
+                           limit=100)["task_instances"]
+        assert len(mapped) == 4 and {ti["pool"] for ti in mapped} == {POOL}
+    xcom = f"/dags/{DAG}/dagRuns/{q(run_id)}/taskInstances/jobs.submit/xcomEntries/job_name"
     names = {stack.api("GET", xcom, map_index=ti["map_index"])["value"] for ti in mapped}
     spans = emulator_job_spans(stack, names)
     assert len(names) == len(spans) == 4, "each shard's job, as the emulator recorded it"
     most = most_overlapping(spans)
-    say(f"pool run: 4 jobs through a 2-slot pool in {stack.timings['pool run']:.0f}s; at most {most} in flight")
+    say(f"capped run: 4 jobs with max_jobs_in_flight 2 in {stack.timings['capped run']:.0f}s; at most {most} in flight")
     assert most == 2
 
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from gemini_batch.batch_requests import ShardManifest
+from gemini_batch.hooks import DEAD_STATES, is_terminal, state_name
 from gemini_batch.ledger import Claim, Ledger, LEASE_WORKERS, claim_lost
 from gemini_batch.locations import as_path
 
@@ -44,6 +45,13 @@ class JobState:
     terminal: bool
     dead: bool  # FAILED, CANCELLING, CANCELLED or EXPIRED: it will deliver nothing more
     created_at: dt.datetime | None
+
+
+def job_state(hook, name: str) -> JobState:
+    """A job's JobState, read through the hook."""
+    job = hook.get_job(name)
+    state = state_name(job)
+    return JobState(state, is_terminal(job), state in DEAD_STATES, job.create_time)
 
 
 @dataclass
@@ -186,3 +194,15 @@ def key_shards(claim: Claim, conn_id: str | None = None) -> dict[str, str]:
                 if line.strip():
                     shards[line.decode().strip()] = manifest.shard_id
     return shards
+
+
+def slot_is_free(
+    ledger: Ledger, holder: str, *, job_state: Callable[[str], JobState], run_state: Callable[[str, str], str | None],
+) -> bool:
+    """An in-flight slot's holder ("<claim>/<shard id>") has a job that ended, or a dead run that never made one."""
+    claim_name, _, shard = holder.rpartition("/")
+    job_name = ledger.job_of(claim_name, shard)
+    if job_name is None:
+        claim = ledger.claim(claim_name)
+        return claim is None or not run_alive(claim, run_state)
+    return job_state(job_name).terminal

@@ -11,6 +11,7 @@ pay twice for one::
     <ledger>/leases/<key>.<generation>       which claim may request a key now (atomic create)
     <ledger>/claims/<claim>.json             one run's claim on the keys of one round, and its shards
     <ledger>/claims/<claim>.jobs/<shard>.json    the job each shard of that claim was submitted as
+    <ledger>/inflight/slot-<n>.<generation>  which shard's job holds each of the slots for jobs in flight
 
 Events are only ever added, in whole segments, so runs publishing at once
 cannot lose each other's records and a half-written segment never becomes
@@ -45,7 +46,7 @@ import shutil
 import sqlite3
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,6 +141,7 @@ class Ledger:
         self.snapshots = folder / "snapshots"
         self.leases = folder / "leases"
         self.claims = folder / "claims"
+        self.slots = folder / "inflight"  # leases on the slots for jobs in flight: "slot-<n>.<generation>"
 
     def __repr__(self) -> str:
         return f"Ledger({uri_of(self.folder)})"
@@ -276,34 +278,35 @@ class Ledger:
 
     # ------------------------------------------------------------------ leases
 
-    def current_leases(self) -> dict[str, int]:
-        """Each leased key's current (highest) generation: one listing of the lease folder."""
+    def current_leases(self, folder: ObjectStoragePath | None = None) -> dict[str, int]:
+        """Each leased key's current (highest) generation: one listing of the lease folder (or ``folder``)."""
+        folder = folder or self.leases
         current: dict[str, int] = {}
-        if not self.leases.exists():
+        if not folder.exists():
             return current
-        for path in self.leases.iterdir():
+        for path in folder.iterdir():
             if match := _LEASE_NAME.match(path.name):
                 key, generation = match["key"], int(match["generation"])
                 if generation >= current.get(key, -1):
                     current[key] = generation
         return current
 
-    def lease_holder(self, key: str, generation: int) -> str | None:
+    def lease_holder(self, key: str, generation: int, folder: ObjectStoragePath | None = None) -> str | None:
         try:
-            return self._lease(key, generation).read_text().strip() or None
+            return self._lease(key, generation, folder).read_text().strip() or None
         except FileNotFoundError:
             return None
 
-    def try_lease(self, key: str, generation: int, claim: str) -> str:
+    def try_lease(self, key: str, generation: int, claim: str, folder: ObjectStoragePath | None = None) -> str:
         """Create the lease ``key.generation`` for ``claim`` unless it exists; return the claim that holds it."""
-        path = self._lease(key, generation)
+        path = self._lease(key, generation, folder)
         try:
             _create_exclusive(path, claim.encode())
         except FileExistsError:
-            return self.lease_holder(key, generation) or claim_lost(key)
+            return self.lease_holder(key, generation, folder) or claim_lost(key)
         else:
             if generation:  # the generation before is dead: nobody will read it again
-                self._lease(key, generation - 1).unlink(missing_ok=True)
+                self._lease(key, generation - 1, folder).unlink(missing_ok=True)
             return claim
 
     def holders(self, leases: Mapping[str, int]) -> dict[str, str]:
@@ -318,11 +321,36 @@ class Ledger:
             list(pool.map(lambda item: self._lease(*item).unlink(missing_ok=True), leases.items()))
         return len(leases)
 
-    def _lease(self, key: str, generation: int) -> ObjectStoragePath:
-        return self.leases / f"{key}.{generation:06d}"
+    def _lease(self, key: str, generation: int, folder: ObjectStoragePath | None = None) -> ObjectStoragePath:
+        return (folder or self.leases) / f"{key}.{generation:06d}"
 
     def prepare_leases(self) -> None:
         self.leases.mkdir(parents=True, exist_ok=True)
+
+    def take_slot(self, holder: str, slots: int, is_free: Callable[[str], bool]) -> bool:
+        """Hold one of ``slots`` slots for a job in flight (``holder``: "<claim>/<shard id>"); False if all are busy.
+
+        A slot is a lease like a key's: taken by an atomic create, and taken
+        over (the next generation) once ``is_free`` says its holder's job has
+        ended, so no release is needed and a run that dies frees its slots
+        when its jobs end. A holder that asks again finds the slot it holds.
+        """
+        self.slots.mkdir(parents=True, exist_ok=True)
+        current = self.current_leases(self.slots)
+        names = [f"slot-{n:04d}" for n in range(slots)]
+        holders = {name: self.lease_holder(name, current[name], self.slots) for name in names if name in current}
+        if holder in holders.values():
+            return True
+        for name in names:
+            if name not in current:
+                won = self.try_lease(name, 0, holder, self.slots)
+            elif holders.get(name) is None or is_free(holders[name]):
+                won = self.try_lease(name, current[name] + 1, holder, self.slots)
+            else:
+                continue
+            if won == holder:
+                return True
+        return False
 
 
 def _create_exclusive(path: ObjectStoragePath, content: bytes) -> None:

@@ -30,7 +30,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from google.genai import errors, types
 
 from gemini_batch.batch_requests import ShardManifest
-from gemini_batch.claims import FROM_LEDGER, key_shards, run_alive
+from gemini_batch.claims import FROM_LEDGER, job_state, key_shards, run_alive, slot_is_free
 from gemini_batch.hooks import CLOCK_SKEW, DEAD_STATES, GeminiBatchHook, is_terminal, job_error, job_stats, state_name
 from gemini_batch.ledger import Ledger
 from gemini_batch.triggers import GeminiBatchJobTrigger
@@ -125,16 +125,26 @@ def job_outcome(
 
 
 class GeminiBatchSubmitOperator(BaseOperator):
-    """Submit one shard (by its manifest) as a batch job, or reattach to the one submitted before; wait deferred.
+    """Submit one shard (by its manifest) as a batch job, or reattach to the one submitted before.
 
-    Returns the outcome dict, or only the job name with ``wait=False``; the job
-    name is also pushed as XCom ``job_name``. On Vertex AI the output goes to
-    ``output_prefix`` (default ``<shard folder>/output/<shard id>/``).
+    With ``wait=False`` (what the DAG does) it returns the submission, which
+    ``GeminiBatchJobSensor`` waits for: ``{"jobs": [name], "adopted": False,
+    "own": True, ...}``; with ``wait=True`` it waits itself (deferred) and
+    returns the outcome dict. The job name is also pushed as XCom
+    ``job_name``. On Vertex AI the output goes to ``output_prefix`` (default
+    ``<shard folder>/output/<shard id>/``).
+
+    A shard whose keys another run requests (an adoption manifest) submits
+    nothing: its submission names that run's jobs, once they exist. With
+    ``max_jobs_in_flight``, a new job is created only while fewer than that
+    many jobs of the DAG's runs (all that share its ledger) are in flight;
+    otherwise the task waits, deferred, for one to end.
     """
 
     # gemini_conn_id, expiry and polling too: the DAG takes them as run params (contract 5); strings are converted.
     template_fields = (
         "manifest_uri", "model", "display_name", "output_prefix", "gemini_conn_id", "expiry_hours", "poll_interval",
+        "max_jobs_in_flight",
     )
 
     def __init__(
@@ -148,9 +158,11 @@ class GeminiBatchSubmitOperator(BaseOperator):
         wait: bool = True,
         poll_interval: float | str = 30,
         expiry_hours: float | str = DEFAULT_EXPIRY_HOURS,
+        max_jobs_in_flight: int | str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.max_jobs_in_flight = max_jobs_in_flight
         self.manifest_uri = manifest_uri
         self.model = model
         self.gemini_conn_id = gemini_conn_id
@@ -164,7 +176,11 @@ class GeminiBatchSubmitOperator(BaseOperator):
     def execute(self, context) -> dict | str:
         hook = GeminiBatchHook(self.gemini_conn_id)
         if (adoption := ShardManifest.load(hook.storage_path(self.manifest_uri))).adopts is not None:
-            return self._adopt(context, hook, adoption)
+            submission = self._adopt(context, hook, adoption)
+            if not self.wait:
+                return submission
+            return observe_adopted(self, hook, submission, expiry=dt.timedelta(hours=float(self.expiry_hours)),
+                                   poll_interval=float(self.poll_interval), method_name="resume_adoption")
         manifest, display_name = self._shard(context, hook)
         ti = context["ti"]
         store = context.get("task_state_store")
@@ -174,6 +190,8 @@ class GeminiBatchSubmitOperator(BaseOperator):
         else:
             if job is not None:
                 self.log.info("The earlier job %s (%s) ended %s; submitting again", job.name, display_name, state_name(job))
+            if not self._take_slot(context, hook, manifest):
+                return self._wait(f"for one of the {self.max_jobs_in_flight} slots for jobs in flight", "resume_submit")
             if store is not None:
                 store.delete(JOB_NAME_KEY)  # else a crash before the new name is stored leaves the dead one
                 store.set(SUBMIT_STARTED_KEY, dt.datetime.now(dt.timezone.utc).isoformat())
@@ -186,9 +204,9 @@ class GeminiBatchSubmitOperator(BaseOperator):
         ti.xcom_push(key="job_name", value=job.name)
         if hook.backend == "developer":  # the SDK does not report a Developer API job's input: clean-up needs it
             ti.xcom_push(key="job_input", value=f"files/{shard_file_name(display_name)}")
-        if not self.wait:
-            return job.name
         describe = self._describe(display_name, manifest)
+        if not self.wait:
+            return {**describe, "jobs": [job.name], "adopted": False, "own": True}
         return wait_for_job(self, hook, job, expiry=dt.timedelta(hours=float(self.expiry_hours)),
                             poll_interval=float(self.poll_interval), describe=describe)
 
@@ -255,57 +273,58 @@ class GeminiBatchSubmitOperator(BaseOperator):
             describe = self._describe(*reversed(self._shard(context, hook)))
         return complete_from_event(self, hook, event, describe)
 
-    def _adopt(self, context, hook: GeminiBatchHook, manifest: ShardManifest) -> dict:
-        """Wait, deferred, for the jobs of another run's claim that request this manifest's keys.
+    def _take_slot(self, context, hook: GeminiBatchHook, manifest: ShardManifest) -> bool:
+        """One of the ledger's slots for jobs in flight, if the run caps them; True when there is no cap."""
+        if not self.max_jobs_in_flight or not (manifest.claim and manifest.ledger):
+            return True
+        ledger = Ledger(hook.storage_path(manifest.ledger))
+        run_state = getattr(context["ti"], "get_dagrun_state", None) or _unknown_run_state
+        return ledger.take_slot(
+            f"{manifest.claim}/{manifest.shard_id}", int(self.max_jobs_in_flight),
+            lambda holder: slot_is_free(ledger, holder, job_state=lambda name: job_state(hook, name),
+                                        run_state=run_state))
 
-        Nothing is submitted or cancelled: those jobs are the other run's. A
-        job past its deadline, or a claim whose run died before submitting, is
-        given up on: its keys get no answer here and the next round takes them over.
+    def _adopt(self, context, hook: GeminiBatchHook, manifest: ShardManifest) -> dict:
+        """The submission of the jobs another run's claim made for this manifest's keys, once they exist.
+
+        Nothing is submitted or cancelled here: those jobs are the other run's.
+        A claim whose run died before submitting a shard leaves that shard's
+        keys without an answer here; the next round takes them over.
         """
-        outcome = {**self._describe(None, manifest), "job_name": None, "state": "ADOPTED", "stats": {}, "error": None,
-                   "deadline_passed": False, "adopted_jobs": []}
+        submission = {**self._describe(None, manifest), "jobs": [], "adopted": True, "own": False}
         if manifest.adopts == FROM_LEDGER:
-            return outcome
+            return submission
         ledger = Ledger(hook.storage_path(manifest.ledger))
         claim = ledger.claim(manifest.adopts)
         run_state = getattr(context["ti"], "get_dagrun_state", None) or _unknown_run_state
         if claim is not None and not claim.built and run_alive(claim, run_state):
-            return self._wait_for_claim(claim.claim, "to write its shards")
+            return self._wait(f"for claim {claim.claim} to write its shards", "resume_adoption")
         if claim is None or not claim.built:
-            return outcome
+            return submission
         with hook.storage_path(manifest.keys_uri).open("rb") as keys:
             wanted = {line.decode().strip() for line in keys if line.strip()}
         shards = key_shards(claim, hook.gcp_conn_id)
-        expiry = dt.timedelta(hours=float(self.expiry_hours))
         for shard in sorted({shards[key] for key in wanted if key in shards}):
             name = ledger.job_of(claim.claim, shard)
-            if name is None:
-                if run_alive(claim, run_state):
-                    return self._wait_for_claim(claim.claim, f"to submit shard {shard}")
-                continue
-            job = hook.get_job(name)
-            deadline = job_deadline(job, expiry)
-            if not is_terminal(job) and dt.datetime.now(dt.timezone.utc) < deadline:
-                self.log.info("Waiting for batch job %s (%s) of claim %s: it requests keys of this round",
-                              name, state_name(job), claim.claim)
-                self.defer(trigger=GeminiBatchJobTrigger(job_name=name, gemini_conn_id=hook.gemini_conn_id,
-                                                         deadline=deadline.isoformat(),
-                                                         poll_interval=float(self.poll_interval)),
-                           method_name="resume_adoption")
-            outcome["adopted_jobs"].append({"job_name": name, "state": state_name(job)})
-        self.log.info("Adopted %d key(s) from claim %s: jobs %s", len(wanted), claim.claim,
-                      ", ".join(f"{j['job_name']} ({j['state']})" for j in outcome["adopted_jobs"]) or "none")
-        return outcome
+            if name is None and run_alive(claim, run_state):
+                return self._wait(f"for claim {claim.claim} to submit shard {shard}", "resume_adoption")
+            if name is not None:
+                submission["jobs"].append(name)
+        self.log.info("%d key(s) are requested by claim %s, in jobs %s", len(wanted), claim.claim,
+                      ", ".join(submission["jobs"]) or "none")
+        return submission
 
-    def _wait_for_claim(self, claim: str, what: str):
-        self.log.info("Waiting for claim %s %s", claim, what)
-        self.defer(trigger=TimeDeltaTrigger(dt.timedelta(seconds=float(self.poll_interval))),
-                   method_name="resume_adoption")
+    def _wait(self, what: str, method_name: str):
+        self.log.info("Waiting %s", what)
+        self.defer(trigger=TimeDeltaTrigger(dt.timedelta(seconds=float(self.poll_interval))), method_name=method_name)
+
+    def resume_submit(self, context, event: Any = None) -> dict | str:
+        """Try again: a slot for a job in flight may be free now."""
+        return self.execute(context)
 
     def resume_adoption(self, context, event: Any = None) -> dict:
-        """Look again: the claim wrote its shards, a job was created, or the job ended."""
-        return self._adopt(context, GeminiBatchHook(self.gemini_conn_id),
-                           ShardManifest.load(GeminiBatchHook(self.gemini_conn_id).storage_path(self.manifest_uri)))
+        """Look again: the claim wrote its shards, a job was created, or an adopted job ended."""
+        return self.execute(context)
 
     def on_kill(self) -> None:
         # Not cancelled on purpose: a cleared or retried task reattaches to the job (task state store, display name).
@@ -314,53 +333,122 @@ class GeminiBatchSubmitOperator(BaseOperator):
 
 
 class GeminiBatchJobSensor(BaseSensorOperator):
-    """Wait for a batch job submitted elsewhere; returns the same outcome dict as the submit operator."""
+    """Wait for batch jobs, deferred; return the outcome dict. It only observes.
 
-    template_fields = ("job_name", "gemini_conn_id")
+    ``job_name`` is a job's name, or the submission a
+    ``GeminiBatchSubmitOperator(wait=False)`` returned: its own job (which
+    the sensor cancels at the deadline: this run submitted it and must not
+    pay for it past then), or another run's jobs it adopted, which it waits
+    for and never touches. A job named alone is never cancelled either.
+    """
+
+    template_fields = ("job_name", "gemini_conn_id", "poll_interval", "expiry_hours")
 
     def __init__(
         self,
         *,
-        job_name: str,
+        job_name: str | Mapping,
         gemini_conn_id: str = GeminiBatchHook.default_conn_name,
         deferrable: bool = True,
-        poll_interval: float = 30,
-        expiry_hours: float = DEFAULT_EXPIRY_HOURS,
+        poll_interval: float | str = 30,
+        expiry_hours: float | str = DEFAULT_EXPIRY_HOURS,
         **kwargs,
     ):
-        super().__init__(poke_interval=poll_interval, **kwargs)
+        if isinstance(poll_interval, (int, float)):
+            kwargs.setdefault("poke_interval", poll_interval)
+        super().__init__(**kwargs)
         self.job_name = job_name
         self.gemini_conn_id = gemini_conn_id
         self.deferrable = deferrable
         self.poll_interval = poll_interval
-        self.expiry = dt.timedelta(hours=expiry_hours)
+        self.expiry_hours = expiry_hours
+
+    @property
+    def expiry(self) -> dt.timedelta:
+        return dt.timedelta(hours=float(self.expiry_hours))
+
+    def _submission(self) -> dict:
+        if isinstance(self.job_name, Mapping):
+            return dict(self.job_name)
+        return {"jobs": [self.job_name], "adopted": False, "own": False,
+                "display_name": None, "shard_id": None, "manifest_uri": None}
 
     def execute(self, context) -> dict | None:
         if not self.deferrable:
             return super().execute(context)
         hook = GeminiBatchHook(self.gemini_conn_id)
-        job = hook.get_job(self.job_name)
-        return wait_for_job(self, hook, job, expiry=self.expiry, poll_interval=self.poll_interval,
-                            describe=_describe_job(job))
+        submission = self._submission()
+        if submission["adopted"]:
+            return observe_adopted(self, hook, submission, expiry=self.expiry, poll_interval=float(self.poll_interval),
+                                   method_name="execute_complete")
+        job = hook.get_job(submission["jobs"][0])
+        return wait_for_job(self, hook, job, expiry=self.expiry, poll_interval=float(self.poll_interval),
+                            describe=_describe(submission, job))
 
     def poke(self, context) -> bool | PokeReturnValue:
         hook = GeminiBatchHook(self.gemini_conn_id)
-        job = hook.get_job(self.job_name)
+        submission = self._submission()
+        jobs = [hook.get_job(name) for name in submission["jobs"]]
+        now = dt.datetime.now(dt.timezone.utc)
+        if not all(is_terminal(job) or now >= job_deadline(job, self.expiry) for job in jobs):
+            return False
+        if submission["adopted"]:
+            return PokeReturnValue(True, adopted_outcome(submission, jobs))
+        (job,) = jobs
         if is_terminal(job):
             return PokeReturnValue(True, job_outcome(
-                self, _describe_job(job), job.name, state_name(job), job_stats(job), job_error(job)))
-        if dt.datetime.now(dt.timezone.utc) >= job_deadline(job, self.expiry):
-            return PokeReturnValue(True, deadline_outcome(
-                self, hook, job.name, state_name(job), job_stats(job), _describe_job(job)))
-        return False
+                self, _describe(submission, job), job.name, state_name(job), job_stats(job), job_error(job)))
+        return PokeReturnValue(True, self._past_deadline(hook, submission, job.name, state_name(job), job_stats(job)))
 
     def execute_complete(self, context, event: Mapping, describe: Mapping[str, Any] | None = None) -> dict:
-        return complete_from_event(self, GeminiBatchHook(self.gemini_conn_id), event, describe or {})
+        hook = GeminiBatchHook(self.gemini_conn_id)
+        submission = self._submission()
+        if submission["adopted"]:  # one adopted job ended (or its deadline passed): look at all of them again
+            return observe_adopted(self, hook, submission, expiry=self.expiry, poll_interval=float(self.poll_interval),
+                                   method_name="execute_complete")
+        if event["status"] == "deadline":
+            return self._past_deadline(hook, submission, event["job_name"], event["state"], event.get("stats") or {})
+        return complete_from_event(self, hook, event, describe or _describe(submission, None))
+
+    def _past_deadline(self, hook, submission: Mapping, job_name: str, state: str | None, stats: Mapping) -> dict:
+        describe = _describe(submission, None)
+        if submission["own"]:
+            return deadline_outcome(self, hook, job_name, state, stats, describe)
+        error = f"no result by the deadline (last state {state}); the job was left running: not this task's to cancel"
+        return job_outcome(self, describe, job_name, "JOB_STATE_EXPIRED", dict(stats), error, deadline_passed=True)
+
+
+def observe_adopted(
+    task: BaseOperator, hook: GeminiBatchHook, submission: Mapping, *, expiry: dt.timedelta, poll_interval: float,
+    method_name: str,
+) -> dict:
+    """The outcome of another run's jobs once each has ended or passed its deadline; until then defer."""
+    jobs = []
+    for name in submission["jobs"]:
+        job = hook.get_job(name)
+        deadline = job_deadline(job, expiry)
+        if not is_terminal(job) and dt.datetime.now(dt.timezone.utc) < deadline:
+            task.log.info("Waiting for batch job %s (%s) of another run: it requests keys of this round",
+                          name, state_name(job))
+            task.defer(trigger=GeminiBatchJobTrigger(job_name=name, gemini_conn_id=hook.gemini_conn_id,
+                                                     deadline=deadline.isoformat(), poll_interval=poll_interval),
+                       method_name=method_name)
+        jobs.append(job)
+    return adopted_outcome(submission, jobs)
+
+
+def adopted_outcome(submission: Mapping, jobs: list[types.BatchJob]) -> dict:
+    return {
+        "job_name": None, "display_name": None, "shard_id": submission.get("shard_id"),
+        "manifest_uri": submission.get("manifest_uri"), "state": "ADOPTED", "stats": {}, "error": None,
+        "deadline_passed": False, "adopted_jobs": [{"job_name": job.name, "state": state_name(job)} for job in jobs],
+    }
+
+
+def _describe(submission: Mapping, job: types.BatchJob | None) -> dict:
+    return {"display_name": submission.get("display_name") or (job.display_name if job else None),
+            "shard_id": submission.get("shard_id"), "manifest_uri": submission.get("manifest_uri")}
 
 
 def _unknown_run_state(dag_id: str, run_id: str) -> str | None:
     return None
-
-
-def _describe_job(job: types.BatchJob) -> dict:
-    return {"display_name": job.display_name, "shard_id": None, "manifest_uri": None}

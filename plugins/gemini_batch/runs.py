@@ -38,9 +38,8 @@ from airflow.sdk import ObjectStoragePath
 
 from gemini_batch import documents, plan, results
 from gemini_batch.batch_requests import RequestSpec, ShardManifest
-from gemini_batch.claims import FROM_LEDGER, JobState, KeyClaimer
+from gemini_batch.claims import FROM_LEDGER, KeyClaimer, job_state
 from gemini_batch.cost import load_prices
-from gemini_batch.hooks import DEAD_STATES, is_terminal, state_name
 from gemini_batch.ledger import Claim, Ledger, LedgerEvent, claim_id, now_iso
 from gemini_batch.locations import as_path, is_gcs, uri_of
 from gemini_batch.record_index import RecordIndex
@@ -351,12 +350,6 @@ def _write_adoptions(
         manifest_path.write_bytes(orjson.dumps(manifest.to_json(), option=orjson.OPT_INDENT_2))
         written.append(manifest)
     return written
-
-
-def job_state(hook, name: str) -> JobState:
-    job = hook.get_job(name)
-    state = state_name(job)
-    return JobState(state, is_terminal(job), state in DEAD_STATES, job.create_time)
 
 
 def retry_round(
