@@ -95,7 +95,7 @@ def _open_run():
         raise AirflowFailException(str(exc)) from None  # retrying cannot fix a parameter
 
 
-@task
+@task(multiple_outputs=False)  # one XCom: the plan's URI and counts (a dict return would be split per key)
 def plan_documents() -> dict:
     """An empty source plans zero documents and the run publishes an empty result; a missing one fails at once."""
     settings, folder, _ = _open_run()
@@ -114,7 +114,7 @@ def check_budget(planned: dict) -> None:
         raise AirflowFailException(str(exc)) from None  # over budget: no retry
 
 
-@task
+@task(multiple_outputs=False)
 def stage_documents() -> dict:
     settings, folder, hook = _open_run()
     return runs.stage_documents(settings, folder, hook)
@@ -126,7 +126,7 @@ def build_requests() -> list[str]:
     return runs.build_round(settings, folder, 0, hook, run_state=get_current_context()["ti"].get_dagrun_state)
 
 
-@task(trigger_rule=TriggerRule.NONE_FAILED)
+@task(trigger_rule=TriggerRule.NONE_FAILED, multiple_outputs=False)
 def collect_results(round_: int, jobs) -> dict:
     settings, folder, hook = _open_run()
     # A mapped group of one shard hands its single outcome on unwrapped (Airflow 3.3), not as a list of one.
@@ -163,7 +163,7 @@ def batch_job(manifest_uri: str):
     ).output
 
 
-@task(trigger_rule=TriggerRule.NONE_FAILED, outlets=[RESULTS])
+@task(trigger_rule=TriggerRule.NONE_FAILED, outlets=[RESULTS], multiple_outputs=True)  # the summary's fields in the UI
 def publish_results(planned: dict, collected: list[dict], outlet_events=None) -> dict:
     settings, folder, _ = _open_run()
     summary = runs.publish(settings, folder, planned, jobs=sum(c["jobs"] for c in collected))
@@ -172,6 +172,7 @@ def publish_results(planned: dict, collected: list[dict], outlet_events=None) ->
 
 
 @teardown  # runs whatever happened upstream, and does not decide the run's state
+@task(multiple_outputs=False)
 def clean_up() -> dict:
     settings, folder, hook = _open_run()
     context = get_current_context()

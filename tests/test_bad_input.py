@@ -341,13 +341,14 @@ def test_a_one_megabyte_prompt_is_accepted_and_rows_are_streamed(start_emulator,
 def test_a_run_over_bad_inputs_loses_nothing_and_writes_only_to_output(airflow_home, tmp_path, start_emulator):
     source, expected = bad_folder(tmp_path)
     server = start_emulator(time_scale=600, data_dir=tmp_path / "emulator")
-    output = tmp_path / "output"
-    before = tree(tmp_path, output, tmp_path / "emulator")
+    output, ledger = tmp_path / "output", tmp_path / "ledger"
+    before = tree(tmp_path, output, tmp_path / "emulator", ledger)
 
     done = run_dag(airflow_home, developer_conn(server.url),
-                   {"source": str(source), "output": str(output), "max_part_mb": 1}, "2026-12-01")
+                   {"source": str(source), "output": str(output), "max_part_mb": 1, "state": str(ledger)}, "2026-12-01")
     done.check()
-    assert tree(tmp_path, output, tmp_path / "emulator") == before, "nothing is written outside output"
+    assert tree(tmp_path, output, tmp_path / "emulator", ledger) == before, "nothing is written outside output"
+    assert (ledger / "events").is_dir(), "and the ledger"
 
     raw = (output / "results.jsonl").read_bytes()
     lines = [json.loads(line) for line in raw.decode("utf-8").splitlines()]

@@ -4,11 +4,10 @@ The submit operator is idempotent: the job's display name is derived from
 the run and the shard's keys, so a retried or cleared task finds the job it
 submitted before and reattaches instead of paying twice. It finds it through
 Airflow's task state store (kept per run, task and map index across retries
-and clears), so a first try lists no jobs at all. Waiting is deferred
-by default and the task keeps its pool slot while deferred: a pool with
-``include_deferred`` then caps the jobs in flight exactly. The deadline
-comes from the job's create time, so a restart never extends it; when it
-passes, the job is cancelled so that it bills nothing more.
+and clears), so a first try lists no jobs at all. The sensor waits,
+deferred; the deadline comes from the job's create time, so a restart never
+extends it; when it passes, the run's own job is cancelled so that it bills
+nothing more (a job of another run is only observed).
 
 A job that ends FAILED or EXPIRED does not fail the task: its finished rows
 are collected and the rest retried downstream. The operator and the sensor
