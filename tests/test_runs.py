@@ -51,16 +51,22 @@ def test_budget_gate_states_the_estimate(tmp_path):
         runs.check_budget(summary, 0.0001)
 
 
-def test_clean_up_cancels_unfinished_jobs_and_deletes_staged_uploads(start_emulator, monkeypatch, tmp_path):
-    server = start_emulator(time_scale=3600, faults={"stuck_pending_rate": 1, "job_expiry_hours": 1000})
-    use_developer(monkeypatch, server.url)
+def staged_samples(tmp_path, run_id: str):
+    """The samples planned and staged by a run on the emulator in use: (hook, settings, folder, staging counts)."""
     hook = GeminiBatchHook()
     source = tmp_path / "source"
     shutil.copytree(SAMPLES, source)
     settings = runs.RunSettings.from_params({**PARAMS, "source": str(source), "output": str(tmp_path / "out")})
-    folder = runs.RunFolder(settings, "manual__cleanup", "developer")
+    folder = runs.RunFolder(settings, run_id, "developer")
     runs.plan_documents(settings, folder)
-    assert runs.stage_documents(settings, folder, hook) == {"staged": 7, "failed": 0}  # 8 requests, the text one inline
+    return hook, settings, folder, runs.stage_documents(settings, folder, hook)
+
+
+def test_clean_up_cancels_unfinished_jobs_and_deletes_staged_uploads(start_emulator, monkeypatch, tmp_path):
+    server = start_emulator(time_scale=3600, faults={"stuck_pending_rate": 1, "job_expiry_hours": 1000})
+    use_developer(monkeypatch, server.url)
+    hook, settings, folder, staging = staged_samples(tmp_path, "manual__cleanup")
+    assert staging == {"staged": 7, "failed": 0}  # 8 requests, the text one inline
     stuck = submit_shard(hook, write_shard(as_path(tmp_path / "shards")), "gb-cleanup-test")
     (job_input,) = [f.name for f in hook.get_conn().files.list() if f.name.startswith("files/gbs-")]
 
@@ -80,13 +86,7 @@ def test_clean_up_leaves_a_staged_document_another_runs_claim_holds(start_emulat
     """Another run took one key over (its claim holds the lease now): its job reads that upload, so it stays."""
     server = start_emulator(time_scale=3600)
     use_developer(monkeypatch, server.url)
-    hook = GeminiBatchHook()
-    source = tmp_path / "source"
-    shutil.copytree(SAMPLES, source)
-    settings = runs.RunSettings.from_params({**PARAMS, "source": str(source), "output": str(tmp_path / "out")})
-    folder = runs.RunFolder(settings, "manual__kept", "developer")
-    runs.plan_documents(settings, folder)
-    runs.stage_documents(settings, folder, hook)
+    hook, settings, folder, _ = staged_samples(tmp_path, "manual__kept")
     runs.build_round(settings, folder, 0, hook)
     ledger = settings.ledger()
     with runs.read_staged(folder) as staged:

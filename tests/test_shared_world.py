@@ -62,13 +62,17 @@ def second_airflow_home(tmp_path_factory):
     return new_airflow_home(tmp_path_factory.mktemp("airflow-home-2"))
 
 
-def test_two_runs_started_together_request_each_key_once(airflow_home, second_airflow_home, tmp_path, start_emulator):
-    """Both plan the same 6 PDFs at the same moment; the leases decide who requests each key, the other waits."""
-    server = start_emulator(time_scale=600, faults={"pending_seconds": 3000})  # jobs pend 5 s: the runs overlap
+def overlap(tmp_path, start_emulator, pending_seconds: float):
+    """An emulator whose jobs pend ``pending_seconds`` (emulated, at 600x), 6 PDFs, the connection, one ledger."""
+    server = start_emulator(time_scale=600, faults={"pending_seconds": pending_seconds})
     source = tmp_path / "source"
     write_invoices(source, [f"doc-{n}" for n in range(6)])
-    conn = developer_conn(server.url)
-    ledger = {"GEMINI_BATCH_STATE": str(tmp_path / "ledgers")}
+    return server, source, developer_conn(server.url), {"GEMINI_BATCH_STATE": str(tmp_path / "ledgers")}
+
+
+def test_two_runs_started_together_request_each_key_once(airflow_home, second_airflow_home, tmp_path, start_emulator):
+    """Both plan the same 6 PDFs at the same moment; the leases decide who requests each key, the other waits."""
+    server, source, conn, ledger = overlap(tmp_path, start_emulator, 3000)  # jobs pend 5 s: the runs overlap
     first = start_dag(airflow_home, conn, {"source": str(source), "output": str(tmp_path / "out-1")},
                       "2026-11-05", ledger)
     second = start_dag(second_airflow_home, conn, {"source": str(source), "output": str(tmp_path / "out-2")},
@@ -93,11 +97,7 @@ def test_a_run_triggered_while_another_waits_takes_its_answers(airflow_home, sec
                                                                 start_emulator):
     """The second run starts once the first one's job exists: it waits for that job instead of paying again,
     and the first run's clean-up leaves nothing the second needs missing."""
-    server = start_emulator(time_scale=600, faults={"pending_seconds": 6000})  # 10 s pending
-    source = tmp_path / "source"
-    write_invoices(source, [f"doc-{n}" for n in range(6)])
-    conn = developer_conn(server.url)
-    ledger = {"GEMINI_BATCH_STATE": str(tmp_path / "ledgers")}
+    server, source, conn, ledger = overlap(tmp_path, start_emulator, 6000)  # 10 s pending
     first = start_dag(airflow_home, conn, {"source": str(source), "output": str(tmp_path / "out-1")},
                       "2026-11-06", ledger)
     wait_for_jobs(server, 1)
