@@ -13,7 +13,7 @@ CI-sized by default (the whole file takes a few minutes on 2 cores); the full se
 2. Many deferred waits: `dags test` does not hold deferred waits together (it runs each task's trigger inline,
    to its end, one task after another), so this test uses the production topology of tests/stack.py (one
    triggerer, scheduler, Celery workers or the LocalExecutor) with GEMINI_BATCH_LOAD_WAITS (default 20)
-   one-request shards and the pool raised to that many slots. The emulator keeps every job PENDING until all
+   one-request shards, the pool and max_jobs_in_flight raised to that many. The emulator keeps every job PENDING until all
    the waits are deferred at once; the triggerer's CPU and memory are measured over a hold of
    GEMINI_BATCH_LOAD_HOLD seconds, then the emulator is restarted with jobs that finish at once, and every
    wait must resolve (the run succeeds, one job per document, every document succeeded).
@@ -399,7 +399,7 @@ def test_many_deferred_waits_in_one_triggerer(tmp_path):
                 m.update(idle_cpu_s_per_min=round(idle_cpu_per_min, 2), idle_rss_mb=mb(rss_idle))
 
                 conf = {"source": str(source), "output": str(output), "max_rows_per_job": 1,
-                        "poll_seconds": POLL_SECONDS}
+                        "poll_seconds": POLL_SECONDS, "max_jobs_in_flight": WAITS}
                 run = stack.api("POST", "/dags/gemini_batch_extract/dagRuns", {"logical_date": None, "conf": conf})
                 run_id = run["dag_run_id"]
                 t_run = time.monotonic()
