@@ -7,7 +7,7 @@ not match the schema, row errors, rows missing and unknown keys. It comes as
 jobs of 10,000 rows, the DAG's default ``max_rows_per_job``. Two ways over the
 same files, each in a fresh process:
 
-- ours: ``runs.collect_round`` for the round, writing one outcome per key
+- ours: ``Run.collect`` for the round, writing one outcome per key
   sent; each job's output is read from its local file (the stand-in for the
   hook's download, the one part not measured);
 - the floor: a bare loop of ``orjson.loads`` over the same lines.
@@ -125,9 +125,10 @@ def _row(rng: random.Random, key: str, i: int, fault: str | None) -> dict:
 
 
 class LocalOutputHook:
-    """The hook's two calls collect_round makes, over the local output files (the download is not measured)."""
+    """The hook's two calls Run.collect makes, over the local output files (the download is not measured)."""
 
     backend = "developer"
+    gcp_conn_id = None
 
     def get_job(self, name: str) -> str:
         return name
@@ -138,25 +139,25 @@ class LocalOutputHook:
 
 
 def ours(jobs: str, work: str) -> dict:
-    """collect_round over a round of one shard per job: one outcome per key sent, into the round's outcomes.jsonl."""
+    """``Run.collect`` over a round of one shard per job: one outcome per key sent, into the round's outcomes.jsonl."""
     from gemini_batch import runs
     from gemini_batch.batch_requests import ShardManifest
 
-    settings = runs.RunSettings.from_params({
+    run = runs.Run.from_params({
         "source": str(Path(work) / "source"), "output": str(Path(work) / "output"), "model": "gemini-2.5-flash",
-        "prompt": "Extract the invoice.", "response_schema": SCHEMA,
-    })
-    folder = runs.RunFolder(settings, "bench", "developer")
+        "prompt": "Extract the invoice.", "response_schema": SCHEMA, "state": str(Path(work) / "ledger"),
+    }, "bench", LocalOutputHook())
+    folder = run.folder
     shards = folder.shards(0)
     shards.mkdir(parents=True, exist_ok=True)
     submitted = []
     for keys in sorted(Path(jobs).glob("job-*.keys")):
         job = str(keys.with_suffix(""))
         manifest = ShardManifest(keys.stem, f"{job}.jsonl", 0, 0, str(keys), str(shards / f"{keys.stem}.manifest.json"))
-        (shards / f"{keys.stem}.manifest.json").write_bytes(orjson.dumps(manifest.to_json()))
+        manifest.save(shards / f"{keys.stem}.manifest.json")
         submitted.append({"manifest_uri": manifest.manifest_uri, "job_name": job, "state": "JOB_STATE_SUCCEEDED"})
     start = time.perf_counter()
-    counts = runs.collect_round(settings, folder, 0, submitted, LocalOutputHook())
+    counts = run.collect(0, submitted)
     return {**counts, "outcomes_bytes": Path(folder.outcomes(0).path).stat().st_size,
             "seconds": round(time.perf_counter() - start, 6)}
 
@@ -194,7 +195,7 @@ def run(workdir: Path, target_mb: float = float("inf"), *, keys: int | None = No
     parsed = measure("bench.collect.floor", jobs=str(jobs))
     collected = measure("bench.collect.ours", jobs=str(jobs), work=str(case_dir / "work"))
     if collected["keys"] != made["keys"]:
-        raise AssertionError(f"collect_round wrote {collected['keys']} outcomes for {made['keys']} keys")
+        raise AssertionError(f"Run.collect wrote {collected['keys']} outcomes for {made['keys']} keys")
     rate, floor_rate = size_mb / collected["seconds"], size_mb / parsed["seconds"]
     return [
         Row(bench, "orjson floor (parse each line)", label, parsed["seconds"], f"{floor_rate:,.0f} MB/s",

@@ -4,7 +4,7 @@ answered keys (target: within 2x of the empty ledger's time).
 Each ledger is built once under the work folder the way runs build it (one
 segment per run of 10,000 answers, then a compaction into a snapshot, then
 a few newer segments the snapshot does not hold), and reused by later runs.
-The timed step is the DAG's plan task (``runs.plan_documents``), in a fresh
+The timed step is the DAG's plan task (``Run.plan``), in a fresh
 process: the view of the ledger is opened, every document is inspected and
 keyed, and every key is looked up.
 """
@@ -56,11 +56,10 @@ def plan(source: str, work: str, ledger: str) -> dict:
     """The plan task's step against ``ledger``."""
     from gemini_batch import runs
 
-    settings = runs.RunSettings.from_params({"source": source, "output": work, "model": "gemini-2.5-flash-lite",
-                                             "prompt": PROMPT, "response_schema": None, "state": ledger})
-    folder = runs.RunFolder(settings, "bench-ledger", "developer")
+    run = runs.Run.from_params({"source": source, "output": work, "model": "gemini-2.5-flash-lite", "prompt": PROMPT,
+                                "response_schema": None, "state": ledger}, "bench-ledger")
     start = time.perf_counter()
-    summary = runs.plan_documents(settings, folder)
+    summary = run.plan()
     return {"documents": summary.documents, "requests": summary.requests, "reused": summary.reused_parts,
             "seconds": round(time.perf_counter() - start, 6)}
 

@@ -161,7 +161,7 @@ def _task_instances(database: Path, run_id: str, launched: float, exited: float)
 def our_steps(home: str, url: str, output: str) -> dict:
     """The DAG's task bodies called in order in one plain process: the work of the tasks, with no Airflow around.
 
-    Each step opens the run as its task does (settings, folder, hook). The shard is submitted by the submit
+    Each step opens the run as its task does (``Run``: settings, folder, ledger, hook). The shard is submitted by the submit
     operator itself; its deferral runs the trigger to its event in this process and resumes the operator,
     as ``dags test`` does. The imports the DAG file makes are timed apart: in ``dags test`` they are parsing.
     """
@@ -182,10 +182,8 @@ def our_steps(home: str, url: str, output: str) -> dict:
     context = {"ti": ti}
     step_s: dict[str, float] = {}
 
-    def open_run():
-        hook = GeminiBatchHook(params["gemini_conn_id"])
-        settings = runs.RunSettings.from_params(params, gcp_conn_id=hook.gcp_conn_id)
-        return settings, runs.RunFolder(settings, run_id, hook.backend), hook
+    def open_run() -> runs.Run:
+        return runs.Run.from_params(params, run_id, GeminiBatchHook(params["gemini_conn_id"]))
 
     def timed(name: str, step, *args):
         start = time.perf_counter()
@@ -201,40 +199,33 @@ def our_steps(home: str, url: str, output: str) -> dict:
         try:
             return operator.execute(context)
         except TaskDeferred as deferred:
-            event = timed("trigger_wait", lambda: asyncio.run(_first_event(deferred.trigger)))
+            trigger = deferred.trigger
+            event = timed("trigger_wait", lambda: asyncio.run(_first_event(trigger)))
             return getattr(operator, deferred.method_name)(context, event=event)  # no kwargs back, as in dags test
 
     def plan_documents():
-        settings, folder, _ = open_run()
-        return runs.plan_documents(settings, folder).to_json()
+        return open_run().plan().to_json()
 
     def check_budget(planned):
-        settings, _, _ = open_run()
-        runs.check_budget(planned, settings.max_cost_usd)
+        open_run().check_budget(planned)
 
     def stage_documents():
-        settings, folder, hook = open_run()
-        return runs.stage_documents(settings, folder, hook)
+        return open_run().stage()
 
     def build_requests():
-        settings, folder, hook = open_run()
-        return runs.build_round(settings, folder, 0, hook)
+        return open_run().build(0)
 
     def collect_results(round_, jobs):
-        settings, folder, hook = open_run()
-        return runs.collect_round(settings, folder, round_, jobs, hook)
+        return open_run().collect(round_, jobs)
 
     def prepare_retry(round_):
-        settings, folder, hook = open_run()
-        return runs.retry_round(settings, folder, round_, hook)
+        return open_run().retry(round_)
 
     def publish_results(planned, collected):
-        settings, folder, _ = open_run()
-        return runs.publish(settings, folder, planned, jobs=sum(c["jobs"] for c in collected))
+        return open_run().publish(planned, jobs=sum(c["jobs"] for c in collected))
 
     def clean_up():
-        settings, folder, hook = open_run()
-        return runs.clean_up(settings, folder, hook, ti.pushed("job_name"), ti.pushed("job_input"))
+        return open_run().clean_up(ti.pushed("job_name"), ti.pushed("job_input"))
 
     start = time.perf_counter()
     planned = timed("plan_documents", plan_documents)

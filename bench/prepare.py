@@ -30,7 +30,7 @@ BASELINE_SAMPLE = 2_000  # the baseline's rate is steady: larger runs time it on
 
 
 def ours(source: str, work: str, url: str) -> dict:
-    """The plan, stage and build tasks' steps (``gemini_batch.runs``), then the JSONL check; seconds per step."""
+    """The plan, stage and build tasks' steps (``gemini_batch.runs.Run``), then the JSONL check; seconds per step."""
     os.environ["AIRFLOW_CONN_GEMINI_DEFAULT"] = emulator_connection(url)
     from gemini_batch import runs
     from gemini_batch.batch_requests import ShardManifest
@@ -39,24 +39,23 @@ def ours(source: str, work: str, url: str) -> dict:
     from gemini_batch.validate import validate_jsonl
 
     hook = GeminiBatchHook()
-    settings = runs.RunSettings.from_params({"source": source, "output": work, "model": "gemini-2.5-flash",
-                                             "prompt": PROMPT, "response_schema": SCHEMA, "state": f"{work}/ledger"})
-    folder = runs.RunFolder(settings, "bench", hook.backend)
+    run = runs.Run.from_params({"source": source, "output": work, "model": "gemini-2.5-flash", "prompt": PROMPT,
+                                "response_schema": SCHEMA, "state": f"{work}/ledger"}, "bench", hook)
     steps: dict[str, float] = {}
     peaks: dict[str, float] = {"start": peak_rss_mb()}  # the process's peak so far, after each step
 
     start = time.perf_counter()
-    summary = runs.plan_documents(settings, folder)
+    summary = run.plan()
     steps["plan"] = time.perf_counter() - start
     peaks["plan"] = peak_rss_mb()
 
     start = time.perf_counter()
-    staging = runs.stage_documents(settings, folder, hook)
+    staging = run.stage()
     steps["stage"] = time.perf_counter() - start
     peaks["stage"] = peak_rss_mb()
 
     start = time.perf_counter()
-    manifests = [ShardManifest.load(as_path(uri)) for uri in runs.build_round(settings, folder, 0, hook)]
+    manifests = [ShardManifest.load(as_path(uri)) for uri in run.build(0)]
     steps["build"] = time.perf_counter() - start
     peaks["build"] = peak_rss_mb()
 

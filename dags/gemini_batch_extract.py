@@ -2,7 +2,8 @@
 
 plan -> check budget -> stage -> build requests (leases the keys in the ledger)
 -> jobs (one mapped group per shard: submit, then a deferred sensor waits) ->
-collect -> retry rounds (failed keys only) -> publish results -> clean up. Each step lives in ``gemini_batch.runs``; this
+collect -> retry rounds (failed keys only) -> publish results -> clean up.
+Each task opens the run (``gemini_batch.runs.Run``) and calls its step; this
 file only wires them. Trigger it from the UI form, let it run nightly over
 ``$GEMINI_BATCH_LANDING/<date>/``, or backfill dated folders.
 """
@@ -17,7 +18,6 @@ from airflow.sdk.exceptions import AirflowFailException
 from airflow.sdk import Asset, Param, TaskGroup, TriggerRule, dag, get_current_context, task, task_group, teardown
 
 from gemini_batch import documents, runs
-from gemini_batch.hooks import GeminiBatchHook
 from gemini_batch.locations import uri_of
 from gemini_batch.operators import GeminiBatchJobSensor, GeminiBatchSubmitOperator
 
@@ -84,13 +84,10 @@ PARAMS = {
 }
 
 
-def _open_run():
-    """Settings, work folder and hook of the current run."""
-    context = get_current_context()
-    hook = GeminiBatchHook(context["params"]["gemini_conn_id"])
+def _open_run() -> runs.Run:
+    """The current task's run: settings checked once, work folder, ledger and hook."""
     try:
-        settings = runs.RunSettings.from_context(context, gcp_conn_id=hook.gcp_conn_id)
-        return settings, runs.RunFolder(settings, context["run_id"], hook.backend), hook
+        return runs.Run.from_context(get_current_context())
     except runs.RunConfigError as exc:
         raise AirflowFailException(str(exc)) from None  # retrying cannot fix a parameter
 
@@ -98,46 +95,39 @@ def _open_run():
 @task(multiple_outputs=False)  # one XCom: the plan's URI and counts (a dict return would be split per key)
 def plan_documents() -> dict:
     """An empty source plans zero documents and the run publishes an empty result; a missing one fails at once."""
-    settings, folder, _ = _open_run()
     try:
-        return runs.plan_documents(settings, folder).to_json()
+        return _open_run().plan().to_json()
     except documents.SourceError as exc:
         raise AirflowFailException(str(exc)) from None  # a source that is not there is a parameter to fix
 
 
 @task
 def check_budget(planned: dict) -> None:
-    settings, _, _ = _open_run()
     try:
-        runs.check_budget(planned, settings.max_cost_usd)
+        _open_run().check_budget(planned)
     except runs.RunConfigError as exc:
         raise AirflowFailException(str(exc)) from None  # over budget: no retry
 
 
 @task(multiple_outputs=False)
 def stage_documents() -> dict:
-    settings, folder, hook = _open_run()
-    return runs.stage_documents(settings, folder, hook)
+    return _open_run().stage()
 
 
 @task
 def build_requests() -> list[str]:
-    settings, folder, hook = _open_run()
-    return runs.build_round(settings, folder, 0, hook, run_state=get_current_context()["ti"].get_dagrun_state)
+    return _open_run().build(0)
 
 
 @task(trigger_rule=TriggerRule.NONE_FAILED, multiple_outputs=False)
 def collect_results(round_: int, jobs) -> dict:
-    settings, folder, hook = _open_run()
     # A mapped group of one shard hands its single outcome on unwrapped (Airflow 3.3), not as a list of one.
-    outcomes = [jobs] if isinstance(jobs, Mapping) else list(jobs or [])
-    return runs.collect_round(settings, folder, round_, outcomes, hook)
+    return _open_run().collect(round_, [jobs] if isinstance(jobs, Mapping) else list(jobs or []))
 
 
 @task(trigger_rule=TriggerRule.NONE_FAILED)
 def prepare_retry(round_: int) -> list[str]:
-    settings, folder, hook = _open_run()
-    return runs.retry_round(settings, folder, round_, hook, run_state=get_current_context()["ti"].get_dagrun_state)
+    return _open_run().retry(round_)
 
 
 @task_group(group_id="jobs", tooltip="Per shard: submit its batch job, then wait for it (deferred)")
@@ -165,21 +155,20 @@ def batch_job(manifest_uri: str):
 
 @task(trigger_rule=TriggerRule.NONE_FAILED, outlets=[RESULTS], multiple_outputs=True)  # the summary's fields in the UI
 def publish_results(planned: dict, collected: list[dict], outlet_events=None) -> dict:
-    settings, folder, _ = _open_run()
-    summary = runs.publish(settings, folder, planned, jobs=sum(c["jobs"] for c in collected))
-    outlet_events[RESULTS].extra = {"output": uri_of(settings.output), **summary}
+    run = _open_run()
+    summary = run.publish(planned, jobs=sum(c["jobs"] for c in collected))
+    outlet_events[RESULTS].extra = {"output": uri_of(run.settings.output), **summary}
     return summary
 
 
 @teardown  # runs whatever happened upstream, and does not decide the run's state
 @task(multiple_outputs=False)
 def clean_up() -> dict:
-    settings, folder, hook = _open_run()
     context = get_current_context()
     task_ids = ["jobs.submit"] + [f"retry_round_{r}.jobs.submit" for r in range(1, MAX_RETRY_ROUNDS + 1)]
     names, inputs = ([v for v in context["ti"].xcom_pull(task_ids=task_ids, key=key) or [] if v]
                      for key in ("job_name", "job_input"))
-    return runs.clean_up(settings, folder, hook, names, inputs)
+    return _open_run().clean_up(names, inputs)
 
 
 @dag(

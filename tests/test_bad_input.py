@@ -23,8 +23,6 @@ from fpdf import FPDF
 from PIL import Image
 from pypdf import PdfReader, PdfWriter
 from dagrun import developer_conn, read_results, run_dag, submitted_jobs
-from test_hooks import use_developer, wait_until_ended, write_shard
-from test_operators import RecordingTaskInstance, context
 
 from conftest import developer_client, storage_client
 from gemini_batch import documents, plan, results, runs
@@ -34,6 +32,7 @@ from gemini_batch.hooks import GeminiBatchHook
 from gemini_batch.locations import as_path
 from gemini_batch.operators import GeminiBatchSubmitOperator
 from gemini_batch.validate import validate_jsonl
+from service import RecordingTaskInstance, context, use_developer, wait_until_ended, write_shard
 
 MB = 2**20
 MODEL = "gemini-2.5-flash"
@@ -178,7 +177,7 @@ def test_a_name_that_is_not_utf8_is_read_and_shown_with_escapes(tmp_path):
     (item,) = plan.parts_to_stage(as_path(tmp_path / "plan.jsonl"), as_path(source))
     with documents.open_part(item.location, item.pages) as stream:
         assert stream.read() == data
-    record = results.document_record(doc, {}, {})
+    record = results.document_record(doc, {}, {}).to_json()
     assert record["document"] == "caf\\xe9.pdf" and orjson.dumps(record).decode("utf-8")
 
 
@@ -241,8 +240,8 @@ def test_a_model_the_service_does_not_have_fails_the_task_naming_it(start_emulat
 # ------------------------------------------------------------------ a source that goes away
 
 
-def planned_key(folder: runs.RunFolder, document: str) -> str:
-    (doc,) = [doc for doc in plan.read_plan(folder.plan) if doc.path == document]
+def planned_key(run: runs.Run, document: str) -> str:
+    (doc,) = [doc for doc in plan.read_plan(run.folder.plan) if doc.path == document]
     return doc.parts[0].key
 
 
@@ -257,22 +256,21 @@ def test_a_source_that_disappears_mid_run_fails_only_what_it_still_needed(start_
     (source / "invoice.pdf").write_bytes(pdf_bytes("Invoice INV-0001 total 1.00 EUR"))
     (source / "sub" / "note.txt").write_text("Invoice T-2, total 2.00 EUR\n")
     (source / "late.pdf").write_bytes(pdf_bytes("Invoice INV-0003 total 3.00 EUR"))
-    settings = runs.RunSettings.from_params({**PARAMS, "source": str(source), "output": str(tmp_path / "out")})
-    folder = runs.RunFolder(settings, "manual__vanish", "developer")
-    planned = runs.plan_documents(settings, folder).to_json()
+    run = runs.Run.from_params({**PARAMS, "source": str(source), "output": str(tmp_path / "out")}, "manual__vanish",
+                               hook)
+    planned = run.plan().to_json()
     late = source.parent / "late.pdf"
     (source / "late.pdf").rename(late)  # gone before staging
-    assert runs.stage_documents(settings, folder, hook) == {"staged": 1, "failed": 1}
+    assert run.stage() == {"staged": 1, "failed": 1}
     late.rename(source / "late.pdf")
     shutil.rmtree(source)  # gone after staging, before the requests are built
 
-    (manifest_uri,) = runs.build_round(settings, folder, 0, None)
+    (manifest_uri,) = run.build(0)
     assert as_path(manifest_uri).exists()
     src = hook.upload_jsonl(hook.storage_path(ShardManifest.load(manifest_uri).uri), "gbs-vanish")
     job = wait_until_ended(hook, hook.create_job(model=MODEL, src=src, display_name="vanish").name)
-    runs.collect_round(settings, folder, 0, [{"manifest_uri": manifest_uri, "job_name": job.name,
-                                              "state": job.state.name}], hook)
-    report = runs.publish(settings, folder, planned, jobs=1)
+    run.collect(0, [{"manifest_uri": manifest_uri, "job_name": job.name, "state": job.state.name}])
+    report = run.publish(planned, jobs=1)
 
     records, summary = read_results(tmp_path / "out")
     assert records["invoice.pdf"]["status"] == "succeeded"
@@ -284,12 +282,14 @@ def test_a_source_that_disappears_mid_run_fails_only_what_it_still_needed(start_
     assert report == summary and (summary["documents"], summary["succeeded"], summary["failed"]) == (3, 1, 2)
 
     # A cleared run that builds again, with the folder back, forgets the earlier try's reading failure.
-    late_key, note_key = planned_key(folder, "late.pdf"), planned_key(folder, "sub/note.txt")
-    assert runs.read_stage_failures(folder).keys() == {late_key, note_key}
+    late_key, note_key = planned_key(run, "late.pdf"), planned_key(run, "sub/note.txt")
+    with run.staging() as staging:
+        assert dict(staging.failures()).keys() == {late_key, note_key}
     (source / "sub").mkdir(parents=True)
     (source / "sub" / "note.txt").write_text("Invoice T-2, total 2.00 EUR\n")
-    runs.build_round(settings, folder, 0, None)
-    assert runs.read_stage_failures(folder).keys() == {late_key}
+    run.build(0)
+    with run.staging() as staging:
+        assert dict(staging.failures()).keys() == {late_key}
 
 
 # ------------------------------------------------------------------ a 1 MB prompt

@@ -4,6 +4,7 @@ answer, and the records and totals published for a run."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import orjson
@@ -18,6 +19,7 @@ from gemini_batch.results import (
     WARNINGS_PER_KIND,
     ExtractionError,
     RowOutcome,
+    DocumentRecord,
     RunTotals,
     document_record,
     extract_json,
@@ -316,8 +318,15 @@ def failed(key, error, tokens=(300, 50)) -> RowOutcome:
     return RowOutcome(key, "failed", None, error, "MAX_TOKENS", tokens[0], tokens[1], "gemini-2.5-flash", '{"a')
 
 
+def record_json(doc, outcomes, reused) -> dict:
+    """The results.jsonl line of a document, as written (contract 6); the typed record reads it back unchanged."""
+    record = document_record(doc, outcomes, reused)
+    assert DocumentRecord.from_json(orjson.loads(orjson.dumps(record.to_json()))) == record
+    return record.to_json()
+
+
 def test_a_single_part_document_record_has_exactly_the_contract_fields():
-    record = document_record(planned("a.pdf", ("k1", None)), {"k1": succeeded("k1", INVOICE)}, {})
+    record = record_json(planned("a.pdf", ("k1", None)), {"k1": succeeded("k1", INVOICE)}, {})
     assert record == {
         "document": "a.pdf", "status": "succeeded", "data": INVOICE, "error": None,
         "parts": [{"key": "k1", "pages": None, "status": "succeeded", "finish_reason": "STOP", "error": None, "reused": False}],
@@ -334,7 +343,7 @@ def test_a_split_pdf_merges_its_parts_in_page_order():
         "p2": succeeded("p2", {"invoice_number": "INV-9", "total": 10, "items": [{"sku": "b"}], "vendor": {"vat": "DE1"}}),
         "p3": succeeded("p3", {"items": [{"sku": "c"}], "notes": "last page"}),
     }
-    record = document_record(doc, outcomes, {})
+    record = record_json(doc, outcomes, {})
     assert record["status"] == "succeeded" and record["error"] is None
     assert record["data"] == {
         "invoice_number": "INV-1", "total": 10, "items": [{"sku": "a"}, {"sku": "b"}, {"sku": "c"}],
@@ -348,7 +357,7 @@ def test_a_split_pdf_merges_its_parts_in_page_order():
 def test_parts_that_are_not_all_objects_give_the_list_of_their_data():
     doc = planned("long.pdf", ("p1", (1, 50)), ("p2", (51, 100)), ("p3", (101, 120)))
     datas = {"p1": [{"row": 1}], "p2": [{"row": 2}], "p3": {"row": 3}}
-    record = document_record(doc, {key: succeeded(key, data) for key, data in datas.items()}, {})
+    record = record_json(doc, {key: succeeded(key, data) for key, data in datas.items()}, {})
     assert record["data"] == [[{"row": 1}], [{"row": 2}], {"row": 3}]
 
 
@@ -363,7 +372,7 @@ def test_one_failed_part_fails_the_document_and_names_its_pages():
         "p2": failed("p2", "finish reason MAX_TOKENS: answer truncated"),
         "p3": missing_outcome("p3", "no answer: job EXPIRED before this row ran"),
     }
-    record = document_record(doc, outcomes, {})
+    record = record_json(doc, outcomes, {})
     assert (record["status"], record["data"]) == ("failed", None)
     assert record["error"] == (
         "pages 51-100: finish reason MAX_TOKENS: answer truncated; pages 101-120: no answer: job EXPIRED before this row ran"
@@ -374,7 +383,7 @@ def test_one_failed_part_fails_the_document_and_names_its_pages():
 
 
 def test_an_unsplit_document_without_an_outcome_fails_without_a_page_prefix():
-    record = document_record(planned("a.pdf", ("k1", None)), {}, {})
+    record = record_json(planned("a.pdf", ("k1", None)), {}, {})
     assert (record["status"], record["error"], record["data"]) == ("failed", "no answer for this part", None)
     assert record["parts"][0]["status"] == "failed"
 
@@ -385,19 +394,19 @@ def test_reused_parts_count_as_succeeded_and_cost_nothing_this_run():
         for n, key in enumerate(["p1", "p2"], 1)
     }
     doc = planned("long.pdf", ("p1", (1, 50), True), ("p2", (51, 100), True))
-    record = document_record(doc, {}, stored)
+    record = record_json(doc, {}, stored)
     assert (record["status"], record["reused"], record["data"]) == ("succeeded", True, {"page": 1})
     assert [p["reused"] for p in record["parts"]] == [True, True]
     assert record["usage"] == {"input_tokens": 0, "output_tokens": 0}
 
     doc = planned("long.pdf", ("p1", (1, 50), True), ("p3", (51, 100)))
-    partly = document_record(doc, {"p3": succeeded("p3", {"page": 3})}, stored)
+    partly = record_json(doc, {"p3": succeeded("p3", {"page": 3})}, stored)
     assert (partly["status"], partly["reused"], partly["data"]) == ("succeeded", False, {"page": 1})
     assert partly["usage"] == {"input_tokens": 300, "output_tokens": 20}
 
 
 def test_a_rejected_document_keeps_its_reason():
-    record = document_record(planned("broken.pdf", rejected="corrupt PDF: no pages"), {}, {})
+    record = record_json(planned("broken.pdf", rejected="corrupt PDF: no pages"), {}, {})
     assert record == {
         "document": "broken.pdf", "status": "rejected", "data": None, "error": "corrupt PDF: no pages", "parts": [],
         "usage": {"input_tokens": 0, "output_tokens": 0}, "reused": False,
@@ -405,7 +414,7 @@ def test_a_rejected_document_keeps_its_reason():
 
 
 def test_a_document_with_no_parts_is_never_an_empty_success():
-    record = document_record(planned("odd.pdf"), {}, {})
+    record = record_json(planned("odd.pdf"), {}, {})
     assert (record["status"], record["reused"], record["data"]) == ("failed", False, None)
 
 
@@ -430,4 +439,4 @@ def test_run_totals_give_the_summary_contract():
     }
     assert summary["documents"] == summary["succeeded"] + summary["failed"] + summary["rejected"]
     with pytest.raises(ValueError, match="status 'pending'"):
-        totals.add(a | {"status": "pending"})
+        dataclasses.replace(a, status="pending")

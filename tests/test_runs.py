@@ -9,11 +9,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_hooks import submit_shard, use_developer, write_shard
 
 from gemini_batch import results, runs
 from gemini_batch.hooks import GeminiBatchHook
 from gemini_batch.locations import as_path
+from service import submit_shard, use_developer, wait_until_ended, write_shard
 
 SAMPLES = Path(__file__).resolve().parent.parent / "include" / "samples"
 PARAMS = {"source": str(SAMPLES), "output": "/tmp/unused", "prompt": "Extract.", "model": "gemini-2.5-flash",
@@ -37,48 +37,49 @@ def test_relative_locations_are_inside_the_project():
 
 
 def test_vertex_needs_a_gcs_staging_prefix():
-    settings = runs.RunSettings.from_params(PARAMS)
     with pytest.raises(runs.RunConfigError, match="staging_prefix"):
-        runs.RunFolder(settings, "manual__1", "vertex")
+        runs.Run.from_params(PARAMS, "manual__1", SimpleNamespace(backend="vertex", gcp_conn_id=None))
 
 
 def test_budget_gate_states_the_estimate(tmp_path):
-    settings = runs.RunSettings.from_params({**PARAMS, "output": str(tmp_path)})
-    summary = runs.plan_documents(settings, runs.RunFolder(settings, "manual__1", "developer")).to_json()
-    runs.check_budget(summary, None)
-    runs.check_budget(summary, 100.0)
+    def run(max_cost_usd):
+        return runs.Run.from_params({**PARAMS, "output": str(tmp_path), "max_cost_usd": max_cost_usd}, "manual__1")
+
+    summary = run(None).plan().to_json()
+    run(None).check_budget(summary)
+    run(100.0).check_budget(summary)
     with pytest.raises(runs.RunConfigError, match=r"estimated cost \$0\.0\d+ for 8 requests .* exceeds max_cost_usd"):
-        runs.check_budget(summary, 0.0001)
+        run(0.0001).check_budget(summary)
 
 
 def staged_samples(tmp_path, run_id: str):
-    """The samples planned and staged by a run on the emulator in use: (hook, settings, folder, staging counts)."""
-    hook = GeminiBatchHook()
+    """The samples planned and staged by a run on the emulator in use: (the run, its staging counts)."""
     source = tmp_path / "source"
     shutil.copytree(SAMPLES, source)
-    settings = runs.RunSettings.from_params({**PARAMS, "source": str(source), "output": str(tmp_path / "out")})
-    folder = runs.RunFolder(settings, run_id, "developer")
-    runs.plan_documents(settings, folder)
-    return hook, settings, folder, runs.stage_documents(settings, folder, hook)
+    run = runs.Run.from_params({**PARAMS, "source": str(source), "output": str(tmp_path / "out")}, run_id,
+                               GeminiBatchHook())
+    run.plan()
+    return run, run.stage()
 
 
 def test_clean_up_cancels_unfinished_jobs_and_deletes_staged_uploads(start_emulator, monkeypatch, tmp_path):
     server = start_emulator(time_scale=3600, faults={"stuck_pending_rate": 1, "job_expiry_hours": 1000})
     use_developer(monkeypatch, server.url)
-    hook, settings, folder, staging = staged_samples(tmp_path, "manual__cleanup")
+    run, staging = staged_samples(tmp_path, "manual__cleanup")
+    hook = run.hook
     assert staging == {"staged": 7, "failed": 0}  # 8 requests, the text one inline
     stuck = submit_shard(hook, write_shard(as_path(tmp_path / "shards")), "gb-cleanup-test")
     (job_input,) = [f.name for f in hook.get_conn().files.list() if f.name.startswith("files/gbs-")]
 
-    runs.build_round(settings, folder, 0, hook)  # leases the run's 8 keys
+    run.build(0)  # leases the run's 8 keys
 
-    report = runs.clean_up(settings, folder, hook, [stuck.name], [job_input])
+    report = run.clean_up([stuck.name], [job_input])
     assert report == {"cancelled_jobs": 1, "deleted_files": 8, "released_leases": 8}  # 7 staged + the job's input
-    assert settings.ledger().current_leases() == {}
+    assert run.ledger.current_leases() == {}
     assert hook.get_job(stuck.name).state.name in ("JOB_STATE_CANCELLED", "JOB_STATE_CANCELLING")
     assert list(hook.get_conn().files.list()) == []
     # cancelling again finds nothing to cancel and fails nothing
-    assert runs.clean_up(settings, folder, hook, [stuck.name])["cancelled_jobs"] == 0
+    assert run.clean_up([stuck.name])["cancelled_jobs"] == 0
     assert json.loads(json.dumps(report)) == report
 
 
@@ -86,17 +87,17 @@ def test_clean_up_leaves_a_staged_document_another_runs_claim_holds(start_emulat
     """Another run took one key over (its claim holds the lease now): its job reads that upload, so it stays."""
     server = start_emulator(time_scale=3600)
     use_developer(monkeypatch, server.url)
-    hook, settings, folder, _ = staged_samples(tmp_path, "manual__kept")
-    runs.build_round(settings, folder, 0, hook)
-    ledger = settings.ledger()
-    with runs.read_staged(folder) as staged:
-        taken, part = next(iter(staged.items()))
+    run, _ = staged_samples(tmp_path, "manual__kept")
+    run.build(0)
+    ledger = run.ledger
+    with run.staging() as staged:
+        taken, part = next(iter(staged.parts.items()))
     generation = ledger.current_leases()[taken]
     assert ledger.try_lease(taken, generation + 1, "another-run-r1") == "another-run-r1"
 
-    report = runs.clean_up(settings, folder, hook, [])
+    report = run.clean_up([])
     assert report == {"cancelled_jobs": 0, "deleted_files": 6, "released_leases": 7}
-    assert [f.uri for f in hook.get_conn().files.list()] == [part.uri]
+    assert [f.uri for f in run.hook.get_conn().files.list()] == [part.uri]
     assert ledger.current_leases() == {taken: generation + 1}
 
 
@@ -105,39 +106,38 @@ def test_retry_restages_an_upload_that_is_gone(start_emulator, monkeypatch, tmp_
     server = start_emulator(time_scale=3600)
     use_developer(monkeypatch, server.url)
     hook = GeminiBatchHook()
-    settings = runs.RunSettings.from_params({**PARAMS, "output": str(tmp_path / "out")})
-    folder = runs.RunFolder(settings, "manual__retry", "developer")
-    runs.plan_documents(settings, folder)
-    runs.stage_documents(settings, folder, hook)
-    with runs.read_staged(folder) as staged:
-        key, gone = next(iter(staged.items()))
+    run = runs.Run.from_params({**PARAMS, "output": str(tmp_path / "out")}, "manual__retry", hook)
+    run.plan()
+    run.stage()
+    with run.staging() as staged:
+        key, gone = next(iter(staged.parts.items()))
     name = "files/" + gone.uri.rsplit("/files/", 1)[-1]
     hook.get_conn().files.delete(name=name)
-    outcomes = folder.outcomes(0)
+    outcomes = run.folder.outcomes(0)
     outcomes.parent.mkdir(parents=True, exist_ok=True)
     outcomes.write_text(json.dumps(results.missing_outcome(key, "no answer: job EXPIRED").to_json()) + "\n")
 
-    assert runs.keys_to_retry(settings, folder, 1, hook) == {key}
+    assert run.keys_to_retry(1) == {key}
     assert hook.get_conn().files.get(name=name).state.name == "ACTIVE"
-    assert runs.build_round(settings, folder, 1, hook, only={key})  # one shard, with the fresh upload's URI
+    assert run.build(1, only={key})  # one shard, with the fresh upload's URI
 
 
 def test_a_cleared_run_forgets_its_earlier_rounds(tmp_path):
     """Clearing a finished run re-runs its tasks in the same work folder: stale shards and outcomes must go."""
-    settings = runs.RunSettings.from_params({**PARAMS, "output": str(tmp_path / "out")})
-    folder = runs.RunFolder(settings, "manual__cleared", "developer")
-    runs.plan_documents(settings, folder)
-    first = runs.build_round(settings, folder, 0, None)  # nothing staged here: only the Markdown document goes inline
+    run = runs.Run.from_params({**PARAMS, "output": str(tmp_path / "out")}, "manual__cleared")
+    folder = run.folder
+    run.plan()
+    first = run.build(0)  # nothing staged here: only the Markdown document goes inline
     assert len(first) == 1
     stale = folder.outcomes(1)
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_text(json.dumps(results.missing_outcome("k", "old").to_json()) + "\n")
 
-    assert runs.build_round(settings, folder, 0, None, only=set()) == []  # the second try requests nothing
+    assert run.build(0, only=set()) == []  # the second try requests nothing
     assert not folder.shards(0).exists() or list(folder.shards(0).iterdir()) == []
-    assert runs.retry_round(settings, folder, 1, None) == []  # nothing failed: no round 1, and no stale file
+    assert run.retry(1) == []  # nothing failed: no round 1, and no stale file
     assert not stale.exists()
-    assert runs.last_round(folder, settings.retry_rounds) == 0
+    assert run.last_round() == 0
 
 
 @pytest.mark.parametrize("where", ["local", "gcs"])
@@ -146,23 +146,22 @@ def test_each_staging_pass_writes_its_own_file_and_later_passes_win(where, tmp_p
     source = tmp_path / "source"
     shutil.copytree(SAMPLES, source)
     output = str(tmp_path / "out") if where == "local" else f"gs://test-bucket/passes/{tmp_path.name}"
-    settings = runs.RunSettings.from_params({**PARAMS, "source": str(source), "output": output,
-                                             "staging_prefix": f"gs://test-bucket/passes-staging/{tmp_path.name}"})
-    folder = runs.RunFolder(settings, "manual__passes", "vertex")
-    hook = SimpleNamespace(backend="vertex")
-    runs.plan_documents(settings, folder)
+    run = runs.Run.from_params({**PARAMS, "source": str(source), "output": output,
+                                "staging_prefix": f"gs://test-bucket/passes-staging/{tmp_path.name}"},
+                               "manual__passes", SimpleNamespace(backend="vertex", gcp_conn_id=None))
+    run.plan()
     (source / "invoice-2.pdf").rename(tmp_path / "away.pdf")
-    assert runs.stage_documents(settings, folder, hook) == {"staged": 6, "failed": 1}
-    ((key, error),) = runs.read_stage_failures(folder).items()
+    assert run.stage() == {"staged": 6, "failed": 1}
+    with run.staging() as staging:
+        ((key, error),) = staging.failures()
     assert "invoice-2.pdf" in error
 
     (tmp_path / "away.pdf").rename(source / "invoice-2.pdf")
-    assert runs.stage_documents(settings, folder, hook, only={key}) == {"staged": 1, "failed": 0}
-    assert sorted(p.name for p in folder.staged.iterdir()) == ["pass-00000.jsonl", "pass-00001.jsonl"]
-    assert sorted(p.name for p in folder.stage_failures.iterdir()) == ["pass-00000.jsonl", "pass-00001.jsonl"]
-    with runs.read_staged(folder) as staged:
-        assert len(staged) == 7 and staged[key].uri.endswith(f"/{key}.pdf")
-    assert runs.read_stage_failures(folder) == {}  # staged by the later pass: no longer a failure
+    assert run.stage(only={key}) == {"staged": 1, "failed": 0}
+    assert sorted(p.name for p in run.folder.staged.iterdir()) == ["pass-00000.jsonl", "pass-00001.jsonl"]
+    with run.staging() as staging:
+        assert len(staging.parts) == 7 and staging.parts[key].uri.endswith(f"/{key}.pdf")
+        assert list(staging.failures()) == []  # staged by the later pass: no longer a failure
 
 
 def test_a_pass_cut_off_by_a_killed_worker_loses_only_its_last_line(tmp_path):
@@ -170,30 +169,27 @@ def test_a_pass_cut_off_by_a_killed_worker_loses_only_its_last_line(tmp_path):
     pass restages the rest, and nothing raises."""
     source = tmp_path / "source"
     shutil.copytree(SAMPLES, source)
-    settings = runs.RunSettings.from_params({**PARAMS, "source": str(source), "output": str(tmp_path / "out"),
-                                             "staging_prefix": "gs://unused/prefix"})
-    folder = runs.RunFolder(settings, "manual__cut", "developer")
-    folder.staged.mkdir(parents=True)
+    run = runs.Run.from_params({**PARAMS, "source": str(source), "output": str(tmp_path / "out")}, "manual__cut")
+    run.folder.staged.mkdir(parents=True)
     whole = json.dumps({"key": "k1", "uri": "files/a", "mime_type": "application/pdf", "expires_at": None}).encode() + b"\n"
-    (folder.staged / "pass-00000.jsonl").write_bytes(whole + whole.replace(b"k1", b"k2")[:25])
-    with runs.read_staged(folder) as staged:
-        assert list(staged) == ["k1"]
+    (run.folder.staged / "pass-00000.jsonl").write_bytes(whole + whole.replace(b"k1", b"k2")[:25])
+    with run.staging() as staging:
+        assert list(staging.parts) == ["k1"]
 
 
 def finished_round_0(server_url: str, monkeypatch, tmp_path, name: str):
     """The samples planned, staged and built, and round 0's one job run to its end on the emulator."""
-    from test_hooks import wait_until_ended
 
     use_developer(monkeypatch, server_url)
     hook = GeminiBatchHook()
-    settings = runs.RunSettings.from_params({**PARAMS, "source": str(SAMPLES), "output": str(tmp_path / "out")})
-    folder = runs.RunFolder(settings, f"manual__{name}", "developer")
-    runs.plan_documents(settings, folder)
-    runs.stage_documents(settings, folder, hook)
-    (manifest_uri,) = runs.build_round(settings, folder, 0, None)
+    run = runs.Run.from_params({**PARAMS, "source": str(SAMPLES), "output": str(tmp_path / "out")}, f"manual__{name}",
+                               hook)
+    run.plan()
+    run.stage()
+    (manifest_uri,) = run.build(0)
     src = hook.upload_jsonl(hook.storage_path(runs.ShardManifest.load(manifest_uri).uri), f"gbs-{name}")
     job = wait_until_ended(hook, hook.create_job(model=PARAMS["model"], src=src, display_name=name).name)
-    return settings, folder, hook, job, [{"manifest_uri": manifest_uri, "job_name": job.name, "state": job.state.name}]
+    return run, job, [{"manifest_uri": manifest_uri, "job_name": job.name, "state": job.state.name}]
 
 
 def test_an_output_file_gone_before_collection_leaves_its_rows_for_the_next_round(start_emulator, monkeypatch,
@@ -202,16 +198,16 @@ def test_an_output_file_gone_before_collection_leaves_its_rows_for_the_next_roun
     paused DAG) must not fail the task over and over: the job's rows become unanswered, with the cause, and the
     next round requests them again."""
     server = start_emulator(time_scale=3600)
-    settings, folder, hook, job, jobs = finished_round_0(server.url, monkeypatch, tmp_path, "gone")
-    hook.get_conn().files.delete(name=job.dest.file_name)  # what the service does after 48 h
+    run, job, jobs = finished_round_0(server.url, monkeypatch, tmp_path, "gone")
+    run.hook.get_conn().files.delete(name=job.dest.file_name)  # what the service does after 48 h
 
-    counts = runs.collect_round(settings, folder, 0, jobs, hook)
+    counts = run.collect(0, jobs)
     assert counts["keys"] == counts["failed"] == 8 and counts["succeeded"] == 0
-    with runs.latest_outcomes(folder, 0) as (outcomes, _):
+    with run.latest_outcomes(0) as (outcomes, _):
         assert {o["error"] for o in outcomes.records()} == {
             f"no answer: job {job.name} ended {job.state.name} but its output file {job.dest.file_name} cannot be "
             "read: 403 PERMISSION_DENIED"}
-        assert runs.keys_to_retry(settings, folder, 1, hook) == set(outcomes.keys())
+        assert run.keys_to_retry(1) == set(outcomes.keys())
 
 
 def test_a_collection_cut_off_and_retried_writes_the_same_outcomes(start_emulator, monkeypatch, tmp_path):
@@ -219,11 +215,11 @@ def test_a_collection_cut_off_and_retried_writes_the_same_outcomes(start_emulato
     job's output (nothing appended twice, nothing lost). The cut is made on the file; the process kill itself is
     exercised on the full stack (tests/test_stack.py) for stage_documents."""
     server = start_emulator(time_scale=3600)
-    settings, folder, hook, _, jobs = finished_round_0(server.url, monkeypatch, tmp_path, "cut-collect")
+    run, _, jobs = finished_round_0(server.url, monkeypatch, tmp_path, "cut-collect")
 
-    first = runs.collect_round(settings, folder, 0, jobs, hook)
-    whole = folder.outcomes(0).read_bytes()
-    folder.outcomes(0).write_bytes(whole[: len(whole) // 2])  # the kill
-    assert runs.collect_round(settings, folder, 0, jobs, hook) == first
-    assert folder.outcomes(0).read_bytes() == whole
+    first = run.collect(0, jobs)
+    whole = run.folder.outcomes(0).read_bytes()
+    run.folder.outcomes(0).write_bytes(whole[: len(whole) // 2])  # the kill
+    assert run.collect(0, jobs) == first
+    assert run.folder.outcomes(0).read_bytes() == whole
     assert first["keys"] == 8 and len(whole.splitlines()) == 8

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import IO, TypeVar
 
@@ -146,6 +146,22 @@ class ShardManifest:
         except (orjson.JSONDecodeError, ValueError) as exc:
             raise ValueError(f"{uri_of(path)}: not a shard manifest: {exc}") from None
 
+    def save(self, path: ObjectStoragePath) -> None:
+        """Write the manifest to ``path`` (its ``manifest_uri``, with the connection to reach it); ``load`` reads it."""
+        path.write_bytes(orjson.dumps(self.to_json(), option=orjson.OPT_INDENT_2))
+
+
+def write_adoption(folder: ObjectStoragePath, shard_id: str, keys: Iterable[str], *, adopts: str,
+                   ledger: str) -> ShardManifest:
+    """A manifest with no requests: its keys are another claim's (or the ledger's), for the submit task to wait for."""
+    keys_path, manifest_path = folder / f"{shard_id}.keys", folder / f"{shard_id}.manifest.json"
+    keys = list(keys)
+    keys_path.write_bytes(b"".join(key.encode() + b"\n" for key in keys))
+    manifest = ShardManifest(shard_id, "", len(keys), 0, uri_of(keys_path), uri_of(manifest_path),
+                             ledger=ledger, adopts=adopts)
+    manifest.save(manifest_path)
+    return manifest
+
 
 class ShardWriter:
     """Streams rows into shards under a folder (local or gs://), each within max_rows and max_bytes.
@@ -242,7 +258,7 @@ class _OpenShard:
             shard_id=self.shard_id, uri=uri_of(self.data_path), rows=self.rows, bytes=self.bytes,
             keys_uri=uri_of(self.keys_path), manifest_uri=uri_of(self.manifest_path), **self.stamp,
         )
-        self.manifest_path.write_bytes(orjson.dumps(manifest.to_json(), option=orjson.OPT_INDENT_2))
+        manifest.save(self.manifest_path)
         return manifest
 
     def abandon(self) -> None:

@@ -22,7 +22,7 @@ import concurrent.futures
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gemini_batch.batch_requests import ShardManifest
@@ -31,6 +31,7 @@ from gemini_batch.ledger import Claim, Ledger, LEASE_WORKERS, claim_lost
 from gemini_batch.locations import as_path
 
 log = logging.getLogger(__name__)
+RunState = Callable[[str, str], "str | None"]  # (dag id, run id) -> the run's state, from Airflow; None: unknown
 
 LIVE_RUN_STATES = frozenset({"queued", "running"})
 UNKNOWN_RUN_ALIVE = dt.timedelta(hours=24)  # a holder whose run this Airflow cannot see counts as alive this long
@@ -71,7 +72,7 @@ class KeyClaimer:
         me: Claim,
         *,
         job_state: Callable[[str], JobState],
-        run_state: Callable[[str, str], str | None],
+        run_state: RunState,
         expiry: dt.timedelta,
         conn_id: str | None = None,
     ):
@@ -166,7 +167,12 @@ class KeyClaimer:
             return self._alive[claim.claim]
 
 
-def run_alive(claim: Claim, run_state: Callable[[str, str], str | None]) -> bool:
+def run_state_of(context: Mapping) -> RunState:
+    """How a task asks Airflow for a run's state: its task instance's ``get_dagrun_state`` where it has one."""
+    return getattr(context.get("ti"), "get_dagrun_state", None) or (lambda dag_id, run_id: None)
+
+
+def run_alive(claim: Claim, run_state: RunState) -> bool:
     """The claim's run is queued or running; one this Airflow does not know is alive for a day."""
     try:
         state = run_state(claim.dag_id, claim.run_id)
@@ -197,7 +203,7 @@ def key_shards(claim: Claim, conn_id: str | None = None) -> dict[str, str]:
 
 
 def slot_is_free(
-    ledger: Ledger, holder: str, *, job_state: Callable[[str], JobState], run_state: Callable[[str, str], str | None],
+    ledger: Ledger, holder: str, *, job_state: Callable[[str], JobState], run_state: RunState,
 ) -> bool:
     """An in-flight slot's holder ("<claim>/<shard id>") has a job that ended, or a dead run that never made one."""
     claim_name, _, shard = holder.rpartition("/")

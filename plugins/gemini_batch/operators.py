@@ -29,7 +29,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from google.genai import errors, types
 
 from gemini_batch.batch_requests import ShardManifest
-from gemini_batch.claims import FROM_LEDGER, job_state, key_shards, run_alive, slot_is_free
+from gemini_batch.claims import FROM_LEDGER, job_state, key_shards, run_alive, run_state_of, slot_is_free
 from gemini_batch.hooks import CLOCK_SKEW, DEAD_STATES, GeminiBatchHook, is_terminal, job_error, job_stats, state_name
 from gemini_batch.ledger import Ledger
 from gemini_batch.triggers import GeminiBatchJobTrigger
@@ -179,7 +179,7 @@ class GeminiBatchSubmitOperator(BaseOperator):
             if not self.wait:
                 return submission
             return observe_adopted(self, hook, submission, expiry=dt.timedelta(hours=float(self.expiry_hours)),
-                                   poll_interval=float(self.poll_interval), method_name="resume_adoption")
+                                   poll_interval=float(self.poll_interval), method_name="resume")
         manifest, display_name = self._shard(context, hook)
         ti = context["ti"]
         store = context.get("task_state_store")
@@ -190,7 +190,7 @@ class GeminiBatchSubmitOperator(BaseOperator):
             if job is not None:
                 self.log.info("The earlier job %s (%s) ended %s; submitting again", job.name, display_name, state_name(job))
             if not self._take_slot(context, hook, manifest):
-                return self._wait(f"for one of the {self.max_jobs_in_flight} slots for jobs in flight", "resume_submit")
+                return self._wait(f"for one of the {self.max_jobs_in_flight} slots for jobs in flight", "resume")
             if store is not None:
                 store.delete(JOB_NAME_KEY)  # else a crash before the new name is stored leaves the dead one
                 store.set(SUBMIT_STARTED_KEY, dt.datetime.now(dt.timezone.utc).isoformat())
@@ -277,11 +277,10 @@ class GeminiBatchSubmitOperator(BaseOperator):
         if not self.max_jobs_in_flight or not (manifest.claim and manifest.ledger):
             return True
         ledger = Ledger(hook.storage_path(manifest.ledger))
-        run_state = getattr(context["ti"], "get_dagrun_state", None) or _unknown_run_state
         return ledger.take_slot(
             f"{manifest.claim}/{manifest.shard_id}", int(self.max_jobs_in_flight),
             lambda holder: slot_is_free(ledger, holder, job_state=lambda name: job_state(hook, name),
-                                        run_state=run_state))
+                                        run_state=run_state_of(context)))
 
     def _adopt(self, context, hook: GeminiBatchHook, manifest: ShardManifest) -> dict:
         """The submission of the jobs another run's claim made for this manifest's keys, once they exist.
@@ -295,9 +294,9 @@ class GeminiBatchSubmitOperator(BaseOperator):
             return submission
         ledger = Ledger(hook.storage_path(manifest.ledger))
         claim = ledger.claim(manifest.adopts)
-        run_state = getattr(context["ti"], "get_dagrun_state", None) or _unknown_run_state
+        run_state = run_state_of(context)
         if claim is not None and not claim.built and run_alive(claim, run_state):
-            return self._wait(f"for claim {claim.claim} to write its shards", "resume_adoption")
+            return self._wait(f"for claim {claim.claim} to write its shards", "resume")
         if claim is None or not claim.built:
             return submission
         with hook.storage_path(manifest.keys_uri).open("rb") as keys:
@@ -306,7 +305,7 @@ class GeminiBatchSubmitOperator(BaseOperator):
         for shard in sorted({shards[key] for key in wanted if key in shards}):
             name = ledger.job_of(claim.claim, shard)
             if name is None and run_alive(claim, run_state):
-                return self._wait(f"for claim {claim.claim} to submit shard {shard}", "resume_adoption")
+                return self._wait(f"for claim {claim.claim} to submit shard {shard}", "resume")
             if name is not None:
                 submission["jobs"].append(name)
         self.log.info("%d key(s) are requested by claim %s, in jobs %s", len(wanted), claim.claim,
@@ -317,12 +316,8 @@ class GeminiBatchSubmitOperator(BaseOperator):
         self.log.info("Waiting %s", what)
         self.defer(trigger=TimeDeltaTrigger(dt.timedelta(seconds=float(self.poll_interval))), method_name=method_name)
 
-    def resume_submit(self, context, event: Any = None) -> dict | str:
-        """Try again: a slot for a job in flight may be free now."""
-        return self.execute(context)
-
-    def resume_adoption(self, context, event: Any = None) -> dict:
-        """Look again: the claim wrote its shards, a job was created, or an adopted job ended."""
+    def resume(self, context, event: Any = None) -> dict | str:
+        """Look again: a slot for a job in flight is free, or the adopted claim wrote its shards or made a job."""
         return self.execute(context)
 
     def on_kill(self) -> None:
@@ -447,7 +442,3 @@ def adopted_outcome(submission: Mapping, jobs: list[types.BatchJob]) -> dict:
 def _describe(submission: Mapping, job: types.BatchJob | None) -> dict:
     return {"display_name": submission.get("display_name") or (job.display_name if job else None),
             "shard_id": submission.get("shard_id"), "manifest_uri": submission.get("manifest_uri")}
-
-
-def _unknown_run_state(dag_id: str, run_id: str) -> str | None:
-    return None

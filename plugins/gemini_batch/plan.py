@@ -15,10 +15,9 @@ import urllib.parse
 from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-import orjson
 from airflow.sdk import ObjectStoragePath
 
-from gemini_batch import documents, keys
+from gemini_batch import documents, jsonl, keys
 from gemini_batch.batch_requests import RequestSpec, ShardManifest, ShardWriter, build_row
 from gemini_batch.cost import CostEstimate, PriceTable, estimate_request
 from gemini_batch.locations import printable, uri_of
@@ -109,11 +108,10 @@ def plan_run(
     """
     counts = dict.fromkeys(("documents", "rejected", "parts", "reused_parts", "duplicate_parts", "requests"), 0)
     estimate = CostEstimate.zero()
-    plan_file.parent.mkdir(parents=True, exist_ok=True)
-    with plan_file.open("wb") as out, RecordIndex() as requested:
+    with jsonl.writer(plan_file) as write, RecordIndex() as requested:
         for inspection in _inspect_in_order(documents.discover(source), limits, workers):
             planned = _plan_document(inspection, spec, finished)
-            out.write(orjson.dumps(planned.to_json()) + b"\n")
+            write(planned)
             counts["documents"] += 1
             counts["rejected"] += planned.rejected is not None
             for part in planned.parts:
@@ -131,9 +129,10 @@ def plan_run(
 
 
 def read_plan(plan_file: ObjectStoragePath) -> Iterator[PlannedDocument]:
-    with plan_file.open("rb") as fh:
-        for line in fh:
-            yield PlannedDocument.from_json(orjson.loads(line))
+    if not plan_file.exists():
+        raise FileNotFoundError(f"{uri_of(plan_file)}: the run has no plan (its plan_documents task has not run)")
+    for data in jsonl.read(plan_file):
+        yield PlannedDocument.from_json(data)
 
 
 def parts_to_stage(plan_file: ObjectStoragePath, source: ObjectStoragePath) -> Iterator[StageItem]:

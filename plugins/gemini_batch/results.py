@@ -338,40 +338,94 @@ def _warn(count: int, message: str, *args: Any) -> None:
         log.warning(message + ("; further ones of this kind are not logged" if count == WARNINGS_PER_KIND else ""), *args)
 
 
-def document_record(doc: PlannedDocument, outcomes: Mapping[str, RowOutcome], reused: Mapping[str, Mapping]) -> dict:
-    """The results.jsonl line of one document.
+@dataclass(frozen=True)
+class PartRecord:
+    """One request part of a published document: which key, which pages, and how it ended."""
+
+    key: str
+    pages: tuple[int, int] | None
+    status: str
+    finish_reason: str | None
+    error: str | None
+    reused: bool
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "pages": list(self.pages) if self.pages else None, "status": self.status,
+                "finish_reason": self.finish_reason, "error": self.error, "reused": self.reused}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> PartRecord:
+        record = from_record(cls, data, "part record")
+        return dataclasses.replace(record, pages=tuple(record.pages) if record.pages else None)
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    """One line of results.jsonl (contract 6): a document, its status, its data and how each part ended."""
+
+    document: str
+    status: str  # "succeeded" | "failed" | "rejected"
+    data: Any
+    error: str | None
+    parts: tuple[PartRecord, ...] = ()
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reused: bool = False
+
+    def __post_init__(self) -> None:
+        if self.status not in DOCUMENT_STATUSES:
+            raise ValueError(f"record for {self.document} has status {self.status!r}")
+
+    def to_json(self) -> dict:
+        return {"document": self.document, "status": self.status, "data": self.data, "error": self.error,
+                "parts": [part.to_json() for part in self.parts],
+                "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
+                "reused": self.reused}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> DocumentRecord:
+        usage = data.get("usage") or {}
+        return cls(data["document"], data["status"], data.get("data"), data.get("error"),
+                   tuple(PartRecord.from_json(part) for part in data.get("parts") or ()),
+                   int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0)), bool(data.get("reused")))
+
+
+DOCUMENT_STATUSES = ("succeeded", "failed", "rejected")
+
+
+def document_record(
+    doc: PlannedDocument, outcomes: Mapping[str, RowOutcome], reused: Mapping[str, Mapping],
+) -> DocumentRecord:
+    """The results.jsonl record of one document.
 
     The document succeeds only if every part does; its error then names each
     failed part ("pages 51-100: ..." for a split PDF). A part answered by an
-    earlier run (``reused``: records from the finished store) counts as
-    succeeded with its stored data and adds no tokens to this run's usage.
+    earlier run (``reused``: the ledger's records) counts as succeeded with
+    its stored data and adds no tokens to this run's usage.
     The data of a split PDF is its parts' data combined by ``merge_part_data``.
     """
-    record = {
-        "document": printable(doc.path), "status": "rejected", "data": None, "error": doc.rejected, "parts": [],
-        "usage": {"input_tokens": 0, "output_tokens": 0}, "reused": False,
-    }
+    document = printable(doc.path)
     if doc.rejected is not None:
-        return record
+        return DocumentRecord(document, "rejected", None, doc.rejected)
     if not doc.parts:
-        return record | {"status": "failed", "error": "document has no parts to request"}
-    datas, errors = [], []
+        return DocumentRecord(document, "failed", None, "document has no parts to request")
+    parts, datas, errors = [], [], []
+    input_tokens = output_tokens = 0
     for part in doc.parts:
         outcome, was_reused = _part_outcome(part.key, outcomes, reused)
-        record["usage"]["input_tokens"] += outcome.input_tokens
-        record["usage"]["output_tokens"] += outcome.output_tokens
-        record["parts"].append({
-            "key": part.key, "pages": list(part.pages) if part.pages else None, "status": outcome.status,
-            "finish_reason": outcome.finish_reason, "error": outcome.error, "reused": was_reused,
-        })
+        input_tokens += outcome.input_tokens
+        output_tokens += outcome.output_tokens
+        parts.append(PartRecord(part.key, part.pages, outcome.status, outcome.finish_reason, outcome.error, was_reused))
         if outcome.status == "succeeded":
             datas.append(outcome.data)
         else:
             errors.append(f"pages {part.pages[0]}-{part.pages[1]}: {outcome.error}" if part.pages else outcome.error)
-    record["reused"] = all(part["reused"] for part in record["parts"])
+    all_reused = all(part.reused for part in parts)
     if errors:
-        return record | {"status": "failed", "error": "; ".join(errors)}
-    return record | {"status": "succeeded", "error": None, "data": datas[0] if len(datas) == 1 else merge_part_data(datas)}
+        return DocumentRecord(document, "failed", None, "; ".join(errors), tuple(parts), input_tokens, output_tokens,
+                              all_reused)
+    data = datas[0] if len(datas) == 1 else merge_part_data(datas)
+    return DocumentRecord(document, "succeeded", data, None, tuple(parts), input_tokens, output_tokens, all_reused)
 
 
 def _part_outcome(key: str, outcomes: Mapping[str, RowOutcome], reused: Mapping[str, Mapping]) -> tuple[RowOutcome, bool]:
@@ -431,13 +485,10 @@ class RunTotals:
     rejected: int = 0
     reused: int = 0
 
-    def add(self, record: Mapping) -> None:
-        status = record["status"]
-        if status not in ("succeeded", "failed", "rejected"):
-            raise ValueError(f"record for {record['document']} has status {status!r}")
+    def add(self, record: DocumentRecord) -> None:
         self.documents += 1
-        setattr(self, status, getattr(self, status) + 1)
-        self.reused += bool(record["reused"])
+        setattr(self, record.status, getattr(self, record.status) + 1)
+        self.reused += record.reused
 
     def to_json(
         self, *, requests: int, jobs: int, retry_rounds: int, input_tokens: int, output_tokens: int,

@@ -69,8 +69,20 @@ class StagedPart:
 
 @dataclass(frozen=True)
 class StageFailure:
+    """A part that could not be staged (or, for a text part sent inline, read) and why: its document fails."""
+
     key: str
     error: str
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "error": self.error}
+
+
+def stage_record(data: Mapping) -> StagedPart | StageFailure:
+    """A staging log line read back: a failure carries ``error``, a staged part its ``uri``."""
+    if "error" in data:
+        return StageFailure(data["key"], data["error"])
+    return StagedPart.from_json(data)
 
 
 class StagingError(Exception):
