@@ -31,6 +31,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import types
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from dagrun import submitted_jobs  # noqa: E402
 from gemini_emulator.testing import free_port, gcs_emulator, gemini_emulator  # noqa: E402
 
 AIRFLOW = str(ROOT / "bin" / "airflow")
@@ -51,6 +53,7 @@ _pg_host, _pg_port = _host_port("GEMINI_BATCH_STACK_POSTGRES", "127.0.0.1:5432")
 PG = {"host": _pg_host, "port": _pg_port, "user": os.environ.get("GEMINI_BATCH_STACK_POSTGRES_USER", "postgres")}
 REDIS = _host_port("GEMINI_BATCH_STACK_REDIS", "127.0.0.1:6379")
 POOL = "gemini_batch_jobs"
+DAG = "gemini_batch_extract"
 USER = "admin"
 DEFAULT_DIR = Path(os.environ.get("GEMINI_BATCH_STACK_DIR") or Path(tempfile.gettempdir()) / "gemini-batch-stack")
 
@@ -518,6 +521,52 @@ class ApiError(Exception):
         self.code = exc.code
         detail = exc.read().decode(errors="replace")[:2000]
         super().__init__(f"{exc.code} {exc.reason} {exc.url}: {detail}")
+
+
+# ---------------------------------------------------------------- for the tests that drive runs on the stack
+
+
+def q(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
+
+
+def wait_run(stack: Stack, run_id: str, timeout: float = 360) -> tuple[str, list[dict], int]:
+    """Poll the run to its end; also every task instance seen deferred (with its trigger and triggerer job),
+    and the most pool slots seen taken by deferred tasks."""
+    deadline = time.monotonic() + timeout
+    deferred: dict[tuple, dict] = {}
+    max_deferred_slots = 0
+    while True:
+        state = stack.api("GET", f"/dags/{DAG}/dagRuns/{q(run_id)}")["state"]
+        tis = stack.api("GET", f"/dags/{DAG}/dagRuns/{q(run_id)}/taskInstances", limit=500)["task_instances"]
+        for ti in tis:
+            if ti["state"] == "deferred":
+                deferred.setdefault((ti["task_id"], ti["map_index"]), ti)
+        pool = stack.api("GET", f"/pools/{POOL}")
+        max_deferred_slots = max(max_deferred_slots, pool.get("deferred_slots") or 0)
+        if state in ("success", "failed"):
+            return state, list(deferred.values()), max_deferred_slots
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"run {run_id} still {state} after {timeout:.0f}s; logs in {stack.logs}")
+        time.sleep(1)
+
+
+def failure_report(stack: Stack, run_id: str) -> str:
+    """The failed task instances and the tail of each one's log, for the assertion message."""
+    lines = []
+    tis = stack.api("GET", f"/dags/{DAG}/dagRuns/{q(run_id)}/taskInstances", limit=500)["task_instances"]
+    for ti in tis:
+        if ti["state"] not in ("success", "skipped"):
+            lines.append(f"{ti['task_id']}[{ti['map_index']}]: {ti['state']}")
+    for path in sorted((stack.home / "logs").rglob("*.log")):
+        text = path.read_text(errors="replace")
+        if "Traceback" in text or "ERROR" in text:
+            lines.append(f"--- {path}\n{text[-3000:]}")
+    return "\n".join(lines)[-12000:]
+
+
+def emulator_jobs(stack: Stack) -> list[tuple[str, list[str]]]:
+    return submitted_jobs(types.SimpleNamespace(log_path=stack.emulator_dir / "emulator.log"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,6 @@ import datetime as dt
 import inspect
 import json
 import logging
-import time
 import uuid
 
 import orjson
@@ -20,52 +19,9 @@ from google import genai
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gemini_batch.batch_requests import RequestSpec, ShardManifest, ShardWriter, build_row
-from gemini_batch.hooks import GeminiBatchHook, _split_lines, is_terminal, state_name
+from gemini_batch.hooks import GeminiBatchHook, _split_lines, state_name
 from gemini_emulator.testing import free_port, requests_made
-
-KEY = "test-key-5ecr3t-8d1f0c"
-MODEL = "gemini-2.5-flash"
-GCS_CONNECTION = {"conn_type": "google_cloud_platform", "extra": {"is_anonymous": True, "project": "test-project"}}
-SLOW = {"pending_seconds": 3600}  # with time_scale=1: a job stays PENDING for the whole test
-
-
-def use_developer(monkeypatch, url: str, conn_id: str = "gemini_default", **extra) -> None:
-    connection = {"conn_type": "generic", "password": KEY, "extra": {"backend": "developer", "base_url": url, **extra}}
-    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(connection))
-
-
-def use_vertex(monkeypatch, url: str, conn_id: str = "gemini_default") -> None:
-    """Vertex AI through the emulator; the project comes from the anonymous GCP connection."""
-    monkeypatch.setenv("AIRFLOW_CONN_GCS_EMULATOR", json.dumps(GCS_CONNECTION))
-    connection = {"conn_type": "generic", "extra": {"backend": "vertex", "base_url": url, "gcp_conn_id": "gcs_emulator"}}
-    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(connection))
-
-
-def write_shard(folder, rows: int = 3) -> ShardManifest:
-    """A real shard of text rows (text needs no staging), as the DAG's build step writes it."""
-    spec = RequestSpec(model=MODEL, prompt="Return the invoice number as JSON.")
-    with ShardWriter(folder) as writer:
-        for i in range(rows):
-            writer.add(build_row(f"key-{i:05d}", spec, text=f"Invoice Number: INV-{i}\n"))
-    (manifest,) = writer.manifests
-    return manifest
-
-
-def wait_until_ended(hook: GeminiBatchHook, name: str, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = hook.get_job(name)
-        if is_terminal(job):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"{name} did not end within {timeout} s")
-
-
-def submit_shard(hook: GeminiBatchHook, manifest: ShardManifest, display_name: str):
-    src = hook.upload_jsonl(hook.storage_path(manifest.uri), "gbs-" + uuid.uuid4().hex[:32])
-    return hook.create_job(model=MODEL, src=src, display_name=display_name)
-
+from service import KEY, MODEL, SLOW, submit_shard, use_developer, use_vertex, wait_until_ended, write_shard
 
 def keys_of(lines) -> list[str]:
     return [orjson.loads(line)["key"] for line in lines]

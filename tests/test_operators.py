@@ -27,42 +27,7 @@ from gemini_batch.operators import (
     shard_file_name,
 )
 from gemini_batch.triggers import GeminiBatchJobTrigger
-from test_hooks import MODEL, submit_shard, use_developer, use_vertex, wait_until_ended, write_shard
-from test_triggers import first_event
-
-
-class RecordingTaskInstance:
-    def __init__(self, dag_id: str = "gemini_batch_extract", run_id: str = "manual__2026-01-01"):
-        self.dag_id, self.run_id = dag_id, run_id
-        self.pushed: list[tuple[str, object]] = []
-
-    def xcom_push(self, key: str, value) -> None:
-        self.pushed.append((key, value))
-
-
-class DictTaskStateStore:
-    """Stands in for Airflow's task state store (``context["task_state_store"]``), which exists only inside a
-    task run: ``execute`` is called outside one here. Like Airflow's, one object is kept for a task (run,
-    task id, map index) across its tries, so a retry is a new operator with the same store."""
-
-    def __init__(self):
-        self.values: dict[str, object] = {}
-
-    def get(self, key: str, default=None):
-        return self.values.get(key, default)
-
-    def set(self, key: str, value, *, retention=None) -> None:
-        if value is None:
-            raise ValueError("Cannot set value as None")
-        self.values[key] = value
-
-    def delete(self, key: str) -> None:
-        self.values.pop(key, None)
-
-
-def context(ti: RecordingTaskInstance | None = None, store: DictTaskStateStore | None = None) -> dict:
-    ti = ti or RecordingTaskInstance()
-    return {"ti": ti, "run_id": ti.run_id, **({"task_state_store": store} if store is not None else {})}
+from service import MODEL, DictTaskStateStore, RecordingTaskInstance, context, first_event, submit_shard, use_developer, use_vertex, wait_until_ended, write_shard
 
 
 def run_to_completion(task, ctx: dict):

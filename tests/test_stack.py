@@ -11,18 +11,14 @@ import shutil
 import subprocess
 import sys
 import time
-import types
-import urllib.parse
 from pathlib import Path
 
 import pytest
-from stack import ApiError, Stack
-from dagrun import assert_contract, ledger_root, read_results, submitted_jobs
+from stack import DAG, POOL, ApiError, Stack, emulator_jobs, failure_report, q, wait_run
+from dagrun import assert_contract, ledger_root, read_results
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "include" / "samples"
-DAG = "gemini_batch_extract"
-POOL = "gemini_batch_jobs"
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -31,49 +27,10 @@ def say(msg: str) -> None:
     print(f"[test_stack] {msg}", file=sys.stderr, flush=True)
 
 
-def q(value: str) -> str:
-    return urllib.parse.quote(value, safe="")
-
-
 def trigger(stack: Stack, run_id: str, logical_date: str, conf: dict) -> dict:
     """Trigger a run; its ledger is its test's own (beside the output) unless the conf names one."""
     conf = {"state": str(ledger_root(conf) / DAG), **conf}
     return stack.api("POST", f"/dags/{DAG}/dagRuns", {"dag_run_id": run_id, "logical_date": logical_date, "conf": conf})
-
-
-def wait_run(stack: Stack, run_id: str, timeout: float = 360) -> tuple[str, list[dict], int]:
-    """Poll the run to its end; also every task instance seen deferred (with its trigger and triggerer job),
-    and the most pool slots seen taken by deferred tasks."""
-    deadline = time.monotonic() + timeout
-    deferred: dict[tuple, dict] = {}
-    max_deferred_slots = 0
-    while True:
-        state = stack.api("GET", f"/dags/{DAG}/dagRuns/{q(run_id)}")["state"]
-        tis = stack.api("GET", f"/dags/{DAG}/dagRuns/{q(run_id)}/taskInstances", limit=500)["task_instances"]
-        for ti in tis:
-            if ti["state"] == "deferred":
-                deferred.setdefault((ti["task_id"], ti["map_index"]), ti)
-        pool = stack.api("GET", f"/pools/{POOL}")
-        max_deferred_slots = max(max_deferred_slots, pool.get("deferred_slots") or 0)
-        if state in ("success", "failed"):
-            return state, list(deferred.values()), max_deferred_slots
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"run {run_id} still {state} after {timeout:.0f}s; logs in {stack.logs}")
-        time.sleep(1)
-
-
-def failure_report(stack: Stack, run_id: str) -> str:
-    """The failed task instances and the tail of each one's log, for the assertion message."""
-    lines = []
-    tis = stack.api("GET", f"/dags/{DAG}/dagRuns/{q(run_id)}/taskInstances", limit=500)["task_instances"]
-    for ti in tis:
-        if ti["state"] not in ("success", "skipped"):
-            lines.append(f"{ti['task_id']}[{ti['map_index']}]: {ti['state']}")
-    for path in sorted((stack.home / "logs").rglob("*.log")):
-        text = path.read_text(errors="replace")
-        if "Traceback" in text or "ERROR" in text:
-            lines.append(f"--- {path}\n{text[-3000:]}")
-    return "\n".join(lines)[-12000:]
 
 
 def xcom_sizes(stack: Stack, run_id: str) -> dict[str, int]:
@@ -94,10 +51,6 @@ def source(tmp_path):
     folder = tmp_path / "source"
     shutil.copytree(SAMPLES, folder)
     return folder
-
-
-def emulator_jobs(stack: Stack) -> list[tuple[str, list[str]]]:
-    return submitted_jobs(types.SimpleNamespace(log_path=stack.emulator_dir / "emulator.log"))
 
 
 def test_developer_run_through_the_rest_api(stack, source, tmp_path):

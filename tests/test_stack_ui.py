@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from dagrun import assert_contract, read_results
-from test_stack import DAG, emulator_jobs, failure_report, wait_run
+from stack import DAG, emulator_jobs, failure_report, wait_run
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts" / "browser"

@@ -5,8 +5,6 @@ faults (503 bursts, jobs stuck in PENDING, expiry) come from the emulator."""
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 import json
 import time
 
@@ -16,20 +14,7 @@ from conftest import developer_client
 
 from gemini_batch.hooks import GeminiBatchHook, state_name
 from gemini_batch.triggers import GeminiBatchJobTrigger
-from test_hooks import KEY, MODEL, submit_shard, use_developer, use_vertex, write_shard
-
-
-def deadline_in(seconds: float) -> str:
-    return (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=seconds)).isoformat()
-
-
-def first_event(trigger: GeminiBatchJobTrigger, timeout: float = 60) -> dict:
-    async def first() -> dict:
-        async for event in trigger.run():
-            return event.payload
-        raise AssertionError("the trigger ended without an event")
-
-    return asyncio.run(asyncio.wait_for(first(), timeout))
+from service import KEY, MODEL, deadline_in, first_event, submit_shard, use_developer, use_vertex, write_shard
 
 
 def test_serialize_round_trips_without_secrets(emulator, monkeypatch):
