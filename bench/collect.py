@@ -121,7 +121,7 @@ def _row(rng: random.Random, key: str, i: int, fault: str | None) -> dict:
                           "totalTokenCount": 1290 + output_tokens + 48,
                           "promptTokensDetails": [{"modality": "DOCUMENT", "tokenCount": 1032},
                                                   {"modality": "TEXT", "tokenCount": 258}]},
-        "modelVersion": "gemini-2.5-flash", "responseId": f"bench-{i:x}"}}
+        "modelVersion": "gemini-2.5-flash-lite", "responseId": f"bench-{i:x}"}}
 
 
 class LocalOutputHook:
@@ -144,7 +144,7 @@ def ours(jobs: str, work: str) -> dict:
     from gemini_batch.batch_requests import ShardManifest
 
     run = runs.Run.from_params({
-        "source": str(Path(work) / "source"), "output": str(Path(work) / "output"), "model": "gemini-2.5-flash",
+        "source": str(Path(work) / "source"), "output": str(Path(work) / "output"), "model": "gemini-2.5-flash-lite",
         "prompt": "Extract the invoice.", "response_schema": SCHEMA, "state": str(Path(work) / "ledger"),
     }, "bench", LocalOutputHook())
     folder = run.folder

@@ -39,7 +39,7 @@ DAG_ID = "gemini_batch_extract"
 DEMO_SOURCE = "include/samples"  # the DAG's default source (without GEMINI_BATCH_LANDING), given explicitly
 DEMO_POLL_SECONDS = 1  # the demo's poll interval (bin/demo uses 1 too); the DAG's default is 30
 POOL = "gemini_batch_jobs"
-MODEL = "gemini-2.5-flash"
+MODEL = "gemini-2.5-flash-lite"
 # 1e6 emulated seconds per real second: the 1 s queue, run and file processing take a microsecond. The
 # default 24 h job expiry and 48 h file lifetime would then pass in 0.09 s and 0.17 s: make them ~6 minutes.
 INSTANT_TIME_SCALE = 1e6

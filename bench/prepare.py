@@ -39,7 +39,7 @@ def ours(source: str, work: str, url: str) -> dict:
     from gemini_batch.validate import validate_jsonl
 
     hook = GeminiBatchHook()
-    run = runs.Run.from_params({"source": source, "output": work, "model": "gemini-2.5-flash", "prompt": PROMPT,
+    run = runs.Run.from_params({"source": source, "output": work, "model": "gemini-2.5-flash-lite", "prompt": PROMPT,
                                 "response_schema": SCHEMA, "state": f"{work}/ledger"}, "bench", hook)
     steps: dict[str, float] = {}
     peaks: dict[str, float] = {"start": peak_rss_mb()}  # the process's peak so far, after each step

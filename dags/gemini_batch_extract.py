@@ -52,8 +52,10 @@ PARAMS = {
                     description="One extraction prompt, sent with every document.", format="multiline"),
     "response_schema": Param(DEFAULT_SCHEMA, type=["object", "null"], title="Response JSON schema",
                              description="JSON schema every answer must match; null for free JSON."),
-    "model": Param("gemini-2.5-flash", type="string", title="Model", examples=["gemini-2.5-flash", "gemini-2.5-pro",
-                   "gemini-3-flash-preview", "gemini-2.5-flash-lite"]),
+    "model": Param("gemini-2.5-flash-lite", type="string", title="Model",
+                   examples=["gemini-2.5-flash-lite", "gemini-3.8-flash", "gemini-3-flash-preview", "gemini-3.5-flash-lite"],
+                   description="A model the service serves for batch jobs; the run checks it before anything is "
+                               "uploaded. Prices: include/prices.json, overridden by the Variable gemini_batch_prices."),
     "gemini_conn_id": Param("gemini_default", type="string", title="Gemini connection",
                             description="Connection with the API key (password) and backend/base_url/project extras."),
     "max_cost_usd": Param(None, type=["number", "null"], minimum=0, title="Budget (USD)",
@@ -97,8 +99,8 @@ def plan_documents() -> dict:
     """An empty source plans zero documents and the run publishes an empty result; a missing one fails at once."""
     try:
         return _open_run().plan().to_json()
-    except documents.SourceError as exc:
-        raise AirflowFailException(str(exc)) from None  # a source that is not there is a parameter to fix
+    except (documents.SourceError, runs.RunConfigError) as exc:
+        raise AirflowFailException(str(exc)) from None  # a missing source or an unknown model: a parameter to fix
 
 
 @task

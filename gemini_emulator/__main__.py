@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .config import EmulatorConfig, Faults
+from .models import Catalogue
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gcs-endpoint", help="GCS emulator URL (e.g. http://127.0.0.1:9023) for the Vertex surface and gs:// URIs")
     parser.add_argument("--time-scale", type=float, default=1.0, help="emulated seconds per real second (3600: an hour passes in a second)")
     parser.add_argument("--faults", help="fault plan: a JSON object or a path to a JSON file (see README)")
+    parser.add_argument("--models", type=Path, help="the models served: a JSON file like gemini_emulator/models.json (default: that file)")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -29,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--time-scale must be positive")
     try:
         faults = Faults.parse(args.faults)
+        models = Catalogue.load(args.models)
     except ValueError as exc:
         parser.error(str(exc))
 
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from .app import create_app
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
-    config = EmulatorConfig(data_dir=args.data_dir, time_scale=args.time_scale, gcs_endpoint=args.gcs_endpoint, faults=faults)
+    config = EmulatorConfig(data_dir=args.data_dir, time_scale=args.time_scale, gcs_endpoint=args.gcs_endpoint, faults=faults, models=models)
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level, access_log=args.log_level in ("debug", "info"))
     return 0
 

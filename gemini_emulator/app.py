@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.parser
+import email.policy
 import threading
 import time
 from typing import Any, BinaryIO
@@ -22,6 +24,12 @@ from .service import TERMINAL, Emulator, rfc3339
 DEV_STATES = {"PENDING": "BATCH_STATE_PENDING", "RUNNING": "BATCH_STATE_RUNNING", "SUCCEEDED": "BATCH_STATE_SUCCEEDED",
               "FAILED": "BATCH_STATE_FAILED", "CANCELLED": "BATCH_STATE_CANCELLED", "EXPIRED": "BATCH_STATE_EXPIRED"}
 VERTEX = "/{version}/projects/{project}/locations/{location}/batchPredictionJobs"
+TYPE_PREFIX = "type.googleapis.com/google.ai.generativelanguage.v1main."
+
+
+def _counters(**counts: int) -> dict[str, str]:
+    """int64 counters in proto3 JSON: as strings, and left out when zero."""
+    return {name: str(count) for name, count in counts.items() if count}
 
 
 def _json(value: Any, status: int = 200, headers: dict | None = None) -> Response:
@@ -48,6 +56,25 @@ async def _body(request: Request) -> dict:
     if not isinstance(value, dict):
         raise invalid("Invalid JSON payload received: expected an object.")
     return value
+
+
+async def _one_shot_upload(request: Request, protocol: str) -> tuple[dict, bytes, str]:
+    """The file's metadata, bytes and MIME type from a raw (media) or multipart (metadata, then media) upload."""
+    body = await request.body()
+    if protocol != "multipart":
+        return {}, body, request.headers.get("content-type") or ""
+    content_type = request.headers.get("content-type", "")
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    parts = list(message.iter_parts()) if message.is_multipart() else []
+    if len(parts) != 2:
+        raise invalid("A multipart upload has two parts: the file's metadata (JSON), then its content.")
+    try:
+        meta = orjson.loads(parts[0].get_payload(decode=True) or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"Invalid JSON payload received in the metadata part: {exc}") from None
+    meta = {_camel(k): v for k, v in (meta.get("file") or {}).items()}
+    return meta, parts[1].get_payload(decode=True) or b"", parts[1].get_content_type() or meta.get("mimeType", "")
 
 
 class RequestLog:
@@ -89,21 +116,18 @@ def developer_job_view(em: Emulator, job: dict) -> dict:
     stats = em.progress(job)
     total = job["request_count"]
     metadata: dict[str, Any] = {
-        "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.GenerateContentBatch",
+        "@type": TYPE_PREFIX + "GenerateContentBatch",
         "name": job["name"],
         "model": job["model"],
         "displayName": job["display_name"],
         "createTime": rfc3339(job["create_time"]),
         "updateTime": rfc3339(job["update_time"]),
         "state": DEV_STATES.get(job["state"], "BATCH_STATE_RUNNING"),
-        "batchStats": {
-            "requestCount": str(total),
-            "successfulRequestCount": str(stats["succeeded"]),
-            "failedRequestCount": str(stats["failed"]),
-            "pendingRequestCount": str(total - stats["processed"]),
-        },
-        "inputConfig": {"fileName": job["input_file"]} if job.get("input_file") else {"requests": {}},
+        "batchStats": _counters(requestCount=total, successfulRequestCount=stats["succeeded"],
+                                failedRequestCount=stats["failed"], pendingRequestCount=total - stats["processed"]),
     }
+    if job.get("input_file"):
+        metadata["inputConfig"] = {"fileName": job["input_file"]}
     if job["end_time"]:
         metadata["endTime"] = rfc3339(job["end_time"])
     output: dict[str, Any] = {}
@@ -113,11 +137,13 @@ def developer_job_view(em: Emulator, job: dict) -> dict:
         output = {"inlinedResponses": {"inlinedResponses": em.inlined_responses(job)}}
     if output:
         metadata["output"] = output
-    view: dict[str, Any] = {"name": job["name"], "metadata": metadata, "done": job["state"] in TERMINAL}
+    view: dict[str, Any] = {"name": job["name"], "metadata": metadata}
+    if job["state"] in TERMINAL:  # proto3 JSON leaves out a false boolean
+        view["done"] = True
     if job["error"]:
         view["error"] = job["error"]
-    elif view["done"] and output:
-        view["response"] = {"@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.GenerateContentBatchOutput", **output}
+    elif view.get("done") and output:
+        view["response"] = {"@type": TYPE_PREFIX + "GenerateContentBatchOutput", **output}
     return view
 
 
@@ -132,12 +158,11 @@ def vertex_job_view(em: Emulator, job: dict) -> dict:
         "state": f"JOB_STATE_{job['state']}",
         "createTime": rfc3339(job["create_time"]),
         "updateTime": rfc3339(job["update_time"]),
-        "completionStats": {
-            "successfulCount": str(stats["succeeded"]),
-            "failedCount": str(stats["failed"]),
-            "incompleteCount": str(job["request_count"] - stats["processed"]),
-        },
     }
+    completion = _counters(successfulCount=stats["succeeded"], failedCount=stats["failed"],
+                           incompleteCount=job["request_count"] - stats["processed"])
+    if job["state"] not in ("PENDING", "CANCELLING", "CANCELLED") and completion:
+        view["completionStats"] = completion
     if job["start_time"]:
         view["startTime"] = rfc3339(job["start_time"])
     if job["end_time"]:
@@ -183,10 +208,10 @@ def create_app(config: EmulatorConfig) -> FastAPI:
         path = request.url.path
         if config.faults.request_latency_ms and path != "/healthz":
             await asyncio.sleep(config.faults.request_latency_ms / 1000)
-        if path.startswith(("/v1beta/", "/upload/")) and "upload_id" not in request.query_params:
+        if path.startswith(("/v1beta/", "/upload/", "/download/")) and "upload_id" not in request.query_params:
             if not (request.headers.get("x-goog-api-key") or request.query_params.get("key")):
                 return _json(ApiError(403, "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.").body(), 403)
-        elif "/batchPredictionJobs" in path and not request.headers.get("authorization", "").lower().startswith("bearer "):
+        elif ("/batchPredictionJobs" in path or "/publishers/" in path) and not request.headers.get("authorization", "").lower().startswith("bearer "):
             return _json(ApiError(401, "Request is missing required authentication credential. Expected OAuth 2 access token.").body(), 401)
         return await call_next(request)
 
@@ -201,9 +226,14 @@ def create_app(config: EmulatorConfig) -> FastAPI:
     @app.post("/upload/v1beta/files")
     async def upload(request: Request) -> Response:
         upload_id = request.query_params.get("upload_id")
+        protocol = (request.headers.get("x-goog-upload-protocol") or request.query_params.get("uploadType") or "").lower()
+        if upload_id is None and protocol in ("raw", "media", "multipart"):
+            meta, data, mime = await _one_shot_upload(request, protocol)
+            record = await run_in_threadpool(em.store_upload, meta, data, mime)
+            return _json({"file": em.file_view(record, _base_url(request))}, headers={"x-goog-upload-status": "final"})
         if upload_id is None:
-            if request.headers.get("x-goog-upload-protocol") != "resumable" or request.headers.get("x-goog-upload-command") != "start":
-                raise invalid("Only the resumable upload protocol is supported: send X-Goog-Upload-Protocol: resumable and X-Goog-Upload-Command: start.")
+            if protocol != "resumable" or request.headers.get("x-goog-upload-command") != "start":
+                raise invalid("Unknown upload protocol: use resumable (X-Goog-Upload-Protocol: resumable with X-Goog-Upload-Command: start), raw or multipart.")
             # Proto JSON accepts snake_case and camelCase field names; the SDK sends snake_case here.
             meta = {_camel(k): v for k, v in ((await _body(request)).get("file") or {}).items()}
             size = int(request.headers.get("x-goog-upload-header-content-length", meta.get("sizeBytes", -1)))
@@ -225,6 +255,12 @@ def create_app(config: EmulatorConfig) -> FastAPI:
         return _json({"file": em.file_view(record, _base_url(request))}, headers={"x-goog-upload-status": "final"})
 
     @app.get("/v1beta/files/{file_id}:download")
+    async def download_redirect(file_id: str, request: Request) -> Response:
+        """The service answers a download on the API path with a redirect to the media path."""
+        em.get_file(file_id)
+        return Response(status_code=302, headers={"location": f"{_base_url(request)}/download/v1beta/files/{file_id}:download?alt=media"})
+
+    @app.get("/download/v1beta/files/{file_id}:download")
     async def download_file(file_id: str) -> Response:
         path = em.download_path(file_id)
         return FileResponse(path, media_type="application/octet-stream")
@@ -247,6 +283,27 @@ def create_app(config: EmulatorConfig) -> FastAPI:
     async def delete_file(file_id: str) -> Response:
         em.delete_file(file_id)
         return _json({})
+
+    # ------------------------------------------------------------ models
+
+    @app.get("/v1beta/models/{model}")
+    async def get_model(model: str) -> Response:
+        return _json(em.get_model(model, "developer"))
+
+    @app.get("/v1beta/models")
+    async def list_models(pageSize: int | None = None, pageToken: str | None = None) -> Response:
+        models, token = em.list_models("developer", pageSize, pageToken)
+        return _json({"models": models, **({"nextPageToken": token} if token else {})})
+
+    @app.get("/{version}/projects/{project}/locations/{location}/publishers/google/models/{model}")
+    @app.get("/{version}/publishers/google/models/{model}")
+    async def get_vertex_model(version: str, model: str) -> Response:
+        return _json(em.get_model(f"publishers/google/models/{model}", "vertex"))
+
+    @app.get("/{version}/publishers/google/models")
+    async def list_vertex_models(version: str, pageSize: int | None = None, pageToken: str | None = None) -> Response:
+        models, token = em.list_models("vertex", pageSize, pageToken)
+        return _json({"publisherModels": models, **({"nextPageToken": token} if token else {})})
 
     # ------------------------------------------------------------ Developer API batches
 

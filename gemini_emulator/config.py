@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from .models import Catalogue
+
 HOUR = 3600.0
 
 # gRPC status names for the codes a row error or an HTTP error can carry.
@@ -29,6 +31,7 @@ STATUS_NAMES = {
     413: "INVALID_ARGUMENT",
     429: "RESOURCE_EXHAUSTED",
     500: "INTERNAL",
+    501: "UNIMPLEMENTED",
     503: "UNAVAILABLE",
 }
 
@@ -74,9 +77,13 @@ class Faults:
     pending_seconds: float = 1.0
     running_seconds: float = 1.0
     row_seconds: float = 0.0
-    file_processing_seconds: float = 1.0
+    file_processing_seconds: float = 0.0  # documents and JSONL are usable when the upload returns
+    media_processing_seconds: float = 2.0  # video and audio: the service processes them first
     request_latency_ms: float = 0.0  # real (not time-scaled) delay before each API request: a network round trip
-    job_expiry_hours: float = 24.0
+    job_expiry_hours: float = 48.0  # Developer API: pending or running longer ends EXPIRED, no results
+    vertex_queue_hours: float = 72.0  # Vertex AI: queued longer ends EXPIRED, no results
+    vertex_run_hours: float = 24.0  # Vertex AI: running longer ends EXPIRED, the finished rows exported
+    enqueued_token_limit: int = 0  # tokens the active jobs of one model may hold (0: no limit); over it: 429
     file_ttl_hours: float = 48.0
     max_input_bytes: int = 2 * 1024**3
     max_inline_bytes: int = 20 * 1024**2
@@ -141,6 +148,7 @@ class EmulatorConfig:
     time_scale: float = 1.0
     gcs_endpoint: str | None = None
     faults: Faults = dataclasses.field(default_factory=Faults)
+    models: Catalogue = dataclasses.field(default_factory=Catalogue.load)
 
     def real_seconds(self, emulated_seconds: float) -> float:
         """How long ``emulated_seconds`` of service time take on the wall clock."""

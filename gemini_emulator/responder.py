@@ -132,7 +132,7 @@ def answer(request: Any, key: str, model: str, resolve_file: FileResolver, fault
         raise RowFailure(3, f"Unsupported response mime type: {mime}. Allowed: text/plain, application/json, text/x.enum.")
 
     prompt_tokens = sum(tokens_of(p) for p in prompts)
-    doc_tokens = sum(d.pages * PDF_PAGE_TOKENS + d.images * IMAGE_TOKENS + (0 if d.pages else tokens_of(d.text)) for d in documents)
+    doc_tokens = _document_tokens(documents)
     thoughts = _thinking_tokens(config, model)
     finish = "STOP"
     max_tokens = config.get("maxOutputTokens")
@@ -163,6 +163,20 @@ def answer(request: Any, key: str, model: str, resolve_file: FileResolver, fault
         usage["thoughtsTokenCount"] = thoughts
     response_id = hashlib.sha256(f"{faults.seed}:{key}".encode()).hexdigest()[:22]
     return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model, "responseId": response_id}
+
+
+def request_tokens(request: Any, resolve_file: FileResolver) -> int:
+    """The input tokens a request holds while its job is active (what the enqueued-token quota counts);
+    a request the service would fail counts nothing."""
+    try:
+        prompts, documents = _read_parts(request, resolve_file)
+    except (RowFailure, AttributeError, TypeError):
+        return 0
+    return sum(tokens_of(p) for p in prompts) + _document_tokens(documents)
+
+
+def _document_tokens(documents: list[Document]) -> int:
+    return sum(d.pages * PDF_PAGE_TOKENS + d.images * IMAGE_TOKENS + (0 if d.pages else tokens_of(d.text)) for d in documents)
 
 
 def _check_fields(obj: dict, allowed: set[str], where: str) -> None:

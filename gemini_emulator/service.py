@@ -8,6 +8,7 @@ import base64
 import collections
 import concurrent.futures
 import datetime as dt
+import fnmatch
 import hashlib
 import logging
 import os
@@ -21,22 +22,18 @@ from typing import Any, Iterator
 
 import orjson
 
-from . import responder
+from . import discovery, responder
 from .config import HOUR, EmulatorConfig, HttpFaultInjector
-from .errors import ApiError, invalid, not_found, precondition, row_status
+from .errors import ApiError, invalid, not_found, precondition, row_status, vertex_row_status
 from .store import RecordStore, new_id
 
 log = logging.getLogger(__name__)
 
-KNOWN_MODELS = frozenset({
-    "gemini-3.1-pro-preview", "gemini-3-pro-preview", "gemini-3-flash-preview",
-    "gemini-3.1-flash-lite-preview", "gemini-2.5-pro", "gemini-2.5-flash",
-    "gemini-2.5-flash-lite", "gemini-2.0-flash", "gemini-2.0-flash-001",
-    "gemini-2.0-flash-lite", "gemini-2.0-flash-lite-001", "gemini-flash-latest",
-    "gemini-flash-lite-latest", "gemini-pro-latest",
-})
-
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"})
+CANCELLED = {  # the error a cancelled job ends with: google.rpc.Code 1 (CANCELLED)
+    "developer": {"code": 1, "message": "The batch was cancelled."},
+    "vertex": {"code": 1, "message": "CANCELED"},
+}
 ROW_ERROR_MESSAGES = {
     4: "Deadline expired before the request could complete. Please retry.",
     9: "The request could not be processed in the current system state. Please retry.",
@@ -51,6 +48,19 @@ def rfc3339(ts: float | None) -> str | None:
     if ts is None:
         return None
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def vertex_time(ts: float) -> str:
+    """A Vertex AI output row's ``processed_time``: milliseconds and a numeric offset (``...18:13:16.826+00:00``)."""
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """The non-blank lines of a JSONL file, numbered from 1."""
+    with path.open("rb") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if line.strip():
+                yield line_no, line
 
 
 def _page(items: list[dict], page_size: int | None, page_token: str | None, default: int, maximum: int) -> tuple[list[dict], str | None]:
@@ -91,6 +101,7 @@ class Emulator:
         self.gcs_cache.mkdir(exist_ok=True)
         self.http_faults = HttpFaultInjector(config.faults)
         self._gcs_client = None
+        self._admission = threading.Lock()
         self._runner = JobRunner(self)
 
     # ---------------------------------------------------------------- lifecycle
@@ -110,8 +121,18 @@ class Emulator:
         if code is not None:
             raise ApiError(code, "The service is currently unavailable." if code == 503 else f"Injected error {code}.")
 
-    def expiry_seconds(self) -> float:
-        return self.config.real_seconds(self.faults.job_expiry_hours * HOUR)
+    def expires_at(self, job: dict) -> tuple[float, bool]:
+        """When the job ends EXPIRED if still active, and whether its finished rows are then exported.
+
+        Developer API: 48 h after creation, pending or running, with no results. Vertex AI: 72 h in the
+        queue (no results), or 24 h running, after which the rest is cancelled and the finished rows exported.
+        """
+        f, hours = self.faults, self.config.real_seconds
+        if job["surface"] == "developer":
+            return job["create_time"] + hours(f.job_expiry_hours * HOUR), False
+        if job["start_time"] is None:
+            return job["create_time"] + hours(f.vertex_queue_hours * HOUR), False
+        return job["start_time"] + hours(f.vertex_run_hours * HOUR), True
 
     # ---------------------------------------------------------------- Files API
 
@@ -146,6 +167,12 @@ class Emulator:
         self.uploads.blob_path(upload_id, "part").touch()
         return upload_id
 
+    def store_upload(self, file_meta: dict, data: bytes, mime_type: str) -> dict:
+        """A one-shot upload (the raw or multipart protocol): the resumable protocol's steps at once."""
+        upload_id = self.start_upload(file_meta, len(data), mime_type)
+        self.upload_chunk_target(upload_id, 0).write_bytes(data)
+        return self.record_chunk(upload_id, len(data), finalize=True)
+
     def upload_chunk_target(self, upload_id: str, offset: int) -> Path:
         upload = self.uploads.get(upload_id)
         if upload is None:
@@ -175,7 +202,11 @@ class Emulator:
             while chunk := fh.read(1 << 20):
                 digest.update(chunk)
         now = time.time()
-        processing = 0.0 if source == "GENERATED" else self.config.real_seconds(self.faults.file_processing_seconds)
+        processing = 0.0
+        if source != "GENERATED":
+            media = mime_type.startswith(("video/", "audio/"))
+            processing = self.config.real_seconds(max(self.faults.file_processing_seconds,
+                                                      self.faults.media_processing_seconds if media else 0.0))
         record = {
             "id": file_id,
             "display_name": display_name,
@@ -232,7 +263,7 @@ class Emulator:
         if record.get("display_name"):
             view["displayName"] = record["display_name"]
         if record["source"] == "GENERATED":
-            view["downloadUri"] = f"{base_url}/v1beta/files/{record['id']}:download?alt=media"
+            view["downloadUri"] = f"{base_url}/download/v1beta/files/{record['id']}:download?alt=media"
         return view
 
     def resolve_file(self, uri: str) -> tuple[Path, str]:
@@ -270,6 +301,18 @@ class Emulator:
         bucket, _, name = uri.removeprefix("gs://").partition("/")
         return bucket, name
 
+    def _expand_gcs(self, uri: str) -> list[str]:
+        """A ``gs://`` URI with ``*`` wildcards: the objects it matches (sorted); others as they are."""
+        if "*" not in uri:
+            return [uri]
+        bucket, pattern = self._split_gs(uri)
+        prefix = pattern.split("*", 1)[0]
+        matches = sorted(f"gs://{bucket}/{blob.name}" for blob in self.gcs().list_blobs(bucket, prefix=prefix)
+                         if fnmatch.fnmatchcase(blob.name, pattern))
+        if not matches:
+            raise invalid(f"No files match the input URI {uri}.")
+        return matches
+
     def _gcs_fetch(self, uri: str) -> tuple[Path, str]:
         from google.api_core.exceptions import NotFound
 
@@ -292,11 +335,28 @@ class Emulator:
 
     # ---------------------------------------------------------------- batches (both surfaces)
 
-    def _check_model(self, model: str, surface: str, project: str = "", location: str = "") -> None:
-        if model_id(model) not in KNOWN_MODELS:
+    def _answering_model(self, model: str, surface: str, project: str = "", location: str = "") -> str:
+        """The model that answers a batch for ``model`` (a shut-down one may be routed); 404 as the service
+        answers when there is none."""
+        answering = self.config.models.for_batches(model_id(model))
+        if answering is None:
             if surface == "vertex":
                 raise not_found(f"Publisher Model `projects/{project}/locations/{location}/{model}` was not found or your project does not have access to it.")
             raise not_found(f"{model} is not found for API version v1beta, or is not supported for batchGenerateContent. Call ListModels to see the list of available models and their supported methods.")
+        return answering
+
+    def get_model(self, name: str, surface: str) -> dict:
+        model = self.config.models.get(model_id(name))
+        if model is None:
+            if surface == "vertex":
+                raise not_found(f"Publisher Model `{name}` was not found or your project does not have access to it.")
+            raise not_found(f"models/{model_id(name)} is not found for API version v1beta, or is not supported for "
+                            "generateContent. Call ListModels to see the list of available models and their supported methods.")
+        return model.vertex_view() if surface == "vertex" else model.developer_view()
+
+    def list_models(self, surface: str, page_size: int | None, page_token: str | None) -> tuple[list[dict], str | None]:
+        views = [m.vertex_view() if surface == "vertex" else m.developer_view() for m in self.config.models.live()]
+        return _page(views, page_size, page_token, default=50, maximum=1000)
 
     def _scan_input(self, path: Path, require_key: bool) -> int:
         """Validate a JSONL input the way the service does before accepting it.
@@ -335,6 +395,17 @@ class Emulator:
         return rows
 
     def _new_job(self, **fields: Any) -> dict:
+        """Store a new PENDING job; the quota is checked and the job stored under one lock, so two creates
+        at once cannot both take the last of it. A refused job's input is removed."""
+        with self._admission:
+            try:
+                self._check_quota(fields["answered_by"], fields.get("tokens"))
+            except ApiError:
+                self.jobs.blob_path(fields["id"], "input.jsonl").unlink(missing_ok=True)
+                raise
+            return self._store_new_job(fields)
+
+    def _store_new_job(self, fields: dict) -> dict:
         ordinal = self.jobs.next_ordinal()
         f = self.faults
         fate = "normal"
@@ -356,7 +427,7 @@ class Emulator:
 
     def create_batch(self, model: str, batch: dict) -> dict:
         self.inject("create")
-        self._check_model(f"models/{model_id(model)}", "developer")
+        answered_by = self._answering_model(f"models/{model_id(model)}", "developer")
         if not isinstance(batch, dict):
             raise invalid("Missing 'batch' in the request body.")
         source = batch.get("inputConfig") or {}
@@ -378,35 +449,65 @@ class Emulator:
                 shutil.copyfile(self.files.blob_path(file_id, "bin"), input_path)
         else:
             requests = (source.get("requests") or {}).get("requests") or []
+            for i, item in enumerate(requests):
+                problems = discovery.developer().problems(item, "InlinedRequest", f"batch.input_config.requests.requests[{i}]", input_names=True)
+                if problems:
+                    raise invalid("Invalid JSON payload received. " + "; ".join(problems[:5]))
             with input_path.open("wb") as out:
                 for item in requests:
-                    out.write(orjson.dumps({"key": (item.get("metadata") or {}).get("key"), "request": item.get("request"), "metadata": item.get("metadata")}))
+                    row = {"key": (item.get("metadata") or {}).get("key"), "request": item.get("request"), "metadata": item.get("metadata")}
+                    out.write(orjson.dumps({k: v for k, v in row.items() if v is not None}))
                     out.write(b"\n")
             if input_path.stat().st_size > self.faults.max_inline_bytes:
                 input_path.unlink()
                 raise invalid(f"Inlined requests total more than {self.faults.max_inline_bytes} bytes; upload a JSONL file instead.")
         try:
             rows = self._scan_input(input_path, require_key=has_file)
+            tokens = self._input_tokens(input_path)
         except ApiError:
             input_path.unlink(missing_ok=True)
             raise
         return self._new_job(
             id=job_id, surface="developer", name=f"batches/{job_id}", model=f"models/{model_id(model)}",
             display_name=batch.get("displayName") or "", request_count=rows,
-            input_file=source.get("fileName"), inline=has_inline,
+            input_file=source.get("fileName"), inline=has_inline, tokens=tokens, answered_by=answered_by,
         )
+
+    def _input_tokens(self, input_path: Path) -> int | None:
+        """The tokens a new job's requests hold while it is active; counted only when the enqueued-token quota
+        is set (it reads every part)."""
+        if not self.faults.enqueued_token_limit:
+            return None
+        rows = (orjson.loads(line) for _, line in _lines(input_path))
+        return sum(responder.request_tokens(row.get("request"), self.resolve_file) for row in rows if isinstance(row, dict))
+
+    def _check_quota(self, model: str, tokens: int | None) -> None:
+        """429 RESOURCE_EXHAUSTED when a new job's tokens and those of the model's active jobs exceed the limit."""
+        limit = self.faults.enqueued_token_limit
+        if not limit:
+            return
+        held = sum(j.get("tokens") or 0 for j in self.jobs.values()
+                   if j["state"] not in TERMINAL and j.get("answered_by") == model)
+        if held + (tokens or 0) > limit:
+            log.warning("quota: %s holds %d enqueued tokens; a job of %d more refused (limit %d)",
+                        model_id(model), held, tokens or 0, limit)
+            raise ApiError(429, "Resource has been exhausted (e.g. check quota).")
 
     def create_vertex_job(self, project: str, location: str, body: dict) -> dict:
         self.inject("create")
         model = str(body.get("model", ""))
-        self._check_model(model, "vertex", project, location)
-        uris = ((body.get("inputConfig") or {}).get("gcsSource") or {}).get("uris") or []
+        answered_by = self._answering_model(model, "vertex", project, location)
+        source = body.get("inputConfig") or {}
+        if "bigquerySource" in source:
+            raise ApiError(501, "The emulator does not serve BigQuery sources (the service does): use inputConfig.gcsSource.")
+        uris = (source.get("gcsSource") or {}).get("uris") or []
         prefix = (((body.get("outputConfig") or {}).get("gcsDestination") or {}).get("outputUriPrefix")) or ""
         if not uris or not all(str(u).startswith("gs://") for u in uris):
             raise invalid("inputConfig.gcsSource.uris must list gs:// URIs of JSONL files.")
         if not prefix.startswith("gs://"):
             raise invalid("outputConfig.gcsDestination.outputUriPrefix must be a gs:// prefix.")
         self.gcs()  # without a GCS emulator: 400 FAILED_PRECONDITION before anything else
+        uris = [match for uri in uris for match in self._expand_gcs(uri)]
         job_id = str(secrets.randbelow(9 * 10**18) + 10**18)
         input_path = self.jobs.blob_path(job_id, "input.jsonl")
         try:
@@ -417,7 +518,8 @@ class Emulator:
                         shutil.copyfileobj(fh, out, 1 << 20)
                     if path.stat().st_size and not _ends_with_newline(path):
                         out.write(b"\n")  # each file is its own JSONL: never join two files' lines
-            rows = self._scan_input(input_path, require_key=True)
+            rows = self._scan_input(input_path, require_key=False)  # Vertex AI echoes the request instead
+            tokens = self._input_tokens(input_path)
         except responder.RowFailure as exc:
             input_path.unlink(missing_ok=True)
             raise invalid(exc.status["message"]) from None
@@ -427,7 +529,7 @@ class Emulator:
         return self._new_job(
             id=job_id, surface="vertex", name=f"projects/{project}/locations/{location}/batchPredictionJobs/{job_id}",
             model=model, display_name=body.get("displayName") or "", request_count=rows,
-            input_uris=list(uris), output_prefix=prefix,
+            input_uris=list(uris), output_prefix=prefix, tokens=tokens, answered_by=answered_by,
         )
 
     def get_job(self, job_id: str, surface: str) -> dict:
@@ -512,24 +614,26 @@ class Emulator:
         if request is None:
             return self._row_error(job, key, metadata, None, row_status(3, f"Line {line_no} has no 'request' field."))
         try:
-            response = responder.answer(request, identity, model_id(job["model"]), self.resolve_file, f)
+            response = responder.answer(request, identity, job.get("answered_by") or model_id(job["model"]), self.resolve_file, f)
         except responder.RowFailure as exc:
             return self._row_error(job, key, metadata, request, exc.status)
         if job["surface"] == "vertex":
-            return {"key": key, "request": request, "status": "", "response": response, "processed_time": rfc3339(time.time())}
-        if job.get("inline"):
-            return {"response": response, "metadata": metadata}
-        return {"key": key, "response": response}
+            row = {"key": key, "request": request, "status": "", "response": response, "processed_time": vertex_time(time.time())}
+        elif job.get("inline"):
+            row = {"response": response, "metadata": metadata}
+        else:
+            row = {"key": key, "response": response}
+        return {k: v for k, v in row.items() if v is not None}
 
     @staticmethod
     def _row_error(job: dict, key: str | None, metadata: Any, request: Any, status: dict) -> dict:
         if job["surface"] == "vertex":
-            row = {"key": key, "request": request, "status": f"{status['status']}: {status['message']}", "processed_time": rfc3339(time.time())}
+            row = {"key": key, "request": request, "status": vertex_row_status(status), "processed_time": vertex_time(time.time())}
         elif job.get("inline"):
             row = {"error": status, "metadata": metadata}
         else:
             row = {"key": key, "error": status}
-        return {k: v for k, v in row.items() if v is not None or k == "status"}
+        return {k: v for k, v in row.items() if v is not None}
 
     def publish_output(self, job: dict) -> dict:
         """Make a job's (possibly partial) output visible where the service puts it."""
@@ -553,10 +657,7 @@ class Emulator:
         return {"output_file": f"files/{file_id}"}
 
     def iter_input(self, job: dict) -> Iterator[tuple[int, bytes]]:
-        with self.jobs.blob_path(job["id"], "input.jsonl").open("rb") as fh:
-            for line_no, line in enumerate(fh, 1):
-                if line.strip():
-                    yield line_no, line
+        return _lines(self.jobs.blob_path(job["id"], "input.jsonl"))
 
 
 class JobRunner:
@@ -631,14 +732,16 @@ class JobRunner:
                 if job["surface"] == "vertex" and job["state"] != "CANCELLING":
                     self.em.jobs.update(job["id"], state="CANCELLING", update_time=now)
                 return
-            self.em.jobs.blob_path(job["id"], "output.tmp").unlink(missing_ok=True)
-            self._finish(job, "CANCELLED")
+            # Vertex AI exports the rows it finished; a Developer API batch keeps none.
+            self._finish(job, "CANCELLED", output=self._finished_rows(job, keep=job["surface"] == "vertex"),
+                         error=CANCELLED[job["surface"]])
             return
-        if now >= job["create_time"] + self.em.expiry_seconds():
+        expires_at, exported = self.em.expires_at(job)
+        if now >= expires_at:
             if running:
                 self._stop_flags[job["id"]].set()
                 return
-            self._finish(job, "EXPIRED", output=self.em.publish_output(job) if job["processed"] else {})
+            self._finish(job, "EXPIRED", output=self._finished_rows(job, keep=exported))
             return
         if job["state"] == "PENDING":
             if job["fate"] != "stuck" and now >= job["create_time"] + cfg.real_seconds(f.pending_seconds):
@@ -659,6 +762,13 @@ class JobRunner:
             self._finish(job, "FAILED", output=self.em.publish_output(job), error=error)
         else:
             self._finish(job, "SUCCEEDED", output=self.em.publish_output(job))
+
+    def _finished_rows(self, job: dict, keep: bool) -> dict:
+        """Publish the rows answered so far (``keep``), or drop them."""
+        if keep:
+            return self.em.publish_output(job)
+        self.em.jobs.blob_path(job["id"], "output.tmp").unlink(missing_ok=True)
+        return {}
 
     def _launch(self, job: dict) -> None:
         flag = threading.Event()

@@ -89,6 +89,7 @@ def gemini_emulator(
     time_scale: float = 1.0,
     faults: dict | None = None,
     gcs_endpoint: str | None = None,
+    models: Path | None = None,
 ) -> ServerProcess:
     """The Gemini Batch emulator, started exactly as contract 3 says."""
     port = port or free_port()
@@ -97,6 +98,8 @@ def gemini_emulator(
         argv += ["--faults", json.dumps(faults)]
     if gcs_endpoint:
         argv += ["--gcs-endpoint", gcs_endpoint]
+    if models:
+        argv += ["--models", str(models)]
     return ServerProcess(argv, port, "/healthz", data_dir / "emulator.log")
 
 

@@ -16,7 +16,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 # gcsfs probes bucket layouts over a gRPC API no emulator serves (see gemini_batch.locations).
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
+from gemini_emulator.models import Catalogue  # noqa: E402
 from gemini_emulator.testing import gcs_emulator, gemini_emulator, requests_made  # noqa: E402
+
+# The models the emulator accepts batches for today, as the service lists them.
+BATCH_MODELS = sorted(m.id for m in Catalogue.load().live() if "batchGenerateContent" in m.methods)
 
 
 def developer_client(url: str):

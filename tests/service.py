@@ -15,7 +15,7 @@ from gemini_batch.hooks import GeminiBatchHook, is_terminal
 from gemini_batch.triggers import GeminiBatchJobTrigger
 
 KEY = "test-key-5ecr3t-8d1f0c"
-MODEL = "gemini-2.5-flash"
+MODEL = "gemini-2.5-flash-lite"
 GCS_CONNECTION = {"conn_type": "google_cloud_platform", "extra": {"is_anonymous": True, "project": "test-project"}}
 SLOW = {"pending_seconds": 3600}  # with time_scale=1: a job stays PENDING for the whole test
 

@@ -9,6 +9,7 @@ import time
 
 import orjson
 import pytest
+from conftest import BATCH_MODELS
 from fpdf import FPDF
 from google.genai import types
 from hypothesis import given, settings
@@ -18,7 +19,6 @@ from gemini_batch.batch_requests import RequestSpec, ShardManifest, ShardWriter,
 from gemini_batch.locations import as_path
 from gemini_emulator import responder
 from gemini_emulator.config import Faults
-from gemini_emulator.service import KNOWN_MODELS
 
 SCHEMA = {
     "type": "object",
@@ -65,7 +65,7 @@ def test_model_default_thinking_sends_no_thinking_config():
 
 
 @given(
-    model=st.sampled_from(sorted(KNOWN_MODELS)), schema=st.none() | st.just(SCHEMA),
+    model=st.sampled_from(BATCH_MODELS), schema=st.none() | st.just(SCHEMA),
     thinking=st.sampled_from(["low", "model-default"]), max_output_tokens=st.none() | st.integers(1, 65536),
 )
 def test_generation_config_is_json_out_with_no_sampling_settings(model, schema, thinking, max_output_tokens):
@@ -127,7 +127,7 @@ def test_row_needs_exactly_one_document(kwargs, message):
         build_row("k", RequestSpec(model="gemini-2.5-flash", prompt="p"), **kwargs)
 
 
-@pytest.mark.parametrize("model", sorted(KNOWN_MODELS))
+@pytest.mark.parametrize("model", BATCH_MODELS)
 @pytest.mark.parametrize("document", ["pdf", "text"])
 def test_every_known_model_gets_rows_the_responder_answers(model, document, invoice_pdf):
     """The emulator checks REST field names the way the service does, and fills the schema from the document."""

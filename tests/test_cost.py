@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import math
 
+import re
+
 import pytest
+from conftest import BATCH_MODELS
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gemini_batch.batch_requests import RequestSpec
 from gemini_batch.cost import CostEstimate, ModelPrice, PriceTable, estimate_request, load_prices
 from gemini_batch.keys import canonical_json
-from gemini_emulator.service import KNOWN_MODELS
 
 SCHEMA = {"type": "object", "properties": {"invoice_number": {"type": "string"}, "total": {"type": "number"}}}
 
@@ -84,7 +86,7 @@ def test_batch_discount_is_applied():
     assert (half.input_tokens, half.output_tokens) == (full.input_tokens, full.output_tokens)
 
 
-@given(pages=st.integers(1, 2000), more=st.integers(1, 2000), model=st.sampled_from(sorted(KNOWN_MODELS)))
+@given(pages=st.integers(1, 2000), more=st.integers(1, 2000), model=st.sampled_from(sorted(load_prices().models)))
 def test_more_pages_cost_more(pages, more, model):
     prices = load_prices()
     spec = RequestSpec(model=model, prompt="Extract the fields.", response_schema=SCHEMA)
@@ -102,10 +104,15 @@ def test_estimates_add_up():
     assert CostEstimate(1, 2, 3, 0.1234567891).to_json() == {"requests": 1, "input_tokens": 2, "output_tokens": 3, "usd": 0.123457}
 
 
-def test_unknown_model_names_the_known_ones():
+def test_a_model_without_a_price_has_tokens_but_no_cost():
     spec = RequestSpec(model="models/gemini-9-ultra", prompt="p")
-    with pytest.raises(ValueError, match=r"no price for model 'models/gemini-9-ultra'; known models: gemini-2\.0-flash, gemini-2\.5-flash, .*gemini-flash-latest"):
-        estimate_request(spec, mime_type="text/plain", pages=None, size=1, prices=table())
+    estimate = estimate_request(spec, mime_type="text/plain", pages=None, size=400, prices=table())
+    assert estimate.usd is None and estimate.input_tokens > 100 and estimate.to_json()["usd"] is None
+    priced = estimate_request(RequestSpec(model="gemini-2.5-flash", prompt="p"), mime_type="text/plain", pages=None,
+                              size=400, prices=table())
+    assert (estimate + priced).usd is None and (priced + priced).usd == 2 * priced.usd
+    assert re.match(r"no price for model 'models/gemini-9-ultra' \(prices as of .*; priced: gemini-2\.0-flash, gemini-2\.5-flash, "
+                    r"gemini-2\.5-pro.*\); set it in the Airflow Variable gemini_batch_prices", table().no_price(spec.model))
 
 
 @pytest.mark.parametrize(("mime_type", "pages", "message"), [
@@ -117,15 +124,28 @@ def test_inputs_the_heuristic_cannot_price(mime_type, pages, message):
         estimate_request(RequestSpec(model="gemini-2.5-flash", prompt="p"), mime_type=mime_type, pages=pages, size=1, prices=table())
 
 
-def test_shipped_table_prices_every_model_the_emulator_knows():
+def test_shipped_table_prices_the_models_served_today():
     prices = load_prices()
-    assert prices.batch_discount == 0.5 and prices.as_of and prices.source.startswith("https://")
-    for model in KNOWN_MODELS:
+    assert prices.batch_discount == 0.5 and prices.as_of == "2026-12-01" and prices.source.startswith("https://")
+    priced = [m for m in BATCH_MODELS if prices.price(m) is not None]
+    for model in priced:
         assert prices.price(model).output_per_million > prices.price(model).input_per_million > 0
-    assert prices.price("models/gemini-2.5-flash") == ModelPrice(0.30, 2.50)
-    assert prices.price("gemini-2.5-pro") == ModelPrice(1.25, 10.00)
-    assert prices.price("gemini-2.0-flash-lite-001") == ModelPrice(0.075, 0.30)
-    assert prices.model_id("gemini-flash-latest") in prices.models
+    assert sorted(set(BATCH_MODELS) - set(priced)) == ["gemini-3.5-flash-lite"], "no published price for it yet"
+    assert prices.price("models/gemini-2.5-flash-lite") == ModelPrice(0.10, 0.40)
+    assert prices.price("gemini-3.8-flash") == ModelPrice(0.75, 3.75)
+    assert prices.price("gemini-2.5-flash") is None, "shut down 2026-12-01"
+    assert all(prices.price(alias) is not None for alias in prices.aliases)
+
+
+def test_overrides_add_and_replace_prices():
+    prices = load_prices(overrides={"models": {"gemini-3.5-flash-lite": {"input_per_million": 0.2, "output_per_million": 0.8},
+                                               "gemini-3.8-flash": {"input_per_million": 1, "output_per_million": 5}},
+                                    "as_of": "2027-01-01"})
+    assert prices.price("gemini-3.5-flash-lite") == ModelPrice(0.2, 0.8)
+    assert prices.price("gemini-3.8-flash") == ModelPrice(1.0, 5.0)
+    assert prices.price("gemini-2.5-flash-lite") == ModelPrice(0.10, 0.40) and prices.as_of == "2027-01-01"
+    with pytest.raises(ValueError, match=r"with the Variable gemini_batch_prices: not a valid price table"):
+        load_prices(overrides={"models": {"m": {"input_per_million": 1}}})
 
 
 def test_loading_a_broken_table_names_the_file(tmp_path):

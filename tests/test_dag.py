@@ -10,7 +10,7 @@ import json
 import shutil
 
 import pytest
-from conftest import developer_client
+from conftest import developer_client, requests_made
 from dagrun import (
     SAMPLES, assert_contract, developer_conn, read_results, round_keys, run_dag, submitted_jobs, submitted_keys,
 )
@@ -147,3 +147,43 @@ def test_dated_source_and_output_follow_the_logical_date(airflow_home, tmp_path,
     # the same Markdown invoice on both days: answered once, reused the second day
     assert (summary1["requests"], summary2["requests"]) == (1, 1)
     assert second["invoice-4.md"]["reused"] and second["invoice-4.md"]["data"] == first["invoice-4.md"]["data"]
+
+
+def test_a_shut_down_model_fails_the_run_before_anything_is_uploaded(airflow_home, source, tmp_path, start_emulator):
+    server = start_emulator(time_scale=600)
+    output = tmp_path / "out"
+    done = run_dag(airflow_home, developer_conn(server.url),
+                   {"source": str(source), "output": str(output), "model": "gemini-2.5-flash"}, "2026-11-06")
+    assert done.state == "failed"
+    assert "model 'gemini-2.5-flash': the service does not know it (unknown or shut down); batch-capable models:" in done.log
+    assert "gemini-2.5-flash-lite, " in done.log and "gemini-3.8-flash" in done.log
+    assert "up_for_retry" not in done.log.lower(), "a parameter error is not retried"
+    sent = requests_made(server)
+    assert not [r for r in sent if r["path"].startswith("/upload/") or r["method"] == "POST"], "nothing was uploaded"
+    assert [r["path"] for r in sent if r["path"].startswith("/v1beta/models")][:1] == ["/v1beta/models/gemini-2.5-flash"]
+
+
+def test_a_model_without_a_price_runs_at_an_unknown_cost_unless_a_budget_is_set(airflow_home, source, tmp_path,
+                                                                               start_emulator):
+    server = start_emulator(time_scale=600)
+    conf = {"source": str(source), "model": "gemini-3.5-flash-lite"}
+    done = run_dag(airflow_home, developer_conn(server.url), {**conf, "output": str(tmp_path / "a")}, "2026-11-07")
+    done.check()
+    records, summary = read_results(tmp_path / "a")
+    assert_contract(records, summary, source)
+    assert summary["succeeded"] == 7 and summary["estimated_cost_usd"] is None and summary["input_tokens"] > 0
+    assert "The cost of this run is unknown: no price for model 'gemini-3.5-flash-lite'" in done.log
+
+    conf["prompt"] = "Extract the invoice total."  # new keys: the ledger holds the first prompt's answers
+    budget = run_dag(airflow_home, developer_conn(server.url),
+                     {**conf, "output": str(tmp_path / "b"), "max_cost_usd": 10}, "2026-11-08")
+    assert budget.state == "failed"
+    assert "max_cost_usd $10.0000 is set but the cost cannot be estimated" in budget.log
+    assert "Variable gemini_batch_prices" in budget.log
+
+    price = {"models": {"gemini-3.5-flash-lite": {"input_per_million": 0.2, "output_per_million": 0.8}}}
+    priced = run_dag(airflow_home, developer_conn(server.url),
+                     {**conf, "output": str(tmp_path / "c"), "max_cost_usd": 10}, "2026-11-09",
+                     extra_env={"AIRFLOW_VAR_GEMINI_BATCH_PRICES": json.dumps(price)})
+    priced.check()
+    assert read_results(tmp_path / "c")[1]["estimated_cost_usd"] > 0

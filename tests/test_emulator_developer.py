@@ -14,6 +14,8 @@ from google.genai import errors, types
 
 from conftest import developer_client
 
+from gemini_emulator import discovery, responder
+
 SCHEMA = {
     "type": "object",
     "properties": {
@@ -157,7 +159,7 @@ def test_batch_stats_in_rest_body(client, emulator):
     body = httpx.get(f"{emulator.url}/v1beta/{job.name}", headers={"x-goog-api-key": "k"}).json()
     assert body["done"] is True
     assert body["metadata"]["state"] == "BATCH_STATE_SUCCEEDED"
-    assert body["metadata"]["batchStats"] == {"requestCount": "4", "successfulRequestCount": "4", "failedRequestCount": "0", "pendingRequestCount": "0"}
+    assert body["metadata"]["batchStats"] == {"requestCount": "4", "successfulRequestCount": "4"}  # zero counters left out
 
 
 def test_inlined_requests_return_inlined_responses(client):
@@ -261,8 +263,8 @@ def test_cancel_while_running_and_delete(start_emulator):
         client.batches.get(name=job.name)
 
 
-def test_job_expires_after_24_emulated_hours(start_emulator):
-    emulator = start_emulator(time_scale=24 * 3600 / 1.5, faults={"stuck_pending_rate": 1})
+def test_job_expires_after_48_emulated_hours(start_emulator):
+    emulator = start_emulator(time_scale=48 * 3600 / 1.5, faults={"stuck_pending_rate": 1})
     client = developer_client(emulator.url)
     job = client.batches.create(model="gemini-2.5-flash", src=upload_jsonl(client, [row("k", "x")]).name)
     time.sleep(0.5)
@@ -331,3 +333,166 @@ def test_async_client_full_cycle(client):
     assert job.state == types.JobState.JOB_STATE_SUCCEEDED
     assert job.name in listed
     assert json.loads(json.loads(data.decode().splitlines()[0])["response"]["candidates"][0]["content"]["parts"][0]["text"])["invoice_number"] == "Z"
+
+
+# ---------------------------------------------------------------- true to the published API (issue 15)
+
+
+def check_spec(value, schema: str) -> None:
+    """The body as the Discovery document allows it: known fields, types, int64 as strings, enums."""
+    problems = discovery.developer().problems(value, schema)
+    assert problems == [], f"{schema}: {problems}"
+
+
+def check_operation(body: dict) -> None:
+    check_spec(body, "Operation")
+    check_spec(body["metadata"], "GenerateContentBatch")
+    assert body["metadata"]["@type"] == "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch"
+    assert body.get("done") in (None, True), "proto3 JSON leaves out done: false"
+    assert "0" not in body["metadata"].get("batchStats", {}).values(), "zero counters are left out"
+    if "response" in body:
+        check_spec(body["response"], "GenerateContentBatchOutput")
+
+
+def raw(emulator, method: str, path: str, **kwargs) -> httpx.Response:
+    return httpx.request(method, f"{emulator.url}{path}", headers={"x-goog-api-key": "k", **kwargs.pop("headers", {})},
+                         timeout=10, **kwargs)
+
+
+def test_google_s_documented_flow_uploads_then_creates_at_once(client):
+    """files.upload, then batches.create with the upload's name straight away: documents and JSONL need no
+    processing (only large media do)."""
+    data = b"".join(orjson.dumps(row(f"k{i}", f"Invoice Number: {i}")) + b"\n" for i in range(3))
+    uploaded = client.files.upload(file=io.BytesIO(data), config={"mime_type": "jsonl"})
+    assert uploaded.state == types.FileState.ACTIVE
+    job = client.batches.create(model="gemini-2.5-flash-lite", src=uploaded.name)
+    assert wait_done(client, job.name).state == types.JobState.JOB_STATE_SUCCEEDED
+
+
+def test_media_are_processed_before_use(start_emulator):
+    emulator = start_emulator(time_scale=1)
+    client = developer_client(emulator.url)
+    video = client.files.upload(file=io.BytesIO(b"\0" * 1000), config={"mime_type": "video/mp4"})
+    assert video.state == types.FileState.PROCESSING
+    text = client.files.upload(file=io.BytesIO(b"Invoice Number: 1"), config={"mime_type": "text/plain"})
+    assert text.state == types.FileState.ACTIVE
+
+
+def test_every_body_follows_the_discovery_document(client, emulator):
+    rows = [row("ok", "Invoice Number: A-1"), {"key": "bad", "request": {"contents": []}}]
+    uploaded = upload_jsonl(client, rows)
+    check_spec(raw(emulator, "GET", f"/v1beta/{uploaded.name}").json(), "File")
+    check_spec(raw(emulator, "GET", "/v1beta/files").json(), "ListFilesResponse")
+    created = raw(emulator, "POST", "/v1beta/models/gemini-2.5-flash-lite:batchGenerateContent",
+                  json={"batch": {"displayName": "spec", "inputConfig": {"fileName": uploaded.name}}}).json()
+    check_operation(created)
+    assert created["metadata"]["batchStats"] == {"requestCount": "2", "pendingRequestCount": "2"}
+    job = wait_done(client, created["name"])
+    body = raw(emulator, "GET", f"/v1beta/{job.name}").json()
+    check_operation(body)
+    listed = raw(emulator, "GET", "/v1beta/batches").json()
+    check_spec(listed, "ListOperationsResponse")
+    for operation in listed["operations"]:
+        check_operation(operation)
+    out = {r["key"]: r for r in output_rows(client, job)}
+    check_spec(out["ok"]["response"], "GenerateContentResponse")
+    check_spec(out["bad"]["error"], "Status")
+    assert set(out["bad"]["error"]) == {"code", "message"}, "a google.rpc.Status has no status string"
+
+    inline = client.batches.create(model="gemini-2.5-flash-lite", src=[{"contents": [{"parts": [{"text": "Invoice Number: 7"}], "role": "user"}]}])
+    body = raw(emulator, "GET", f"/v1beta/{wait_done(client, inline.name).name}").json()
+    check_operation(body)
+    assert "inputConfig" not in body["metadata"], "an inline batch's requests are not echoed"
+    (answer,) = body["response"]["inlinedResponses"]["inlinedResponses"]
+    check_spec(answer, "InlinedResponse")
+    assert "metadata" not in answer, "no metadata: null"
+
+
+def test_inline_requests_with_unknown_fields_are_refused_at_create(client, emulator):
+    """The SDK would refuse the field itself (pydantic), so the request is sent as raw REST."""
+    request = {"contents": [{"parts": [{"text": "x"}], "role": "user"}], "generationConfig": {"temprature": 0}}
+    response = raw(emulator, "POST", "/v1beta/models/gemini-2.5-flash-lite:batchGenerateContent",
+                   json={"batch": {"inputConfig": {"requests": {"requests": [{"request": request}]}}}})
+    assert response.status_code == 400 and "temprature" in response.json()["error"]["message"]
+    assert list(client.batches.list()) == [], "nothing was created"
+
+
+def test_a_cancelled_batch_ends_with_the_documented_error(start_emulator):
+    emulator = start_emulator(time_scale=1, faults={"pending_seconds": 3600})
+    client = developer_client(emulator.url)
+    job = client.batches.create(model="gemini-2.5-flash-lite", src=upload_jsonl(client, [row("k", "x")]).name)
+    client.batches.cancel(name=job.name)
+    done = wait_done(client, job.name)
+    assert done.state == types.JobState.JOB_STATE_CANCELLED
+    body = raw(emulator, "GET", f"/v1beta/{job.name}").json()  # the SDK does not map an operation's error
+    check_operation(body)
+    assert body["done"] is True and body["error"]["code"] == 1 and "response" not in body
+
+
+def test_downloads_redirect_to_the_media_path(client, emulator):
+    job = wait_done(client, client.batches.create(model="gemini-2.5-flash-lite", src=upload_jsonl(client, [row("k", "x")]).name).name)
+    api_path = f"/v1beta/{job.dest.file_name}:download"
+    redirect = raw(emulator, "GET", api_path, params={"alt": "media"})
+    assert redirect.status_code == 302
+    assert redirect.headers["location"] == f"{emulator.url}/download{api_path}?alt=media"
+    media = raw(emulator, "GET", f"/download{api_path}", params={"alt": "media"})
+    assert media.status_code == 200 and json.loads(media.content.splitlines()[0])["key"] == "k"
+    assert client.files.get(name=job.dest.file_name).download_uri.endswith(f"/download{api_path}?alt=media")
+    assert output_rows(client, job)[0]["key"] == "k"  # the SDK follows the redirect
+
+
+@pytest.mark.parametrize("protocol", ["raw", "multipart"])
+def test_simple_and_multipart_uploads(client, emulator, protocol):
+    data = b"Invoice Number: S-1\n"
+    if protocol == "raw":
+        response = raw(emulator, "POST", "/upload/v1beta/files", content=data,
+                       headers={"x-goog-upload-protocol": "raw", "content-type": "text/plain"})
+    else:
+        boundary = "b0undary"
+        body = (f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n"
+                '{"file": {"display_name": "multi"}}\r\n'
+                f"--{boundary}\r\nContent-Type: text/plain\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        response = raw(emulator, "POST", "/upload/v1beta/files", params={"uploadType": "multipart"}, content=body,
+                       headers={"content-type": f"multipart/related; boundary={boundary}"})
+    assert response.status_code == 200, response.text
+    check_spec(response.json(), "CreateFileResponse")
+    file = client.files.get(name=response.json()["file"]["name"])
+    assert (file.mime_type, file.size_bytes, file.state) == ("text/plain", len(data), types.FileState.ACTIVE)
+    if protocol == "multipart":
+        assert file.display_name == "multi"
+
+
+def test_models_are_listed_and_shut_down_ones_answer_as_the_service_does(client):
+    listed = {m.name: m for m in client.models.list()}
+    assert "models/gemini-2.5-flash-lite" in listed and "models/gemini-3.8-flash" in listed
+    assert "batchGenerateContent" in listed["models/gemini-2.5-flash-lite"].supported_actions
+    assert "models/gemini-2.5-flash" not in listed and "models/gemini-2.0-flash" not in listed, "shut down"
+    assert client.models.get(model="gemini-3.8-flash").display_name == "Gemini 3.8 Flash"
+    with pytest.raises(errors.ClientError) as exc:
+        client.models.get(model="gemini-2.5-flash")
+    assert exc.value.code == 404
+    # A shut-down model's batches are routed to its successor, which answers them ...
+    job = wait_done(client, client.batches.create(model="gemini-2.5-flash", src=upload_jsonl(client, [row("k", "x")]).name).name)
+    assert output_rows(client, job)[0]["response"]["modelVersion"] == "gemini-3.5-flash-lite"
+    # ... and one shut down without a successor is refused.
+    with pytest.raises(errors.ClientError) as exc:
+        client.batches.create(model="gemini-2.0-flash", src=upload_jsonl(client, [row("k", "x")]).name)
+    assert exc.value.code == 404
+
+
+def test_the_enqueued_token_quota_refuses_what_would_exceed_it(start_emulator):
+    rows = [row(f"k{i}", "Invoice Number: 1 " * 40) for i in range(3)]
+    per_row = responder.request_tokens(rows[0]["request"], None)
+    assert per_row > 100
+    emulator = start_emulator(time_scale=1, faults={"pending_seconds": 3600, "enqueued_token_limit": 5 * per_row})
+    client = developer_client(emulator.url)
+    first = client.batches.create(model="gemini-2.5-flash-lite", src=upload_jsonl(client, rows).name)  # 3 rows held
+    with pytest.raises(errors.ClientError) as exc:
+        client.batches.create(model="gemini-2.5-flash-lite", src=upload_jsonl(client, rows).name)  # 6 > 5
+    assert exc.value.code == 429 and exc.value.status == "RESOURCE_EXHAUSTED"
+    client.batches.create(model="gemini-3.8-flash", src=upload_jsonl(client, rows).name)  # the quota is per model
+    client.batches.cancel(name=first.name)
+    wait_done(client, first.name)
+    client.batches.create(model="gemini-2.5-flash-lite", src=upload_jsonl(client, rows).name)  # room again
+    jobs = [json.loads(p.read_text()) for p in (emulator.log_path.parent / "jobs").glob("*.json")]
+    assert sorted(j["tokens"] for j in jobs) == [3 * per_row] * 3, "the emulator records each job's tokens"

@@ -18,8 +18,10 @@ from google.genai import errors, types
 
 from conftest import storage_client, vertex_client
 
+from gemini_emulator import discovery
+
 BUCKET = "test-bucket"
-MODEL = "gemini-2.5-flash"
+MODEL = "gemini-2.5-flash-lite"
 PARENT = "projects/test-project/locations/us-central1"
 JOB_NAME = re.compile(rf"^{PARENT}/batchPredictionJobs/\d+$")
 OUTPUT_DIR = re.compile(r"/prediction-model-\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
@@ -73,6 +75,11 @@ def vertex_emulator(start_emulator, gcs):
 def vertex(vertex_emulator):
     """A real Vertex-mode google-genai client for ``vertex_emulator``."""
     return vertex_client(vertex_emulator.url)
+
+
+def counts(stats) -> tuple[int, int, int]:
+    """(successful, failed, incomplete): proto3 JSON leaves a zero count out, which the SDK reads as None."""
+    return tuple(n or 0 for n in (stats.successful_count, stats.failed_count, stats.incomplete_count))
 
 
 def invoice_pdf(lines: list[str]) -> bytes:
@@ -185,7 +192,7 @@ def test_full_lifecycle_with_pdf_and_text_documents_from_gcs(start_emulator, gcs
     assert job.error is None
     assert job.create_time <= job.start_time <= job.end_time
     stats = job.completion_stats
-    assert (stats.successful_count, stats.failed_count, stats.incomplete_count) == (len(rows), 0, 0)
+    assert counts(stats) == (len(rows), 0, 0)
 
     directory = job.output_info.gcs_output_directory
     assert directory.startswith(dest), directory
@@ -234,7 +241,7 @@ def test_missing_gcs_document_fails_only_its_row_and_finished_job_can_be_deleted
 
     assert job.state == JS.JOB_STATE_SUCCEEDED  # a failed row does not fail the job
     stats = job.completion_stats
-    assert (stats.successful_count, stats.failed_count, stats.incomplete_count) == (2, 1, 0)
+    assert counts(stats) == (2, 1, 0)
     out = predictions(storage, job)
     assert set(out) == {"ok-file", "missing", "ok-inline"}
     failed = out["missing"]
@@ -269,7 +276,7 @@ def test_malformed_jsonl_lines_fail_only_their_rows(vertex, storage, prefix):
 
     assert job.state == JS.JOB_STATE_SUCCEEDED
     stats = job.completion_stats
-    assert (stats.successful_count, stats.failed_count, stats.incomplete_count) == (2, 2, 0)
+    assert counts(stats) == (2, 2, 0)
     out = predictions(storage, job)
     assert set(out) == {"first", "broken", "third", None}
     assert answer_json(out["first"])["invoice_number"] == "A-1"
@@ -277,7 +284,8 @@ def test_malformed_jsonl_lines_fail_only_their_rows(vertex, storage, prefix):
     for key, line_no in (("broken", 2), (None, 4)):
         row = out[key]
         assert "response" not in row
-        assert row["status"].startswith("INVALID_ARGUMENT"), row["status"]
+        assert row["status"].startswith('Bad Request: {"error": {"code": 400'), row["status"]  # Google's example form
+        assert json.loads(row["status"].removeprefix("Bad Request: "))["error"]["status"] == "INVALID_ARGUMENT"
         assert f"Line {line_no}" in row["status"] and "not valid JSON" in row["status"], row["status"]
 
 
@@ -297,7 +305,7 @@ def test_input_spread_over_several_files(vertex, storage, prefix):
     assert {k: r["status"] for k, r in out.items()} == {"a": "", "b": "", "c": ""}
     assert {k: answer_json(r)["invoice_number"] for k, r in out.items()} == {"a": "A-1", "b": "B-2", "c": "C-3"}
     stats = job.completion_stats
-    assert (stats.successful_count, stats.failed_count, stats.incomplete_count) == (3, 0, 0)
+    assert counts(stats) == (3, 0, 0)
 
 
 def test_many_jobs_in_flight_each_publish_complete_predictions(vertex, storage, prefix):
@@ -318,8 +326,8 @@ def test_many_jobs_in_flight_each_publish_complete_predictions(vertex, storage, 
         directory = job.output_info.gcs_output_directory.removeprefix(f"gs://{BUCKET}/")
         lines = storage.bucket(BUCKET).blob(f"{directory}/predictions.jsonl").download_as_text().splitlines()
         keys = sorted(json.loads(line)["key"] for line in lines)
-        if keys != ["k0", "k1"] or (stats.successful_count, stats.failed_count) != (2, 0):
-            problems.append(f"{name}: predictions keys {keys}, stats {stats.successful_count}/{stats.failed_count}")
+        if keys != ["k0", "k1"] or counts(stats)[:2] != (2, 0):
+            problems.append(f"{name}: predictions keys {keys}, stats {counts(stats)}")
     assert problems == [], f"{len(problems)} of {len(names)} jobs published bad output:\n" + "\n".join(problems)
 
 
@@ -335,10 +343,11 @@ def test_create_rejects_bad_model_keys_and_inputs(vertex, storage, prefix):
         client.batches.create(model="gemini-9-ultra", src=good, config=dest)
     assert_api_error(exc.value, 404, "NOT_FOUND", "gemini-9-ultra")
 
+    # Vertex AI does not need a key: the output row carries the request instead.
     no_key = put_jsonl(storage, f"{prefix}/no-key.jsonl", [text_row("a", "x"), {"request": text_row("b", "y")["request"]}])
-    with pytest.raises(errors.APIError) as exc:
-        client.batches.create(model=MODEL, src=no_key, config=dest)
-    assert_api_error(exc.value, 400, "INVALID_ARGUMENT", "Line 2", "key")
+    job, _ = wait_done(client, client.batches.create(model=MODEL, src=no_key, config=dest).name)
+    out = predictions(storage, job)
+    assert set(out) == {"a", None} and out[None]["request"] == text_row("b", "y")["request"] and out[None]["status"] == ""
 
     duplicate = put_jsonl(storage, f"{prefix}/dup.jsonl", [text_row("same-key", "x"), text_row("other", "y"), text_row("same-key", "z")])
     with pytest.raises(errors.APIError) as exc:
@@ -350,7 +359,7 @@ def test_create_rejects_bad_model_keys_and_inputs(vertex, storage, prefix):
         client.batches.create(model=MODEL, src=absent, config=dest)
     assert_api_error(exc.value, 400, "INVALID_ARGUMENT", "does-not-exist.jsonl")
 
-    assert list(client.batches.list()) == []  # no rejected request left a job behind
+    assert [j.name for j in client.batches.list()] == [job.name]  # no rejected request left a job behind
     # ...and the good input is accepted by the same emulator.
     job, _ = wait_done(client, client.batches.create(model=MODEL, src=good, config=dest).name)
     assert job.state == JS.JOB_STATE_SUCCEEDED
@@ -418,13 +427,12 @@ def test_cancel_running_job_and_delete_rules(start_emulator, gcs, storage, prefi
     assert final.state == JS.JOB_STATE_CANCELLED, states
     assert set(states) <= {JS.JOB_STATE_RUNNING, JS.JOB_STATE_CANCELLING, JS.JOB_STATE_CANCELLED}, states
     assert elapsed < 2.5, f"cancel took {elapsed:.1f}s: the rows were not abandoned"
-    stats = final.completion_stats
-    assert 2 <= stats.successful_count < 40 and stats.failed_count == 0
-    assert stats.incomplete_count == 40 - stats.successful_count > 0
-    assert final.end_time is not None and final.output_info is None
-
-    time.sleep(0.3)  # give a wrongly scheduled publish the chance to show up
-    assert blobs_under(storage, f"{prefix}/out") == []
+    assert (final.error.code, final.error.message) == (1, "CANCELED")
+    assert final.completion_stats is None, "a cancelled job carries no completion stats"
+    # The rows it finished are exported, and only those.
+    out = predictions(storage, final)
+    assert 2 <= len(out) < 40 and all(r["status"] == "" and "response" in r for r in out.values())
+    assert set(out) < {r["key"] for r in rows}
     assert client.batches.get(name=job.name).state == JS.JOB_STATE_CANCELLED
 
     with pytest.raises(errors.APIError) as exc:
@@ -507,3 +515,73 @@ def test_requests_without_a_bearer_token_are_unauthenticated(vertex_emulator, ve
     authed = httpx.get(url, headers={"Authorization": "Bearer test-token"})
     assert authed.status_code == 200 and authed.json() == {"batchPredictionJobs": []}
     assert list(vertex.batches.list()) == []  # nothing was created by the refused POSTs
+
+
+# ---------------------------------------------------------------- true to the published API (issue 15)
+
+
+def check_spec(value, schema: str) -> None:
+    problems = discovery.vertex().problems(value, f"GoogleCloudAiplatformV1{schema}")
+    assert problems == [], f"{schema}: {problems}"
+
+
+def raw_job(emulator, name: str) -> dict:
+    response = httpx.get(f"{emulator.url}/v1beta1/{name}", headers={"authorization": "Bearer x"}, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_job_bodies_follow_the_discovery_document(start_emulator, gcs, storage, prefix):
+    emulator = start_emulator(time_scale=3600, gcs_endpoint=gcs.url, faults={"pending_seconds": 2 * 3600})
+    client = vertex_client(emulator.url)
+    src = put_jsonl(storage, f"{prefix}/in.jsonl", [text_row("a", TEXT_DOC), {"key": "b", "request": {"contents": []}}])
+    job = client.batches.create(model=MODEL, src=src, config={"dest": f"gs://{BUCKET}/{prefix}/out/"})
+    pending = raw_job(emulator, job.name)
+    check_spec(pending, "BatchPredictionJob")
+    assert pending["state"] == "JOB_STATE_PENDING" and "completionStats" not in pending, "no stats while queued"
+    done, _ = wait_done(client, job.name)
+    body = raw_job(emulator, done.name)
+    check_spec(body, "BatchPredictionJob")
+    assert body["completionStats"] == {"successfulCount": "1", "failedCount": "1"}, "zero counts are left out"
+    listed = httpx.get(f"{emulator.url}/v1beta1/{PARENT}/batchPredictionJobs", headers={"authorization": "Bearer x"}).json()
+    check_spec(listed, "ListBatchPredictionJobsResponse")
+    out = predictions(storage, done)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", out["a"]["processed_time"])
+
+
+def test_a_job_queued_past_72_hours_expires_with_nothing(start_emulator, gcs, storage, prefix):
+    emulator = start_emulator(time_scale=72 * 3600 / 1.5, gcs_endpoint=gcs.url, faults={"stuck_pending_rate": 1})
+    client = vertex_client(emulator.url)
+    src = put_jsonl(storage, f"{prefix}/in.jsonl", [text_row("a", TEXT_DOC)])
+    job = client.batches.create(model=MODEL, src=src, config={"dest": f"gs://{BUCKET}/{prefix}/out/"})
+    done, states = wait_done(client, job.name, timeout=10)
+    assert done.state == JS.JOB_STATE_EXPIRED and set(states) == {JS.JOB_STATE_PENDING, JS.JOB_STATE_EXPIRED}
+    assert (done.end_time - done.create_time).total_seconds() == pytest.approx(1.5, abs=0.5)
+    assert done.output_info is None and blobs_under(storage, f"{prefix}/out") == []
+
+
+def test_a_job_running_past_24_hours_expires_and_exports_what_it_finished(start_emulator, gcs, storage, prefix):
+    emulator = start_emulator(time_scale=24 * 3600 / 1.5, gcs_endpoint=gcs.url,
+                              faults={"job_expire_rate": 1, "partial_fraction": 0.5, "pending_seconds": 0})
+    client = vertex_client(emulator.url)
+    rows = [text_row(f"k{i}", TEXT_DOC) for i in range(10)]
+    job = client.batches.create(model=MODEL, src=put_jsonl(storage, f"{prefix}/in.jsonl", rows),
+                                config={"dest": f"gs://{BUCKET}/{prefix}/out/"})
+    done, _ = wait_done(client, job.name, timeout=10)
+    assert done.state == JS.JOB_STATE_EXPIRED
+    assert (done.end_time - done.start_time).total_seconds() == pytest.approx(1.5, abs=0.5)
+    out = predictions(storage, done)
+    assert len(out) == 5 and all("response" in r for r in out.values())
+    assert counts(done.completion_stats) == (5, 0, 5)
+
+
+def test_input_uris_may_use_wildcards(vertex, storage, prefix):
+    for name in ("part-1.jsonl", "part-2.jsonl", "other.txt"):
+        put_jsonl(storage, f"{prefix}/in/{name}", [text_row(name, TEXT_DOC)])
+    job = vertex.batches.create(model=MODEL, src=f"gs://{BUCKET}/{prefix}/in/part-*.jsonl",
+                                config={"dest": f"gs://{BUCKET}/{prefix}/out/"})
+    done, _ = wait_done(vertex, job.name)
+    assert set(predictions(storage, done)) == {"part-1.jsonl", "part-2.jsonl"}
+    with pytest.raises(errors.APIError) as exc:
+        vertex.batches.create(model=MODEL, src=f"gs://{BUCKET}/{prefix}/none-*.jsonl", config={"dest": f"gs://{BUCKET}/{prefix}/out/"})
+    assert exc.value.code == 400 and "No files match" in exc.value.message

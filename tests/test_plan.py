@@ -22,7 +22,7 @@ from gemini_batch.ledger import Ledger, LedgerEvent
 from gemini_batch.validate import validate_jsonl
 
 SCHEMA = {"type": "object", "properties": {"invoice_number": {"type": "string"}, "date": {"type": "string"}}}
-SPEC = RequestSpec(model="gemini-2.5-flash", prompt="Extract the invoice number and date.", response_schema=SCHEMA)
+SPEC = RequestSpec(model="gemini-2.5-flash-lite", prompt="Extract the invoice number and date.", response_schema=SCHEMA)
 
 
 def write_pdf(path, pages: int, text: str = "Invoice") -> None:

@@ -16,7 +16,7 @@ from gemini_batch.locations import as_path
 from service import submit_shard, use_developer, wait_until_ended, write_shard
 
 SAMPLES = Path(__file__).resolve().parent.parent / "include" / "samples"
-PARAMS = {"source": str(SAMPLES), "output": "/tmp/unused", "prompt": "Extract.", "model": "gemini-2.5-flash",
+PARAMS = {"source": str(SAMPLES), "output": "/tmp/unused", "prompt": "Extract.", "model": "gemini-2.5-flash-lite",
           "response_schema": {"type": "object"}}
 
 
@@ -148,7 +148,7 @@ def test_each_staging_pass_writes_its_own_file_and_later_passes_win(where, tmp_p
     output = str(tmp_path / "out") if where == "local" else f"gs://test-bucket/passes/{tmp_path.name}"
     run = runs.Run.from_params({**PARAMS, "source": str(source), "output": output,
                                 "staging_prefix": f"gs://test-bucket/passes-staging/{tmp_path.name}"},
-                               "manual__passes", SimpleNamespace(backend="vertex", gcp_conn_id=None))
+                               "manual__passes", SimpleNamespace(backend="vertex", gcp_conn_id=None, check_model=lambda model: None))
     run.plan()
     (source / "invoice-2.pdf").rename(tmp_path / "away.pdf")
     assert run.stage() == {"staged": 6, "failed": 1}

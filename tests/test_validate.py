@@ -15,7 +15,7 @@ from gemini_batch.validate import STORED_PROBLEMS, Problem, main, validate_jsonl
 from gemini_emulator import responder
 from gemini_emulator.config import Faults
 
-SPEC = RequestSpec(model="gemini-2.5-flash", prompt="Extract the title.", response_schema={"type": "object", "properties": {"title": {"type": "string"}}})
+SPEC = RequestSpec(model="gemini-2.5-flash-lite", prompt="Extract the title.", response_schema={"type": "object", "properties": {"title": {"type": "string"}}})
 FILE_ROW = build_row("k-file", SPEC, file_uri="files/abc123", mime_type="application/pdf")
 TEXT_ROW = build_row("k-text", SPEC, text="Title: A")
 

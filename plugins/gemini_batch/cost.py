@@ -18,7 +18,9 @@ Heuristic, per request:
   not think counts 0. ``max_output_tokens`` caps answer plus thinking.
 - price: (input x input price + output x output price) / 1e6 x the batch
   discount, from ``include/prices.json`` (standard paid-tier prices; output
-  prices include thinking).
+  prices include thinking), with any overrides (the Airflow Variable
+  ``gemini_batch_prices``) laid over it. A model without a price has tokens
+  but no cost: ``usd`` is None, the cost unknown.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class CostEstimate:
     requests: int
     input_tokens: int
     output_tokens: int
-    usd: float
+    usd: float | None  # None: a request's model has no price, so the total is unknown
 
     @classmethod
     def zero(cls) -> CostEstimate:
@@ -60,15 +62,16 @@ class CostEstimate:
     def __add__(self, other: CostEstimate) -> CostEstimate:
         if not isinstance(other, CostEstimate):
             return NotImplemented
+        usd = None if self.usd is None or other.usd is None else self.usd + other.usd
         return CostEstimate(
             self.requests + other.requests, self.input_tokens + other.input_tokens,
-            self.output_tokens + other.output_tokens, self.usd + other.usd,
+            self.output_tokens + other.output_tokens, usd,
         )
 
     def to_json(self) -> dict:
         return {
             "requests": self.requests, "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens, "usd": round(self.usd, 6),
+            "output_tokens": self.output_tokens, "usd": None if self.usd is None else round(self.usd, 6),
         }
 
 
@@ -87,23 +90,38 @@ class PriceTable:
     aliases: Mapping[str, str]  # alias -> a model in ``models``
 
     def model_id(self, model: str) -> str:
-        """The priced model a name stands for; ValueError naming the known ones when there is none."""
+        """The model a name is priced as (an alias resolved), whether or not it has a price."""
         bare = normalize_model(model)
-        priced = self.aliases.get(bare, bare)
-        if priced not in self.models:
-            known = ", ".join(sorted({*self.models, *self.aliases}))
-            raise ValueError(f"no price for model {model!r}; known models: {known}")
-        return priced
+        return self.aliases.get(bare, bare)
 
-    def price(self, model: str) -> ModelPrice:
-        return self.models[self.model_id(model)]
+    def price(self, model: str) -> ModelPrice | None:
+        """The model's price; None when the table has none."""
+        return self.models.get(self.model_id(model))
+
+    def no_price(self, model: str) -> str:
+        """Why ``model`` cannot be priced, naming the priced models and where to add one."""
+        known = ", ".join(sorted({*self.models, *self.aliases}))
+        return (f"no price for model {model!r} (prices as of {self.as_of}; priced: {known}); set it in the Airflow "
+                f"Variable {PRICES_VARIABLE}, e.g. {{\"models\": {{\"{normalize_model(model)}\": "
+                f"{{\"input_per_million\": 0.1, \"output_per_million\": 0.4}}}}}}")
 
 
-def load_prices(path: str | Path | None = None) -> PriceTable:
-    """The price table; ``include/prices.json`` of this repository by default."""
+PRICES_VARIABLE = "gemini_batch_prices"
+
+
+def load_prices(path: str | Path | None = None, overrides: Mapping | None = None) -> PriceTable:
+    """The price table (``include/prices.json`` of this repository by default), with ``overrides`` laid over
+    it: a mapping like the file's, whose ``models`` and ``aliases`` add to or replace the file's and whose
+    ``as_of``, ``source`` and ``batch_discount`` replace them."""
     path = Path(path) if path is not None else DEFAULT_PRICES
+    where = str(path)
     try:
         data = json.loads(path.read_text())
+        if overrides:
+            where = f"{path} with the Variable {PRICES_VARIABLE}"
+            data = {**data, **{k: v for k, v in overrides.items() if k not in ("models", "aliases")},
+                    "models": {**data["models"], **(overrides.get("models") or {})},
+                    "aliases": {**data.get("aliases", {}), **(overrides.get("aliases") or {})}}
         return PriceTable(
             as_of=data["as_of"], source=data["source"], batch_discount=float(data["batch_discount"]),
             models={
@@ -113,7 +131,7 @@ def load_prices(path: str | Path | None = None) -> PriceTable:
             aliases=dict(data.get("aliases", {})),
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ValueError(f"{path}: not a valid price table: {type(exc).__name__}: {exc}") from None
+        raise ValueError(f"{where}: not a valid price table: {type(exc).__name__}: {exc}") from None
 
 
 def estimate_request(spec: RequestSpec, *, mime_type: str, pages: int | None, size: int, prices: PriceTable) -> CostEstimate:
@@ -129,6 +147,8 @@ def estimate_request(spec: RequestSpec, *, mime_type: str, pages: int | None, si
     output_tokens = answer_tokens + _thinking_tokens(spec, prices.model_id(spec.model))
     if spec.max_output_tokens is not None:
         output_tokens = min(output_tokens, spec.max_output_tokens)
+    if price is None:
+        return CostEstimate(1, input_tokens, output_tokens, None)
     usd = (input_tokens * price.input_per_million + output_tokens * price.output_per_million) / 1e6
     return CostEstimate(1, input_tokens, output_tokens, usd * prices.batch_discount)
 

@@ -25,6 +25,7 @@ from airflow.sdk import BaseHook, ObjectStoragePath
 from google import genai
 from google.genai import errors, types
 
+from gemini_batch.keys import normalize_model
 from gemini_batch.locations import as_path
 from gemini_batch.results import OutputUnavailable
 from gemini_batch.staging import FilesApiUploads, is_transient
@@ -56,6 +57,10 @@ _clients: dict[str, tuple[str, genai.Client]] = {}  # conn id -> (fingerprint of
 _clients_lock = threading.Lock()
 
 
+class UnknownModel(ValueError):
+    """The service does not serve the model for batch jobs; the message names the ones it does."""
+
+
 def state_name(job: types.BatchJob) -> str | None:
     return job.state.name if job.state else None
 
@@ -66,12 +71,14 @@ def is_terminal(job: types.BatchJob) -> bool:
 
 
 def job_stats(job: types.BatchJob) -> dict[str, int]:
-    """Row counts as the SDK maps them: Vertex ``completionStats`` only (it drops the Developer API's ``batchStats``)."""
+    """Row counts as the SDK maps them: Vertex ``completionStats`` only (it drops the Developer API's ``batchStats``).
+    The service leaves a zero count out (proto3 JSON), so an absent count is 0; no stats at all (a queued or
+    cancelled job) is none."""
     stats = job.completion_stats
     if stats is None:
         return {}
     counts = {"succeeded": stats.successful_count, "failed": stats.failed_count, "incomplete": stats.incomplete_count}
-    return {name: count for name, count in counts.items() if count is not None}
+    return {name: count or 0 for name, count in counts.items()}
 
 
 def job_error(job: types.BatchJob) -> str | None:
@@ -211,6 +218,34 @@ class GeminiBatchHook(BaseHook):
         )
         return file.name
 
+    # ------------------------------------------------------------------ models
+
+    def check_model(self, model: str) -> None:
+        """Fail before anything is uploaded when the service does not serve ``model`` for batches (unknown, or
+        shut down: a shut-down model's requests may be routed to another model, billed at its price), naming
+        the batch-capable models it does serve."""
+        bare = normalize_model(model)
+        try:
+            found = self._retry(self.get_conn().models.get, model=bare)
+        except errors.ClientError as exc:
+            if exc.code not in (400, 404):
+                raise
+            found = None
+        if found is not None and (self.backend == "vertex" or "batchGenerateContent" in (found.supported_actions or [])):
+            return
+        available = self.batch_models()
+        listed = f"; batch-capable models: {', '.join(available)}" if available else ""
+        why = "does not serve it for batch jobs" if found is not None else "does not know it (unknown or shut down)"
+        raise UnknownModel(f"model {model!r}: the service {why}{listed}")
+
+    def batch_models(self) -> list[str]:
+        """The models the Developer API lists as batch-capable (Vertex AI lists publisher models without their
+        methods: empty there)."""
+        if self.backend == "vertex":
+            return []
+        models = self._retry(lambda: list(self.get_conn().models.list(config={"page_size": 1000})))
+        return sorted(normalize_model(m.name) for m in models if "batchGenerateContent" in (m.supported_actions or []))
+
     # ------------------------------------------------------------------ jobs
 
     def create_job(self, *, model: str, src: str, display_name: str, dest: str | None = None) -> types.BatchJob:
@@ -339,7 +374,7 @@ class GeminiBatchHook(BaseHook):
     def _start_download(self, http: httpx.Client, url: str) -> httpx.Response:
         request = http.build_request(
             "GET", url, params={"alt": "media"}, headers={"x-goog-api-key": self.connection.password or ""})
-        response = http.send(request, stream=True)
+        response = http.send(request, stream=True, follow_redirects=True)  # the service redirects to /download/
         try:
             errors.APIError.raise_for_response(response)
         except errors.APIError:

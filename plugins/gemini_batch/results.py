@@ -492,7 +492,7 @@ class RunTotals:
 
     def to_json(
         self, *, requests: int, jobs: int, retry_rounds: int, input_tokens: int, output_tokens: int,
-        estimated_cost_usd: float,
+        estimated_cost_usd: float | None,
     ) -> dict:
         return {
             "documents": self.documents, "succeeded": self.succeeded, "failed": self.failed,

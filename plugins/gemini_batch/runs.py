@@ -35,13 +35,13 @@ from pathlib import Path
 
 import jsonschema
 import orjson
-from airflow.sdk import ObjectStoragePath
+from airflow.sdk import ObjectStoragePath, Variable
 
 from gemini_batch import documents, jsonl, plan, results
 from gemini_batch.batch_requests import RequestSpec, ShardManifest, write_adoption
 from gemini_batch.claims import FROM_LEDGER, KeyClaimer, RunState, job_state, run_state_of
-from gemini_batch.cost import load_prices
-from gemini_batch.hooks import GeminiBatchHook
+from gemini_batch.cost import PRICES_VARIABLE, PriceTable, load_prices
+from gemini_batch.hooks import GeminiBatchHook, UnknownModel
 from gemini_batch.ledger import Claim, Ledger, LedgerEvent, claim_id, now_iso
 from gemini_batch.locations import as_path, is_gcs, uri_of
 from gemini_batch.record_index import RecordIndex
@@ -97,10 +97,6 @@ class RunSettings:
             raise RunConfigError(f"response_schema is not a valid JSON schema: {exc.message}") from None
         except (ValueError, TypeError) as exc:
             raise RunConfigError(f"invalid parameters: {exc}") from None
-        try:
-            load_prices().model_id(spec.model)  # a model without a price is unknown here: fail before any upload
-        except ValueError as exc:
-            raise RunConfigError(f"model: {exc} (a new model needs its prices in include/prices.json)") from None
         if params.get("retention", "staged") not in RETENTIONS:
             raise RunConfigError(f"retention must be one of {RETENTIONS}, got {params['retention']!r}")
         source = _location(params["source"], "source", gcp_conn_id)
@@ -206,6 +202,15 @@ class RunFolder:
         return self.remote.parent / "documents"
 
 
+def _prices() -> PriceTable:
+    """The shipped price table with the Airflow Variable ``gemini_batch_prices`` (JSON) laid over it, if set."""
+    overrides = Variable.get(PRICES_VARIABLE, default=None, deserialize_json=True)
+    try:
+        return load_prices(overrides=overrides)
+    except ValueError as exc:
+        raise RunConfigError(str(exc)) from None
+
+
 def run_slug(run_id: str) -> str:
     """A folder- and display-name-safe, unique form of a run id."""
     readable = re.sub(r"[^a-z0-9]+", "-", run_id.lower()).strip("-")[:40]
@@ -224,9 +229,10 @@ class Run:
     """
 
     def __init__(self, settings: RunSettings, run_id: str, hook: GeminiBatchHook | None = None, *,
-                 run_state: RunState | None = None):
+                 run_state: RunState | None = None, prices: PriceTable | None = None):
         self.settings = settings
         self.hook = hook
+        self.prices = prices or load_prices()
         self.folder = RunFolder(settings, run_id, hook.backend if hook else "developer")
         self.ledger = settings.ledger()
         self.run_state: RunState = run_state or (lambda dag_id, run_id: None)
@@ -236,7 +242,7 @@ class Run:
         """The run of the task in ``context``: its params rendered and checked (RunConfigError names a bad one)."""
         hook = GeminiBatchHook(context["params"]["gemini_conn_id"])
         settings = RunSettings.from_context(context, gcp_conn_id=hook.gcp_conn_id)
-        return cls(settings, context["run_id"], hook, run_state=run_state_of(context))
+        return cls(settings, context["run_id"], hook, run_state=run_state_of(context), prices=_prices())
 
     @classmethod
     def from_params(cls, params: Mapping, run_id: str, hook: GeminiBatchHook | None = None, **kwargs) -> Run:
@@ -247,13 +253,28 @@ class Run:
     # ------------------------------------------------------------------ plan and stage
 
     def plan(self) -> plan.PlanSummary:
-        """Every document, keyed; a key the ledger holds as answered (by any earlier run) is reused, not requested."""
+        """Every document, keyed; a key the ledger holds as answered (by any earlier run) is reused, not requested.
+
+        First the service is asked for the model: an unknown or shut-down one fails the run before anything else.
+        """
+        if self.hook is not None:
+            try:
+                self.hook.check_model(self.settings.spec.model)
+            except UnknownModel as exc:
+                raise RunConfigError(str(exc)) from None
         with self.ledger.view() as finished:
             return plan.plan_run(self.settings.source, self.settings.spec, self.folder.plan, finished=finished,
-                                 limits=self.settings.limits, prices=load_prices())
+                                 limits=self.settings.limits, prices=self.prices)
 
     def check_budget(self, summary: Mapping) -> None:
+        """Over ``max_cost_usd``, or a budget set for a model without a price: fail before anything is submitted."""
         estimate, limit = summary["estimate"], self.settings.max_cost_usd
+        if estimate["usd"] is None:
+            message = self.prices.no_price(self.settings.spec.model)
+            if limit is not None:
+                raise RunConfigError(f"max_cost_usd ${limit:.4f} is set but the cost cannot be estimated: {message}")
+            log.warning("The cost of this run is unknown: %s", message)
+            return
         if limit is not None and estimate["usd"] > limit:
             raise RunConfigError(
                 f"estimated cost ${estimate['usd']:.4f} for {summary['requests']} requests "
@@ -475,7 +496,7 @@ class Run:
         ledger.compact(writer=self.folder.slug)
         report = totals.to_json(
             requests=summary["requests"], jobs=jobs, retry_rounds=rounds, **tokens,
-            estimated_cost_usd=round(summary["estimate"]["usd"], 6),
+            estimated_cost_usd=summary["estimate"]["usd"],  # None: the model has no price
         )
         (settings.output / "summary.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
         return report
