@@ -19,6 +19,16 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 from gemini_emulator.models import Catalogue  # noqa: E402
 from gemini_emulator.testing import gcs_emulator, gemini_emulator, requests_made  # noqa: E402
 
+def pytest_collection_modifyitems(config, items):
+    """The live check spends money on the real service: it runs only when asked for by name (``-m live``)."""
+    expression = config.getoption("markexpr") or ""
+    if "live" in expression and "not live" not in expression:
+        return
+    for item in items:
+        if item.get_closest_marker("live"):
+            item.add_marker(pytest.mark.skip(reason="not run: the live check runs only with bin/test -m live"))
+
+
 # The models the emulator accepts batches for today, as the service lists them.
 BATCH_MODELS = sorted(m.id for m in Catalogue.load().live() if "batchGenerateContent" in m.methods)
 

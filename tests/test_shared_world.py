@@ -14,6 +14,10 @@ from conftest import new_airflow_home
 from dagrun import assert_contract, developer_conn, read_results, run_dag, start_dag, submitted_jobs
 from fpdf import FPDF
 
+from gemini_batch.batch_requests import RequestSpec, build_row
+from gemini_emulator import responder
+from gemini_emulator.testing import requests_made
+
 
 def write_invoices(folder: Path, names: list[str]) -> None:
     """Real one-page PDFs, each with its own text (so its own key)."""
@@ -158,3 +162,38 @@ def failed_rows(server, display_name: str) -> list[str]:
     output = server.log_path.parent / "files" / f"batch-{job['id']}.bin"  # the job's output file
     rows = [json.loads(line) for line in output.read_text().splitlines() if line.strip()]
     return [row["key"] for row in rows if "error" in row]
+
+
+def test_a_run_holding_six_times_the_quota_completes_within_it(airflow_home, tmp_path, start_emulator):
+    """An account whose model may hold two jobs' tokens at once: the creates over it are answered 429, the
+    submits wait deferred and try again as jobs end, and the run completes; the emulator's own records show
+    the quota was never exceeded."""
+    source = tmp_path / "source"
+    write_invoices(source, [f"doc-{n:02d}" for n in range(12)])  # one page each: the same tokens a request
+    prompt = "Extract the invoice number and total."
+    request = build_row("k", RequestSpec(model="gemini-2.5-flash-lite", prompt=prompt), file_uri="files/x",
+                        mime_type="application/pdf")["request"]
+    per_job = responder.request_tokens(request, lambda uri: (source / "doc-00.pdf", "application/pdf"))
+    limit = 2 * per_job  # 12 one-row jobs hold 6x the quota
+    server = start_emulator(time_scale=600, faults={"pending_seconds": 600, "enqueued_token_limit": limit})
+    started = time.monotonic()
+    run_dag(airflow_home, developer_conn(server.url),
+            {"source": str(source), "output": str(tmp_path / "out"), "prompt": prompt, "response_schema": None,
+             "max_rows_per_job": 1}, "2026-11-09").check()
+    wall = time.monotonic() - started
+    records, summary = read_results(tmp_path / "out")
+    assert_contract(records, summary, source)
+    assert summary["succeeded"] == 12 and summary["jobs"] == 12 and summary["retry_rounds"] == 0, summary
+
+    jobs = [json.loads(p.read_text()) for p in (server.log_path.parent / "jobs").glob("*.json")]
+    assert len(jobs) == 12 and {j["tokens"] for j in jobs} == {per_job}
+    held, most = 0, 0
+    for _, change in sorted([(j["create_time"], j["tokens"]) for j in jobs] + [(j["end_time"], -j["tokens"]) for j in jobs],
+                            key=lambda event: (event[0], event[1])):  # at one instant an end comes before a start
+        held += change
+        most = max(most, held)
+    refused = [r for r in requests_made(server, "POST") if r["path"].endswith(":batchGenerateContent") and r["status"] == 429]
+    assert most <= limit, f"{most} tokens in flight over the limit of {limit}"
+    assert most == limit and refused, "the quota was reached and creates over it were refused"
+    print(f"[quota] {len(jobs)} jobs of {per_job} tokens, limit {limit} (6x over in all): at most {most} tokens in "
+          f"flight, {len(refused)} creates refused 429, wall {wall:.0f} s")

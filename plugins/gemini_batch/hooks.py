@@ -57,6 +57,11 @@ _clients: dict[str, tuple[str, genai.Client]] = {}  # conn id -> (fingerprint of
 _clients_lock = threading.Lock()
 
 
+class QuotaExhausted(Exception):
+    """A create answered 429 RESOURCE_EXHAUSTED: the model's enqueued-token quota (or a rate limit) is full for
+    now. Not retried here: the caller waits, deferred, for other jobs to end."""
+
+
 class UnknownModel(ValueError):
     """The service does not serve the model for batch jobs; the message names the ones it does."""
 
@@ -264,7 +269,12 @@ class GeminiBatchHook(BaseHook):
                 earlier = self.find_job(display_name, created_after=started - CLOCK_SKEW)
                 if earlier is not None and state_name(earlier) not in DEAD_STATES:
                     return earlier
-            return self.get_conn().batches.create(model=model, src=src, config=config)
+            try:
+                return self.get_conn().batches.create(model=model, src=src, config=config)
+            except errors.ClientError as exc:
+                if exc.code == 429:
+                    raise QuotaExhausted(f"{exc.code} {exc.status}: {exc.message}") from exc
+                raise
 
         job = self._retry(create)
         self.log.info("Batch job %s (%s) for %s: %s", job.name, display_name, src, state_name(job))

@@ -30,7 +30,9 @@ from google.genai import errors, types
 
 from gemini_batch.batch_requests import ShardManifest
 from gemini_batch.claims import FROM_LEDGER, job_state, key_shards, run_alive, run_state_of, slot_is_free
-from gemini_batch.hooks import CLOCK_SKEW, DEAD_STATES, GeminiBatchHook, is_terminal, job_error, job_stats, state_name
+from gemini_batch.hooks import (
+    CLOCK_SKEW, DEAD_STATES, GeminiBatchHook, QuotaExhausted, is_terminal, job_error, job_stats, state_name,
+)
 from gemini_batch.ledger import Ledger
 from gemini_batch.triggers import GeminiBatchJobTrigger
 
@@ -194,7 +196,12 @@ class GeminiBatchSubmitOperator(BaseOperator):
             if store is not None:
                 store.delete(JOB_NAME_KEY)  # else a crash before the new name is stored leaves the dead one
                 store.set(SUBMIT_STARTED_KEY, dt.datetime.now(dt.timezone.utc).isoformat())
-            job = self._submit(hook, manifest, display_name)
+            try:
+                job = self._submit(hook, manifest, display_name)
+            except QuotaExhausted as exc:  # nothing was created: wait, deferred, for other jobs to end
+                if store is not None:
+                    store.delete(SUBMIT_STARTED_KEY)
+                return self._wait(f"for the model's quota to free up (the service answered {exc})", "resume")
         if store is not None:  # a new job, or one found by searching: the next try needs a single get
             store.set(JOB_NAME_KEY, job.name)
         self.job_name = job.name
