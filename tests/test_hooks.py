@@ -10,6 +10,7 @@ import datetime as dt
 import inspect
 import json
 import logging
+import time
 import uuid
 
 import orjson
@@ -19,7 +20,8 @@ from google import genai
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gemini_batch.hooks import GeminiBatchHook, _split_lines, state_name
+from gemini_batch.hooks import GeminiBatchHook, _split_lines, job_stats, state_name
+from gemini_batch.results import read_output
 from gemini_emulator.testing import free_port, requests_made
 from service import KEY, MODEL, SLOW, submit_shard, use_developer, use_vertex, wait_until_ended, write_shard
 
@@ -295,3 +297,26 @@ def test_split_lines_across_any_chunking(lines, data):
     cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=8)))
     chunks = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)])]
     assert list(_split_lines(chunks)) == [line.rstrip(b"\r") for line in lines]
+
+
+def test_a_cancelled_vertex_job_s_exported_rows_are_read(start_emulator, gcs, gcs_root, monkeypatch):
+    """Vertex AI exports the rows a cancelled job finished; the hook reads them and the collector keeps them
+    (the other rows go to a retry round)."""
+    emulator = start_emulator(time_scale=100, gcs_endpoint=gcs.url, faults={"row_seconds": 10, "pending_seconds": 0})
+    use_vertex(monkeypatch, emulator.url)
+    hook = GeminiBatchHook()
+    run = f"hooks/{uuid.uuid4().hex}"
+    shard = write_shard(gcs_root / run / "shard", rows=40)  # 0.1 s a row: about four seconds
+    job = hook.create_job(model=MODEL, src=shard.uri, display_name="to-cancel", dest=f"gs://test-bucket/{run}/out/")
+    deadline = time.monotonic() + 20
+    while job_stats(hook.get_job(job.name)).get("succeeded", 0) < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert hook.cancel_job(job.name)
+    job = wait_until_ended(hook, job.name)
+    assert state_name(job) == "JOB_STATE_CANCELLED" and job_stats(job) == {}, "no stats on a cancelled job"
+    outcomes = []
+    expected = [f"key-{i:05d}" for i in range(40)]
+    reading = read_output(hook.iter_output_lines(job), expected, None, outcomes.append)
+    assert 3 <= len(outcomes) < 40 and all(o.status == "succeeded" for o in outcomes)
+    assert sorted(reading.unanswered) == sorted(set(expected) - {o.key for o in outcomes})
