@@ -4,6 +4,7 @@ requested is counted from the emulator's own record of every job's input."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections import Counter
@@ -20,10 +21,12 @@ from gemini_emulator.testing import requests_made
 
 
 def write_invoices(folder: Path, names: list[str]) -> None:
-    """Real one-page PDFs, each with its own text (so its own key)."""
+    """Real one-page PDFs, each with its own text (so its own key). The creation date is fixed, so the same
+    names give the same bytes, the same keys and so the same seeded faults on every run of the test."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
         pdf = FPDF()
+        pdf.set_creation_date(dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
         pdf.add_page()
         pdf.set_font("Helvetica", size=12)
         pdf.cell(text=f"Invoice {name}: total 10.00 EUR")
