@@ -281,3 +281,14 @@ def test_shards_on_gcs(gcs_root):
     assert lines == [line_of(row) for row in rows]
     assert all(as_path(m.uri).stat().st_size == m.bytes <= 1500 and m.rows <= 10 for m in loaded)
     assert [k for m in loaded for k in as_path(m.keys_uri).read_text().split()] == [row["key"] for row in rows]
+
+
+def test_shards_hold_at_most_max_tokens(tmp_path):
+    """A shard rolls over before its rows' estimated tokens pass max_tokens (the model's enqueued-token quota);
+    a row over it alone still gets its own shard."""
+    spec = RequestSpec(model="gemini-2.5-flash-lite", prompt="p")
+    with ShardWriter(tmp_path, max_tokens=1000) as writer:
+        for i, tokens in enumerate([400, 400, 300, 1200, 100]):
+            writer.add(build_row(f"k{i}", spec, text="x"), tokens)
+    assert [(m.rows, m.tokens) for m in writer.manifests] == [(2, 800), (1, 300), (1, 1200), (1, 100)]
+    assert ShardManifest.load(writer.manifests[0].manifest_uri).tokens == 800

@@ -320,3 +320,14 @@ def test_a_cancelled_vertex_job_s_exported_rows_are_read(start_emulator, gcs, gc
     reading = read_output(hook.iter_output_lines(job), expected, None, outcomes.append)
     assert 3 <= len(outcomes) < 40 and all(o.status == "succeeded" for o in outcomes)
     assert sorted(reading.unanswered) == sorted(set(expected) - {o.key for o in outcomes})
+
+
+def test_the_quota_extra_is_a_positive_number_of_tokens(monkeypatch):
+    use_developer(monkeypatch, "http://127.0.0.1:1", enqueued_token_limit="3000000")
+    assert GeminiBatchHook().enqueued_token_limit == 3_000_000
+    use_developer(monkeypatch, "http://127.0.0.1:1")
+    assert GeminiBatchHook().enqueued_token_limit is None
+    use_developer(monkeypatch, "http://127.0.0.1:1", enqueued_token_limit="lots")
+    with pytest.raises(ValueError, match="connection 'gemini_default': enqueued_token_limit must be a positive number "
+                                         "of tokens, got 'lots'"):
+        GeminiBatchHook().enqueued_token_limit

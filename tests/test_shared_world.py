@@ -168,7 +168,8 @@ def failed_rows(server, display_name: str) -> list[str]:
 
 
 def test_a_run_holding_six_times_the_quota_completes_within_it(airflow_home, tmp_path, start_emulator):
-    """An account whose model may hold two jobs' tokens at once: the creates over it are answered 429, the
+    """An account whose model may hold two requests' tokens at once, stated in the connection: the run's
+    twelve requests are sharded to fit the quota (one a job here), the creates over it are answered 429, the
     submits wait deferred and try again as jobs end, and the run completes; the emulator's own records show
     the quota was never exceeded."""
     source = tmp_path / "source"
@@ -177,12 +178,13 @@ def test_a_run_holding_six_times_the_quota_completes_within_it(airflow_home, tmp
     request = build_row("k", RequestSpec(model="gemini-2.5-flash-lite", prompt=prompt), file_uri="files/x",
                         mime_type="application/pdf")["request"]
     per_job = responder.request_tokens(request, lambda uri: (source / "doc-00.pdf", "application/pdf"))
-    limit = 2 * per_job  # 12 one-row jobs hold 6x the quota
+    limit = 2 * per_job  # the 12 requests hold 6x the quota
     server = start_emulator(time_scale=600, faults={"pending_seconds": 600, "enqueued_token_limit": limit})
+    conn = developer_conn(server.url)
+    conn["extra"]["enqueued_token_limit"] = limit
     started = time.monotonic()
-    run_dag(airflow_home, developer_conn(server.url),
-            {"source": str(source), "output": str(tmp_path / "out"), "prompt": prompt, "response_schema": None,
-             "max_rows_per_job": 1}, "2026-11-09").check()
+    run_dag(airflow_home, conn, {"source": str(source), "output": str(tmp_path / "out"), "prompt": prompt,
+                                 "response_schema": None}, "2026-11-09").check()
     wall = time.monotonic() - started
     records, summary = read_results(tmp_path / "out")
     assert_contract(records, summary, source)

@@ -130,6 +130,7 @@ class ShardManifest:
     claim: str | None = None  # the ledger claim whose leases let this shard request its keys
     ledger: str | None = None  # the ledger's URI, where the submit records the shard's job
     adopts: str | None = None  # not a shard to submit: its keys are another claim's (or "ledger"), to wait for
+    tokens: int = 0  # the input tokens its rows are estimated to hold while its job is active (the quota counts them)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -164,9 +165,10 @@ def write_adoption(folder: ObjectStoragePath, shard_id: str, keys: Iterable[str]
 
 
 class ShardWriter:
-    """Streams rows into shards under a folder (local or gs://), each within max_rows and max_bytes.
+    """Streams rows into shards under a folder (local or gs://), each within max_rows, max_bytes and max_tokens.
 
-    A shard rolls over before a row would take it past either limit; its keys
+    A shard rolls over before a row would take it past a limit (a row over ``max_tokens`` on its own still
+    gets a shard: the tokens are an estimate, and the service decides); its keys
     file and manifest are written when it closes. Each row is serialized once,
     one line, so the byte count is exact. Use as a context manager; read
     ``manifests`` after it closes.
@@ -174,13 +176,15 @@ class ShardWriter:
 
     def __init__(
         self, folder: str | ObjectStoragePath, *, max_rows: int = 10_000, max_bytes: int = 100 * 2**20,
-        prefix: str = "shard", claim: str | None = None, ledger: str | None = None,
+        max_tokens: int | None = None, prefix: str = "shard", claim: str | None = None, ledger: str | None = None,
     ):
-        if max_rows < 1 or max_bytes < 1:
-            raise ValueError(f"max_rows and max_bytes must be positive, got {max_rows} and {max_bytes}")
+        if max_rows < 1 or max_bytes < 1 or (max_tokens is not None and max_tokens < 1):
+            raise ValueError(f"max_rows, max_bytes and max_tokens must be positive, got {max_rows}, {max_bytes} and "
+                             f"{max_tokens}")
         self.folder = as_path(folder)
         self.max_rows = max_rows
         self.max_bytes = max_bytes
+        self.max_tokens = max_tokens
         self.prefix = prefix
         self.stamp = {"claim": claim, "ledger": ledger}
         self._manifests: list[ShardManifest] = []
@@ -204,7 +208,8 @@ class ShardWriter:
             self._open = None
         self._closed = True
 
-    def add(self, row: dict) -> None:
+    def add(self, row: dict, tokens: int = 0) -> None:
+        """Add a row holding ``tokens`` (estimated input tokens)."""
         if self._closed:
             raise ValueError("ShardWriter is closed")
         key = row.get("key")
@@ -214,12 +219,13 @@ class ShardWriter:
         if len(line) > self.max_bytes:
             raise ValueError(f"row {key} is {len(line)} bytes, more than a whole shard may hold ({self.max_bytes} bytes)")
         shard = self._open
-        if shard is not None and (shard.rows == self.max_rows or shard.bytes + len(line) > self.max_bytes):
+        if shard is not None and (shard.rows == self.max_rows or shard.bytes + len(line) > self.max_bytes
+                                  or (self.max_tokens is not None and shard.tokens + tokens > self.max_tokens)):
             self._finish()
             shard = None
         if shard is None:
             shard = self._open = _OpenShard(self.folder, f"{self.prefix}-{len(self._manifests):05d}", self.stamp)
-        shard.write(key, line)
+        shard.write(key, line, tokens)
 
     def close(self) -> None:
         if self._open is not None:
@@ -244,19 +250,21 @@ class _OpenShard:
         self.keys: IO[bytes] = self.keys_path.open("wb")
         self.rows = 0
         self.bytes = 0
+        self.tokens = 0
 
-    def write(self, key: str, line: bytes) -> None:
+    def write(self, key: str, line: bytes, tokens: int) -> None:
         self.data.write(line)
         self.keys.write(key.encode() + b"\n")
         self.rows += 1
         self.bytes += len(line)
+        self.tokens += tokens
 
     def finish(self) -> ShardManifest:
         self.data.close()
         self.keys.close()
         manifest = ShardManifest(
             shard_id=self.shard_id, uri=uri_of(self.data_path), rows=self.rows, bytes=self.bytes,
-            keys_uri=uri_of(self.keys_path), manifest_uri=uri_of(self.manifest_path), **self.stamp,
+            keys_uri=uri_of(self.keys_path), manifest_uri=uri_of(self.manifest_path), tokens=self.tokens, **self.stamp,
         )
         manifest.save(self.manifest_path)
         return manifest

@@ -137,13 +137,11 @@ def load_prices(path: str | Path | None = None, overrides: Mapping | None = None
 def estimate_request(spec: RequestSpec, *, mime_type: str, pages: int | None, size: int, prices: PriceTable) -> CostEstimate:
     """One request for a document part of ``size`` bytes (``pages`` pages when it is a PDF)."""
     price = prices.price(spec.model)
-    input_tokens = _text_tokens(len(spec.prompt.encode())) + _document_tokens(mime_type, pages, size)
+    input_tokens = estimate_input_tokens(spec, mime_type=mime_type, pages=pages, size=size)
     if spec.response_schema is None:
         answer_tokens = FREE_JSON_OUTPUT_TOKENS
     else:
-        schema_tokens = _text_tokens(len(canonical_json(spec.response_schema)))
-        input_tokens += schema_tokens
-        answer_tokens = max(MIN_ANSWER_TOKENS, ANSWER_TOKENS_PER_SCHEMA_TOKEN * schema_tokens)
+        answer_tokens = max(MIN_ANSWER_TOKENS, ANSWER_TOKENS_PER_SCHEMA_TOKEN * _schema_tokens(spec))
     output_tokens = answer_tokens + _thinking_tokens(spec, prices.model_id(spec.model))
     if spec.max_output_tokens is not None:
         output_tokens = min(output_tokens, spec.max_output_tokens)
@@ -151,6 +149,16 @@ def estimate_request(spec: RequestSpec, *, mime_type: str, pages: int | None, si
         return CostEstimate(1, input_tokens, output_tokens, None)
     usd = (input_tokens * price.input_per_million + output_tokens * price.output_per_million) / 1e6
     return CostEstimate(1, input_tokens, output_tokens, usd * prices.batch_discount)
+
+
+def estimate_input_tokens(spec: RequestSpec, *, mime_type: str, pages: int | None, size: int) -> int:
+    """The input tokens of one request: the prompt, the schema and the document part."""
+    schema = _schema_tokens(spec) if spec.response_schema is not None else 0
+    return _text_tokens(len(spec.prompt.encode())) + schema + _document_tokens(mime_type, pages, size)
+
+
+def _schema_tokens(spec: RequestSpec) -> int:
+    return _text_tokens(len(canonical_json(spec.response_schema)))
 
 
 def _text_tokens(size: int) -> int:

@@ -134,6 +134,21 @@ class GeminiBatchHook(BaseHook):
     def gcp_conn_id(self) -> str | None:
         return self.extra.get("gcp_conn_id") or None
 
+    @property
+    def enqueued_token_limit(self) -> int | None:
+        """The account's enqueued-token quota per model (the ``enqueued_token_limit`` extra), when it is known."""
+        value = self.extra.get("enqueued_token_limit")
+        if value in (None, ""):
+            return None
+        try:
+            limit = int(value)
+        except (TypeError, ValueError):
+            limit = 0
+        if limit < 1:
+            raise ValueError(f"connection {self.gemini_conn_id!r}: enqueued_token_limit must be a positive number of "
+                             f"tokens, got {value!r}")
+        return limit
+
     # ------------------------------------------------------------------ clients
 
     def get_conn(self) -> genai.Client:

@@ -19,7 +19,7 @@ from airflow.sdk import ObjectStoragePath
 
 from gemini_batch import documents, jsonl, keys
 from gemini_batch.batch_requests import RequestSpec, ShardManifest, ShardWriter, build_row
-from gemini_batch.cost import CostEstimate, PriceTable, estimate_request
+from gemini_batch.cost import CostEstimate, PriceTable, estimate_input_tokens, estimate_request
 from gemini_batch.locations import printable, uri_of
 from gemini_batch.record_index import RecordIndex
 from gemini_batch.staging import StagedPart, StageItem
@@ -164,6 +164,7 @@ def build_shards(
     *,
     max_rows: int = 10_000,
     max_bytes: int = 100 * 2**20,
+    max_tokens: int | None = None,
     only: Container[str] | None = None,
     prefix: str = "shard",
     claim: str | None = None,
@@ -177,22 +178,24 @@ def build_shards(
     staging failure says why). Their documents fail; the others go on.
     """
     unbuilt: dict[str, str | None] = {}
-    with (ShardWriter(folder, max_rows=max_rows, max_bytes=max_bytes, prefix=prefix, claim=claim, ledger=ledger) as writer,
+    with (ShardWriter(folder, max_rows=max_rows, max_bytes=max_bytes, max_tokens=max_tokens, prefix=prefix, claim=claim,
+                      ledger=ledger) as writer,
           RecordIndex() as seen):
         for doc in read_plan(plan_file):
             for part in doc.parts:
                 if part.reused or (only is not None and part.key not in only) or not seen.add(part.key):
                     continue
+                tokens = estimate_input_tokens(spec, mime_type=doc.mime_type, pages=_page_span(part, doc), size=part.size)
                 if doc.mime_type in documents.TEXT_TYPES:
                     try:
                         text = documents.read_text(source / doc.path)
                     except (OSError, UnicodeDecodeError) as error:
                         unbuilt[part.key] = f"{printable(doc.path)} cannot be read any more: {error}"
                         continue
-                    writer.add(build_row(part.key, spec, text=text))
+                    writer.add(build_row(part.key, spec, text=text), tokens)
                 elif part.key in staged:
                     stage = staged[part.key]
-                    writer.add(build_row(part.key, spec, file_uri=stage.uri, mime_type=stage.mime_type))
+                    writer.add(build_row(part.key, spec, file_uri=stage.uri, mime_type=stage.mime_type), tokens)
                 else:
                     unbuilt[part.key] = None
     return writer.manifests, unbuilt

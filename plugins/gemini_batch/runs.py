@@ -56,6 +56,12 @@ LEDGER_ROOT_ENV = "GEMINI_BATCH_STATE"  # where each DAG's ledger lives unless t
 TEMPLATED_PARAMS = ("source", "output", "state", "staging_prefix")
 
 
+# Input tokens one job may hold unless the connection states the quota: under every published tier-1
+# enqueued-token quota (FACTS.md: about 3M for the flash models, 5M for pro, 10M for flash-lite), so no
+# shard alone exceeds it. A 429 on create is waited out (operators), so jobs in flight may still share it.
+DEFAULT_TOKENS_PER_JOB = 2_000_000
+
+
 class RunConfigError(ValueError):
     """A run's parameters cannot work; the message names the parameter."""
 
@@ -329,7 +335,8 @@ class Run:
         with self.staging() as staged:
             manifests, unbuilt = plan.build_shards(
                 folder.plan, self.settings.source, staged.parts, self.settings.spec, folder.shards(round_),
-                max_rows=self.settings.max_rows, max_bytes=self.settings.max_bytes, only=claimed.won,
+                max_rows=self.settings.max_rows, max_bytes=self.settings.max_bytes,
+                max_tokens=(hook.enqueued_token_limit if hook else None) or DEFAULT_TOKENS_PER_JOB, only=claimed.won,
                 prefix=f"r{round_}-shard",  # the shard id names the job: a retry of the same keys is a new job
                 claim=me.claim, ledger=uri_of(ledger.folder),
             )
