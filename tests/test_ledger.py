@@ -246,3 +246,20 @@ def test_slots_for_jobs_in_flight_admit_at_most_the_cap_and_free_when_a_job_ends
     ended.add(f"claim-{winners[1]}/shard")  # its job ended: its slot is free without anyone releasing it
     assert ledger.take_slot("late/shard", 3, free)
     assert not ledger.take_slot("later/shard", 3, free)
+
+
+def test_slots_admit_jobs_only_while_their_tokens_fit_the_quota(ledger):
+    tokens = {"a/s": 600, "b/s": 300, "c/s": 500, "big/s": 5000}
+    ended: set[str] = set()
+
+    def take(holder: str) -> bool:
+        return ledger.take_slot(holder, 10, ended.__contains__, tokens=tokens[holder], token_budget=1000,
+                                tokens_of=tokens.__getitem__)
+
+    assert take("a/s") and take("b/s"), "600 + 300 fit in 1,000"
+    assert not take("c/s"), "900 held: 500 more would not fit, though slots are free"
+    ended.add("a/s")
+    assert take("c/s"), "the 600 ended: 300 + 500 fit"
+    assert not take("big/s")
+    ended.update({"b/s", "c/s"})
+    assert take("big/s"), "alone in flight, a job over the quota is admitted: the estimate errs high, the service decides"

@@ -167,11 +167,13 @@ def failed_rows(server, display_name: str) -> list[str]:
     return [row["key"] for row in rows if "error" in row]
 
 
-def test_a_run_holding_six_times_the_quota_completes_within_it(airflow_home, tmp_path, start_emulator):
-    """An account whose model may hold two requests' tokens at once, stated in the connection: the run's
-    twelve requests are sharded to fit the quota (one a job here), the creates over it are answered 429, the
-    submits wait deferred and try again as jobs end, and the run completes; the emulator's own records show
-    the quota was never exceeded."""
+@pytest.mark.parametrize("stated", [False, True], ids=["quota-unknown", "quota-in-connection"])
+def test_a_run_holding_six_times_the_quota_completes_within_it(airflow_home, tmp_path, start_emulator, stated):
+    """An account whose model may hold two requests' tokens at once; the run's twelve requests hold six times
+    that. Not stated anywhere (one request a shard here): the creates over it are answered 429, the submits
+    wait deferred and try again as jobs end. Stated in the connection: the shards are sized to fit it and a
+    submit waits until the ledger's jobs in flight leave room, so nothing is refused. Either way the run
+    completes, and the emulator's own records show the quota was never exceeded."""
     source = tmp_path / "source"
     write_invoices(source, [f"doc-{n:02d}" for n in range(12)])  # one page each: the same tokens a request
     prompt = "Extract the invoice number and total."
@@ -180,11 +182,13 @@ def test_a_run_holding_six_times_the_quota_completes_within_it(airflow_home, tmp
     per_job = responder.request_tokens(request, lambda uri: (source / "doc-00.pdf", "application/pdf"))
     limit = 2 * per_job  # the 12 requests hold 6x the quota
     server = start_emulator(time_scale=600, faults={"pending_seconds": 600, "enqueued_token_limit": limit})
-    conn = developer_conn(server.url)
-    conn["extra"]["enqueued_token_limit"] = limit
+    conn, conf = developer_conn(server.url), {"prompt": prompt, "response_schema": None}
+    if stated:
+        conn["extra"]["enqueued_token_limit"] = limit
+    else:
+        conf["max_rows_per_job"] = 1
     started = time.monotonic()
-    run_dag(airflow_home, conn, {"source": str(source), "output": str(tmp_path / "out"), "prompt": prompt,
-                                 "response_schema": None}, "2026-11-09").check()
+    run_dag(airflow_home, conn, {"source": str(source), "output": str(tmp_path / "out"), **conf}, "2026-11-09").check()
     wall = time.monotonic() - started
     records, summary = read_results(tmp_path / "out")
     assert_contract(records, summary, source)
@@ -199,6 +203,9 @@ def test_a_run_holding_six_times_the_quota_completes_within_it(airflow_home, tmp
         most = max(most, held)
     refused = [r for r in requests_made(server, "POST") if r["path"].endswith(":batchGenerateContent") and r["status"] == 429]
     assert most <= limit, f"{most} tokens in flight over the limit of {limit}"
-    assert most == limit and refused, "the quota was reached and creates over it were refused"
-    print(f"[quota] {len(jobs)} jobs of {per_job} tokens, limit {limit} (6x over in all): at most {most} tokens in "
+    if stated:  # admitted by the ledger from the estimate, which errs high: one job at a time here
+        assert refused == [] and most >= per_job, "the ledger kept every create within the quota"
+    else:
+        assert most == limit and refused, "the quota was reached and creates over it were refused"
+    print(f"[quota, {'stated' if stated else 'unknown'}] {len(jobs)} jobs of {per_job} tokens, limit {limit} (6x over in all): at most {most} tokens in "
           f"flight, {len(refused)} creates refused 429, wall {wall:.0f} s")

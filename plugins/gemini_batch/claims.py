@@ -202,6 +202,18 @@ def key_shards(claim: Claim, conn_id: str | None = None) -> dict[str, str]:
     return shards
 
 
+def holder_tokens(ledger: Ledger, holder: str, conn_id: str | None) -> int:
+    """The estimated tokens of an in-flight slot's holder ("<claim>/<shard id>"): its shard manifest's."""
+    claim_name, _, shard = holder.rpartition("/")
+    claim = ledger.claim(claim_name)
+    if claim is None:
+        return 0
+    try:
+        return ShardManifest.load(as_path(f"{claim.shards.rstrip('/')}/{shard}.manifest.json", conn_id=conn_id)).tokens
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
 def slot_is_free(
     ledger: Ledger, holder: str, *, job_state: Callable[[str], JobState], run_state: RunState,
 ) -> bool:

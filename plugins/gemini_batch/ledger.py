@@ -327,13 +327,18 @@ class Ledger:
     def prepare_leases(self) -> None:
         self.leases.mkdir(parents=True, exist_ok=True)
 
-    def take_slot(self, holder: str, slots: int, is_free: Callable[[str], bool]) -> bool:
+    def take_slot(self, holder: str, slots: int, is_free: Callable[[str], bool], *, tokens: int = 0,
+                  token_budget: int | None = None, tokens_of: Callable[[str], int] | None = None) -> bool:
         """Hold one of ``slots`` slots for a job in flight (``holder``: "<claim>/<shard id>"); False if all are busy.
 
         A slot is a lease like a key's: taken by an atomic create, and taken
         over (the next generation) once ``is_free`` says its holder's job has
         ended, so no release is needed and a run that dies frees its slots
         when its jobs end. A holder that asks again finds the slot it holds.
+
+        With a ``token_budget`` (the model's enqueued-token quota), a job of ``tokens`` is admitted only while
+        the live holders' tokens (``tokens_of``) and its own fit in it, or when nothing else is in flight.
+        Two runs admitted at the same instant may still pass it together: the service's 429 is the backstop.
         """
         self.slots.mkdir(parents=True, exist_ok=True)
         current = self.current_leases(self.slots)
@@ -341,10 +346,15 @@ class Ledger:
         holders = {name: self.lease_holder(name, current[name], self.slots) for name in names if name in current}
         if holder in holders.values():
             return True
+        free = {name: owner is None or is_free(owner) for name, owner in holders.items()}
+        if token_budget is not None and tokens_of is not None:
+            live = [owner for name, owner in holders.items() if not free[name]]
+            if live and sum(tokens_of(owner) for owner in live) + tokens > token_budget:
+                return False
         for name in names:
             if name not in current:
                 won = self.try_lease(name, 0, holder, self.slots)
-            elif holders.get(name) is None or is_free(holders[name]):
+            elif free.get(name, True):
                 won = self.try_lease(name, current[name] + 1, holder, self.slots)
             else:
                 continue

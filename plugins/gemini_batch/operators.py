@@ -29,7 +29,9 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from google.genai import errors, types
 
 from gemini_batch.batch_requests import ShardManifest
-from gemini_batch.claims import FROM_LEDGER, job_state, key_shards, run_alive, run_state_of, slot_is_free
+from gemini_batch.claims import (
+    FROM_LEDGER, holder_tokens, job_state, key_shards, run_alive, run_state_of, slot_is_free,
+)
 from gemini_batch.hooks import (
     CLOCK_SKEW, DEAD_STATES, GeminiBatchHook, QuotaExhausted, is_terminal, job_error, job_stats, state_name,
 )
@@ -280,14 +282,20 @@ class GeminiBatchSubmitOperator(BaseOperator):
         return complete_from_event(self, hook, event, describe)
 
     def _take_slot(self, context, hook: GeminiBatchHook, manifest: ShardManifest) -> bool:
-        """One of the ledger's slots for jobs in flight, if the run caps them; True when there is no cap."""
+        """One of the ledger's slots for jobs in flight, if the run caps them; True when there is no cap.
+
+        When the connection states the model's enqueued-token quota, the slot is taken only while the tokens
+        of every job in flight in the ledger (all runs') and this shard's fit in it.
+        """
         if not self.max_jobs_in_flight or not (manifest.claim and manifest.ledger):
             return True
         ledger = Ledger(hook.storage_path(manifest.ledger))
         return ledger.take_slot(
             f"{manifest.claim}/{manifest.shard_id}", int(self.max_jobs_in_flight),
             lambda holder: slot_is_free(ledger, holder, job_state=lambda name: job_state(hook, name),
-                                        run_state=run_state_of(context)))
+                                        run_state=run_state_of(context)),
+            tokens=manifest.tokens, token_budget=hook.enqueued_token_limit,
+            tokens_of=lambda holder: holder_tokens(ledger, holder, hook.gcp_conn_id))
 
     def _adopt(self, context, hook: GeminiBatchHook, manifest: ShardManifest) -> dict:
         """The submission of the jobs another run's claim made for this manifest's keys, once they exist.
