@@ -131,15 +131,21 @@ def test_trigger_from_the_form_and_read_the_summary(stack, page, tmp_path):
     page.goto(f"{run_url}/tasks/publish_results/xcom")
     table = page.get_by_role("table")
     table.get_by_text("succeeded", exact=True).wait_for()
-    shot(page, "run-summary.png", full_page=True)
     records, summary = read_results(output)
     assert_contract(records, summary, source)
-    shown = {}
-    for row in table.get_by_role("row").all()[1:]:
-        cells = [c.inner_text().strip().split("\n")[0] for c in row.get_by_role("cell").all()]  # not "Copy"
-        if len(cells) >= 3:
-            shown[cells[0]] = cells[2]
-    for field in ("documents", "succeeded", "rejected", "jobs", "estimated_cost_usd"):
+    fields = ("documents", "succeeded", "rejected", "jobs", "estimated_cost_usd")
+    deadline = time.monotonic() + 30
+    while True:  # each value is fetched on its own after the keys are listed: wait until all are shown
+        shown = {}
+        for row in table.get_by_role("row").all()[1:]:
+            cells = [c.inner_text().strip().split("\n")[0] for c in row.get_by_role("cell").all()]  # not "Copy"
+            if len(cells) >= 3:
+                shown[cells[0]] = cells[2]
+        if all(shown.get(field) for field in fields) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    shot(page, "run-summary.png", full_page=True)
+    for field in fields:
         assert shown.get(field) == str(summary[field]), (field, shown.get(field), summary[field])
 
     # and the emulator got the form's model, with answers in the form's schema
