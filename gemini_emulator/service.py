@@ -478,8 +478,15 @@ class Emulator:
         is set (it reads every part)."""
         if not self.faults.enqueued_token_limit:
             return None
-        rows = (orjson.loads(line) for _, line in _lines(input_path))
-        return sum(responder.request_tokens(row.get("request"), self.resolve_file) for row in rows if isinstance(row, dict))
+        total = 0
+        for _, line in _lines(input_path):
+            try:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # a line that is not JSON fails only its own row, and holds nothing
+            if isinstance(row, dict):
+                total += responder.request_tokens(row.get("request"), self.resolve_file)
+        return total
 
     def _check_quota(self, model: str, tokens: int | None) -> None:
         """429 RESOURCE_EXHAUSTED when a new job's tokens and those of the model's active jobs exceed the limit."""

@@ -486,7 +486,8 @@ def test_the_enqueued_token_quota_refuses_what_would_exceed_it(start_emulator):
     assert per_row > 100
     emulator = start_emulator(time_scale=1, faults={"pending_seconds": 3600, "enqueued_token_limit": 5 * per_row})
     client = developer_client(emulator.url)
-    first = client.batches.create(model="gemini-2.5-flash-lite", src=upload_jsonl(client, rows).name)  # 3 rows held
+    broken = b"".join(orjson.dumps(r) + b"\n" for r in rows) + b'{"key": "cut off\n'  # a bad line holds nothing
+    first = client.batches.create(model="gemini-2.5-flash-lite", src=upload_jsonl(client, broken).name)  # 3 rows held
     with pytest.raises(errors.ClientError) as exc:
         client.batches.create(model="gemini-2.5-flash-lite", src=upload_jsonl(client, rows).name)  # 6 > 5
     assert exc.value.code == 429 and exc.value.status == "RESOURCE_EXHAUSTED"
