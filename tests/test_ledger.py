@@ -14,7 +14,7 @@ import pytest
 from gemini_batch import claims as claims_module
 from gemini_batch import ledger as ledger_module
 from gemini_batch.claims import FROM_LEDGER, JobState, KeyClaimer
-from gemini_batch.ledger import Claim, Ledger, LedgerEvent, claim_id, now_iso
+from gemini_batch.ledger import Claim, Ledger, LedgerEvent, ShardJob, claim_id, now_iso
 from gemini_batch.locations import as_path
 
 
@@ -131,12 +131,14 @@ def claim_for(run: str, round_: int = 0, *, built: bool = False, shards: str = "
     return Claim(claim_id(run, round_), "gemini_batch_extract", f"manual__{run}", run, round_, shards, built, now_iso())
 
 
-def claimer(ledger: Ledger, me: Claim, *, jobs: dict | None = None, run_states: dict | None = None) -> KeyClaimer:
+def claimer(ledger: Ledger, me: Claim, *, jobs: dict | None = None, run_states: dict | None = None,
+            named: dict | None = None) -> KeyClaimer:
+    """A claimer whose service holds ``jobs`` (name -> JobState) and ``named`` (display name -> job name)."""
     ledger.write_claim(me)
     jobs = jobs or {}
     run_states = run_states or {}
     return KeyClaimer(ledger, me, job_state=lambda name: jobs[name], run_state=lambda dag, run: run_states.get(run),
-                      expiry=dt.timedelta(hours=24))
+                      expiry=dt.timedelta(hours=24), find_job=lambda display, since: (named or {}).get(display))
 
 
 def test_two_runs_claiming_the_same_keys_at_once_split_them_without_overlap(ledger):
@@ -150,8 +152,10 @@ def test_two_runs_claiming_the_same_keys_at_once_split_them_without_overlap(ledg
     assert set(got_a.adopted.get(b.claim, [])) == got_b.won and set(got_b.adopted.get(a.claim, [])) == got_a.won
 
 
-def built_claim(ledger: Ledger, tmp_path, run: str, keys: list[str], job: str | None) -> Claim:
-    """A claim of another run whose one shard requests ``keys`` (as job ``job``, if submitted)."""
+def built_claim(ledger: Ledger, tmp_path, run: str, keys: list[str], job: str | None,
+                display_name: str | None = None) -> Claim:
+    """A claim of another run whose one shard requests ``keys`` (as job ``job``, if submitted; being submitted
+    as ``display_name`` when only that is given)."""
     from gemini_batch.batch_requests import ShardWriter
 
     shards = as_path(tmp_path / run / "round-0")
@@ -163,8 +167,8 @@ def built_claim(ledger: Ledger, tmp_path, run: str, keys: list[str], job: str | 
     ledger.prepare_leases()
     for k in keys:
         assert ledger.try_lease(k, 0, holder.claim) == holder.claim
-    if job:
-        ledger.record_job(holder.claim, "r0-shard-00000", job)
+    if job or display_name:
+        ledger.record_job(holder.claim, "r0-shard-00000", ShardJob(display_name, job, now_iso()))
     return holder
 
 
@@ -194,6 +198,54 @@ def test_a_lease_held_by_another_run_is_adopted_or_taken_over(ledger, tmp_path, 
         assert result.won == set(keys) and not result.adopted
         assert {ledger.lease_holder(k, 1) for k in keys} == {me.claim}
         assert not any(p.name.endswith(".000000") for p in ledger.leases.iterdir()), "the dead generation is removed"
+
+
+@pytest.mark.parametrize(("found", "round_", "adopt"), [
+    (SUCCEEDED, 1, False),  # it made the job after all, which answered: the retry round requests its failures
+    (LIVE, 1, True),  # ... still running: wait for it
+    (None, 1, True),  # no such job yet: its live run may still be creating it
+])
+def test_a_submitter_that_died_between_create_and_record_leaves_a_job_found_by_its_name(
+        ledger, tmp_path, found, round_, adopt):
+    """Its run still reads as running (a killed `dags test`, a worker lost before the scheduler notices): the
+    job is looked up once by the display name it recorded before the create, and recorded for the next reader."""
+    keys = [key(n) for n in range(4)]
+    holder = built_claim(ledger, tmp_path, "run-a", keys, None, display_name="gemini-batch-run-a-shard-0")
+    named = {"gemini-batch-run-a-shard-0": "batches/found"} if found else {}
+    result = claimer(ledger, claim_for("run-b", round_), jobs={"batches/found": found},
+                     run_states={"manual__run-a": "running"}, named=named).claim(keys)
+    if adopt:
+        assert result.adopted == {holder.claim: keys}
+    else:
+        assert result.won == set(keys)
+    recorded = ledger.shard_job(holder.claim, "r0-shard-00000")
+    assert recorded.job_name == ("batches/found" if found else None)
+    assert recorded.display_name == "gemini-batch-run-a-shard-0"
+
+
+def test_claims_and_job_records_are_never_seen_half_written(ledger, tmp_path):
+    """A claim is rewritten (built) while other runs read it: each read is the old record or the new one."""
+    import threading
+
+    me = claim_for("run-a")
+    ledger.write_claim(me)
+    stop = threading.Event()
+
+    def rewrite():
+        while not stop.is_set():
+            ledger.write_claim(me)
+            ledger.record_job(me.claim, "s", ShardJob("d", "batches/x", now_iso()))
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        reads = [(ledger.claim(me.claim), ledger.shard_job(me.claim, "s")) for _ in range(2000)]
+    finally:
+        stop.set()
+        writer.join()
+    assert all(claim == me for claim, _ in reads), "never unreadable (None) mid-rewrite"
+    assert all(job is None or job.job_name == "batches/x" for _, job in reads)
+    assert not [p for p in ledger.claims.iterdir() if p.name.startswith(".write-")], "no private files left"
 
 
 def test_our_own_earlier_round_is_taken_over_and_a_repeated_build_keeps_its_claim(ledger, tmp_path):

@@ -26,12 +26,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gemini_batch.batch_requests import ShardManifest
-from gemini_batch.hooks import DEAD_STATES, is_terminal, state_name
-from gemini_batch.ledger import Claim, Ledger, LEASE_WORKERS, claim_lost
+from gemini_batch.hooks import CLOCK_SKEW, DEAD_STATES, is_terminal, state_name
+from gemini_batch.ledger import Claim, Ledger, LEASE_WORKERS, ShardJob, claim_lost
 from gemini_batch.locations import as_path
 
 log = logging.getLogger(__name__)
 RunState = Callable[[str, str], "str | None"]  # (dag id, run id) -> the run's state, from Airflow; None: unknown
+JobFinder = Callable[[str, dt.datetime], "str | None"]  # (display name, created after) -> that job's name, or None
 
 LIVE_RUN_STATES = frozenset({"queued", "running"})
 UNKNOWN_RUN_ALIVE = dt.timedelta(hours=24)  # a holder whose run this Airflow cannot see counts as alive this long
@@ -55,6 +56,27 @@ def job_state(hook, name: str) -> JobState:
     return JobState(state, is_terminal(job), state in DEAD_STATES, job.create_time)
 
 
+def job_finder(hook) -> JobFinder:
+    """How a run finds another run's job by its display name, through the hook (paging back only to ``since``)."""
+    def find(display_name: str, since: dt.datetime) -> str | None:
+        job = hook.find_job(display_name, created_after=since - CLOCK_SKEW)
+        return job.name if job is not None else None
+    return find
+
+
+def shard_job_name(ledger: Ledger, claim: str, shard: str, find_job: JobFinder | None) -> str | None:
+    """The job a claim's shard was submitted as: as recorded, or found by the display name it was being
+    submitted under when its submitter died before recording the name (then recorded for the next reader)."""
+    record = ledger.shard_job(claim, shard)
+    if record is None or record.job_name or find_job is None or record.display_name is None:
+        return record.job_name if record else None
+    name = find_job(record.display_name, dt.datetime.fromisoformat(record.at))
+    if name is not None:
+        log.info("Found job %s of claim %s shard %s by its display name %s", name, claim, shard, record.display_name)
+        ledger.record_job(claim, shard, ShardJob(record.display_name, name, record.at))
+    return name
+
+
 @dataclass
 class ClaimResult:
     won: set[str] = field(default_factory=set)
@@ -75,8 +97,10 @@ class KeyClaimer:
         run_state: RunState,
         expiry: dt.timedelta,
         conn_id: str | None = None,
+        find_job: JobFinder | None = None,
     ):
         self.ledger = ledger
+        self.find_job = find_job
         self.me = me
         self.job_state = job_state
         self.run_state = run_state
@@ -130,7 +154,7 @@ class KeyClaimer:
         shard = self._shards_of(claim).get(key)
         if shard is None:
             return True  # the holder did not request it after all
-        job_name = self.ledger.job_of(claim.claim, shard)
+        job_name = shard_job_name(self.ledger, claim.claim, shard, self.find_job)
         if job_name is None:
             return not self._run_alive(claim)
         job = self._job(job_name)
@@ -216,10 +240,11 @@ def holder_tokens(ledger: Ledger, holder: str, conn_id: str | None) -> int:
 
 def slot_is_free(
     ledger: Ledger, holder: str, *, job_state: Callable[[str], JobState], run_state: RunState,
+    find_job: JobFinder | None = None,
 ) -> bool:
     """An in-flight slot's holder ("<claim>/<shard id>") has a job that ended, or a dead run that never made one."""
     claim_name, _, shard = holder.rpartition("/")
-    job_name = ledger.job_of(claim_name, shard)
+    job_name = shard_job_name(ledger, claim_name, shard, find_job)
     if job_name is None:
         claim = ledger.claim(claim_name)
         return claim is None or not run_alive(claim, run_state)

@@ -130,6 +130,28 @@ class Claim:
         return from_record(cls, data, "claim")
 
 
+@dataclass(frozen=True)
+class ShardJob:
+    """The job a claim's shard is being, or was, submitted as: what a run adopting its keys waits for.
+
+    Written with the display name alone just before the create and again with
+    the job's name once the service answers, so a submitter that dies between
+    the two leaves a job others can still find (by display name, created
+    after ``at``).
+    """
+
+    display_name: str | None
+    job_name: str | None
+    at: str
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> ShardJob:
+        return from_record(cls, data, "shard job")
+
+
 def claim_id(run_slug: str, round_: int) -> str:
     return f"{run_slug}-r{round_}"
 
@@ -219,7 +241,7 @@ class Ledger:
             listed = sorted({*view.folded, *(p.name for p in view.unfolded)})
             manifest = {"sqlite": f"{stem}.sqlite", "segments": listed, "keys": view.finished_count(),
                         "created_at": now_iso()}
-            (self.snapshots / f"{stem}.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+            _replace_whole(self.snapshots / f"{stem}.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
         log.info("Ledger %s: snapshot %s holds %d answered keys from %d segments",
                  uri_of(self.folder), stem, manifest["keys"], len(listed))
         self._prune(set(listed))
@@ -250,7 +272,7 @@ class Ledger:
 
     def write_claim(self, claim: Claim) -> None:
         self.claims.mkdir(parents=True, exist_ok=True)
-        (self.claims / f"{claim.claim}.json").write_bytes(orjson.dumps(claim.to_json()))
+        _replace_whole(self.claims / f"{claim.claim}.json", orjson.dumps(claim.to_json()))
 
     def claim(self, claim: str) -> Claim | None:
         return self._read_claim(self.claims / f"{claim}.json")
@@ -264,15 +286,16 @@ class Ledger:
             log.warning("Ledger: claim %s is unreadable (%s); its leases count as dead", uri_of(path), exc)
             return None
 
-    def record_job(self, claim: str, shard_id: str, job_name: str) -> None:
-        """The job a claim's shard was submitted as: what another run waiting for those keys reads."""
+    def record_job(self, claim: str, shard_id: str, job: ShardJob) -> None:
+        """The job a claim's shard is being or was submitted as: what another run waiting for those keys reads."""
         folder = self.claims / f"{claim}.jobs"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{safe_name(shard_id)}.json").write_bytes(orjson.dumps({"job_name": job_name, "at": now_iso()}))
+        _replace_whole(folder / f"{safe_name(shard_id)}.json", orjson.dumps(job.to_json()))
 
-    def job_of(self, claim: str, shard_id: str) -> str | None:
+    def shard_job(self, claim: str, shard_id: str) -> ShardJob | None:
+        path = self.claims / f"{claim}.jobs" / f"{safe_name(shard_id)}.json"
         try:
-            return orjson.loads((self.claims / f"{claim}.jobs" / f"{safe_name(shard_id)}.json").read_bytes())["job_name"]
+            return ShardJob.from_json(orjson.loads(path.read_bytes()))
         except FileNotFoundError:
             return None
 
@@ -381,6 +404,25 @@ def _create_exclusive(path: ObjectStoragePath, content: bytes) -> None:
         os.link(private, path.path)
     finally:
         os.unlink(private)
+
+
+def _replace_whole(path: ObjectStoragePath, content: bytes) -> None:
+    """Write ``path`` so that a reader sees the old content or the new, never a truncated file.
+
+    GCS: an upload replaces the object whole. Local: a private file renamed over the name.
+    """
+    if is_gcs(path):
+        path.write_bytes(content)
+        return
+    fd, private = tempfile.mkstemp(prefix=".write-", dir=os.path.dirname(path.path))
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+        os.replace(private, path.path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(private)
+        raise
 
 
 def claim_lost(key: str) -> str:

@@ -30,12 +30,13 @@ from google.genai import errors, types
 
 from gemini_batch.batch_requests import ShardManifest
 from gemini_batch.claims import (
-    FROM_LEDGER, holder_tokens, job_state, key_shards, run_alive, run_state_of, slot_is_free,
+    FROM_LEDGER, holder_tokens, job_finder, job_state, key_shards, run_alive, run_state_of, shard_job_name,
+    slot_is_free,
 )
 from gemini_batch.hooks import (
     CLOCK_SKEW, DEAD_STATES, GeminiBatchHook, QuotaExhausted, is_terminal, job_error, job_stats, state_name,
 )
-from gemini_batch.ledger import Ledger
+from gemini_batch.ledger import Ledger, ShardJob, now_iso
 from gemini_batch.triggers import GeminiBatchJobTrigger
 
 SUCCEEDED_STATES = frozenset({"JOB_STATE_SUCCEEDED"})
@@ -198,6 +199,7 @@ class GeminiBatchSubmitOperator(BaseOperator):
             if store is not None:
                 store.delete(JOB_NAME_KEY)  # else a crash before the new name is stored leaves the dead one
                 store.set(SUBMIT_STARTED_KEY, dt.datetime.now(dt.timezone.utc).isoformat())
+            self._record_job(hook, manifest, ShardJob(display_name, None, now_iso()))  # findable if we die now
             try:
                 job = self._submit(hook, manifest, display_name)
             except QuotaExhausted as exc:  # nothing was created: wait, deferred, for other jobs to end
@@ -207,8 +209,7 @@ class GeminiBatchSubmitOperator(BaseOperator):
         if store is not None:  # a new job, or one found by searching: the next try needs a single get
             store.set(JOB_NAME_KEY, job.name)
         self.job_name = job.name
-        if manifest.claim and manifest.ledger:  # what another run that wants these keys waits for
-            Ledger(hook.storage_path(manifest.ledger)).record_job(manifest.claim, manifest.shard_id, job.name)
+        self._record_job(hook, manifest, ShardJob(display_name, job.name, now_iso()))
         ti.xcom_push(key="job_name", value=job.name)
         if hook.backend == "developer":  # the SDK does not report a Developer API job's input: clean-up needs it
             ti.xcom_push(key="job_input", value=f"files/{shard_file_name(display_name)}")
@@ -217,6 +218,12 @@ class GeminiBatchSubmitOperator(BaseOperator):
             return {**describe, "jobs": [job.name], "adopted": False, "own": True}
         return wait_for_job(self, hook, job, expiry=dt.timedelta(hours=float(self.expiry_hours)),
                             poll_interval=float(self.poll_interval), describe=describe)
+
+    @staticmethod
+    def _record_job(hook: GeminiBatchHook, manifest: ShardManifest, job: ShardJob) -> None:
+        """What another run that wants these keys waits for: the shard's job, in the ledger."""
+        if manifest.claim and manifest.ledger:
+            Ledger(hook.storage_path(manifest.ledger)).record_job(manifest.claim, manifest.shard_id, job)
 
     def _earlier_job(self, context, store, hook: GeminiBatchHook, display_name: str) -> types.BatchJob | None:
         """The job an earlier try of this task submitted, found without reading the account's whole job list.
@@ -293,7 +300,7 @@ class GeminiBatchSubmitOperator(BaseOperator):
         return ledger.take_slot(
             f"{manifest.claim}/{manifest.shard_id}", int(self.max_jobs_in_flight),
             lambda holder: slot_is_free(ledger, holder, job_state=lambda name: job_state(hook, name),
-                                        run_state=run_state_of(context)),
+                                        run_state=run_state_of(context), find_job=job_finder(hook)),
             tokens=manifest.tokens, token_budget=hook.enqueued_token_limit,
             tokens_of=lambda holder: holder_tokens(ledger, holder, hook.gcp_conn_id))
 
@@ -318,7 +325,7 @@ class GeminiBatchSubmitOperator(BaseOperator):
             wanted = {line.decode().strip() for line in keys if line.strip()}
         shards = key_shards(claim, hook.gcp_conn_id)
         for shard in sorted({shards[key] for key in wanted if key in shards}):
-            name = ledger.job_of(claim.claim, shard)
+            name = shard_job_name(ledger, claim.claim, shard, job_finder(hook))
             if name is None and run_alive(claim, run_state):
                 return self._wait(f"for claim {claim.claim} to submit shard {shard}", "resume")
             if name is not None:

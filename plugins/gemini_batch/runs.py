@@ -39,7 +39,7 @@ from airflow.sdk import ObjectStoragePath, Variable
 
 from gemini_batch import documents, jsonl, plan, results
 from gemini_batch.batch_requests import RequestSpec, ShardManifest, write_adoption
-from gemini_batch.claims import FROM_LEDGER, KeyClaimer, RunState, job_state, run_state_of
+from gemini_batch.claims import FROM_LEDGER, KeyClaimer, RunState, job_finder, job_state, run_state_of
 from gemini_batch.cost import PRICES_VARIABLE, PriceTable, load_prices
 from gemini_batch.hooks import GeminiBatchHook, UnknownModel
 from gemini_batch.ledger import Claim, Ledger, LedgerEvent, claim_id, now_iso
@@ -330,7 +330,8 @@ class Run:
                    uri_of(folder.shards(round_)), built=False, created_at=now_iso())
         ledger.write_claim(me)  # before any lease names it: a run that finds the lease must find the claim
         claimer = KeyClaimer(ledger, me, job_state=lambda name: job_state(hook, name), run_state=self.run_state,
-                             expiry=self.settings.expiry, conn_id=hook.gcp_conn_id if hook else None)
+                             expiry=self.settings.expiry, conn_id=hook.gcp_conn_id if hook else None,
+                             find_job=job_finder(hook) if hook else None)
         claimed = claimer.claim(plan.keys_to_request(folder.plan, only))
         with self.staging() as staged:
             manifests, unbuilt = plan.build_shards(
