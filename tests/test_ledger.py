@@ -168,7 +168,7 @@ def built_claim(ledger: Ledger, tmp_path, run: str, keys: list[str], job: str | 
     for k in keys:
         assert ledger.try_lease(k, 0, holder.claim) == holder.claim
     if job or display_name:
-        ledger.record_job(holder.claim, "r0-shard-00000", ShardJob(display_name, job, now_iso()))
+        ledger.record_job(holder.claim, "r0-shard-00000", ShardJob(job, now_iso(), display_name))
     return holder
 
 
@@ -234,7 +234,7 @@ def test_claims_and_job_records_are_never_seen_half_written(ledger, tmp_path):
     def rewrite():
         while not stop.is_set():
             ledger.write_claim(me)
-            ledger.record_job(me.claim, "s", ShardJob("d", "batches/x", now_iso()))
+            ledger.record_job(me.claim, "s", ShardJob("batches/x", now_iso(), "d"))
 
     writer = threading.Thread(target=rewrite)
     writer.start()
@@ -315,3 +315,11 @@ def test_slots_admit_jobs_only_while_their_tokens_fit_the_quota(ledger):
     assert not take("big/s")
     ended.update({"b/s", "c/s"})
     assert take("big/s"), "alone in flight, a job over the quota is admitted: the estimate errs high, the service decides"
+
+
+def test_a_job_record_written_before_display_names_reads_back(ledger):
+    """A ledger from the previous release holds ``{"job_name", "at"}`` per shard: an upgrade still adopts it."""
+    folder = ledger.claims / "old-claim.jobs"
+    folder.mkdir(parents=True)
+    (folder / "s.json").write_bytes(orjson.dumps({"job_name": "batches/old", "at": "2026-11-30T00:00:00+00:00"}))
+    assert ledger.shard_job("old-claim", "s") == ShardJob("batches/old", "2026-11-30T00:00:00+00:00")

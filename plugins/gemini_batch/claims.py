@@ -73,7 +73,7 @@ def shard_job_name(ledger: Ledger, claim: str, shard: str, find_job: JobFinder |
     name = find_job(record.display_name, dt.datetime.fromisoformat(record.at))
     if name is not None:
         log.info("Found job %s of claim %s shard %s by its display name %s", name, claim, shard, record.display_name)
-        ledger.record_job(claim, shard, ShardJob(record.display_name, name, record.at))
+        ledger.record_job(claim, shard, ShardJob(name, record.at, record.display_name))
     return name
 
 

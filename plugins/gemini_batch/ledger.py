@@ -140,9 +140,9 @@ class ShardJob:
     after ``at``).
     """
 
-    display_name: str | None
     job_name: str | None
     at: str
+    display_name: str | None = None  # records written before submitters named the job first have none
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

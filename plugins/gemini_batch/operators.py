@@ -199,7 +199,7 @@ class GeminiBatchSubmitOperator(BaseOperator):
             if store is not None:
                 store.delete(JOB_NAME_KEY)  # else a crash before the new name is stored leaves the dead one
                 store.set(SUBMIT_STARTED_KEY, dt.datetime.now(dt.timezone.utc).isoformat())
-            self._record_job(hook, manifest, ShardJob(display_name, None, now_iso()))  # findable if we die now
+            self._record_job(hook, manifest, ShardJob(None, now_iso(), display_name))  # findable if we die now
             try:
                 job = self._submit(hook, manifest, display_name)
             except QuotaExhausted as exc:  # nothing was created: wait, deferred, for other jobs to end
@@ -209,7 +209,7 @@ class GeminiBatchSubmitOperator(BaseOperator):
         if store is not None:  # a new job, or one found by searching: the next try needs a single get
             store.set(JOB_NAME_KEY, job.name)
         self.job_name = job.name
-        self._record_job(hook, manifest, ShardJob(display_name, job.name, now_iso()))
+        self._record_job(hook, manifest, ShardJob(job.name, now_iso(), display_name))
         ti.xcom_push(key="job_name", value=job.name)
         if hook.backend == "developer":  # the SDK does not report a Developer API job's input: clean-up needs it
             ti.xcom_push(key="job_input", value=f"files/{shard_file_name(display_name)}")
