@@ -8,4 +8,6 @@ COPY gemini_emulator/ gemini_emulator/
 COPY dags/ dags/
 COPY plugins/ plugins/
 COPY include/ include/
-ENV PYTHONPATH=/opt/gemini-batch:/opt/gemini-batch/plugins
+COPY pyproject.toml README.md ./
+# The gemini-batch distribution, editable: the provider's entry point registered, the code from the mounts.
+RUN pip install --no-cache-dir --no-deps -e .

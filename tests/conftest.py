@@ -12,6 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
+# Relative params (include/samples) are the repository's, as under bin/airflow.
+os.environ.setdefault("GEMINI_BATCH_HOME", str(ROOT))
 
 # gcsfs probes bucket layouts over a gRPC API no emulator serves (see gemini_batch.locations).
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")

@@ -244,6 +244,7 @@ class Stack:
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "GEMINI_BATCH_HOME": str(ROOT),
             "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
             "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
@@ -254,6 +255,8 @@ class Stack:
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": str(self.schedule),
             # a task whose worker died is failed (and retried) after 30 s without a heartbeat, not the default 300 s
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+            # the connections page's Test button (off by default: it runs a hook in the api-server)
+            "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
             "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
         }
         if reasons:

@@ -331,3 +331,114 @@ def test_the_quota_extra_is_a_positive_number_of_tokens(monkeypatch):
     with pytest.raises(ValueError, match="connection 'gemini_default': enqueued_token_limit must be a positive number "
                                          "of tokens, got 'lots'"):
         GeminiBatchHook().enqueued_token_limit
+
+
+# ---------------------------------------------------------------- the connection type: form fields and Test button
+
+
+def test_test_connection_answers_with_one_cheap_call(emulator, monkeypatch):
+    use_developer(monkeypatch, emulator.url)
+    assert GeminiBatchHook().test_connection() == (
+        True, f"Gemini Developer API at {emulator.url} answered the batch jobs list with the API key")
+    (call,) = requests_made(emulator, "GET", r"/v1beta/batches")
+    assert call["query"] == "pageSize=1"
+
+
+def test_test_connection_on_vertex(vertex_hook):
+    ok, message = vertex_hook.test_connection()
+    assert ok, message
+    assert message == (f"Vertex AI (us-central1) at {vertex_hook.base_url} answered the batch jobs list with the "
+                       "credentials of connection 'gcs_emulator'")
+
+
+@pytest.mark.parametrize("case", ["refused", "unreachable", "no key"])
+def test_test_connection_says_why_it_failed_without_the_key(case, start_emulator, monkeypatch):
+    """The emulator accepts any key, so a rejected key is its fault plan's 403 on the list (what the service answers
+    a key without access; a malformed key gets 400 API_KEY_INVALID, with the same hint)."""
+    if case == "unreachable":
+        url = f"http://127.0.0.1:{free_port()}"  # nothing listens
+        expected = f"Gemini Developer API at {url} cannot be reached: ConnectError: [Errno 111] Connection refused"
+    elif case == "no key":  # refused before any call
+        url = f"http://127.0.0.1:{free_port()}"
+        expected = "ValueError: connection 'gemini_default' has no API key: put it in the password field"
+    else:
+        url = start_emulator(faults={"http": {"list": {"burst": 1, "codes": [403]}}}).url
+        expected = (f"Gemini Developer API at {url} refused the batch jobs list: 403 PERMISSION_DENIED: Injected "
+                    "error 403.; check the API key")
+    use_developer(monkeypatch, url)
+    if case == "no key":
+        monkeypatch.setenv("AIRFLOW_CONN_GEMINI_DEFAULT", json.dumps(
+            {"conn_type": "gemini_batch", "extra": {"backend": "developer", "base_url": url}}))
+    started = time.monotonic()
+    ok, message = GeminiBatchHook().test_connection()
+    assert (ok, message) == (False, expected)
+    assert KEY not in message and time.monotonic() - started < 5  # no retries
+
+
+def test_extras_are_read_bare_or_prefixed_and_blank_is_unset(emulator, monkeypatch):
+    """The Airflow 3 form writes bare names, a blank field as null; ``extra__gemini_batch__<name>`` (older forms)
+    is read when the bare name is not set."""
+    extra = {"extra__gemini_batch__base_url": "http://127.0.0.1:1", "base_url": emulator.url,  # bare wins
+             "extra__gemini_batch__gcp_conn_id": "gcp", "gcp_conn_id": "",  # blank: not set
+             "extra__gemini_batch__enqueued_token_limit": "5000", "enqueued_token_limit": None,
+             "backend": None}
+    monkeypatch.setenv("AIRFLOW_CONN_GEMINI_FORM", json.dumps({"conn_type": "gemini_batch", "password": KEY,
+                                                              "extra": extra}))
+    hook = GeminiBatchHook("gemini_form")
+    assert (hook.backend, hook.base_url, hook.gcp_conn_id, hook.enqueued_token_limit) == (
+        "developer", emulator.url, "gcp", 5000)
+    assert hook.test_connection()[0]
+
+    monkeypatch.setenv("AIRFLOW_CONN_GEMINI_FORM", json.dumps({"conn_type": "gemini_batch", "password": KEY, "extra": {
+        "backend": "developer", "base_url": emulator.url, "project": None, "location": None, "gcp_conn_id": None,
+        "enqueued_token_limit": None}}))
+    hook = GeminiBatchHook("gemini_form")
+    assert (hook.gcp_conn_id, hook.enqueued_token_limit) == (None, None)
+
+
+def test_prefixed_vertex_extras_reach_the_client(vertex_hook, monkeypatch):
+    extra = {f"extra__gemini_batch__{name}": value for name, value in {
+        "backend": "vertex", "base_url": vertex_hook.base_url, "project": "form-project", "location": "europe-west4",
+        "gcp_conn_id": "gcs_emulator"}.items()}
+    monkeypatch.setenv("AIRFLOW_CONN_GEMINI_FORM", json.dumps({"conn_type": "gemini_batch", "extra": extra}))
+    hook = GeminiBatchHook("gemini_form")
+    client = hook.get_conn()
+    assert (client.vertexai, client._api_client.project, client._api_client.location) == (
+        True, "form-project", "europe-west4")
+    assert hook.test_connection() == (True, f"Vertex AI (europe-west4) at {vertex_hook.base_url} answered the batch "
+                                            "jobs list with the credentials of connection 'gcs_emulator'")
+
+
+def _provider_installed() -> bool:
+    from importlib import metadata
+
+    entry_points = metadata.entry_points(group="apache_airflow_provider")
+    return any(ep.dist and ep.dist.name == "gemini-batch" for ep in entry_points)
+
+
+@pytest.mark.skipif(not _provider_installed(), reason="the gemini-batch distribution is not installed in the venv "
+                                                       "(pip install --no-deps -e .): no provider entry point")
+def test_providers_manager_registers_the_connection_type():
+    """What the api-server builds the form from (/ui/connections/hook_meta) and tests a connection with."""
+    import warnings
+
+    from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+    from airflow.providers_manager import ProvidersManager
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ProvidersManager.hooks: deprecated for task code, still the server's path
+        hook = ProvidersManager().hooks["gemini_batch"]
+    assert (hook.hook_class_name, hook.hook_name, hook.connection_id_attribute_name, hook.connection_testable) == (
+        "gemini_batch.hooks.GeminiBatchHook", "Gemini Batch", "gemini_conn_id", True)
+
+    (meta,) = [m for m in HookMetaService.hook_meta_data() if m.connection_type == "gemini_batch"]
+    assert meta.hook_class_name == "gemini_batch.hooks.GeminiBatchHook"
+    standard = meta.standard_fields
+    assert all(field.hidden for field in (standard.host, standard.url_schema, standard.login, standard.port))
+    assert (standard.password.hidden, standard.password.title) == (False, "API key")
+    fields = meta.extra_fields
+    assert list(fields) == ["backend", "base_url", "project", "location", "gcp_conn_id", "enqueued_token_limit"]
+    assert fields["backend"]["schema"]["enum"] == ["developer", "vertex"] and fields["backend"]["value"] == "developer"
+    assert fields["location"]["value"] == "us-central1"
+    assert fields["enqueued_token_limit"]["schema"]["type"] == ["integer", "null"]
+    assert all(field["schema"]["title"] and field["description"] for field in fields.values())

@@ -17,8 +17,10 @@ import uuid
 
 import pytest
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
+from airflow.sdk.module_loading import import_string
 from conftest import developer_client, list_calls, seed_job_history
 
+from gemini_batch import operators, provider
 from gemini_batch.hooks import GeminiBatchHook, state_name
 from gemini_batch.operators import (
     GeminiBatchJobSensor,
@@ -218,3 +220,58 @@ def test_sensor_only_cancels_at_the_deadline_a_job_its_run_submitted(start_emula
     cancelled = poke({"jobs": [own.name], "adopted": False, "own": True, "manifest_uri": "m", "shard_id": "s"})
     assert (cancelled["state"], cancelled["deadline_passed"], cancelled["manifest_uri"]) == ("JOB_STATE_EXPIRED", True, "m")
     assert state_name(wait_until_ended(hook, own.name)) == "JOB_STATE_CANCELLED"
+
+class PushedXCom:
+    """XCom as the links read it at the end of a task run, from what the stand-in task instance recorded."""
+
+    @staticmethod
+    def get_value(*, ti_key, key):
+        return dict(ti_key.pushed).get(key)
+
+
+def links(task, ti) -> dict[str, str]:
+    return {link.name: link.get_link(task, ti_key=ti) for link in task.operator_extra_links}
+
+
+def test_extra_links_are_registered_for_both_operators():
+    registered = [import_string(path) for path in provider.get_provider_info()["extra-links"]]
+    for task_class in (GeminiBatchSubmitOperator, GeminiBatchJobSensor):
+        assert [type(link) for link in task_class.operator_extra_links] == registered
+    assert [link.name for link in GeminiBatchJobSensor.operator_extra_links] == ["Gemini batch job", "Batch output"]
+
+
+def test_vertex_links_open_the_console(start_emulator, gcs, gcs_root, monkeypatch):
+    emulator = start_emulator(time_scale=3600, gcs_endpoint=gcs.url)
+    use_vertex(monkeypatch, emulator.url)
+    monkeypatch.setattr(operators, "XCom", PushedXCom)
+    folder = gcs_root / "links" / uuid.uuid4().hex
+    manifest = write_shard(folder, rows=2)
+    task, ti = operator(manifest), RecordingTaskInstance()
+    submitted = links(task, ti)
+    assert submitted == {"Gemini batch job": "", "Batch output": ""}  # nothing pushed yet: no link
+    outcome = run_to_completion(task, context(ti))
+    project, location, job_id = outcome["job_name"].split("/")[1::2]
+    assert (project, location) == ("test-project", "us-central1")
+    prefix = f"https://console.cloud.google.com/storage/browser/test-bucket/links/{folder.name}/output/{manifest.shard_id}/"
+    expected_job = (f"https://console.cloud.google.com/vertex-ai/locations/us-central1/batch-predictions/{job_id}"
+                    "?project=test-project")
+    found = links(task, ti)
+    assert found["Gemini batch job"] == expected_job
+    assert found["Batch output"].startswith(prefix + "prediction-model-")  # the job's own folder, once it ran
+    # The sensor, waiting for the same job, links to it too.
+    sensor, sensor_ti = GeminiBatchJobSensor(task_id="wait", job_name=outcome["job_name"], poll_interval=0.2), RecordingTaskInstance()
+    run_to_completion(sensor, context(sensor_ti))
+    assert links(sensor, sensor_ti) == found
+
+
+def test_developer_links_name_the_results_file(emulator, monkeypatch, tmp_path):
+    use_developer(monkeypatch, emulator.url)
+    monkeypatch.setattr(operators, "XCom", PushedXCom)
+    task, ti = operator(write_shard(tmp_path / "shards")), RecordingTaskInstance()
+    outcome = run_to_completion(task, context(ti))
+    results_file = GeminiBatchHook().get_job(outcome["job_name"]).dest.file_name
+    assert results_file.startswith("files/")
+    assert links(task, ti) == {
+        "Gemini batch job": "https://aistudio.google.com/batches",  # no page per job
+        "Batch output": f"https://generativelanguage.googleapis.com/v1beta/{results_file}:download?alt=media",
+    }

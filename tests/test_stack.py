@@ -354,3 +354,56 @@ def test_two_overlapping_runs_on_celery_request_each_key_once(stack, tmp_path):
     assert sum(reused) == 6, reused
     say(f"overlap on celery: 2 runs, {len(sent)} requests for 6 documents, reused {reused}, "
         f"{stack.timings['overlap runs']:.0f}s")
+
+
+def wait_awaiting_input(stack: Stack, run_id: str, task_id: str, timeout: float = 240) -> dict:
+    path = f"/dags/{DAG}/dagRuns/{q(run_id)}/taskInstances/{task_id}"
+    deadline = time.monotonic() + timeout
+    while (ti := stack.api("GET", path))["state"] != "awaiting_input":
+        assert ti["state"] not in ("success", "failed", "skipped"), ti
+        assert time.monotonic() < deadline, f"{task_id} never asked for input: {ti}"
+        time.sleep(1)
+    return ti
+
+
+def test_a_run_over_the_approval_threshold_waits_for_a_person(stack, tmp_path):
+    """approve_above_usd: the run asks in the UI (Airflow's human-in-the-loop) before anything is uploaded;
+    approved through the REST API it completes, rejected it fails with the estimate in the message."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("invoice-1.pdf", "invoice-2.pdf", "invoice-4.md"):
+        shutil.copy(SAMPLES / name, source)
+    jobs_before = len(emulator_jobs(stack))
+    runs = {}
+    for answer in ("Approve", "Reject"):
+        run_id = f"stack-approval-{answer.lower()}-{int(time.time())}"
+        trigger(stack, run_id, None, {"source": str(source), "output": str(tmp_path / answer), "poll_seconds": 1,
+                                      "approve_above_usd": 0, "state": str(tmp_path / "ledger" / answer)})
+        runs[answer] = run_id
+    t0 = time.monotonic()
+    for answer, run_id in runs.items():
+        wait_awaiting_input(stack, run_id, "approve_cost")
+        detail = stack.api("GET", f"/dags/{DAG}/dagRuns/{q(run_id)}/taskInstances/approve_cost/-1/hitlDetails")
+        assert detail["options"] == ["Approve", "Reject"] and "$" in detail["subject"], detail
+        assert "3 requests" in detail["subject"] and "approve_above_usd" in detail["body"], detail
+        staged = stack.api("GET", f"/dags/{DAG}/dagRuns/{q(run_id)}/taskInstances/stage_documents")
+        assert staged["state"] is None, staged  # staging waits for the answer too
+    say(f"both runs asked for approval within {time.monotonic() - t0:.0f}s")
+    assert len(emulator_jobs(stack)) == jobs_before  # nothing submitted while waiting
+
+    for answer, run_id in runs.items():
+        stack.api("PATCH", f"/dags/{DAG}/dagRuns/{q(run_id)}/taskInstances/approve_cost/-1/hitlDetails",
+                  {"chosen_options": [answer]})
+    approved, _, _ = wait_run(stack, runs["Approve"])
+    assert approved == "success", failure_report(stack, runs["Approve"])
+    records, summary = read_results(tmp_path / "Approve")
+    assert summary["documents"] == 3 and summary["succeeded"] == 3
+    rejected, _, _ = wait_run(stack, runs["Reject"])
+    assert rejected == "failed"
+    ti = stack.api("GET", f"/dags/{DAG}/dagRuns/{q(runs['Reject'])}/taskInstances/approve_cost")
+    assert ti["state"] == "failed", ti
+    task_log = json.dumps(stack.api("GET", f"/dags/{DAG}/dagRuns/{q(runs['Reject'])}/taskInstances/approve_cost/"
+                                           f"logs/{ti['try_number']}", full_content="true"))
+    assert "rejected the run: estimated $" in task_log and "nothing was submitted" in task_log, task_log[-2000:]
+    assert not (tmp_path / "Reject" / "results.jsonl").exists()
+    assert len(emulator_jobs(stack)) == jobs_before + 1  # the approved run's one job only

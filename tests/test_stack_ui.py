@@ -2,13 +2,17 @@
 driven by Playwright, against the full stack's api-server. A person's path: sign in, open the DAG, fill the
 trigger form (source, prompt, schema, model), trigger, watch the run finish, read its summary in the UI.
 
-Screenshots land in artifacts/browser/ (trigger-form.png, finished-run.png, run-summary.png).
+A second path: add a Gemini Batch connection through the connection form and press its Test button.
+
+Screenshots land in artifacts/browser/ (trigger-form.png, finished-run.png, run-summary.png, connection-form.png;
+the last is also copied to docs/screenshots/).
 Set GEMINI_BATCH_CHROMIUM to use another Chromium binary."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from dagrun import assert_contract, read_results
+from gemini_emulator.testing import requests_made
 from stack import DAG, emulator_jobs, failure_report, wait_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,3 +161,72 @@ def test_trigger_from_the_form_and_read_the_summary(stack, page, tmp_path):
     models = {json.loads(p.read_text())["model"] for p in (stack.emulator_dir / "jobs").glob("*.json")
               if json.loads(p.read_text())["display_name"] == jobs[0][0]}
     assert models == {f"models/{MODEL}"}
+
+
+def test_add_a_connection_in_the_form_and_test_it(stack, page):
+    conn_id, key = "gemini_from_form", "form-key-5ecr3t-27c1"
+    lists_before = len(requests_made(stack.emulator_dir, "GET", r"/v1beta/batches"))
+    t0 = time.monotonic()
+    sign_in(page, stack)
+    page.get_by_role("button", name="Admin").click()
+    page.get_by_role("menuitem", name="Connections").click()
+    page.wait_for_url("**/connections")
+    page.get_by_role("button", name="Add Connection").click()
+    form = page.get_by_role("dialog")
+    form.get_by_label("Connection ID").fill(conn_id)
+    form.get_by_role("combobox", name="Connection Type").fill("Gemini Batch")  # listed: the provider's entry point
+    page.get_by_role("option", name="Gemini Batch", exact=True).click()
+    for hidden in ("Host", "Login", "Port", "Schema"):
+        assert form.get_by_label(hidden, exact=True).count() == 0, hidden
+    form.get_by_label("API key").fill(key)
+    form.get_by_role("button", name="Extra Fields", exact=True).click()
+    page.locator("#element_backend").click()
+    page.get_by_role("option", name="Gemini Developer API", exact=True).click()
+    page.locator("#element_base_url").fill(stack.emulator_url)
+    page.locator("#element_project").click()  # leave the field: the form takes its value
+    for text in ("Backend", "Base URL", "Project", "Location", "Google Cloud connection", "Enqueued-token limit"):
+        assert form.locator("label", has_text=re.compile(rf"^{text}\W*$")).is_visible(), text  # "Backend *"
+    form.get_by_role("button", name="Save").click()
+    form.wait_for(state="hidden")
+
+    # what the form stored: every field under its bare name, a blank one as null; the key as the password
+    stored = stack.api("GET", f"/connections/{conn_id}")
+    assert (stored["conn_type"], stored["password"]) == ("gemini_batch", "***")
+    assert json.loads(stored["extra"]) == {"backend": "developer", "base_url": stack.emulator_url, "project": None,
+                                           "location": "us-central1", "gcp_conn_id": None,
+                                           "enqueued_token_limit": None}
+
+    # Airflow 3.3.2's list sends port Number(null) == 0 for a connection without one, and its API takes 0 for
+    # another destination (400 "The host or port to test differs ..."): drop it, as apache/airflow#73298 (the
+    # fix, not in 3.3.2) makes the API do. Nothing else in the request changes.
+    def without_port_zero(route):
+        body = route.request.post_data_json
+        if body.get("port") == 0:
+            del body["port"]
+        route.continue_(post_data=json.dumps(body))
+
+    page.route("**/api/v2/connections/test", without_port_zero)
+    row = page.get_by_role("row").filter(has_text=conn_id)
+    with page.expect_response("**/api/v2/connections/test") as tested:
+        row.get_by_role("button", name="Test Connection").click()
+    assert tested.value.json() == {"status": True, "message": f"Gemini Developer API at {stack.emulator_url} "
+                                                              "answered the batch jobs list with the API key"}
+    toast = page.get_by_role("status").filter(has_text="Test Connection Successful")
+    toast.get_by_text(tested.value.json()["message"]).wait_for()
+    stack.timings["connection form"] = time.monotonic() - t0
+    # the screenshot: the connection's form as saved, the Test's answer over it. The pointer rests on the toast
+    # (which pauses its 5 s timer) while the keyboard opens the form.
+    toast.hover()
+    row.get_by_role("button", name="Edit Connection").press("Enter")
+    page.get_by_role("dialog").get_by_role("button", name="Extra Fields", exact=True).press("Enter")
+    page.locator("#element_base_url").wait_for()
+    toast.evaluate("t => Promise.all(t.getAnimations({subtree: true}).map(a => a.finished))")  # fully shown
+    path = shot(page, "connection-form.png")
+    docs = ROOT / "docs" / "screenshots"
+    docs.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, docs / path.name)
+    assert key not in toast.inner_text()
+
+    # the Test made one call to the emulator: the first page of batch jobs, one long
+    calls = requests_made(stack.emulator_dir, "GET", r"/v1beta/batches")[lists_before:]
+    assert [call["query"] for call in calls] == ["pageSize=1"]

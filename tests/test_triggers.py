@@ -6,6 +6,7 @@ faults (503 bursts, jobs stuck in PENDING, expiry) come from the emulator."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -46,6 +47,7 @@ def test_a_restarted_trigger_resumes_the_same_job(start_emulator, monkeypatch, t
 
     classpath, kwargs = trigger.serialize()
     event = first_event(import_string(classpath)(**kwargs))
+    assert event.pop("output").startswith("files/")  # the results file, for the "Batch output" link
     assert event == {"status": "terminal", "job_name": job.name, "state": "JOB_STATE_SUCCEEDED", "stats": {},
                      "error": None}
     client = developer_client(emulator.url)
@@ -64,6 +66,7 @@ def test_transient_errors_are_waited_out(start_emulator, monkeypatch, tmp_path, 
     assert time.monotonic() - started >= 0.1 + 0.2 + 0.4  # backed off exponentially between the failures
     out = capfd.readouterr().out
     assert out.count("failed (transient)") == 3
+    assert out.count("the Developer API reports no row counts through the SDK") == 1  # said once, no numbers made up
 
 
 def test_deadline_ends_a_wait_the_service_never_ends(start_emulator, monkeypatch, tmp_path):
@@ -103,9 +106,29 @@ def test_vertex_job_reports_completion_stats(start_emulator, gcs, gcs_root, monk
     use_vertex(monkeypatch, emulator.url)
     hook = GeminiBatchHook()
     manifest = write_shard(gcs_root / "triggers" / f"{time.time_ns()}", rows=5)
-    job = hook.create_job(model=MODEL, src=manifest.uri, display_name="vertex-trigger",
-                          dest=manifest.uri.rsplit("/", 1)[0] + "/output/")
+    dest = manifest.uri.rsplit("/", 1)[0] + "/output/"
+    job = hook.create_job(model=MODEL, src=manifest.uri, display_name="vertex-trigger", dest=dest)
     event = first_event(GeminiBatchJobTrigger(job_name=job.name, gemini_conn_id="gemini_default",
                                               deadline=deadline_in(600), poll_interval=0.2))
+    assert event.pop("output").startswith(dest + "prediction-model-")  # the job's own folder under the prefix
     assert event == {"status": "terminal", "job_name": job.name, "state": "JOB_STATE_SUCCEEDED",
                      "stats": {"succeeded": 5, "failed": 0, "incomplete": 0}, "error": None}
+
+
+def test_vertex_progress_is_logged_as_the_counts_change(start_emulator, gcs, gcs_root, monkeypatch, capfd):
+    """Airflow logs through structlog to stdout, not through logging: caplog sees none of it, capfd does."""
+    emulator = start_emulator(time_scale=1, gcs_endpoint=gcs.url,
+                              faults={"pending_seconds": 0.3, "running_seconds": 0.1, "row_seconds": 0.3})
+    use_vertex(monkeypatch, emulator.url)
+    manifest = write_shard(gcs_root / "triggers" / f"{time.time_ns()}", rows=5)
+    job = GeminiBatchHook().create_job(model=MODEL, src=manifest.uri, display_name="vertex-progress",
+                                       dest=manifest.uri.rsplit("/", 1)[0] + "/output/")
+    event = first_event(GeminiBatchJobTrigger(job_name=job.name, gemini_conn_id="gemini_default",
+                                              deadline=deadline_in(600), poll_interval=0.05))
+    assert event["state"] == "JOB_STATE_SUCCEEDED"
+    out = capfd.readouterr().out
+    lines = re.findall(rf"Batch job {re.escape(job.name)}: (\d+ of 5 rows done \(\d+ succeeded, \d+ failed\))", out)
+    assert len(lines) >= 3 and len(set(lines)) == len(lines), lines  # one line per change, none repeated
+    done = [int(line.split()[0]) for line in lines]
+    assert done == sorted(done) and lines[-1] == "5 of 5 rows done (5 succeeded, 0 failed)"
+    assert "no row counts" not in out

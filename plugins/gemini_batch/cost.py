@@ -17,7 +17,7 @@ Heuristic, per request:
   512, a thinking model left at its default counts 2048, a model that does
   not think counts 0. ``max_output_tokens`` caps answer plus thinking.
 - price: (input x input price + output x output price) / 1e6 x the batch
-  discount, from ``include/prices.json`` (standard paid-tier prices; output
+  discount, from the package's ``prices.json`` (standard paid-tier prices; output
   prices include thinking), with any overrides (the Airflow Variable
   ``gemini_batch_prices``) laid over it. A model without a price has tokens
   but no cost: ``usd`` is None, the cost unknown.
@@ -34,7 +34,7 @@ from pathlib import Path
 from gemini_batch.batch_requests import RequestSpec, thinking_config
 from gemini_batch.keys import canonical_json, normalize_model
 
-DEFAULT_PRICES = Path(__file__).resolve().parents[2] / "include" / "prices.json"
+DEFAULT_PRICES = Path(__file__).with_name("prices.json")  # package data: installed with the package
 
 TEXT_BYTES_PER_TOKEN = 4
 PAGE_IMAGE_TOKENS = 258
@@ -110,7 +110,7 @@ PRICES_VARIABLE = "gemini_batch_prices"
 
 
 def load_prices(path: str | Path | None = None, overrides: Mapping | None = None) -> PriceTable:
-    """The price table (``include/prices.json`` of this repository by default), with ``overrides`` laid over
+    """The price table (the package's ``prices.json`` by default), with ``overrides`` laid over
     it: a mapping like the file's, whose ``models`` and ``aliases`` add to or replace the file's and whose
     ``as_of``, ``source`` and ``batch_discount`` replace them."""
     path = Path(path) if path is not None else DEFAULT_PRICES

@@ -45,6 +45,7 @@ TERMINAL_STATES = frozenset({
 DEAD_STATES = frozenset({"JOB_STATE_FAILED", "JOB_STATE_CANCELLING", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"})
 DOWNLOAD_CHUNK_BYTES = 2**20
 DOWNLOAD_TIMEOUT = httpx.Timeout(120.0, connect=15.0)
+TEST_TIMEOUT_MS = 15_000  # test_connection's one call: the UI waits for it
 # Jobs asked for per list page: the emulator's maximum (Google APIs lower a larger page size to their own
 # maximum, AIP-158), so even an unbounded search through 3,000 earlier jobs is 3 pages.
 LIST_PAGE_SIZE = 1000
@@ -118,9 +119,18 @@ class GeminiBatchHook(BaseHook):
     def extra(self) -> dict[str, Any]:
         return self.connection.extra_dejson
 
+    def _extra(self, name: str) -> Any:
+        """An extra by its bare name (what JSON extras and the Airflow 3 connection form write) or, failing that,
+        as ``extra__gemini_batch__<name>`` (older forms' key); an empty value (a blank form field) is not set."""
+        for key in (name, f"extra__{self.conn_type}__{name}"):
+            value = self.extra.get(key)
+            if value not in (None, ""):
+                return value
+        return None
+
     @property
     def backend(self) -> str:
-        backend = self.extra.get("backend") or "developer"
+        backend = self._extra("backend") or "developer"
         if backend not in BACKENDS:
             raise ValueError(
                 f"connection {self.gemini_conn_id!r}: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -128,17 +138,17 @@ class GeminiBatchHook(BaseHook):
 
     @property
     def base_url(self) -> str | None:
-        return self.extra.get("base_url") or None
+        return self._extra("base_url")
 
     @property
     def gcp_conn_id(self) -> str | None:
-        return self.extra.get("gcp_conn_id") or None
+        return self._extra("gcp_conn_id")
 
     @property
     def enqueued_token_limit(self) -> int | None:
         """The account's enqueued-token quota per model (the ``enqueued_token_limit`` extra), when it is known."""
-        value = self.extra.get("enqueued_token_limit")
-        if value in (None, ""):
+        value = self._extra("enqueued_token_limit")
+        if value is None:
             return None
         try:
             limit = int(value)
@@ -195,15 +205,50 @@ class GeminiBatchHook(BaseHook):
             # An emulator set-up. The Vertex emulator, like the service, refuses a request without an
             # ``Authorization: Bearer`` header, and anonymous credentials send none: use a static token.
             credentials = Credentials(token="anonymous")
-        project = self.extra.get("project") or gcp_project
+        project = self._extra("project") or gcp_project
         if not project:
             raise ValueError(
                 f"connection {self.gemini_conn_id!r}: no project in its extra nor in connection {gcp_conn_id!r}")
-        location = self.extra.get("location") or DEFAULT_LOCATION
+        location = self._extra("location") or DEFAULT_LOCATION
         self.log.info("Vertex AI client for connection %s: project %s, location %s, credentials from %s",
                       self.gemini_conn_id, project, location, gcp_conn_id)
         return genai.Client(vertexai=True, project=project, location=location, credentials=credentials,
                             http_options=self._http_options())
+
+    def test_connection(self) -> tuple[bool, str]:
+        """What the UI's Test button and ``airflow connections test`` run: one cheap authenticated call, the first
+        page of batch jobs (the endpoint the hook depends on, on both backends), without retries, so the answer
+        is quick. Never raises (the caller shows the message as it is); the API key is kept out of the message."""
+        key = None
+        try:
+            key = self.connection.password
+            where, credentials = self._endpoint(), self._credentials()
+            client = self._build_client()  # not get_conn: a tested connection's id is transient, nothing to cache
+            config = types.ListBatchJobsConfig(page_size=1, http_options=types.HttpOptions(timeout=TEST_TIMEOUT_MS))
+            client.batches.list(config=config)  # the pager fetches its first page at once
+        except errors.APIError as exc:
+            hint = f"; check {credentials}" if exc.code in (400, 401, 403) else ""
+            reason = f"{exc.code} {exc.status}: {_redact(exc.message or '', key)}"
+            return False, f"{where} refused the batch jobs list: {reason}{hint}"
+        except httpx.TransportError as exc:
+            return False, f"{where} cannot be reached: {type(exc).__name__}: {_redact(str(exc), key)}"
+        except Exception as exc:  # noqa: BLE001 - any failure is the test's answer
+            return False, _redact(f"{type(exc).__name__}: {exc}", key)
+        return True, f"{where} answered the batch jobs list with {credentials}"
+
+    def _endpoint(self) -> str:
+        """The backend and where its calls go, as a person reads them."""
+        if self.backend == "vertex":
+            location = self._extra("location") or DEFAULT_LOCATION
+            return f"Vertex AI ({location}) at {self.base_url or 'its Google endpoint'}"
+        return f"Gemini Developer API at {self.base_url or DEVELOPER_BASE_URL}"
+
+    def _credentials(self) -> str:
+        if self.backend == "vertex":
+            from airflow.providers.google.common.hooks.base_google import GoogleBaseHook
+
+            return f"the credentials of connection {self.gcp_conn_id or GoogleBaseHook.default_conn_name!r}"
+        return "the API key"
 
     def _retry(self, call: Callable[..., T], *args, **kwargs) -> T:
         retrying = tenacity.Retrying(
@@ -420,6 +465,12 @@ class GeminiBatchHook(BaseHook):
                 raise OutputUnavailable(f"output {path} cannot be read: it is gone") from exc
             with stream:
                 yield from _split_lines(stream)
+
+
+def _redact(message: str, key: str | None) -> str:
+    """A message from the SDK or httpx may quote the key: never show it. A key of 5 characters or fewer (no real
+    key; the emulator's "local") is left alone, as Airflow's log masking does: it would mangle words."""
+    return message.replace(key, "***") if key and len(key) > 5 else message
 
 
 def _created_before(job: types.BatchJob, when: dt.datetime | None) -> bool:

@@ -14,16 +14,21 @@ are collected and the rest retried downstream. The operator and the sensor
 return the same small outcome dict: ``job_name``, ``display_name``,
 ``shard_id``, ``manifest_uri``, ``state``, ``stats``, ``error``,
 ``deadline_passed``.
+
+Both carry two extra links, read from XCom the tasks push (the job's name,
+and where its output is once known): "Gemini batch job" and "Batch output".
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from airflow.sdk import BaseOperator, BaseSensorOperator, ObjectStoragePath, PokeReturnValue
+from airflow.sdk import BaseOperator, BaseOperatorLink, BaseSensorOperator, ObjectStoragePath, PokeReturnValue
+from airflow.sdk.execution_time.xcom import XCom
 from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from google.genai import errors, types
@@ -34,17 +39,83 @@ from gemini_batch.claims import (
     slot_is_free,
 )
 from gemini_batch.hooks import (
-    CLOCK_SKEW, DEAD_STATES, GeminiBatchHook, QuotaExhausted, is_terminal, job_error, job_stats, state_name,
+    CLOCK_SKEW, DEAD_STATES, DEVELOPER_API_VERSION, DEVELOPER_BASE_URL, GeminiBatchHook, QuotaExhausted, is_terminal,
+    job_error, job_stats, state_name,
 )
 from gemini_batch.ledger import Ledger, ShardJob, now_iso
-from gemini_batch.triggers import GeminiBatchJobTrigger
+from gemini_batch.triggers import GeminiBatchJobTrigger, job_output
 
 SUCCEEDED_STATES = frozenset({"JOB_STATE_SUCCEEDED"})
 DEFAULT_EXPIRY_HOURS = 24.0
 HASH_CHUNK_BYTES = 2**20
 # Task state store keys: when a submit started (ISO, UTC), then the job it made.
 SUBMIT_STARTED_KEY = "submit_started_at"
-JOB_NAME_KEY = "job_name"
+JOB_NAME_KEY = "job_name"  # also the XCom key of the job's name
+OUTPUT_KEY = "job_output"  # XCom: where the job's output is (gs:// prefix or folder, or files/...), once known
+CONSOLE = "https://console.cloud.google.com"
+AI_STUDIO_BATCHES = "https://aistudio.google.com/batches"
+VERTEX_JOB = re.compile(r"projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/batchPredictionJobs/(?P<id>[^/]+)")
+
+
+class GeminiBatchJobLink(BaseOperatorLink):
+    """A Vertex AI job's page in the Google Cloud console. The Developer API has no page per job: its link is
+    AI Studio's list of batch jobs (the job's results file is the "Batch output" link)."""
+
+    name = "Gemini batch job"
+
+    def get_link(self, operator, *, ti_key) -> str:
+        job_name = XCom.get_value(ti_key=ti_key, key=JOB_NAME_KEY)
+        if not job_name:
+            return ""
+        if job := VERTEX_JOB.fullmatch(job_name):
+            return (f"{CONSOLE}/vertex-ai/locations/{job['location']}/batch-predictions/{job['id']}"
+                    f"?project={job['project']}")
+        return AI_STUDIO_BATCHES
+
+
+class GeminiBatchOutputLink(BaseOperatorLink):
+    """A job's output: a gs:// prefix in the console's storage browser; a Developer API results file as its
+    download URL, which no console shows and which needs the API key (``x-goog-api-key``), so a browser is
+    refused: the link names the file for a download with the key."""
+
+    name = "Batch output"
+
+    def get_link(self, operator, *, ti_key) -> str:
+        output = XCom.get_value(ti_key=ti_key, key=OUTPUT_KEY)
+        if not output:
+            return ""
+        if output.startswith("gs://"):
+            return f"{CONSOLE}/storage/browser/{output.removeprefix('gs://')}"
+        return f"{DEVELOPER_BASE_URL}/{DEVELOPER_API_VERSION}/{output}:download?alt=media"
+
+
+JOB_LINKS = (GeminiBatchJobLink(), GeminiBatchOutputLink())
+LINEAGE_EXTRA = "gemini_batch"  # the hook-lineage extra of a run's totals (gemini_batch.runs.Run.publish)
+
+
+def lineage_run_facets(task_instance, ti_state) -> dict:
+    """An OpenLineage ``[openlineage] custom_run_facets`` function (``gemini_batch.operators.lineage_run_facets``):
+    the totals a task recorded as hook-lineage extra ``LINEAGE_EXTRA`` (jobs, tokens, documents) as the run facet
+    ``geminiBatch``. The provider makes facets of SQL extras only, and a TaskFlow task cannot return its own."""
+    import attrs
+    from airflow.providers.common.compat.lineage.hook import get_hook_lineage_collector
+    from airflow.providers.common.compat.openlineage.facet import RunFacet
+
+    totals = {}
+    for extra in get_hook_lineage_collector().collected_assets.extra:
+        if extra.key == LINEAGE_EXTRA:
+            totals.update(extra.value)
+    if not totals:
+        return {}
+    facet = attrs.make_class("GeminiBatchRunFacet", list(totals), bases=(RunFacet,), kw_only=True)
+    return {"geminiBatch": facet(**totals)}
+
+
+def push_links(context, job_name: str, output: str | None) -> None:
+    """What the extra links read: the job's name and, once known, its output (small strings, no secret)."""
+    context["ti"].xcom_push(key=JOB_NAME_KEY, value=job_name)
+    if output:
+        context["ti"].xcom_push(key=OUTPUT_KEY, value=output)
 
 
 def default_display_name(dag_id: str, run_id: str, shard_id: str, keys: ObjectStoragePath) -> str:
@@ -145,6 +216,7 @@ class GeminiBatchSubmitOperator(BaseOperator):
     otherwise the task waits, deferred, for one to end.
     """
 
+    operator_extra_links = JOB_LINKS
     # gemini_conn_id, expiry and polling too: the DAG takes them as run params (contract 5); strings are converted.
     template_fields = (
         "manifest_uri", "model", "display_name", "output_prefix", "gemini_conn_id", "expiry_hours", "poll_interval",
@@ -210,7 +282,7 @@ class GeminiBatchSubmitOperator(BaseOperator):
             store.set(JOB_NAME_KEY, job.name)
         self.job_name = job.name
         self._record_job(hook, manifest, ShardJob(job.name, now_iso(), display_name))
-        ti.xcom_push(key="job_name", value=job.name)
+        push_links(context, job.name, job_output(job))
         if hook.backend == "developer":  # the SDK does not report a Developer API job's input: clean-up needs it
             ti.xcom_push(key="job_input", value=f"files/{shard_file_name(display_name)}")
         describe = self._describe(display_name, manifest)
@@ -286,6 +358,8 @@ class GeminiBatchSubmitOperator(BaseOperator):
         hook = GeminiBatchHook(self.gemini_conn_id)
         if describe is None:  # not every runner hands the defer kwargs back (dags test does not): rebuild them
             describe = self._describe(*reversed(self._shard(context, hook)))
+        if event["status"] == "terminal":
+            push_links(context, event["job_name"], event.get("output"))
         return complete_from_event(self, hook, event, describe)
 
     def _take_slot(self, context, hook: GeminiBatchHook, manifest: ShardManifest) -> bool:
@@ -358,6 +432,7 @@ class GeminiBatchJobSensor(BaseSensorOperator):
     for and never touches. A job named alone is never cancelled either.
     """
 
+    operator_extra_links = JOB_LINKS
     template_fields = ("job_name", "gemini_conn_id", "poll_interval", "expiry_hours")
 
     def __init__(
@@ -398,6 +473,7 @@ class GeminiBatchJobSensor(BaseSensorOperator):
             return observe_adopted(self, hook, submission, expiry=self.expiry, poll_interval=float(self.poll_interval),
                                    method_name="execute_complete")
         job = hook.get_job(submission["jobs"][0])
+        push_links(context, job.name, job_output(job))
         return wait_for_job(self, hook, job, expiry=self.expiry, poll_interval=float(self.poll_interval),
                             describe=_describe(submission, job))
 
@@ -411,6 +487,7 @@ class GeminiBatchJobSensor(BaseSensorOperator):
         if submission["adopted"]:
             return PokeReturnValue(True, adopted_outcome(submission, jobs))
         (job,) = jobs
+        push_links(context, job.name, job_output(job))
         if is_terminal(job):
             return PokeReturnValue(True, job_outcome(
                 self, _describe(submission, job), job.name, state_name(job), job_stats(job), job_error(job)))
@@ -424,6 +501,8 @@ class GeminiBatchJobSensor(BaseSensorOperator):
                                    method_name="execute_complete")
         if event["status"] == "deadline":
             return self._past_deadline(hook, submission, event["job_name"], event["state"], event.get("stats") or {})
+        if event["status"] == "terminal":
+            push_links(context, event["job_name"], event.get("output"))
         return complete_from_event(self, hook, event, describe or _describe(submission, None))
 
     def _past_deadline(self, hook, submission: Mapping, job_name: str, state: str | None, stats: Mapping) -> dict:

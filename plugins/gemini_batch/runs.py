@@ -35,6 +35,7 @@ from pathlib import Path
 
 import jsonschema
 import orjson
+from airflow.providers.common.compat.lineage.hook import get_hook_lineage_collector
 from airflow.sdk import ObjectStoragePath, Variable
 
 from gemini_batch import documents, jsonl, plan, results
@@ -44,15 +45,16 @@ from gemini_batch.cost import PRICES_VARIABLE, PriceTable, load_prices
 from gemini_batch.hooks import GeminiBatchHook, UnknownModel
 from gemini_batch.ledger import Claim, Ledger, LedgerEvent, claim_id, now_iso
 from gemini_batch.locations import as_path, is_gcs, uri_of
+from gemini_batch.operators import LINEAGE_EXTRA
 from gemini_batch.record_index import RecordIndex
 from gemini_batch.staging import FilesApiStager, GcsStager, StagedPart, StageFailure, stage_record
 
 log = logging.getLogger(__name__)
 FAILURES_LOGGED = 100  # the task log names this many failed documents with their reason; results.jsonl has all
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RETENTIONS = ("keep", "staged", "all")
 LEDGER_ROOT_ENV = "GEMINI_BATCH_STATE"  # where each DAG's ledger lives unless the state param names one
+HOME_ENV = "GEMINI_BATCH_HOME"  # what relative location params resolve against; else $AIRFLOW_HOME
 TEMPLATED_PARAMS = ("source", "output", "state", "staging_prefix")
 
 
@@ -155,12 +157,18 @@ def default_ledger(dag_id: str, gcp_conn_id: str | None = None) -> ObjectStorage
     return _location(root.rstrip("/") + "/" + dag_id, LEDGER_ROOT_ENV, gcp_conn_id)
 
 
+def base_folder() -> Path:
+    """Where relative ``source``/``output``/``state`` params point: ``$GEMINI_BATCH_HOME``, else ``$AIRFLOW_HOME``
+    (an Astro project's root, for example), else ``~/airflow``."""
+    return Path(os.environ.get(HOME_ENV) or os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow"))
+
+
 def _location(value: str, name: str, conn_id: str | None) -> ObjectStoragePath:
     if not isinstance(value, str) or not value.strip():
         raise RunConfigError(f"{name}: give a local folder or a gs:// prefix, got {value!r}")
     value = value.strip()
     if "://" not in value and not Path(value).is_absolute():
-        value = str(PROJECT_ROOT / value)  # relative to the project, wherever Airflow runs from
+        value = str(base_folder() / value)  # the same folder whatever directory a task runs in
     return as_path(value, conn_id=conn_id if value.startswith("gs://") else None)
 
 
@@ -473,8 +481,13 @@ class Run:
     # ------------------------------------------------------------------ publish and clean up
 
     def publish(self, summary: Mapping, *, jobs: int) -> dict:
-        """Write results.jsonl and summary.json (contract 6) and append this run's answers to the ledger."""
+        """Write results.jsonl and summary.json (contract 6) and append this run's answers to the ledger.
+
+        Lineage (hook-level: what a TaskFlow task can report; a no-op without the OpenLineage listener): the
+        source folder in, results.jsonl out, and the run's totals (jobs, tokens) as extra ``LINEAGE_EXTRA``.
+        """
         settings, ledger = self.settings, self.ledger
+        results_file = settings.output / "results.jsonl"  # one object for its writes and its lineage: one dataset
         rounds = self.last_round()
         totals = results.RunTotals()
         unsucceeded = 0
@@ -482,7 +495,7 @@ class Run:
               self.staging() as staged):
             outcomes.put((results.missing_outcome(key, f"not requested: {error}").to_json()
                           for key, error in staged.failures()), replace=False)
-            with jsonl.writer(settings.output / "results.jsonl") as write:
+            with jsonl.writer(results_file) as write:
                 for doc in plan.read_plan(self.folder.plan):
                     answered = {p.key: results.RowOutcome.from_json(o) for p in doc.parts if (o := outcomes.get(p.key))}
                     reused = {p.key: r for p in doc.parts if p.reused and (r := finished.finished(p.key)) is not None}
@@ -495,7 +508,7 @@ class Run:
                             log.warning("%s %s: %s", record.status.capitalize(), record.document, record.error)
             if unsucceeded > FAILURES_LOGGED:
                 log.warning("... and %d more documents failed or were rejected; all are in %s",
-                            unsucceeded - FAILURES_LOGGED, uri_of(settings.output / "results.jsonl"))
+                            unsucceeded - FAILURES_LOGGED, uri_of(results_file))
             at = now_iso()
             # Adopted answers too: the run that paid for them may have died before it could record them.
             ledger.append((LedgerEvent(o["key"], "answered" if o["status"] == "succeeded" else "failed",
@@ -507,6 +520,10 @@ class Run:
             estimated_cost_usd=summary["estimate"]["usd"],  # None: the model has no price
         )
         (settings.output / "summary.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+        lineage = get_hook_lineage_collector()
+        for add, path in ((lineage.add_input_asset, settings.source), (lineage.add_output_asset, results_file)):
+            add(path, uri=uri_of(path) if is_gcs(path) else f"file://{path.path}")
+        lineage.add_extra(settings.output, LINEAGE_EXTRA, report)
         return report
 
     def clean_up(self, job_names: Iterable[str], job_inputs: Iterable[str] = ()) -> dict:

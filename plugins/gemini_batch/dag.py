@@ -1,0 +1,254 @@
+"""The extraction DAG, built for any id and defaults: the repository's DAG, each pipeline file, or a user's own.
+
+plan -> check budget -> (approve the cost) -> stage -> build requests (leases the keys in the ledger)
+-> jobs (one mapped group per shard: submit, then a deferred sensor waits) ->
+collect -> retry rounds (failed keys only) -> publish results -> clean up.
+Each task opens the run (``gemini_batch.runs.Run``) and calls its step; this
+module only wires them. Nothing here runs at parse time but the wiring.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from airflow.sdk import DAG, Asset, Param, TaskGroup, TriggerRule, get_current_context, task, task_group
+from airflow.sdk.exceptions import AirflowFailException
+
+from gemini_batch import documents, runs
+from gemini_batch.approval import CostApprovalOperator
+from gemini_batch.locations import uri_of
+from gemini_batch.operators import GeminiBatchJobSensor, GeminiBatchSubmitOperator
+
+POOL = "gemini_batch_jobs"  # counts deferred tasks: caps worker and triggerer load (bin/setup: 10 slots)
+MAX_RETRY_ROUNDS = 3  # task groups in the graph; the retry_rounds param decides how many run
+DEFAULT_SCHEDULE = "0 2 * * *"
+DEFAULT_START = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+LANDING_ENV = "GEMINI_BATCH_LANDING"  # nightly runs of the repository's DAG read <landing>/<date>/
+
+DEFAULT_PROMPT = (
+    "Extract the invoice from this document: the invoice number, the issue date (YYYY-MM-DD), the vendor name, "
+    "the currency and the total amount due. Use null for anything the document does not state."
+)
+DEFAULT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "invoice_number": {"type": ["string", "null"]},
+        "date": {"type": ["string", "null"]},
+        "vendor": {"type": ["string", "null"]},
+        "currency": {"type": ["string", "null"]},
+        "total": {"type": ["number", "null"]},
+    },
+    "required": ["invoice_number", "date", "vendor", "currency", "total"],
+}
+
+
+def default_params() -> dict[str, Param]:
+    """The trigger form: every param with its default (``build_dag(params=...)`` replaces defaults)."""
+    landing = os.environ.get(LANDING_ENV)
+    return {
+        "source": Param(f"{landing}/{{{{ ds }}}}/" if landing else "include/samples", type="string", title="Source",
+                        description="Local folder or gs://bucket/prefix with the documents. Relative paths resolve "
+                                    "against $GEMINI_BATCH_HOME, else $AIRFLOW_HOME. Jinja works: "
+                                    "gs://landing/{{ ds }}/ reads the run's day."),
+        "output": Param("output/{{ ds }}", type="string", title="Output",
+                        description="Local folder or gs:// prefix for results.jsonl and summary.json (Jinja works)."),
+        "prompt": Param(DEFAULT_PROMPT, type="string", title="Prompt", minLength=1,
+                        description="One extraction prompt, sent with every document.", format="multiline"),
+        "response_schema": Param(DEFAULT_SCHEMA, type=["object", "null"], title="Response JSON schema",
+                                 description="JSON schema every answer must match; null for free JSON."),
+        "model": Param("gemini-2.5-flash-lite", type="string", title="Model",
+                       examples=["gemini-2.5-flash-lite", "gemini-3.8-flash", "gemini-3-flash-preview",
+                                 "gemini-3.5-flash-lite"],
+                       description="A model the service serves for batch jobs; the run checks it before anything is "
+                                   "uploaded. Prices: gemini_batch/prices.json, overridden by the Variable "
+                                   "gemini_batch_prices."),
+        "gemini_conn_id": Param("gemini_default", type="string", title="Gemini connection",
+                                description="A Gemini Batch (or generic) connection: API key, backend, base URL, "
+                                            "project."),
+        "max_cost_usd": Param(None, type=["number", "null"], minimum=0, title="Budget (USD)",
+                              description="Fail before submitting when the estimated cost is above this; null: no "
+                                          "limit."),
+        "approve_above_usd": Param(None, type=["number", "null"], minimum=0, title="Ask for approval above (USD)",
+                                   description="Above this estimate the run waits for a person to approve it in the "
+                                               "UI (Reject fails it); null: never ask."),
+        "retry_rounds": Param(2, type="integer", minimum=0, maximum=MAX_RETRY_ROUNDS, title="Retry rounds",
+                              description="How many times failed or unanswered requests are resubmitted."),
+        "max_pages": Param(50, type="integer", minimum=1, title="Pages per PDF part",
+                           description="Longer PDFs are split into page ranges of at most this many pages."),
+        "max_part_mb": Param(50, type="integer", minimum=1, title="MB per document part"),
+        "max_rows_per_job": Param(10_000, type="integer", minimum=1, title="Requests per batch job"),
+        "max_mb_per_job": Param(100, type="integer", minimum=1, title="MB of JSONL per batch job"),
+        "max_jobs_in_flight": Param(10, type="integer", minimum=1, title="Jobs in flight",
+                                    description="At most this many batch jobs of this DAG's runs (all that share the "
+                                                "ledger) run at once; a shard waits, deferred, for one to end."),
+        "thinking": Param("low", enum=["low", "model-default"], title="Thinking",
+                          description="low: the least thinking the model allows (best for extraction)."),
+        "expiry_hours": Param(24, type="number", minimum=0.001, title="Job expiry (hours)",
+                              description="A job not finished this long after submission is cancelled and its rows "
+                                          "retried."),
+        "poll_seconds": Param(30, type="number", minimum=0.1, title="Poll interval (seconds)"),
+        "staging_prefix": Param(None, type=["string", "null"], title="Vertex staging prefix",
+                                description="Vertex AI only: gs://bucket/prefix for documents, requests and outputs."),
+        "state": Param(None, type=["string", "null"], title="Ledger",
+                       description="Folder (or gs:// prefix) of the ledger every run of this DAG shares: what was "
+                                   "answered, and which run requests what now. Default: $GEMINI_BATCH_STATE/<dag "
+                                   "id>, else $AIRFLOW_HOME/gemini_batch/ledger/<dag id>."),
+        "retention": Param("staged", enum=list(runs.RETENTIONS), title="Clean-up",
+                           description="keep: keep everything; staged: delete staged uploads; all: also the work "
+                                       "files."),
+    }
+
+
+PARAM_NAMES = frozenset(default_params())
+
+
+def _open_run() -> runs.Run:
+    """The current task's run: settings checked once, work folder, ledger and hook."""
+    try:
+        return runs.Run.from_context(get_current_context())
+    except runs.RunConfigError as exc:
+        raise AirflowFailException(str(exc)) from None  # retrying cannot fix a parameter
+
+
+@task(multiple_outputs=False)  # one XCom: the plan's URI and counts (a dict return would be split per key)
+def plan_documents() -> dict:
+    """An empty source plans zero documents and the run publishes an empty result; a missing one fails at once."""
+    try:
+        return _open_run().plan().to_json()
+    except (documents.SourceError, runs.RunConfigError) as exc:
+        raise AirflowFailException(str(exc)) from None  # a missing source or an unknown model: a parameter to fix
+
+
+@task
+def check_budget(planned: dict) -> None:
+    try:
+        _open_run().check_budget(planned)
+    except runs.RunConfigError as exc:
+        raise AirflowFailException(str(exc)) from None  # over budget: no retry
+
+
+@task(multiple_outputs=False)
+def stage_documents() -> dict:
+    return _open_run().stage()
+
+
+@task
+def build_requests() -> list[str]:
+    return _open_run().build(0)
+
+
+@task(trigger_rule=TriggerRule.NONE_FAILED, multiple_outputs=False)
+def collect_results(round_: int, jobs) -> dict:
+    # A mapped group of one shard hands its single outcome on unwrapped (Airflow 3.3), not as a list of one.
+    return _open_run().collect(round_, [jobs] if isinstance(jobs, Mapping) else list(jobs or []))
+
+
+@task(trigger_rule=TriggerRule.NONE_FAILED)
+def prepare_retry(round_: int) -> list[str]:
+    return _open_run().retry(round_)
+
+
+@task_group(group_id="jobs", tooltip="Per shard: submit its batch job, then wait for it (deferred)")
+def batch_job(manifest_uri: str, pool: str = POOL):
+    submitted = GeminiBatchSubmitOperator(
+        task_id="submit",
+        manifest_uri=manifest_uri,
+        model="{{ params.model }}",
+        gemini_conn_id="{{ params.gemini_conn_id }}",
+        expiry_hours="{{ params.expiry_hours }}",
+        poll_interval="{{ params.poll_seconds }}",
+        max_jobs_in_flight="{{ params.max_jobs_in_flight }}",
+        wait=False,
+        pool=pool,
+    )
+    return GeminiBatchJobSensor(
+        task_id="wait",
+        job_name=submitted.output,
+        gemini_conn_id="{{ params.gemini_conn_id }}",
+        expiry_hours="{{ params.expiry_hours }}",
+        poll_interval="{{ params.poll_seconds }}",
+        pool=pool,
+    ).output
+
+
+@task(trigger_rule=TriggerRule.NONE_FAILED, multiple_outputs=True)  # the summary's fields in the UI
+def publish_results(planned: dict, collected: list[dict], outlet_events=None) -> dict:
+    run = _open_run()
+    summary = run.publish(planned, jobs=sum(c["jobs"] for c in collected))
+    for asset in get_current_context()["outlets"]:
+        outlet_events[asset].extra = {"output": uri_of(run.settings.output), **summary}
+    return summary
+
+
+@task(multiple_outputs=False)  # the DAG makes it a teardown: it runs whatever happened upstream
+def clean_up() -> dict:
+    context = get_current_context()
+    task_ids = ["jobs.submit"] + [f"retry_round_{r}.jobs.submit" for r in range(1, MAX_RETRY_ROUNDS + 1)]
+    names, inputs = ([v for v in context["ti"].xcom_pull(task_ids=task_ids, key=key) or [] if v]
+                     for key in ("job_name", "job_input"))
+    return _open_run().clean_up(names, inputs)
+
+
+def results_asset(dag_id: str) -> Asset:
+    """What a DAG's publish step updates, for DAGs scheduled on its results."""
+    return Asset(name=f"{dag_id}.results", uri=f"gemini-batch://{dag_id}/results")
+
+
+def build_dag(
+    dag_id: str = "gemini_batch_extract",
+    *,
+    params: Mapping[str, Any] | None = None,
+    schedule: Any = DEFAULT_SCHEDULE,
+    start_date: dt.datetime = DEFAULT_START,
+    description: str = "Documents in a folder -> one structured record each, with Gemini Batch Mode",
+    tags: Iterable[str] = ("gemini", "batch", "extraction"),
+    max_active_runs: int = 4,
+    pool: str = POOL,
+    doc_md: str | None = None,
+) -> DAG:
+    """The extraction DAG under ``dag_id``; ``params`` replaces the defaults of the trigger form's fields.
+
+    Every task is idempotent (a resubmitted shard reattaches to its job by name), so a lost worker or a
+    transient failure is retried; parameter and budget errors fail at once (AirflowFailException).
+    """
+    unknown = sorted(set(params or {}) - PARAM_NAMES)
+    if unknown:
+        raise ValueError(f"build_dag({dag_id!r}): unknown params {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(PARAM_NAMES))}")
+    form = default_params()
+    for name, value in (params or {}).items():
+        param = form[name]
+        form[name] = Param(copy.deepcopy(value), param.description, schema=param.schema)
+    with DAG(
+        dag_id=dag_id,
+        description=description,
+        schedule=schedule,
+        start_date=start_date,
+        catchup=False,
+        max_active_runs=max_active_runs,
+        default_args={"retries": 2, "retry_delay": dt.timedelta(seconds=30)},
+        params=form,
+        tags=list(tags),
+        doc_md=doc_md or __doc__,
+    ) as dag:
+        planned = plan_documents()
+        staged = stage_documents()
+        approved = CostApprovalOperator(task_id="approve_cost", planned=planned,
+                                        threshold_usd="{{ params.approve_above_usd }}")
+        check_budget(planned) >> approved >> staged
+        manifests = build_requests()
+        staged >> manifests
+        collected = [collect_results(0, batch_job.partial(pool=pool).expand(manifest_uri=manifests))]
+        for round_ in range(1, MAX_RETRY_ROUNDS + 1):
+            with TaskGroup(f"retry_round_{round_}", tooltip="Resubmit the requests that failed or got no answer"):
+                retry_manifests = prepare_retry(round_)
+                collected[-1] >> retry_manifests
+                collected.append(collect_results(round_, batch_job.partial(pool=pool).expand(
+                    manifest_uri=retry_manifests)))
+        published = publish_results.override(outlets=[results_asset(dag_id)])(planned, collected)
+        published >> clean_up().as_teardown()  # a teardown does not decide the run's state
+    return dag

@@ -1,0 +1,187 @@
+"""Pipelines as config: each YAML file in a pipelines folder becomes one extraction DAG.
+
+A pipeline file names its DAG (``dag_id``, default the file's name), its
+``schedule`` and ``start_date``, and the run's defaults: ``source``,
+``output``, ``prompt``, ``schema`` (inline, or ``schema_file`` beside it),
+``model``, ``gemini_conn_id`` and ``limits`` (any of the DAG's numeric
+params). Every file is checked when the DAG file is parsed; a file with a
+mistake is left out, named with the field in the loader file's import error,
+and the other pipelines load.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import orjson
+import yaml
+from airflow.sdk import DAG
+
+from gemini_batch import results
+from gemini_batch.dag import build_dag, default_params
+from gemini_batch.runs import base_folder
+
+PIPELINES_ENV = "GEMINI_BATCH_PIPELINES"  # the pipelines folder; default <GEMINI_BATCH_HOME>/include/pipelines
+ERRORS_DAG_ID = "gemini_batch_pipeline_errors"
+RUN_FIELDS = ("source", "output", "prompt", "model", "gemini_conn_id", "state", "staging_prefix", "thinking",
+              "retention")
+LIMIT_FIELDS = ("max_cost_usd", "approve_above_usd", "retry_rounds", "max_pages", "max_part_mb", "max_rows_per_job",
+                "max_mb_per_job", "max_jobs_in_flight", "expiry_hours", "poll_seconds")
+SCHEMA_KEYWORDS = ("type", "enum", "minimum", "maximum", "minLength")
+
+
+class PipelineError(ValueError):
+    """A pipeline file that cannot become a DAG: the message names the file and the field."""
+
+
+def _param_schema(name: str) -> dict:
+    """A field's JSON schema, the trigger form's own (one definition of what each param accepts)."""
+    schema = default_params()[name].schema
+    return {key: schema[key] for key in SCHEMA_KEYWORDS if key in schema}
+
+
+def file_schema() -> dict:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "dag_id": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,250}$"},
+            "description": {"type": "string"},
+            "schedule": {"type": ["string", "null"]},
+            "start_date": {"type": ["string", "null"]},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "max_active_runs": {"type": "integer", "minimum": 1},
+            "schema": {"type": ["object", "null"]},
+            "schema_file": {"type": "string", "minLength": 1},
+            **{name: _param_schema(name) for name in RUN_FIELDS},
+            "limits": {"type": "object", "additionalProperties": False,
+                       "properties": {name: _param_schema(name) for name in LIMIT_FIELDS}},
+        },
+        "required": ["source", "prompt"],
+        "not": {"required": ["schema", "schema_file"]},
+    }
+
+
+def _field(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        return f"{path + '.' if path else ''}{', '.join(sorted(set(error.instance) - set(error.schema['properties'])))}"
+    if error.validator == "required":
+        return f"{path + '.' if path else ''}{error.message.split(chr(39))[1]}"
+    if error.validator == "not":
+        return "schema, schema_file"
+    return path or "(the file)"
+
+
+def _read(path: Path) -> dict:
+    try:
+        with path.open("rb") as file:
+            data = yaml.safe_load(file)
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{path}: not valid YAML: {exc}") from None
+    # YAML reads an unquoted date as a date: the check below wants the text the user wrote.
+    if isinstance(data, dict) and isinstance(data.get("start_date"), (dt.date, dt.datetime)):
+        data["start_date"] = data["start_date"].isoformat()
+    if not isinstance(data, dict):
+        raise PipelineError(f"{path}: a pipeline file is a mapping of fields (dag_id, source, prompt, ...)")
+    errors = sorted(jsonschema.Draft202012Validator(file_schema()).iter_errors(data), key=lambda e: list(e.path))
+    if errors:
+        first = errors[0]
+        message = "give either schema or schema_file, not both" if first.validator == "not" else first.message
+        raise PipelineError(f"{path}: field {_field(first)}: {message}")
+    return data
+
+
+def _schema_of(path: Path, data: Mapping) -> dict | None:
+    if "schema_file" not in data:
+        schema = data.get("schema")
+    else:
+        schema_path = path.parent / data["schema_file"]
+        try:
+            schema = orjson.loads(schema_path.read_bytes()) if schema_path.suffix == ".json" else yaml.safe_load(
+                schema_path.read_text())
+        except (OSError, orjson.JSONDecodeError, yaml.YAMLError) as exc:
+            raise PipelineError(f"{path}: field schema_file: cannot read {schema_path}: {exc}") from None
+    if schema is not None:
+        try:
+            results.check_schema(schema)
+        except (jsonschema.SchemaError, ValueError, TypeError) as exc:
+            field = "schema_file" if "schema_file" in data else "schema"
+            raise PipelineError(f"{path}: field {field}: not a valid JSON schema: "
+                                f"{getattr(exc, 'message', exc)}") from None
+    return schema
+
+
+def _start_date(path: Path, value: str | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        start = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise PipelineError(f"{path}: field start_date: {value!r} is not an ISO date (YYYY-MM-DD)") from None
+    return start if start.tzinfo else start.replace(tzinfo=dt.timezone.utc)
+
+
+def pipeline_dag(path: Path) -> DAG:
+    """The DAG one pipeline file describes (PipelineError names the file and the field when it cannot)."""
+    data = _read(path)
+    params: dict[str, Any] = {name: data[name] for name in RUN_FIELDS if name in data}
+    params.update(data.get("limits") or {})
+    if "schema" in data or "schema_file" in data:
+        params["response_schema"] = _schema_of(path, data)
+    options: dict[str, Any] = {name: data[name] for name in ("description", "tags", "max_active_runs") if name in data}
+    if "schedule" in data:
+        options["schedule"] = data["schedule"]
+    start = _start_date(path, data.get("start_date"))
+    if start is not None:
+        options["start_date"] = start
+    if "schedule" in data:
+        try:
+            DAG(dag_id="schedule_check", schedule=data["schedule"]).timetable.validate()  # Airflow's own reading
+        except Exception as exc:  # noqa: BLE001 - whatever Airflow refuses a schedule with
+            raise PipelineError(f"{path}: field schedule: {data['schedule']!r} is not a cron expression or preset "
+                                f"(@daily, ...) Airflow reads: {exc}") from None
+    try:
+        return build_dag(data.get("dag_id") or path.stem, params=params, doc_md=f"Pipeline file `{path.name}`.",
+                         **options)
+    except ValueError as exc:  # a param value the DAG's own form refuses
+        raise PipelineError(f"{path}: {exc}") from None
+
+
+class PipelineErrors(DAG):
+    """Stands in for the pipeline files that failed their check. Airflow validates every DAG a file defines
+    before keeping it: this one's ``validate`` raises the files' errors, which become the loader file's import
+    error, while the good pipelines load."""
+
+    def validate(self):
+        raise PipelineError(self.doc_md)
+
+
+def pipelines_folder() -> Path:
+    return Path(os.environ.get(PIPELINES_ENV) or base_folder() / "include" / "pipelines")
+
+
+def load_pipelines(folder: Path | str | None = None) -> dict[str, DAG]:
+    """Every ``*.yaml``/``*.yml`` file of ``folder`` as a DAG, by DAG id (a DAG file puts them in its globals)."""
+    folder = Path(folder) if folder else pipelines_folder()
+    dags: dict[str, DAG] = {}
+    sources: dict[str, Path] = {}
+    problems: list[str] = []
+    for path in sorted(p for p in folder.glob("*.y*ml") if p.suffix in (".yaml", ".yml")):
+        try:
+            dag = pipeline_dag(path)
+        except PipelineError as exc:
+            problems.append(str(exc))
+            continue
+        if dag.dag_id in dags:
+            problems.append(f"{path}: field dag_id: {dag.dag_id!r} is already the DAG of {sources[dag.dag_id]}")
+            continue
+        dags[dag.dag_id], sources[dag.dag_id] = dag, path
+    if problems:
+        dags[ERRORS_DAG_ID] = PipelineErrors(ERRORS_DAG_ID, schedule=None, doc_md="\n".join(problems))
+    return dags
