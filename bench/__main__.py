@@ -1,12 +1,16 @@
 """Run every benchmark and print one table: ``bin/bench`` (``--quick`` for a smoke run of a minute or two).
 
-1. preparation: 1,000 and 10,000 PDFs against the sequential baseline and the
-   hash-only floor, on loopback and with a 50 ms network round trip;
-2. collection: a 1 GB output JSONL against a bare orjson loop;
-3. orchestration: the demo DAG under ``dags test`` split into Airflow and our
+1. preparation: 1,000 and 10,000 PDFs (inline, and uploaded first) against the
+   sequential baseline, the hash-only floor and the request floor (read,
+   sha256, base64, write; one core and all), on loopback and with a 50 ms
+   network round trip;
+2. collection: a 1 GB output JSONL against a bare orjson loop (one core, all cores);
+3. end-to-end: 2,000 PDFs, the whole ``dags test`` run against the
+   hand-written script, 50 ms per request;
+4. orchestration: the demo DAG under ``dags test`` split into Airflow and our
    tasks, and the triggerer's CPU per waiting job;
-4. scaling: preparation and collection at 1k, 10k and 100k documents;
-5. ledger: planning 1,000 new PDFs against 0, 100k and 1M answered keys.
+5. scaling: preparation and collection at 1k, 10k and 100k documents;
+6. ledger: planning 1,000 new PDFs against 0, 100k and 1M answered keys.
 
 Targets are printed beside the numbers, never asserted. Generated inputs are
 kept in the work folder (default /tmp/gemini-batch-bench) for the next run;
@@ -23,8 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench import collect, ledger, orchestration, prepare
+from bench import collect, end_to_end, ledger, orchestration, prepare
 from bench.common import ROOT, Row
+
+CHOICES = ["preparation", "collection", "end-to-end", "orchestration", "scaling", "ledger"]
 
 COLUMNS = (("bench", "benchmark"), ("case", "case"), ("size", "size"), ("seconds", "s"), ("rate", "rate"),
            ("peak_rss_mb", "peak RSS MB"), ("compare", "compared"), ("target", "target"), ("met", "met"))
@@ -33,12 +39,11 @@ COLUMNS = (("bench", "benchmark"), ("case", "case"), ("size", "size"), ("seconds
 def main() -> None:
     parser = argparse.ArgumentParser(prog="bin/bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes only: checks the benchmarks run")
-    parser.add_argument("--only", choices=["preparation", "collection", "orchestration", "scaling", "ledger"],
-                        action="append")
+    parser.add_argument("--only", choices=CHOICES, action="append")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/gemini-batch-bench"))
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    chosen = set(args.only or ["preparation", "collection", "orchestration", "scaling", "ledger"])
+    chosen = set(args.only or CHOICES)
     small, large = (200, 1_000) if args.quick else (1_000, 10_000)
 
     plans = []
@@ -47,12 +52,15 @@ def main() -> None:
                   lambda: prepare.run(args.workdir, small, latency_ms=50)]
     if "collection" in chosen:
         plans.append(lambda: collect.run(args.workdir, 20 if args.quick else 1024))
+    if "end-to-end" in chosen:
+        plans.append(lambda: end_to_end.run(args.workdir, 200 if args.quick else 2_000))
     if "orchestration" in chosen:
         plans.append(lambda: orchestration.run(args.workdir, quick=args.quick))
     if "scaling" in chosen:
         for count in (small, large) if args.quick else (1_000, 10_000, 100_000):
             plans.append(lambda count=count: [
-                r for r in prepare.run(args.workdir, count, baseline=False, bench="scaling") if r.case.startswith("ours")])
+                r for r in prepare.run(args.workdir, count, baseline=False, staged=False, bench="scaling")
+                if r.case.startswith("ours")])
             plans.append(lambda count=count: [
                 r for r in collect.run(args.workdir, keys=count, bench="scaling") if r.case.startswith("ours")])
 

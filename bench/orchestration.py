@@ -222,7 +222,7 @@ def our_steps(home: str, url: str, output: str) -> dict:
         return open_run().retry(round_)
 
     def publish_results(planned, collected):
-        return open_run().publish(planned, jobs=sum(c["jobs"] for c in collected))
+        return open_run().publish(planned, job_names=[name for c in collected for name in c["job_names"]])
 
     def clean_up():
         return open_run().clean_up(ti.pushed("job_name"), ti.pushed("job_input"))

@@ -9,6 +9,7 @@ helpers) check the same end to end, against the emulator's own record of what it
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -174,9 +175,10 @@ def test_a_name_that_is_not_utf8_is_read_and_shown_with_escapes(tmp_path):
     assert line["uri"] == f"{source}/caf\\xe9.pdf"
     (doc,) = plan.read_plan(as_path(tmp_path / "plan.jsonl"))
     assert os.fsencode(doc.path) == NON_UTF8
-    (item,) = plan.parts_to_stage(as_path(tmp_path / "plan.jsonl"), as_path(source))
-    with documents.open_part(item.location, item.pages) as stream:
-        assert stream.read() == data
+    (manifest,), unbuilt = plan.build_shards(as_path(tmp_path / "plan.jsonl"), as_path(source), {},
+                                             RequestSpec(model=MODEL, prompt="Extract."), as_path(tmp_path / "shards"))
+    (row,) = map(orjson.loads, as_path(manifest.uri).read_bytes().splitlines())
+    assert unbuilt == {} and base64.b64decode(row["request"]["contents"][0]["parts"][1]["inlineData"]["data"]) == data
     record = results.document_record(doc, {}, {}).to_json()
     assert record["document"] == "caf\\xe9.pdf" and orjson.dumps(record).decode("utf-8")
 
@@ -245,7 +247,8 @@ def planned_key(run: runs.Run, document: str) -> str:
 
 def test_a_source_that_disappears_mid_run_fails_only_what_it_still_needed(start_emulator, monkeypatch, tmp_path):
     """Staged documents need their source no more; text goes inline, read when the requests are built: once the
-    folder is gone it fails with the cause, and the rest of the run goes on to publish."""
+    folder is gone it fails with the cause, and the rest of the run goes on to publish. (Staging every PDF:
+    tests/test_runs.py has the same for inline ones.)"""
     server = start_emulator(time_scale=3600)
     use_developer(monkeypatch, server.url)
     hook = GeminiBatchHook()
@@ -254,8 +257,8 @@ def test_a_source_that_disappears_mid_run_fails_only_what_it_still_needed(start_
     (source / "invoice.pdf").write_bytes(pdf_bytes("Invoice INV-0001 total 1.00 EUR"))
     (source / "sub" / "note.txt").write_text("Invoice T-2, total 2.00 EUR\n")
     (source / "late.pdf").write_bytes(pdf_bytes("Invoice INV-0003 total 3.00 EUR"))
-    run = runs.Run.from_params({**PARAMS, "source": str(source), "output": str(tmp_path / "out")}, "manual__vanish",
-                               hook)
+    run = runs.Run.from_params({**PARAMS, "source": str(source), "output": str(tmp_path / "out"), "inline_max_mb": 0},
+                               "manual__vanish", hook)
     planned = run.plan().to_json()
     late = source.parent / "late.pdf"
     (source / "late.pdf").rename(late)  # gone before staging
@@ -268,7 +271,7 @@ def test_a_source_that_disappears_mid_run_fails_only_what_it_still_needed(start_
     src = hook.upload_jsonl(hook.storage_path(ShardManifest.load(manifest_uri).uri), "gbs-vanish")
     job = wait_until_ended(hook, hook.create_job(model=MODEL, src=src, display_name="vanish").name)
     run.collect(0, [{"manifest_uri": manifest_uri, "job_name": job.name, "state": job.state.name}])
-    report = run.publish(planned, jobs=1)
+    report = run.publish(planned, job_names=[job.name])
 
     records, summary = read_results(tmp_path / "out")
     assert records["invoice.pdf"]["status"] == "succeeded"

@@ -4,6 +4,7 @@ on local disk and on gs://."""
 
 from __future__ import annotations
 
+import base64
 import tempfile
 import time
 
@@ -15,7 +16,8 @@ from google.genai import types
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gemini_batch.batch_requests import RequestSpec, ShardManifest, ShardWriter, build_row, generation_config
+from gemini_batch.batch_requests import (RequestSpec, ShardManifest, ShardWriter, build_row, generation_config,
+                                         inline_budget)
 from gemini_batch.locations import as_path
 from gemini_emulator import responder
 from gemini_emulator.config import Faults
@@ -117,10 +119,27 @@ def test_row_with_inline_text():
     assert row["request"]["contents"][0]["parts"] == [{"text": "Extract."}, {"text": "Invoice number: 7"}]
 
 
+def test_row_with_inline_bytes_carries_them_in_base64():
+    row = build_row("k3", RequestSpec(model="gemini-2.5-flash", prompt="Extract."), data=b"%PDF-1.7 \x00\xff",
+                    mime_type="application/pdf")
+    assert row["request"]["contents"][0]["parts"][1] == {
+        "inlineData": {"mimeType": "application/pdf", "data": base64.b64encode(b"%PDF-1.7 \x00\xff").decode()}}
+
+
+@pytest.mark.parametrize("max_row_bytes", [10_000, 2**20 + 7])
+def test_the_inline_budget_is_the_largest_part_whose_row_fits(max_row_bytes):
+    spec = RequestSpec(model="gemini-2.5-flash", prompt="Extract " * 100, response_schema=SCHEMA)
+    budget = inline_budget(spec, max_row_bytes)
+    def row_bytes(size):
+        return len(orjson.dumps(build_row("k" * 64, spec, data=b"x" * size, mime_type="application/pdf"))) + 1
+    assert row_bytes(budget) <= max_row_bytes < row_bytes(budget + 3)
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({}, "exactly one of file_uri or text"),
-    ({"file_uri": "files/a", "mime_type": "application/pdf", "text": "t"}, "exactly one of file_uri or text"),
+    ({}, "exactly one of file_uri, data or text"),
+    ({"file_uri": "files/a", "mime_type": "application/pdf", "text": "t"}, "exactly one of file_uri, data or text"),
     ({"file_uri": "files/a"}, "needs a mime_type"),
+    ({"data": b"x"}, "needs a mime_type"),
 ])
 def test_row_needs_exactly_one_document(kwargs, message):
     with pytest.raises(ValueError, match=f"row k: .*{message}"):
@@ -148,6 +167,7 @@ def test_every_known_model_gets_rows_the_responder_answers(model, document, invo
 def test_a_shard_of_rows_runs_as_a_real_batch(client, invoice_pdf, tmp_path):
     """Rows as built here, uploaded and answered through the google-genai client."""
     uploaded = client.files.upload(file=str(invoice_pdf), config={"mime_type": "application/pdf"})
+    data = invoice_pdf.read_bytes()
     while uploaded.state != types.FileState.ACTIVE:
         time.sleep(0.05)
         uploaded = client.files.get(name=uploaded.name)
@@ -155,6 +175,7 @@ def test_a_shard_of_rows_runs_as_a_real_batch(client, invoice_pdf, tmp_path):
     with ShardWriter(as_path(tmp_path / "shards")) as writer:
         writer.add(build_row("from-file", spec, file_uri=uploaded.uri, mime_type="application/pdf"))
         writer.add(build_row("from-text", spec, text="Invoice number: INV-7\nTotal: 10\n"))
+        writer.add(build_row("inline", spec, data=data, mime_type="application/pdf"))
     (manifest,) = writer.manifests
     src = client.files.upload(file=manifest.uri, config={"mime_type": "application/jsonl"})
     job = client.batches.create(model=spec.model, src=src.name)
@@ -167,7 +188,8 @@ def test_a_shard_of_rows_runs_as_a_real_batch(client, invoice_pdf, tmp_path):
     for line in client.files.download(file=job.dest.file_name).splitlines():
         row = orjson.loads(line)
         answers[row["key"]] = orjson.loads(row["response"]["candidates"][0]["content"]["parts"][0]["text"])
-    assert answers == {"from-file": {"invoice_number": "INV-42", "total": 1234.5}, "from-text": {"invoice_number": "INV-7", "total": 10}}
+    assert answers == {"from-file": {"invoice_number": "INV-42", "total": 1234.5}, "from-text": {"invoice_number": "INV-7", "total": 10},
+                       "inline": {"invoice_number": "INV-42", "total": 1234.5}}
 
 
 # ---------------------------------------------------------------- shards

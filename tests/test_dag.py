@@ -11,7 +11,7 @@ import json
 import shutil
 
 import pytest
-from conftest import developer_client, requests_made
+from conftest import developer_client, requests_made, storage_client
 from dagrun import (
     SAMPLES, assert_contract, developer_conn, read_results, round_keys, run_dag, submitted_jobs, submitted_keys,
 )
@@ -46,7 +46,10 @@ def test_developer_run_over_the_samples(airflow_home, source, tmp_path, start_em
     assert summary["requests"] == 8 == sum(map(len, keys)) == len({k for job in keys for k in job})
     assert summary["jobs"] == len(keys) == 1
     assert summary["input_tokens"] > 0
-    # retention "staged" (the default): the staged documents and the job's uploaded input are deleted
+    # Every sample is small: each goes inline in its row, so the job's JSONL is the one upload; clean-up
+    # (retention "staged", the default) deletes it.
+    starts = [r for r in requests_made(server, "POST", "/upload/v1beta/files") if "upload_id=" not in r["query"]]
+    assert len(starts) == 1, starts
     client = developer_client(server.url)
     assert [f.source.name for f in client.files.list()] == ["GENERATED"], "only the job's output file is left"
 
@@ -114,14 +117,21 @@ def test_budget_gate_fails_before_submitting(airflow_home, source, tmp_path, sta
 
 
 def test_vertex_run_through_gcs(airflow_home, source, tmp_path, start_emulator, gcs):
+    """A gs:// source on Vertex: whole documents are referenced where they are (nothing copied), the statement's
+    page ranges go inline; the job reads and writes gs://."""
     server = start_emulator(time_scale=600, gcs_endpoint=gcs.url)
+    bucket = storage_client(gcs.url).bucket("test-bucket")
+    for path in sorted(source.rglob("*")):
+        if path.is_file():
+            bucket.blob(f"dag-vertex-landing/{path.relative_to(source)}").upload_from_filename(path)
     conn = {"conn_type": "generic", "extra": {"backend": "vertex", "base_url": server.url, "project": "test-project",
                                               "location": "us-central1", "gcp_conn_id": "gcs_emulator"}}
     gcp = json.dumps({"conn_type": "google_cloud_platform", "extra": {"is_anonymous": True, "project": "test-project"}})
     output = tmp_path / "out"
     done = run_dag(
         airflow_home, conn,
-        {"source": str(source), "output": str(output), "staging_prefix": "gs://test-bucket/dag-vertex"},
+        {"source": "gs://test-bucket/dag-vertex-landing", "output": str(output),
+         "staging_prefix": "gs://test-bucket/dag-vertex"},
         "2026-11-05",
         extra_env={"AIRFLOW_CONN_GCS_EMULATOR": gcp, "STORAGE_EMULATOR_HOST": gcs.url},
     )
@@ -130,6 +140,15 @@ def test_vertex_run_through_gcs(airflow_home, source, tmp_path, start_emulator, 
     assert_contract(records, summary, source)
     assert summary["succeeded"] == 7 and summary["jobs"] == 1
     assert sum(map(len, submitted_keys(server))) == 8
+    jobs_dir = server.log_path.parent / "jobs"
+    (job_input,) = jobs_dir.glob("*.input.jsonl")
+    documents = [row["request"]["contents"][0]["parts"][1] for row in map(json.loads, job_input.read_text().splitlines())]
+    in_place = sorted(d["fileData"]["fileUri"] for d in documents if "fileData" in d)
+    assert in_place == [f"gs://test-bucket/dag-vertex-landing/{name}" for name in
+                        ("invoice-1-copy.pdf", "invoice-2.pdf", "invoice-3.pdf", "scans/invoice-5.png")], in_place
+    # (invoice-1.pdf has the copy's bytes and key: one request, for the first in discovery order)
+    assert sum("inlineData" in d for d in documents) == 3  # the statement's three page ranges
+    assert not list(bucket.list_blobs(prefix="dag-vertex/documents/")), "nothing was copied to the staging prefix"
 
 
 def test_dated_source_and_output_follow_the_logical_date(airflow_home, tmp_path, start_emulator):

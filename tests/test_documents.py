@@ -19,7 +19,8 @@ from pypdf import PdfReader, PdfWriter
 
 from conftest import storage_client
 from gemini_batch import documents
-from gemini_batch.documents import Limits, PartSpec, SourceError, SourceFile, discover, inspect, open_part, read_text
+from gemini_batch.documents import (Limits, PartSpec, SourceChanged, SourceError, SourceFile, discover, inline_text,
+                                    inspect, open_part, read_inline)
 from gemini_batch.locations import as_path
 
 SUPPORTED = "(supported: PDF, PNG, JPEG, WEBP, text, Markdown, HTML)"
@@ -297,9 +298,32 @@ def test_text_kinds(tmp_path, name, data, mime_type):
     assert (result.mime_type, result.rejected, result.parts) == (mime_type, None, (PartSpec(None, len(data)),))
 
 
-def test_read_text_strips_the_bom_and_keeps_line_endings(tmp_path):
+def text_of(location) -> str:
+    return inline_text(read_inline(location, None, None))
+
+
+def test_inline_text_strips_the_bom_and_keeps_line_endings(tmp_path):
     (tmp_path / "win.txt").write_bytes(b"\xef\xbb\xbfline one\r\nline two\r\n")
-    assert read_text(as_path(tmp_path / "win.txt")) == "line one\r\nline two\r\n"
+    assert text_of(as_path(tmp_path / "win.txt")) == "line one\r\nline two\r\n"
+
+
+def test_an_inline_part_is_what_open_part_sends_and_only_while_the_file_is_unchanged(tmp_path):
+    path = tmp_path / "long.pdf"
+    path.write_bytes(pdf_bytes(6))
+    (inspection,) = [inspect(f, Limits(max_pages=2)) for f in discover(as_path(tmp_path))]
+    location = as_path(path)
+    for checked, part in enumerate(inspection.parts):
+        with open_part(location, part.pages) as stream:
+            assert read_inline(location, part.pages, inspection.sha256, checked=bool(checked)) == stream.read()
+    assert read_inline(location, None, inspection.sha256) == path.read_bytes()
+
+    path.write_bytes(pdf_bytes(7))  # edited after the plan
+    for pages in (None, (1, 2)):
+        with pytest.raises(SourceChanged, match="changed since the run planned it"):
+            read_inline(location, pages, inspection.sha256)
+    path.unlink()
+    with pytest.raises(FileNotFoundError):
+        read_inline(location, None, inspection.sha256)
 
 
 def test_non_utf8_text_is_rejected_with_the_offending_byte(tmp_path):
@@ -409,7 +433,7 @@ def test_symlinks_inside_are_followed_and_others_rejected(tmp_path):
     ]
     for followed in ["alias.txt", "mirror/report.txt", "docs/report.txt"]:
         assert found[followed].rejected is None and found[followed].size == 7
-        assert read_text(found[followed].location) == "report\n"
+        assert text_of(found[followed].location) == "report\n"
     assert found["escape.txt"].rejected == f"symlink to {outside / 'secret.txt'}, outside the source: not followed"
     assert found["escape-folder"].rejected == f"symlink to {outside}, outside the source: not followed"
     assert found["broken.txt"].rejected == "broken symlink: No such file or directory"
@@ -433,7 +457,7 @@ def test_special_files_are_rejected_and_undecodable_names_read(tmp_path):
         ("caf\udce9.txt", None),  # its exact bytes, as surrogate escapes; JSON shows it as caf\xe9.txt
         ("pipe", "not a regular file (device, FIFO or socket)"),
     ]
-    assert read_text(found[0].location) == "x"
+    assert text_of(found[0].location) == "x"
 
 
 def test_source_errors_name_the_source(tmp_path):
@@ -481,7 +505,7 @@ def test_discover_and_inspect_on_gcs(gcs, gcs_root):
         assert page_texts(stream) == ["Page 4 of 7", "Page 5 of 7", "Page 6 of 7"]
     with open_part(found[1].location, None) as stream:
         assert stream.read() == pdf
-    assert read_text(found[0].location) == "hello\n"
+    assert text_of(found[0].location) == "hello\n"
     assert inspect(found[2]).mime_type == "image/png"
 
 

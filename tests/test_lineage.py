@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 
+from conftest import developer_client
 from dagrun import SAMPLES, developer_conn, read_results, run_dag
 
 PUBLISH = "gemini_batch_extract.publish_results"
@@ -46,3 +47,5 @@ def test_publish_results_reports_source_results_and_usage(airflow_home, tmp_path
     assert summary["input_tokens"] > 0 and summary["jobs"] == 1
     assert {k: facet[k] for k in ("jobs", "input_tokens", "output_tokens", "documents", "succeeded")} == {
         k: summary[k] for k in ("jobs", "input_tokens", "output_tokens", "documents", "succeeded")}
+    client = developer_client(server.url)  # held: the SDK closes its HTTP client with the object
+    assert facet["job_names"] == [job.name for job in client.batches.list()]

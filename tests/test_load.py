@@ -5,8 +5,8 @@ CI-sized by default (the whole file takes a few minutes on 2 cores); the full se
     GEMINI_BATCH_LOAD_DOCS=100000 GEMINI_BATCH_LOAD_WAITS=500 GEMINI_BATCH_SOAK_RUNS=20 bin/test -m load
 
 1. Many documents: GEMINI_BATCH_LOAD_DOCS (default 2,000) distinct small documents, 98% one-line text files
-   (sent inline) and 2% one-page PDFs (staged through the Files API; one made with fpdf2, copied with a
-   different invoice number each), through one real `airflow dags test` run on the emulator at 3600x. Checked:
+   and 2% one-page PDFs (one made with fpdf2, copied with a different invoice number each), all sent inline
+   in their rows (the default inline_max_mb), through one real `airflow dags test` run on the emulator at 3600x. Checked:
    the run succeeds, every document is in results.jsonl once, the peak memory of the `dags test` process tree
    stays under 1 GB, the run's XCom stays under 64 KB, and every job the emulator received (its own record:
    request_count and input file) respects max_rows_per_job and max_mb_per_job.

@@ -5,12 +5,14 @@ shards accepted by the emulator's batch endpoint."""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import shutil
 import time
 
 import orjson
 import pytest
-from conftest import developer_client
+from conftest import developer_client, requests_made
 from fpdf import FPDF
 
 from gemini_batch import documents, plan
@@ -50,8 +52,24 @@ def source(tmp_path):
     return root
 
 
-def run_plan(source, work, finished=frozenset()):
-    return plan.plan_run(as_path(source), SPEC, as_path(work) / "plan.jsonl", finished=finished, prices=load_prices())
+STAGE_ALL = plan.Routing(inline_max_bytes=0)  # every part but text uploaded first
+
+
+def run_plan(source, work, finished=frozenset(), routing=STAGE_ALL):
+    return plan.plan_run(as_path(source), SPEC, as_path(work) / "plan.jsonl", finished=finished, routing=routing,
+                         prices=load_prices())
+
+
+def answers_of(client, manifest) -> dict[str, dict]:
+    """Run one shard as a real batch job on the emulator: its answers by key."""
+    uploaded = client.files.upload(file=manifest.uri, config={"mime_type": "application/jsonl"})
+    job = client.batches.create(model=SPEC.model, src=uploaded.name)
+    while not job.done:
+        time.sleep(0.2)
+        job = client.batches.get(name=job.name)
+    assert job.state.name == "JOB_STATE_SUCCEEDED"
+    rows = [orjson.loads(line) for line in client.files.download(file=job.dest.file_name).splitlines()]
+    return {r["key"]: r["response"] for r in rows}
 
 
 def stage_all(stager, plan_file, source) -> dict[str, StagedPart]:
@@ -77,6 +95,19 @@ def test_plan_accounts_for_every_document(source, tmp_path):
     assert (summary.requests, summary.duplicate_parts, summary.reused_parts) == (6, 1, 0)
     assert summary.estimate.requests == 6 and summary.estimate.usd > 0
     assert len(orjson.dumps(summary.to_json())) < 2048, "small enough for XCom"
+
+
+def test_a_plan_made_by_the_process_pool_is_the_one_made_here(tmp_path, monkeypatch):
+    """Past PROCESSES_AFTER local files, spawned processes inspect them: same plan, same order, byte for byte."""
+    source = tmp_path / "many"
+    for n in range(plan.PROCESSES_AFTER + 30):
+        write_pdf(source / f"doc-{n:03d}.pdf", 1 + n % 3, f"Invoice {n}")
+    (source / "bad.pdf").write_bytes(b"%PDF-1.7 truncated")
+    one = plan.plan_run(as_path(source), SPEC, as_path(tmp_path / "one.jsonl"), prices=load_prices(), workers=1)
+    pool = plan.plan_run(as_path(source), SPEC, as_path(tmp_path / "pool.jsonl"), prices=load_prices(), workers=2)
+    assert (tmp_path / "pool.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+    assert dataclasses.replace(pool, plan_uri="") == dataclasses.replace(one, plan_uri="")
+    assert pool.documents == plan.PROCESSES_AFTER + 31 and pool.rejected == 1
 
 
 def test_keys_follow_prompt_model_and_schema(source, tmp_path):
@@ -106,22 +137,76 @@ def test_developer_stage_build_validate_and_submit(source, tmp_path, emulator):
         assert report.ok, report.problems
 
     # The emulator (like the service) accepts the shard and answers every key.
-    uploaded = client.files.upload(file=manifests[0].uri, config={"mime_type": "application/jsonl"})
-    job = client.batches.create(model=SPEC.model, src=uploaded.name)
-    while not job.done:
-        time.sleep(0.2)
-        job = client.batches.get(name=job.name)
-    assert job.state.name == "JOB_STATE_SUCCEEDED"
-    rows = [orjson.loads(line) for line in client.files.download(file=job.dest.file_name).splitlines()]
-    expected = as_path(manifests[0].keys_uri).read_text().split()
-    assert sorted(r["key"] for r in rows) == sorted(expected)
-    assert all("response" in r for r in rows)
+    assert sorted(answers_of(client, manifests[0])) == sorted(as_path(manifests[0].keys_uri).read_text().split())
 
     # Staging again uploads nothing: every part is found under its deterministic name.
     before = {f.name for f in client.files.list()}
     again = stage_all(FilesApiStager(client, documents.open_part), work / "plan.jsonl", source)
     assert {f.name for f in client.files.list()} == before
     assert {k: s.uri for k, s in again.items()} == {k: s.uri for k, s in staged.items()}
+
+
+def test_small_parts_go_inline_and_nothing_is_staged(source, tmp_path, emulator):
+    """The default routing: every part here is under the inline threshold, so none is uploaded; the rows carry
+    the bytes open_part would have uploaded, and the emulator answers them like file references."""
+    client = developer_client(emulator.url)
+    work = as_path(tmp_path / "work")
+    summary = run_plan(source, tmp_path / "work", routing=plan.Routing())
+    assert summary.routes == {"inline": 6, "in_place": 0, "staged": 0}
+    assert list(plan.parts_to_stage(work / "plan.jsonl", as_path(source))) == []
+
+    manifests, unbuilt = plan.build_shards(work / "plan.jsonl", as_path(source), {}, SPEC, work / "shards")
+    assert unbuilt == {}
+    report = validate_jsonl(manifests[0].uri, backend="developer")
+    assert report.ok and report.rows == 6, report.problems
+    rows = {r["key"]: r["request"]["contents"][0]["parts"][1] for r in map(orjson.loads, open(manifests[0].uri, "rb"))}
+    docs = {d.path: d for d in plan.read_plan(work / "plan.jsonl")}
+    long_parts = docs["sub/long.pdf"].parts
+    with documents.open_part(as_path(source / "sub" / "long.pdf"), long_parts[1].pages) as stream:
+        assert rows[long_parts[1].key]["inlineData"]["data"] == base64.b64encode(stream.read()).decode()
+    assert rows[docs["notes.md"].parts[0].key] == {"text": "# Notes\nInvoice N-3 dated 2026-05-01\n"}
+    answers = answers_of(client, manifests[0])
+    assert set(answers) == set(rows) and all(a["candidates"][0]["finishReason"] == "STOP" for a in answers.values())
+    starts = [r for r in requests_made(emulator, "POST", "/upload/v1beta/files") if "upload_id=" not in r["query"]]
+    assert len(starts) == 1, "one upload in all: the shard's JSONL"
+
+
+def test_an_inline_document_changed_or_gone_since_the_plan_fails_alone(source, tmp_path):
+    work = as_path(tmp_path / "work")
+    run_plan(source, tmp_path / "work", routing=plan.Routing())
+    write_pdf(source / "b.pdf", 2, "Invoice B-2, corrected")  # edited after the plan
+    (source / "sub" / "long.pdf").unlink()  # gone after the plan
+    docs = {d.path: d for d in plan.read_plan(work / "plan.jsonl")}
+
+    manifests, unbuilt = plan.build_shards(work / "plan.jsonl", as_path(source), {}, SPEC, work / "shards")
+    assert set(unbuilt) == {docs["b.pdf"].parts[0].key} | {p.key for p in docs["sub/long.pdf"].parts}
+    assert unbuilt[docs["b.pdf"].parts[0].key].startswith("b.pdf changed since the run planned it (sha256 ")
+    assert all(unbuilt[p.key].startswith("sub/long.pdf cannot be read any more: ") for p in docs["sub/long.pdf"].parts)
+    assert sum(m.rows for m in manifests) == 2  # a.pdf (its copy shares the key) and notes.md
+
+
+def test_vertex_references_whole_documents_under_a_gcs_source_in_place(source, tmp_path, gcs_root):
+    """Vertex reads gs:// itself: whole documents are not copied; page ranges are cut and staged (or inline)."""
+    remote = gcs_root / "landing" / "test_in_place"
+    for path in sorted(source.rglob("*")):
+        if path.is_file():
+            (remote / str(path.relative_to(source))).write_bytes(path.read_bytes())
+    work = as_path(tmp_path / "work")
+    summary = plan.plan_run(remote, SPEC, work / "plan.jsonl", routing=plan.Routing(inline_max_bytes=0, in_place=True),
+                            prices=load_prices())
+    assert summary.routes == {"inline": 1, "in_place": 2, "staged": 3}  # notes.md; a.pdf, b.pdf; long.pdf's ranges
+    to_stage = list(plan.parts_to_stage(work / "plan.jsonl", remote))
+    assert sorted(item.pages for item in to_stage) == [(1, 50), (51, 100), (101, 120)]
+    staged = stage_all(GcsStager(gcs_root / "staging" / "test_in_place", documents.open_part), work / "plan.jsonl",
+                       remote)
+
+    manifests, unbuilt = plan.build_shards(work / "plan.jsonl", remote, staged, SPEC, work / "shards")
+    assert unbuilt == {}
+    uris = sorted(part["fileData"]["fileUri"] for line in open(manifests[0].uri, "rb")
+                  for part in orjson.loads(line)["request"]["contents"][0]["parts"][1:] if "fileData" in part)
+    assert uris[:2] == [f"gs://test-bucket/landing/test_in_place/{name}" for name in ("a.pdf", "b.pdf")]
+    assert all(uri.startswith("gs://test-bucket/staging/test_in_place/") for uri in uris[2:]) and len(uris) == 5
+    assert validate_jsonl(manifests[0].uri, backend="vertex").ok
 
 
 def test_vertex_stage_to_gcs(source, tmp_path, gcs_root):

@@ -73,14 +73,17 @@ SCENARIOS = {
     "429/503 burst on create": (
         {"http": {"create": {"burst": 4, "codes": [429, 503]}}}, {}, lambda s: s.http_faults("create")),
     "429/503 burst on get": ({"http": {"get": {"burst": 6, "codes": [429, 503]}}}, {}, lambda s: s.http_faults("get")),
+    # every PDF uploaded first (inline_max_mb 0): the burst hits document uploads as well as the JSONL's
     "429/503 burst on upload": (
-        {"http": {"upload": {"burst": 6, "codes": [429, 503]}}}, {}, lambda s: s.http_faults("upload")),
+        {"http": {"upload": {"burst": 6, "codes": [429, 503]}}}, {"inline_max_mb": 0},
+        lambda s: s.http_faults("upload")),
     "429/503 burst on download": (
         {"http": {"download": {"burst": 4, "codes": [429, 503]}}}, {}, lambda s: s.http_faults("download")),
-    # staged documents live 6 emulated hours (6 s): round 0 reads them, the retry round finds them gone and
-    # uploads them again
+    # staged documents (inline_max_mb 0: every PDF) live 6 emulated hours (6 s): round 0 reads them, the retry
+    # round finds them gone and uploads them again
     "Files API upload expired before a retry round": (
-        {"file_ttl_hours": 6, "row_error_rate": 0.3}, {}, lambda s: s.dag_log.count(" is unusable (state")),
+        {"file_ttl_hours": 6, "row_error_rate": 0.3}, {"inline_max_mb": 0},
+        lambda s: s.dag_log.count(" is unusable (state")),
 }
 
 

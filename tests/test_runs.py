@@ -10,14 +10,18 @@ from types import SimpleNamespace
 
 import pytest
 
+from dagrun import read_results
+
 from gemini_batch import results, runs
+from gemini_batch.batch_requests import ShardManifest
 from gemini_batch.hooks import GeminiBatchHook
 from gemini_batch.locations import as_path
 from service import submit_shard, use_developer, wait_until_ended, write_shard
 
 SAMPLES = Path(__file__).resolve().parent.parent / "include" / "samples"
+# Most tests here are about staged uploads: every part but text is staged (inline_max_mb 0) unless a test says.
 PARAMS = {"source": str(SAMPLES), "output": "/tmp/unused", "prompt": "Extract.", "model": "gemini-2.5-flash-lite",
-          "response_schema": {"type": "object"}}
+          "response_schema": {"type": "object"}, "inline_max_mb": 0}
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -120,6 +124,40 @@ def test_retry_restages_an_upload_that_is_gone(start_emulator, monkeypatch, tmp_
     assert run.keys_to_retry(1) == {key}
     assert hook.get_conn().files.get(name=name).state.name == "ACTIVE"
     assert run.build(1, only={key})  # one shard, with the fresh upload's URI
+
+
+def test_a_retry_reads_inline_parts_from_the_source_again_and_a_changed_one_fails_alone(
+        start_emulator, monkeypatch, tmp_path):
+    """Inline parts are read when a round is built: a retry reads them again, so nothing expires in between;
+    one whose file changed since the plan fails with that reason, and its neighbours are answered."""
+    server = start_emulator(time_scale=3600)
+    use_developer(monkeypatch, server.url)
+    hook = GeminiBatchHook()
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("invoice-1.pdf", "invoice-2.pdf", "invoice-3.pdf"):
+        shutil.copy(SAMPLES / name, source)
+    run = runs.Run.from_params({**PARAMS, "source": str(source), "output": str(tmp_path / "out"), "inline_max_mb": 10},
+                               "manual__inline", hook)
+    planned = run.plan().to_json()
+    assert planned["routes"] == {"inline": 3, "in_place": 0, "staged": 0}
+    assert run.stage() == {"staged": 0, "failed": 0}
+    (first,) = run.build(0)
+    assert run.collect(0, [])["failed"] == 3  # round 0's job never ran: every key failed
+
+    shutil.copy(SAMPLES / "invoice-1.pdf", source / "invoice-2.pdf")  # changed after the plan
+    (manifest_uri,) = run.retry(1)
+    assert ShardManifest.load(manifest_uri).rows == 2
+    src = hook.upload_jsonl(hook.storage_path(ShardManifest.load(manifest_uri).uri), "gbs-inline-retry")
+    job = wait_until_ended(hook, hook.create_job(model=PARAMS["model"], src=src, display_name="inline-retry").name)
+    run.collect(1, [{"manifest_uri": manifest_uri, "job_name": job.name, "state": job.state.name}])
+    run.publish(planned, job_names=[job.name])
+
+    records, summary = read_results(tmp_path / "out")
+    assert {d: r["status"] for d, r in records.items()} == {
+        "invoice-1.pdf": "succeeded", "invoice-2.pdf": "failed", "invoice-3.pdf": "succeeded"}
+    assert records["invoice-2.pdf"]["error"].startswith("not requested: invoice-2.pdf changed since the run planned it")
+    assert run.clean_up([job.name], [src])["deleted_files"] == 1  # the retry's input file only: nothing was staged
 
 
 def test_a_cleared_run_forgets_its_earlier_rounds(tmp_path):

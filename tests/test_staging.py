@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import threading
+import time
 from contextlib import contextmanager
 
 import pytest
-from conftest import developer_client
+from conftest import developer_client, requests_made
 from fpdf import FPDF
 from pypdf import PdfReader
 
@@ -84,14 +86,26 @@ def test_files_api_stages_under_key_names_and_records_expiry(items, emulator):
     assert remote.display_name == "five.pdf p2-3"
 
 
-def test_files_api_reuses_live_uploads(items, emulator):
+def file_requests(server, since: int = 0) -> list[tuple[str, str, int]]:
+    """(method, what, status) of the Files API requests the emulator served, from its own log: ``start`` and
+    ``bytes`` for the two steps of a resumable upload."""
+    made = [r for r in requests_made(server) if "files" in r["path"]][since:]
+    return [(r["method"], ("bytes" if "upload_id=" in r["query"] else "start") if r["path"].startswith("/upload/")
+             else r["path"].rsplit("/", 2)[-2], r["status"]) for r in made]
+
+
+def test_files_api_uploads_in_two_requests_and_reuses_live_uploads(items, emulator):
     client = developer_client(emulator.url)
     first = by_key(FilesApiStager(client, documents.open_part).stage(items))
-    reader = counting(documents.open_part)
+    # Upload first: start, then the bytes with finalize; the answer says ACTIVE, so no get.
+    assert sorted(file_requests(emulator)) == [("POST", "bytes", 200)] * 2 + [("POST", "start", 200)] * 2
+    sent = len(file_requests(emulator))
+
     # margin in real seconds: the emulator's 48-hour file lifetime is 48 s at this time scale
-    second = by_key(FilesApiStager(client, reader, margin=dt.timedelta(seconds=5)).stage(items))
-    assert reader.calls == []
+    second = by_key(FilesApiStager(client, documents.open_part, margin=dt.timedelta(seconds=5)).stage(items))
     assert second == first
+    # The name exists: 409 at the start, before any bytes; the existing file is read and reused.
+    assert sorted(file_requests(emulator, sent)) == [("GET", "files", 200)] * 2 + [("POST", "start", 409)] * 2
 
 
 def test_files_api_restages_uploads_about_to_expire(items, emulator):
@@ -100,10 +114,12 @@ def test_files_api_restages_uploads_about_to_expire(items, emulator):
     first = by_key(FilesApiStager(client, documents.open_part).stage(items[:1]))
     created = client.files.get(name=files_api_name(items[0].key)).create_time
 
-    reader = counting(documents.open_part)
+    sent = len(file_requests(emulator))
     # The emulator's files live 48 emulated hours; a 47-hour margin makes every one "about to expire".
-    again = by_key(FilesApiStager(client, reader, margin=dt.timedelta(hours=47, minutes=59)).stage(items[:1]))
-    assert reader.calls == [("one.pdf", None)]
+    again = by_key(FilesApiStager(client, documents.open_part, margin=dt.timedelta(hours=47, minutes=59))
+                   .stage(items[:1]))
+    assert file_requests(emulator, sent) == [("POST", "start", 409), ("GET", "files", 200),
+                                             ("DELETE", "files", 200), ("POST", "start", 200), ("POST", "bytes", 200)]
     assert client.files.get(name=files_api_name(items[0].key)).create_time > created
     assert again[items[0].key].expires_at > first[items[0].key].expires_at
 
@@ -134,7 +150,8 @@ def test_giving_up_on_one_part_keeps_the_others(items, start_emulator, tmp_path)
 
 
 def test_lost_race_409_reattaches_to_the_existing_upload(items, start_emulator):
-    """get says "not there" (403, as the service says for a missing name), the upload then hits 409: reuse it."""
+    """The upload hits 409, then get says "not there" (403, as the service says for a missing name: the other
+    run's file is between states): it tries once more, gets 409 again, and reuses the file get then finds."""
     server = start_emulator(time_scale=3600, faults={"http": {"file_get": {"burst": 1, "codes": [403]}}})
     client = developer_client(server.url)
     with documents.open_part(items[0].location, None) as stream:
@@ -143,8 +160,33 @@ def test_lost_race_409_reattaches_to_the_existing_upload(items, start_emulator):
     reader = counting(documents.open_part)
     staged = by_key(FilesApiStager(client, reader, workers=1).stage(items[:1]))
     assert isinstance(staged[items[0].key], StagedPart)
-    assert reader.calls == [("one.pdf", None)]  # it tried, got 409, and took the existing file
+    assert reader.calls == [("one.pdf", None)] * 2  # opened for each try; no bytes sent after a 409
     assert len(list(client.files.list())) == 1
+
+
+def test_an_upload_deleted_while_processing_is_staged_again(items, start_emulator):
+    """Another run replaced or cleaned up the file while this one waited for it to be ACTIVE: a transient
+    condition, so the part is uploaded again (not failed with the service's 403)."""
+    server = start_emulator(time_scale=3600, faults={"file_processing_seconds": 3600})  # 1 real second
+    client = developer_client(server.url)
+    name = files_api_name(items[0].key)
+
+    def delete_when_uploaded():
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                client.files.delete(name=name)
+                return
+            except Exception:  # noqa: BLE001 - not uploaded yet
+                time.sleep(0.05)
+
+    deleter = threading.Thread(target=delete_when_uploaded)
+    deleter.start()
+    staged = by_key(FilesApiStager(client, documents.open_part, **FAST).stage(items[:1]))
+    deleter.join()
+    assert isinstance(staged[items[0].key], StagedPart), staged
+    assert client.files.get(name=name).state.name == "ACTIVE"
+    assert [r[2] for r in file_requests(server) if r[1] == "start"] == [200, 200], "uploaded twice"
 
 
 def test_waits_for_processing_and_gives_up_at_its_timeout(items, start_emulator):

@@ -8,6 +8,7 @@ limits so each one can be submitted as its own job.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import re
 from collections.abc import Iterable, Mapping
@@ -87,17 +88,20 @@ def generation_config(spec: RequestSpec) -> dict:
 
 
 def build_row(
-    key: str, spec: RequestSpec, *, file_uri: str | None = None, mime_type: str | None = None, text: str | None = None,
+    key: str, spec: RequestSpec, *, file_uri: str | None = None, data: bytes | None = None,
+    mime_type: str | None = None, text: str | None = None,
 ) -> dict:
-    """One JSONL row: the prompt first, then the document as a file reference or as inline text."""
-    if (file_uri is None) == (text is None):
-        raise ValueError(f"row {key}: give exactly one of file_uri or text")
-    if file_uri is not None:
-        if not mime_type:
-            raise ValueError(f"row {key}: file_uri {file_uri} needs a mime_type")
+    """One JSONL row: the prompt first, then the document as a file reference, inline bytes or inline text."""
+    if sum(value is not None for value in (file_uri, data, text)) != 1:
+        raise ValueError(f"row {key}: give exactly one of file_uri, data or text")
+    if text is not None:
+        document = {"text": text}
+    elif not mime_type:
+        raise ValueError(f"row {key}: a file or inline document needs a mime_type")
+    elif file_uri is not None:
         document = {"fileData": {"fileUri": file_uri, "mimeType": mime_type}}
     else:
-        document = {"text": text}
+        document = {"inlineData": {"mimeType": mime_type, "data": base64.b64encode(data).decode("ascii")}}
     return {
         "key": key,
         "request": {
@@ -105,6 +109,12 @@ def build_row(
             "generationConfig": generation_config(spec),
         },
     }
+
+
+def inline_budget(spec: RequestSpec, max_row_bytes: int) -> int:
+    """The largest part (bytes) whose inline row, base64 and all, still fits in ``max_row_bytes``."""
+    overhead = len(orjson.dumps(build_row("k" * 64, spec, data=b"", mime_type="application/pdf"))) + 1
+    return max(0, (max_row_bytes - overhead) // 4 * 3)
 
 
 def from_record(cls: type[T], data: Mapping, what: str) -> T:

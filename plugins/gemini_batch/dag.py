@@ -18,7 +18,7 @@ from typing import Any
 from airflow.sdk import DAG, Asset, Param, TaskGroup, TriggerRule, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowFailException
 
-from gemini_batch import documents, runs
+from gemini_batch import documents, plan, runs
 from gemini_batch.approval import CostApprovalOperator
 from gemini_batch.locations import uri_of
 from gemini_batch.operators import GeminiBatchJobSensor, GeminiBatchSubmitOperator
@@ -80,6 +80,11 @@ def default_params() -> dict[str, Param]:
         "max_pages": Param(50, type="integer", minimum=1, title="Pages per PDF part",
                            description="Longer PDFs are split into page ranges of at most this many pages."),
         "max_part_mb": Param(50, type="integer", minimum=1, title="MB per document part"),
+        "inline_max_mb": Param(plan.DEFAULT_INLINE_MB, type="number", minimum=0, maximum=plan.MAX_INLINE_MB,
+                               title="Inline parts up to (MB)",
+                               description="Parts up to this size travel inside their request (base64): no upload, "
+                                           "no Files API expiry, nothing to delete. Larger ones are uploaded first; "
+                                           "0: upload every part but text."),
         "max_rows_per_job": Param(10_000, type="integer", minimum=1, title="Requests per batch job"),
         "max_mb_per_job": Param(100, type="integer", minimum=1, title="MB of JSONL per batch job"),
         "max_jobs_in_flight": Param(10, type="integer", minimum=1, title="Jobs in flight",
@@ -178,7 +183,7 @@ def batch_job(manifest_uri: str, pool: str = POOL):
 @task(trigger_rule=TriggerRule.NONE_FAILED, multiple_outputs=True)  # the summary's fields in the UI
 def publish_results(planned: dict, collected: list[dict], outlet_events=None) -> dict:
     run = _open_run()
-    summary = run.publish(planned, jobs=sum(c["jobs"] for c in collected))
+    summary = run.publish(planned, job_names=[name for c in collected for name in c["job_names"]])
     for asset in get_current_context()["outlets"]:
         outlet_events[asset].extra = {"output": uri_of(run.settings.output), **summary}
     return summary

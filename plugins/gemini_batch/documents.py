@@ -93,6 +93,10 @@ _HTML_STARTS = (b"<!doctype html", b"<html")
 _TEXT_SUFFIXES = {".md": "text/markdown", ".markdown": "text/markdown", ".html": "text/html", ".htm": "text/html"}
 
 
+class SourceChanged(Exception):
+    """A document's bytes are no longer those it was planned from: its key no longer describes what would be sent."""
+
+
 class SourceError(Exception):
     """The source as a whole cannot be read (missing folder or bucket, not a folder, permission denied).
 
@@ -151,12 +155,12 @@ def discover(source: ObjectStoragePath) -> Iterator[SourceFile]:
     Raises SourceError, naming the source, at the call when the source itself
     cannot be listed; bad files inside it are yielded with ``rejected`` set.
     """
-    if _is_local(source):
+    if is_local(source):
         return _walk_local(source)  # lazily, already in order: memory holds one listing per folder level
     return iter(sorted(_walk_store(source), key=lambda file: file.path))
 
 
-def _is_local(path: ObjectStoragePath) -> bool:
+def is_local(path: ObjectStoragePath) -> bool:
     return path.protocol in ("", "file", "local")
 
 
@@ -166,7 +170,7 @@ def _open_binary(location: ObjectStoragePath) -> BinaryIO:
     Not ObjectStoragePath's file wrapper: pypdf reads a PDF in many small
     reads and seeks, each ten times slower through it.
     """
-    return open(location.path, "rb") if _is_local(location) else location.fs.open(location.path, "rb")
+    return open(location.path, "rb") if is_local(location) else location.fs.open(location.path, "rb")
 
 
 def _is_hidden(relative: str) -> bool:
@@ -286,7 +290,7 @@ def _inspect_readable(file: SourceFile, uri: str, limits: Limits, cleanup: ExitS
     head = next(chunks, b"")
     mime_type, rejected = _sniff(head, file.path)
     digest = hashlib.sha256()
-    remote_pdf = mime_type == PDF and not _is_local(file.location)
+    remote_pdf = mime_type == PDF and not is_local(file.location)
     spool = cleanup.enter_context(tempfile.TemporaryFile()) if remote_pdf else None
     utf8 = _Utf8Check() if mime_type in TEXT_TYPES else None
     size = 0
@@ -495,7 +499,7 @@ def open_part(location: ObjectStoragePath, pages: tuple[int, int] | None) -> Ite
 def _random_access(location: ObjectStoragePath) -> Iterator[BinaryIO]:
     """pypdf seeks all over a file: local files are opened in place, remote ones copied to a local temporary file."""
     with _open_binary(location) as stream:
-        if _is_local(location):
+        if is_local(location):
             yield stream
             return
         with tempfile.TemporaryFile() as spool:
@@ -504,6 +508,30 @@ def _random_access(location: ObjectStoragePath) -> Iterator[BinaryIO]:
             yield spool
 
 
-def read_text(location: ObjectStoragePath) -> str:
-    """The text of a text document for an inline part: UTF-8 without its BOM, line endings as written."""
-    return location.read_text(encoding="utf-8-sig", newline="")
+def read_inline(location: ObjectStoragePath, pages: tuple[int, int] | None, sha256: str | None, *,
+                checked: bool = False) -> bytes:
+    """Exactly what an inline part sends (the file, or a PDF of its pages), whole: such parts fit in a request.
+
+    The document must still hash to ``sha256``, the plan's (SourceChanged if not; OSError if it is gone): a
+    page range is cut from the file once it is checked, unless ``checked`` (an earlier part of it was).
+    """
+    whole = bytearray() if pages is None else None  # the whole file is what it sends: hash and keep in one read
+    if whole is not None or not checked:
+        digest = hashlib.sha256()
+        with _open_binary(location) as stream:
+            for chunk in iter(partial(stream.read, CHUNK_BYTES), b""):
+                digest.update(chunk)
+                if whole is not None:
+                    whole += chunk
+        if sha256 is not None and digest.hexdigest() != sha256:
+            raise SourceChanged(f"changed since the run planned it (sha256 {digest.hexdigest()[:12]}..., planned "
+                                f"{sha256[:12]}...); the next run plans it again")
+    if whole is not None:
+        return bytes(whole)
+    with open_part(location, pages) as stream:
+        return stream.read()
+
+
+def inline_text(data: bytes) -> str:
+    """The text a text document sends: UTF-8 without its BOM, line endings as written."""
+    return data.decode("utf-8-sig")

@@ -30,8 +30,8 @@ PIPELINES_ENV = "GEMINI_BATCH_PIPELINES"  # the pipelines folder; default <GEMIN
 ERRORS_DAG_ID = "gemini_batch_pipeline_errors"
 RUN_FIELDS = ("source", "output", "prompt", "model", "gemini_conn_id", "state", "staging_prefix", "thinking",
               "retention")
-LIMIT_FIELDS = ("max_cost_usd", "approve_above_usd", "retry_rounds", "max_pages", "max_part_mb", "max_rows_per_job",
-                "max_mb_per_job", "max_jobs_in_flight", "expiry_hours", "poll_seconds")
+LIMIT_FIELDS = ("max_cost_usd", "approve_above_usd", "retry_rounds", "max_pages", "max_part_mb", "inline_max_mb",
+                "max_rows_per_job", "max_mb_per_job", "max_jobs_in_flight", "expiry_hours", "poll_seconds")
 SCHEMA_KEYWORDS = ("type", "enum", "minimum", "maximum", "minLength")
 
 

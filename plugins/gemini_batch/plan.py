@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import itertools
+import multiprocessing
+import os
 import urllib.parse
 from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,19 +28,50 @@ from gemini_batch.record_index import RecordIndex
 from gemini_batch.staging import StagedPart, StageItem
 
 
+PROCESSES_AFTER = 64  # local files inspected in this process before a process pool is worth its start-up
+REMOTE_INSPECT_THREADS = 8  # remote files: mostly waiting on the store
+INLINE, IN_PLACE, STAGED = "inline", "in_place", "staged"  # how a part reaches the service (Routing)
+DEFAULT_INLINE_MB = 10  # base64 makes it 13.4 MB: well within the 20 MB a request may carry (FACTS.md)
+MAX_INLINE_MB = 14  # 18.7 MB in base64: the largest that leaves the prompt and schema room under 20 MB
+
+
+@dataclass(frozen=True)
+class Routing:
+    """How each part reaches the service, decided once, in the plan.
+
+    inline: in its own request (text as text, other parts as base64 ``inlineData``): no upload, no 48 h
+    expiry, no storage quota, nothing to delete; up to ``inline_max_bytes``. in_place: referenced where it is
+    (Vertex AI reads a whole document under a gs:// source itself). staged: uploaded first (Files API, or the
+    GCS staging prefix), for larger parts and page ranges nobody else can read.
+    """
+
+    inline_max_bytes: int = DEFAULT_INLINE_MB * 2**20
+    in_place: bool = False
+
+    def route(self, mime_type: str | None, part: documents.PartSpec) -> str:
+        if mime_type in documents.TEXT_TYPES:
+            return INLINE  # text is always sent as text (its size is limited at inspection)
+        if self.in_place and part.pages is None:
+            return IN_PLACE
+        return INLINE if part.size <= self.inline_max_bytes else STAGED
+
+
 @dataclass(frozen=True)
 class PlannedPart:
     key: str
     pages: tuple[int, int] | None
     size: int
     reused: bool  # the key is in the finished store: answered by an earlier run
+    route: str = STAGED  # Routing.route; plans written before routing staged every part but text
 
     def to_json(self) -> dict:
-        return {"key": self.key, "pages": list(self.pages) if self.pages else None, "size": self.size, "reused": self.reused}
+        return {"key": self.key, "pages": list(self.pages) if self.pages else None, "size": self.size,
+                "reused": self.reused, "route": self.route}
 
     @classmethod
     def from_json(cls, data: Mapping) -> PlannedPart:
-        return cls(data["key"], tuple(data["pages"]) if data["pages"] else None, data["size"], data["reused"])
+        return cls(data["key"], tuple(data["pages"]) if data["pages"] else None, data["size"], data["reused"],
+                   data.get("route", STAGED))
 
 
 @dataclass(frozen=True)
@@ -84,6 +118,7 @@ class PlanSummary:
     duplicate_parts: int  # parts whose key another document already brings (same bytes): requested once
     requests: int  # unique keys that must be requested
     estimate: CostEstimate = field(default_factory=CostEstimate.zero)
+    routes: dict[str, int] = field(default_factory=dict)  # requests by route: inline, in_place, staged
 
     def to_json(self) -> dict:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "estimate"}
@@ -98,8 +133,9 @@ def plan_run(
     *,
     finished: Container[str] = frozenset(),
     limits: documents.Limits = documents.Limits(),
+    routing: Routing = Routing(),
     prices: PriceTable,
-    workers: int = 4,
+    workers: int | None = None,
 ) -> PlanSummary:
     """Inspect every document under ``source`` and write the plan to ``plan_file``.
 
@@ -108,9 +144,10 @@ def plan_run(
     """
     counts = dict.fromkeys(("documents", "rejected", "parts", "reused_parts", "duplicate_parts", "requests"), 0)
     estimate = CostEstimate.zero()
+    routes = dict.fromkeys((INLINE, IN_PLACE, STAGED), 0)
     with jsonl.writer(plan_file) as write, RecordIndex() as requested:
         for inspection in _inspect_in_order(documents.discover(source), limits, workers):
-            planned = _plan_document(inspection, spec, finished)
+            planned = _plan_document(inspection, spec, finished, routing)
             write(planned)
             counts["documents"] += 1
             counts["rejected"] += planned.rejected is not None
@@ -122,10 +159,11 @@ def plan_run(
                     counts["duplicate_parts"] += 1
                 else:
                     counts["requests"] += 1
+                    routes[part.route] += 1
                     estimate += estimate_request(
                         spec, mime_type=planned.mime_type, pages=_page_span(part, planned), size=part.size, prices=prices,
                     )
-    return PlanSummary(plan_uri=uri_of(plan_file), estimate=estimate, **counts)
+    return PlanSummary(plan_uri=uri_of(plan_file), estimate=estimate, routes=routes, **counts)
 
 
 def read_plan(plan_file: ObjectStoragePath) -> Iterator[PlannedDocument]:
@@ -136,13 +174,13 @@ def read_plan(plan_file: ObjectStoragePath) -> Iterator[PlannedDocument]:
 
 
 def parts_to_stage(plan_file: ObjectStoragePath, source: ObjectStoragePath) -> Iterator[StageItem]:
-    """Each key to request once (first document wins), except text parts, which go inline."""
+    """Each key to request once (first document wins) whose route is ``STAGED``."""
     with RecordIndex() as seen:
         for doc in read_plan(plan_file):
             if doc.mime_type in documents.TEXT_TYPES:
                 continue
             for part in doc.parts:
-                if not part.reused and seen.add(part.key):
+                if part.route == STAGED and not part.reused and seen.add(part.key):
                     yield StageItem(part.key, source / doc.path, part.pages, doc.mime_type, part.size)
 
 
@@ -172,27 +210,32 @@ def build_shards(
 ) -> tuple[list[ShardManifest], dict[str, str | None]]:
     """Write one row per key to request (or per key in ``only``, for a retry) into shards under ``folder``.
 
-    Returns the manifests and the keys that could not be built: with the
-    reason for a text part that cannot be read now (its file went away or
-    changed since the plan), None for a part whose staging failed (the
-    staging failure says why). Their documents fail; the others go on.
+    Each part as its route says: inline parts are read from the source now
+    (a retry reads them again), in-place ones referenced there, staged ones
+    by their upload. Returns the manifests and the keys that could not be
+    built: with the reason for an inline part that cannot be read now (its
+    file went away or changed since the plan), None for a part whose staging
+    failed (the staging failure says why). Their documents fail; the others go on.
     """
     unbuilt: dict[str, str | None] = {}
     with (ShardWriter(folder, max_rows=max_rows, max_bytes=max_bytes, max_tokens=max_tokens, prefix=prefix, claim=claim,
                       ledger=ledger) as writer,
           RecordIndex() as seen):
         for doc in read_plan(plan_file):
+            inline = _InlineReader(source / doc.path, doc)
             for part in doc.parts:
                 if part.reused or (only is not None and part.key not in only) or not seen.add(part.key):
                     continue
                 tokens = estimate_input_tokens(spec, mime_type=doc.mime_type, pages=_page_span(part, doc), size=part.size)
-                if doc.mime_type in documents.TEXT_TYPES:
-                    try:
-                        text = documents.read_text(source / doc.path)
-                    except (OSError, UnicodeDecodeError) as error:
-                        unbuilt[part.key] = f"{printable(doc.path)} cannot be read any more: {error}"
-                        continue
-                    writer.add(build_row(part.key, spec, text=text), tokens)
+                if part.route == INLINE or doc.mime_type in documents.TEXT_TYPES:
+                    row = inline.row(part, spec)
+                    if isinstance(row, str):
+                        unbuilt[part.key] = row
+                    else:
+                        writer.add(row, tokens)
+                elif part.route == IN_PLACE:
+                    writer.add(build_row(part.key, spec, file_uri=uri_of(source / doc.path), mime_type=doc.mime_type),
+                               tokens)
                 elif part.key in staged:
                     stage = staged[part.key]
                     writer.add(build_row(part.key, spec, file_uri=stage.uri, mime_type=stage.mime_type), tokens)
@@ -201,22 +244,71 @@ def build_shards(
     return writer.manifests, unbuilt
 
 
+class _InlineReader:
+    """One document's inline parts, read from its source: the file is checked against the plan's hash once,
+    and once it has failed, its other parts fail with the same reason without reading it again."""
+
+    def __init__(self, location: ObjectStoragePath, doc: PlannedDocument):
+        self.location, self.doc = location, doc
+        self.checked = False
+        self.problem: str | None = None
+
+    def row(self, part: PlannedPart, spec: RequestSpec) -> dict | str:
+        """The part's row, or why it cannot be built."""
+        doc = self.doc
+        if self.problem is None:
+            try:
+                data = documents.read_inline(self.location, part.pages, doc.sha256, checked=self.checked)
+                self.checked = True
+                if doc.mime_type in documents.TEXT_TYPES:
+                    return build_row(part.key, spec, text=documents.inline_text(data))
+                return build_row(part.key, spec, data=data, mime_type=doc.mime_type)
+            except documents.SourceChanged as error:
+                self.problem = f"{printable(doc.path)} {error}"
+            except (OSError, UnicodeDecodeError) as error:
+                self.problem = f"{printable(doc.path)} cannot be read any more: {error}"
+        return self.problem
+
+
 def _inspect_in_order(
-    files: Iterable[documents.SourceFile], limits: documents.Limits, workers: int,
+    files: Iterable[documents.SourceFile], limits: documents.Limits, workers: int | None,
 ) -> Iterator[documents.Inspection]:
-    """Inspect concurrently, yield in discovery order, with a bounded window so memory stays flat."""
+    """Inspect in parallel, yield in discovery order, with a bounded window so memory stays flat.
+
+    Local files go to spawned processes, one per core (pypdf parses in Python: threads would share one core),
+    once there are more than a few (a process takes about a second to start); remote ones to threads here,
+    which hold the storage connection (a process spawned inside a task cannot ask the task runner for it).
+    """
+    workers = workers or len(os.sched_getaffinity(0))
     files = iter(files)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inspect") as pool:
-        window = collections.deque(pool.submit(documents.inspect, f, limits) for f in itertools.islice(files, workers * 4))
+    local_seen = 0
+    with contextlib.ExitStack() as pools:
+        threads = pools.enter_context(
+            concurrent.futures.ThreadPoolExecutor(max_workers=max(workers, REMOTE_INSPECT_THREADS),
+                                                  thread_name_prefix="inspect"))
+        processes = None
+
+        def submit(file: documents.SourceFile) -> concurrent.futures.Future:
+            nonlocal processes, local_seen
+            if not documents.is_local(file.location) or file.rejected:
+                return threads.submit(documents.inspect, file, limits)
+            local_seen += 1
+            if processes is None and local_seen > PROCESSES_AFTER and workers > 1:
+                processes = pools.enter_context(concurrent.futures.ProcessPoolExecutor(
+                    workers, mp_context=multiprocessing.get_context("spawn")))
+            return (processes or threads).submit(documents.inspect, file, limits)
+
+        window = collections.deque(submit(f) for f in itertools.islice(files, max(workers, REMOTE_INSPECT_THREADS) * 4))
         while window:
             inspection = window.popleft().result()
-            window.extend(pool.submit(documents.inspect, f, limits) for f in itertools.islice(files, 1))
+            window.extend(submit(f) for f in itertools.islice(files, 1))
             yield inspection
 
 
-def _plan_document(inspection: documents.Inspection, spec: RequestSpec, finished: Container[str]) -> PlannedDocument:
+def _plan_document(inspection: documents.Inspection, spec: RequestSpec, finished: Container[str],
+                   routing: Routing) -> PlannedDocument:
     parts = tuple(
-        PlannedPart(key, part.pages, part.size, key in finished)
+        PlannedPart(key, part.pages, part.size, key in finished, routing.route(inspection.mime_type, part))
         for part in inspection.parts
         for key in [keys.request_key(
             inspection.sha256, part.pages, prompt=spec.prompt, model=spec.model,

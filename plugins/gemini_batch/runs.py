@@ -39,7 +39,7 @@ from airflow.providers.common.compat.lineage.hook import get_hook_lineage_collec
 from airflow.sdk import ObjectStoragePath, Variable
 
 from gemini_batch import documents, jsonl, plan, results
-from gemini_batch.batch_requests import RequestSpec, ShardManifest, write_adoption
+from gemini_batch.batch_requests import RequestSpec, ShardManifest, inline_budget, write_adoption
 from gemini_batch.claims import FROM_LEDGER, KeyClaimer, RunState, job_finder, job_state, run_state_of
 from gemini_batch.cost import PRICES_VARIABLE, PriceTable, load_prices
 from gemini_batch.hooks import GeminiBatchHook, UnknownModel
@@ -82,6 +82,7 @@ class RunSettings:
     limits: documents.Limits = field(default_factory=documents.Limits)
     max_rows: int = 10_000
     max_bytes: int = 100 * 2**20
+    inline_max_bytes: int = plan.DEFAULT_INLINE_MB * 2**20
     max_cost_usd: float | None = None
     retry_rounds: int = 2
     retention: str = "staged"
@@ -127,6 +128,7 @@ class RunSettings:
             limits=limits,
             max_rows=int(params.get("max_rows_per_job", 10_000)),
             max_bytes=int(params.get("max_mb_per_job", 100)) * 2**20,
+            inline_max_bytes=int(float(params.get("inline_max_mb", plan.DEFAULT_INLINE_MB)) * 2**20),
             max_cost_usd=params.get("max_cost_usd"),
             retry_rounds=int(params.get("retry_rounds", 2)),
             retention=params.get("retention", "staged"),
@@ -276,9 +278,17 @@ class Run:
                 self.hook.check_model(self.settings.spec.model)
             except UnknownModel as exc:
                 raise RunConfigError(str(exc)) from None
+        settings = self.settings
+        routing = plan.Routing(
+            inline_max_bytes=min(settings.inline_max_bytes, inline_budget(settings.spec, settings.max_bytes)),
+            in_place=self.hook is not None and self.hook.backend == "vertex" and is_gcs(settings.source),
+        )
         with self.ledger.view() as finished:
-            return plan.plan_run(self.settings.source, self.settings.spec, self.folder.plan, finished=finished,
-                                 limits=self.settings.limits, prices=self.prices)
+            summary = plan.plan_run(settings.source, settings.spec, self.folder.plan, finished=finished,
+                                    limits=settings.limits, routing=routing, prices=self.prices)
+        log.info("Planned %d requests: %d inline, %d referenced in place, %d to upload first", summary.requests,
+                 summary.routes[plan.INLINE], summary.routes[plan.IN_PLACE], summary.routes[plan.STAGED])
+        return summary
 
     def check_budget(self, summary: Mapping) -> None:
         """Over ``max_cost_usd``, or a budget set for a model without a price: fail before anything is submitted."""
@@ -395,8 +405,8 @@ class Run:
         manifests = _manifests(self.folder.shards(round_))
         if not manifests:
             return tally.to_json()  # nothing was requested in this round: no outcomes file, the round did not happen
-        with jsonl.writer(self.folder.outcomes(round_)) as write:
-            tally.write = write
+        with jsonl.writer(self.folder.outcomes(round_)) as write, results.ParsingPool() as pool:
+            tally.write, tally.pool = write, pool
             for manifest_file in manifests:
                 manifest = ShardManifest.load(manifest_file)
                 with as_path(manifest.keys_uri, conn_id=manifest_file.conn_id).open("rb") as keys_file:
@@ -407,14 +417,14 @@ class Run:
                 elif job is None:
                     tally.missing(expected, "no answer: the shard's job was not submitted")
                 else:
-                    tally.jobs += 1
+                    tally.job_names.append(job["job_name"])
                     self._collect_job(job, expected, tally)
         return tally.to_json()
 
     def _collect_job(self, job: Mapping, expected: list[str], tally: _Tally) -> None:
         hook = self.hook
         reading = results.read_output(hook.iter_output_lines(hook.get_job(job["job_name"])), expected,
-                                      self.settings.spec.response_schema, tally.write)
+                                      self.settings.spec.response_schema, tally.write, pool=tally.pool)
         del expected  # the reading holds the keys from here on
         log.info("Job %s (%s): %s", job["job_name"], job["state"], reading)
         tally.add(reading)
@@ -445,7 +455,8 @@ class Run:
             if not remaining:
                 break
             reading = results.read_output(self.hook.iter_output_lines(self.hook.get_job(job["job_name"])), remaining,
-                                          self.settings.spec.response_schema, tally.write, adopted=True)
+                                          self.settings.spec.response_schema, tally.write, adopted=True,
+                                          pool=tally.pool)
             log.info("Job %s of claim %s (%s), adopted: %s", job["job_name"], manifest.adopts, job["state"], reading)
             tally.add(reading)
             remaining = reading.unanswered
@@ -480,21 +491,27 @@ class Run:
 
     # ------------------------------------------------------------------ publish and clean up
 
-    def publish(self, summary: Mapping, *, jobs: int) -> dict:
+    def publish(self, summary: Mapping, *, job_names: Iterable[str]) -> dict:
         """Write results.jsonl and summary.json (contract 6) and append this run's answers to the ledger.
 
         Lineage (hook-level: what a TaskFlow task can report; a no-op without the OpenLineage listener): the
-        source folder in, results.jsonl out, and the run's totals (jobs, tokens) as extra ``LINEAGE_EXTRA``.
+        source folder in, results.jsonl out, and the run's totals (jobs, tokens) and job ids as extra
+        ``LINEAGE_EXTRA``.
         """
         settings, ledger = self.settings, self.ledger
+        job_names = list(job_names)
         results_file = settings.output / "results.jsonl"  # one object for its writes and its lineage: one dataset
         rounds = self.last_round()
         totals = results.RunTotals()
         unsucceeded = 0
         with (self.latest_outcomes(rounds) as (outcomes, tokens), ledger.view() as finished,
               self.staging() as staged):
-            outcomes.put((results.missing_outcome(key, f"not requested: {error}").to_json()
-                          for key, error in staged.failures()), replace=False)
+            # A key whose latest staging (or inline read) failed was not requested after it: that failure is its
+            # latest news, unless another run's job answered it meanwhile.
+            unstaged = [results.missing_outcome(key, f"not requested: {error}").to_json()
+                        for key, error in staged.failures()
+                        if (outcome := outcomes.get(key)) is None or outcome["status"] != "succeeded"]
+            outcomes.put(unstaged)
             with jsonl.writer(results_file) as write:
                 for doc in plan.read_plan(self.folder.plan):
                     answered = {p.key: results.RowOutcome.from_json(o) for p in doc.parts if (o := outcomes.get(p.key))}
@@ -516,14 +533,14 @@ class Run:
                           writer=self.folder.slug)
         ledger.compact(writer=self.folder.slug)
         report = totals.to_json(
-            requests=summary["requests"], jobs=jobs, retry_rounds=rounds, **tokens,
+            requests=summary["requests"], jobs=len(job_names), retry_rounds=rounds, **tokens,
             estimated_cost_usd=summary["estimate"]["usd"],  # None: the model has no price
         )
         (settings.output / "summary.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
         lineage = get_hook_lineage_collector()
         for add, path in ((lineage.add_input_asset, settings.source), (lineage.add_output_asset, results_file)):
             add(path, uri=uri_of(path) if is_gcs(path) else f"file://{path.path}")
-        lineage.add_extra(settings.output, LINEAGE_EXTRA, report)
+        lineage.add_extra(settings.output, LINEAGE_EXTRA, {**report, "job_names": job_names})
         return report
 
     def clean_up(self, job_names: Iterable[str], job_inputs: Iterable[str] = ()) -> dict:
@@ -610,8 +627,9 @@ class _Tally:
     keys: int = 0
     succeeded: int = 0
     failed: int = 0
-    jobs: int = 0
+    job_names: list[str] = field(default_factory=list)  # this run's own jobs, not adopted ones
     write: Callable[[results.RowOutcome], None] | None = None
+    pool: results.ParsingPool | None = None  # the processes that parse the round's outputs
 
     def add(self, reading: results.OutputReading) -> None:
         self.keys += reading.outcomes
@@ -625,7 +643,7 @@ class _Tally:
         self.failed += len(keys)
 
     def to_json(self) -> dict:
-        return {"keys": self.keys, "succeeded": self.succeeded, "failed": self.failed, "jobs": self.jobs}
+        return {"keys": self.keys, "succeeded": self.succeeded, "failed": self.failed, "job_names": self.job_names}
 
 
 # ------------------------------------------------------------------ helpers

@@ -1,4 +1,5 @@
-"""Put each part where a batch request can point at it, once.
+"""Put each part where a batch request can point at it, once: the parts the plan routes ``staged`` (those too
+large to travel inline, plan.Routing).
 
 Developer API: the Files API, under a name derived from the part's key, so a
 second run (or a retry after a lost response) finds the upload instead of
@@ -89,6 +90,11 @@ class StagingError(Exception):
     """A part that cannot be staged for a reason a retry will not fix."""
 
 
+class FileVanished(Exception):
+    """The upload went away while we waited for it (another run found it unusable and replaced it, or cleaned
+    up): staging the part again is the fix, so it counts as transient."""
+
+
 def files_api_name(key: str) -> str:
     """The Files API name of a key's upload (ids are at most 40 lowercase letters, digits or dashes)."""
     return "gb-" + key[:37]
@@ -97,7 +103,7 @@ def files_api_name(key: str) -> str:
 def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, errors.APIError):
         return exc.code in TRANSIENT_CODES
-    return isinstance(exc, (httpx.TransportError, TimeoutError, ConnectionError))
+    return isinstance(exc, (httpx.TransportError, TimeoutError, ConnectionError, FileVanished))
 
 
 class _Stager:
@@ -151,11 +157,13 @@ class _Stager:
 class FilesApiUploads:
     """Files API uploads under names the caller derives from content, so each is made once.
 
-    ``ensure`` finds the upload by name and reuses it while it is usable;
-    one FAILED or expiring within ``margin`` is deleted and uploaded again; a
-    409 on upload (a concurrent run, or our own attempt whose response was
-    lost) takes the existing file. It returns once the file is ACTIVE: a job
-    fails the rows, or refuses the input, of a file still PROCESSING.
+    ``ensure`` uploads first: two requests (start, then the bytes with
+    finalize), and the file's state comes with the answer. A 409 at the
+    start (the name exists: an earlier run, a concurrent one, or our own
+    attempt whose response was lost) sends no bytes; the existing file is
+    then read and reused while it is usable, or, FAILED or expiring within
+    ``margin``, deleted and uploaded again. It returns once the file is
+    ACTIVE: a job fails the rows, or refuses the input, of a file still PROCESSING.
     """
 
     def __init__(self, client: genai.Client, *, margin: dt.timedelta = EXPIRY_MARGIN, processing_timeout: float = 600.0):
@@ -166,6 +174,9 @@ class FilesApiUploads:
     def ensure(
         self, name: str, open_stream: Callable[[], AbstractContextManager[BinaryIO]], *, mime_type: str, display_name: str,
     ) -> types.File:
+        uploaded = self._upload(name, open_stream, mime_type, display_name)
+        if uploaded is not None:
+            return self._active(uploaded)
         existing = self._get(name)
         if existing is not None and self._usable(existing):
             return self._active(existing)
@@ -173,18 +184,25 @@ class FilesApiUploads:
             log.info("Files API: %s is unusable (state %s, expires %s, margin %s); uploading again",
                      name, existing.state.value if existing.state else None, existing.expiration_time, self.margin)
             self._delete(name)
+        uploaded = self._upload(name, open_stream, mime_type, display_name)
+        if uploaded is None:  # another run uploaded it in between: theirs is new
+            uploaded = self._get(name)
+        if uploaded is None:
+            raise StagingError(f"{name} exists and is gone again at once (409, then 404)")
+        return self._active(uploaded)
+
+    def _upload(self, name: str, open_stream: Callable[[], AbstractContextManager[BinaryIO]], mime_type: str,
+                display_name: str) -> types.File | None:
+        """The new file, or None when the name exists (409)."""
         try:
             with open_stream() as stream:
-                uploaded = self.client.files.upload(
+                return self.client.files.upload(
                     file=stream, config=types.UploadFileConfig(name=name, mime_type=mime_type, display_name=display_name),
                 )
         except errors.APIError as exc:
             if exc.code != 409:
                 raise
-            uploaded = self._get(name)
-            if uploaded is None:
-                raise
-        return self._active(uploaded)
+            return None
 
     def _usable(self, file: types.File) -> bool:
         if file.state == types.FileState.FAILED:
@@ -200,7 +218,9 @@ class FilesApiUploads:
                 raise StagingError(f"{file.name} still PROCESSING after {self.processing_timeout:.0f} s")
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
-            file = self.client.files.get(name=file.name)
+            name, file = file.name, self._get(file.name)
+            if file is None:
+                raise FileVanished(f"{name} was deleted while it was PROCESSING")
         if file.state == types.FileState.FAILED:
             raise StagingError(f"the Files API could not process {file.name}: {file.error or 'state FAILED'}")
         return file
