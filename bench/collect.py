@@ -11,10 +11,7 @@ same files, each in a fresh process:
   sent; each job's output is read from its local file (the stand-in for the
   hook's download, the one part not measured);
 - the floors: a bare loop of ``orjson.loads`` over the same lines, on one core and split over one spawned
-  process per core (ours parses in such processes too, once an output is long).
-
-Peak RSS is the measured process's; ``children_peak_rss_mb`` (in artifacts/bench/results.jsonl) is the
-largest of its parsing processes.
+  process per core.
 """
 
 from __future__ import annotations
@@ -23,7 +20,6 @@ import concurrent.futures
 import multiprocessing
 import os
 import random
-import resource
 import time
 from pathlib import Path
 
@@ -167,8 +163,7 @@ def ours(jobs: str, work: str) -> dict:
     start = time.perf_counter()
     counts = run.collect(0, submitted)
     return {**counts, "outcomes_bytes": Path(folder.outcomes(0).path).stat().st_size,
-            "seconds": round(time.perf_counter() - start, 6),
-            "children_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
+            "seconds": round(time.perf_counter() - start, 6)}
 
 
 def _parse_files(outputs: list[str]) -> int:

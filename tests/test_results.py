@@ -4,7 +4,6 @@ answer, and the records and totals published for a run."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 
@@ -17,11 +16,7 @@ from jsonschema.exceptions import SchemaError
 from gemini_batch.batch_requests import RequestSpec, build_row
 from gemini_batch.plan import PlannedDocument, PlannedPart
 from gemini_batch.results import (
-    PARALLEL_AFTER_BLOCKS,
-    PARSE_BLOCK_LINES,
     WARNINGS_PER_KIND,
-    OutputUnavailable,
-    ParsingPool,
     ExtractionError,
     RowOutcome,
     DocumentRecord,
@@ -275,40 +270,16 @@ def test_read_output_joins_by_key_and_counts_what_it_skips(caplog):
     assert "key k1 was already read" in warnings
 
 
-@pytest.mark.parametrize("workers", [None, 2])
-def test_read_output_streams_a_few_blocks_at_a_time_in_order(workers):
-    """Memory stays flat: outcomes reach the sink at most a few blocks of lines behind the reading, in output
-    order, whether parsed here or by the spawned processes of a pool."""
-    rows = PARSE_BLOCK_LINES * (PARALLEL_AFTER_BLOCKS + 3) + 17
-    delivered, ahead = [], []
-
-    def output():
-        for n in range(rows):
-            ahead.append(n - len(delivered))
-            yield orjson.dumps(developer_row(f"k{n}", response(f'{{"n": {n}}}'))) + b"\n"
-        yield b"not json\n"
-
-    with ParsingPool(workers) if workers else contextlib.nullcontext() as pool:
-        reading = read_output(output(), {f"k{n}" for n in range(rows + 1)}, {"type": "object"}, delivered.append,
-                              pool=pool)
-    assert reading.outcomes == rows and reading.unparseable_lines == 1 and reading.unanswered == [f"k{rows}"]
-    assert [o.data["n"] for o in delivered] == list(range(rows))
-    assert max(ahead) <= PARSE_BLOCK_LINES * (PARALLEL_AFTER_BLOCKS + 1)
-
-
-def test_an_output_cut_off_mid_stream_keeps_what_the_pool_parsed_before():
-    rows = PARSE_BLOCK_LINES * (PARALLEL_AFTER_BLOCKS + 2)
-
-    def output():
-        for n in range(rows):
-            yield orjson.dumps(developer_row(f"k{n}", response("{}"))) + b"\n"
-        raise OutputUnavailable("output file expired")
-
+def test_read_output_streams_one_row_at_a_time():
     delivered = []
-    with ParsingPool(2) as pool:
-        reading = read_output(output(), [f"k{n}" for n in range(rows + 5)], None, delivered.append, pool=pool)
-    assert len(delivered) == reading.outcomes == rows and reading.unavailable == "output file expired"
-    assert reading.unanswered == [f"k{n}" for n in range(rows, rows + 5)]
+
+    def output():
+        for n in range(3):
+            yield orjson.dumps(developer_row(f"k{n}", response(f'{{"n": {n}}}')))
+            assert len(delivered) == n + 1, "each outcome reaches the sink before the next line is read"
+
+    reading = read_output(output(), {"k0", "k1", "k2"}, None, delivered.append)
+    assert reading.outcomes == 3 and [o.data for o in delivered] == [{"n": 0}, {"n": 1}, {"n": 2}]
 
 
 def test_a_corrupt_output_file_does_not_flood_the_log(caplog):

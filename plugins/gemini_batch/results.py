@@ -9,14 +9,8 @@ success. Output rows are joined to requests by key, never by line order.
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import dataclasses
-import functools
-import itertools
 import logging
-import multiprocessing
-import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -271,35 +265,6 @@ class OutputUnavailable(Exception):
     """A finished job's output cannot be read (expired or deleted): its rows are unanswered, not a task error."""
 
 
-class ParsingPool:
-    """Spawned processes that parse output rows (JSON, answer extraction, schema check: all CPU), one per core,
-    started at the first output long enough to be worth a process's start-up (about a second) and shared by
-    every output a task reads. Spawned, not forked: a task runner's process holds threads and sockets."""
-
-    def __init__(self, workers: int | None = None):
-        self.workers = workers or len(os.sched_getaffinity(0))
-        self._executor: concurrent.futures.ProcessPoolExecutor | None = None
-
-    def executor(self) -> concurrent.futures.ProcessPoolExecutor:
-        if self._executor is None:
-            self._executor = concurrent.futures.ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn"))
-        return self._executor
-
-    def __enter__(self) -> ParsingPool:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(cancel_futures=True)
-
-
-PARSE_BLOCK_LINES = 2_000  # rows parsed as one unit of work, here or in a process
-PARSE_BLOCK_BYTES = 4 * 2**20
-PARALLEL_AFTER_BLOCKS = 4  # a shorter output is parsed in this process
-_UNPARSEABLE, _ROW = 0, 1
-
-
 def read_output(
     lines: Iterable[bytes],
     expected_keys: Iterable[str],
@@ -307,7 +272,6 @@ def read_output(
     sink: Callable[[RowOutcome], None],
     *,
     adopted: bool = False,
-    pool: ParsingPool | None = None,
 ) -> OutputReading:
     """Stream a job's output rows to ``sink`` as outcomes, at most one per expected key (the first row wins).
 
@@ -315,75 +279,25 @@ def read_output(
     bad line must not cost the rest of the job. An output that cannot be read
     (``OutputUnavailable`` from ``lines``) ends the reading, and the keys not
     read yet are ``unanswered``. Memory holds the expected keys once, whatever
-    the number of rows, and a few blocks of rows. Rows are parsed in blocks,
-    by ``pool``'s processes when given and the output is long; outcomes reach
-    the sink in output order either way. ``adopted``: the job is another
-    run's, whose other keys are no surprise, and the outcomes are marked reused.
+    the number of rows. ``adopted``: the job is another run's, whose other keys
+    are no surprise, and the outcomes are marked reused.
     """
     validator = _validator(response_schema)
     answered = dict.fromkeys(expected_keys, False)  # in the order sent; True once a row for the key is read
     reading = OutputReading()
-    sink = _reused_sink(sink) if adopted else sink
     try:
-        for block in _parsed_blocks(lines, response_schema, validator, pool):
-            _take_rows(block, answered, sink, reading, warn_unknown=not adopted)
+        _read_rows(lines, answered, validator, _reused_sink(sink) if adopted else sink, reading, warn_unknown=not adopted)
     except OutputUnavailable as exc:
         reading.unavailable = str(exc)
     reading.unanswered = [key for key, done in answered.items() if not done]
     return reading
 
 
-def _blocks(lines: Iterable[bytes]) -> Iterator[tuple[int, list[bytes]] | OutputUnavailable]:
-    """(number of its first line, lines) blocks; an OutputUnavailable from ``lines`` comes last, as an item."""
-    block: list[bytes] = []
-    first = number = size = 0
-    try:
-        for number, line in enumerate(lines, start=1):
-            if not block:
-                first = number
-            block.append(line)
-            size += len(line)
-            if len(block) >= PARSE_BLOCK_LINES or size >= PARSE_BLOCK_BYTES:
-                yield first, block
-                block, size = [], 0
-    except OutputUnavailable as exc:
-        if block:
-            yield first, block
-        yield exc
-        return
-    if block:
-        yield first, block
-
-
-def _parsed_blocks(lines: Iterable[bytes], response_schema: Mapping | None, validator: _SchemaCheck | None,
-                   pool: ParsingPool | None) -> Iterator[list[tuple]]:
-    """Each block parsed, in order: here, or in ``pool`` with a bounded window of blocks in flight."""
-    blocks = _blocks(lines)
-    head = list(itertools.islice(blocks, PARALLEL_AFTER_BLOCKS))
-    unavailable = [b for b in head if isinstance(b, OutputUnavailable)]
-    if pool is None or pool.workers < 2 or unavailable or len(head) < PARALLEL_AFTER_BLOCKS:
-        for block in itertools.chain(head, blocks):
-            if isinstance(block, OutputUnavailable):
-                raise block
-            yield _parse_block(*block, validator)
-        return
-    executor, schema = pool.executor(), orjson.dumps(response_schema) if response_schema is not None else None
-    window = collections.deque(executor.submit(_parse_block_in_child, *block, schema) for block in head)
-    for block in blocks:
-        if isinstance(block, OutputUnavailable):
-            while window:
-                yield window.popleft().result()
-            raise block
-        yield window.popleft().result()
-        window.append(executor.submit(_parse_block_in_child, *block, schema))
-    while window:
-        yield window.popleft().result()
-
-
-def _parse_block(first: int, block: list[bytes], validator: _SchemaCheck | None) -> list[tuple]:
-    """(line number, _UNPARSEABLE, the line's start) or (line number, _ROW, (key, outcome or None)) per line."""
-    parsed = []
-    for number, line in enumerate(block, start=first):
+def _read_rows(
+    lines: Iterable[bytes], answered: dict[str, bool], validator: _SchemaCheck | None,
+    sink: Callable[[RowOutcome], None], reading: OutputReading, *, warn_unknown: bool = True,
+) -> None:
+    for number, line in enumerate(lines, start=1):
         if line.isspace() or not line:  # isspace stops at the first other byte; strip would copy the line
             continue
         try:
@@ -391,32 +305,10 @@ def _parse_block(first: int, block: list[bytes], validator: _SchemaCheck | None)
         except orjson.JSONDecodeError:
             row = None
         if not isinstance(row, dict):
-            parsed.append((number, _UNPARSEABLE, line[:200]))
+            reading.unparseable_lines += 1
+            _warn(reading.unparseable_lines, "Output line %d is not a JSON object: %.100r", number, line)
             continue
         key = row.get("key")
-        parsed.append((number, _ROW, (key, _parse_row(row, validator) if isinstance(key, str) else None)))
-    return parsed
-
-
-@functools.lru_cache(maxsize=8)
-def _child_validator(schema: bytes | None) -> _SchemaCheck | None:
-    return _validator(orjson.loads(schema)) if schema is not None else None
-
-
-def _parse_block_in_child(first: int, block: list[bytes], schema: bytes | None) -> list[tuple]:
-    return _parse_block(first, block, _child_validator(schema))
-
-
-def _take_rows(
-    block: list[tuple], answered: dict[str, bool], sink: Callable[[RowOutcome], None], reading: OutputReading, *,
-    warn_unknown: bool = True,
-) -> None:
-    for number, kind, payload in block:
-        if kind == _UNPARSEABLE:
-            reading.unparseable_lines += 1
-            _warn(reading.unparseable_lines, "Output line %d is not a JSON object: %.100r", number, payload)
-            continue
-        key, outcome = payload
         done = answered.get(key) if isinstance(key, str) else None
         if done is None:
             reading.unknown_keys += 1
@@ -428,6 +320,7 @@ def _take_rows(
             _warn(reading.duplicate_keys, "Output line %d: key %s was already read, ignored", number, key)
             continue
         answered[key] = True
+        outcome = _parse_row(row, validator)
         reading.outcomes += 1
         if outcome.status == "succeeded":
             reading.succeeded += 1

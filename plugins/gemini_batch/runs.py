@@ -405,8 +405,8 @@ class Run:
         manifests = _manifests(self.folder.shards(round_))
         if not manifests:
             return tally.to_json()  # nothing was requested in this round: no outcomes file, the round did not happen
-        with jsonl.writer(self.folder.outcomes(round_)) as write, results.ParsingPool() as pool:
-            tally.write, tally.pool = write, pool
+        with jsonl.writer(self.folder.outcomes(round_)) as write:
+            tally.write = write
             for manifest_file in manifests:
                 manifest = ShardManifest.load(manifest_file)
                 with as_path(manifest.keys_uri, conn_id=manifest_file.conn_id).open("rb") as keys_file:
@@ -424,7 +424,7 @@ class Run:
     def _collect_job(self, job: Mapping, expected: list[str], tally: _Tally) -> None:
         hook = self.hook
         reading = results.read_output(hook.iter_output_lines(hook.get_job(job["job_name"])), expected,
-                                      self.settings.spec.response_schema, tally.write, pool=tally.pool)
+                                      self.settings.spec.response_schema, tally.write)
         del expected  # the reading holds the keys from here on
         log.info("Job %s (%s): %s", job["job_name"], job["state"], reading)
         tally.add(reading)
@@ -455,8 +455,7 @@ class Run:
             if not remaining:
                 break
             reading = results.read_output(self.hook.iter_output_lines(self.hook.get_job(job["job_name"])), remaining,
-                                          self.settings.spec.response_schema, tally.write, adopted=True,
-                                          pool=tally.pool)
+                                          self.settings.spec.response_schema, tally.write, adopted=True)
             log.info("Job %s of claim %s (%s), adopted: %s", job["job_name"], manifest.adopts, job["state"], reading)
             tally.add(reading)
             remaining = reading.unanswered
@@ -629,7 +628,6 @@ class _Tally:
     failed: int = 0
     job_names: list[str] = field(default_factory=list)  # this run's own jobs, not adopted ones
     write: Callable[[results.RowOutcome], None] | None = None
-    pool: results.ParsingPool | None = None  # the processes that parse the round's outputs
 
     def add(self, reading: results.OutputReading) -> None:
         self.keys += reading.outcomes
