@@ -222,7 +222,8 @@ def build_shards(
                       ledger=ledger) as writer,
           RecordIndex() as seen):
         for doc in read_plan(plan_file):
-            inline = _InlineReader(source / doc.path, doc)
+            location = source / doc.path
+            inline = _InlineReader(location, doc)
             for part in doc.parts:
                 if part.reused or (only is not None and part.key not in only) or not seen.add(part.key):
                     continue
@@ -234,7 +235,7 @@ def build_shards(
                     else:
                         writer.add(row, tokens)
                 elif part.route == IN_PLACE:
-                    writer.add(build_row(part.key, spec, file_uri=uri_of(source / doc.path), mime_type=doc.mime_type),
+                    writer.add(build_row(part.key, spec, file_uri=uri_of(location), mime_type=doc.mime_type),
                                tokens)
                 elif part.key in staged:
                     stage = staged[part.key]
