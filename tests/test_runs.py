@@ -261,3 +261,34 @@ def test_a_collection_cut_off_and_retried_writes_the_same_outcomes(start_emulato
     assert run.collect(0, jobs) == first
     assert run.folder.outcomes(0).read_bytes() == whole
     assert first["keys"] == 8 and len(whole.splitlines()) == 8
+
+
+def test_outputs_parsed_in_worker_processes_give_the_outcomes_parsed_here(start_emulator, monkeypatch, tmp_path):
+    """A large round's outputs are parsed in spawned processes, each writing a job's outcomes to a file of its own:
+    the round's outcomes and counts are exactly those of parsing every output in the task's own process, a job
+    whose output is gone included (its rows unanswered, with the cause)."""
+    server = start_emulator(time_scale=3600)
+    use_developer(monkeypatch, server.url)
+    hook = GeminiBatchHook()
+    run = runs.Run.from_params({**PARAMS, "source": str(SAMPLES), "output": str(tmp_path / "out"), "inline_max_mb": 10,
+                                "max_rows_per_job": 2}, "manual__parallel-collect", hook)
+    run.plan()
+    manifests = run.build(0)
+    assert len(manifests) == 4  # the 8 sample requests, 2 a job
+    jobs = []
+    for number, manifest_uri in enumerate(manifests):
+        src = hook.upload_jsonl(hook.storage_path(ShardManifest.load(manifest_uri).uri), f"gbs-parallel-{number}")
+        job = wait_until_ended(hook, hook.create_job(model=PARAMS["model"], src=src, display_name=f"p{number}").name)
+        jobs.append({"manifest_uri": manifest_uri, "job_name": job.name, "state": job.state.name})
+    hook.get_conn().files.delete(name=hook.get_job(jobs[2]["job_name"]).dest.file_name)
+
+    def collected(after_bytes: int) -> tuple[dict, list[bytes]]:
+        monkeypatch.setattr(runs, "PARSE_PROCESSES_AFTER_BYTES", after_bytes)
+        counts = run.collect(0, jobs)
+        return counts, sorted(run.folder.outcomes(0).read_bytes().splitlines())
+
+    here, in_processes = collected(2**40), collected(0)
+    assert in_processes == here
+    counts, lines = here
+    assert (counts["keys"], counts["failed"], len(lines)) == (8, 2, 8)
+    assert sum(b"cannot be read: 403 PERMISSION_DENIED" in line for line in lines) == 2

@@ -13,13 +13,15 @@ import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import IO, TypeVar
+from typing import IO, TYPE_CHECKING, TypeVar
 
 import orjson
-from airflow.sdk import ObjectStoragePath
 
 from gemini_batch.keys import normalize_model
 from gemini_batch.locations import as_path, uri_of
+
+if TYPE_CHECKING:  # Airflow is not imported at run time: a worker process parsing outputs does without it
+    from airflow.sdk import ObjectStoragePath
 
 THINKING_SETTINGS = ("low", "model-default")
 GEMINI_2_5_PRO_MIN_THINKING_BUDGET = 128  # it cannot switch thinking off

@@ -18,7 +18,6 @@ answered: the key is taken from the ledger when the round is collected.
 
 from __future__ import annotations
 
-import concurrent.futures
 import datetime as dt
 import logging
 import threading
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 
 from gemini_batch.batch_requests import ShardManifest
 from gemini_batch.hooks import CLOCK_SKEW, DEAD_STATES, is_terminal, state_name
-from gemini_batch.ledger import Claim, Ledger, LEASE_WORKERS, ShardJob, claim_lost
+from gemini_batch.ledger import Claim, Ledger, ShardJob, claim_lost
 from gemini_batch.locations import as_path
 
 log = logging.getLogger(__name__)
@@ -117,8 +116,8 @@ class KeyClaimer:
         self.ledger.prepare_leases()
         current = self.ledger.current_leases()
         result = ClaimResult()
-        with concurrent.futures.ThreadPoolExecutor(LEASE_WORKERS, thread_name_prefix="claim") as pool:
-            for key, holder in pool.map(lambda k: (k, self._claim_one(k, current.get(k))), keys):
+        with self.ledger.lease_mapper() as map_leases:
+            for key, holder in map_leases(lambda k: (k, self._claim_one(k, current.get(k))), keys):
                 if holder == self.me.claim:
                     result.won.add(key)
                 else:

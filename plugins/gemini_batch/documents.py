@@ -44,15 +44,19 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from itertools import chain
 from pathlib import PurePosixPath
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from airflow.sdk import ObjectStoragePath
 from pypdf import PasswordType, PdfReader, PdfWriter
 
 from gemini_batch.locations import printable, uri_of
+
+if TYPE_CHECKING:  # not imported at run time: inspect_local's worker processes import no Airflow
+    from airflow.sdk import ObjectStoragePath
+
+    Location = ObjectStoragePath | str  # where a document is read from: a path object, or a local file's OS path
 
 PDF = "application/pdf"
 TEXT_TYPES = frozenset({"text/plain", "text/markdown", "text/html"})
@@ -119,9 +123,14 @@ class Limits:
 @dataclass(frozen=True)
 class SourceFile:
     path: str  # relative to the source, "/"-separated: the document's identity (bytes not UTF-8 as surrogate escapes)
-    location: ObjectStoragePath
+    source: ObjectStoragePath  # the folder or prefix it was found under
     size: int
     rejected: str | None = None  # discovery already knows it cannot be read
+
+    @cached_property
+    def location(self) -> ObjectStoragePath:
+        """Made when asked for: a path object costs more to make than inspecting a small PDF costs here."""
+        return self.source / self.path
 
 
 @dataclass(frozen=True)
@@ -160,16 +169,24 @@ def discover(source: ObjectStoragePath) -> Iterator[SourceFile]:
     return iter(sorted(_walk_store(source), key=lambda file: file.path))
 
 
-def is_local(path: ObjectStoragePath) -> bool:
-    return path.protocol in ("", "file", "local")
+def locate(source: ObjectStoragePath, path: str) -> Location:
+    """Where the document ``path`` under ``source`` is read from: its OS path when local (what reading it needs,
+    at a hundredth of a path object's cost, which matters once per document), else its ObjectStoragePath."""
+    return os.path.join(source.path, path) if is_local(source) else source / path
 
 
-def _open_binary(location: ObjectStoragePath) -> BinaryIO:
+def is_local(path: Location) -> bool:
+    return isinstance(path, str) or path.protocol in ("", "file", "local")
+
+
+def _open_binary(location: Location) -> BinaryIO:
     """The file's own stream, an io.IOBase as upload clients require: the OS's buffered file when local.
 
     Not ObjectStoragePath's file wrapper: pypdf reads a PDF in many small
     reads and seeks, each ten times slower through it.
     """
+    if isinstance(location, str):
+        return open(location, "rb")
     return open(location.path, "rb") if is_local(location) else location.fs.open(location.path, "rb")
 
 
@@ -213,7 +230,7 @@ def _walk_folder(
     """Files of a folder's ``listing`` and below; ``ancestors`` (real paths of the folders above) stop symlink cycles."""
     for _, name, is_link, target, status in listing:
         relative = prefix + name
-        rejected = partial(SourceFile, relative, source / relative, 0)
+        rejected = partial(SourceFile, relative, source, 0)
         if isinstance(status, OSError):
             yield rejected(f"{'broken symlink' if is_link else 'cannot be read'}: {status.strerror}")
         elif is_link and os.path.commonpath([root, target]) != root:
@@ -229,7 +246,7 @@ def _walk_folder(
                 continue
             yield from _walk_folder(source, root, inner, relative + "/", ancestors | {target})
         elif stat.S_ISREG(status.st_mode):
-            yield SourceFile(relative, source / relative, status.st_size)
+            yield SourceFile(relative, source, status.st_size)
         else:
             yield rejected("not a regular file (device, FIFO or socket)")
 
@@ -255,7 +272,7 @@ def _walk_store(source: ObjectStoragePath) -> list[SourceFile]:
     if not objects and prefix != f"{source.drive}/":
         raise SourceError(f"source {uri} cannot be read: no such folder (nothing is stored under it)")
     return [
-        SourceFile(relative, source / relative, int(entry["size"]), _unsafe_object_name(relative))
+        SourceFile(relative, source, int(entry["size"]), _unsafe_object_name(relative))
         for relative, entry in inside.items()
         if relative and not relative.endswith("/") and not _is_hidden(relative)
     ]
@@ -273,24 +290,42 @@ def _unsafe_object_name(relative: str) -> str | None:
 
 def inspect(file: SourceFile, limits: Limits = Limits()) -> Inspection:
     """Hash, type and part plan of one file. Never raises for a bad file: the reason goes into ``rejected``."""
-    uri = printable(uri_of(file.location))
+    location = locate(file.source, file.path)
+    uri = printable(location if isinstance(location, str) else uri_of(location))
     if file.rejected:
         return Inspection(file.path, uri, file.size, None, None, None, (), file.rejected)
+    return _inspect(file.path, uri, file.size, partial(_open_binary, location), is_local(location), limits)
+
+
+def local_item(file: SourceFile) -> tuple[str, str, int]:
+    """What ``inspect_local`` needs of a local file: plain strings, cheap to send to another process."""
+    return file.path, locate(file.source, file.path), file.size
+
+
+def inspect_local(items: list[tuple[str, str, int]], limits: Limits = Limits()) -> list[Inspection]:
+    """``inspect`` of local files given as ``local_item``s: what the planner's worker processes run, many files
+    a call (one call a file would cost more in messages than pypdf costs), importing nothing of Airflow."""
+    return [_inspect(path, printable(os_path), size, partial(open, os_path, "rb"), True, limits)
+            for path, os_path, size in items]
+
+
+def _inspect(path: str, uri: str, size: int, open_stream: Callable[[], BinaryIO], local: bool,
+             limits: Limits) -> Inspection:
     try:
         with ExitStack() as cleanup:
-            return _inspect_readable(file, uri, limits, cleanup)
+            return _inspect_readable(path, uri, cleanup.enter_context(open_stream()), local, limits, cleanup)
     except OSError as error:
-        return Inspection(file.path, uri, file.size, None, None, None, (), f"unreadable: {error}")
+        return Inspection(path, uri, size, None, None, None, (), f"unreadable: {error}")
 
 
-def _inspect_readable(file: SourceFile, uri: str, limits: Limits, cleanup: ExitStack) -> Inspection:
+def _inspect_readable(path: str, uri: str, stream: BinaryIO, local: bool, limits: Limits,
+                      cleanup: ExitStack) -> Inspection:
     """One streaming pass hashes the file and, as the sniffed type needs, spools a remote PDF or checks UTF-8."""
-    stream = cleanup.enter_context(_open_binary(file.location))
     chunks = iter(partial(stream.read, CHUNK_BYTES), b"")
     head = next(chunks, b"")
-    mime_type, rejected = _sniff(head, file.path)
+    mime_type, rejected = _sniff(head, path)
     digest = hashlib.sha256()
-    remote_pdf = mime_type == PDF and not is_local(file.location)
+    remote_pdf = mime_type == PDF and not local
     spool = cleanup.enter_context(tempfile.TemporaryFile()) if remote_pdf else None
     utf8 = _Utf8Check() if mime_type in TEXT_TYPES else None
     size = 0
@@ -301,7 +336,7 @@ def _inspect_readable(file: SourceFile, uri: str, limits: Limits, cleanup: ExitS
             spool.write(chunk)
         if utf8 and size <= limits.max_text_bytes:  # longer text is rejected for its size: no need to decode it
             utf8.feed(chunk)
-    inspection = partial(Inspection, file.path, uri, size, mime_type, digest.hexdigest())
+    inspection = partial(Inspection, path, uri, size, mime_type, digest.hexdigest())
     if rejected:
         return inspection(None, (), rejected)
     if mime_type == PDF:
@@ -483,7 +518,7 @@ def _size_text(size: int) -> str:
 
 
 @contextmanager
-def open_part(location: ObjectStoragePath, pages: tuple[int, int] | None) -> Iterator[BinaryIO]:
+def open_part(location: Location, pages: tuple[int, int] | None) -> Iterator[BinaryIO]:
     """Exactly what a part sends: the file itself, streamed, or a PDF of pages first..last written by pypdf."""
     if pages is None:
         with _open_binary(location) as stream:
@@ -496,7 +531,7 @@ def open_part(location: ObjectStoragePath, pages: tuple[int, int] | None) -> Ite
 
 
 @contextmanager
-def _random_access(location: ObjectStoragePath) -> Iterator[BinaryIO]:
+def _random_access(location: Location) -> Iterator[BinaryIO]:
     """pypdf seeks all over a file: local files are opened in place, remote ones copied to a local temporary file."""
     with _open_binary(location) as stream:
         if is_local(location):
@@ -508,7 +543,7 @@ def _random_access(location: ObjectStoragePath) -> Iterator[BinaryIO]:
             yield spool
 
 
-def read_inline(location: ObjectStoragePath, pages: tuple[int, int] | None, sha256: str | None, *,
+def read_inline(location: Location, pages: tuple[int, int] | None, sha256: str | None, *,
                 checked: bool = False) -> bytes:
     """Exactly what an inline part sends (the file, or a PDF of its pages), whole: such parts fit in a request.
 

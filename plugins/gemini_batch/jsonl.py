@@ -8,38 +8,62 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
-from typing import Any
+import shutil
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from airflow.sdk import ObjectStoragePath
+
+if TYPE_CHECKING:  # Airflow is not imported at run time: a worker process parsing outputs does without it
+    from airflow.sdk import ObjectStoragePath
 
 log = logging.getLogger(__name__)
 WRITE_BATCH_BYTES = 2**20
+COPY_CHUNK_BYTES = 4 * 2**20
+
+
+class Writer:
+    """Writes records (``to_json()`` or a dict) as JSON lines, in batches of about 1 MB (see ``writer``)."""
+
+    def __init__(self, out: Any):
+        self._out = out
+        self._batch = bytearray()
+
+    def __call__(self, record: Any) -> None:
+        self._batch.extend(orjson.dumps(record if isinstance(record, dict) else record.to_json(),
+                                        option=orjson.OPT_APPEND_NEWLINE))
+        if len(self._batch) >= WRITE_BATCH_BYTES:
+            self.flush()
+
+    def append_file(self, local_path: str) -> None:
+        """Copy in the records of another JSON lines file (a local one written by ``writer``), as they are."""
+        self.flush()
+        with open(local_path, "rb") as records:
+            shutil.copyfileobj(records, self._out, COPY_CHUNK_BYTES)
+
+    def flush(self) -> None:
+        self._out.write(self._batch)
+        self._batch.clear()
 
 
 @contextlib.contextmanager
-def writer(path: ObjectStoragePath) -> Iterator[Callable[[Any], None]]:
-    """A function writing records (``to_json()`` or a dict) as JSON lines to ``path``, in batches of about 1 MB.
+def writer(path: ObjectStoragePath | str) -> Iterator[Writer]:
+    """A ``Writer`` of records as JSON lines to ``path`` (a local one may be an OS path), in batches of about 1 MB.
 
     One write through ObjectStoragePath's file wrapper costs more than
     encoding a record: collecting a large output wrote at half the speed.
     The batch is a bytearray, not a list of lines: each bytes object
     orjson.dumps returns keeps about 4 KB allocated, whatever its length.
     """
-    batch = bytearray()
-
-    def write(record: Any) -> None:
-        batch.extend(orjson.dumps(record if isinstance(record, dict) else record.to_json(),
-                                  option=orjson.OPT_APPEND_NEWLINE))
-        if len(batch) >= WRITE_BATCH_BYTES:
-            out.write(batch)
-            batch.clear()
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as out:
+    if isinstance(path, str):
+        out = open(path, "wb")  # noqa: SIM115 - closed below, as the other
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        out = path.open("wb")
+    with out:
+        write = Writer(out)
         yield write
-        out.write(batch)
+        write.flush()
 
 
 def read(path: ObjectStoragePath) -> Iterator[dict]:

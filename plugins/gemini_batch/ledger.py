@@ -315,8 +315,12 @@ class Ledger:
         return current
 
     def lease_holder(self, key: str, generation: int, folder: ObjectStoragePath | None = None) -> str | None:
+        path = self._lease(key, generation, folder)
         try:
-            return self._lease(key, generation, folder).read_text().strip() or None
+            if isinstance(path, str):
+                with open(path, "rb") as lease:
+                    return lease.read().decode().strip() or None
+            return path.read_text().strip() or None
         except FileNotFoundError:
             return None
 
@@ -329,23 +333,37 @@ class Ledger:
             return self.lease_holder(key, generation, folder) or claim_lost(key)
         else:
             if generation:  # the generation before is dead: nobody will read it again
-                self._lease(key, generation - 1, folder).unlink(missing_ok=True)
+                _unlink(self._lease(key, generation - 1, folder))
             return claim
 
     def holders(self, leases: Mapping[str, int]) -> dict[str, str]:
         """The claim holding each of the given current leases (read in parallel); vanished ones are left out."""
-        with concurrent.futures.ThreadPoolExecutor(LEASE_WORKERS, thread_name_prefix="lease") as pool:
-            found = zip(leases, pool.map(lambda item: self.lease_holder(*item), leases.items()))
+        with self.lease_mapper() as map_leases:
+            found = zip(leases, map_leases(lambda item: self.lease_holder(*item), leases.items()))
             return {key: holder for key, holder in found if holder is not None}
 
     def release(self, leases: Mapping[str, int]) -> int:
         """Remove the given leases (the caller's own): their keys are answered or given up; return how many."""
-        with concurrent.futures.ThreadPoolExecutor(LEASE_WORKERS, thread_name_prefix="lease") as pool:
-            list(pool.map(lambda item: self._lease(*item).unlink(missing_ok=True), leases.items()))
+        with self.lease_mapper() as map_leases:
+            list(map_leases(lambda item: _unlink(self._lease(*item)), leases.items()))
         return len(leases)
 
-    def _lease(self, key: str, generation: int, folder: ObjectStoragePath | None = None) -> ObjectStoragePath:
-        return (folder or self.leases) / f"{key}.{generation:06d}"
+    @contextlib.contextmanager
+    def lease_mapper(self) -> Iterator[Callable]:
+        """``map`` for one operation per lease: over threads on GCS, where each is a round trip; in turn on a local
+        disk, where each is a few system calls that threads would only queue for (and pay a future each)."""
+        if not is_gcs(self.folder):
+            yield map
+            return
+        with concurrent.futures.ThreadPoolExecutor(LEASE_WORKERS, thread_name_prefix="lease") as pool:
+            yield pool.map
+
+    def _lease(self, key: str, generation: int, folder: ObjectStoragePath | None = None) -> ObjectStoragePath | str:
+        """The lease's object on GCS; on a local disk its OS path (one is made per key: a path object costs more
+        than the lease's system calls)."""
+        folder = folder or self.leases
+        name = f"{key}.{generation:06d}"
+        return folder / name if is_gcs(folder) else os.path.join(folder.path, name)
 
     def prepare_leases(self) -> None:
         self.leases.mkdir(parents=True, exist_ok=True)
@@ -386,24 +404,36 @@ class Ledger:
         return False
 
 
-def _create_exclusive(path: ObjectStoragePath, content: bytes) -> None:
-    """Create ``path`` holding ``content``, or raise FileExistsError; nobody ever sees it empty.
+def _create_exclusive(path: ObjectStoragePath | str, content: bytes) -> None:
+    """Create ``path`` (a local one as its OS path) holding ``content``, or raise FileExistsError; nobody ever sees
+    it empty.
 
     GCS: an upload with ifGenerationMatch=0 (the object appears whole, or the
     create fails with 412). Local: the content goes to a private file first,
     which is then hard-linked to the name (link fails if the name exists).
     """
-    if is_gcs(path):
-        with path.open("xb") as out:
-            out.write(content)
-        return
-    fd, private = tempfile.mkstemp(prefix=".lease-", dir=os.path.dirname(path.path))
+    if not isinstance(path, str):
+        if is_gcs(path):
+            with path.open("xb") as out:
+                out.write(content)
+            return
+        path = path.path
+    fd, private = tempfile.mkstemp(prefix=".lease-", dir=os.path.dirname(path))
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(content)
-        os.link(private, path.path)
+        os.link(private, path)
     finally:
         os.unlink(private)
+
+
+def _unlink(path: ObjectStoragePath | str) -> None:
+    """Remove a lease; one already gone is fine."""
+    if isinstance(path, str):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _replace_whole(path: ObjectStoragePath, content: bytes) -> None:

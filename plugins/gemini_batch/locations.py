@@ -7,17 +7,21 @@ Everything that reads sources or writes run artefacts takes an Airflow
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 if os.environ.get("STORAGE_EMULATOR_HOST"):
     # gcsfs probes the bucket layout through the Storage Control gRPC API, which
     # no emulator serves; each probe fails with a warning. Off for emulators only.
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
-from airflow.sdk import ObjectStoragePath  # noqa: E402
+if TYPE_CHECKING:  # Airflow is imported where a path is made, so the planner's worker processes import none of it
+    from airflow.sdk import ObjectStoragePath
 
 
 def as_path(location: str | os.PathLike | ObjectStoragePath, conn_id: str | None = None) -> ObjectStoragePath:
     """``gs://bucket/prefix`` or a local path (absolute or relative) as an ObjectStoragePath."""
+    from airflow.sdk import ObjectStoragePath
+
     if isinstance(location, ObjectStoragePath):
         return location
     text = os.fspath(location)

@@ -29,6 +29,7 @@ from gemini_batch.staging import StagedPart, StageItem
 
 
 PROCESSES_AFTER = 64  # local files inspected in this process before a process pool is worth its start-up
+LOCAL_BATCH = 32  # local files a worker process inspects per message
 REMOTE_INSPECT_THREADS = 8  # remote files: mostly waiting on the store
 INLINE, IN_PLACE, STAGED = "inline", "in_place", "staged"  # how a part reaches the service (Routing)
 DEFAULT_INLINE_MB = 10  # base64 makes it 13.4 MB: well within the 20 MB a request may carry (FACTS.md)
@@ -222,7 +223,7 @@ def build_shards(
                       ledger=ledger) as writer,
           RecordIndex() as seen):
         for doc in read_plan(plan_file):
-            location = source / doc.path
+            location = documents.locate(source, doc.path)
             inline = _InlineReader(location, doc)
             for part in doc.parts:
                 if part.reused or (only is not None and part.key not in only) or not seen.add(part.key):
@@ -249,7 +250,7 @@ class _InlineReader:
     """One document's inline parts, read from its source: the file is checked against the plan's hash once,
     and once it has failed, its other parts fail with the same reason without reading it again."""
 
-    def __init__(self, location: ObjectStoragePath, doc: PlannedDocument):
+    def __init__(self, location: documents.Location, doc: PlannedDocument):
         self.location, self.doc = location, doc
         self.checked = False
         self.problem: str | None = None
@@ -277,33 +278,55 @@ def _inspect_in_order(
     """Inspect in parallel, yield in discovery order, with a bounded window so memory stays flat.
 
     Local files go to spawned processes, one per core (pypdf parses in Python: threads would share one core),
-    once there are more than a few (a process takes about a second to start); remote ones to threads here,
-    which hold the storage connection (a process spawned inside a task cannot ask the task runner for it).
+    ``LOCAL_BATCH`` files a message, once there are more than a few (a process takes a fraction of a second to
+    start: it imports pypdf, not Airflow); remote ones to threads here, which hold the storage connection (a
+    process spawned inside a task cannot ask the task runner for it).
     """
     workers = workers or len(os.sched_getaffinity(0))
-    files = iter(files)
-    local_seen = 0
+    threads_wanted = max(workers, REMOTE_INSPECT_THREADS)
     with contextlib.ExitStack() as pools:
         threads = pools.enter_context(
-            concurrent.futures.ThreadPoolExecutor(max_workers=max(workers, REMOTE_INSPECT_THREADS),
-                                                  thread_name_prefix="inspect"))
+            concurrent.futures.ThreadPoolExecutor(max_workers=threads_wanted, thread_name_prefix="inspect"))
         processes = None
+        local_seen = 0
 
-        def submit(file: documents.SourceFile) -> concurrent.futures.Future:
+        def submit(batch: list[documents.SourceFile]) -> concurrent.futures.Future:
+            """One future for a list of inspections: a batch of local files, or one remote or rejected file."""
             nonlocal processes, local_seen
-            if not documents.is_local(file.location) or file.rejected:
-                return threads.submit(documents.inspect, file, limits)
-            local_seen += 1
+            first = batch[0]
+            if not documents.is_local(first.source) or first.rejected:
+                return threads.submit(lambda: [documents.inspect(first, limits)])
+            local_seen += len(batch)
             if processes is None and local_seen > PROCESSES_AFTER and workers > 1:
                 processes = pools.enter_context(concurrent.futures.ProcessPoolExecutor(
                     workers, mp_context=multiprocessing.get_context("spawn")))
-            return (processes or threads).submit(documents.inspect, file, limits)
+            return (processes or threads).submit(documents.inspect_local, [documents.local_item(f) for f in batch],
+                                                 limits)
 
-        window = collections.deque(submit(f) for f in itertools.islice(files, max(workers, REMOTE_INSPECT_THREADS) * 4))
+        batches = _batches(files, LOCAL_BATCH)
+        window = collections.deque(submit(b) for b in itertools.islice(batches, threads_wanted * 2))
         while window:
-            inspection = window.popleft().result()
-            window.extend(submit(f) for f in itertools.islice(files, 1))
-            yield inspection
+            inspections = window.popleft().result()
+            window.extend(submit(b) for b in itertools.islice(batches, 1))
+            yield from inspections
+
+
+def _batches(files: Iterable[documents.SourceFile], size: int) -> Iterator[list[documents.SourceFile]]:
+    """Runs of up to ``size`` readable local files; every remote or rejected file alone."""
+    batch: list[documents.SourceFile] = []
+    for file in files:
+        if documents.is_local(file.source) and not file.rejected:
+            batch.append(file)
+            if len(batch) < size:
+                continue
+        else:
+            if batch:
+                yield batch
+            batch = [file]
+        yield batch
+        batch = []
+    if batch:
+        yield batch
 
 
 def _plan_document(inspection: documents.Inspection, spec: RequestSpec, finished: Container[str],

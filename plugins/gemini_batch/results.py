@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema_rs
 import orjson
@@ -24,9 +24,12 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
 from referencing.jsonschema import DRAFT202012
 
+from gemini_batch import jsonl
 from gemini_batch.batch_requests import from_record
 from gemini_batch.locations import printable
-from gemini_batch.plan import PlannedDocument
+
+if TYPE_CHECKING:  # a worker process parsing outputs imports no Airflow (plan does)
+    from gemini_batch.plan import PlannedDocument
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +293,17 @@ def read_output(
     except OutputUnavailable as exc:
         reading.unavailable = str(exc)
     reading.unanswered = [key for key, done in answered.items() if not done]
+    return reading
+
+
+def read_output_file(output_file: str, expected_keys: list[str], response_schema: Mapping | None,
+                     outcomes_file: str, *, unavailable: str | None = None) -> OutputReading:
+    """``read_output`` of a job's output spooled to a local file, its outcomes written to the local JSON lines file
+    ``outcomes_file``: what a collecting worker process runs (files both ways: pickling the outcomes back cost more
+    than parsing them). ``unavailable``: why the spool ends before the output did."""
+    with open(output_file, "rb", buffering=2**20) as lines, jsonl.writer(outcomes_file) as write:
+        reading = read_output(lines, expected_keys, response_schema, write)
+    reading.unavailable = unavailable
     return reading
 
 

@@ -22,13 +22,18 @@ appended to.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import logging
+import multiprocessing
 import os
 import re
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +55,8 @@ from gemini_batch.record_index import RecordIndex
 from gemini_batch.staging import FilesApiStager, GcsStager, StagedPart, StageFailure, stage_record
 
 log = logging.getLogger(__name__)
+# A round's outputs are parsed in this process until they pass this size, then in a process per core as well.
+PARSE_PROCESSES_AFTER_BYTES = 64 * 2**20
 FAILURES_LOGGED = 100  # the task log names this many failed documents with their reason; results.jsonl has all
 
 RETENTIONS = ("keep", "staged", "all")
@@ -405,7 +412,8 @@ class Run:
         manifests = _manifests(self.folder.shards(round_))
         if not manifests:
             return tally.to_json()  # nothing was requested in this round: no outcomes file, the round did not happen
-        with jsonl.writer(self.folder.outcomes(round_)) as write:
+        with (jsonl.writer(self.folder.outcomes(round_)) as write,
+              _OutputReader(self.hook, self.settings.spec.response_schema, write) as reader):
             tally.write = write
             for manifest_file in manifests:
                 manifest = ShardManifest.load(manifest_file)
@@ -418,22 +426,8 @@ class Run:
                     tally.missing(expected, "no answer: the shard's job was not submitted")
                 else:
                     tally.job_names.append(job["job_name"])
-                    self._collect_job(job, expected, tally)
+                    reader.read(job["job_name"], expected, functools.partial(_job_read, job, tally))
         return tally.to_json()
-
-    def _collect_job(self, job: Mapping, expected: list[str], tally: _Tally) -> None:
-        hook = self.hook
-        reading = results.read_output(hook.iter_output_lines(hook.get_job(job["job_name"])), expected,
-                                      self.settings.spec.response_schema, tally.write)
-        del expected  # the reading holds the keys from here on
-        log.info("Job %s (%s): %s", job["job_name"], job["state"], reading)
-        tally.add(reading)
-        reason = f"no answer: job {job['job_name']} ended {job['state']} before this row finished"
-        if reading.unavailable:  # the rows not read yet go to the next round
-            reason = f"no answer: job {job['job_name']} ended {job['state']} but its {reading.unavailable}"
-            log.warning("Job %s: %s; %d row(s) read before that, the rest will be retried",
-                        job["job_name"], reading.unavailable, reading.outcomes)
-        tally.missing(reading.unanswered, reason)
 
     def _collect_adopted(self, manifest: ShardManifest, outcome: Mapping | None, expected: list[str],
                          tally: _Tally) -> None:
@@ -617,6 +611,86 @@ class StagedParts(Mapping[str, StagedPart]):
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+
+def _job_read(job: Mapping, tally: _Tally, reading: results.OutputReading) -> None:
+    """Count one of this run's jobs' reading; the keys it did not answer fail, each with the reason."""
+    log.info("Job %s (%s): %s", job["job_name"], job["state"], reading)
+    tally.add(reading)
+    reason = f"no answer: job {job['job_name']} ended {job['state']} before this row finished"
+    if reading.unavailable:  # the rows not read yet go to the next round
+        reason = f"no answer: job {job['job_name']} ended {job['state']} but its {reading.unavailable}"
+        log.warning("Job %s: %s; %d row(s) read before that, the rest will be retried",
+                    job["job_name"], reading.unavailable, reading.outcomes)
+    tally.missing(reading.unanswered, reason)
+
+
+class _OutputReader:
+    """Reads a round's job outputs into its outcomes, using every core once the outputs are large.
+
+    Each output is downloaded (through the hook, here) to a local spool file
+    and parsed by ``results.read_output_file`` into an outcomes file of its
+    own, which is then appended to the round's outcomes, in the order the jobs
+    were read. Parsing runs here until the round's outputs pass
+    ``PARSE_PROCESSES_AFTER_BYTES``, then in spawned processes, one per core,
+    while this one downloads the next (files both ways: pickling outcomes
+    back cost more than parsing them). At most two outputs per process wait
+    on disk.
+    """
+
+    def __init__(self, hook: GeminiBatchHook, response_schema: Mapping | None, write: jsonl.Writer):
+        self.hook, self.response_schema, self.write = hook, response_schema, write
+        self.workers = len(os.sched_getaffinity(0))
+        self.pending: collections.deque = collections.deque()  # (reading or its future, output, outcomes, done)
+        self.read_bytes = 0
+        self.processes: concurrent.futures.ProcessPoolExecutor | None = None
+        self.spool = tempfile.TemporaryDirectory(prefix="gemini-batch-outputs-")
+        self.spooled = 0
+
+    def __enter__(self) -> _OutputReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                while self.pending:
+                    self._finish_oldest()
+        finally:
+            if self.processes is not None:
+                self.processes.shutdown(cancel_futures=True)
+            self.spool.cleanup()
+
+    def read(self, job_name: str, expected: list[str], done: Callable[[results.OutputReading], None]) -> None:
+        """Read job ``job_name``'s output for the keys ``expected``; ``done`` gets the reading, in job order."""
+        self.spooled += 1
+        output, outcomes = (os.path.join(self.spool.name, f"{self.spooled:05d}.{kind}.jsonl")
+                            for kind in ("output", "outcomes"))
+        unavailable = None
+        with open(output, "wb", buffering=2**20) as out:
+            try:
+                for line in self.hook.iter_output_lines(self.hook.get_job(job_name)):
+                    out.write(line)
+                    out.write(b"\n")
+            except results.OutputUnavailable as exc:  # the rows read so far count; the rest are unanswered
+                unavailable = str(exc)
+            self.read_bytes += out.tell()
+        if self.processes is None and self.read_bytes > PARSE_PROCESSES_AFTER_BYTES and self.workers > 1:
+            self.processes = concurrent.futures.ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn"))
+        parse = functools.partial(results.read_output_file, output, expected, self.response_schema, outcomes,
+                                  unavailable=unavailable)
+        self.pending.append((self.processes.submit(parse) if self.processes else parse(), output, outcomes, done))
+        while len(self.pending) > 2 * self.workers or (self.pending and self.processes is None):
+            self._finish_oldest()
+
+    def _finish_oldest(self) -> None:
+        reading, output, outcomes, done = self.pending.popleft()
+        if isinstance(reading, concurrent.futures.Future):
+            reading = reading.result()
+        self.write.append_file(outcomes)
+        for path in (output, outcomes):
+            os.unlink(path)
+        done(reading)
 
 
 @dataclass
