@@ -12,8 +12,6 @@ import collections
 import concurrent.futures
 import contextlib
 import itertools
-import multiprocessing
-import os
 import urllib.parse
 from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ from gemini_batch import documents, jsonl, keys
 from gemini_batch.batch_requests import RequestSpec, ShardManifest, ShardWriter, build_row
 from gemini_batch.cost import CostEstimate, PriceTable, estimate_input_tokens, estimate_request
 from gemini_batch.locations import printable, uri_of
+from gemini_batch.processes import cores, worker_pool
 from gemini_batch.record_index import RecordIndex
 from gemini_batch.staging import StagedPart, StageItem
 
@@ -279,10 +278,10 @@ def _inspect_in_order(
 
     Local files go to spawned processes, one per core (pypdf parses in Python: threads would share one core),
     ``LOCAL_BATCH`` files a message, once there are more than a few (a process takes a fraction of a second to
-    start: it imports pypdf, not Airflow); remote ones to threads here, which hold the storage connection (a
+    start: ``processes.worker_pool``); remote ones to threads here, which hold the storage connection (a
     process spawned inside a task cannot ask the task runner for it).
     """
-    workers = workers or len(os.sched_getaffinity(0))
+    workers = workers or cores()
     threads_wanted = max(workers, REMOTE_INSPECT_THREADS)
     with contextlib.ExitStack() as pools:
         threads = pools.enter_context(
@@ -298,8 +297,7 @@ def _inspect_in_order(
                 return threads.submit(lambda: [documents.inspect(first, limits)])
             local_seen += len(batch)
             if processes is None and local_seen > PROCESSES_AFTER and workers > 1:
-                processes = pools.enter_context(concurrent.futures.ProcessPoolExecutor(
-                    workers, mp_context=multiprocessing.get_context("spawn")))
+                processes = pools.enter_context(worker_pool(workers))
             return (processes or threads).submit(documents.inspect_local, [documents.local_item(f) for f in batch],
                                                  limits)
 

@@ -30,7 +30,6 @@ import datetime as dt
 import functools
 import hashlib
 import logging
-import multiprocessing
 import os
 import re
 import tempfile
@@ -51,6 +50,7 @@ from gemini_batch.hooks import GeminiBatchHook, UnknownModel
 from gemini_batch.ledger import Claim, Ledger, LedgerEvent, claim_id, now_iso
 from gemini_batch.locations import as_path, is_gcs, uri_of
 from gemini_batch.operators import LINEAGE_EXTRA
+from gemini_batch.processes import cores, worker_pool
 from gemini_batch.record_index import RecordIndex
 from gemini_batch.staging import FilesApiStager, GcsStager, StagedPart, StageFailure, stage_record
 
@@ -640,10 +640,11 @@ class _OutputReader:
 
     def __init__(self, hook: GeminiBatchHook, response_schema: Mapping | None, write: jsonl.Writer):
         self.hook, self.response_schema, self.write = hook, response_schema, write
-        self.workers = len(os.sched_getaffinity(0))
+        self.workers = cores()
         self.pending: collections.deque = collections.deque()  # (reading or its future, output, outcomes, done)
         self.read_bytes = 0
         self.processes: concurrent.futures.ProcessPoolExecutor | None = None
+        self.pools = contextlib.ExitStack()
         self.spool = tempfile.TemporaryDirectory(prefix="gemini-batch-outputs-")
         self.spooled = 0
 
@@ -656,8 +657,7 @@ class _OutputReader:
                 while self.pending:
                     self._finish_oldest()
         finally:
-            if self.processes is not None:
-                self.processes.shutdown(cancel_futures=True)
+            self.pools.close()
             self.spool.cleanup()
 
     def read(self, job_name: str, expected: list[str], done: Callable[[results.OutputReading], None]) -> None:
@@ -675,8 +675,7 @@ class _OutputReader:
                 unavailable = str(exc)
             self.read_bytes += out.tell()
         if self.processes is None and self.read_bytes > PARSE_PROCESSES_AFTER_BYTES and self.workers > 1:
-            self.processes = concurrent.futures.ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self.processes = self.pools.enter_context(worker_pool(self.workers))
         parse = functools.partial(results.read_output_file, output, expected, self.response_schema, outcomes,
                                   unavailable=unavailable)
         self.pending.append((self.processes.submit(parse) if self.processes else parse(), output, outcomes, done))
