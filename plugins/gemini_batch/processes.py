@@ -29,9 +29,8 @@ def worker_pool(workers: int) -> Iterator[concurrent.futures.ProcessPoolExecutor
     pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         with _main_left_out():
-            started = [pool.submit(int) for _ in range(workers)]  # a pool spawns a process per submit while none idles
-        for future in started:
-            future.result()
+            for _ in range(workers):  # a pool spawns a process per submit (no process is idle yet), there and then
+                pool.submit(int)
         yield pool
     finally:
         pool.shutdown(cancel_futures=True)
