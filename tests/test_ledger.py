@@ -122,6 +122,34 @@ def test_sixteen_threads_racing_for_a_local_lease_agree_on_one_winner(ledger):
     assert ledger.lease_holder(key(42), 0) == holders[0]
 
 
+def test_a_claims_local_leases_share_one_file_and_leave_no_private_one(ledger, monkeypatch):
+    """Within ``leasing`` each lease is a hard link to one private file of the claim's bytes (no new file a key);
+    a held lease stays its holder's, a file with too many names (EMLINK) makes way for a new one, and at the end
+    only the leases are left, each reading its claim."""
+    import errno
+    import os
+
+    ledger.prepare_leases()
+    assert ledger.try_lease(key(0), 0, "run-b-r0") == "run-b-r0"  # held by another run before
+    real_link, links = os.link, []
+
+    def link(source, target):
+        links.append(target)
+        if len(links) == 3:  # the shared file is full: the next lease needs a new one
+            raise OSError(errno.EMLINK, "Too many links", source)
+        real_link(source, target)
+
+    monkeypatch.setattr(ledger_module.os, "link", link)
+    with ledger.leasing():
+        holders = [ledger.try_lease(key(n), 0, "run-a-r0") for n in range(6)]
+    assert holders == ["run-b-r0"] + ["run-a-r0"] * 5
+    names = sorted(os.listdir(ledger.leases.path))
+    assert names == sorted(f"{key(n)}.000000" for n in range(6))  # no private file left
+    inodes = {os.stat(os.path.join(ledger.leases.path, f"{key(n)}.000000")).st_ino for n in range(1, 6)}
+    assert len(inodes) == 2  # one shared file, and the one made after EMLINK
+    assert [ledger.lease_holder(key(n), 0) for n in range(6)] == holders
+
+
 def test_sixteen_threads_racing_for_a_gcs_lease_agree_on_one_winner(gcs_root):
     holders = lease_race(Ledger(gcs_root / "ledgers" / uuid.uuid4().hex))
     assert len(set(holders)) == 1 and holders[0].startswith("claim-")

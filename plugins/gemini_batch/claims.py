@@ -116,7 +116,7 @@ class KeyClaimer:
         self.ledger.prepare_leases()
         current = self.ledger.current_leases()
         result = ClaimResult()
-        with self.ledger.lease_mapper() as map_leases:
+        with self.ledger.leasing(), self.ledger.lease_mapper() as map_leases:
             for key, holder in map_leases(lambda k: (k, self._claim_one(k, current.get(k))), keys):
                 if holder == self.me.claim:
                     result.won.add(key)
