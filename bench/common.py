@@ -47,7 +47,9 @@ def measure(step: str, **kwargs) -> dict:
     """Run ``bench.<module>.<function>`` in a fresh process; its result plus wall ``seconds`` and ``peak_rss_mb``."""
     done = subprocess.run(
         [sys.executable, "-m", "bench.common", step, json.dumps(kwargs)],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": PYTHONPATH},
+        cwd=ROOT, capture_output=True, text=True,
+        # Airflow configured as bin/airflow configures it (examples off: their plugins load on first file I/O)
+        env={"AIRFLOW__CORE__LOAD_EXAMPLES": "False", **os.environ, "PYTHONPATH": PYTHONPATH},
     )
     if done.returncode != 0:
         raise RuntimeError(f"benchmark step {step} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")

@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING, TypeVar
 import orjson
 
 from gemini_batch.keys import normalize_model
-from gemini_batch.locations import as_path, uri_of
+from gemini_batch.locations import as_path, make_folder, open_file, uri_of
 
 if TYPE_CHECKING:  # Airflow is not imported at run time: a worker process parsing outputs does without it
     from airflow.sdk import ObjectStoragePath
@@ -155,13 +155,15 @@ class ShardManifest:
     def load(cls, path: str | ObjectStoragePath) -> ShardManifest:
         path = as_path(path)
         try:
-            return cls.from_json(orjson.loads(path.read_bytes()))
+            with open_file(path) as manifest:
+                return cls.from_json(orjson.loads(manifest.read()))
         except (orjson.JSONDecodeError, ValueError) as exc:
             raise ValueError(f"{uri_of(path)}: not a shard manifest: {exc}") from None
 
     def save(self, path: ObjectStoragePath) -> None:
         """Write the manifest to ``path`` (its ``manifest_uri``, with the connection to reach it); ``load`` reads it."""
-        path.write_bytes(orjson.dumps(self.to_json(), option=orjson.OPT_INDENT_2))
+        with open_file(path, "wb") as manifest:
+            manifest.write(orjson.dumps(self.to_json(), option=orjson.OPT_INDENT_2))
 
 
 def write_adoption(folder: ObjectStoragePath, shard_id: str, keys: Iterable[str], *, adopts: str,
@@ -208,7 +210,7 @@ class ShardWriter:
         return list(self._manifests)
 
     def __enter__(self) -> ShardWriter:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_folder(self.folder)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -258,8 +260,8 @@ class _OpenShard:
         self.data_path = folder / f"{shard_id}.jsonl"
         self.keys_path = folder / f"{shard_id}.keys"
         self.manifest_path = folder / f"{shard_id}.manifest.json"
-        self.data: IO[bytes] = self.data_path.open("wb")
-        self.keys: IO[bytes] = self.keys_path.open("wb")
+        self.data: IO[bytes] = open_file(self.data_path, "wb")
+        self.keys: IO[bytes] = open_file(self.keys_path, "wb")
         self.rows = 0
         self.bytes = 0
         self.tokens = 0

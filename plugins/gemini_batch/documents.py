@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from pypdf import PasswordType, PdfReader, PdfWriter
 
+from gemini_batch import locations
 from gemini_batch.locations import printable, uri_of
 
 if TYPE_CHECKING:  # not imported at run time: inspect_local's worker processes import no Airflow
@@ -176,7 +177,7 @@ def locate(source: ObjectStoragePath, path: str) -> Location:
 
 
 def is_local(path: Location) -> bool:
-    return isinstance(path, str) or path.protocol in ("", "file", "local")
+    return isinstance(path, str) or locations.is_local(path)
 
 
 def _open_binary(location: Location) -> BinaryIO:

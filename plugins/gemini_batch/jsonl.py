@@ -1,18 +1,22 @@
-"""The one way work files are written and read: JSON lines, one record each, through ObjectStoragePath.
+"""The one way work files are written and read: JSON lines, one record each.
 
 Records are dataclasses with ``to_json``/``from_json`` (or plain dicts);
-this module moves their JSON form to and from a file, local or gs://.
+this module moves their JSON form to and from a file, local or gs://
+(``locations.open_file``: a local one through the OS).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
+
+from gemini_batch.locations import is_local, open_file
 
 if TYPE_CHECKING:  # Airflow is not imported at run time: a worker process parsing outputs does without it
     from airflow.sdk import ObjectStoragePath
@@ -55,12 +59,7 @@ def writer(path: ObjectStoragePath | str) -> Iterator[Writer]:
     The batch is a bytearray, not a list of lines: each bytes object
     orjson.dumps returns keeps about 4 KB allocated, whatever its length.
     """
-    if isinstance(path, str):
-        out = open(path, "wb")  # noqa: SIM115 - closed below, as the other
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        out = path.open("wb")
-    with out:
+    with open(path, "wb") if isinstance(path, str) else open_file(path, "wb") as out:
         write = Writer(out)
         yield write
         write.flush()
@@ -69,9 +68,10 @@ def writer(path: ObjectStoragePath | str) -> Iterator[Writer]:
 def read(path: ObjectStoragePath) -> Iterator[dict]:
     """Each record of a JSONL work file (none if it is not there); a last line cut off by a killed writer is skipped
     (the step that wrote it is redone)."""
-    if not path.exists():
+    local = is_local(path)
+    if not (os.path.exists(path.path) if local else path.exists()):
         return
-    with path.open("rb") as fh:
+    with open_file(path) as fh:
         for line in fh:
             if not line.endswith(b"\n"):
                 log.warning("%s ends in a cut-off line (its writer was stopped); ignoring %d bytes", path, len(line))

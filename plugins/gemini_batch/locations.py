@@ -7,7 +7,7 @@ Everything that reads sources or writes run artefacts takes an Airflow
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 if os.environ.get("STORAGE_EMULATOR_HOST"):
     # gcsfs probes the bucket layout through the Storage Control gRPC API, which
@@ -32,6 +32,27 @@ def as_path(location: str | os.PathLike | ObjectStoragePath, conn_id: str | None
 
 def is_gcs(path: ObjectStoragePath) -> bool:
     return path.protocol in ("gs", "gcs")
+
+
+def is_local(path: ObjectStoragePath) -> bool:
+    return path.protocol in ("", "file", "local")
+
+
+def open_file(path: ObjectStoragePath, mode: str = "rb") -> IO[bytes]:
+    """``path`` opened in a binary ``mode``; writing makes its folder. A local file through the OS, a gs:// one
+    through ObjectStoragePath: a path object's first file operation costs a task process about 0.7 s (Airflow
+    imports every provider's filesystem and its lineage plugins), and each of its writes goes through a wrapper."""
+    if any(flag in mode for flag in "wax"):
+        make_folder(path.parent)
+    return open(path.path, mode) if is_local(path) else path.open(mode)  # noqa: SIM115 - the caller closes it
+
+
+def make_folder(path: ObjectStoragePath) -> None:
+    """Make the folder ``path`` and those above it, as ``open_file`` writes: a local one through the OS."""
+    if is_local(path):
+        os.makedirs(path.path, exist_ok=True)
+    else:
+        path.mkdir(parents=True, exist_ok=True)
 
 
 def uri_of(path: ObjectStoragePath) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 from airflow.sdk import ObjectStoragePath
 
-from gemini_batch.locations import as_path, uri_of
+from gemini_batch.locations import as_path, open_file, uri_of
 
 BACKENDS = ("developer", "vertex")
 SUPPORTED_MIME_TYPES = frozenset({
@@ -110,7 +110,7 @@ def validate_jsonl(
 
 def _lines(path: ObjectStoragePath) -> Iterator[tuple[int, bytes]]:
     # Buffered: remote file objects otherwise fetch a whole block per readline.
-    with path.open("rb") as raw, io.BufferedReader(raw, buffer_size=2**20) as buffered:
+    with open_file(path) as raw, io.BufferedReader(raw, buffer_size=2**20) as buffered:
         yield from enumerate(buffered, 1)
 
 
