@@ -79,7 +79,8 @@ async def _one_shot_upload(request: Request, protocol: str) -> tuple[dict, bytes
 
 class RequestLog:
     """ASGI middleware appending one JSON line per request to ``requests.jsonl``: the emulator's own record of
-    what it was asked (tests count calls from it). The file stays open; each line is written and flushed."""
+    what it was asked (tests count calls from it). The file stays open; each line is written and flushed as the
+    answer starts, so a client that has its answer finds the request recorded."""
 
     def __init__(self, app, file: BinaryIO):
         self.app = app
@@ -89,12 +90,19 @@ class RequestLog:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        at, status = time.time(), None
+        at, status, written = time.time(), None, False
+
+        def note() -> None:
+            nonlocal written
+            written = True
+            self._write({"at": at, "method": scope["method"], "path": scope["path"],
+                         "query": scope["query_string"].decode("latin-1"), "status": status})
 
         async def send_and_note(message):
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                note()  # before the client can have the answer: whoever saw a response finds its request here
             await send(message)
 
         try:
@@ -103,8 +111,8 @@ class RequestLog:
             status = status or 500  # what the server answers for an error that got this far (None: client left)
             raise
         finally:
-            self._write({"at": at, "method": scope["method"], "path": scope["path"],
-                         "query": scope["query_string"].decode("latin-1"), "status": status})
+            if not written:
+                note()
 
     def _write(self, record: dict) -> None:
         with self._lock:

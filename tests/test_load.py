@@ -322,9 +322,12 @@ def test_many_documents_in_one_run(airflow_home, tmp_path, start_emulator):
     server = start_emulator(time_scale=3600)
     conf = {"source": str(source), "output": str(output), "max_rows_per_job": max_rows, "max_mb_per_job": max_mb,
             "poll_seconds": 1}
+    # Outputs parsed in worker processes from the first one (past 64 MB otherwise): both pools spawn inside the task
     done = run_measured(airflow_home, developer_conn(server.url), conf, "2027-01-01", tmp_path / "dag.log",
-                        timeout=540 + DOCS // 20)
+                        extra_env={"GEMINI_BATCH_PARSE_PROCESSES_AFTER_MB": "0"}, timeout=540 + DOCS // 20)
     done.check()
+    log = (tmp_path / "dag.log").read_text()
+    assert "Inspecting documents in" in log and "Parsing outputs in" in log
 
     records, summary = read_results(output)
     assert_contract(records, summary, source)

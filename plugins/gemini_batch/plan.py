@@ -12,6 +12,7 @@ import collections
 import concurrent.futures
 import contextlib
 import itertools
+import logging
 import urllib.parse
 from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from gemini_batch.processes import cores, worker_pool
 from gemini_batch.record_index import RecordIndex
 from gemini_batch.staging import StagedPart, StageItem
 
+
+log = logging.getLogger(__name__)
 
 PROCESSES_AFTER = 64  # local files inspected in this process before a process pool is worth its start-up
 LOCAL_BATCH = 32  # local files a worker process inspects per message
@@ -298,6 +301,7 @@ def _inspect_in_order(
             local_seen += len(batch)
             if processes is None and local_seen > PROCESSES_AFTER and workers > 1:
                 processes = pools.enter_context(worker_pool(workers))
+                log.info("Inspecting documents in %d worker processes from here (%d inspected)", workers, local_seen)
             return (processes or threads).submit(documents.inspect_local, [documents.local_item(f) for f in batch],
                                                  limits)
 

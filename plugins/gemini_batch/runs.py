@@ -55,8 +55,9 @@ from gemini_batch.record_index import RecordIndex
 from gemini_batch.staging import FilesApiStager, GcsStager, StagedPart, StageFailure, stage_record
 
 log = logging.getLogger(__name__)
-# A round's outputs are parsed in this process until they pass this size, then in a process per core as well.
-PARSE_PROCESSES_AFTER_BYTES = 64 * 2**20
+# A round's outputs are parsed in the task's process until they pass this size, then in a process per core
+# (GEMINI_BATCH_PARSE_PROCESSES_AFTER_MB; 0: from the first output).
+PARSE_PROCESSES_AFTER_BYTES = int(float(os.environ.get("GEMINI_BATCH_PARSE_PROCESSES_AFTER_MB", "64")) * 2**20)
 FAILURES_LOGGED = 100  # the task log names this many failed documents with their reason; results.jsonl has all
 
 RETENTIONS = ("keep", "staged", "all")
@@ -676,6 +677,8 @@ class _OutputReader:
             self.read_bytes += out.tell()
         if self.processes is None and self.read_bytes > PARSE_PROCESSES_AFTER_BYTES and self.workers > 1:
             self.processes = self.pools.enter_context(worker_pool(self.workers))
+            log.info("Parsing outputs in %d worker processes from here (%.1f MB read)", self.workers,
+                     self.read_bytes / 2**20)
         parse = functools.partial(results.read_output_file, output, expected, self.response_schema, outcomes,
                                   unavailable=unavailable)
         self.pending.append((self.processes.submit(parse) if self.processes else parse(), output, outcomes, done))
