@@ -23,6 +23,7 @@ import argparse
 import datetime as dt
 import json
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -73,10 +74,29 @@ def main() -> None:
         for row in plan():
             rows.append(row)
             print(f"  {row.bench}: {row.case}, {row.size}: {row.seconds} s, {row.rate}", file=sys.stderr, flush=True)
+    flat_memory(rows)
     print(table(rows))
     print(f"\n{len(rows)} rows in {time.perf_counter() - started:.0f} s on {platform.node()} "
           f"({platform.processor() or platform.machine()}, Python {platform.python_version()})")
     record(rows, args.quick)
+
+
+def flat_memory(rows: list[Row], base: str = "10,000", large: str = "100,000", most: float = 1.1) -> None:
+    """Mark each scaling row of the largest size with its peak RSS against the same case at ``base`` documents
+    (the target: memory flat as inputs grow, within ``most`` times)."""
+    def of_size(row: Row, count: str) -> bool:  # "100,000 PDFs", "108.9 MB, 100,000 keys in 10 jobs"
+        return re.search(rf"(?<![\d,]){re.escape(count)} ", row.size) is not None
+
+    scaling = [row for row in rows if row.bench == "scaling"]
+    for row in scaling:
+        if not of_size(row, large):
+            continue
+        kind = row.case.split(":")[0]
+        smaller = [r for r in scaling if r.case.split(":")[0] == kind and of_size(r, base) and r.peak_rss_mb]
+        if smaller and row.peak_rss_mb:
+            ratio = row.peak_rss_mb / smaller[0].peak_rss_mb
+            row.compare = f"{row.compare}; peak RSS {ratio:.2f}x the {base} run's".lstrip("; ")
+            row.target, row.met = f"peak RSS <={most}x the {base} run's", ratio <= most
 
 
 def table(rows: list[Row]) -> str:
