@@ -176,8 +176,10 @@ def test_two_runs_claiming_the_same_keys_at_once_split_them_without_overlap(ledg
     first, second = claimer(ledger, a, run_states=states), claimer(ledger, b, run_states=states)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         got_a, got_b = pool.map(lambda c: c.claim(keys), [first, second])
-    assert got_a.won | got_b.won == set(keys) and not got_a.won & got_b.won
-    assert set(got_a.adopted.get(b.claim, [])) == got_b.won and set(got_b.adopted.get(a.claim, [])) == got_a.won
+    won_by_a, won_by_b = set(got_b.adopted.get(a.claim, [])), set(got_a.adopted.get(b.claim, []))
+    assert won_by_a | won_by_b == set(keys) and not won_by_a & won_by_b
+    assert (got_a.won, got_b.won) == (len(won_by_a), len(won_by_b))
+    assert set(got_a.adopted) <= {b.claim} and set(got_b.adopted) <= {a.claim}
 
 
 def built_claim(ledger: Ledger, tmp_path, run: str, keys: list[str], job: str | None,
@@ -221,9 +223,9 @@ def test_a_lease_held_by_another_run_is_adopted_or_taken_over(ledger, tmp_path, 
     me = claim_for("run-b", round_)
     result = claimer(ledger, me, jobs={"batches/a": job}, run_states={"manual__run-a": run_state}).claim(keys)
     if adopt:
-        assert result.adopted == {holder.claim: keys} and not result.won
+        assert result.adopted == {holder.claim: keys} and result.won == 0
     else:
-        assert result.won == set(keys) and not result.adopted
+        assert result.won == len(keys) and not result.adopted
         assert {ledger.lease_holder(k, 1) for k in keys} == {me.claim}
         assert not any(p.name.endswith(".000000") for p in ledger.leases.iterdir()), "the dead generation is removed"
 
@@ -245,7 +247,7 @@ def test_a_submitter_that_died_between_create_and_record_leaves_a_job_found_by_i
     if adopt:
         assert result.adopted == {holder.claim: keys}
     else:
-        assert result.won == set(keys)
+        assert result.won == len(keys) and not result.adopted
     recorded = ledger.shard_job(holder.claim, "r0-shard-00000")
     assert recorded.job_name == ("batches/found" if found else None)
     assert recorded.display_name == "gemini-batch-run-a-shard-0"
@@ -282,7 +284,7 @@ def test_our_own_earlier_round_is_taken_over_and_a_repeated_build_keeps_its_clai
     retry = claim_for("run-a", 1)
     first = claimer(ledger, retry, jobs={"batches/a": SUCCEEDED}).claim(keys)
     again = claimer(ledger, retry, jobs={"batches/a": SUCCEEDED}).claim(keys)
-    assert first.won == again.won == set(keys)
+    assert first.won == again.won == len(keys) and not first.adopted and not again.adopted
 
 
 def test_a_lease_released_while_it_is_read_is_taken_from_the_ledger(ledger, monkeypatch):

@@ -78,12 +78,19 @@ def shard_job_name(ledger: Ledger, claim: str, shard: str, find_job: JobFinder |
 
 @dataclass
 class ClaimResult:
-    won: set[str] = field(default_factory=set)
+    """How a round's keys were claimed: how many this run requests itself (all it asked for but the adopted ones:
+    not kept, so memory does not grow with the round), and the adopted ones by the claim that requests them."""
+
+    won: int = 0
     adopted: dict[str, list[str]] = field(default_factory=dict)  # holder claim (or FROM_LEDGER) -> keys
 
     @property
     def adopted_keys(self) -> int:
         return sum(len(keys) for keys in self.adopted.values())
+
+    def elsewhere(self) -> set[str]:
+        """The keys another claim (or the ledger) answers."""
+        return {key for keys in self.adopted.values() for key in keys}
 
 
 class KeyClaimer:
@@ -119,11 +126,11 @@ class KeyClaimer:
         with self.ledger.leasing(), self.ledger.lease_mapper() as map_leases:
             for key, holder in map_leases(lambda k: (k, self._claim_one(k, current.get(k))), keys):
                 if holder == self.me.claim:
-                    result.won.add(key)
+                    result.won += 1
                 else:
                     result.adopted.setdefault(holder, []).append(key)
         if result.adopted:
-            log.info("Claimed %d key(s); %d are another run's to request: %s", len(result.won), result.adopted_keys,
+            log.info("Claimed %d key(s); %d are another run's to request: %s", result.won, result.adopted_keys,
                      ", ".join(f"{len(v)} from {k}" for k, v in sorted(result.adopted.items())))
         return result
 

@@ -207,11 +207,13 @@ def build_shards(
     max_bytes: int = 100 * 2**20,
     max_tokens: int | None = None,
     only: Container[str] | None = None,
+    skip: Container[str] = frozenset(),
     prefix: str = "shard",
     claim: str | None = None,
     ledger: str | None = None,
 ) -> tuple[list[ShardManifest], dict[str, str | None]]:
-    """Write one row per key to request (or per key in ``only``, for a retry) into shards under ``folder``.
+    """Write one row per key to request (or per key in ``only``, for a retry; none in ``skip``, the keys another
+    claim requests) into shards under ``folder``.
 
     Each part as its route says: inline parts are read from the source now
     (a retry reads them again), in-place ones referenced there, staged ones
@@ -228,7 +230,8 @@ def build_shards(
             location = documents.locate(source, doc.path)
             inline = _InlineReader(location, doc)
             for part in doc.parts:
-                if part.reused or (only is not None and part.key not in only) or not seen.add(part.key):
+                if (part.reused or (only is not None and part.key not in only) or part.key in skip
+                        or not seen.add(part.key)):
                     continue
                 tokens = estimate_input_tokens(spec, mime_type=doc.mime_type, pages=_page_span(part, doc), size=part.size)
                 if part.route == INLINE or doc.mime_type in documents.TEXT_TYPES:
