@@ -363,7 +363,8 @@ class Run:
             manifests, unbuilt = plan.build_shards(
                 folder.plan, self.settings.source, staged.parts, self.settings.spec, folder.shards(round_),
                 max_rows=self.settings.max_rows, max_bytes=self.settings.max_bytes,
-                max_tokens=(hook.enqueued_token_limit if hook else None) or DEFAULT_TOKENS_PER_JOB, only=only, skip=claimed.elsewhere(),
+                max_tokens=(hook.enqueued_token_limit if hook else None) or DEFAULT_TOKENS_PER_JOB,
+                only=only, skip=claimed.elsewhere(),
                 prefix=f"r{round_}-shard",  # the shard id names the job: a retry of the same keys is a new job
                 claim=me.claim, ledger=uri_of(ledger.folder),
             )
