@@ -170,7 +170,6 @@ def run(workdir: Path, count: int, *, baseline: bool = True, staged: bool = True
             sample = min(count, BASELINE_SAMPLE if not latency_ms else int(20_000 / latency_ms))  # about 20 s
             base = measure("bench.prepare.baseline", source=str(source), work=str(run_dir / "baseline"),
                            url=server.url, limit=sample)
-    ours_rate = count / ours_run["seconds"]
     floor_rate = count / hashed["seconds"]
     rows.append(Row(bench, "hash-only floor", label, hashed["seconds"], f"{floor_rate:,.0f} docs/s",
                     hashed["peak_rss_mb"], extra={"bytes": size}))

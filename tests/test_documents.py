@@ -302,6 +302,11 @@ def text_of(location) -> str:
     return inline_text(read_inline(location, None, None))
 
 
+def where(file: SourceFile):
+    """Where a discovered file is read from (its OS path when local)."""
+    return documents.locate(file.source, file.path)
+
+
 def test_inline_text_strips_the_bom_and_keeps_line_endings(tmp_path):
     (tmp_path / "win.txt").write_bytes(b"\xef\xbb\xbfline one\r\nline two\r\n")
     assert text_of(as_path(tmp_path / "win.txt")) == "line one\r\nline two\r\n"
@@ -408,7 +413,7 @@ def test_discover_sorts_by_relative_path_and_skips_hidden_names(tmp_path):
     found = list(discover(as_path(tmp_path)))
     assert [file.path for file in found] == ["A.txt", "a-b.txt", "a/b/c.txt", "a/z.txt", "b.txt", "é.txt"]
     assert all(file.rejected is None and file.size == 5 for file in found)
-    assert found[2].location == as_path(tmp_path / "a/b/c.txt")
+    assert where(found[2]) == str(tmp_path / "a/b/c.txt")
 
 
 def test_discover_an_empty_folder(tmp_path):
@@ -433,7 +438,7 @@ def test_symlinks_inside_are_followed_and_others_rejected(tmp_path):
     ]
     for followed in ["alias.txt", "mirror/report.txt", "docs/report.txt"]:
         assert found[followed].rejected is None and found[followed].size == 7
-        assert text_of(found[followed].location) == "report\n"
+        assert text_of(where(found[followed])) == "report\n"
     assert found["escape.txt"].rejected == f"symlink to {outside / 'secret.txt'}, outside the source: not followed"
     assert found["escape-folder"].rejected == f"symlink to {outside}, outside the source: not followed"
     assert found["broken.txt"].rejected == "broken symlink: No such file or directory"
@@ -457,7 +462,7 @@ def test_special_files_are_rejected_and_undecodable_names_read(tmp_path):
         ("caf\udce9.txt", None),  # its exact bytes, as surrogate escapes; JSON shows it as caf\xe9.txt
         ("pipe", "not a regular file (device, FIFO or socket)"),
     ]
-    assert text_of(found[0].location) == "x"
+    assert text_of(where(found[0])) == "x"
 
 
 def test_source_errors_name_the_source(tmp_path):
@@ -494,18 +499,18 @@ def test_discover_and_inspect_on_gcs(gcs, gcs_root):
     assert [(file.path, file.size, file.rejected) for file in found] == [
         ("a.txt", 6, None), ("b/report.pdf", len(pdf), None), ("z.png", len(image_bytes("PNG")), None),
     ]
-    assert str(found[1].location) == f"{source}/b/report.pdf"
+    assert str(where(found[1])) == f"{source}/b/report.pdf"
 
     result = inspect(found[1], Limits(max_pages=3))
     assert result.rejected is None
     assert (result.uri, result.mime_type, result.page_count) == (f"{source}/b/report.pdf", "application/pdf", 7)
     assert result.sha256 == hashlib.sha256(pdf).hexdigest()
     assert [part.pages for part in result.parts] == [(1, 3), (4, 6), (7, 7)]
-    with open_part(found[1].location, (4, 6)) as stream:
+    with open_part(where(found[1]), (4, 6)) as stream:
         assert page_texts(stream) == ["Page 4 of 7", "Page 5 of 7", "Page 6 of 7"]
-    with open_part(found[1].location, None) as stream:
+    with open_part(where(found[1]), None) as stream:
         assert stream.read() == pdf
-    assert text_of(found[0].location) == "hello\n"
+    assert text_of(where(found[0])) == "hello\n"
     assert inspect(found[2]).mime_type == "image/png"
 
 

@@ -44,7 +44,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from functools import cached_property, partial
+from functools import partial
 from itertools import chain
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
@@ -123,15 +123,12 @@ class Limits:
 
 @dataclass(frozen=True)
 class SourceFile:
+    """A file discovery found; it is read at ``locate(source, path)`` (no path object is made per file)."""
+
     path: str  # relative to the source, "/"-separated: the document's identity (bytes not UTF-8 as surrogate escapes)
     source: ObjectStoragePath  # the folder or prefix it was found under
     size: int
     rejected: str | None = None  # discovery already knows it cannot be read
-
-    @cached_property
-    def location(self) -> ObjectStoragePath:
-        """Made when asked for: a path object costs more to make than inspecting a small PDF costs here."""
-        return self.source / self.path
 
 
 @dataclass(frozen=True)
