@@ -221,8 +221,8 @@ def our_steps(home: str, url: str, output: str) -> dict:
     def prepare_retry(round_):
         return open_run().retry(round_)
 
-    def publish_results(planned, collected):
-        return open_run().publish(planned, job_names=[name for c in collected for name in c["job_names"]])
+    def publish_results(collected):
+        return open_run().publish(collected)
 
     def clean_up():
         return open_run().clean_up(ti.pushed("job_name"), ti.pushed("job_input"))
@@ -238,7 +238,7 @@ def our_steps(home: str, url: str, output: str) -> dict:
         retry_manifests = timed("prepare_retry", prepare_retry, round_)
         jobs = [timed("submit_and_wait", submit_and_wait, uri) for uri in retry_manifests]
         collected.append(timed("collect_results", collect_results, round_, jobs))
-    summary = timed("publish_results", publish_results, planned, collected)
+    summary = timed("publish_results", publish_results, collected)
     timed("clean_up", clean_up)
     return {"seconds": round(time.perf_counter() - start, 3), "imports_s": round(imports_s, 3), "step_s": step_s,
             "jobs": len(ti.pushed("job_name")), "summary": summary}

@@ -25,6 +25,11 @@ DEV_STATES = {"PENDING": "BATCH_STATE_PENDING", "RUNNING": "BATCH_STATE_RUNNING"
               "FAILED": "BATCH_STATE_FAILED", "CANCELLED": "BATCH_STATE_CANCELLED", "EXPIRED": "BATCH_STATE_EXPIRED"}
 VERTEX = "/{version}/projects/{project}/locations/{location}/batchPredictionJobs"
 TYPE_PREFIX = "type.googleapis.com/google.ai.generativelanguage.v1main."
+# What the service answers a key it does not know: 400, not 401, with the reason in an ErrorInfo detail.
+INVALID_KEY = {"error": {
+    "code": 400, "message": "API key not valid. Please pass a valid API key.", "status": "INVALID_ARGUMENT",
+    "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+                 "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}}]}}
 
 
 def _counters(**counts: int) -> dict[str, str]:
@@ -217,8 +222,11 @@ def create_app(config: EmulatorConfig) -> FastAPI:
         if config.faults.request_latency_ms and path != "/healthz":
             await asyncio.sleep(config.faults.request_latency_ms / 1000)
         if path.startswith(("/v1beta/", "/upload/", "/download/")) and "upload_id" not in request.query_params:
-            if not (request.headers.get("x-goog-api-key") or request.query_params.get("key")):
+            key = request.headers.get("x-goog-api-key") or request.query_params.get("key")
+            if not key:
                 return _json(ApiError(403, "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.").body(), 403)
+            if config.faults.api_keys and key not in config.faults.api_keys:
+                return _json(INVALID_KEY, 400)
         elif ("/batchPredictionJobs" in path or "/publishers/" in path) and not request.headers.get("authorization", "").lower().startswith("bearer "):
             return _json(ApiError(401, "Request is missing required authentication credential. Expected OAuth 2 access token.").body(), 401)
         return await call_next(request)

@@ -89,6 +89,7 @@ class Faults:
     max_inline_bytes: int = 20 * 1024**2
     max_requests: int = 200_000
     files_storage_bytes: int = 20 * 1024**3
+    api_keys: tuple[str, ...] = ()  # the Developer API keys accepted (empty: any); another is answered API_KEY_INVALID
 
     @classmethod
     def parse(cls, spec: str | None) -> "Faults":
@@ -116,6 +117,8 @@ class Faults:
         values = dict(raw)
         if "row_error_codes" in values:
             values["row_error_codes"] = tuple(int(c) for c in values["row_error_codes"])
+        if "api_keys" in values:
+            values["api_keys"] = tuple(str(k) for k in values["api_keys"])
         http = {}
         for endpoint, fault in (values.get("http") or {}).items():
             if endpoint not in HTTP_ENDPOINTS:

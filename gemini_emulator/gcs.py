@@ -1,4 +1,5 @@
-"""``python -m gemini_emulator.gcs start ...``: gcp-storage-emulator, honouring generation preconditions.
+"""``python -m gemini_emulator.gcs start ...``: gcp-storage-emulator, honouring generation preconditions (and
+keeping the location a bucket is created in).
 
 gcp-storage-emulator ignores ``ifGenerationMatch`` and its kin, so an exclusive create (``ifGenerationMatch=0``,
 what gcsfs ``open(..., "xb")`` and google-cloud-storage ``if_generation_match=0`` send) silently overwrites, and a
@@ -24,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from gcp_storage_emulator import __main__ as emulator_cli
 from gcp_storage_emulator import server
-from gcp_storage_emulator.handlers import objects
+from gcp_storage_emulator.handlers import buckets, objects
 from gcp_storage_emulator.storage import RESUMABLE_DIR
 
 _LOCK = threading.Lock()
@@ -216,6 +217,28 @@ def _parse_batch_item_with_query(item):
     return parsed
 
 
+_MULTI_REGIONS = frozenset({"US", "EU", "ASIA"})
+
+
+def _insert_bucket(request, response, storage, *args, **kwargs):
+    """gcp-storage-emulator puts every new bucket in the US multi-region whatever the create asks; real GCS keeps
+    the location asked for, upper-cased, with its type (what a Vertex AI job's region is checked against)."""
+    data = request.data or {}
+    name, location = data.get("name"), data.get("location")
+    if not name or not location or storage.get_bucket(name):
+        return buckets.insert(request, response, storage, *args, **kwargs)  # the emulator's own answer, 400 and 409
+    bucket = buckets.create_bucket(name, storage)
+    bucket["location"] = location.upper()
+    placement = data.get("customPlacementConfig")
+    if placement:
+        bucket["customPlacementConfig"] = {"dataLocations": [r.upper() for r in placement.get("dataLocations", [])]}
+    if bucket["location"] in _MULTI_REGIONS and not placement:
+        bucket["locationType"] = "multi-region"
+    else:  # a region has a dash (US-CENTRAL1); a predefined dual-region has none (NAM4)
+        bucket["locationType"] = "region" if "-" in bucket["location"] else "dual-region"
+    storage.create_bucket(name, bucket)
+    response.json(bucket)
+
 
 def install() -> None:
     """Swap the guarded handlers into gcp-storage-emulator's routing tables; call once, before serving."""
@@ -230,6 +253,7 @@ def install() -> None:
         objects.patch: _guard(objects.patch, _target_if_live),
         objects.restore: _guard(objects.restore, _target),
         objects.batch: _locked(objects.batch),
+        buckets.insert: _insert_bucket,
     }
     for _regex, methods in server.HANDLERS:
         for method, handler in methods.items():

@@ -270,8 +270,8 @@ def test_a_source_that_disappears_mid_run_fails_only_what_it_still_needed(start_
     assert as_path(manifest_uri).exists()
     src = hook.upload_jsonl(hook.storage_path(ShardManifest.load(manifest_uri).uri), "gbs-vanish")
     job = wait_until_ended(hook, hook.create_job(model=MODEL, src=src, display_name="vanish").name)
-    run.collect(0, [{"manifest_uri": manifest_uri, "job_name": job.name, "state": job.state.name}])
-    report = run.publish(planned, job_names=[job.name])
+    collected = run.collect(0, [{"manifest_uri": manifest_uri, "job_name": job.name, "state": job.state.name}])
+    report = run.publish([collected])
 
     records, summary = read_results(tmp_path / "out")
     assert records["invoice.pdf"]["status"] == "succeeded"

@@ -299,7 +299,8 @@ def test_text_kinds(tmp_path, name, data, mime_type):
 
 
 def text_of(location) -> str:
-    return inline_text(read_inline(location, None, None))
+    with open_part(location, None) as stream:
+        return inline_text(stream.read())
 
 
 def where(file: SourceFile):
@@ -316,19 +317,19 @@ def test_an_inline_part_is_what_open_part_sends_and_only_while_the_file_is_uncha
     path = tmp_path / "long.pdf"
     path.write_bytes(pdf_bytes(6))
     (inspection,) = [inspect(f, Limits(max_pages=2)) for f in discover(as_path(tmp_path))]
-    location = as_path(path)
-    for checked, part in enumerate(inspection.parts):
+    source, location = as_path(tmp_path), as_path(path)
+    for part in inspection.parts:
         with open_part(location, part.pages) as stream:
-            assert read_inline(location, part.pages, inspection.sha256, checked=bool(checked)) == stream.read()
-    assert read_inline(location, None, inspection.sha256) == path.read_bytes()
+            assert read_inline(source, "long.pdf", part.pages, inspection.sha256) == stream.read()
+    assert read_inline(source, "long.pdf", None, inspection.sha256) == path.read_bytes()
 
     path.write_bytes(pdf_bytes(7))  # edited after the plan
     for pages in (None, (1, 2)):
-        with pytest.raises(SourceChanged, match="changed since the run planned it"):
-            read_inline(location, pages, inspection.sha256)
+        with pytest.raises(SourceChanged, match="^long.pdf changed since the run planned it"):
+            read_inline(source, "long.pdf", pages, inspection.sha256)
     path.unlink()
     with pytest.raises(FileNotFoundError):
-        read_inline(location, None, inspection.sha256)
+        read_inline(source, "long.pdf", None, inspection.sha256)
 
 
 def test_non_utf8_text_is_rejected_with_the_offending_byte(tmp_path):
@@ -394,7 +395,7 @@ def test_file_that_vanished_is_rejected_as_unreadable(tmp_path):
 
 
 def test_sha256_streams_the_whole_file(tmp_path):
-    data = os.urandom(3 * documents.CHUNK_BYTES + 123)
+    data = os.urandom(2 * documents.CHUNK_BYTES).hex().encode()[: 3 * documents.CHUNK_BYTES + 123]  # text: sent
     assert inspect_bytes(tmp_path, "blob.txt", b"text " + data).sha256 == hashlib.sha256(b"text " + data).hexdigest()
 
 

@@ -442,3 +442,219 @@ def test_providers_manager_registers_the_connection_type():
     assert fields["location"]["value"] == "us-central1"
     assert fields["enqueued_token_limit"]["schema"]["type"] == ["integer", "null"]
     assert all(field["schema"]["title"] and field["description"] for field in fields.values())
+
+
+# ---------------------------------------------------------------- the key and the connection in errors
+
+
+class Recorder:
+    """A real HTTP server on a free loopback port that answers every GET with ``answer(path)`` -> (status,
+    headers, body) and records the path and headers of each request."""
+
+    def __init__(self, answer):
+        import http.server
+        import threading
+
+        self.requests: list[tuple[str, dict]] = []
+        recorder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the stdlib's name
+                recorder.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+                status, headers, body = answer(self.path)
+                self.send_response(status)
+                for name, value in {**headers, "content-length": str(len(body))}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def recorders():
+    started = []
+
+    def start(answer) -> Recorder:
+        started.append(Recorder(answer))
+        return started[-1]
+
+    yield start
+    for recorder in started:
+        recorder.close()
+
+
+def test_output_download_keeps_the_api_key_to_the_configured_origin(recorders, monkeypatch):
+    """A redirect within the API's origin keeps the key; one to another origin (a signed download URL on another
+    host or port) is followed without it."""
+    body = b"".join(orjson.dumps({"key": f"k{i}"}) + b"\n" for i in range(3))
+    elsewhere = recorders(lambda path: (200, {"content-type": "application/octet-stream"}, body))
+
+    def api(path: str):
+        if path.startswith("/v1beta/files/same:download"):
+            return 302, {"location": "/download/v1beta/files/same:download?alt=media"}, b""
+        if path.startswith("/download/"):
+            return 200, {"content-type": "application/octet-stream"}, body
+        return 302, {"location": f"{elsewhere.url}/signed/other?signature=abc"}, b""
+
+    service = recorders(api)
+    use_developer(monkeypatch, service.url)
+    hook = GeminiBatchHook()
+
+    def output_of(file_name: str):
+        job = genai.types.BatchJob(name="batches/x", dest=genai.types.BatchJobDestination(file_name=file_name))
+        return keys_of(hook.iter_output_lines(job))
+
+    assert output_of("files/same") == ["k0", "k1", "k2"]
+    assert [headers.get("x-goog-api-key") for _, headers in service.requests] == [KEY, KEY]
+    assert output_of("files/other") == ["k0", "k1", "k2"]
+    assert service.requests[-1][1].get("x-goog-api-key") == KEY
+    ((path, headers),) = elsewhere.requests
+    assert path == "/signed/other?signature=abc"
+    assert "x-goog-api-key" not in headers and KEY not in json.dumps(headers)
+
+
+def _logged(caplog, capfd) -> str:
+    out, err = capfd.readouterr()
+    return caplog.text + out + err  # stdlib logging (SDK, httpx) and the hook's structlog output
+
+
+@pytest.mark.parametrize("refused_by", ["service", "proxy"])
+def test_a_refused_key_fails_at_once_naming_the_connection(refused_by, start_emulator, recorders, monkeypatch,
+                                                           caplog, capfd):
+    """The service answers a wrong key 400 API_KEY_INVALID; a proxy in front of it may answer 401 and quote the
+    key. Either way: one request, no retry (of the call, nor of the task: the error is an AirflowFailException),
+    the connection named, the key shown nowhere."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from gemini_batch.hooks import GeminiAuthError
+
+    if refused_by == "service":
+        emulator = start_emulator(time_scale=3600, faults={"api_keys": ["the-right-key-0000"]})
+        url, requests = emulator.url, lambda: requests_made(emulator, path_regex=r"/v1beta/.*")
+    else:
+        error = {"error": {"code": 401, "message": f"API key {KEY} is not valid for this proxy",
+                           "status": "UNAUTHENTICATED"}}
+        proxy = recorders(lambda path: (401, {"content-type": "application/json"}, orjson.dumps(error)))
+        url, requests = proxy.url, lambda: proxy.requests
+    use_developer(monkeypatch, url)
+    caplog.set_level(logging.DEBUG)
+    hook = GeminiBatchHook()
+    hook.retry_initial_seconds = 1.0
+    started = time.monotonic()
+    with pytest.raises(GeminiAuthError) as raised:
+        hook.check_model(MODEL)
+    assert time.monotonic() - started < 1.0 and len(requests()) == 1
+    assert isinstance(raised.value, AirflowFailException)
+    message = str(raised.value)
+    assert "'gemini_default'" in message and url in message and "the API key" in message
+    assert ("401 UNAUTHENTICATED" if refused_by == "proxy" else "400 INVALID_ARGUMENT") in message
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__  # the SDK's error may quote the key
+    assert KEY not in message and KEY not in _logged(caplog, capfd)
+
+
+def test_the_key_is_masked_in_airflow_logs_once_the_connection_is_read(monkeypatch):
+    from airflow.sdk._shared.secrets_masker import redact
+
+    use_developer(monkeypatch, "http://127.0.0.1:1")
+    monkeypatch.setenv("AIRFLOW_CONN_GEMINI_MASKED", json.dumps(
+        {"conn_type": "generic", "password": "masked-key-7d2e91", "extra": {"backend": "developer"}}))
+    hook = GeminiBatchHook("gemini_masked")
+    assert hook.backend == "developer"
+    assert redact("the key is masked-key-7d2e91") == "the key is ***"
+
+
+def test_an_unreachable_service_names_the_url_and_the_connection(monkeypatch):
+    import httpx
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens
+    use_developer(monkeypatch, url)
+    hook = GeminiBatchHook()
+    hook.retry_attempts, hook.retry_initial_seconds = 2, 0.01
+    with pytest.raises(httpx.ConnectError) as raised:  # still a transport error: callers' transient handling holds
+        hook.check_model(MODEL)
+    message = str(raised.value)
+    assert message.startswith(f"connection 'gemini_default': Gemini Developer API at {url} cannot be reached")
+    assert "Connection refused" in message
+
+
+def test_test_connection_works_on_a_generic_connection(emulator, monkeypatch):
+    """The README's connection is ``generic``, a type Airflow itself has no hook for: Airflow's own Test (the
+    CLI's and the api-server's core Connection, the worker's SDK Connection) reaches this hook for it."""
+    from airflow.models.connection import Connection as CoreConnection
+    from airflow.sdk import Connection
+
+    extra = json.dumps({"backend": "developer", "base_url": emulator.url})
+    expected = (True, f"Gemini Developer API at {emulator.url} answered the batch jobs list with the API key")
+    for kind in (CoreConnection, Connection):
+        use_developer(monkeypatch, emulator.url)
+        conn = kind(conn_id="gemini_default", conn_type="generic", password=KEY, extra=extra)
+        assert conn.test_connection() == expected, kind
+
+        other = kind(conn_id="smtp_relay", conn_type="generic", host="mail.example.com", password="hunter2-secret")
+        monkeypatch.setenv("AIRFLOW_CONN_SMTP_RELAY", json.dumps({"conn_type": "generic", "host": "mail.example.com"}))
+        ok, message = other.test_connection()
+        assert not ok and "not a Gemini Batch connection" in message and "'smtp_relay'" in message, message
+    assert len(requests_made(emulator, "GET", r"/v1beta/batches")) == 2  # the other connection called nothing
+
+
+# ---------------------------------------------------------------- Vertex AI: the staging bucket's region
+
+
+@pytest.mark.parametrize(("bucket", "data_locations", "region", "usable"), [
+    ("US-CENTRAL1", None, "us-central1", True),
+    ("US", None, "us-central1", True),
+    ("US", None, "europe-west4", False),
+    ("EU", None, "europe-west4", True),
+    ("EU", None, "us-central1", False),
+    ("ASIA", None, "asia-northeast1", True),
+    ("EUROPE-WEST4", None, "us-central1", False),
+    ("NAM4", None, "us-east1", True),
+    ("NAM4", None, "us-west1", False),
+    ("US", ["US-EAST1", "US-WEST1"], "us-west1", True),
+    ("US", ["US-EAST1", "US-WEST1"], "us-central1", False),
+    ("EUROPE-WEST4", None, "global", True),
+    ("EUR9", None, "europe-west4", None),  # a location this rule does not know: not judged
+])
+def test_which_bucket_locations_a_vertex_region_can_use(bucket, data_locations, region, usable):
+    from gemini_batch.hooks import region_can_use_bucket
+
+    assert region_can_use_bucket(region, bucket, data_locations) is usable
+
+
+def test_vertex_plan_refuses_a_staging_bucket_outside_the_job_region(start_emulator, gcs, gcs_root, monkeypatch,
+                                                                    tmp_path):
+    from conftest import storage_client
+    from dagrun import SAMPLES
+
+    from gemini_batch import runs
+
+    emulator = start_emulator(time_scale=3600, gcs_endpoint=gcs.url)
+    use_vertex(monkeypatch, emulator.url)  # location: the default, us-central1
+    storage = storage_client(gcs.url)
+    name = f"eu-{uuid.uuid4().hex[:12]}"
+    storage.create_bucket(name, location="europe-west4")
+    assert storage.get_bucket(name).location == "EUROPE-WEST4"
+    hook = GeminiBatchHook()
+    hook.check_staging_bucket("gs://test-bucket/staging")  # the US multi-region holds us-central1
+
+    params = {"source": str(SAMPLES), "output": str(tmp_path / "out"), "staging_prefix": f"gs://{name}/staging",
+              "model": MODEL, "prompt": "Return the invoice number as JSON."}
+    run = runs.Run.from_params(params, "manual__eu", hook)
+    with pytest.raises(runs.RunConfigError) as raised:
+        run.plan()
+    message = str(raised.value)
+    assert f"gs://{name}" in message and "EUROPE-WEST4" in message and "us-central1" in message
+    assert "'gemini_default'" in message
+    assert list(storage.list_blobs(name)) == []  # nothing was uploaded
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("plan.jsonl"))
+    assert not requests_made(emulator, "POST")  # no job was created

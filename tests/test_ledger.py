@@ -54,11 +54,12 @@ def test_the_fold_keeps_the_latest_answer_and_ignores_failures(ledger):
 def test_a_corrupt_line_costs_only_its_key(ledger, caplog):
     ledger.append([answered(key(1), 1), answered(key(2), 2)], writer="run-a")
     segment = next(ledger.events.iterdir())
-    lines = segment.read_bytes().splitlines()
-    segment.write_bytes(lines[0][:20] + b"\n" + lines[1] + b"\n")
+    whole = segment.read_bytes()
+    first = whole.index(orjson.dumps({"key": key(1)})[:-1])  # line 2: the segment's begin line comes first
+    segment.write_bytes(whole[:first + 20] + whole[whole.index(b"\n", first):])
     with ledger.view() as view:
         assert key(1) not in view and view.finished(key(2))["data"] == 2
-    assert "skipping" in caplog.text and "line 1" in caplog.text
+    assert "skipping" in caplog.text and "line 2" in caplog.text
 
 
 def test_a_finished_key_store_of_earlier_versions_is_read_and_folded_in(ledger):
@@ -88,10 +89,13 @@ def test_compaction_folds_segments_into_a_snapshot_and_loses_nothing(ledger, mon
         assert view.finished_count() == (ledger_module.COMPACT_AFTER_SEGMENTS - 1) * 10 + 2
         assert view.finished(key(999))["data"] == "last" and view.finished(key(1000))["data"] == "after"
         assert view.finished(key(13))["data"] == 1
-    # Folded segments stay for their grace; a compaction after it removes them.
+    # Folded segments stay for their grace, and while a kept snapshot does not list them (the one a reader falls
+    # back to if the newest is damaged); a compaction after that removes them.
     assert len(list(ledger.events.iterdir())) == ledger_module.COMPACT_AFTER_SEGMENTS + 1
     monkeypatch.setattr(ledger_module, "SEGMENT_GRACE", dt.timedelta(seconds=-60))
     ledger.compact(writer="later", force=True)
+    assert [p.name for p in ledger.events.iterdir()] == [p.name for p in view.unfolded], "'now' does not list it"
+    ledger.compact(writer="latest", force=True)
     assert [p.name for p in ledger.events.iterdir()] == []
     assert len([p for p in ledger.snapshots.iterdir() if p.name.endswith(".sqlite")]) == ledger_module.SNAPSHOTS_KEPT
     with ledger.view() as view:
@@ -353,3 +357,239 @@ def test_a_job_record_written_before_display_names_reads_back(ledger):
     folder.mkdir(parents=True)
     (folder / "s.json").write_bytes(orjson.dumps({"job_name": "batches/old", "at": "2026-11-30T00:00:00+00:00"}))
     assert ledger.shard_job("old-claim", "s") == ShardJob("batches/old", "2026-11-30T00:00:00+00:00")
+
+
+# ---------------------------------------------------------------------- a damaged ledger
+
+
+def compacted_twice(ledger: Ledger, monkeypatch) -> tuple[list[str], str, str]:
+    """Answered keys 0-9, one segment each: 0-4 folded into an older snapshot, 5-9 only into the newest; every
+    folded segment is past its grace, so each compaction prunes all it may."""
+    monkeypatch.setattr(ledger_module, "SEGMENT_GRACE", dt.timedelta(seconds=-60))
+    for n in range(5):
+        ledger.append([answered(key(n), n)], writer=f"run-{n}")
+    older = ledger.compact(writer="older", force=True)
+    for n in range(5, 10):
+        ledger.append([answered(key(n), n)], writer=f"run-{n}")
+    newest = ledger.compact(writer="newest", force=True)
+    return [key(n) for n in range(10)], older, newest
+
+
+def answers(ledger: Ledger, keys: list[str]) -> dict[str, object]:
+    """What a new view of the ledger answers for each key (None: not answered), and its count."""
+    with ledger.view() as view:
+        return {"count": view.finished_count(), **{k: (view.finished(k) or {}).get("data") for k in keys}}
+
+
+def all_answered(keys: list[str]) -> dict[str, object]:
+    return {"count": len(keys), **{k: n for n, k in enumerate(keys)}}
+
+
+def test_a_truncated_snapshot_is_reported_and_the_one_before_it_answers_with_its_segments(ledger, monkeypatch,
+                                                                                         caplog):
+    keys, _, newest = compacted_twice(ledger, monkeypatch)
+    snapshot = ledger.snapshots / f"{newest}.sqlite"
+    snapshot.write_bytes(snapshot.read_bytes()[:5000])
+    assert answers(ledger, keys) == all_answered(keys)
+    assert f"{newest}.sqlite" in caplog.text and "damaged" in caplog.text
+
+
+def test_a_damaged_snapshot_on_gcs_is_found_by_its_checksum_as_it_is_copied(gcs_root, monkeypatch, caplog):
+    """Zeroed pages keep its size and header; the sha256 taken while copying it from the bucket finds them."""
+    ledger = Ledger(gcs_root / "ledgers" / uuid.uuid4().hex)
+    keys, _, newest = compacted_twice(ledger, monkeypatch)
+    snapshot = ledger.snapshots / f"{newest}.sqlite"
+    whole = snapshot.read_bytes()
+    snapshot.write_bytes(whole[:4096] + bytes(len(whole) - 4096))
+    assert answers(ledger, keys) == all_answered(keys)
+    assert f"{newest}.sqlite" in caplog.text and "sha256" in caplog.text
+
+
+@pytest.mark.parametrize("kept", [0, 4096], ids=["all-garbage", "garbage-after-its-first-page"])
+def test_a_garbage_snapshot_is_reported_and_the_one_before_it_answers_with_its_segments(ledger, monkeypatch, caplog,
+                                                                                       kept):
+    import random
+
+    keys, _, newest = compacted_twice(ledger, monkeypatch)
+    snapshot = ledger.snapshots / f"{newest}.sqlite"
+    whole = snapshot.read_bytes()
+    snapshot.write_bytes(whole[:kept] + random.Random(7).randbytes(len(whole) - kept))
+    assert answers(ledger, keys) == all_answered(keys)
+    assert f"{newest}.sqlite" in caplog.text and "damaged" in caplog.text
+
+
+@pytest.mark.parametrize("cut", [0.5, 0], ids=["cut-in-half", "emptied"])
+def test_a_cut_manifest_is_reported_and_loses_no_answered_key(ledger, monkeypatch, caplog, cut):
+    keys, _, newest = compacted_twice(ledger, monkeypatch)
+    before = answers(ledger, keys)
+    manifest = ledger.snapshots / f"{newest}.json"
+    whole = manifest.read_bytes()
+    manifest.write_bytes(whole[:int(len(whole) * cut)])
+    assert answers(ledger, keys) == before == all_answered(keys)
+    assert f"{newest}.json" in caplog.text and "damaged" in caplog.text
+
+
+@pytest.mark.parametrize("where", ["mid-line", "at-a-line-end"])
+def test_a_torn_segment_loses_only_its_torn_line_and_reports_it(ledger, caplog, where):
+    keys = [key(n) for n in range(10)]
+    ledger.append([answered(k, n) for n, k in enumerate(keys)], writer="run-a")
+    [segment] = ledger.events.iterdir()
+    whole = segment.read_bytes()
+    last = whole.index(orjson.dumps({"key": keys[9]})[:-1])
+    segment.write_bytes(whole[:last + 120] if where == "mid-line" else whole[:last])
+    with ledger.view() as view:
+        assert [k for k in keys if k in view] == keys[:9]
+        assert [view.finished(k)["data"] for k in keys[:9]] == list(range(9))
+        assert [d.path.name for d in view.damaged] == [segment.name]
+    assert segment.name in caplog.text
+    if where == "mid-line":
+        assert keys[9] in caplog.text, "the key whose answer is lost is named"
+    else:
+        assert "end line" in caplog.text, "a cut between lines shows too: the segment's end line is missing"
+
+
+def test_a_compaction_that_meets_a_damaged_snapshot_writes_a_sound_one_with_every_key(ledger, monkeypatch):
+    """Zeroed pages keep a snapshot's size and header: its sha256 finds them when compaction reads it whole, and
+    the answers of newer segments the view read already go into the new snapshot too."""
+    keys, older, newest = compacted_twice(ledger, monkeypatch)
+    ledger.append([answered(key(10), 10)], writer="run-10")
+    keys.append(key(10))
+    snapshot = ledger.snapshots / f"{newest}.sqlite"
+    whole = snapshot.read_bytes()
+    snapshot.write_bytes(whole[:4096] + bytes(len(whole) - 4096))
+    after = ledger.compact(writer="after", force=True)
+    assert [f"{newest}.sqlite"] == [d.path.name for d in ledger.check().damaged]
+    monkeypatch.setattr(ledger_module, "SEGMENT_GRACE", dt.timedelta(hours=1))
+    for segment in ledger.events.iterdir():
+        segment.unlink()  # only the new snapshot can answer now
+    (ledger.snapshots / f"{older}.json").unlink()
+    with ledger.view() as view:
+        assert view.snapshot_name == f"{after}.json" and not view.damaged
+    assert answers(ledger, keys) == all_answered(keys)
+
+
+def test_a_power_loss_right_after_compaction_loses_nothing(ledger, monkeypatch):
+    """A file whose content was not flushed to disk before the power failed reads back empty, while renames and
+    removals made before it stay made: compaction must flush a snapshot before anything counts on it."""
+    import os
+
+    monkeypatch.setattr(ledger_module, "SEGMENT_GRACE", dt.timedelta(seconds=-60))
+    keys = [key(n) for n in range(10)]
+    for n in range(5):
+        ledger.append([answered(keys[n], n)], writer=f"run-{n}")
+    ledger.compact(writer="older", force=True)
+    for n in range(5, 10):
+        ledger.append([answered(keys[n], n)], writer=f"run-{n}")
+
+    def inodes() -> dict[str, int]:
+        return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_ino
+                for d, _, files in os.walk(ledger.folder.path) for f in files}
+
+    flushed, real_fsync = set(), os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (flushed.add(os.fstat(fd).st_ino), real_fsync(fd))[1])
+    before = set(inodes().values())
+    ledger.compact(writer="newest", force=True)
+    for path, inode in inodes().items():
+        if inode not in before and inode not in flushed:
+            os.truncate(path, 0)  # the power fails
+    assert answers(ledger, keys) == all_answered(keys)
+
+
+def test_a_compaction_that_dies_before_its_manifest_leaves_a_ledger_that_reads_and_no_debris(ledger, monkeypatch):
+    keys, _, _ = compacted_twice(ledger, monkeypatch)
+    ledger.append([answered(key(10), 10)], writer="run-10")
+    keys.append(key(10))
+    real = ledger_module._replace_whole
+
+    def dies_on_manifests(path, *args, **kwargs):
+        if path.name.endswith(".json") and path.parent.name == "snapshots":
+            raise KeyboardInterrupt("killed")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(ledger_module, "_replace_whole", dies_on_manifests)
+    with pytest.raises(KeyboardInterrupt):
+        ledger.compact(writer="dies", force=True)
+    monkeypatch.setattr(ledger_module, "_replace_whole", real)
+    assert answers(ledger, keys) == all_answered(keys)
+    ledger.compact(writer="next", force=True)
+    ledger.compact(writer="after", force=True)
+    stems = {p.name.rsplit(".", 1)[0] for p in ledger.snapshots.iterdir()}
+    assert not [s for s in stems if "dies" in s], "the dead compaction's snapshot is removed with the old ones"
+    assert answers(ledger, keys) == all_answered(keys)
+
+
+def test_a_ledger_written_without_checksums_still_reads_and_its_next_compaction_adds_them(ledger):
+    """Upgrades keep what was paid for: a snapshot, manifest and segment in the previous release's format."""
+    import sqlite3
+
+    keys = [key(n) for n in range(4)]
+    ledger.snapshots.mkdir(parents=True)
+    ledger.events.mkdir(parents=True)
+    db = sqlite3.connect(ledger.snapshots.path + "/20260101T000000000000Z-abcd1234-old.sqlite")
+    db.execute("CREATE TABLE finished (key TEXT PRIMARY KEY, record BLOB) WITHOUT ROWID")
+    db.executemany("INSERT INTO finished VALUES (?, ?)",
+                   [(k, orjson.dumps(answered(k, n).outcome)) for n, k in enumerate(keys[:2])])
+    db.commit()
+    db.close()
+    (ledger.snapshots / "20260101T000000000000Z-abcd1234-old.json").write_bytes(orjson.dumps(
+        {"sqlite": "20260101T000000000000Z-abcd1234-old.sqlite", "segments": ["20251231T000000000000Z-x-run.jsonl"],
+         "keys": 2, "created_at": "2026-01-01T00:00:00+00:00"}))
+    (ledger.events / "20260102T000000000000Z-abcd1234-run.jsonl").write_bytes(
+        b"".join(orjson.dumps(answered(k, n + 2).to_json()) + b"\n" for n, k in enumerate(keys[2:])))
+    assert answers(ledger, keys) == all_answered(keys)
+    assert ledger.check().damaged == []
+    assert ledger.compact(writer="upgrade") is not None, "the first compaction after an upgrade adds checksums"
+    with ledger.view() as view:
+        written = orjson.loads((ledger.snapshots / view.snapshot_name).read_bytes())
+    assert written["sha256"] and written["checksum"]
+    assert answers(ledger, keys) == all_answered(keys)
+
+
+def gemini_batch_cli(*args: str, env: dict | None = None):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "plugins"), str(root)]), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "gemini_batch", *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def test_ledger_check_and_repair_from_the_command_line(ledger, monkeypatch):
+    """A person finds every damaged file with its cause, then sets them aside and rebuilds: nothing is deleted,
+    every answer still intact is kept, and the one answer lost is named."""
+    keys, _, newest = compacted_twice(ledger, monkeypatch)
+    ledger.append([answered(key(n), n) for n in range(10, 13)], writer="torn")
+    keys += [key(10), key(11)]
+    [torn] = [p for p in ledger.events.iterdir() if "torn" in p.name]
+    whole = torn.read_bytes()
+    torn.write_bytes(whole[:whole.index(orjson.dumps({"key": key(12)})[:-1]) + 100])
+    snapshot = ledger.snapshots / f"{newest}.sqlite"
+    snapshot.write_bytes(snapshot.read_bytes()[:5000])
+    folder = ledger.folder.path
+
+    found = gemini_batch_cli("ledger", "check", folder)
+    assert found.returncode == 1, found.stderr
+    assert f"{newest}.sqlite" in found.stdout and "bytes" in found.stdout
+    assert torn.name in found.stdout and "line" in found.stdout
+    assert key(12) in found.stdout, "the lost answer is named"
+
+    repaired = gemini_batch_cli("ledger", "repair", folder)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "damaged" in repaired.stdout and newest in repaired.stdout and torn.name in repaired.stdout
+    aside = {p.name for p in (ledger.folder / "damaged").rglob("*") if p.is_file()}
+    assert {f"{newest}.sqlite", f"{newest}.json", torn.name} <= aside, "set aside, not deleted"
+
+    again = gemini_batch_cli("ledger", "check", folder)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert answers(ledger, keys) == all_answered(keys)
+
+
+def test_ledger_check_reads_the_dags_default_ledger(tmp_path):
+    ledger = Ledger(as_path(tmp_path / "state" / "my_dag"))
+    ledger.append([answered(key(1), 1)], writer="run-a")
+    done = gemini_batch_cli("ledger", "check", "--dag-id", "my_dag", env={"GEMINI_BATCH_STATE": str(tmp_path / "state")})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert str(tmp_path / "state" / "my_dag") in done.stdout and "no damage" in done.stdout

@@ -3,7 +3,12 @@ field, in the loader's import error, and the others still load (Airflow's own Da
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -95,3 +100,71 @@ def test_every_broken_file_is_named_and_a_missing_schema_file_too(tmp_path, monk
 def test_build_dag_refuses_a_param_it_does_not_have():
     with pytest.raises(ValueError, match="unknown params promt"):
         build_dag("mine", params={"promt": "typo"})
+
+
+def billion_laughs(field: str) -> str:
+    """A pipeline file of about 400 bytes whose ``field`` holds nine levels of nine aliases: 9**9 strings once
+    expanded, though the parsed data shares them and costs little to hold."""
+    levels = "abcdefghi"
+    anchors = [f"  - &a [{', '.join(['lol'] * 9)}]"] + [
+        f"  - &{name} [{', '.join(['*' + below] * 9)}]" for below, name in zip(levels, levels[1:])]
+    inner = "\n".join(anchors)
+    body = f"schema:\n  type: object\n  enum:\n{inner}\n" if field == "schema" else f"{field}:\n{inner}\n"
+    return "dag_id: laughs\nsource: landing\n" + ("prompt: Extract.\n" if field != "prompt" else "") + body
+
+
+@pytest.mark.parametrize("field", ["schema", "prompt"])
+def test_a_yaml_bomb_is_refused_quickly_and_the_other_pipelines_load(tmp_path, monkeypatch, field):
+    bomb = billion_laughs(field)
+    assert len(bomb) < 600
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        dags = bag(tmp_path, monkeypatch, {"receipts.yaml": GOOD, "laughs.yaml": bomb})
+        elapsed, (_, peak) = time.monotonic() - started, tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert elapsed < 5 and peak < 100 * 2**20, (elapsed, peak)
+    assert set(dags.dags) == {"receipts"}
+    [error] = dags.import_errors.values()
+    assert "laughs.yaml: refused: more than 100,000 values once its aliases (*name) are expanded" in error, error
+    assert len(error) < 2000
+
+
+@pytest.mark.parametrize(("content", "cause"), [
+    ("prompt: " + "x" * (2**20 + 1), "bytes, above the 1,048,576 a pipeline file may hold"),
+    ("source: &s [*s]\nprompt: p\n", "refused: an alias refers to a value that contains it"),
+    ("source: landing\nprompt: p\nschema:\n" + "".join("  " * n + "  properties:\n" + "  " * n + "    x:\n"
+                                                        for n in range(0, 120, 2)), "nested deeper than"),
+], ids=["oversized", "self-referring", "deep"])
+def test_an_oversized_self_referring_or_deep_file_is_named_and_the_others_load(tmp_path, monkeypatch, content,
+                                                                             cause):
+    dags = bag(tmp_path, monkeypatch, {"receipts.yaml": GOOD, "bad.yaml": content})
+    assert set(dags.dags) == {"receipts"}
+    [error] = dags.import_errors.values()
+    assert "bad.yaml: " in error and cause in error, error
+
+
+def test_airflow_lists_a_yaml_bombs_file_as_an_import_error(airflow_home, tmp_path):
+    """What `bin/airflow dags list-import-errors` shows: the loader file, naming the bomb; the good DAG is listed."""
+    dags, pipelines = tmp_path / "dags", tmp_path / "pipelines"
+    dags.mkdir()
+    pipelines.mkdir()
+    shutil.copy(LOADER, dags)
+    (pipelines / "receipts.yaml").write_text(yaml.safe_dump(GOOD))
+    (pipelines / "laughs.yaml").write_text(billion_laughs("schema"))
+    env = {**os.environ, "AIRFLOW_HOME": str(airflow_home), "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+           "GEMINI_BATCH_PIPELINES": str(pipelines)}
+
+    def cli(*args: str) -> list[dict]:
+        """The command's JSON (its last line; list-import-errors exits 1 when it lists any)."""
+        done = subprocess.run([ROOT / "bin" / "airflow", "dags", *args, "--local", "-o", "json"], env=env,
+                              capture_output=True, text=True, timeout=120)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    started = time.monotonic()
+    [error] = cli("list-import-errors")
+    assert error["filepath"].endswith("gemini_batch_pipelines.py")
+    assert "laughs.yaml: refused: more than 100,000 values" in error["error"]
+    assert [d["dag_id"] for d in cli("list")] == ["receipts"]
+    assert time.monotonic() - started < 60

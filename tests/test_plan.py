@@ -125,7 +125,7 @@ def test_developer_stage_build_validate_and_submit(source, tmp_path, emulator):
     client = developer_client(emulator.url)
     work = as_path(tmp_path / "work")
     run_plan(source, tmp_path / "work")
-    staged = stage_all(FilesApiStager(client, documents.open_part), work / "plan.jsonl", source)
+    staged = stage_all(FilesApiStager(client, documents.open_planned), work / "plan.jsonl", source)
     assert len(staged) == 5  # every non-text request once: a, b, 3 ranges of long.pdf
     assert all(s.uri.endswith(f"/files/{s.uri.rsplit('/', 1)[-1]}") and s.expires_at for s in staged.values())
 
@@ -141,7 +141,7 @@ def test_developer_stage_build_validate_and_submit(source, tmp_path, emulator):
 
     # Staging again uploads nothing: every part is found under its deterministic name.
     before = {f.name for f in client.files.list()}
-    again = stage_all(FilesApiStager(client, documents.open_part), work / "plan.jsonl", source)
+    again = stage_all(FilesApiStager(client, documents.open_planned), work / "plan.jsonl", source)
     assert {f.name for f in client.files.list()} == before
     assert {k: s.uri for k, s in again.items()} == {k: s.uri for k, s in staged.items()}
 
@@ -197,7 +197,7 @@ def test_vertex_references_whole_documents_under_a_gcs_source_in_place(source, t
     assert summary.routes == {"inline": 1, "in_place": 2, "staged": 3}  # notes.md; a.pdf, b.pdf; long.pdf's ranges
     to_stage = list(plan.parts_to_stage(work / "plan.jsonl", remote))
     assert sorted(item.pages for item in to_stage) == [(1, 50), (51, 100), (101, 120)]
-    staged = stage_all(GcsStager(gcs_root / "staging" / "test_in_place", documents.open_part), work / "plan.jsonl",
+    staged = stage_all(GcsStager(gcs_root / "staging" / "test_in_place", documents.open_planned), work / "plan.jsonl",
                        remote)
 
     manifests, unbuilt = plan.build_shards(work / "plan.jsonl", remote, staged, SPEC, work / "shards")
@@ -213,7 +213,7 @@ def test_vertex_stage_to_gcs(source, tmp_path, gcs_root):
     work = as_path(tmp_path / "work")
     run_plan(source, tmp_path / "work")
     prefix = gcs_root / "staging" / "test_vertex_stage"
-    staged = stage_all(GcsStager(prefix, documents.open_part), work / "plan.jsonl", source)
+    staged = stage_all(GcsStager(prefix, documents.open_planned), work / "plan.jsonl", source)
     assert all(s.uri.startswith("gs://test-bucket/staging/test_vertex_stage/") for s in staged.values())
 
     manifests, _ = plan.build_shards(work / "plan.jsonl", as_path(source), staged, SPEC, gcs_root / "shards" / "vertex")
@@ -240,3 +240,28 @@ def test_rerun_over_unchanged_folder_plans_zero_requests(source, tmp_path):
     with ledger.view() as finished:
         third = run_plan(source, tmp_path / "w3", finished=finished)
     assert third.requests == 1 and third.documents == first.documents + 1
+
+
+def test_huge_files_are_judged_by_type_and_size_before_they_are_read(source, tmp_path):
+    """Sparse 5 GB files cost nothing to make; hashing one would read 5 GB. Each is rejected from its first bytes
+    and its size, and the folder's other documents are planned as before."""
+    with open(source / "disk.img", "wb") as unknown:  # zeros: no known type
+        unknown.truncate(5 * 2**30)
+    with open(source / "scan-archive.pdf", "wb") as huge_pdf:
+        huge_pdf.write(b"%PDF-1.7\n")
+        huge_pdf.truncate(5 * 2**30)
+    for name in ("disk.img", "scan-archive.pdf"):
+        started = time.monotonic()
+        alone = documents.inspect(documents.SourceFile(name, as_path(source), 5 * 2**30))
+        assert time.monotonic() - started < 3, f"{name} was read before it was judged"
+        assert alone.rejected and alone.sha256 is None and alone.parts == ()
+
+    started = time.monotonic()
+    summary = run_plan(source, tmp_path / "work")
+    assert time.monotonic() - started < 10
+    docs = {d.path: d for d in plan.read_plan(as_path(summary.plan_uri))}
+    assert docs["disk.img"].rejected == ("unsupported file type: unrecognised binary content "
+                                         "(supported: PDF, PNG, JPEG, WEBP, text, Markdown, HTML)")
+    assert docs["scan-archive.pdf"].rejected == "PDF is 5 GB, above the 2 GB file limit"
+    assert docs["scan-archive.pdf"].mime_type == "application/pdf" and docs["scan-archive.pdf"].size == 5 * 2**30
+    assert (summary.documents, summary.rejected, summary.requests) == (9, 4, 6)  # the seven as before, two more rejected

@@ -143,15 +143,16 @@ def test_a_retry_reads_inline_parts_from_the_source_again_and_a_changed_one_fail
     assert planned["routes"] == {"inline": 3, "in_place": 0, "staged": 0}
     assert run.stage() == {"staged": 0, "failed": 0}
     (first,) = run.build(0)
-    assert run.collect(0, [])["failed"] == 3  # round 0's job never ran: every key failed
+    first_round = run.collect(0, [])
+    assert first_round["failed"] == 3 and first_round["requests"] == 0  # round 0's job never ran: nothing sent
 
     shutil.copy(SAMPLES / "invoice-1.pdf", source / "invoice-2.pdf")  # changed after the plan
     (manifest_uri,) = run.retry(1)
     assert ShardManifest.load(manifest_uri).rows == 2
     src = hook.upload_jsonl(hook.storage_path(ShardManifest.load(manifest_uri).uri), "gbs-inline-retry")
     job = wait_until_ended(hook, hook.create_job(model=PARAMS["model"], src=src, display_name="inline-retry").name)
-    run.collect(1, [{"manifest_uri": manifest_uri, "job_name": job.name, "state": job.state.name}])
-    run.publish(planned, job_names=[job.name])
+    retried = run.collect(1, [{"manifest_uri": manifest_uri, "job_name": job.name, "state": job.state.name}])
+    run.publish([first_round, retried])
 
     records, summary = read_results(tmp_path / "out")
     assert {d: r["status"] for d, r in records.items()} == {
@@ -186,7 +187,8 @@ def test_each_staging_pass_writes_its_own_file_and_later_passes_win(where, tmp_p
     output = str(tmp_path / "out") if where == "local" else f"gs://test-bucket/passes/{tmp_path.name}"
     run = runs.Run.from_params({**PARAMS, "source": str(source), "output": output,
                                 "staging_prefix": f"gs://test-bucket/passes-staging/{tmp_path.name}"},
-                               "manual__passes", SimpleNamespace(backend="vertex", gcp_conn_id=None, check_model=lambda model: None))
+                               "manual__passes", SimpleNamespace(backend="vertex", gcp_conn_id=None, check_model=lambda model: None,
+                                               check_staging_bucket=lambda uri: None))
     run.plan()
     (source / "invoice-2.pdf").rename(tmp_path / "away.pdf")
     assert run.stage() == {"staged": 6, "failed": 1}
@@ -292,3 +294,26 @@ def test_outputs_parsed_in_worker_processes_give_the_outcomes_parsed_here(start_
     counts, lines = here
     assert (counts["keys"], counts["failed"], len(lines)) == (8, 2, 8)
     assert sum(b"cannot be read: 403 PERMISSION_DENIED" in line for line in lines) == 2
+
+
+def test_answers_are_in_the_ledger_once_collected_so_a_failed_publish_loses_nothing(start_emulator, monkeypatch,
+                                                                                     tmp_path):
+    """The output folder cannot take results.jsonl when publish runs (here a folder stands where the file goes):
+    publish fails, but every answer the job paid for is already in the ledger, so the next run over the same
+    documents sends no request for them; its summary counts them as reused, not as requests."""
+    server = start_emulator(time_scale=3600)
+    run, job, jobs = finished_round_0(server.url, monkeypatch, tmp_path, "publish-fails")
+    collected = run.collect(0, jobs)
+    assert collected["requests"] == 8 and collected["succeeded"] == 8
+    (tmp_path / "out" / "results.jsonl").mkdir()
+    with pytest.raises(IsADirectoryError):
+        run.publish([collected])
+
+    again = runs.Run.from_params({**PARAMS, "source": str(SAMPLES), "output": str(tmp_path / "out-2")},
+                                 "manual__after-failed-publish", run.hook)
+    planned = again.plan().to_json()
+    assert planned["requests"] == 0 and planned["reused_parts"] == planned["parts"], planned
+    summary = again.publish([])
+    assert summary["succeeded"] == summary["reused"] == planned["documents"] - planned["rejected"]
+    assert (summary["requests"], summary["jobs"]) == (0, 0)
+    assert (summary["input_tokens"], summary["estimated_cost_usd"]) == (0, 0.0), "nothing was paid for twice"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import new_airflow_home
-from dagrun import assert_contract, developer_conn, read_results, run_dag, start_dag, submitted_jobs
+from dagrun import assert_contract, developer_conn, read_results, run_dag, start_dag, submitted_jobs, submitted_keys
 from fpdf import FPDF
 
 from gemini_batch.batch_requests import RequestSpec, build_row
@@ -90,13 +90,15 @@ def test_two_runs_started_together_request_each_key_once(airflow_home, second_ai
 
     sent = Counter(requested_keys(server))
     assert len(sent) == 6 and set(sent.values()) == {1}, f"each key requested once in all: {sent}"
-    reused = []
+    reused, requests = [], []
     for output in ("out-1", "out-2"):
         records, summary = read_results(tmp_path / output)
         assert_contract(records, summary, source)
         assert summary["succeeded"] == 6 and summary["retry_rounds"] == 0, summary
         reused.append(summary["reused"])
+        requests.append(summary["requests"])
     assert sum(reused) == 6, f"what one run requested the other reused: {reused}"
+    assert sum(requests) == sum(sent.values()) == 6, f"each summary counts only the rows its own jobs sent: {requests}"
     print(f"[overlap, together] requests sent {sum(sent.values())} for 6 documents in 2 runs; reused {reused}")
 
 
@@ -116,7 +118,7 @@ def test_a_run_triggered_while_another_waits_takes_its_answers(airflow_home, sec
     assert len(submitted_jobs(server)) == 1 and Counter(requested_keys(server)) == Counter(
         {k: 1 for k in requested_keys(server)}) and len(requested_keys(server)) == 6
     records, summary = read_results(tmp_path / "out-2")
-    assert summary["succeeded"] == 6 and summary["reused"] == 6 and summary["jobs"] == 0
+    assert summary["succeeded"] == 6 and summary["reused"] == 6 and summary["jobs"] == summary["requests"] == 0
     assert summary["retry_rounds"] == 0 and summary["input_tokens"] == 0, "the first run paid; this one did not"
     print(f"[overlap, while waiting] requests sent {len(requested_keys(server))} for 6 documents in 2 runs")
 
@@ -194,13 +196,8 @@ def test_a_run_holding_six_times_the_quota_completes_within_it(airflow_home, tmp
     assert_contract(records, summary, source)
     assert summary["succeeded"] == 12 and summary["jobs"] == 12 and summary["retry_rounds"] == 0, summary
 
-    jobs = [json.loads(p.read_text()) for p in (server.log_path.parent / "jobs").glob("*.json")]
+    most, jobs = tokens_in_flight(server)
     assert len(jobs) == 12 and {j["tokens"] for j in jobs} == {per_job}
-    held, most = 0, 0
-    for _, change in sorted([(j["create_time"], j["tokens"]) for j in jobs] + [(j["end_time"], -j["tokens"]) for j in jobs],
-                            key=lambda event: (event[0], event[1])):  # at one instant an end comes before a start
-        held += change
-        most = max(most, held)
     refused = [r for r in requests_made(server, "POST") if r["path"].endswith(":batchGenerateContent") and r["status"] == 429]
     assert most <= limit, f"{most} tokens in flight over the limit of {limit}"
     if stated:  # admitted by the ledger from the estimate, which errs high: one job at a time here
@@ -209,3 +206,56 @@ def test_a_run_holding_six_times_the_quota_completes_within_it(airflow_home, tmp
         assert most == limit and refused, "the quota was reached and creates over it were refused"
     print(f"[quota, {'stated' if stated else 'unknown'}] {len(jobs)} jobs of {per_job} tokens, limit {limit} (6x over in all): at most {most} tokens in "
           f"flight, {len(refused)} creates refused 429, wall {wall:.0f} s")
+
+
+def write_notes(folder: Path, count: int) -> None:
+    """``count`` text documents of about the same length, each its own key."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(count):
+        (folder / f"note-{n:02d}.txt").write_text(f"Invoice Number: INV-{n:04d}\nTotal: {n}.00 EUR\n" * 20)
+
+
+def tokens_in_flight(server) -> tuple[int, list[dict]]:
+    """The most input tokens the emulator's jobs held at once (its own records), and those jobs."""
+    jobs = [json.loads(p.read_text()) for p in (server.log_path.parent / "jobs").glob("*.json")]
+    held, most = 0, 0
+    for _, change in sorted([(j["create_time"], j["tokens"]) for j in jobs] + [(j["end_time"], -j["tokens"]) for j in jobs],
+                            key=lambda event: (event[0], event[1])):  # at one instant an end comes before a start
+        held += change
+        most = max(most, held)
+    return most, jobs
+
+
+def test_a_shard_alone_over_an_unstated_quota_is_split_until_its_parts_fit(airflow_home, tmp_path, start_emulator):
+    """60 text documents in one shard; the model's enqueued-token quota, stated nowhere, is a sixth of the
+    shard's tokens. The service refuses the shard with nothing else in flight, so no wait can help: the submit
+    splits it in halves until a part is accepted, then submits the parts in turn as quota frees up. Each part's
+    JSONL is uploaded once, the quota is never exceeded (the emulator's own records), every document succeeds."""
+    source = tmp_path / "source"
+    write_notes(source, 60)
+    prompt = "Extract the invoice number and total."
+    spec = RequestSpec(model="gemini-2.5-flash-lite", prompt=prompt)
+    shard_tokens = sum(responder.request_tokens(build_row("k", spec, text=p.read_text())["request"], lambda uri: None)
+                       for p in source.iterdir())
+    limit = shard_tokens // 6
+    server = start_emulator(time_scale=600, faults={"pending_seconds": 300, "enqueued_token_limit": limit})
+    started = time.monotonic()
+    run = run_dag(airflow_home, developer_conn(server.url),
+                  {"source": str(source), "output": str(tmp_path / "out"), "prompt": prompt, "response_schema": None},
+                  "2026-11-10")
+    wall = time.monotonic() - started
+    run.check()
+    records, summary = read_results(tmp_path / "out")
+    assert_contract(records, summary, source)
+    assert summary["succeeded"] == 60 and summary["requests"] == 60 and summary["retry_rounds"] == 0, summary
+
+    most, jobs = tokens_in_flight(server)
+    assert most <= limit, f"{most} tokens in flight over the quota of {limit}"
+    assert sum(j["request_count"] for j in jobs) == 60 == len({k for keys in submitted_keys(server) for k in keys})
+    assert summary["jobs"] == len(jobs) and all(j["tokens"] <= limit for j in jobs)
+    refused = [r for r in requests_made(server, "POST") if r["path"].endswith(":batchGenerateContent") and r["status"] == 429]
+    uploads = [r for r in requests_made(server, "POST", "/upload/v1beta/files") if "upload_id=" in r["query"]]
+    # Halving gives a binary tree whose leaves are the jobs: 2 x jobs - 1 shards and pieces, each uploaded once.
+    assert len(uploads) == 2 * len(jobs) - 1, f"{len(uploads)} JSONL uploads for {len(jobs)} jobs"
+    print(f"[quota, shard alone over it] {len(jobs)} jobs for 60 requests, quota {limit} of {shard_tokens} tokens: at "
+          f"most {most} in flight, {len(refused)} creates refused 429, {len(uploads)} JSONL uploads, wall {wall:.0f} s")

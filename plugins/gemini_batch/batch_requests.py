@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING, TypeVar
 import orjson
 
 from gemini_batch.keys import normalize_model
-from gemini_batch.locations import as_path, make_folder, open_file, uri_of
+from gemini_batch.locations import as_path, make_folder, open_file, replace_whole, uri_of
 
 if TYPE_CHECKING:  # Airflow is not imported at run time: a worker process parsing outputs does without it
     from airflow.sdk import ObjectStoragePath
@@ -143,6 +143,7 @@ class ShardManifest:
     ledger: str | None = None  # the ledger's URI, where the submit records the shard's job
     adopts: str | None = None  # not a shard to submit: its keys are another claim's (or "ledger"), to wait for
     tokens: int = 0  # the input tokens its rows are estimated to hold while its job is active (the quota counts them)
+    piece_of: str | None = None  # a part of that shard, split off because the service refused the whole
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -286,3 +287,78 @@ class _OpenShard:
     def abandon(self) -> None:
         self.data.close()
         self.keys.close()
+
+
+def split_shard(manifest: ShardManifest, folder: ObjectStoragePath) -> tuple[ShardManifest, ShardManifest]:
+    """The rows of a shard of two or more rows as two shards beside it, ``<id>.p1`` and ``<id>.p2``, in order.
+
+    For a job the service refuses whole (over the model's enqueued-token
+    quota). The JSONL and keys files are streamed, and each piece's tokens
+    are its share of the shard's by rows (the estimate is per shard). The
+    piece names sort after the shard's, so a reader mapping keys to shards
+    in name order ends at the smallest piece holding each key.
+    """
+    if manifest.rows < 2:
+        raise ValueError(f"shard {manifest.shard_id} has {manifest.rows} row(s): nothing to split")
+    first_rows = (manifest.rows + 1) // 2
+    stamp = {"claim": manifest.claim, "ledger": manifest.ledger, "piece_of": manifest.piece_of or manifest.shard_id}
+    pieces = [_OpenShard(folder, f"{manifest.shard_id}.p{n}", stamp) for n in (1, 2)]
+    source, keys = folder / manifest.uri.rsplit("/", 1)[-1], folder / manifest.keys_uri.rsplit("/", 1)[-1]
+    with open_file(source) as lines, open_file(keys) as key_lines:
+        for row, (line, key) in enumerate(zip(lines, key_lines)):
+            pieces[row >= first_rows].write(key.decode().strip(), line, 0)
+    for piece in pieces:
+        piece.tokens = -(-manifest.tokens * piece.rows // manifest.rows)
+    return pieces[0].finish(), pieces[1].finish()
+
+
+@dataclass
+class ShardPiece:
+    """One part of a shard the service refused whole, and how far its submission got."""
+
+    manifest_uri: str
+    display_name: str
+    rows: int
+    src: str | None = None  # its uploaded input, once uploaded: each piece is uploaded once
+    started_at: str | None = None  # when a create began: a job made then is found by its display name
+    job_name: str | None = None
+    refused: str | None = None  # why the service will never take it: a document fails with this reason
+
+    @property
+    def open(self) -> bool:
+        return self.job_name is None and self.refused is None
+
+
+@dataclass
+class ShardPieces:
+    """A shard's submission as pieces, kept beside its manifest (``<id>.pieces.json``) from the first time the
+    service refused the shard: the submit task's own record across deferrals, retries and restarts."""
+
+    shard_id: str
+    pieces: list[ShardPiece]
+    quota_wait_since: str | None = None  # when the current wait for the model's quota began
+
+    @staticmethod
+    def path_of(manifest: ShardManifest, folder: ObjectStoragePath) -> ObjectStoragePath:
+        return folder / f"{manifest.shard_id}.pieces.json"
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> ShardPieces:
+        pieces = from_record(cls, data, "shard pieces")
+        return dataclasses.replace(pieces, pieces=[from_record(ShardPiece, p, "shard piece") for p in pieces.pieces])
+
+    @classmethod
+    def load(cls, path: ObjectStoragePath) -> ShardPieces | None:
+        try:
+            with open_file(path) as record:
+                return cls.from_json(orjson.loads(record.read()))
+        except FileNotFoundError:
+            return None
+        except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+            raise ValueError(f"{uri_of(path)}: not a shard's pieces record: {exc}") from None
+
+    def save(self, path: ObjectStoragePath) -> None:
+        replace_whole(path, orjson.dumps(self.to_json(), option=orjson.OPT_INDENT_2))

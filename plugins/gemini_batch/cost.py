@@ -98,6 +98,14 @@ class PriceTable:
         """The model's price; None when the table has none."""
         return self.models.get(self.model_id(model))
 
+    def cost(self, model: str, input_tokens: int, output_tokens: int) -> float | None:
+        """What ``model`` bills in Batch Mode for these tokens (USD); None: the table has no price for it."""
+        price = self.price(model)
+        if price is None:
+            return None
+        usd = (input_tokens * price.input_per_million + output_tokens * price.output_per_million) / 1e6
+        return usd * self.batch_discount
+
     def no_price(self, model: str) -> str:
         """Why ``model`` cannot be priced, naming the priced models and where to add one."""
         known = ", ".join(sorted({*self.models, *self.aliases}))
@@ -136,7 +144,6 @@ def load_prices(path: str | Path | None = None, overrides: Mapping | None = None
 
 def estimate_request(spec: RequestSpec, *, mime_type: str, pages: int | None, size: int, prices: PriceTable) -> CostEstimate:
     """One request for a document part of ``size`` bytes (``pages`` pages when it is a PDF)."""
-    price = prices.price(spec.model)
     input_tokens = estimate_input_tokens(spec, mime_type=mime_type, pages=pages, size=size)
     if spec.response_schema is None:
         answer_tokens = FREE_JSON_OUTPUT_TOKENS
@@ -145,10 +152,7 @@ def estimate_request(spec: RequestSpec, *, mime_type: str, pages: int | None, si
     output_tokens = answer_tokens + _thinking_tokens(spec, prices.model_id(spec.model))
     if spec.max_output_tokens is not None:
         output_tokens = min(output_tokens, spec.max_output_tokens)
-    if price is None:
-        return CostEstimate(1, input_tokens, output_tokens, None)
-    usd = (input_tokens * price.input_per_million + output_tokens * price.output_per_million) / 1e6
-    return CostEstimate(1, input_tokens, output_tokens, usd * prices.batch_discount)
+    return CostEstimate(1, input_tokens, output_tokens, prices.cost(spec.model, input_tokens, output_tokens))
 
 
 def estimate_input_tokens(spec: RequestSpec, *, mime_type: str, pages: int | None, size: int) -> int:

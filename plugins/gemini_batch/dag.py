@@ -21,7 +21,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from gemini_batch import documents, plan, runs
 from gemini_batch.approval import CostApprovalOperator
 from gemini_batch.locations import uri_of
-from gemini_batch.operators import GeminiBatchJobSensor, GeminiBatchSubmitOperator
+from gemini_batch.operators import DEFAULT_QUOTA_WAIT_HOURS, GeminiBatchJobSensor, GeminiBatchSubmitOperator
 
 POOL = "gemini_batch_jobs"  # counts deferred tasks: caps worker and triggerer load (bin/setup: 10 slots)
 MAX_RETRY_ROUNDS = 3  # task groups in the graph; the retry_rounds param decides how many run
@@ -95,6 +95,10 @@ def default_params() -> dict[str, Param]:
         "expiry_hours": Param(24, type="number", minimum=0.001, title="Job expiry (hours)",
                               description="A job not finished this long after submission is cancelled and its rows "
                                           "retried."),
+        "quota_wait_hours": Param(DEFAULT_QUOTA_WAIT_HOURS, type="number", minimum=0, title="Quota wait (hours)",
+                                  description="A shard the service refuses while other jobs of the model hold its "
+                                              "enqueued-token quota waits for them at most this long without progress, "
+                                              "then the run fails naming what to set."),
         "poll_seconds": Param(30, type="number", minimum=0.1, title="Poll interval (seconds)"),
         "staging_prefix": Param(None, type=["string", "null"], title="Vertex staging prefix",
                                 description="Vertex AI only: gs://bucket/prefix for documents, requests and outputs."),
@@ -167,6 +171,7 @@ def batch_job(manifest_uri: str, pool: str = POOL):
         expiry_hours="{{ params.expiry_hours }}",
         poll_interval="{{ params.poll_seconds }}",
         max_jobs_in_flight="{{ params.max_jobs_in_flight }}",
+        quota_wait_hours="{{ params.quota_wait_hours }}",
         wait=False,
         pool=pool,
     )
@@ -181,9 +186,9 @@ def batch_job(manifest_uri: str, pool: str = POOL):
 
 
 @task(trigger_rule=TriggerRule.NONE_FAILED, multiple_outputs=True)  # the summary's fields in the UI
-def publish_results(planned: dict, collected: list[dict], outlet_events=None) -> dict:
+def publish_results(collected: list[dict], outlet_events=None) -> dict:
     run = _open_run()
-    summary = run.publish(planned, job_names=[name for c in collected for name in c["job_names"]])
+    summary = run.publish(collected)
     for asset in get_current_context()["outlets"]:
         outlet_events[asset].extra = {"output": uri_of(run.settings.output), **summary}
     return summary
@@ -254,6 +259,6 @@ def build_dag(
                 collected[-1] >> retry_manifests
                 collected.append(collect_results(round_, batch_job.partial(pool=pool).expand(
                     manifest_uri=retry_manifests)))
-        published = publish_results.override(outlets=[results_asset(dag_id)])(planned, collected)
+        published = publish_results.override(outlets=[results_asset(dag_id)])(collected)
         published >> clean_up().as_teardown()  # a teardown does not decide the run's state
     return dag

@@ -25,6 +25,8 @@ Rules users can rely on:
 - The content decides the type, never the extension; the extension only
   tells Markdown (``.md``, ``.markdown``) and HTML (``.html``, ``.htm``) text
   from plain text.
+- A part is sent only as its document was planned (``open_planned``): one
+  edited, replaced, or made a link out of the source since the plan fails.
 - PDFs protected by an owner password only (they open without a password in
   any viewer) are accepted; the service refuses encrypted files, so they are
   always sent as decrypted copies written by pypdf. PDFs that need a password
@@ -34,6 +36,7 @@ Rules users can rely on:
 from __future__ import annotations
 
 import codecs
+import errno
 import gc
 import hashlib
 import os
@@ -114,6 +117,7 @@ class Limits:
     max_pages: int = 50  # pages per PDF part
     max_part_bytes: int = 50 * 2**20  # bytes per PDF or image part
     max_text_bytes: int = 4 * 2**20  # text goes inline in the request; larger text is rejected
+    max_file_bytes: int = 2 * 2**30  # the largest PDF read at all: what the Files API takes as one file
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -143,7 +147,7 @@ class Inspection:
     uri: str
     size: int
     mime_type: str | None  # sniffed from the content; None when not recognised
-    sha256: str | None  # of the file bytes; None only when the file could not be read
+    sha256: str | None  # of the file bytes; None unless read whole (not when judged by its first bytes or size)
     page_count: int | None  # PDFs only
     parts: tuple[PartSpec, ...]  # empty when rejected
     rejected: str | None
@@ -311,17 +315,26 @@ def _inspect(path: str, uri: str, size: int, open_stream: Callable[[], BinaryIO]
              limits: Limits) -> Inspection:
     try:
         with ExitStack() as cleanup:
-            return _inspect_readable(path, uri, cleanup.enter_context(open_stream()), local, limits, cleanup)
+            return _inspect_readable(path, uri, size, cleanup.enter_context(open_stream()), local, limits, cleanup)
     except OSError as error:
         return Inspection(path, uri, size, None, None, None, (), f"unreadable: {error}")
 
 
-def _inspect_readable(path: str, uri: str, stream: BinaryIO, local: bool, limits: Limits,
+def _inspect_readable(path: str, uri: str, listed_size: int, stream: BinaryIO, local: bool, limits: Limits,
                       cleanup: ExitStack) -> Inspection:
-    """One streaming pass hashes the file and, as the sniffed type needs, spools a remote PDF or checks UTF-8."""
+    """The first bytes and the listed size judge the file; only one that can be sent is read on, in one streaming
+    pass that hashes it and, as its type needs, spools a remote PDF or checks UTF-8."""
     chunks = iter(partial(stream.read, CHUNK_BYTES), b"")
     head = next(chunks, b"")
     mime_type, rejected = _sniff(head, path)
+    if rejected and len(head) < CHUNK_BYTES:  # the first bytes are the whole file: its hash costs nothing
+        return Inspection(path, uri, len(head), mime_type, hashlib.sha256(head).hexdigest(), None, (), rejected)
+    if rejected:
+        return Inspection(path, uri, listed_size, mime_type, None, None, (), rejected)
+    limit, subject, limit_name = _size_limit(mime_type, limits)
+    if listed_size > limit:
+        return Inspection(path, uri, listed_size, mime_type, None, None, (),
+                          _too_large(subject, listed_size, limit, limit_name))
     digest = hashlib.sha256()
     remote_pdf = mime_type == PDF and not local
     spool = cleanup.enter_context(tempfile.TemporaryFile()) if remote_pdf else None
@@ -330,13 +343,13 @@ def _inspect_readable(path: str, uri: str, stream: BinaryIO, local: bool, limits
     for chunk in chain([head], chunks):
         digest.update(chunk)
         size += len(chunk)
+        if size > limit:  # grown since it was listed: the rest would be read for nothing
+            return Inspection(path, uri, size, mime_type, None, None, (), _too_large(subject, size, limit, limit_name))
         if spool:
             spool.write(chunk)
-        if utf8 and size <= limits.max_text_bytes:  # longer text is rejected for its size: no need to decode it
+        if utf8:
             utf8.feed(chunk)
     inspection = partial(Inspection, path, uri, size, mime_type, digest.hexdigest())
-    if rejected:
-        return inspection(None, (), rejected)
     if mime_type == PDF:
         pdf = spool or stream  # a local file is read again in place; a remote one from its local copy
         pdf.seek(0)
@@ -345,14 +358,18 @@ def _inspect_readable(path: str, uri: str, stream: BinaryIO, local: bool, limits
         except _Rejected as reason:
             return inspection(None, (), str(reason))
         return inspection(page_count, parts, None)
-    if utf8:
-        if size > limits.max_text_bytes:
-            return inspection(None, (), _too_large("text", size, limits.max_text_bytes, "inline text"))
-        if reason := utf8.finish():
-            return inspection(None, (), reason)
-    elif size > limits.max_part_bytes:
-        return inspection(None, (), _too_large("image", size, limits.max_part_bytes, "part"))
+    if utf8 and (reason := utf8.finish()):
+        return inspection(None, (), reason)
     return inspection(None, (PartSpec(None, size),), None)
+
+
+def _size_limit(mime_type: str | None, limits: Limits) -> tuple[int, str, str]:
+    """(bytes, subject, limit name): the most of a file of this type any route can send (a PDF is split)."""
+    if mime_type in TEXT_TYPES:
+        return limits.max_text_bytes, "text", "inline text"
+    if mime_type == PDF:
+        return limits.max_file_bytes, "PDF", "file"
+    return limits.max_part_bytes, "image", "part"
 
 
 def _sniff(head: bytes, path: str) -> tuple[str | None, str | None]:
@@ -505,8 +522,8 @@ def _too_large(subject: str, size: int, limit: int, limit_name: str) -> str:
 
 
 def _size_text(size: int) -> str:
-    """61.2 MB, 50 MB, 300 KB: sizes in reasons, in the same binary units as the limits."""
-    for unit, scale in (("MB", 2**20), ("KB", 2**10)):
+    """5 GB, 61.2 MB, 50 MB, 300 KB: sizes in reasons, in the same binary units as the limits."""
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
         if size >= scale:
             return f"{size / scale:.1f}".removesuffix(".0") + f" {unit}"
     return f"{size} bytes"
@@ -517,7 +534,10 @@ def _size_text(size: int) -> str:
 
 @contextmanager
 def open_part(location: Location, pages: tuple[int, int] | None) -> Iterator[BinaryIO]:
-    """Exactly what a part sends: the file itself, streamed, or a PDF of pages first..last written by pypdf."""
+    """Exactly what a part sends: the file itself, streamed, or a PDF of pages first..last written by pypdf.
+
+    Not checked against any plan: what is sent is read through ``open_planned``.
+    """
     if pages is None:
         with _open_binary(location) as stream:
             yield stream
@@ -541,27 +561,79 @@ def _random_access(location: Location) -> Iterator[BinaryIO]:
             yield spool
 
 
-def read_inline(location: Location, pages: tuple[int, int] | None, sha256: str | None, *,
-                checked: bool = False) -> bytes:
-    """Exactly what an inline part sends (the file, or a PDF of its pages), whole: such parts fit in a request.
+@contextmanager
+def open_planned(source: ObjectStoragePath, path: str, pages: tuple[int, int] | None,
+                 sha256: str) -> Iterator[BinaryIO]:
+    """What a part of the planned document ``path`` sends, and only while the document is the one planned: every
+    part, inline or staged, is read through here, since its key stands for the bytes the plan hashed.
 
-    The document must still hash to ``sha256``, the plan's (SourceChanged if not; OSError if it is gone): a
-    page range is cut from the file once it is checked, unless ``checked`` (an earlier part of it was).
+    The document is opened without following a link out of the source, hashed in one streaming pass and
+    refused (SourceChanged) unless it hashes to ``sha256``; the part is then cut from exactly what was hashed:
+    a remote document's local copy, or a local file's open descriptor, which a swap cannot redirect. A local
+    file written to in the meantime (seen by its size and change times) raises SourceChanged on leaving,
+    after the caller sent it: the caller takes back what it sent. OSError when it is gone or unreadable.
     """
-    whole = bytearray() if pages is None else None  # the whole file is what it sends: hash and keep in one read
-    if whole is not None or not checked:
+    local = is_local(source)
+    with _open_source(source, path) as stream, ExitStack() as cleanup:
+        copy = None if local else cleanup.enter_context(tempfile.TemporaryFile())
+        before = os.fstat(stream.fileno()) if local else None
         digest = hashlib.sha256()
-        with _open_binary(location) as stream:
-            for chunk in iter(partial(stream.read, CHUNK_BYTES), b""):
-                digest.update(chunk)
-                if whole is not None:
-                    whole += chunk
-        if sha256 is not None and digest.hexdigest() != sha256:
-            raise SourceChanged(f"changed since the run planned it (sha256 {digest.hexdigest()[:12]}..., planned "
-                                f"{sha256[:12]}...); the next run plans it again")
-    if whole is not None:
-        return bytes(whole)
-    with open_part(location, pages) as stream:
+        for chunk in iter(partial(stream.read, CHUNK_BYTES), b""):
+            digest.update(chunk)
+            if copy is not None:
+                copy.write(chunk)
+        if digest.hexdigest() != sha256:
+            raise SourceChanged(f"{printable(path)} changed since the run planned it (sha256 "
+                                f"{digest.hexdigest()[:12]}..., planned {sha256[:12]}...); the next run plans it again")
+        hashed = copy if copy is not None else stream
+        hashed.seek(0)
+        if pages is None:
+            yield hashed
+        else:
+            with tempfile.TemporaryFile() as part:
+                _write_pages(hashed, pages, part)
+                part.seek(0)
+                yield part
+        if before is not None and _written(before, os.fstat(stream.fileno())):
+            raise SourceChanged(f"{printable(path)} changed since the run planned it (written to while it was "
+                                "read); the next run plans it again")
+
+
+def _open_source(source: ObjectStoragePath, path: str) -> BinaryIO:
+    """The document ``path`` under ``source`` opened for reading; a local one only as a regular file inside the
+    source (its real path inside, the last step no link), never through a link out, nor as a FIFO, which blocks."""
+    if not is_local(source):
+        return _open_binary(locate(source, path))
+    root, target = os.path.realpath(source.path), os.path.realpath(locate(source, path))
+    refused = f"{printable(path)} changed since the run planned it: it is now {{}}; not read"
+    if os.path.commonpath([root, target]) != root:
+        raise SourceChanged(refused.format(f"a link to {printable(target)}, outside the source"))
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        if error.errno == errno.ELOOP:  # a link put in its place after its real path was found
+            raise SourceChanged(refused.format("a link")) from error
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SourceChanged(refused.format("no longer a regular file"))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _written(before: os.stat_result, after: os.stat_result) -> bool:
+    """Whether a file was written between two looks at it: its change time moves with every write, even one that
+    sets the modification time back."""
+    return ((before.st_size, before.st_mtime_ns, before.st_ctime_ns)
+            != (after.st_size, after.st_mtime_ns, after.st_ctime_ns))
+
+
+def read_inline(source: ObjectStoragePath, path: str, pages: tuple[int, int] | None, sha256: str) -> bytes:
+    """Exactly what an inline part sends, whole (such parts fit in a request): ``open_planned``, read."""
+    with open_planned(source, path, pages, sha256) as stream:
         return stream.read()
 
 

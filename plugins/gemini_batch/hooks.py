@@ -22,13 +22,14 @@ import httpx
 import orjson
 import tenacity
 from airflow.sdk import BaseHook, ObjectStoragePath
+from airflow.sdk.exceptions import AirflowFailException
 from google import genai
 from google.genai import errors, types
 
 from gemini_batch.keys import normalize_model
 from gemini_batch.locations import as_path
 from gemini_batch.results import OutputUnavailable
-from gemini_batch.staging import FilesApiUploads, is_transient
+from gemini_batch.staging import FilesApiUploads, is_auth_error, is_transient
 
 T = TypeVar("T")
 
@@ -41,10 +42,14 @@ TERMINAL_STATES = frozenset({
     "JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED",
     "JOB_STATE_PARTIALLY_SUCCEEDED",
 })
+IN_FLIGHT_STATES = ("JOB_STATE_QUEUED", "JOB_STATE_PENDING", "JOB_STATE_RUNNING")
+IN_FLIGHT_WINDOW = dt.timedelta(hours=72)  # the longest a job may queue before the service expires it
 # A job in one of these will deliver nothing more: never reattach to it.
 DEAD_STATES = frozenset({"JOB_STATE_FAILED", "JOB_STATE_CANCELLING", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"})
 DOWNLOAD_CHUNK_BYTES = 2**20
 DOWNLOAD_TIMEOUT = httpx.Timeout(120.0, connect=15.0)
+MAX_REDIRECTS = 5
+DEFAULT_PORTS = {"http": 80, "https": 443}
 TEST_TIMEOUT_MS = 15_000  # test_connection's one call: the UI waits for it
 # Jobs asked for per list page: the emulator's maximum (Google APIs lower a larger page size to their own
 # maximum, AIP-158), so even an unbounded search through 3,000 earlier jobs is 3 pages.
@@ -65,6 +70,41 @@ class QuotaExhausted(Exception):
 
 class UnknownModel(ValueError):
     """The service does not serve the model for batch jobs; the message names the ones it does."""
+
+
+class GeminiAuthError(AirflowFailException):
+    """The service (or a proxy before it) refused the connection's credentials. Retrying the call or the task cannot
+    fix that, so a task fails at once."""
+
+
+class StagingBucketUnusable(ValueError):
+    """Vertex AI: the staging bucket is missing, or in a location the connection's region cannot use."""
+
+
+# A multi-region holds the regions whose names start so; a predefined dual-region is its two regions.
+MULTI_REGIONS = {"US": "us-", "EU": "europe-", "ASIA": "asia-"}
+DUAL_REGIONS = {"NAM4": {"us-central1", "us-east1"}, "EUR4": {"europe-north1", "europe-west4"},
+                "ASIA1": {"asia-northeast1", "asia-northeast2"}}
+
+
+def region_can_use_bucket(region: str, location: str, data_locations: Iterable[str] | None = None) -> bool | None:
+    """Whether a Vertex AI batch job in ``region`` can read and write a bucket at ``location`` (its metadata's
+    ``location``; a configurable dual-region's regions in ``data_locations``): the bucket must be in the job's
+    region or in a dual- or multi-region holding it; a ``global`` job can use any. None: a location not known here."""
+    region, location = region.lower(), location.upper()
+    if region == "global":
+        return True
+    if "-" not in region:  # a multi-region job location ("us", "eu"): only its own multi-region is known to fit
+        return True if location == region.upper() else None
+    if data_locations:
+        return region in {name.lower() for name in data_locations}
+    if location in DUAL_REGIONS:
+        return region in DUAL_REGIONS[location]
+    if location in MULTI_REGIONS:
+        return region.startswith(MULTI_REGIONS[location])
+    if "-" in location:  # a region (or a zone of one)
+        return location.lower() == region or location.lower().startswith(region + "-")
+    return None
 
 
 def state_name(job: types.BatchJob) -> str | None:
@@ -122,7 +162,7 @@ class GeminiBatchHook(BaseHook):
     def _extra(self, name: str) -> Any:
         """An extra by its bare name (what JSON extras and the Airflow 3 connection form write) or, failing that,
         as ``extra__gemini_batch__<name>`` (older forms' key); an empty value (a blank form field) is not set."""
-        for key in (name, f"extra__{self.conn_type}__{name}"):
+        for key in (name, f"extra__{GeminiBatchHook.conn_type}__{name}"):
             value = self.extra.get(key)
             if value not in (None, ""):
                 return value
@@ -143,6 +183,11 @@ class GeminiBatchHook(BaseHook):
     @property
     def gcp_conn_id(self) -> str | None:
         return self._extra("gcp_conn_id")
+
+    @property
+    def location(self) -> str:
+        """Vertex AI: the region (or ``global``) the batch jobs run in."""
+        return self._extra("location") or DEFAULT_LOCATION
 
     @property
     def enqueued_token_limit(self) -> int | None:
@@ -209,10 +254,9 @@ class GeminiBatchHook(BaseHook):
         if not project:
             raise ValueError(
                 f"connection {self.gemini_conn_id!r}: no project in its extra nor in connection {gcp_conn_id!r}")
-        location = self._extra("location") or DEFAULT_LOCATION
         self.log.info("Vertex AI client for connection %s: project %s, location %s, credentials from %s",
-                      self.gemini_conn_id, project, location, gcp_conn_id)
-        return genai.Client(vertexai=True, project=project, location=location, credentials=credentials,
+                      self.gemini_conn_id, project, self.location, gcp_conn_id)
+        return genai.Client(vertexai=True, project=project, location=self.location, credentials=credentials,
                             http_options=self._http_options())
 
     def test_connection(self) -> tuple[bool, str]:
@@ -239,8 +283,7 @@ class GeminiBatchHook(BaseHook):
     def _endpoint(self) -> str:
         """The backend and where its calls go, as a person reads them."""
         if self.backend == "vertex":
-            location = self._extra("location") or DEFAULT_LOCATION
-            return f"Vertex AI ({location}) at {self.base_url or 'its Google endpoint'}"
+            return f"Vertex AI ({self.location}) at {self.base_url or 'its Google endpoint'}"
         return f"Gemini Developer API at {self.base_url or DEVELOPER_BASE_URL}"
 
     def _credentials(self) -> str:
@@ -251,6 +294,9 @@ class GeminiBatchHook(BaseHook):
         return "the API key"
 
     def _retry(self, call: Callable[..., T], *args, **kwargs) -> T:
+        """``call`` with transient errors retried. What it raises names the connection and never quotes the key:
+        refused credentials are a GeminiAuthError at once; an unreachable service, once retries are spent, the same
+        httpx error naming where it was sent."""
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(is_transient),
             stop=tenacity.stop_after_attempt(self.retry_attempts),
@@ -260,7 +306,45 @@ class GeminiBatchHook(BaseHook):
                 state.attempt_number, state.outcome.exception()),
             reraise=True,
         )
-        return retrying(call, *args, **kwargs)
+        try:
+            return retrying(call, *args, **kwargs)
+        except errors.APIError as exc:
+            if is_auth_error(exc):
+                raise self._auth_error(exc) from None  # the service's own error may quote the key
+            if self._quotes_key(str(exc)):
+                raise type(exc)(exc.code, orjson.loads(self._scrub(orjson.dumps(exc.details).decode())),
+                                exc.response) from None
+            raise
+        except httpx.TransportError as exc:
+            unreachable = self._unreachable(exc)
+            if self._quotes_key(str(exc)):
+                raise unreachable from None
+            raise unreachable from exc
+
+    def _quotes_key(self, text: str) -> bool:
+        return self._scrub(text) != text
+
+    def _scrub(self, text: str) -> str:
+        return _redact(text, self.connection.password)
+
+    def _auth_error(self, exc: errors.APIError) -> GeminiAuthError:
+        return GeminiAuthError(
+            f"connection {self.gemini_conn_id!r}: {self._endpoint()} refused {self._credentials()}: {exc.code} "
+            f"{exc.status}: {self._scrub(exc.message or '')} (not retried: fix the connection's credentials)")
+
+    def _unreachable(self, exc: httpx.TransportError) -> httpx.TransportError:
+        """The same kind of error (so it stays transient to whoever retries it further up), naming where it went."""
+        try:
+            url = exc.request.url
+            sent = f" ({exc.request.method} {url.scheme}://{url.netloc.decode()}{url.path})"
+        except RuntimeError:  # no request attached
+            sent = ""
+        message = self._scrub(f"connection {self.gemini_conn_id!r}: {self._endpoint()} cannot be reached{sent}: "
+                              f"{type(exc).__name__}: {exc}")
+        try:
+            return type(exc)(message, request=exc.request)
+        except RuntimeError:
+            return type(exc)(message)
 
     # ------------------------------------------------------------------ storage and uploads
 
@@ -282,6 +366,37 @@ class GeminiBatchHook(BaseHook):
             mime_type=JSONL_MIME_TYPE, display_name=path.name,
         )
         return file.name
+
+    def check_staging_bucket(self, uri: str) -> None:
+        """Vertex AI: fail before anything is uploaded when the bucket of ``uri`` is missing or in a location the
+        connection's region cannot use (the service finds that only when a job fails). A location that cannot be
+        read (credentials without storage.buckets.get) or is not known here is a warning, not a stop."""
+        if self.backend != "vertex":
+            return
+        path = self.storage_path(uri)
+        bucket = f"gs://{path.bucket}"
+        try:
+            metadata = path.fs.info(path.bucket)
+        except FileNotFoundError:
+            raise StagingBucketUnusable(f"staging bucket {bucket} does not exist (or the credentials of connection "
+                                        f"{self.gcp_conn_id!r} cannot see it)") from None
+        except OSError as exc:
+            self.log.warning("The location of staging bucket %s cannot be read, so it is not checked against "
+                             "region %s: %s", bucket, self.location, exc)
+            return
+        location = metadata.get("location")
+        data_locations = (metadata.get("customPlacementConfig") or {}).get("dataLocations")
+        usable = region_can_use_bucket(self.location, location, data_locations) if location else None
+        if usable is None:
+            self.log.warning("Staging bucket %s is in %s: not known to be usable from region %s, not checked",
+                             bucket, location or "an unknown location", self.location)
+        elif not usable:
+            where = f"{location} ({', '.join(data_locations)})" if data_locations else location
+            raise StagingBucketUnusable(
+                f"staging bucket {bucket} is in {where}, but connection {self.gemini_conn_id!r} runs Vertex AI batch "
+                f"jobs in {self.location}: a job reads and writes only buckets in its own region or a dual- or "
+                f"multi-region holding it. Stage in a bucket in {self.location.upper()}, or set the connection's "
+                "location to the bucket's region")
 
     # ------------------------------------------------------------------ models
 
@@ -365,6 +480,31 @@ class GeminiBatchHook(BaseHook):
                 named.append(job)
         return named
 
+    def jobs_in_flight(self, model: str) -> list[types.BatchJob]:
+        """The account's unfinished jobs of ``model``: what holds its enqueued-token quota now.
+
+        Only jobs created in the last ``IN_FLIGHT_WINDOW`` can still be in flight (the service expires older
+        ones), so the Developer API's list, newest first, is paged back only that far.
+        """
+        wanted = normalize_model(model)
+        batches = self.get_conn().batches
+        if self.backend == "vertex":
+            found = [job for state in IN_FLIGHT_STATES for job in self._retry(lambda state=state: list(batches.list(
+                config=types.ListBatchJobsConfig(filter=f"state={state}", page_size=LIST_PAGE_SIZE))))]
+        else:
+            since = dt.datetime.now(dt.timezone.utc) - IN_FLIGHT_WINDOW
+
+            def recent() -> list[types.BatchJob]:
+                jobs = []
+                for job in batches.list(config=types.ListBatchJobsConfig(page_size=LIST_PAGE_SIZE)):
+                    if _created_before(job, since):
+                        break
+                    jobs.append(job)
+                return jobs
+
+            found = self._retry(recent)
+        return [job for job in found if not is_terminal(job) and job.model and normalize_model(job.model) == wanted]
+
     def get_job(self, name: str) -> types.BatchJob:
         return self._retry(self.get_conn().batches.get, name=name)
 
@@ -442,9 +582,22 @@ class GeminiBatchHook(BaseHook):
                 response.close()
 
     def _start_download(self, http: httpx.Client, url: str) -> httpx.Response:
-        request = http.build_request(
-            "GET", url, params={"alt": "media"}, headers={"x-goog-api-key": self.connection.password or ""})
-        response = http.send(request, stream=True, follow_redirects=True)  # the service redirects to /download/
+        """The download's response, streamed. The service redirects to its /download/ path; redirects are followed
+        here, not by httpx (which drops only ``Authorization`` across origins), so the key goes only to the
+        configured endpoint's origin: a redirect elsewhere (a signed download URL) is followed without it."""
+        target, params = httpx.URL(url), {"alt": "media"}
+        for _ in range(MAX_REDIRECTS + 1):
+            same_origin = _origin(target) == _origin(httpx.URL(url))
+            headers = {"x-goog-api-key": self.connection.password or ""} if same_origin else {}
+            response = http.send(http.build_request("GET", target, params=params, headers=headers), stream=True,
+                                 follow_redirects=False)
+            if not response.is_redirect:
+                break
+            response.close()
+            target, params = response.url.join(response.headers["location"]), None
+        else:
+            raise httpx.TooManyRedirects(f"the download of {url} was redirected more than {MAX_REDIRECTS} times",
+                                         request=response.request)
         try:
             errors.APIError.raise_for_response(response)
         except errors.APIError:
@@ -467,10 +620,33 @@ class GeminiBatchHook(BaseHook):
                 yield from _split_lines(stream)
 
 
+class GeminiGenericConnectionHook(GeminiBatchHook):
+    """What Airflow resolves a ``generic`` connection to (core Airflow has no hook for that type), so that its Test
+    (``airflow connections test``, the UI's button) works on a Gemini connection kept as ``generic``. A generic
+    connection that is not one (no ``backend`` extra, and another id than ``gemini_default``) is not tested."""
+
+    conn_type = "generic"
+    hook_name = "Generic"
+
+    def test_connection(self) -> tuple[bool, str]:
+        try:
+            gemini = self.gemini_conn_id == self.default_conn_name or self._extra("backend") is not None
+        except Exception as exc:  # noqa: BLE001 - the test's answer, as in GeminiBatchHook.test_connection
+            return False, f"{type(exc).__name__}: {exc}"
+        if not gemini:
+            return False, (f"connection {self.gemini_conn_id!r} is a generic connection, not a Gemini Batch connection "
+                           "(that has a 'backend' extra: developer or vertex): there is nothing to test it with")
+        return super().test_connection()
+
+
 def _redact(message: str, key: str | None) -> str:
     """A message from the SDK or httpx may quote the key: never show it. A key of 5 characters or fewer (no real
     key; the emulator's "local") is left alone, as Airflow's log masking does: it would mangle words."""
     return message.replace(key, "***") if key and len(key) > 5 else message
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port or DEFAULT_PORTS.get(url.scheme)
 
 
 def _created_before(job: types.BatchJob, when: dt.datetime | None) -> bool:

@@ -8,6 +8,7 @@ pay twice for one::
     <ledger>/events/<stamp>-<writer>.jsonl   immutable segments of LedgerEvent lines (answered, failed)
     <ledger>/snapshots/<stamp>-<writer>.json the newest names the fold of every segment it lists
     <ledger>/snapshots/<stamp>-<writer>.sqlite   ... held as an SQLite table, queried in place
+    <ledger>/damaged/                        files ``ledger repair`` set aside (nothing reads them)
     <ledger>/leases/<key>.<generation>       which claim may request a key now (atomic create)
     <ledger>/claims/<claim>.json             one run's claim on the keys of one round, and its shards
     <ledger>/claims/<claim>.jobs/<shard>.json    the job each shard of that claim was submitted as
@@ -20,6 +21,16 @@ list; compaction writes a new snapshot when enough segments pile up, so
 planning costs the same against a million finished keys as against none.
 A key's fold is the latest answer that succeeded: an answered key stays
 answered until the ledger is reset (deleted).
+
+Damage costs only what it destroyed. A segment is framed by a begin and an
+end line (which counts its events) and every line is a whole JSON object, so
+a torn line or a segment cut short is found and only its events are lost,
+each named. A manifest carries a checksum of its own content and the size
+and sha256 of its SQLite file; a snapshot that fails them, or a query, is
+reported and the one before it answers, with the segments it does not hold:
+pruning keeps those. Snapshots, manifests and segments are flushed to disk
+before they appear, so a power loss cannot make this damage by itself.
+``python -m gemini_batch ledger check|repair`` is the person's side of it.
 
 Leases make a key's request happen once among runs in flight: a run that
 wants to request a key creates its lease object exclusively (a GCS object
@@ -40,17 +51,18 @@ import contextlib
 import dataclasses
 import datetime as dt
 import errno
+import hashlib
+import itertools
 import logging
 import os
 import re
-import shutil
 import sqlite3
 import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO, TypeVar
 
 import orjson
 from airflow.sdk import ObjectStoragePath
@@ -70,6 +82,10 @@ CLAIMS_KEPT = dt.timedelta(days=7)
 LEASE_WORKERS = 16
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _LEASE_NAME = re.compile(r"^(?P<key>[^.]+)\.(?P<generation>\d{6})$")
+_KEY_OF_LINE = re.compile(rb'^\s*\{\s*"key"\s*:\s*"([^"\\]{1,256})"')  # a torn event line still names its key
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+DAMAGED = "damaged"
+T = TypeVar("T")
 
 
 def now_iso() -> str:
@@ -90,7 +106,7 @@ class LedgerEvent:
     """One line of a segment: what happened to a key in a run."""
 
     key: str
-    event: str  # "answered" (the outcome succeeded) or "failed"
+    event: str  # "answered" (the outcome succeeded) or "failed"; "begin"/"end" (key "") frame a segment
     run: str  # the run's slug
     at: str  # ISO 8601 UTC
     outcome: dict | None = None  # the RowOutcome record
@@ -109,6 +125,32 @@ class LedgerEvent:
         if not isinstance(event.key, str):
             raise ValueError(f"ledger event key must be a string, got {event.key!r}")
         return event
+
+
+@dataclass(frozen=True)
+class Damage:
+    """A ledger file that failed its checks: what a view reports and reads around, and ``ledger check`` lists."""
+
+    path: ObjectStoragePath
+    cause: str
+    keys: tuple[str, ...] = ()  # the keys of a segment's damaged lines, where the line still names one
+
+
+@dataclass(frozen=True)
+class LedgerCheck:
+    """Every damaged file of a ledger, and what a view of it answers now."""
+
+    damaged: list[Damage]
+    snapshot: str | None  # the manifest a view reads
+    answered: int
+    lost: list[str]  # keys of damaged segment lines that nothing else answers: the next run requests them again
+    missing: int  # answered keys a damaged snapshot counted beyond what the ledger still holds
+
+
+class _Damaged(Exception):
+    def __init__(self, path: ObjectStoragePath, cause: str):
+        super().__init__(f"{uri_of(path)}: {cause}")
+        self.path, self.cause = path, cause
 
 
 @dataclass(frozen=True)
@@ -175,28 +217,28 @@ class Ledger:
 
     def append(self, events: Iterable[LedgerEvent], *, writer: str) -> int:
         """Write ``events`` as one new segment; return how many (an empty segment is not written)."""
+        events = iter(events)
+        first = next(events, None)
+        if first is None:
+            return 0
         self.events.mkdir(parents=True, exist_ok=True)
-        name = f"{_stamp()}-{safe_name(writer)}{SEGMENT_SUFFIX}"
-        target = self.events / name
-        partial = target if is_gcs(target) else self.events / f".{name}.partial"
+        return self._write_segment(self.events / f"{_stamp()}-{safe_name(writer)}{SEGMENT_SUFFIX}",
+                                   itertools.chain([first], events), writer)
+
+    def _write_segment(self, target: ObjectStoragePath, events: Iterable[LedgerEvent], writer: str) -> int:
+        """``events`` between a begin line and an end line that counts them, on disk before the name appears: a
+        segment cut short anywhere, even between two lines, reads as cut."""
         count = 0
-        try:
-            with partial.open("wb") as out:
-                batch = bytearray()
-                for event in events:
-                    batch += orjson.dumps(event.to_json(), option=orjson.OPT_APPEND_NEWLINE)
-                    count += 1
-                    if len(batch) >= 2**20:
-                        out.write(batch)
-                        batch.clear()
-                out.write(batch)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        if not count:
-            partial.unlink(missing_ok=True)
-        elif partial != target:
-            partial.rename(target)
+        with _writing_whole(target, durable=True) as out:
+            batch = bytearray(_frame("begin", writer))
+            for event in events:
+                batch += orjson.dumps(event.to_json(), option=orjson.OPT_APPEND_NEWLINE)
+                count += 1
+                if len(batch) >= 2**20:
+                    out.write(batch)
+                    batch.clear()
+            batch += _frame("end", writer, count)
+            out.write(batch)
         return count
 
     @contextlib.contextmanager
@@ -213,53 +255,79 @@ class Ledger:
                 found += sorted(p for p in folder.iterdir() if p.name.endswith(SEGMENT_SUFFIX) and p.is_file())
         return found
 
-    def _newest_snapshot(self) -> dict | None:
+    def _manifests(self) -> list[ObjectStoragePath]:
+        """Every snapshot manifest, oldest first."""
         if not self.snapshots.exists():
-            return None
-        manifests = sorted((p for p in self.snapshots.iterdir() if p.name.endswith(".json")), key=lambda p: p.name)
-        for manifest in reversed(manifests):
-            try:
-                return {**orjson.loads(manifest.read_bytes()), "name": manifest.name}
-            except (FileNotFoundError, orjson.JSONDecodeError) as exc:
-                log.warning("Ledger: ignoring snapshot manifest %s (%s)", uri_of(manifest), exc)
-        return None
+            return []
+        return sorted((p for p in self.snapshots.iterdir() if p.name.endswith(".json")), key=lambda p: p.name)
 
     def compact(self, *, writer: str, force: bool = False) -> str | None:
         """Fold the segments outside the newest snapshot into a new one, when enough piled up; its name or None.
 
-        Two runs compacting at once each write a whole snapshot; the newer name
-        wins and nothing is lost, because a segment is removed only once the
-        newest snapshot lists it and its grace has passed.
+        Also due when a view found damage (a good newest snapshot ends the fall-backs) or the snapshot has no
+        checksums yet (one written before them). Two runs compacting at once each write a whole snapshot; the
+        newer name wins and nothing is lost, because a segment is removed only once the kept snapshots all
+        list it and its grace has passed.
         """
         with self.view() as view:
-            if not force and len(view.unfolded) < COMPACT_AFTER_SEGMENTS and view.unfolded_events < COMPACT_AFTER_EVENTS:
+            due = (force or view.damaged or (view.manifest is not None and "sha256" not in view.manifest)
+                   or len(view.unfolded) >= COMPACT_AFTER_SEGMENTS or view.unfolded_events >= COMPACT_AFTER_EVENTS)
+            if not due:
                 return None
+            view.verify()  # read whole now: damage must not be copied into the next snapshot under a new checksum
             stem = f"{_stamp()}-{safe_name(writer)}"
             with tempfile.TemporaryDirectory(prefix="gemini-ledger-") as tmp:
                 local = os.path.join(tmp, "snapshot.sqlite")
                 view.write_snapshot(local)
                 self.snapshots.mkdir(parents=True, exist_ok=True)
-                with open(local, "rb") as source, (self.snapshots / f"{stem}.sqlite").open("wb") as out:
-                    shutil.copyfileobj(source, out, 8 * 2**20)
+                with open(local, "rb") as source, _writing_whole(self.snapshots / f"{stem}.sqlite",
+                                                                 durable=True) as out:
+                    digest, size = _copy(source, out)
             listed = sorted({*view.folded, *(p.name for p in view.unfolded)})
-            manifest = {"sqlite": f"{stem}.sqlite", "segments": listed, "keys": view.finished_count(),
-                        "created_at": now_iso()}
-            _replace_whole(self.snapshots / f"{stem}.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+            manifest = {"sqlite": f"{stem}.sqlite", "bytes": size, "sha256": digest, "segments": listed,
+                        "keys": view.finished_count(), "created_at": now_iso()}
+            _replace_whole(self.snapshots / f"{stem}.json", _sealed(manifest), durable=True)
+            damaged = {d.path.name.rsplit(".", 1)[0] for d in view.damaged}
         log.info("Ledger %s: snapshot %s holds %d answered keys from %d segments",
                  uri_of(self.folder), stem, manifest["keys"], len(listed))
-        self._prune(set(listed))
+        self._prune(damaged)
         return stem
 
-    def _prune(self, folded: set[str]) -> None:
-        """Remove old snapshots, segments the newest snapshot holds (after their grace) and old claims."""
-        manifests = sorted(p for p in self.snapshots.iterdir() if p.name.endswith(".json"))
-        for old in manifests[:-SNAPSHOTS_KEPT]:
-            (self.snapshots / (old.name[:-len(".json")] + ".sqlite")).unlink(missing_ok=True)
-            old.unlink(missing_ok=True)
+    def _prune(self, damaged: set[str]) -> None:
+        """Remove what no reader needs: snapshots older than the newest SNAPSHOTS_KEPT sound ones, segments all of
+        those list (after their grace), snapshot files a dead compaction left, and old claims.
+
+        A reader that finds the newest snapshot damaged falls back to the one before it and the segments that
+        one does not list: those stay until a newer snapshot replaces it. A damaged snapshot (the stems in
+        ``damaged``, or failing the cheap checks) newer than the oldest kept one stays, for a person to see.
+        """
+        manifests = self._manifests()
+        kept: list[tuple[str, set[str]]] = []
+        for manifest in reversed(manifests):
+            if len(kept) == SNAPSHOTS_KEPT:
+                break
+            if manifest.name[:-len(".json")] in damaged:
+                continue
+            with contextlib.suppress(FileNotFoundError, _Damaged):
+                listed = _read_manifest(manifest)
+                if listed.get("bytes") in (None, (self.snapshots / listed["sqlite"]).stat().st_size):
+                    kept.append((manifest.name, set(listed["segments"])))
         cutoff = (dt.datetime.now(dt.timezone.utc) - SEGMENT_GRACE).strftime("%Y%m%dT%H%M%S")
-        if self.events.exists():
+        if kept:
+            oldest = kept[-1][0]
+            for old in manifests:
+                if old.name < oldest:  # the manifest first: a reader that still finds it finds its SQLite file
+                    old.unlink(missing_ok=True)
+                    (self.snapshots / (old.name[:-len(".json")] + ".sqlite")).unlink(missing_ok=True)
+            named = {m.name[:-len(".json")] for m in manifests}
+            for file in self.snapshots.iterdir():  # a compaction that died between its SQLite file and its manifest
+                stem = file.name[:-len(".sqlite")]
+                if file.name.endswith(".sqlite") and stem not in named and file.name < oldest and stem[:15] < cutoff:
+                    file.unlink(missing_ok=True)
+        if len(kept) == SNAPSHOTS_KEPT and self.events.exists():
+            listed_by_all = set.intersection(*(segments for _, segments in kept))
             for segment in self.events.iterdir():
-                if segment.name in folded and segment.name[:15] < cutoff:
+                if segment.name in listed_by_all and segment.name[:15] < cutoff:
                     segment.unlink(missing_ok=True)
         if self.claims.exists():
             oldest = dt.datetime.now(dt.timezone.utc) - CLAIMS_KEPT
@@ -270,6 +338,87 @@ class Ledger:
                         if jobs.exists():
                             jobs.fs.rm(jobs.path, recursive=True)
                         record.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ damage: found, reported, set aside
+
+    def check(self) -> LedgerCheck:
+        """Every snapshot read whole against its checksums and every segment line read: what ``ledger check``
+        reports (views check only the snapshot they use, and as cheaply as a query allows)."""
+        damaged: list[Damage] = []
+        held = 0
+        with tempfile.TemporaryDirectory(prefix="gemini-ledger-check-") as tmp:
+            for manifest_path in self._manifests():
+                manifest = None
+                try:
+                    manifest = _read_manifest(manifest_path)
+                    sqlite = self.snapshots / manifest["sqlite"]
+                    local, digest = _local_copy(sqlite, tmp)
+                    if problem := _sqlite_problem(local, manifest, deep=True, digest=digest):
+                        raise _Damaged(sqlite, problem)
+                except FileNotFoundError:
+                    if manifest is None or not manifest_path.exists():
+                        continue  # removed by a compaction since it was listed
+                    damaged.append(Damage(self.snapshots / manifest["sqlite"], "missing"))
+                except _Damaged as damage:
+                    damaged.append(Damage(damage.path, damage.cause))
+                else:
+                    continue
+                if manifest is not None and isinstance(manifest.get("keys"), int):
+                    held = max(held, manifest["keys"])
+        for segment in self._segments():
+            problems: list[tuple[str, str | None]] = []
+            for _ in _segment_events(segment, problems):
+                pass
+            if problems:
+                damaged.append(_segment_damage(segment, problems))
+        with self.view() as view:
+            answered = view.finished_count()
+            lost = sorted({key for damage in damaged for key in damage.keys if key not in view})
+            return LedgerCheck(damaged, view.snapshot_name, answered, lost, max(0, held - answered))
+
+    def repair(self, *, writer: str = "repair") -> list[str]:
+        """Set every damaged file aside under ``damaged/`` (nothing is deleted), keep a damaged segment's intact
+        events in a new segment beside it, and compact what is intact into a new snapshot; what was done, for a
+        person. Run it while no run publishes: a reader that listed a segment before it is set aside misses it."""
+        found = self.check()
+        done: list[str] = []
+        for damage in found.damaged:
+            if damage.path.name.endswith(SEGMENT_SUFFIX):
+                intact = list(_segment_events(damage.path))
+                if intact:
+                    name = damage.path.name[:-len(SEGMENT_SUFFIX)] + ".repaired" + SEGMENT_SUFFIX
+                    self._write_segment(damage.path.parent / name, intact, writer)
+                    done.append(f"kept the {len(intact)} intact events of {uri_of(damage.path)} in {name}")
+                done.append(self._set_aside(damage.path, damage.cause))
+                continue
+            stem = damage.path.name.rsplit(".", 1)[0]
+            for path in (self.snapshots / f"{stem}.json", self.snapshots / f"{stem}.sqlite"):
+                if path.exists():
+                    done.append(self._set_aside(path, damage.cause if path.name == damage.path.name
+                                                else "its snapshot is damaged"))
+        if not found.damaged:
+            return done
+        stem = self.compact(writer=writer, force=True)
+        with self.view() as view:
+            answered = view.finished_count()
+        done.append(f"wrote snapshot {stem}: {answered} answered keys")
+        if found.missing or found.lost:
+            done.append(f"lost: {found.missing + len(found.lost)} answered keys are in no intact file; the next run "
+                        "requests them again")
+        return done
+
+    def _set_aside(self, path: ObjectStoragePath, cause: str) -> str:
+        """Move a damaged file under ``damaged/`` (its folder's name kept), where no reader looks."""
+        aside = self.folder / DAMAGED
+        if uri_of(path.parent) != uri_of(self.folder):
+            aside = aside / path.parent.name
+        aside.mkdir(parents=True, exist_ok=True)
+        target, n = aside / path.name, 0
+        while target.exists():
+            n += 1
+            target = aside / f"{path.name}.{n}"
+        path.rename(target)
+        return f"moved {uri_of(path)} to {uri_of(target)} ({cause})"
 
     # ------------------------------------------------------------------ claims and jobs
 
@@ -476,23 +625,62 @@ def _unlink(path: ObjectStoragePath | str) -> None:
         path.unlink(missing_ok=True)
 
 
-def _replace_whole(path: ObjectStoragePath, content: bytes) -> None:
+def _replace_whole(path: ObjectStoragePath, content: bytes, *, durable: bool = False) -> None:
     """Write ``path`` so that a reader sees the old content or the new, never a truncated file.
 
-    GCS: an upload replaces the object whole. Local: a private file renamed over the name.
+    GCS: an upload replaces the object whole. Local: as ``_writing_whole``.
     """
     if is_gcs(path):
         path.write_bytes(content)
         return
-    fd, private = tempfile.mkstemp(prefix=".write-", dir=os.path.dirname(path.path))
+    with _writing_whole(path, durable=durable) as out:
+        out.write(content)
+
+
+@contextlib.contextmanager
+def _writing_whole(path: ObjectStoragePath, *, durable: bool = False) -> Iterator[BinaryIO]:
+    """A file to stream ``path``'s content into: it appears whole when the block ends, or not at all.
+
+    Local: a private file in the same folder, renamed over the name at the end; ``durable`` flushes it to the
+    disk before the rename and the folder after, so what appeared is still whole after a power loss. GCS: an
+    object upload, which appears whole when it completes (a block that fails removes it: new names only).
+    """
+    if is_gcs(path):
+        try:
+            with path.open("wb") as out:
+                yield out
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return
+    folder = os.path.dirname(path.path)
+    fd, private = tempfile.mkstemp(prefix=".write-", dir=folder)
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write(content)
+            yield out
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
         os.replace(private, path.path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(private)
         raise
+    if durable:
+        _fsync_folder(folder)
+
+
+def _fsync_folder(folder: str) -> None:
+    """Flush a folder's entries (a rename in it) to the disk, where the OS lets a folder be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):  # some file systems refuse fsync on a folder
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def claim_lost(key: str) -> str:
@@ -505,7 +693,9 @@ class LedgerView:
 
     The snapshot is queried where it lies (a local ledger) or from a local
     copy (``gs://``); the newer segments go into a private temporary table.
-    Use as a context manager.
+    A damaged snapshot (found on opening, or by a query that fails) is
+    reported in ``damaged`` and the one before it answers instead, with the
+    segments that one does not list. Use as a context manager.
     """
 
     def __init__(self, ledger: Ledger):
@@ -518,29 +708,103 @@ class LedgerView:
             PRAGMA synchronous = OFF;
             CREATE TABLE finished (key TEXT PRIMARY KEY, record BLOB) WITHOUT ROWID;
         """)
-        snapshot = ledger._newest_snapshot()
-        self.snapshot_name = snapshot["name"] if snapshot else None
-        self.folded: set[str] = set(snapshot["segments"]) if snapshot else set()
+        self.damaged: list[Damage] = []
+        self.manifest: dict | None = None  # the snapshot's, as read (without its own checksum)
+        self.snapshot_name: str | None = None
+        self.folded: set[str] = set()
         self._has_snapshot = False
-        if snapshot:
-            self._attach(ledger.snapshots / snapshot["sqlite"])
+        self._local: str | None = None  # the snapshot's SQLite file as queried
+        self._read_whole = False  # its sha256 was checked (a gs:// copy is, as it is made)
+        self._held = 0  # the most answered keys a damaged snapshot's manifest counts
+        self._use_snapshot(reversed(ledger._manifests()))
         self.unfolded = [p for p in ledger._segments() if p.name not in self.folded]
         for segment in self.unfolded:
-            self._db.executemany(
-                "INSERT OR REPLACE INTO finished VALUES (?, ?)",
-                ((e.key, orjson.dumps(e.outcome)) for e in _segment_events(segment) if e.event == "answered"))
+            self._fold(segment)
         self.unfolded_events = self._db.total_changes
+        self._report_missing()
 
-    def _attach(self, sqlite_path: ObjectStoragePath) -> None:
-        if is_gcs(sqlite_path):
-            local = os.path.join(self._tmp.name, "snapshot.sqlite")
-            with sqlite_path.open("rb") as source, open(local, "wb") as out:
-                shutil.copyfileobj(source, out, 8 * 2**20)
-        else:
-            local = sqlite_path.path
-        # A snapshot never changes once written: immutable=1 skips every lock and change check.
-        self._db.execute("ATTACH DATABASE ? AS snap", (f"file:{local}?mode=ro&immutable=1",))
-        self._has_snapshot = True
+    def _use_snapshot(self, manifests: Iterable[ObjectStoragePath]) -> None:
+        """Attach the first of ``manifests`` (newest first) whose snapshot passes its checks; report the others."""
+        for manifest_path in manifests:
+            manifest = None
+            try:
+                manifest = _read_manifest(manifest_path)
+                sqlite = self.ledger.snapshots / manifest["sqlite"]
+                local, digest = _local_copy(sqlite, self._tmp.name)
+                if problem := _sqlite_problem(local, manifest, deep=digest is not None, digest=digest):
+                    raise _Damaged(sqlite, problem)
+            except FileNotFoundError:
+                if manifest is not None and manifest_path.exists():
+                    self._report(_Damaged(self.ledger.snapshots / manifest["sqlite"], "missing"), manifest)
+                continue  # else removed by a compaction since it was listed
+            except _Damaged as damage:
+                self._report(damage, manifest)
+                continue
+            # A snapshot never changes once written: immutable=1 skips every lock and change check.
+            self._db.execute("ATTACH DATABASE ? AS snap", (f"file:{local}?mode=ro&immutable=1",))
+            self._has_snapshot, self._local, self._read_whole = True, local, digest is not None
+            self.manifest, self.snapshot_name, self.folded = manifest, manifest_path.name, set(manifest["segments"])
+            return
+
+    def _report(self, damage: _Damaged, manifest: Mapping | None) -> None:
+        log.warning("Ledger: %s is damaged (%s); the snapshot before it answers, with the segments it does not hold",
+                    uri_of(damage.path), damage.cause)
+        self.damaged.append(Damage(damage.path, damage.cause))
+        if manifest is not None and isinstance(manifest.get("keys"), int):
+            self._held = max(self._held, manifest["keys"])
+
+    def _report_missing(self) -> None:
+        """Say how many answered keys a damaged snapshot held that nothing left holds: they are requested again."""
+        if not self._held:
+            return
+        with contextlib.suppress(sqlite3.DatabaseError):  # a failing snapshot is replaced at its next query
+            if (missing := self._held - self._count()) > 0:
+                log.warning("Ledger %s: %d answered keys of a damaged snapshot are in no intact snapshot or segment; "
+                            "they will be requested again", uri_of(self.ledger.folder), missing)
+
+    def _fold(self, segment: ObjectStoragePath, *, replace: bool = True) -> None:
+        problems: list[tuple[str, str | None]] = []
+        self._db.executemany(
+            f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO finished VALUES (?, ?)",
+            ((e.key, orjson.dumps(e.outcome)) for e in _segment_events(segment, problems) if e.event == "answered"))
+        self._db.commit()  # no transaction left open: a failed compaction's rollback must not undo what was read
+        if problems:
+            self.damaged.append(_segment_damage(segment, problems))
+
+    def _fall_back(self, cause: str) -> None:
+        """The snapshot in use failed: report it; the one before it and the segments that one does not list answer
+        from now on (what the newer segments already read say stays: they are newer)."""
+        failed = self.snapshot_name
+        self._report(_Damaged(self.ledger.snapshots / self.manifest["sqlite"], cause), self.manifest)
+        self._db.execute("DETACH DATABASE snap")
+        self._has_snapshot, self._local, self.manifest, self.snapshot_name, self.folded = False, None, None, None, set()
+        self._use_snapshot(m for m in reversed(self.ledger._manifests()) if m.name < failed)
+        read = {p.name for p in self.unfolded}
+        more = [p for p in self.ledger._segments() if p.name not in self.folded and p.name not in read]
+        for segment in reversed(more):  # newest first, keeping the first answer: the newest one
+            self._fold(segment, replace=False)
+        self.unfolded += more
+        self._report_missing()
+
+    def _answer(self, query: Callable[[], T]) -> T:
+        """``query``'s result; a snapshot that fails it is replaced by the one before it, and it is asked again."""
+        while True:
+            try:
+                return query()
+            except (sqlite3.DatabaseError, orjson.JSONDecodeError) as exc:
+                if not self._has_snapshot:
+                    raise
+                self._fall_back(f"unreadable: {exc}")
+
+    def verify(self) -> None:
+        """Read the snapshot in use whole against its checksum (on opening, a local one is checked by its size and
+        header only), falling back from one that fails: compaction copies it into the next."""
+        while self._has_snapshot and not self._read_whole:
+            problem = _sqlite_problem(self._local, self.manifest, deep=True)
+            if problem is None:
+                self._read_whole = True
+            else:
+                self._fall_back(problem)
 
     def __enter__(self) -> LedgerView:
         return self
@@ -551,17 +815,27 @@ class LedgerView:
 
     def finished(self, key: str) -> dict[str, Any] | None:
         """The succeeded outcome record the ledger holds for ``key``, or None."""
-        row = self._db.execute("SELECT record FROM finished WHERE key = ?", (key,)).fetchone()
-        if row is None and self._has_snapshot:
-            row = self._db.execute("SELECT record FROM snap.finished WHERE key = ?", (key,)).fetchone()
-        return orjson.loads(row[0]) if row else None
+        def lookup() -> dict[str, Any] | None:
+            row = self._db.execute("SELECT record FROM finished WHERE key = ?", (key,)).fetchone()
+            if row is None and self._has_snapshot:
+                row = self._db.execute("SELECT record FROM snap.finished WHERE key = ?", (key,)).fetchone()
+            return orjson.loads(row[0]) if row else None
+
+        return self._answer(lookup)
 
     def __contains__(self, key: object) -> bool:
-        if self._db.execute("SELECT 1 FROM finished WHERE key = ?", (key,)).fetchone():
-            return True
-        return bool(self._has_snapshot and self._db.execute("SELECT 1 FROM snap.finished WHERE key = ?", (key,)).fetchone())
+        def lookup() -> bool:
+            if self._db.execute("SELECT 1 FROM finished WHERE key = ?", (key,)).fetchone():
+                return True
+            return bool(self._has_snapshot
+                        and self._db.execute("SELECT 1 FROM snap.finished WHERE key = ?", (key,)).fetchone())
+
+        return self._answer(lookup)
 
     def finished_count(self) -> int:
+        return self._answer(self._count)
+
+    def _count(self) -> int:
         if not self._has_snapshot:
             return self._db.execute("SELECT count(*) FROM finished").fetchone()[0]
         return self._db.execute(
@@ -570,6 +844,11 @@ class LedgerView:
 
     def write_snapshot(self, path: str) -> None:
         """This fold as a new SQLite snapshot file at ``path`` (local)."""
+        self._answer(lambda: self._write_snapshot(path))
+
+    def _write_snapshot(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a first try that met a damaged snapshot
         out = sqlite3.connect(path)
         try:
             out.executescript("""
@@ -586,16 +865,37 @@ class LedgerView:
                 self._db.execute("INSERT INTO next.finished SELECT key, record FROM snap.finished")
             self._db.execute("INSERT OR REPLACE INTO next.finished SELECT key, record FROM finished")
             self._db.commit()
+        except BaseException:
+            self._db.rollback()
+            raise
         finally:
             self._db.execute("DETACH DATABASE next")
 
 
-def _segment_events(segment: ObjectStoragePath) -> Iterator[LedgerEvent]:
-    """The events of one segment; a corrupt line is skipped with a warning (it costs a re-request at most)."""
+def _frame(kind: str, writer: str, count: int | None = None) -> bytes:
+    """A segment's begin or end line (the end counts its events): an event no fold counts, as earlier versions
+    read it too."""
+    outcome = None if count is None else {"events": count}
+    return orjson.dumps(LedgerEvent("", kind, writer, now_iso(), outcome).to_json(), option=orjson.OPT_APPEND_NEWLINE)
+
+
+def _segment_events(segment: ObjectStoragePath,
+                    problems: list[tuple[str, str | None]] | None = None) -> Iterator[LedgerEvent]:
+    """The events of one segment. A damaged line is skipped with a warning naming its key where it still shows
+    (it costs a re-request at most), and so is a framed segment that ends before its end line or counts other
+    than it holds; ``problems`` collects (cause, key or None) of each."""
+
+    def damaged(cause: str, key: str | None = None, *, line: bool = False) -> None:
+        lost = f": key {key} is requested again unless another record answers it" if key else ""
+        log.warning("Ledger: %s is damaged (%s)%s", uri_of(segment), cause, f"; skipping that line{lost}" if line else "")
+        if problems is not None:
+            problems.append((cause, key))
+
     try:
         stream = segment.open("rb")
     except FileNotFoundError:  # folded into a newer snapshot and pruned since it was listed
         return
+    framed, end, lines, number = False, None, 0, 0
     with stream:
         for number, line in enumerate(stream, start=1):
             if not line.strip():
@@ -603,6 +903,115 @@ def _segment_events(segment: ObjectStoragePath) -> Iterator[LedgerEvent]:
             try:
                 event = LedgerEvent.from_json(orjson.loads(line))
             except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError) as exc:
-                log.warning("Ledger: skipping %s line %d (%s)", uri_of(segment), number, exc)
+                lines += 1
+                key = _KEY_OF_LINE.match(line)
+                damaged(f"line {number}: {exc}", key[1].decode("utf-8", "replace") if key else None, line=True)
                 continue
+            if not event.key and event.event in ("begin", "end"):
+                framed, end = True, event if event.event == "end" else end
+                continue
+            lines += 1
             yield event
+    if number == 0:
+        damaged("empty: its content never reached the disk")
+    elif framed and end is None:
+        damaged(f"cut short after line {number}: its end line is missing, and any events after it")
+    elif end is not None and (end.outcome or {}).get("events") != lines:
+        damaged(f"its end line counts {(end.outcome or {}).get('events')} events where {lines} lines were found")
+
+
+def _segment_damage(segment: ObjectStoragePath, problems: list[tuple[str, str | None]]) -> Damage:
+    causes = [cause for cause, _ in problems]
+    more = f"; and {len(causes) - 3} more" if len(causes) > 3 else ""
+    return Damage(segment, "; ".join(causes[:3]) + more, tuple(key for _, key in problems if key))
+
+
+def _sealed(manifest: Mapping) -> bytes:
+    """A snapshot manifest's bytes, carrying a checksum of its own content: a cut or altered one fails it."""
+    return orjson.dumps({**manifest, "checksum": _checksum(manifest)}, option=orjson.OPT_INDENT_2)
+
+
+def _checksum(manifest: Mapping) -> str:
+    return hashlib.sha256(orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _read_manifest(path: ObjectStoragePath) -> dict:
+    """A snapshot manifest that passes its own checksum (one written before checksums has none), or _Damaged;
+    FileNotFoundError when it is gone."""
+    raw = path.read_bytes()
+    try:
+        manifest = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise _Damaged(path, f"not JSON ({len(raw)} bytes): {exc}") from None
+    if (not isinstance(manifest, dict) or not isinstance(manifest.get("sqlite"), str) or "/" in manifest["sqlite"]
+            or not isinstance(manifest.get("segments"), list)):
+        raise _Damaged(path, "not a snapshot manifest: no SQLite file name or segment list")
+    checksum = manifest.pop("checksum", None)
+    if checksum is not None and checksum != _checksum(manifest):
+        raise _Damaged(path, "its content does not match its checksum")
+    return manifest
+
+
+def _local_copy(sqlite: ObjectStoragePath, folder: str) -> tuple[str, str | None]:
+    """A snapshot's SQLite file as an OS path: a local one where it lies; a gs:// one copied into ``folder``, with
+    the sha256 of what was copied."""
+    if not is_gcs(sqlite):
+        return sqlite.path, None
+    local = os.path.join(folder, "snapshot.sqlite")
+    with sqlite.open("rb") as source, open(local, "wb") as out:
+        digest, _ = _copy(source, out)
+    return local, digest
+
+
+def _sqlite_problem(local: str, manifest: Mapping, *, deep: bool, digest: str | None = None) -> str | None:
+    """Why a snapshot's SQLite file fails its checks, or None: always its size and SQLite header; ``deep`` (it is
+    read whole) its sha256 too (``digest``, when already taken), or SQLite's quick check for a snapshot written
+    before checksums."""
+    size = os.path.getsize(local)
+    if (expected := manifest.get("bytes")) is not None and size != expected:
+        return f"{size} bytes where its manifest records {expected}"
+    with open(local, "rb") as file:
+        head = file.read(100)
+    if len(head) < 100 or not head.startswith(_SQLITE_MAGIC):
+        return f"not an SQLite file ({size} bytes)"
+    page_size = int.from_bytes(head[16:18], "big")
+    pages = int.from_bytes(head[28:32], "big")
+    if head[24:28] == head[92:96] and pages * (65536 if page_size == 1 else page_size) != size:
+        return f"{size} bytes where its header counts {pages} pages of {page_size}"  # the count is valid: cut short
+    if not deep:
+        return None
+    if manifest.get("sha256") is None:
+        return _quick_check(local)
+    if (digest or _file_sha256(local)) != manifest["sha256"]:
+        return "its sha256 differs from its manifest's"
+    return None
+
+
+def _quick_check(local: str) -> str | None:
+    db = sqlite3.connect(f"file:{local}?mode=ro&immutable=1", uri=True)
+    try:
+        result = db.execute("PRAGMA quick_check").fetchone()[0]
+        db.execute("SELECT count(*) FROM finished").fetchone()
+    except sqlite3.DatabaseError as exc:
+        return f"unreadable: {exc}"
+    finally:
+        db.close()
+    return None if result == "ok" else f"SQLite quick check: {result}"
+
+
+def _copy(source: BinaryIO, out: BinaryIO) -> tuple[str, int]:
+    """Copy one file into another; the sha256 and size of what went through."""
+    digest, size = hashlib.sha256(), 0
+    while chunk := source.read(8 * 2**20):
+        digest.update(chunk)
+        out.write(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _file_sha256(local: str) -> str:
+    digest = hashlib.sha256()
+    with open(local, "rb") as file:
+        while chunk := file.read(8 * 2**20):
+            digest.update(chunk)
+    return digest.hexdigest()

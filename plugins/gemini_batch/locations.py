@@ -6,7 +6,9 @@ Everything that reads sources or writes run artefacts takes an Airflow
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from typing import IO, TYPE_CHECKING
 
 if os.environ.get("STORAGE_EMULATOR_HOST"):
@@ -45,6 +47,29 @@ def open_file(path: ObjectStoragePath, mode: str = "rb") -> IO[bytes]:
     if any(flag in mode for flag in "wax"):
         make_folder(path.parent)
     return open(path.path, mode) if is_local(path) else path.open(mode)  # noqa: SIM115 - the caller closes it
+
+
+def replace_whole(path: ObjectStoragePath, content: bytes) -> None:
+    """Write ``path`` so that a reader sees the old content or the new, never a part, even after a crash.
+
+    GCS: an upload replaces the object whole. Local: a private file, flushed to disk, renamed over the name.
+    """
+    if not is_local(path):
+        path.write_bytes(content)
+        return
+    folder = os.path.dirname(path.path)
+    os.makedirs(folder, exist_ok=True)
+    fd, private = tempfile.mkstemp(prefix=".write-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(private, path.path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(private)
+        raise
 
 
 def make_folder(path: ObjectStoragePath) -> None:

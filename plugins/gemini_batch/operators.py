@@ -33,7 +33,7 @@ from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from google.genai import errors, types
 
-from gemini_batch.batch_requests import ShardManifest
+from gemini_batch.batch_requests import ShardManifest, ShardPiece, ShardPieces, split_shard
 from gemini_batch.claims import (
     FROM_LEDGER, holder_tokens, job_finder, job_state, key_shards, run_alive, run_state_of, shard_job_name,
     slot_is_free,
@@ -43,10 +43,12 @@ from gemini_batch.hooks import (
     job_error, job_stats, state_name,
 )
 from gemini_batch.ledger import Ledger, ShardJob, now_iso
+from gemini_batch.locations import uri_of
 from gemini_batch.triggers import GeminiBatchJobTrigger, job_output
 
 SUCCEEDED_STATES = frozenset({"JOB_STATE_SUCCEEDED"})
 DEFAULT_EXPIRY_HOURS = 24.0
+DEFAULT_QUOTA_WAIT_HOURS = 24.0
 HASH_CHUNK_BYTES = 2**20
 # Task state store keys: when a submit started (ISO, UTC), then the job it made.
 SUBMIT_STARTED_KEY = "submit_started_at"
@@ -214,13 +216,21 @@ class GeminiBatchSubmitOperator(BaseOperator):
     ``max_jobs_in_flight``, a new job is created only while fewer than that
     many jobs of the DAG's runs (all that share its ledger) are in flight;
     otherwise the task waits, deferred, for one to end.
+
+    A create refused 429 (the model's enqueued-token quota) while other jobs
+    of the model are in flight waits, deferred, for them, at most
+    ``quota_wait_hours`` without progress. Refused with none in flight, the
+    shard alone is over the quota: it is split in halves, down to single
+    requests, and the pieces are submitted in turn (``ShardPieces``, kept
+    beside the manifest); a single request over the quota is refused, and its
+    document fails naming the quota. Each piece's input is uploaded once.
     """
 
     operator_extra_links = JOB_LINKS
     # gemini_conn_id, expiry and polling too: the DAG takes them as run params (contract 5); strings are converted.
     template_fields = (
         "manifest_uri", "model", "display_name", "output_prefix", "gemini_conn_id", "expiry_hours", "poll_interval",
-        "max_jobs_in_flight",
+        "max_jobs_in_flight", "quota_wait_hours",
     )
 
     def __init__(
@@ -235,10 +245,12 @@ class GeminiBatchSubmitOperator(BaseOperator):
         poll_interval: float | str = 30,
         expiry_hours: float | str = DEFAULT_EXPIRY_HOURS,
         max_jobs_in_flight: int | str | None = None,
+        quota_wait_hours: float | str = DEFAULT_QUOTA_WAIT_HOURS,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.max_jobs_in_flight = max_jobs_in_flight
+        self.quota_wait_hours = quota_wait_hours
         self.manifest_uri = manifest_uri
         self.model = model
         self.gemini_conn_id = gemini_conn_id
@@ -255,9 +267,12 @@ class GeminiBatchSubmitOperator(BaseOperator):
             submission = self._adopt(context, hook, adoption)
             if not self.wait:
                 return submission
-            return observe_adopted(self, hook, submission, expiry=dt.timedelta(hours=float(self.expiry_hours)),
-                                   poll_interval=float(self.poll_interval), method_name="resume")
+            return observe_jobs(self, hook, submission, expiry=dt.timedelta(hours=float(self.expiry_hours)),
+                                poll_interval=float(self.poll_interval), method_name="resume")
         manifest, display_name = self._shard(context, hook)
+        pieces_path = ShardPieces.path_of(manifest, hook.storage_path(self.manifest_uri).parent)
+        if (pieces := ShardPieces.load(pieces_path)) is not None:  # the service refused this shard before
+            return self._submit_pieces(context, hook, pieces, pieces_path)
         ti = context["ti"]
         store = context.get("task_state_store")
         job = self._earlier_job(context, store, hook, display_name)
@@ -272,12 +287,18 @@ class GeminiBatchSubmitOperator(BaseOperator):
                 store.delete(JOB_NAME_KEY)  # else a crash before the new name is stored leaves the dead one
                 store.set(SUBMIT_STARTED_KEY, dt.datetime.now(dt.timezone.utc).isoformat())
             self._record_job(hook, manifest, ShardJob(None, now_iso(), display_name))  # findable if we die now
+            src = self._input(hook, manifest, display_name)
             try:
-                job = self._submit(hook, manifest, display_name)
-            except QuotaExhausted as exc:  # nothing was created: wait, deferred, for other jobs to end
+                job = self._create(hook, manifest, src, display_name)
+            except QuotaExhausted as exc:  # nothing was created: from here on the shard is submitted as pieces
                 if store is not None:
                     store.delete(SUBMIT_STARTED_KEY)
-                return self._wait(f"for the model's quota to free up (the service answered {exc})", "resume")
+                self.log.info("The service refused shard %s (%d requests, about %d input tokens): %s",
+                              manifest.shard_id, manifest.rows, manifest.tokens, exc)
+                pieces = ShardPieces(manifest.shard_id, [ShardPiece(self.manifest_uri, display_name, manifest.rows,
+                                                                    src=src)])
+                pieces.save(pieces_path)
+                return self._submit_pieces(context, hook, pieces, pieces_path, refused_now=True)
         if store is not None:  # a new job, or one found by searching: the next try needs a single get
             store.set(JOB_NAME_KEY, job.name)
         self.job_name = job.name
@@ -326,15 +347,23 @@ class GeminiBatchSubmitOperator(BaseOperator):
             return hook.find_job(display_name, created_after=dt.datetime.fromisoformat(started) - CLOCK_SKEW)
         return None
 
-    def _submit(self, hook: GeminiBatchHook, manifest: ShardManifest, display_name: str) -> types.BatchJob:
-        """Create the shard's job; a 404 on create is the model (none such, or not for this project): no retry helps."""
+    def _input(self, hook: GeminiBatchHook, manifest: ShardManifest, display_name: str) -> str:
+        """Where the job reads the shard: its gs:// URI (Vertex AI), or its upload to the Files API."""
         if hook.backend == "vertex":
             if not manifest.uri.startswith("gs://"):
                 raise ValueError(
                     f"Vertex AI reads batch input from gs:// only; shard {manifest.shard_id} is at {manifest.uri}")
-            src, dest = manifest.uri, self.output_prefix or default_output_prefix(manifest)
-        else:
-            src, dest = hook.upload_jsonl(hook.storage_path(manifest.uri), shard_file_name(display_name)), None
+            return manifest.uri
+        return hook.upload_jsonl(hook.storage_path(manifest.uri), shard_file_name(display_name))
+
+    def _create(self, hook: GeminiBatchHook, manifest: ShardManifest, src: str, display_name: str) -> types.BatchJob:
+        """Create the shard's job; a 404 on create is the model (none such, or not for this project): no retry helps."""
+        dest = None
+        if hook.backend == "vertex":
+            dest = default_output_prefix(manifest)
+            if self.output_prefix:
+                dest = self.output_prefix if manifest.piece_of is None else (
+                    f"{self.output_prefix.rstrip('/')}/{manifest.shard_id}/")
         try:
             return hook.create_job(model=self.model, src=src, display_name=display_name, dest=dest)
         except errors.ClientError as exc:
@@ -347,9 +376,98 @@ class GeminiBatchSubmitOperator(BaseOperator):
     def _shard(self, context, hook: GeminiBatchHook) -> tuple[ShardManifest, str]:
         """The shard's manifest and the job's display name (the same run and rows give the same name)."""
         manifest = ShardManifest.load(hook.storage_path(self.manifest_uri))
+        return manifest, self._display_name(context, hook, manifest)
+
+    def _display_name(self, context, hook: GeminiBatchHook, manifest: ShardManifest) -> str:
+        if self.display_name:
+            return self.display_name if manifest.piece_of is None else (
+                f"{self.display_name}{manifest.shard_id[len(manifest.piece_of):]}")
         ti = context["ti"]
-        return manifest, self.display_name or default_display_name(
-            ti.dag_id, ti.run_id, manifest.shard_id, hook.storage_path(manifest.keys_uri))
+        return default_display_name(ti.dag_id, ti.run_id, manifest.shard_id, hook.storage_path(manifest.keys_uri))
+
+    def _submit_pieces(self, context, hook: GeminiBatchHook, pieces: ShardPieces, path: ObjectStoragePath, *,
+                       refused_now: bool = False) -> dict | str:
+        """Submit, in order, the pieces of a shard the service refused; return the submission once each has a job
+        or is refused. ``refused_now``: the first open piece was just refused (no second create for it)."""
+        index = 0
+        while index < len(pieces.pieces):
+            piece = pieces.pieces[index]
+            if not piece.open:
+                index += 1
+                continue
+            part = ShardManifest.load(hook.storage_path(piece.manifest_uri))
+            verdict = "refused" if refused_now else self._try_piece(hook, part, piece, pieces, path)
+            refused_now = False
+            if isinstance(verdict, types.BatchJob):
+                push_links(context, verdict.name, job_output(verdict))
+                index += 1
+            elif hook.jobs_in_flight(self.model):  # they hold the quota: wait for them, not forever
+                return self._wait_for_quota(hook, part, pieces, path)
+            elif (verdict := self._try_piece(hook, part, piece, pieces, path)) != "refused":
+                push_links(context, verdict.name, job_output(verdict))  # the quota freed up meanwhile
+                index += 1
+            elif hook.jobs_in_flight(self.model):
+                return self._wait_for_quota(hook, part, pieces, path)
+            elif part.rows > 1:  # refused twice with nothing else in flight: this piece alone is over the quota
+                halves = split_shard(part, hook.storage_path(piece.manifest_uri).parent)
+                pieces.pieces[index:index + 1] = [
+                    ShardPiece(half.manifest_uri, self._display_name(context, hook, half), half.rows) for half in halves]
+                pieces.save(path)
+                self.log.info("Shard %s alone is over the model's quota: split into %s and %s (%d and %d requests)",
+                              part.shard_id, halves[0].shard_id, halves[1].shard_id, halves[0].rows, halves[1].rows)
+            else:
+                piece.refused = quota_refusal(self.model, part.tokens)
+                pieces.save(path)
+                self.log.warning("Request %s: %s", part.shard_id, piece.refused)
+                index += 1
+        submission = self._describe(pieces.pieces[0].display_name, ShardManifest.load(
+            hook.storage_path(self.manifest_uri)))
+        return {**submission, "jobs": [p.job_name for p in pieces.pieces if p.job_name], "adopted": False,
+                "own": True, "pieces_uri": uri_of(path)}
+
+    def _try_piece(self, hook: GeminiBatchHook, part: ShardManifest, piece: ShardPiece, pieces: ShardPieces,
+                   path: ObjectStoragePath) -> types.BatchJob | str:
+        """The piece's job (one an earlier try made, found by its display name, or a new one), or "refused"."""
+        job = None
+        if piece.started_at is not None:
+            job = hook.find_job(piece.display_name, created_after=dt.datetime.fromisoformat(piece.started_at) - CLOCK_SKEW)
+            job = job if job is not None and state_name(job) not in DEAD_STATES else None
+        if job is None:
+            if piece.src is None:
+                piece.src = self._input(hook, part, piece.display_name)
+            piece.started_at = now_iso()
+            pieces.save(path)
+            self._record_job(hook, part, ShardJob(None, piece.started_at, piece.display_name))
+            try:
+                job = self._create(hook, part, piece.src, piece.display_name)
+            except QuotaExhausted:
+                return "refused"
+        piece.job_name, pieces.quota_wait_since = job.name, None
+        pieces.save(path)
+        self._record_job(hook, part, ShardJob(job.name, now_iso(), piece.display_name))
+        self.log.info("Piece %s of shard %s (%d requests): batch job %s", part.shard_id, pieces.shard_id, part.rows,
+                      job.name)
+        return job
+
+    def _wait_for_quota(self, hook: GeminiBatchHook, part: ShardManifest, pieces: ShardPieces,
+                        path: ObjectStoragePath):
+        """Defer until the model's jobs in flight leave room; fail the run once the wait passes quota_wait_hours."""
+        now = dt.datetime.now(dt.timezone.utc)
+        if pieces.quota_wait_since is None:
+            pieces.quota_wait_since = now.isoformat()
+            pieces.save(path)
+        since = dt.datetime.fromisoformat(pieces.quota_wait_since)
+        limit = dt.timedelta(hours=float(self.quota_wait_hours))
+        if now - since >= limit:
+            raise AirflowFailException(
+                f"model {self.model!r}: the service refused {part.shard_id} ({part.rows} requests, about "
+                f"{part.tokens:,} input tokens) for {now - since} while other jobs of the model held its enqueued-token "
+                f"quota (quota_wait_hours={float(self.quota_wait_hours):g}). Set the model's quota as "
+                f"enqueued_token_limit in connection {self.gemini_conn_id!r} (shards are then sized to it and wait "
+                f"their turn), lower max_jobs_in_flight, or raise quota_wait_hours")
+        return self._wait(f"for the model's quota: {part.shard_id} (about {part.tokens:,} input tokens) was refused "
+                          f"while other jobs of {self.model} are in flight; waiting until {(since + limit).isoformat()} "
+                          "at the latest", "resume")
 
     def _describe(self, display_name: str, manifest: ShardManifest) -> dict:
         return {"display_name": display_name, "shard_id": manifest.shard_id, "manifest_uri": self.manifest_uri}
@@ -469,9 +587,9 @@ class GeminiBatchJobSensor(BaseSensorOperator):
             return super().execute(context)
         hook = GeminiBatchHook(self.gemini_conn_id)
         submission = self._submission()
-        if submission["adopted"]:
-            return observe_adopted(self, hook, submission, expiry=self.expiry, poll_interval=float(self.poll_interval),
-                                   method_name="execute_complete")
+        if submission["adopted"] or submission.get("pieces_uri"):
+            return observe_jobs(self, hook, submission, expiry=self.expiry, poll_interval=float(self.poll_interval),
+                                method_name="execute_complete")
         job = hook.get_job(submission["jobs"][0])
         push_links(context, job.name, job_output(job))
         return wait_for_job(self, hook, job, expiry=self.expiry, poll_interval=float(self.poll_interval),
@@ -484,8 +602,9 @@ class GeminiBatchJobSensor(BaseSensorOperator):
         now = dt.datetime.now(dt.timezone.utc)
         if not all(is_terminal(job) or now >= job_deadline(job, self.expiry) for job in jobs):
             return False
-        if submission["adopted"]:
-            return PokeReturnValue(True, adopted_outcome(submission, jobs))
+        if submission["adopted"] or submission.get("pieces_uri"):
+            return PokeReturnValue(True, observe_jobs(self, hook, submission, expiry=self.expiry,  # all ended
+                                                      poll_interval=float(self.poll_interval), method_name="poke"))
         (job,) = jobs
         push_links(context, job.name, job_output(job))
         if is_terminal(job):
@@ -496,9 +615,9 @@ class GeminiBatchJobSensor(BaseSensorOperator):
     def execute_complete(self, context, event: Mapping, describe: Mapping[str, Any] | None = None) -> dict:
         hook = GeminiBatchHook(self.gemini_conn_id)
         submission = self._submission()
-        if submission["adopted"]:  # one adopted job ended (or its deadline passed): look at all of them again
-            return observe_adopted(self, hook, submission, expiry=self.expiry, poll_interval=float(self.poll_interval),
-                                   method_name="execute_complete")
+        if submission["adopted"] or submission.get("pieces_uri"):  # one of its jobs ended: look at all again
+            return observe_jobs(self, hook, submission, expiry=self.expiry, poll_interval=float(self.poll_interval),
+                                method_name="execute_complete")
         if event["status"] == "deadline":
             return self._past_deadline(hook, submission, event["job_name"], event["state"], event.get("stats") or {})
         if event["status"] == "terminal":
@@ -513,23 +632,34 @@ class GeminiBatchJobSensor(BaseSensorOperator):
         return job_outcome(self, describe, job_name, "JOB_STATE_EXPIRED", dict(stats), error, deadline_passed=True)
 
 
-def observe_adopted(
+def observe_jobs(
     task: BaseOperator, hook: GeminiBatchHook, submission: Mapping, *, expiry: dt.timedelta, poll_interval: float,
     method_name: str,
 ) -> dict:
-    """The outcome of another run's jobs once each has ended or passed its deadline; until then defer."""
-    jobs = []
+    """The outcome of a submission of several jobs once each has ended or passed its deadline; until then defer.
+
+    Another run's jobs (adopted) are only observed; this run's own (a shard's
+    pieces) are cancelled at their deadline, so they bill nothing more.
+    """
+    jobs, pieces = [], []
     for name in submission["jobs"]:
         job = hook.get_job(name)
         deadline = job_deadline(job, expiry)
         if not is_terminal(job) and dt.datetime.now(dt.timezone.utc) < deadline:
-            task.log.info("Waiting for batch job %s (%s) of another run: it requests keys of this round",
-                          name, state_name(job))
+            task.log.info("Waiting for batch job %s (%s)%s", name, state_name(job),
+                          " of another run: it requests keys of this round" if submission["adopted"] else "")
             task.defer(trigger=GeminiBatchJobTrigger(job_name=name, gemini_conn_id=hook.gemini_conn_id,
                                                      deadline=deadline.isoformat(), poll_interval=poll_interval),
                        method_name=method_name)
         jobs.append(job)
-    return adopted_outcome(submission, jobs)
+        if not submission["adopted"]:
+            pieces.append(deadline_outcome(task, hook, name, state_name(job), job_stats(job), {})
+                          if not is_terminal(job) else
+                          job_outcome(task, {}, name, state_name(job), job_stats(job), job_error(job)))
+    if submission["adopted"]:
+        return adopted_outcome(submission, jobs)
+    return {**adopted_outcome(submission, []), "display_name": submission.get("display_name"), "state": "PIECES",
+            "adopted_jobs": None, "pieces_uri": submission["pieces_uri"], "piece_jobs": pieces}
 
 
 def adopted_outcome(submission: Mapping, jobs: list[types.BatchJob]) -> dict:
@@ -543,3 +673,10 @@ def adopted_outcome(submission: Mapping, jobs: list[types.BatchJob]) -> dict:
 def _describe(submission: Mapping, job: types.BatchJob | None) -> dict:
     return {"display_name": submission.get("display_name") or (job.display_name if job else None),
             "shard_id": submission.get("shard_id"), "manifest_uri": submission.get("manifest_uri")}
+
+
+def quota_refusal(model: str, tokens: int) -> str:
+    """Why a single request can never be submitted: alone, it is over the model's enqueued-token quota."""
+    return (f"refused by the service: this request alone (about {tokens:,} input tokens) is over model {model}'s "
+            "enqueued-token quota (429 RESOURCE_EXHAUSTED with no other job of the model in flight); split the "
+            "document smaller (max_pages, max_part_mb), or ask Google for a larger quota")

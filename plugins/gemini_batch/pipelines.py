@@ -6,13 +6,18 @@ A pipeline file names its DAG (``dag_id``, default the file's name), its
 ``model``, ``gemini_conn_id`` and ``limits`` (any of the DAG's numeric
 params). Every file is checked when the DAG file is parsed; a file with a
 mistake is left out, named with the field in the loader file's import error,
-and the other pipelines load.
+and the other pipelines load. A file is read within limits (its size, its
+values once YAML aliases are expanded, its nesting, time), so one crafted
+file cannot hold up the DAG processor and take every pipeline with it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
+import stat
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,10 +38,92 @@ RUN_FIELDS = ("source", "output", "prompt", "model", "gemini_conn_id", "state", 
 LIMIT_FIELDS = ("max_cost_usd", "approve_above_usd", "retry_rounds", "max_pages", "max_part_mb", "inline_max_mb",
                 "max_rows_per_job", "max_mb_per_job", "max_jobs_in_flight", "expiry_hours", "poll_seconds")
 SCHEMA_KEYWORDS = ("type", "enum", "minimum", "maximum", "minLength")
+MAX_FILE_BYTES = 2**20  # a pipeline or schema file; real ones hold a few KB
+MAX_VALUES = 100_000  # values of a file once its aliases are expanded: what checking and serializing it costs
+MAX_DEPTH = 50  # nesting levels: checking a schema recurses once per level
+READ_SECONDS = 2.0  # the time box of reading one file
+MESSAGE_CHARS = 300  # of a validation message, which quotes the offending value
 
 
 class PipelineError(ValueError):
     """A pipeline file that cannot become a DAG: the message names the file and the field."""
+
+
+class _Refused(ValueError):
+    """A file read no further (the message says why)."""
+
+
+class _BoundedLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """YAML's safe loader (libyaml's when installed: faster, and it refuses runaway nesting) that refuses a document
+    whose aliases expand it past MAX_VALUES values or MAX_DEPTH levels, or into itself. Parsed, such a document is
+    small (an alias is a shared reference); checked, copied or serialized, it is expanded ("billion laughs")."""
+
+    deadline = math.inf
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            _check_expansion(node, self.deadline)
+        return node
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    return node.value if isinstance(node, yaml.SequenceNode) else []
+
+
+def _check_expansion(root: yaml.Node, deadline: float) -> None:
+    """Values and depth of the document as if every alias were expanded, measuring each node once."""
+    measured: dict[int, tuple[int, int]] = {}  # id(node): (values, depth) of it and all below it
+    open_nodes: set[int] = set()  # the nodes whose children are being measured: the path from the root
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        if time.monotonic() > deadline:
+            raise _Refused(f"refused: not read within {READ_SECONDS:g} s")
+        node, children_measured = stack.pop()
+        if children_measured:
+            below = [measured[id(child)] for child in _children(node)]
+            values, depth = 1 + sum(v for v, _ in below), 1 + max((d for _, d in below), default=0)
+            if values > MAX_VALUES:
+                raise _Refused(f"refused: more than {MAX_VALUES:,} values once its aliases (*name) are expanded")
+            if depth > MAX_DEPTH:
+                raise _Refused(f"refused: nested deeper than {MAX_DEPTH} levels")
+            measured[id(node)] = (values, depth)
+            open_nodes.discard(id(node))
+        elif id(node) in open_nodes:
+            raise _Refused("refused: an alias refers to a value that contains it")
+        elif id(node) not in measured:
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in _children(node))
+
+
+def _read_capped(path: Path) -> bytes:
+    """The file's bytes, refused when it is not a regular file (a FIFO would block) or above MAX_FILE_BYTES."""
+    status = path.stat()
+    if not stat.S_ISREG(status.st_mode):
+        raise _Refused("refused: not a regular file")
+    with path.open("rb") as file:
+        data = file.read(MAX_FILE_BYTES + 1)
+    size = max(len(data), status.st_size)
+    if size > MAX_FILE_BYTES:
+        raise _Refused(f"refused: {size:,} bytes, above the {MAX_FILE_BYTES:,} a pipeline file may hold")
+    return data
+
+
+def _load_yaml(path: Path):
+    """A YAML file's data, read within the limits (_Refused, yaml.YAMLError or OSError when not)."""
+    loader = _BoundedLoader(_read_capped(path))
+    loader.deadline = time.monotonic() + READ_SECONDS
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _brief(text: str) -> str:
+    return text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS] + "..."
 
 
 def _param_schema(name: str) -> dict:
@@ -80,10 +167,13 @@ def _field(error: jsonschema.ValidationError) -> str:
 
 def _read(path: Path) -> dict:
     try:
-        with path.open("rb") as file:
-            data = yaml.safe_load(file)
+        data = _load_yaml(path)
     except yaml.YAMLError as exc:
-        raise PipelineError(f"{path}: not valid YAML: {exc}") from None
+        raise PipelineError(f"{path}: not valid YAML: {_brief(str(exc))}") from None
+    except _Refused as exc:
+        raise PipelineError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot be read: {exc.strerror or exc}") from None
     # YAML reads an unquoted date as a date: the check below wants the text the user wrote.
     if isinstance(data, dict) and isinstance(data.get("start_date"), (dt.date, dt.datetime)):
         data["start_date"] = data["start_date"].isoformat()
@@ -92,7 +182,7 @@ def _read(path: Path) -> dict:
     errors = sorted(jsonschema.Draft202012Validator(file_schema()).iter_errors(data), key=lambda e: list(e.path))
     if errors:
         first = errors[0]
-        message = "give either schema or schema_file, not both" if first.validator == "not" else first.message
+        message = "give either schema or schema_file, not both" if first.validator == "not" else _brief(first.message)
         raise PipelineError(f"{path}: field {_field(first)}: {message}")
     return data
 
@@ -103,10 +193,10 @@ def _schema_of(path: Path, data: Mapping) -> dict | None:
     else:
         schema_path = path.parent / data["schema_file"]
         try:
-            schema = orjson.loads(schema_path.read_bytes()) if schema_path.suffix == ".json" else yaml.safe_load(
-                schema_path.read_text())
-        except (OSError, orjson.JSONDecodeError, yaml.YAMLError) as exc:
-            raise PipelineError(f"{path}: field schema_file: cannot read {schema_path}: {exc}") from None
+            schema = (orjson.loads(_read_capped(schema_path)) if schema_path.suffix == ".json"
+                      else _load_yaml(schema_path))
+        except (OSError, orjson.JSONDecodeError, yaml.YAMLError, _Refused) as exc:
+            raise PipelineError(f"{path}: field schema_file: cannot read {schema_path}: {_brief(str(exc))}") from None
     if schema is not None:
         try:
             results.check_schema(schema)
@@ -177,6 +267,9 @@ def load_pipelines(folder: Path | str | None = None) -> dict[str, DAG]:
             dag = pipeline_dag(path)
         except PipelineError as exc:
             problems.append(str(exc))
+            continue
+        except Exception as exc:  # noqa: BLE001 - one file's failure, whatever it is, must not hide the others
+            problems.append(f"{path}: cannot become a DAG: {type(exc).__name__}: {_brief(str(exc))}")
             continue
         if dag.dag_id in dags:
             problems.append(f"{path}: field dag_id: {dag.dag_id!r} is already the DAG of {sources[dag.dag_id]}")

@@ -184,7 +184,7 @@ def parts_to_stage(plan_file: ObjectStoragePath, source: ObjectStoragePath) -> I
                 continue
             for part in doc.parts:
                 if part.route == STAGED and not part.reused and seen.add(part.key):
-                    yield StageItem(part.key, source / doc.path, part.pages, doc.mime_type, part.size)
+                    yield StageItem(part.key, source, doc.path, part.pages, doc.mime_type, part.size, doc.sha256)
 
 
 def keys_to_request(plan_file: ObjectStoragePath, only: Container[str] | None = None) -> Iterator[str]:
@@ -228,7 +228,7 @@ def build_shards(
           RecordIndex() as seen):
         for doc in read_plan(plan_file):
             location = documents.locate(source, doc.path)
-            inline = _InlineReader(location, doc)
+            inline = _InlineReader(source, doc)
             for part in doc.parts:
                 if (part.reused or (only is not None and part.key not in only) or part.key in skip
                         or not seen.add(part.key)):
@@ -252,12 +252,11 @@ def build_shards(
 
 
 class _InlineReader:
-    """One document's inline parts, read from its source: the file is checked against the plan's hash once,
-    and once it has failed, its other parts fail with the same reason without reading it again."""
+    """One document's inline parts, read from its source as the plan hashed it (``documents.open_planned``); once
+    one has failed, its other parts fail with the same reason without reading it again."""
 
-    def __init__(self, location: documents.Location, doc: PlannedDocument):
-        self.location, self.doc = location, doc
-        self.checked = False
+    def __init__(self, source: ObjectStoragePath, doc: PlannedDocument):
+        self.source, self.doc = source, doc
         self.problem: str | None = None
 
     def row(self, part: PlannedPart, spec: RequestSpec) -> dict | str:
@@ -265,13 +264,12 @@ class _InlineReader:
         doc = self.doc
         if self.problem is None:
             try:
-                data = documents.read_inline(self.location, part.pages, doc.sha256, checked=self.checked)
-                self.checked = True
+                data = documents.read_inline(self.source, doc.path, part.pages, doc.sha256)
                 if doc.mime_type in documents.TEXT_TYPES:
                     return build_row(part.key, spec, text=documents.inline_text(data))
                 return build_row(part.key, spec, data=data, mime_type=doc.mime_type)
             except documents.SourceChanged as error:
-                self.problem = f"{printable(doc.path)} {error}"
+                self.problem = str(error)
             except (OSError, UnicodeDecodeError) as error:
                 self.problem = f"{printable(doc.path)} cannot be read any more: {error}"
         return self.problem

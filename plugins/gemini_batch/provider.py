@@ -78,6 +78,12 @@ def get_provider_info() -> dict:
                     "schema": {"type": ["integer", "null"], "minimum": 1},
                 },
             },
+        }, {
+            # Core Airflow registers ``generic`` without a hook, so testing one fails inside Airflow; the Gemini
+            # connection may be generic (the README's). No form fields: the generic form stays as Airflow has it.
+            "hook-class-name": "gemini_batch.hooks.GeminiGenericConnectionHook",
+            "connection-type": "generic",
+            "hook-name": "Generic",
         }],
         "extra-links": ["gemini_batch.operators.GeminiBatchJobLink", "gemini_batch.operators.GeminiBatchOutputLink"],
     }

@@ -43,10 +43,12 @@ from airflow.providers.common.compat.lineage.hook import get_hook_lineage_collec
 from airflow.sdk import ObjectStoragePath, Variable
 
 from gemini_batch import documents, jsonl, plan, results
-from gemini_batch.batch_requests import RequestSpec, ShardManifest, inline_budget, write_adoption
+from gemini_batch.batch_requests import (
+    RequestSpec, ShardManifest, ShardPiece, ShardPieces, inline_budget, write_adoption,
+)
 from gemini_batch.claims import FROM_LEDGER, KeyClaimer, RunState, job_finder, job_state, run_state_of
 from gemini_batch.cost import PRICES_VARIABLE, PriceTable, load_prices
-from gemini_batch.hooks import GeminiBatchHook, UnknownModel
+from gemini_batch.hooks import GeminiBatchHook, StagingBucketUnusable, UnknownModel
 from gemini_batch.ledger import Claim, Ledger, LedgerEvent, claim_id, now_iso
 from gemini_batch.locations import as_path, is_gcs, uri_of
 from gemini_batch.operators import LINEAGE_EXTRA
@@ -279,12 +281,15 @@ class Run:
     def plan(self) -> plan.PlanSummary:
         """Every document, keyed; a key the ledger holds as answered (by any earlier run) is reused, not requested.
 
-        First the service is asked for the model: an unknown or shut-down one fails the run before anything else.
+        First the service is asked for the model: an unknown or shut-down one fails the run before anything else;
+        so does, on Vertex AI, a staging bucket the connection's region cannot use.
         """
         if self.hook is not None:
             try:
                 self.hook.check_model(self.settings.spec.model)
-            except UnknownModel as exc:
+                if self.settings.staging_prefix is not None:
+                    self.hook.check_staging_bucket(uri_of(self.settings.staging_prefix))
+            except (UnknownModel, StagingBucketUnusable) as exc:
                 raise RunConfigError(str(exc)) from None
         settings = self.settings
         routing = plan.Routing(
@@ -318,9 +323,9 @@ class Run:
         """Stage every part to request (or the keys in ``only``) in one pass, recording each part's result."""
         items = (i for i in plan.parts_to_stage(self.folder.plan, self.settings.source) if only is None or i.key in only)
         if self.hook.backend == "vertex":
-            stager = GcsStager(self.folder.documents_prefix(), documents.open_part)
+            stager = GcsStager(self.folder.documents_prefix(), documents.open_planned)
         else:
-            stager = FilesApiStager(self.hook.get_conn(), documents.open_part)
+            stager = FilesApiStager(self.hook.get_conn(), documents.open_planned)
         counts = {"staged": 0, "failed": 0}
         with jsonl.writer(self.folder.next_pass()) as write:
             for result in stager.stage(items):
@@ -414,22 +419,54 @@ class Run:
         manifests = _manifests(self.folder.shards(round_))
         if not manifests:
             return tally.to_json()  # nothing was requested in this round: no outcomes file, the round did not happen
-        with (jsonl.writer(self.folder.outcomes(round_)) as write,
+        outcomes = self.folder.outcomes(round_)
+        with (jsonl.writer(outcomes) as write,
               _OutputReader(self.hook, self.settings.spec.response_schema, write) as reader):
             tally.write = write
             for manifest_file in manifests:
                 manifest = ShardManifest.load(manifest_file)
-                with as_path(manifest.keys_uri, conn_id=manifest_file.conn_id).open("rb") as keys_file:
-                    expected = [line.decode().strip() for line in keys_file if line.strip()]
+                if manifest.piece_of is not None:
+                    continue  # collected with the shard it was split from
+                expected = _keys(manifest, manifest_file.conn_id)
                 job = jobs_by_manifest.get(manifest.manifest_uri)
                 if manifest.adopts is not None:
                     self._collect_adopted(manifest, job, expected, tally)
                 elif job is None:
                     tally.missing(expected, "no answer: the shard's job was not submitted")
+                elif job.get("pieces_uri"):
+                    self._collect_pieces(job, manifest_file.conn_id, reader, tally)
                 else:
                     tally.job_names.append(job["job_name"])
+                    tally.requests += len(expected)
                     reader.read(job["job_name"], expected, functools.partial(_job_read, job, tally))
+        self._record_answers(outcomes)
         return tally.to_json()
+
+    @staticmethod
+    def _collect_pieces(outcome: Mapping, conn_id: str | None, reader: _OutputReader, tally: _Tally) -> None:
+        """A shard the service refused whole, submitted as pieces: each piece's job, or why it was refused."""
+        pieces = ShardPieces.load(as_path(outcome["pieces_uri"], conn_id=conn_id))
+        jobs = {job["job_name"]: job for job in outcome.get("piece_jobs") or []}
+        for piece in pieces.pieces if pieces else []:
+            expected = _keys(ShardManifest.load(as_path(piece.manifest_uri, conn_id=conn_id)), conn_id)
+            if piece.refused is not None:
+                tally.missing(expected, piece.refused)
+            elif piece.job_name is None:
+                tally.missing(expected, "no answer: the shard's piece was not submitted")
+            else:
+                job = jobs.get(piece.job_name) or {"job_name": piece.job_name, "state": None}
+                tally.job_names.append(piece.job_name)
+                tally.requests += len(expected)
+                reader.read(piece.job_name, expected, functools.partial(_job_read, job, tally))
+
+    def _record_answers(self, outcomes: ObjectStoragePath) -> None:
+        """Put a round's outcomes in the ledger as soon as they are read: what was paid for survives a failed
+        publish, and a later run reuses it. Adopted answers too: the run that paid may have died before
+        recording them."""
+        at = now_iso()
+        self.ledger.append((LedgerEvent(o["key"], "answered" if o["status"] == "succeeded" else "failed",
+                                        self.folder.slug, at, {**o, "reused": False})
+                            for o in jsonl.read(outcomes)), writer=self.folder.slug)
 
     def _collect_adopted(self, manifest: ShardManifest, outcome: Mapping | None, expected: list[str],
                          tally: _Tally) -> None:
@@ -486,15 +523,20 @@ class Run:
 
     # ------------------------------------------------------------------ publish and clean up
 
-    def publish(self, summary: Mapping, *, job_names: Iterable[str]) -> dict:
-        """Write results.jsonl and summary.json (contract 6) and append this run's answers to the ledger.
+    def publish(self, collected: Iterable[Mapping]) -> dict:
+        """Write results.jsonl and summary.json from the rounds ``collect`` returned.
+
+        The summary's requests, jobs, tokens and cost are what this run sent and pays for: rows of its own
+        jobs in every round; answers taken from the ledger or another run's job count in ``reused`` only.
 
         Lineage (hook-level: what a TaskFlow task can report; a no-op without the OpenLineage listener): the
         source folder in, results.jsonl out, and the run's totals (jobs, tokens) and job ids as extra
         ``LINEAGE_EXTRA``.
         """
         settings, ledger = self.settings, self.ledger
-        job_names = list(job_names)
+        collected = list(collected)
+        job_names = [name for counts in collected for name in counts["job_names"]]
+        requests = sum(counts.get("requests", 0) for counts in collected)
         results_file = settings.output / "results.jsonl"  # one object for its writes and its lineage: one dataset
         rounds = self.last_round()
         totals = results.RunTotals()
@@ -521,15 +563,10 @@ class Run:
             if unsucceeded > FAILURES_LOGGED:
                 log.warning("... and %d more documents failed or were rejected; all are in %s",
                             unsucceeded - FAILURES_LOGGED, uri_of(results_file))
-            at = now_iso()
-            # Adopted answers too: the run that paid for them may have died before it could record them.
-            ledger.append((LedgerEvent(o["key"], "answered" if o["status"] == "succeeded" else "failed",
-                                       self.folder.slug, at, {**o, "reused": False}) for o in outcomes.records()),
-                          writer=self.folder.slug)
         ledger.compact(writer=self.folder.slug)
         report = totals.to_json(
-            requests=summary["requests"], jobs=len(job_names), retry_rounds=rounds, **tokens,
-            estimated_cost_usd=summary["estimate"]["usd"],  # None: the model has no price
+            requests=requests, jobs=len(job_names), retry_rounds=rounds, **tokens,
+            estimated_cost_usd=_rounded(self.prices.cost(settings.spec.model, **tokens)),  # None: no price
         )
         (settings.output / "summary.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
         lineage = get_hook_lineage_collector()
@@ -548,7 +585,9 @@ class Run:
         last, so no other run takes a key over while this one still deletes.
         """
         settings, folder, ledger, hook = self.settings, self.folder, self.ledger, self.hook
-        job_names = list(dict.fromkeys(job_names))
+        pieces = [piece for round_ in range(settings.retry_rounds + 1) for piece in _pieces(folder.shards(round_))]
+        job_names = list(dict.fromkeys([*job_names, *(p.job_name for p in pieces if p.job_name)]))
+        job_inputs = [*job_inputs, *(p.src for p in pieces if p.src and p.src.startswith("files/"))]
         cancelled = sum(bool(hook.cancel_job(name)) for name in job_names)
         mine = {claim_id(folder.slug, round_) for round_ in range(settings.retry_rounds + 1)}
         leases = ledger.current_leases()
@@ -703,6 +742,7 @@ class _Tally:
     keys: int = 0
     succeeded: int = 0
     failed: int = 0
+    requests: int = 0  # rows of this run's own jobs: what it sent
     job_names: list[str] = field(default_factory=list)  # this run's own jobs, not adopted ones
     write: Callable[[results.RowOutcome], None] | None = None
 
@@ -718,16 +758,34 @@ class _Tally:
         self.failed += len(keys)
 
     def to_json(self) -> dict:
-        return {"keys": self.keys, "succeeded": self.succeeded, "failed": self.failed, "job_names": self.job_names}
+        return {"keys": self.keys, "succeeded": self.succeeded, "failed": self.failed, "requests": self.requests,
+                "job_names": self.job_names}
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def _rounded(usd: float | None) -> float | None:
+    return None if usd is None else round(usd, 6)
+
+
+def _keys(manifest: ShardManifest, conn_id: str | None) -> list[str]:
+    """A shard's keys, in the order of its rows."""
+    with as_path(manifest.keys_uri, conn_id=conn_id).open("rb") as keys_file:
+        return [line.decode().strip() for line in keys_file if line.strip()]
 
 
 def _manifests(shard_folder: ObjectStoragePath) -> list[ObjectStoragePath]:
     if not shard_folder.exists():
         return []
     return sorted(p for p in shard_folder.iterdir() if p.name.endswith(".manifest.json"))
+
+
+def _pieces(shard_folder: ObjectStoragePath) -> Iterator[ShardPiece]:
+    """The pieces of every shard in the folder that the service refused whole."""
+    if shard_folder.exists():
+        for path in sorted(p for p in shard_folder.iterdir() if p.name.endswith(".pieces.json")):
+            yield from (ShardPieces.load(path) or ShardPieces("", [])).pieces
 
 
 def _passes(pass_folder: ObjectStoragePath) -> list[ObjectStoragePath]:

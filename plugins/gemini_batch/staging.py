@@ -7,9 +7,11 @@ making another. Files expire after 48 h; the expiry is recorded so a late
 retry re-stages rather than sending a dead URI.
 Vertex AI: objects under a GCS staging prefix, named by key.
 
-Both stream each part from its source (or from the temporary PDF of a page
-range) and never hold a whole file in memory; uploads run in a bounded pool
-and transient errors (429, 5xx, timeouts) are retried with backoff.
+Both read each part through ``documents.open_planned``: only as the plan
+hashed its document, else the part fails (an upload that proves wrong once
+sent is deleted). They stream it (or the temporary PDF of a page range) and
+never hold a whole file in memory; uploads run in a bounded pool and
+transient errors (429, 5xx, timeouts) are retried with backoff.
 """
 
 from __future__ import annotations
@@ -30,13 +32,19 @@ from airflow.sdk import ObjectStoragePath
 from google import genai
 from google.genai import errors, types
 
+from gemini_batch.documents import SourceChanged
 from gemini_batch.locations import printable, uri_of
 
 log = logging.getLogger(__name__)
 
-OpenPart = Callable[[ObjectStoragePath, "tuple[int, int] | None"], AbstractContextManager[BinaryIO]]
+# documents.open_planned: (source, path, pages, the plan's sha256) -> the part's bytes, checked against the plan
+OpenPart = Callable[[ObjectStoragePath, str, "tuple[int, int] | None", str], AbstractContextManager[BinaryIO]]
 
 TRANSIENT_CODES = frozenset({408, 429, 500, 502, 503, 504})
+# ErrorInfo reasons Google APIs give for a key or token that is wrong, expired, blocked or not allowed.
+AUTH_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED", "API_KEY_SERVICE_BLOCKED", "SERVICE_DISABLED",
+                          "CREDENTIALS_MISSING", "ACCESS_TOKEN_EXPIRED", "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
+                          "IAM_PERMISSION_DENIED"})
 EXPIRY_MARGIN = dt.timedelta(hours=2)  # longer than a batch job may take to read its inputs once submitted
 CHUNK_BYTES = 8 * 2**20
 EXTENSIONS = {"application/pdf": ".pdf", "image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
@@ -44,13 +52,16 @@ EXTENSIONS = {"application/pdf": ".pdf", "image/png": ".png", "image/jpeg": ".jp
 
 @dataclass(frozen=True)
 class StageItem:
-    """One part to stage: the document it comes from and, for a split PDF, its pages."""
+    """One part to stage: the document it comes from (``path`` under ``source``, which hashed to ``sha256`` when
+    planned) and, for a split PDF, its pages."""
 
     key: str
-    location: ObjectStoragePath
+    source: ObjectStoragePath
+    path: str
     pages: tuple[int, int] | None
     mime_type: str
     size: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -100,7 +111,21 @@ def files_api_name(key: str) -> str:
     return "gb-" + key[:37]
 
 
+def is_auth_error(exc: BaseException) -> bool:
+    """The service (or a proxy before it) refused the credentials: a 401, or a 400/403 whose ErrorInfo reason is
+    about the key or token (a bare 403 is also the Files API's answer for a file that is gone). No retry helps."""
+    if not isinstance(exc, errors.APIError):
+        return False
+    if exc.code == 401:
+        return True
+    error = exc.details.get("error", exc.details) if isinstance(exc.details, dict) else {}
+    reasons = {item.get("reason") for item in error.get("details") or [] if isinstance(item, dict)}
+    return exc.code in (400, 403) and bool(reasons & AUTH_REASONS)
+
+
 def is_transient(exc: BaseException) -> bool:
+    if is_auth_error(exc):
+        return False
     if isinstance(exc, errors.APIError):
         return exc.code in TRANSIENT_CODES
     return isinstance(exc, (httpx.TransportError, TimeoutError, ConnectionError, FileVanished))
@@ -141,11 +166,18 @@ class _Stager:
                     item = in_flight.pop(future)
                     try:
                         yield future.result()
+                    except SourceChanged as exc:  # the message names the document and says why
+                        log.warning("Staging %s: %s", item.key, exc)
+                        yield StageFailure(item.key, str(exc))
                     except Exception as exc:  # noqa: BLE001 - one bad part must not stop the others
-                        where = printable(uri_of(item.location))
+                        where = printable(uri_of(item.source / item.path))
                         log.warning("Staging %s (%s) failed: %s", item.key, where, exc)
                         yield StageFailure(item.key, f"staging {where} failed: {exc}")
                 refill()
+
+    def _open(self, item: StageItem) -> AbstractContextManager[BinaryIO]:
+        """The part's bytes, only as the plan hashed them (``documents.open_planned``)."""
+        return self.open_part(item.source, item.path, item.pages, item.sha256)
 
     def _stage_one(self, item: StageItem) -> StagedPart:
         return self._retry.copy()(self._attempt, item)  # a copy per call: retry state is per part
@@ -193,16 +225,26 @@ class FilesApiUploads:
 
     def _upload(self, name: str, open_stream: Callable[[], AbstractContextManager[BinaryIO]], mime_type: str,
                 display_name: str) -> types.File | None:
-        """The new file, or None when the name exists (409)."""
+        """The new file, or None when the name exists (409).
+
+        A stream that fails as it closes, once uploaded (its source changed while it was read), takes the upload
+        back: what it sent is not what the name stands for.
+        """
+        uploaded = None
         try:
             with open_stream() as stream:
-                return self.client.files.upload(
+                uploaded = self.client.files.upload(
                     file=stream, config=types.UploadFileConfig(name=name, mime_type=mime_type, display_name=display_name),
                 )
         except errors.APIError as exc:
             if exc.code != 409:
                 raise
             return None
+        except BaseException:
+            if uploaded is not None:
+                self._delete(name)
+            raise
+        return uploaded
 
     def _usable(self, file: types.File) -> bool:
         if file.state == types.FileState.FAILED:
@@ -258,7 +300,7 @@ class FilesApiStager(_Stager):
 
     def _attempt(self, item: StageItem) -> StagedPart:
         file = self.uploads.ensure(
-            files_api_name(item.key), lambda: self.open_part(item.location, item.pages),
+            files_api_name(item.key), lambda: self._open(item),
             mime_type=item.mime_type, display_name=_display_name(item),
         )
         expires = file.expiration_time.astimezone(dt.timezone.utc).isoformat() if file.expiration_time else None
@@ -274,15 +316,24 @@ class GcsStager(_Stager):
 
     def _attempt(self, item: StageItem) -> StagedPart:
         target = self.prefix / f"{item.key}{EXTENSIONS.get(item.mime_type, '')}"
-        # A GCS object appears only once its upload completes, so one that exists is whole.
+        # A GCS object appears only once its upload completes, so one that exists is whole and as planned: one
+        # whose copy failed, or whose source changed while it was read (seen as the stream closes), is removed.
         if not target.exists():
-            with self.open_part(item.location, item.pages) as stream, target.open("wb") as out:
-                shutil.copyfileobj(stream, out, CHUNK_BYTES)
+            opened = False
+            try:
+                with self._open(item) as stream:
+                    opened = True
+                    with target.open("wb") as out:
+                        shutil.copyfileobj(stream, out, CHUNK_BYTES)
+            except BaseException:
+                if opened:
+                    target.unlink(missing_ok=True)
+                raise
         return StagedPart(item.key, uri_of(target), item.mime_type, None)
 
 
 def _display_name(item: StageItem) -> str:
-    name = printable(item.location.name)
+    name = printable(item.path.rsplit("/", 1)[-1])
     if item.pages:
         name += f" p{item.pages[0]}-{item.pages[1]}"
     return name[:512]
