@@ -403,6 +403,11 @@ def test_a_damaged_snapshot_on_gcs_is_found_by_its_checksum_as_it_is_copied(gcs_
     snapshot.write_bytes(whole[:4096] + bytes(len(whole) - 4096))
     assert answers(ledger, keys) == all_answered(keys)
     assert f"{newest}.sqlite" in caplog.text and "sha256" in caplog.text
+    assert [d.path.name for d in ledger.check().damaged] == [f"{newest}.sqlite"]
+    ledger.repair()
+    assert ledger.check().damaged == []
+    assert {p.name for p in (ledger.folder / "damaged" / "snapshots").iterdir()} == {f"{newest}.sqlite", f"{newest}.json"}
+    assert answers(ledger, keys) == all_answered(keys)
 
 
 @pytest.mark.parametrize("kept", [0, 4096], ids=["all-garbage", "garbage-after-its-first-page"])
@@ -590,6 +595,7 @@ def test_ledger_check_and_repair_from_the_command_line(ledger, monkeypatch):
 def test_ledger_check_reads_the_dags_default_ledger(tmp_path):
     ledger = Ledger(as_path(tmp_path / "state" / "my_dag"))
     ledger.append([answered(key(1), 1)], writer="run-a")
-    done = gemini_batch_cli("ledger", "check", "--dag-id", "my_dag", env={"GEMINI_BATCH_STATE": str(tmp_path / "state")})
+    done = gemini_batch_cli("ledger", "check", "--dag-id", "my_dag",
+                            env={"GEMINI_BATCH_STATE": str(tmp_path / "state")})
     assert done.returncode == 0, done.stdout + done.stderr
     assert str(tmp_path / "state" / "my_dag") in done.stdout and "no damage" in done.stdout

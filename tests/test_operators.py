@@ -12,15 +12,18 @@ elsewhere.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 import uuid
 
 import pytest
-from airflow.sdk.exceptions import AirflowException, TaskDeferred
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 from airflow.sdk.module_loading import import_string
 from conftest import developer_client, list_calls, seed_job_history
+from gemini_emulator.testing import requests_made
 
 from gemini_batch import operators, provider
+from gemini_batch.batch_requests import ShardPieces
 from gemini_batch.hooks import GeminiBatchHook, state_name
 from gemini_batch.operators import (
     GeminiBatchJobSensor,
@@ -275,3 +278,81 @@ def test_developer_links_name_the_results_file(emulator, monkeypatch, tmp_path):
         "Gemini batch job": "https://aistudio.google.com/batches",  # no page per job
         "Batch output": f"https://generativelanguage.googleapis.com/v1beta/{results_file}:download?alt=media",
     }
+
+
+def shard_of(folder, texts: list[str]):
+    """A shard of one text row per entry, as the build step writes it."""
+    from gemini_batch.batch_requests import RequestSpec, ShardWriter, build_row
+
+    spec = RequestSpec(model=MODEL, prompt="Return the invoice number as JSON.")
+    with ShardWriter(folder) as writer:
+        for i, text in enumerate(texts):
+            writer.add(build_row(f"key-{i:05d}", spec, text=text))
+    (manifest,) = writer.manifests
+    return manifest
+
+
+def row_tokens(manifest) -> list[int]:
+    from gemini_emulator import responder
+    return [responder.request_tokens(json.loads(line)["request"], lambda uri: None)
+            for line in open(manifest.uri).read().splitlines()]
+
+
+def jsonl_uploads(server) -> int:
+    return sum("upload_id=" in r["query"] for r in requests_made(server, "POST", "/upload/v1beta/files"))
+
+
+def test_a_quota_held_by_other_jobs_is_waited_for_then_the_run_fails_naming_what_to_set(start_emulator, monkeypatch,
+                                                                                        tmp_path):
+    """Another job of the model holds the quota and never ends: the shard is refused, waits (deferred, no
+    second upload), and once quota_wait_hours pass without progress the task fails with the model, the tokens
+    wanted and what to set; it does not wait for ever."""
+    holder = write_shard(tmp_path / "holder", rows=3)
+    limit = sum(row_tokens(holder)) + 10  # the holder fits; nothing more does
+    server = start_emulator(time_scale=1, faults={"pending_seconds": 3600, "enqueued_token_limit": limit})
+    use_developer(monkeypatch, server.url)
+    submit_shard(GeminiBatchHook(), holder, "another-tools-job")
+    manifest = write_shard(tmp_path / "shards", rows=3)
+    task, ctx = operator(manifest, wait=False, quota_wait_hours=0.5 / 3600), context()
+    with pytest.raises(TaskDeferred) as deferred:
+        task.execute(ctx)
+    assert deferred.value.method_name == "resume"
+    time.sleep(0.6)
+    with pytest.raises(AirflowFailException) as failed:
+        task.resume_execution("resume", {"event": None}, ctx)
+    message = str(failed.value)
+    assert f"model {MODEL!r}" in message and f"about {manifest.tokens:,} input tokens" in message
+    assert "enqueued_token_limit in connection 'gemini_default'" in message and "quota_wait_hours" in message
+    assert jsonl_uploads(server) == 2, "the holder's input and the shard's, each once"
+    assert len(listed_jobs(server.url)) == 1
+
+
+def test_a_shard_alone_over_the_quota_is_split_and_a_request_over_it_alone_is_refused(start_emulator, monkeypatch,
+                                                                                     tmp_path):
+    """No other job in flight and the shard refused: it is split; the small row's piece runs, and the big row,
+    alone over the quota, is refused with the quota named, after waiting for the small one to end."""
+    manifest = shard_of(tmp_path / "shards", ["Invoice Number: INV-1\n", "Invoice Number: INV-2\n" * 400])
+    small, big = row_tokens(manifest)
+    server = start_emulator(time_scale=1, faults={"pending_seconds": 1, "running_seconds": 1,
+                                                   "enqueued_token_limit": small * 2})
+    use_developer(monkeypatch, server.url)
+    task, ctx = operator(manifest, wait=False), context()
+    submission = None
+    while submission is None:  # follow the deferrals as Airflow would: wait, then resume
+        try:
+            submission = task.execute(ctx) if not hasattr(task, "_tried") else task.resume_execution(
+                "resume", {"event": None}, ctx)
+        except TaskDeferred as deferred:
+            assert deferred.method_name == "resume"
+            time.sleep(0.2)
+        task._tried = True
+    assert submission["own"] and len(submission["jobs"]) == 1 and submission["pieces_uri"].endswith(".pieces.json")
+    pieces = ShardPieces.load(GeminiBatchHook().storage_path(submission["pieces_uri"]))
+    assert [(p.rows, p.job_name is not None) for p in pieces.pieces] == [(1, True), (1, False)]
+    assert f"about {-(-manifest.tokens // 2):,} input tokens" in pieces.pieces[1].refused
+    assert "enqueued-token quota" in pieces.pieces[1].refused and MODEL in pieces.pieces[1].refused
+    assert jsonl_uploads(server) == 3, "the shard and its two pieces, each once"
+
+    outcome = run_to_completion(GeminiBatchJobSensor(task_id="wait", job_name=submission, poll_interval=0.2), ctx)
+    assert outcome["state"] == "PIECES" and outcome["pieces_uri"] == submission["pieces_uri"]
+    assert [(j["job_name"], j["state"]) for j in outcome["piece_jobs"]] == [(submission["jobs"][0], "JOB_STATE_SUCCEEDED")]

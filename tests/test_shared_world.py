@@ -227,27 +227,34 @@ def tokens_in_flight(server) -> tuple[int, list[dict]]:
 
 
 def test_a_shard_alone_over_an_unstated_quota_is_split_until_its_parts_fit(airflow_home, tmp_path, start_emulator):
-    """60 text documents in one shard; the model's enqueued-token quota, stated nowhere, is a sixth of the
-    shard's tokens. The service refuses the shard with nothing else in flight, so no wait can help: the submit
-    splits it in halves until a part is accepted, then submits the parts in turn as quota frees up. Each part's
-    JSONL is uploaded once, the quota is never exceeded (the emulator's own records), every document succeeds."""
+    """60 text documents in one shard; the model's enqueued-token quota, stated nowhere, is a sixth of their
+    tokens, and one more document is over it on its own. The service refuses the shard with nothing else in
+    flight, so no wait can help: the submit splits it in halves until a piece is accepted, then submits the
+    pieces in turn as quota frees up. Each piece's JSONL is uploaded once, the quota is never exceeded (the
+    emulator's own records), the 60 succeed and the one over the quota fails naming it, in every round."""
     source = tmp_path / "source"
     write_notes(source, 60)
     prompt = "Extract the invoice number and total."
     spec = RequestSpec(model="gemini-2.5-flash-lite", prompt=prompt)
-    shard_tokens = sum(responder.request_tokens(build_row("k", spec, text=p.read_text())["request"], lambda uri: None)
-                       for p in source.iterdir())
-    limit = shard_tokens // 6
+
+    def tokens(path: Path) -> int:
+        return responder.request_tokens(build_row("k", spec, text=path.read_text())["request"], lambda uri: None)
+
+    notes_tokens = sum(tokens(p) for p in source.iterdir())
+    limit = notes_tokens // 6
+    (source / "huge.txt").write_text("Invoice Number: INV-HUGE\n" * (limit // 4))
+    assert tokens(source / "huge.txt") > limit
     server = start_emulator(time_scale=600, faults={"pending_seconds": 300, "enqueued_token_limit": limit})
     started = time.monotonic()
     run = run_dag(airflow_home, developer_conn(server.url),
-                  {"source": str(source), "output": str(tmp_path / "out"), "prompt": prompt, "response_schema": None},
-                  "2026-11-10")
+                  {"source": str(source), "output": str(tmp_path / "out"), "prompt": prompt, "response_schema": None,
+                   "retry_rounds": 1}, "2026-11-10")
     wall = time.monotonic() - started
     run.check()
     records, summary = read_results(tmp_path / "out")
     assert_contract(records, summary, source)
-    assert summary["succeeded"] == 60 and summary["requests"] == 60 and summary["retry_rounds"] == 0, summary
+    assert (summary["succeeded"], summary["failed"], summary["requests"], summary["retry_rounds"]) == (60, 1, 60, 1)
+    assert "enqueued-token quota" in records["huge.txt"]["error"], records["huge.txt"]
 
     most, jobs = tokens_in_flight(server)
     assert most <= limit, f"{most} tokens in flight over the quota of {limit}"
@@ -255,7 +262,8 @@ def test_a_shard_alone_over_an_unstated_quota_is_split_until_its_parts_fit(airfl
     assert summary["jobs"] == len(jobs) and all(j["tokens"] <= limit for j in jobs)
     refused = [r for r in requests_made(server, "POST") if r["path"].endswith(":batchGenerateContent") and r["status"] == 429]
     uploads = [r for r in requests_made(server, "POST", "/upload/v1beta/files") if "upload_id=" in r["query"]]
-    # Halving gives a binary tree whose leaves are the jobs: 2 x jobs - 1 shards and pieces, each uploaded once.
-    assert len(uploads) == 2 * len(jobs) - 1, f"{len(uploads)} JSONL uploads for {len(jobs)} jobs"
-    print(f"[quota, shard alone over it] {len(jobs)} jobs for 60 requests, quota {limit} of {shard_tokens} tokens: at "
+    # Halving gives a binary tree whose leaves are the jobs and the refused request: 2 x leaves - 1 shards and
+    # pieces, each uploaded once; the retry round uploads the refused request's shard once more.
+    assert len(uploads) == 2 * (len(jobs) + 1) - 1 + 1, f"{len(uploads)} JSONL uploads for {len(jobs)} jobs"
+    print(f"[quota, shard alone over it] {len(jobs)} jobs for 60 requests, quota {limit} of {notes_tokens} tokens: at "
           f"most {most} in flight, {len(refused)} creates refused 429, {len(uploads)} JSONL uploads, wall {wall:.0f} s")

@@ -402,9 +402,10 @@ class Ledger:
         with self.view() as view:
             answered = view.finished_count()
         done.append(f"wrote snapshot {stem}: {answered} answered keys")
-        if found.missing or found.lost:
-            done.append(f"lost: {found.missing + len(found.lost)} answered keys are in no intact file; the next run "
-                        "requests them again")
+        done += [f"lost {key}: its answer was only on a damaged line; the next run requests it again"
+                 for key in found.lost]
+        if found.missing:
+            done.append(f"lost {found.missing} answered keys a damaged snapshot held: the next run requests them again")
         return done
 
     def _set_aside(self, path: ObjectStoragePath, cause: str) -> str:
@@ -716,6 +717,7 @@ class LedgerView:
         self._local: str | None = None  # the snapshot's SQLite file as queried
         self._read_whole = False  # its sha256 was checked (a gs:// copy is, as it is made)
         self._held = 0  # the most answered keys a damaged snapshot's manifest counts
+        self._falling_back = threading.Lock()
         self._use_snapshot(reversed(ledger._manifests()))
         self.unfolded = [p for p in ledger._segments() if p.name not in self.folded]
         for segment in self.unfolded:
@@ -789,12 +791,16 @@ class LedgerView:
     def _answer(self, query: Callable[[], T]) -> T:
         """``query``'s result; a snapshot that fails it is replaced by the one before it, and it is asked again."""
         while True:
+            using = self.snapshot_name
             try:
                 return query()
             except (sqlite3.DatabaseError, orjson.JSONDecodeError) as exc:
-                if not self._has_snapshot:
-                    raise
-                self._fall_back(f"unreadable: {exc}")
+                with self._falling_back:
+                    if self.snapshot_name != using:
+                        continue  # another thread fell back from it meanwhile
+                    if not self._has_snapshot:
+                        raise
+                    self._fall_back(f"unreadable: {exc}")
 
     def verify(self) -> None:
         """Read the snapshot in use whole against its checksum (on opening, a local one is checked by its size and
@@ -887,7 +893,8 @@ def _segment_events(segment: ObjectStoragePath,
 
     def damaged(cause: str, key: str | None = None, *, line: bool = False) -> None:
         lost = f": key {key} is requested again unless another record answers it" if key else ""
-        log.warning("Ledger: %s is damaged (%s)%s", uri_of(segment), cause, f"; skipping that line{lost}" if line else "")
+        log.warning("Ledger: %s is damaged (%s)%s", uri_of(segment), cause,
+                    f"; skipping that line{lost}" if line else "")
         if problems is not None:
             problems.append((cause, key))
 

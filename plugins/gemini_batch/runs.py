@@ -42,7 +42,7 @@ import orjson
 from airflow.providers.common.compat.lineage.hook import get_hook_lineage_collector
 from airflow.sdk import ObjectStoragePath, Variable
 
-from gemini_batch import documents, jsonl, plan, results
+from gemini_batch import documents, jsonl, plan, results, templating
 from gemini_batch.batch_requests import (
     RequestSpec, ShardManifest, ShardPiece, ShardPieces, inline_budget, write_adoption,
 )
@@ -68,9 +68,9 @@ HOME_ENV = "GEMINI_BATCH_HOME"  # what relative location params resolve against;
 TEMPLATED_PARAMS = ("source", "output", "state", "staging_prefix")
 
 
-# Input tokens one job may hold unless the connection states the quota: under every published tier-1
-# enqueued-token quota (FACTS.md: about 3M for the flash models, 5M for pro, 10M for flash-lite), so no
-# shard alone exceeds it. A 429 on create is waited out (operators), so jobs in flight may still share it.
+# Input tokens one job may hold unless the connection states the quota: under the published tier-1
+# enqueued-token quotas of the flash and pro models. A shard the service still refuses alone is split by the
+# submit (operators); a 429 while other jobs are in flight is waited out.
 DEFAULT_TOKENS_PER_JOB = 2_000_000
 
 
@@ -147,14 +147,16 @@ class RunSettings:
 
     @classmethod
     def from_context(cls, context: Mapping, *, gcp_conn_id: str | None = None) -> RunSettings:
-        """The run's params with the location ones rendered, so ``gs://landing/{{ ds }}/`` means that day's folder."""
-        render = dict(context)
-        if render.get("ds") is None:  # a manual run without a logical date: the day it runs
-            render["ds"] = context["dag_run"].run_after.strftime("%Y-%m-%d")
+        """The run's params with the location ones rendered, so ``gs://landing/{{ ds }}/`` means that day's folder:
+        in a sandbox holding the run's dates and params only (``gemini_batch.templating``), never a secret."""
+        values = templating.template_values(context)
         params = dict(context["params"])
         for name in TEMPLATED_PARAMS:
             if isinstance(params.get(name), str):
-                params[name] = context["task"].render_template(params[name], render)
+                try:
+                    params[name] = templating.render(name, params[name], values)
+                except templating.TemplateError as exc:
+                    raise RunConfigError(str(exc)) from None
         return cls.from_params(params, gcp_conn_id=gcp_conn_id, dag_id=context["dag"].dag_id)
 
     def ledger(self) -> Ledger:
