@@ -264,4 +264,4 @@ def test_huge_files_are_judged_by_type_and_size_before_they_are_read(source, tmp
                                          "(supported: PDF, PNG, JPEG, WEBP, text, Markdown, HTML)")
     assert docs["scan-archive.pdf"].rejected == "PDF is 5 GB, above the 2 GB file limit"
     assert docs["scan-archive.pdf"].mime_type == "application/pdf" and docs["scan-archive.pdf"].size == 5 * 2**30
-    assert (summary.documents, summary.rejected, summary.requests) == (9, 4, 6)  # the seven as before, two more rejected
+    assert (summary.documents, summary.rejected, summary.requests) == (9, 4, 6)  # seven as before, two rejected

@@ -1,10 +1,12 @@
 """Find the documents under a source and decide how each one is sent.
 
 Discovery lists every file (local folder or ``gs://`` prefix) in a stable
-order; inspection reads each file once, streaming, to hash it, recognise its
-type by content, and plan its request parts (a large PDF becomes page ranges).
-A bad file never stops a run: it comes back with a precise ``rejected`` reason
-so it still gets its line in the results.
+order; inspection recognises each file's type by its first bytes and judges
+its listed size against that type's limit, and only then reads a file that
+can be sent, once, streaming, to hash it and plan its request parts (a large
+PDF becomes page ranges). A bad file never stops a run: it comes back with a
+precise ``rejected`` reason so it still gets its line in the results; one of
+an unknown type or too large for any route is never read past its first bytes.
 
 Rules users can rely on:
 

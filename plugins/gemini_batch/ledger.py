@@ -85,7 +85,7 @@ _LEASE_NAME = re.compile(r"^(?P<key>[^.]+)\.(?P<generation>\d{6})$")
 _KEY_OF_LINE = re.compile(rb'^\s*\{\s*"key"\s*:\s*"([^"\\]{1,256})"')  # a torn event line still names its key
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 DAMAGED = "damaged"
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 def now_iso() -> str:
@@ -418,7 +418,12 @@ class Ledger:
         while target.exists():
             n += 1
             target = aside / f"{path.name}.{n}"
-        path.rename(target)
+        if is_gcs(path):  # copied through here: not every GCS-compatible store has the server-side copy (our emulator)
+            with path.open("rb") as source, _writing_whole(target) as out:
+                _copy(source, out)
+            path.unlink()
+        else:
+            path.rename(target)
         return f"moved {uri_of(path)} to {uri_of(target)} ({cause})"
 
     # ------------------------------------------------------------------ claims and jobs
@@ -788,7 +793,7 @@ class LedgerView:
         self.unfolded += more
         self._report_missing()
 
-    def _answer(self, query: Callable[[], T]) -> T:
+    def _answer(self, query: Callable[[], _T]) -> _T:
         """``query``'s result; a snapshot that fails it is replaced by the one before it, and it is asked again."""
         while True:
             using = self.snapshot_name
@@ -879,8 +884,8 @@ class LedgerView:
 
 
 def _frame(kind: str, writer: str, count: int | None = None) -> bytes:
-    """A segment's begin or end line (the end counts its events): an event no fold counts, as earlier versions
-    read it too."""
+    """A segment's begin or end line (the end counts its events), shaped as an event neither answered nor failed:
+    earlier versions read it and skip it."""
     outcome = None if count is None else {"events": count}
     return orjson.dumps(LedgerEvent("", kind, writer, now_iso(), outcome).to_json(), option=orjson.OPT_APPEND_NEWLINE)
 
@@ -915,7 +920,9 @@ def _segment_events(segment: ObjectStoragePath,
                 damaged(f"line {number}: {exc}", key[1].decode("utf-8", "replace") if key else None, line=True)
                 continue
             if not event.key and event.event in ("begin", "end"):
-                framed, end = True, event if event.event == "end" else end
+                framed = True
+                if event.event == "end":
+                    end = event
                 continue
             lines += 1
             yield event

@@ -104,8 +104,10 @@ def _read_capped(path: Path) -> bytes:
     status = path.stat()
     if not stat.S_ISREG(status.st_mode):
         raise _Refused("refused: not a regular file")
-    with path.open("rb") as file:
-        data = file.read(MAX_FILE_BYTES + 1)
+    data = b""
+    if status.st_size <= MAX_FILE_BYTES:
+        with path.open("rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)  # it may have grown since
     size = max(len(data), status.st_size)
     if size > MAX_FILE_BYTES:
         raise _Refused(f"refused: {size:,} bytes, above the {MAX_FILE_BYTES:,} a pipeline file may hold")
