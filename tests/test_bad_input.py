@@ -259,7 +259,7 @@ def test_a_source_that_disappears_mid_run_fails_only_what_it_still_needed(start_
     (source / "late.pdf").write_bytes(pdf_bytes("Invoice INV-0003 total 3.00 EUR"))
     run = runs.Run.from_params({**PARAMS, "source": str(source), "output": str(tmp_path / "out"), "inline_max_mb": 0},
                                "manual__vanish", hook)
-    planned = run.plan().to_json()
+    run.plan()
     late = source.parent / "late.pdf"
     (source / "late.pdf").rename(late)  # gone before staging
     assert run.stage() == {"staged": 1, "failed": 1}

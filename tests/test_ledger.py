@@ -504,17 +504,17 @@ def test_a_compaction_that_dies_before_its_manifest_leaves_a_ledger_that_reads_a
     keys, _, _ = compacted_twice(ledger, monkeypatch)
     ledger.append([answered(key(10), 10)], writer="run-10")
     keys.append(key(10))
-    real = ledger_module._replace_whole
+    real = ledger_module.replace_whole
 
     def dies_on_manifests(path, *args, **kwargs):
         if path.name.endswith(".json") and path.parent.name == "snapshots":
             raise KeyboardInterrupt("killed")
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(ledger_module, "_replace_whole", dies_on_manifests)
+    monkeypatch.setattr(ledger_module, "replace_whole", dies_on_manifests)
     with pytest.raises(KeyboardInterrupt):
         ledger.compact(writer="dies", force=True)
-    monkeypatch.setattr(ledger_module, "_replace_whole", real)
+    monkeypatch.setattr(ledger_module, "replace_whole", real)
     assert answers(ledger, keys) == all_answered(keys)
     ledger.compact(writer="next", force=True)
     ledger.compact(writer="after", force=True)

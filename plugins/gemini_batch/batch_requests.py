@@ -361,4 +361,4 @@ class ShardPieces:
             raise ValueError(f"{uri_of(path)}: not a shard's pieces record: {exc}") from None
 
     def save(self, path: ObjectStoragePath) -> None:
-        replace_whole(path, orjson.dumps(self.to_json(), option=orjson.OPT_INDENT_2))
+        replace_whole(path, orjson.dumps(self.to_json(), option=orjson.OPT_INDENT_2), durable=True)

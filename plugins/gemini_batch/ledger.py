@@ -68,7 +68,7 @@ import orjson
 from airflow.sdk import ObjectStoragePath
 
 from gemini_batch.batch_requests import from_record
-from gemini_batch.locations import is_gcs, uri_of
+from gemini_batch.locations import is_gcs, replace_whole, uri_of, writing_whole
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ class Ledger:
         """``events`` between a begin line and an end line that counts them, on disk before the name appears: a
         segment cut short anywhere, even between two lines, reads as cut."""
         count = 0
-        with _writing_whole(target, durable=True) as out:
+        with writing_whole(target, durable=True) as out:
             batch = bytearray(_frame("begin", writer))
             for event in events:
                 batch += orjson.dumps(event.to_json(), option=orjson.OPT_APPEND_NEWLINE)
@@ -280,13 +280,13 @@ class Ledger:
                 local = os.path.join(tmp, "snapshot.sqlite")
                 view.write_snapshot(local)
                 self.snapshots.mkdir(parents=True, exist_ok=True)
-                with open(local, "rb") as source, _writing_whole(self.snapshots / f"{stem}.sqlite",
+                with open(local, "rb") as source, writing_whole(self.snapshots / f"{stem}.sqlite",
                                                                  durable=True) as out:
                     digest, size = _copy(source, out)
             listed = sorted({*view.folded, *(p.name for p in view.unfolded)})
             manifest = {"sqlite": f"{stem}.sqlite", "bytes": size, "sha256": digest, "segments": listed,
                         "keys": view.finished_count(), "created_at": now_iso()}
-            _replace_whole(self.snapshots / f"{stem}.json", _sealed(manifest), durable=True)
+            replace_whole(self.snapshots / f"{stem}.json", _sealed(manifest), durable=True)
             damaged = {d.path.name.rsplit(".", 1)[0] for d in view.damaged}
         log.info("Ledger %s: snapshot %s holds %d answered keys from %d segments",
                  uri_of(self.folder), stem, manifest["keys"], len(listed))
@@ -419,7 +419,7 @@ class Ledger:
             n += 1
             target = aside / f"{path.name}.{n}"
         if is_gcs(path):  # copied through here: not every GCS-compatible store has the server-side copy (our emulator)
-            with path.open("rb") as source, _writing_whole(target) as out:
+            with path.open("rb") as source, writing_whole(target) as out:
                 _copy(source, out)
             path.unlink()
         else:
@@ -430,7 +430,7 @@ class Ledger:
 
     def write_claim(self, claim: Claim) -> None:
         self.claims.mkdir(parents=True, exist_ok=True)
-        _replace_whole(self.claims / f"{claim.claim}.json", orjson.dumps(claim.to_json()))
+        replace_whole(self.claims / f"{claim.claim}.json", orjson.dumps(claim.to_json()))
 
     def claim(self, claim: str) -> Claim | None:
         return self._read_claim(self.claims / f"{claim}.json")
@@ -448,7 +448,7 @@ class Ledger:
         """The job a claim's shard is being or was submitted as: what another run waiting for those keys reads."""
         folder = self.claims / f"{claim}.jobs"
         folder.mkdir(parents=True, exist_ok=True)
-        _replace_whole(folder / f"{safe_name(shard_id)}.json", orjson.dumps(job.to_json()))
+        replace_whole(folder / f"{safe_name(shard_id)}.json", orjson.dumps(job.to_json()))
 
     def shard_job(self, claim: str, shard_id: str) -> ShardJob | None:
         path = self.claims / f"{claim}.jobs" / f"{safe_name(shard_id)}.json"
@@ -629,64 +629,6 @@ def _unlink(path: ObjectStoragePath | str) -> None:
             os.unlink(path)
     else:
         path.unlink(missing_ok=True)
-
-
-def _replace_whole(path: ObjectStoragePath, content: bytes, *, durable: bool = False) -> None:
-    """Write ``path`` so that a reader sees the old content or the new, never a truncated file.
-
-    GCS: an upload replaces the object whole. Local: as ``_writing_whole``.
-    """
-    if is_gcs(path):
-        path.write_bytes(content)
-        return
-    with _writing_whole(path, durable=durable) as out:
-        out.write(content)
-
-
-@contextlib.contextmanager
-def _writing_whole(path: ObjectStoragePath, *, durable: bool = False) -> Iterator[BinaryIO]:
-    """A file to stream ``path``'s content into: it appears whole when the block ends, or not at all.
-
-    Local: a private file in the same folder, renamed over the name at the end; ``durable`` flushes it to the
-    disk before the rename and the folder after, so what appeared is still whole after a power loss. GCS: an
-    object upload, which appears whole when it completes (a block that fails removes it: new names only).
-    """
-    if is_gcs(path):
-        try:
-            with path.open("wb") as out:
-                yield out
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        return
-    folder = os.path.dirname(path.path)
-    fd, private = tempfile.mkstemp(prefix=".write-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            yield out
-            if durable:
-                out.flush()
-                os.fsync(out.fileno())
-        os.replace(private, path.path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(private)
-        raise
-    if durable:
-        _fsync_folder(folder)
-
-
-def _fsync_folder(folder: str) -> None:
-    """Flush a folder's entries (a rename in it) to the disk, where the OS lets a folder be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):  # some file systems refuse fsync on a folder
-            os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def claim_lost(key: str) -> str:

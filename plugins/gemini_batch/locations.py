@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import IO, TYPE_CHECKING
+from collections.abc import Iterator
+from typing import IO, TYPE_CHECKING, BinaryIO
 
 if os.environ.get("STORAGE_EMULATOR_HOST"):
     # gcsfs probes the bucket layout through the Storage Control gRPC API, which
@@ -49,27 +50,62 @@ def open_file(path: ObjectStoragePath, mode: str = "rb") -> IO[bytes]:
     return open(path.path, mode) if is_local(path) else path.open(mode)  # noqa: SIM115 - the caller closes it
 
 
-def replace_whole(path: ObjectStoragePath, content: bytes) -> None:
-    """Write ``path`` so that a reader sees the old content or the new, never a part, even after a crash.
+def replace_whole(path: ObjectStoragePath, content: bytes, *, durable: bool = False) -> None:
+    """Write ``path`` so that a reader sees the old content or the new, never a truncated file.
 
-    GCS: an upload replaces the object whole. Local: a private file, flushed to disk, renamed over the name.
+    GCS: an upload replaces the object whole. Local: as ``writing_whole``.
     """
-    if not is_local(path):
+    if is_gcs(path):
         path.write_bytes(content)
         return
+    with writing_whole(path, durable=durable) as out:
+        out.write(content)
+
+
+@contextlib.contextmanager
+def writing_whole(path: ObjectStoragePath, *, durable: bool = False) -> Iterator[BinaryIO]:
+    """A file to stream ``path``'s content into: it appears whole when the block ends, or not at all.
+
+    Local: a private file in the same folder, renamed over the name at the end; ``durable`` flushes it to the
+    disk before the rename and the folder after, so what appeared is still whole after a power loss. GCS: an
+    object upload, which appears whole when it completes (a block that fails removes it: new names only).
+    """
+    if is_gcs(path):
+        try:
+            with path.open("wb") as out:
+                yield out
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return
     folder = os.path.dirname(path.path)
-    os.makedirs(folder, exist_ok=True)
     fd, private = tempfile.mkstemp(prefix=".write-", dir=folder)
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write(content)
-            out.flush()
-            os.fsync(out.fileno())
+            yield out
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
         os.replace(private, path.path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(private)
         raise
+    if durable:
+        fsync_folder(folder)
+
+
+def fsync_folder(folder: str) -> None:
+    """Flush a folder's entries (a rename in it) to the disk, where the OS lets a folder be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):  # some file systems refuse fsync on a folder
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def make_folder(path: ObjectStoragePath) -> None:
