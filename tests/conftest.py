@@ -4,91 +4,41 @@ real google-genai / google-cloud-storage clients pointed at them."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
+sys.path[:0] = [str(ROOT), str(ROOT / "plugins"), str(ROOT / "tests")]
 # Relative params (include/samples) are the repository's, as under bin/airflow.
 os.environ.setdefault("GEMINI_BATCH_HOME", str(ROOT))
 
 # gcsfs probes bucket layouts over a gRPC API no emulator serves (see gemini_batch.locations).
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
-from gemini_emulator.models import Catalogue  # noqa: E402
-from gemini_emulator.testing import gcs_emulator, gemini_emulator, requests_made  # noqa: E402
+from gemini_emulator.testing import gcs_emulator, gemini_emulator  # noqa: E402
+from support.dagrun import new_airflow_home  # noqa: E402
+from support.emulators import developer_client  # noqa: E402
+
+TIERS = ("unit", "integration", "system")
+
 
 def pytest_collection_modifyitems(config, items):
-    """The live check spends money on the real service: it runs only when asked for by name (``-m live``)."""
+    """Each test is marked with its tier, its folder (``bin/test -m unit``); the system tier shares one stack, so
+    its tests run in one worker. The live check spends money on the real service: it runs only when asked for by
+    name (``-m live``)."""
     expression = config.getoption("markexpr") or ""
-    if "live" in expression and "not live" not in expression:
-        return
+    run_live = "live" in expression and "not live" not in expression
     for item in items:
-        if item.get_closest_marker("live"):
+        tier = next((part for part in item.path.relative_to(ROOT / "tests").parts[:-1] if part in TIERS), None)
+        if tier is None:
+            raise pytest.UsageError(f"{item.nodeid}: a test lives in tests/unit, tests/integration or tests/system")
+        item.add_marker(tier)
+        if tier == "system":
+            item.add_marker(pytest.mark.xdist_group("system"))
+        if item.get_closest_marker("live") and not run_live:
             item.add_marker(pytest.mark.skip(reason="not run: the live check runs only with bin/test -m live"))
-
-
-# The models the emulator accepts batches for today, as the service lists them.
-BATCH_MODELS = sorted(m.id for m in Catalogue.load().live() if "batchGenerateContent" in m.methods)
-
-
-def developer_client(url: str):
-    from google import genai
-    from google.genai import types
-
-    return genai.Client(api_key="test-key", http_options=types.HttpOptions(base_url=url))
-
-
-def vertex_client(url: str, project: str = "test-project", location: str = "us-central1"):
-    from google import genai
-    from google.genai import types
-    from google.oauth2.credentials import Credentials
-
-    return genai.Client(
-        vertexai=True, project=project, location=location,
-        credentials=Credentials(token="test-token"),
-        http_options=types.HttpOptions(base_url=url),
-    )
-
-
-def storage_client(url: str):
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    return storage.Client(project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": url})
-
-
-def list_calls(server) -> int:
-    """Developer API job list pages the emulator served (``GET /v1beta/batches``), from its own request log."""
-    return len(requests_made(server, "GET", r"/v1beta/batches"))
-
-
-def seed_job_history(data_dir: Path, count: int, *, days: float = 30.0, model: str = "gemini-2.5-flash") -> None:
-    """``count`` earlier Developer API batch jobs of the account, finished, created over the last ``days`` (the
-    newest a day ago), written into an emulator's data dir before it starts. The emulator's own code makes each
-    job (``create_batch``, one inline request); only its times and end state are set as its runner would have
-    set them then: thousands of real creates and runs would take minutes."""
-    import time
-
-    from gemini_emulator.config import EmulatorConfig
-    from gemini_emulator.service import Emulator
-
-    em = Emulator(EmulatorConfig(data_dir=data_dir))
-    request = {"contents": [{"role": "user", "parts": [{"text": "Return the invoice number as JSON."}]}]}
-    newest = time.time() - 86400
-    try:
-        for i in range(count):
-            job = em.create_batch(model, {"displayName": f"history-{i:05d}", "inputConfig": {"requests": {"requests": [
-                {"request": request, "metadata": {"key": f"history-{i:05d}"}}]}}})
-            created = newest - (count - 1 - i) * (days - 1) * 86400 / max(count - 1, 1)  # oldest first, as made
-            em.jobs.update(job["id"], state="SUCCEEDED", processed=True, create_time=created, start_time=created + 1,
-                           update_time=created + 60, end_time=created + 60,
-                           stats={"succeeded": 1, "failed": 0, "processed": 1})
-    finally:
-        em.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -152,7 +102,7 @@ def stack(tmp_path_factory):
     ~5 s running at 600x) keeps tasks running and waits deferred long enough to be seen and disturbed."""
     import time
 
-    from stack import Stack
+    from support.stack import Stack
 
     folder = tmp_path_factory.mktemp("stack")
     t0 = time.monotonic()
@@ -174,11 +124,3 @@ def stack(tmp_path_factory):
 def airflow_home(tmp_path_factory):
     """A migrated AIRFLOW_HOME (SQLite) with the jobs pool, for `dags test` runs."""
     return new_airflow_home(tmp_path_factory.mktemp("airflow-home"))
-
-
-def new_airflow_home(home):
-    env = {**os.environ, "AIRFLOW_HOME": str(home)}
-    subprocess.run([ROOT / "bin" / "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
-    subprocess.run([ROOT / "bin" / "airflow", "pools", "set", "gemini_batch_jobs", "10", "jobs", "--include-deferred"],
-                   env=env, check=True, capture_output=True)
-    return home
