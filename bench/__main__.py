@@ -15,6 +15,11 @@
 Targets are printed beside the numbers, never asserted. Generated inputs are
 kept in the work folder (default /tmp/gemini-batch-bench) for the next run;
 every row is also appended to artifacts/bench/results.jsonl.
+
+With ``--write-docs`` (the default when every benchmark runs at full size) the
+tables of the benchmarks that ran replace theirs in docs/performance.md,
+between the ``<!-- bench:begin -->`` and ``<!-- bench:end -->`` markers; the
+other benchmarks' tables and the text around the markers stay as they are.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import re
 import sys
@@ -33,6 +39,11 @@ from bench.common import ROOT, Row
 
 CHOICES = ["preparation", "collection", "end-to-end", "orchestration", "scaling", "ledger"]
 
+DOCS = ROOT / "docs" / "performance.md"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+BENCH_ORDER = ("preparation", "collection", "end to end", "orchestration", "scaling", "ledger")  # Row.bench values
+DOC_COLUMNS = ("case", "size", "seconds", "rate", "peak_rss_mb", "compare")  # targets stay in the printed table
+
 COLUMNS = (("bench", "benchmark"), ("case", "case"), ("size", "size"), ("seconds", "s"), ("rate", "rate"),
            ("peak_rss_mb", "peak RSS MB"), ("compare", "compared"), ("target", "target"), ("met", "met"))
 
@@ -42,6 +53,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes only: checks the benchmarks run")
     parser.add_argument("--only", choices=CHOICES, action="append")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/gemini-batch-bench"))
+    parser.add_argument("--write-docs", nargs="?", type=Path, const=DOCS, default=None, metavar="FILE",
+                        help="replace the tables of the benchmarks that ran in FILE (default docs/performance.md); "
+                             "on by default when every benchmark runs at full size")
+    parser.add_argument("--no-write-docs", action="store_true", help="do not touch docs/performance.md")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     chosen = set(args.only or CHOICES)
@@ -79,6 +94,12 @@ def main() -> None:
     print(f"\n{len(rows)} rows in {time.perf_counter() - started:.0f} s on {platform.node()} "
           f"({platform.processor() or platform.machine()}, Python {platform.python_version()})")
     record(rows, args.quick)
+    docs = args.write_docs or (DOCS if not (args.only or args.quick) else None)
+    if docs and not args.no_write_docs:
+        measured = (f"{dt.date.today().isoformat()} on {machine()}"
+                    + (" with --quick (small sizes: a smoke run, not representative)" if args.quick else ""))
+        docs.write_text(write_docs(docs.read_text(), rows, measured))
+        print(f"tables of {', '.join(sorted({row.bench for row in rows}))} written to {docs}")
 
 
 def flat_memory(rows: list[Row], base: str = "10,000", large: str = "100,000", most: float = 1.1) -> None:
@@ -99,21 +120,62 @@ def flat_memory(rows: list[Row], base: str = "10,000", large: str = "100,000", m
             row.target, row.met = f"peak RSS <={most}x the {base} run's", ratio <= most
 
 
-def table(rows: list[Row]) -> str:
-    """A Markdown table (it reads as plain text too)."""
-    def cell(row: Row, name: str) -> str:
-        value = getattr(row, name)
-        if value is None:
-            return ""
-        if name == "met":
-            return "yes" if value else "NO"
-        if name == "seconds":
-            return f"{value:.3g}"  # 0.013, 14.9, 487
-        return f"{value:,.1f}" if isinstance(value, float) else str(value)
+def cell(row: Row, name: str) -> str:
+    value = getattr(row, name)
+    if value is None:
+        return ""
+    if name == "met":
+        return "yes" if value else "NO"
+    if name == "seconds":
+        return f"{value:.3g}"  # 0.013, 14.9, 487
+    return f"{value:,.1f}" if isinstance(value, float) else str(value)
 
-    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(row, name) for name, _ in COLUMNS) + " |" for row in rows]
+
+def table(rows: list[Row], columns: tuple[str, ...] = tuple(name for name, _ in COLUMNS)) -> str:
+    """A Markdown table (it reads as plain text too)."""
+    titles = dict(COLUMNS)
+    lines = ["| " + " | ".join(titles[name] for name in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row, name) for name in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def machine() -> str:
+    """The machine, as a reader of the docs compares it with theirs: CPU model, cores usable, Python."""
+    model = ""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "")
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (f"{cores} cores ({model or platform.machine()}), {platform.system()}, "
+            f"Python {platform.python_version()}")
+
+
+def write_docs(text: str, rows: list[Row], measured: str) -> str:
+    """``text`` (docs/performance.md) with the section between BEGIN and END holding, per benchmark, a ``### name``
+    heading, when and where it was measured, and its table: those of the benchmarks in ``rows`` new, the others as
+    they were. Everything outside the markers is kept as written."""
+    try:
+        head, rest = text.split(BEGIN, 1)
+        section, tail = rest.split(END, 1)
+    except ValueError:
+        raise SystemExit(f"bench: the {BEGIN} and {END} markers are missing from the docs file") from None
+    blocks: dict[str, str] = {}
+    name = None
+    for line in section.strip("\n").splitlines():
+        if line.startswith("### "):
+            name = line[4:].strip()
+            blocks[name] = ""
+        elif name is not None:
+            blocks[name] += line + "\n"
+    for bench in dict.fromkeys(row.bench for row in rows):
+        command = "bin/bench --only " + ("end-to-end" if bench == "end to end" else bench)
+        blocks[bench] = (f"\nMeasured {measured} (`{command}`):\n\n"
+                         f"{table([row for row in rows if row.bench == bench], DOC_COLUMNS)}\n\n")
+    order = sorted(blocks, key=lambda b: BENCH_ORDER.index(b) if b in BENCH_ORDER else len(BENCH_ORDER))
+    body = "".join(f"### {b}\n{blocks[b].rstrip()}\n\n" for b in order)
+    return f"{head}{BEGIN}\n{body}{END}{tail}"
 
 
 def record(rows: list[Row], quick: bool) -> None:

@@ -144,8 +144,8 @@ class LocalOutputHook:
 
 def ours(jobs: str, work: str) -> dict:
     """``Run.collect`` over a round of one shard per job: one outcome per key sent, into the round's outcomes.jsonl."""
-    from gemini_batch import runs
-    from gemini_batch.batch_requests import ShardManifest
+    from gemini_batch.steps import runs
+    from gemini_batch.core.batch_requests import ShardManifest
 
     run = runs.Run.from_params({
         "source": str(Path(work) / "source"), "output": str(Path(work) / "output"), "model": "gemini-2.5-flash-lite",

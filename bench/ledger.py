@@ -26,8 +26,8 @@ PROMPT = "Extract the invoice number, date, vendor and total."
 
 def build(folder: str, keys: int) -> dict:
     """A ledger of ``keys`` answered keys: segments of 10,000, compacted, plus a few segments after."""
-    from gemini_batch.ledger import Ledger, LedgerEvent, now_iso
-    from gemini_batch.locations import as_path
+    from gemini_batch.coordination.ledger import Ledger, LedgerEvent, now_iso
+    from gemini_batch.core.locations import as_path
 
     ledger = Ledger(as_path(folder))
     at = now_iso()
@@ -54,7 +54,7 @@ def build(folder: str, keys: int) -> dict:
 
 def plan(source: str, work: str, ledger: str) -> dict:
     """The plan task's step against ``ledger``."""
-    from gemini_batch import runs
+    from gemini_batch.steps import runs
 
     run = runs.Run.from_params({"source": source, "output": work, "model": "gemini-2.5-flash-lite", "prompt": PROMPT,
                                 "response_schema": None, "state": ledger}, "bench-ledger")

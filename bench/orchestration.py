@@ -2,7 +2,7 @@
 
 1. The demo run. ``bin/airflow dags test gemini_batch_extract`` over include/samples, with the emulator in
    instant mode (queueing, running and file processing take ~0 s) and 1 s polls, in a throwaway AIRFLOW_HOME
-   migrated beforehand (not timed). The same steps the tasks call (gemini_batch.runs and the submit operator,
+   migrated beforehand (not timed). The same steps the tasks call (gemini_batch.steps.runs and the submit operator,
    its trigger run to its event as ``dags test`` runs it) then run in one plain Python process against the
    same kind of emulator: that is "our steps", and Airflow's overhead is the ``dags test`` wall time minus it.
    The task instances in the home's SQLite database show where that overhead goes: before the first task
@@ -170,9 +170,9 @@ def our_steps(home: str, url: str, output: str) -> dict:
     dag_file = _dag_module()
     from airflow.sdk.exceptions import TaskDeferred
 
-    from gemini_batch import runs
-    from gemini_batch.hooks import GeminiBatchHook
-    from gemini_batch.operators import GeminiBatchSubmitOperator
+    from gemini_batch.steps import runs
+    from gemini_batch.hooks.gemini import GeminiBatchHook
+    from gemini_batch.operators.batch import GeminiBatchSubmitOperator
 
     imports_s = time.perf_counter() - started
     params = {name: param.value for name, param in dag_file.PARAMS.items()}
@@ -304,8 +304,8 @@ def hold_waits(home: str, url: str, waits: int, hold_seconds: float) -> dict:
     poll_seconds = float(_dag_module().PARAMS["poll_seconds"].value)
     from google.genai import batches, types
 
-    from gemini_batch.hooks import GeminiBatchHook
-    from gemini_batch.triggers import GeminiBatchJobTrigger
+    from gemini_batch.hooks.gemini import GeminiBatchHook
+    from gemini_batch.triggers.gemini import GeminiBatchJobTrigger
 
     client = GeminiBatchHook().get_conn()
     names = [client.batches.create(

@@ -2,7 +2,7 @@
 
 Over the same files, each in a fresh process (``common.measure``):
 
-- ours: what the DAG's plan, stage and build tasks run (``gemini_batch.runs``),
+- ours: what the DAG's plan, stage and build tasks run (``gemini_batch.steps.runs``),
   then the JSONL check of every shard; with the default routing (every PDF
   here is small: inline in its request) and with ``inline_max_mb`` 0 (every
   PDF uploaded first, the path before inline parts);
@@ -37,13 +37,13 @@ BASELINE_SAMPLE = 2_000  # the baseline's rate is steady: larger runs time it on
 
 
 def ours(source: str, work: str, url: str, inline_max_mb: float | None = None) -> dict:
-    """The plan, stage and build tasks' steps (``gemini_batch.runs.Run``), then the JSONL check; seconds per step."""
+    """The plan, stage and build tasks' steps (``gemini_batch.steps.runs.Run``), then the JSONL check; seconds per step."""
     os.environ["AIRFLOW_CONN_GEMINI_DEFAULT"] = emulator_connection(url)
-    from gemini_batch import runs
-    from gemini_batch.batch_requests import ShardManifest
-    from gemini_batch.hooks import GeminiBatchHook
-    from gemini_batch.locations import as_path
-    from gemini_batch.validate import validate_jsonl
+    from gemini_batch.steps import runs
+    from gemini_batch.core.batch_requests import ShardManifest
+    from gemini_batch.hooks.gemini import GeminiBatchHook
+    from gemini_batch.core.locations import as_path
+    from gemini_batch.core.validate import validate_jsonl
 
     hook = GeminiBatchHook()
     run = runs.Run.from_params({"source": source, "output": work, "model": "gemini-2.5-flash-lite", "prompt": PROMPT,

@@ -14,7 +14,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "plugins"), str(ROOT / "tests")]
 # Relative params (include/samples) are the repository's, as under bin/airflow.
 os.environ.setdefault("GEMINI_BATCH_HOME", str(ROOT))
 
-# gcsfs probes bucket layouts over a gRPC API no emulator serves (see gemini_batch.locations).
+# gcsfs probes bucket layouts over a gRPC API no emulator serves (see gemini_batch.core.locations).
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 from gemini_emulator.testing import gcs_emulator, gemini_emulator  # noqa: E402

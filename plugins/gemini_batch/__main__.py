@@ -30,13 +30,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def open_ledger(args: argparse.Namespace):
-    from gemini_batch.ledger import Ledger
-    from gemini_batch.locations import as_path
+    from gemini_batch.coordination.ledger import Ledger
+    from gemini_batch.core.locations import as_path
 
-    logging.getLogger("gemini_batch.ledger").setLevel(logging.ERROR)  # the report says it all, once
+    logging.getLogger("gemini_batch.coordination.ledger").setLevel(logging.ERROR)  # the report says it all, once
     if args.folder:
         return Ledger(as_path(args.folder))
-    from gemini_batch.runs import default_ledger
+    from gemini_batch.steps.runs import default_ledger
 
     return Ledger(default_ledger(args.dag_id))
 
@@ -58,7 +58,7 @@ def ledger_repair(args: argparse.Namespace) -> int:
 
 
 def report(ledger, found) -> int:
-    from gemini_batch.locations import uri_of
+    from gemini_batch.core.locations import uri_of
 
     where = uri_of(ledger.folder)
     for damage in found.damaged:
@@ -76,7 +76,7 @@ def report(ledger, found) -> int:
 
 
 def no_ledger(ledger) -> int:
-    from gemini_batch.locations import uri_of
+    from gemini_batch.core.locations import uri_of
 
     print(f"no ledger at {uri_of(ledger.folder)}", file=sys.stderr)
     return 2

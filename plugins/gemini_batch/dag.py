@@ -3,7 +3,7 @@
 plan -> check budget -> (approve the cost) -> stage -> build requests (leases the keys in the ledger)
 -> jobs (one mapped group per shard: submit, then a deferred sensor waits) ->
 collect -> retry rounds (failed keys only) -> publish results -> clean up.
-Each task opens the run (``gemini_batch.runs.Run``) and calls its step; this
+Each task opens the run (``gemini_batch.steps.runs.Run``) and calls its step; this
 module only wires them. Nothing here runs at parse time but the wiring.
 """
 
@@ -18,10 +18,12 @@ from typing import Any
 from airflow.sdk import DAG, Asset, Param, TaskGroup, TriggerRule, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowFailException
 
-from gemini_batch import documents, plan, runs
-from gemini_batch.approval import CostApprovalOperator
-from gemini_batch.locations import uri_of
-from gemini_batch.operators import DEFAULT_QUOTA_WAIT_HOURS, GeminiBatchJobSensor, GeminiBatchSubmitOperator
+from gemini_batch.core import documents
+
+from gemini_batch.steps import plan, runs
+from gemini_batch.operators.approval import CostApprovalOperator
+from gemini_batch.core.locations import uri_of
+from gemini_batch.operators.batch import DEFAULT_QUOTA_WAIT_HOURS, GeminiBatchJobSensor, GeminiBatchSubmitOperator
 
 POOL = "gemini_batch_jobs"  # counts deferred tasks: caps worker and triggerer load (bin/setup: 10 slots)
 MAX_RETRY_ROUNDS = 3  # task groups in the graph; the retry_rounds param decides how many run

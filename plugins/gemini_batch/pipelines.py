@@ -27,9 +27,9 @@ import orjson
 import yaml
 from airflow.sdk import DAG
 
-from gemini_batch import results
+from gemini_batch.core import results
 from gemini_batch.dag import build_dag, default_params
-from gemini_batch.runs import base_folder
+from gemini_batch.steps.runs import base_folder
 
 PIPELINES_ENV = "GEMINI_BATCH_PIPELINES"  # the pipelines folder; default <GEMINI_BATCH_HOME>/include/pipelines
 ERRORS_DAG_ID = "gemini_batch_pipeline_errors"

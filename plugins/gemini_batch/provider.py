@@ -25,14 +25,14 @@ def get_provider_info() -> dict:
             "external-doc-url": "https://ai.google.dev/gemini-api/docs/batch-mode",
             "tags": ["gcp"],
         }],
-        "hooks": [{"integration-name": "Gemini Batch", "python-modules": ["gemini_batch.hooks"]}],
-        "operators": [{"integration-name": "Gemini Batch", "python-modules": ["gemini_batch.operators"]}],
-        "sensors": [{"integration-name": "Gemini Batch", "python-modules": ["gemini_batch.operators"]}],
-        "triggers": [{"integration-name": "Gemini Batch", "python-modules": ["gemini_batch.triggers"]}],
+        "hooks": [{"integration-name": "Gemini Batch", "python-modules": ["gemini_batch.hooks.gemini"]}],
+        "operators": [{"integration-name": "Gemini Batch", "python-modules": ["gemini_batch.operators.batch"]}],
+        "sensors": [{"integration-name": "Gemini Batch", "python-modules": ["gemini_batch.operators.batch"]}],
+        "triggers": [{"integration-name": "Gemini Batch", "python-modules": ["gemini_batch.triggers.gemini"]}],
         # The connection form, declared (Airflow 3.2+ reads it without importing the hook). The Airflow 3 UI
         # stores each conn-field in the extra under its bare name; placeholders reach only the standard fields.
         "connection-types": [{
-            "hook-class-name": "gemini_batch.hooks.GeminiBatchHook",
+            "hook-class-name": "gemini_batch.hooks.gemini.GeminiBatchHook",
             "connection-type": "gemini_batch",
             "hook-name": "Gemini Batch",
             "ui-field-behaviour": {
@@ -81,9 +81,9 @@ def get_provider_info() -> dict:
         }, {
             # Core Airflow registers ``generic`` without a hook, so testing one fails inside Airflow; the Gemini
             # connection may be generic (the README's). No form fields: the generic form stays as Airflow has it.
-            "hook-class-name": "gemini_batch.hooks.GeminiGenericConnectionHook",
+            "hook-class-name": "gemini_batch.hooks.gemini.GeminiGenericConnectionHook",
             "connection-type": "generic",
             "hook-name": "Generic",
         }],
-        "extra-links": ["gemini_batch.operators.GeminiBatchJobLink", "gemini_batch.operators.GeminiBatchOutputLink"],
+        "extra-links": ["gemini_batch.operators.batch.GeminiBatchJobLink", "gemini_batch.operators.batch.GeminiBatchOutputLink"],
     }

@@ -26,13 +26,14 @@ from pypdf import PdfReader, PdfWriter
 from support.dagrun import developer_conn, read_results, run_dag, submitted_jobs
 
 from support.emulators import developer_client, storage_client
-from gemini_batch import documents, plan, results, runs
-from gemini_batch.batch_requests import RequestSpec, ShardManifest
-from gemini_batch.cost import load_prices
-from gemini_batch.hooks import GeminiBatchHook
-from gemini_batch.locations import as_path
-from gemini_batch.operators import GeminiBatchSubmitOperator
-from gemini_batch.validate import validate_jsonl
+from gemini_batch.core import documents, results
+from gemini_batch.steps import plan, runs
+from gemini_batch.core.batch_requests import RequestSpec, ShardManifest
+from gemini_batch.core.cost import load_prices
+from gemini_batch.hooks.gemini import GeminiBatchHook
+from gemini_batch.core.locations import as_path
+from gemini_batch.operators.batch import GeminiBatchSubmitOperator
+from gemini_batch.core.validate import validate_jsonl
 from support.service import RecordingTaskInstance, context, use_developer, wait_until_ended, write_shard
 
 MB = 2**20

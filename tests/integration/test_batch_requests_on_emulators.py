@@ -9,8 +9,8 @@ import pytest
 from fpdf import FPDF
 from google.genai import types
 
-from gemini_batch.batch_requests import (RequestSpec, ShardManifest, ShardWriter, build_row)
-from gemini_batch.locations import as_path
+from gemini_batch.core.batch_requests import (RequestSpec, ShardManifest, ShardWriter, build_row)
+from gemini_batch.core.locations import as_path
 
 SCHEMA = {
     "type": "object",

@@ -17,11 +17,13 @@ from gemini_emulator.testing import requests_made
 from fpdf import FPDF
 
 from support.dagrun import read_results
-from gemini_batch import documents, plan, runs
-from gemini_batch.batch_requests import ShardManifest
-from gemini_batch.hooks import GeminiBatchHook
-from gemini_batch.locations import as_path
-from gemini_batch.staging import FilesApiStager, GcsStager, StagedPart, StageFailure, StageItem, files_api_name
+from gemini_batch.core import documents
+from gemini_batch.steps import plan, runs
+from gemini_batch.core.batch_requests import ShardManifest
+from gemini_batch.hooks.gemini import GeminiBatchHook
+from gemini_batch.core.locations import as_path
+from gemini_batch.hooks.uploads import FilesApiStager, GcsStager, files_api_name
+from gemini_batch.core.staged import StagedPart, StageFailure, StageItem
 from support.service import MODEL, use_developer, wait_until_ended
 
 SCHEMA = {"type": "object", "properties": {"invoice_number": {"type": "string"}}}

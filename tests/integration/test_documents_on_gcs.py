@@ -12,10 +12,10 @@ from PIL import Image
 from pypdf import PdfReader
 
 from support.emulators import storage_client
-from gemini_batch import documents
-from gemini_batch.documents import (Limits, SourceError, SourceFile, discover, inline_text,
+from gemini_batch.core import documents
+from gemini_batch.core.documents import (Limits, SourceError, SourceFile, discover, inline_text,
                                     inspect, open_part)
-from gemini_batch.locations import as_path
+from gemini_batch.core.locations import as_path
 
 
 def pdf_bytes(pages: int, images: Sequence[bytes] = ()) -> bytes:

@@ -20,8 +20,8 @@ from google import genai
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gemini_batch.hooks import GeminiBatchHook, _split_lines, job_stats, state_name
-from gemini_batch.results import read_output
+from gemini_batch.hooks.gemini import GeminiBatchHook, _split_lines, job_stats, state_name
+from gemini_batch.core.results import read_output
 from gemini_emulator.testing import free_port, requests_made
 from support.service import KEY, MODEL, SLOW, submit_shard, use_developer, use_vertex, wait_until_ended, write_shard
 
@@ -429,10 +429,10 @@ def test_providers_manager_registers_the_connection_type():
         warnings.simplefilter("ignore")  # ProvidersManager.hooks: deprecated for task code, still the server's path
         hook = ProvidersManager().hooks["gemini_batch"]
     assert (hook.hook_class_name, hook.hook_name, hook.connection_id_attribute_name, hook.connection_testable) == (
-        "gemini_batch.hooks.GeminiBatchHook", "Gemini Batch", "gemini_conn_id", True)
+        "gemini_batch.hooks.gemini.GeminiBatchHook", "Gemini Batch", "gemini_conn_id", True)
 
     (meta,) = [m for m in HookMetaService.hook_meta_data() if m.connection_type == "gemini_batch"]
-    assert meta.hook_class_name == "gemini_batch.hooks.GeminiBatchHook"
+    assert meta.hook_class_name == "gemini_batch.hooks.gemini.GeminiBatchHook"
     standard = meta.standard_fields
     assert all(field.hidden for field in (standard.host, standard.url_schema, standard.login, standard.port))
     assert (standard.password.hidden, standard.password.title) == (False, "API key")
@@ -536,7 +536,7 @@ def test_a_refused_key_fails_at_once_naming_the_connection(refused_by, start_emu
     the connection named, the key shown nowhere."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from gemini_batch.hooks import GeminiAuthError
+    from gemini_batch.hooks.errors import GeminiAuthError
 
     if refused_by == "service":
         emulator = start_emulator(time_scale=3600, faults={"api_keys": ["the-right-key-0000"]})
@@ -626,7 +626,7 @@ def test_test_connection_works_on_a_generic_connection(emulator, monkeypatch):
     ("EUR9", None, "europe-west4", None),  # a location this rule does not know: not judged
 ])
 def test_which_bucket_locations_a_vertex_region_can_use(bucket, data_locations, region, usable):
-    from gemini_batch.hooks import region_can_use_bucket
+    from gemini_batch.hooks.gemini import region_can_use_bucket
 
     assert region_can_use_bucket(region, bucket, data_locations) is usable
 
@@ -636,7 +636,7 @@ def test_vertex_plan_refuses_a_staging_bucket_outside_the_job_region(start_emula
     from support.emulators import storage_client
     from support.dagrun import SAMPLES
 
-    from gemini_batch import runs
+    from gemini_batch.steps import runs
 
     emulator = start_emulator(time_scale=3600, gcs_endpoint=gcs.url)
     use_vertex(monkeypatch, emulator.url)  # location: the default, us-central1

@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
-from gemini_batch import ledger as ledger_module
-from gemini_batch.ledger import Ledger, LedgerEvent, now_iso
-from gemini_batch.locations import as_path
+from gemini_batch.coordination import ledger as ledger_module
+from gemini_batch.coordination.ledger import Ledger, LedgerEvent, now_iso
+from gemini_batch.core.locations import as_path
 
 
 def key(n: int) -> str:

@@ -1,6 +1,6 @@
 """OpenLineage events of a real `airflow dags test` run (tests/support/dagrun.py) against the emulator, as the
 provider's file transport writes them: publish_results reports the source folder as its input, results.jsonl
-as its output and, with ``gemini_batch.operators.lineage_run_facets`` configured, the run's totals as the run
+as its output and, with ``gemini_batch.operators.batch.lineage_run_facets`` configured, the run's totals as the run
 facet ``geminiBatch``.
 
 `dags test` runs every task in one process, so its hook-lineage collector keeps what earlier tasks recorded
@@ -29,7 +29,7 @@ def test_publish_results_reports_source_results_and_usage(airflow_home, tmp_path
     server = start_emulator(time_scale=600)
     env = {
         "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps({"type": "file", "log_file_path": str(log_file), "append": True}),
-        "AIRFLOW__OPENLINEAGE__CUSTOM_RUN_FACETS": "gemini_batch.operators.lineage_run_facets",
+        "AIRFLOW__OPENLINEAGE__CUSTOM_RUN_FACETS": "gemini_batch.operators.batch.lineage_run_facets",
     }
     run_dag(airflow_home, developer_conn(server.url), {"source": str(source), "output": str(output)}, "2026-11-05",
             env).check()

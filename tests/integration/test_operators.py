@@ -22,16 +22,18 @@ from airflow.sdk.module_loading import import_string
 from support.emulators import developer_client, list_calls, seed_job_history
 from gemini_emulator.testing import requests_made
 
-from gemini_batch import operators, provider
-from gemini_batch.batch_requests import ShardPieces
-from gemini_batch.hooks import GeminiBatchHook, state_name
-from gemini_batch.operators import (
+from gemini_batch.operators import batch as operators
+
+from gemini_batch import provider
+from gemini_batch.core.batch_requests import ShardPieces
+from gemini_batch.hooks.gemini import GeminiBatchHook, state_name
+from gemini_batch.operators.batch import (
     GeminiBatchJobSensor,
     GeminiBatchSubmitOperator,
     default_display_name,
     shard_file_name,
 )
-from gemini_batch.triggers import GeminiBatchJobTrigger
+from gemini_batch.triggers.gemini import GeminiBatchJobTrigger
 from support.service import MODEL, DictTaskStateStore, RecordingTaskInstance, context, first_event, submit_shard, use_developer, use_vertex, wait_until_ended, write_shard
 
 
@@ -282,7 +284,7 @@ def test_developer_links_name_the_results_file(emulator, monkeypatch, tmp_path):
 
 def shard_of(folder, texts: list[str]):
     """A shard of one text row per entry, as the build step writes it."""
-    from gemini_batch.batch_requests import RequestSpec, ShardWriter, build_row
+    from gemini_batch.core.batch_requests import RequestSpec, ShardWriter, build_row
 
     spec = RequestSpec(model=MODEL, prompt="Return the invoice number as JSON.")
     with ShardWriter(folder) as writer:

@@ -12,12 +12,15 @@ from support.emulators import developer_client
 from gemini_emulator.testing import requests_made
 from fpdf import FPDF
 
-from gemini_batch import documents, plan
-from gemini_batch.batch_requests import RequestSpec
-from gemini_batch.cost import load_prices
-from gemini_batch.locations import as_path
-from gemini_batch.staging import FilesApiStager, GcsStager, StagedPart
-from gemini_batch.validate import validate_jsonl
+from gemini_batch.core import documents
+
+from gemini_batch.steps import plan
+from gemini_batch.core.batch_requests import RequestSpec
+from gemini_batch.core.cost import load_prices
+from gemini_batch.core.locations import as_path
+from gemini_batch.hooks.uploads import FilesApiStager, GcsStager
+from gemini_batch.core.staged import StagedPart
+from gemini_batch.core.validate import validate_jsonl
 
 SCHEMA = {"type": "object", "properties": {"invoice_number": {"type": "string"}, "date": {"type": "string"}}}
 SPEC = RequestSpec(model="gemini-2.5-flash-lite", prompt="Extract the invoice number and date.", response_schema=SCHEMA)

@@ -12,10 +12,12 @@ import pytest
 
 from support.dagrun import read_results
 
-from gemini_batch import results, runs
-from gemini_batch.batch_requests import ShardManifest
-from gemini_batch.hooks import GeminiBatchHook
-from gemini_batch.locations import as_path
+from gemini_batch.core import results
+
+from gemini_batch.steps import runs
+from gemini_batch.core.batch_requests import ShardManifest
+from gemini_batch.hooks.gemini import GeminiBatchHook
+from gemini_batch.core.locations import as_path
 from support.service import submit_shard, use_developer, wait_until_ended, write_shard
 
 SAMPLES = Path(__file__).resolve().parents[2] / "include" / "samples"

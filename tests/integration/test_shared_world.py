@@ -15,7 +15,7 @@ from support.dagrun import new_airflow_home
 from support.dagrun import assert_contract, developer_conn, read_results, run_dag, start_dag, submitted_jobs, submitted_keys
 from fpdf import FPDF
 
-from gemini_batch.batch_requests import RequestSpec, build_row
+from gemini_batch.core.batch_requests import RequestSpec, build_row
 from gemini_emulator import responder
 from gemini_emulator.testing import requests_made
 

@@ -18,16 +18,10 @@ from gemini_emulator.testing import requests_made
 from fpdf import FPDF
 from pypdf import PdfReader
 
-from gemini_batch import documents
-from gemini_batch.locations import as_path
-from gemini_batch.staging import (
-    FilesApiStager,
-    GcsStager,
-    StagedPart,
-    StageFailure,
-    StageItem,
-    files_api_name,
-)
+from gemini_batch.core import documents
+from gemini_batch.core.locations import as_path
+from gemini_batch.hooks.uploads import FilesApiStager, GcsStager, files_api_name
+from gemini_batch.core.staged import StagedPart, StageFailure, StageItem
 
 FAST = {"backoff_seconds": 0.01}
 

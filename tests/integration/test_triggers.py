@@ -13,8 +13,8 @@ import pytest
 from airflow.sdk.module_loading import import_string
 from support.emulators import developer_client
 
-from gemini_batch.hooks import GeminiBatchHook, state_name
-from gemini_batch.triggers import GeminiBatchJobTrigger
+from gemini_batch.hooks.gemini import GeminiBatchHook, state_name
+from gemini_batch.triggers.gemini import GeminiBatchJobTrigger
 from support.service import KEY, MODEL, deadline_in, first_event, submit_shard, use_developer, use_vertex, write_shard
 
 
@@ -23,7 +23,7 @@ def test_serialize_round_trips_without_secrets(emulator, monkeypatch):
     trigger = GeminiBatchJobTrigger(job_name="batches/abc", gemini_conn_id="gemini_default", deadline=deadline_in(60),
                                     poll_interval=5)
     classpath, kwargs = trigger.serialize()
-    assert classpath == "gemini_batch.triggers.GeminiBatchJobTrigger"
+    assert classpath == "gemini_batch.triggers.gemini.GeminiBatchJobTrigger"
     assert sorted(kwargs) == ["deadline", "gemini_conn_id", "job_name", "poll_interval"]
     assert KEY not in json.dumps(kwargs) and emulator.url not in json.dumps(kwargs)
     assert import_string(classpath)(**kwargs).serialize() == (classpath, kwargs)

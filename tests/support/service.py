@@ -10,9 +10,9 @@ import json
 import time
 import uuid
 
-from gemini_batch.batch_requests import RequestSpec, ShardManifest, ShardWriter, build_row
-from gemini_batch.hooks import GeminiBatchHook, is_terminal
-from gemini_batch.triggers import GeminiBatchJobTrigger
+from gemini_batch.core.batch_requests import RequestSpec, ShardManifest, ShardWriter, build_row
+from gemini_batch.hooks.gemini import GeminiBatchHook, is_terminal
+from gemini_batch.triggers.gemini import GeminiBatchJobTrigger
 
 KEY = "test-key-5ecr3t-8d1f0c"
 MODEL = "gemini-2.5-flash-lite"

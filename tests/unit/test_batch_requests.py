@@ -14,9 +14,9 @@ from fpdf import FPDF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gemini_batch.batch_requests import (RequestSpec, ShardManifest, ShardWriter, build_row, generation_config,
+from gemini_batch.core.batch_requests import (RequestSpec, ShardManifest, ShardWriter, build_row, generation_config,
                                          inline_budget)
-from gemini_batch.locations import as_path
+from gemini_batch.core.locations import as_path
 from gemini_emulator import responder
 from gemini_emulator.config import Faults
 

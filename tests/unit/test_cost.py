@@ -12,9 +12,9 @@ from support.emulators import BATCH_MODELS
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gemini_batch.batch_requests import RequestSpec
-from gemini_batch.cost import CostEstimate, ModelPrice, PriceTable, estimate_request, load_prices
-from gemini_batch.keys import canonical_json
+from gemini_batch.core.batch_requests import RequestSpec
+from gemini_batch.core.cost import CostEstimate, ModelPrice, PriceTable, estimate_request, load_prices
+from gemini_batch.core.keys import canonical_json
 
 SCHEMA = {"type": "object", "properties": {"invoice_number": {"type": "string"}, "total": {"type": "number"}}}
 

@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from pypdf import PdfReader, PdfWriter
 
-from gemini_batch import documents
-from gemini_batch.documents import (Limits, PartSpec, SourceChanged, SourceError, SourceFile, discover, inline_text,
+from gemini_batch.core import documents
+from gemini_batch.core.documents import (Limits, PartSpec, SourceChanged, SourceError, SourceFile, discover, inline_text,
                                     inspect, open_part, read_inline)
-from gemini_batch.locations import as_path
+from gemini_batch.core.locations import as_path
 
 SUPPORTED = "(supported: PDF, PNG, JPEG, WEBP, text, Markdown, HTML)"
 

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gemini_batch import keys
-from gemini_batch.keys import canonical_json, normalize_model, request_key
+from gemini_batch.core import keys
+from gemini_batch.core.keys import canonical_json, normalize_model, request_key
 
 SHA = st.binary(max_size=64).map(lambda data: hashlib.sha256(data).hexdigest())
 PAGES = st.none() | st.tuples(st.integers(1, 500), st.integers(0, 500)).map(lambda p: (p[0], p[0] + p[1]))
@@ -87,7 +87,7 @@ def test_no_options_and_empty_options_are_the_same_request():
 def test_keys_match_in_a_fresh_interpreter_with_another_hash_seed():
     """str hashing is salted per process; keys must not depend on it."""
     code = (
-        "from gemini_batch.keys import request_key;"
+        "from gemini_batch.core.keys import request_key;"
         "print(request_key('a'*64, (1, 50), prompt='Extract', model='gemini-2.5-flash',"
         " response_schema={'type': 'object', 'properties': {'b': {}, 'a': {}}}, options={'y': 1, 'x': 2}))"
     )

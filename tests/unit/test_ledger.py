@@ -10,11 +10,11 @@ import hashlib
 import orjson
 import pytest
 
-from gemini_batch import claims as claims_module
-from gemini_batch import ledger as ledger_module
-from gemini_batch.claims import FROM_LEDGER, JobState, KeyClaimer
-from gemini_batch.ledger import Claim, Ledger, LedgerEvent, ShardJob, claim_id, now_iso
-from gemini_batch.locations import as_path
+from gemini_batch.coordination import claims as claims_module
+from gemini_batch.coordination import ledger as ledger_module
+from gemini_batch.coordination.claims import FROM_LEDGER, JobState, KeyClaimer
+from gemini_batch.coordination.ledger import Claim, Ledger, LedgerEvent, ShardJob, claim_id, now_iso
+from gemini_batch.core.locations import as_path
 
 
 def key(n: int) -> str:
@@ -184,7 +184,7 @@ def built_claim(ledger: Ledger, tmp_path, run: str, keys: list[str], job: str | 
                 display_name: str | None = None) -> Claim:
     """A claim of another run whose one shard requests ``keys`` (as job ``job``, if submitted; being submitted
     as ``display_name`` when only that is given)."""
-    from gemini_batch.batch_requests import ShardWriter
+    from gemini_batch.core.batch_requests import ShardWriter
 
     shards = as_path(tmp_path / run / "round-0")
     with ShardWriter(shards, prefix="r0-shard") as writer:

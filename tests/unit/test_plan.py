@@ -13,11 +13,13 @@ import orjson
 import pytest
 from fpdf import FPDF
 
-from gemini_batch import documents, plan
-from gemini_batch.batch_requests import RequestSpec
-from gemini_batch.cost import load_prices
-from gemini_batch.locations import as_path
-from gemini_batch.ledger import Ledger, LedgerEvent
+from gemini_batch.core import documents
+
+from gemini_batch.steps import plan
+from gemini_batch.core.batch_requests import RequestSpec
+from gemini_batch.core.cost import load_prices
+from gemini_batch.core.locations import as_path
+from gemini_batch.coordination.ledger import Ledger, LedgerEvent
 
 SCHEMA = {"type": "object", "properties": {"invoice_number": {"type": "string"}, "date": {"type": "string"}}}
 SPEC = RequestSpec(model="gemini-2.5-flash-lite", prompt="Extract the invoice number and date.", response_schema=SCHEMA)

@@ -1,4 +1,4 @@
-"""Worker processes (gemini_batch.processes): spawned without running the parent's __main__ again."""
+"""Worker processes (gemini_batch.core.processes): spawned without running the parent's __main__ again."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def test_workers_do_not_run_the_parents_main_again(tmp_path):
         with open({str(marker)!r}, "a") as out:
             out.write(f"{{os.getpid()}}\\n")
         if __name__ == "__main__":
-            from gemini_batch.processes import worker_pool
+            from gemini_batch.core.processes import worker_pool
             with worker_pool(2) as pool:
                 pids = {{pool.submit(os.getpid).result() for _ in range(8)}}
             print(len(pids), sys.modules["__main__"].__file__ == {str(script)!r})

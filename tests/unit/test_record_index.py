@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from gemini_batch.record_index import RecordIndex
+from gemini_batch.core.record_index import RecordIndex
 
 
 def test_put_get_replace_and_keep():

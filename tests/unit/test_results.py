@@ -13,9 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema.exceptions import SchemaError
 
-from gemini_batch.batch_requests import RequestSpec, build_row
-from gemini_batch.plan import PlannedDocument, PlannedPart
-from gemini_batch.results import (
+from gemini_batch.core.batch_requests import RequestSpec, build_row
+from gemini_batch.steps.plan import PlannedDocument, PlannedPart
+from gemini_batch.core.results import (
     WARNINGS_PER_KIND,
     ExtractionError,
     RowOutcome,
@@ -258,7 +258,7 @@ def test_read_output_joins_by_key_and_counts_what_it_skips(caplog):
         {"key": "k3", "error": {"code": 9, "message": "Failed precondition.", "status": "FAILED_PRECONDITION"}},
     )
     outcomes = []
-    with caplog.at_level(logging.WARNING, logger="gemini_batch.results"):
+    with caplog.at_level(logging.WARNING, logger="gemini_batch.core.results"):
         reading = read_output(rows, {"k1", "k2", "k3", "k4"}, None, outcomes.append)
 
     assert {o.key: o.data for o in outcomes} == {"k2": {"n": 2}, "k1": {"n": 1}, "k3": None}
@@ -283,7 +283,7 @@ def test_read_output_streams_one_row_at_a_time():
 
 
 def test_a_corrupt_output_file_does_not_flood_the_log(caplog):
-    with caplog.at_level(logging.WARNING, logger="gemini_batch.results"):
+    with caplog.at_level(logging.WARNING, logger="gemini_batch.core.results"):
         reading = read_output([b"garbage\n"] * 500, {"k1"}, None, lambda outcome: None)
     assert reading.unparseable_lines == 500
     assert len(caplog.records) == WARNINGS_PER_KIND

@@ -9,7 +9,7 @@ import types
 import pendulum
 import pytest
 
-from gemini_batch import runs
+from gemini_batch.steps import runs
 from gemini_batch.dag import default_params
 
 LOGICAL = pendulum.datetime(2026, 3, 4, 2, 0, tz="UTC")

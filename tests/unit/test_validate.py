@@ -8,8 +8,8 @@ import tracemalloc
 import orjson
 import pytest
 
-from gemini_batch.batch_requests import RequestSpec, build_row
-from gemini_batch.validate import STORED_PROBLEMS, Problem, main, validate_jsonl
+from gemini_batch.core.batch_requests import RequestSpec, build_row
+from gemini_batch.core.validate import STORED_PROBLEMS, Problem, main, validate_jsonl
 from gemini_emulator import responder
 from gemini_emulator.config import Faults
 

@@ -17,8 +17,9 @@ from typing import IO, TYPE_CHECKING, TypeVar
 
 import orjson
 
-from gemini_batch.keys import normalize_model
-from gemini_batch.locations import as_path, make_folder, open_file, replace_whole, uri_of
+from gemini_batch.core.keys import normalize_model
+from gemini_batch.core.records import from_record
+from gemini_batch.core.locations import as_path, make_folder, open_file, replace_whole, uri_of
 
 if TYPE_CHECKING:  # Airflow is not imported at run time: a worker process parsing outputs does without it
     from airflow.sdk import ObjectStoragePath
@@ -117,16 +118,6 @@ def inline_budget(spec: RequestSpec, max_row_bytes: int) -> int:
     """The largest part (bytes) whose inline row, base64 and all, still fits in ``max_row_bytes``."""
     overhead = len(orjson.dumps(build_row("k" * 64, spec, data=b"", mime_type="application/pdf"))) + 1
     return max(0, (max_row_bytes - overhead) // 4 * 3)
-
-
-def from_record(cls: type[T], data: Mapping, what: str) -> T:
-    """The dataclass ``cls`` from a record read back from a file: extra fields are ignored, a missing one is named
-    (unless it has a default: records written before the field existed)."""
-    fields = dataclasses.fields(cls)
-    missing = [f.name for f in fields if f.name not in data and f.default is dataclasses.MISSING]
-    if missing:
-        raise ValueError(f"{what} lacks {', '.join(missing)}")
-    return cls(**{f.name: data[f.name] for f in fields if f.name in data})
 
 
 @dataclass(frozen=True)

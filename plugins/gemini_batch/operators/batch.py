@@ -33,18 +33,19 @@ from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from google.genai import errors, types
 
-from gemini_batch.batch_requests import ShardManifest, ShardPiece, ShardPieces, split_shard
-from gemini_batch.claims import (
+from gemini_batch.core.batch_requests import ShardManifest, ShardPiece, ShardPieces, split_shard
+from gemini_batch.coordination.claims import (
     FROM_LEDGER, holder_tokens, job_finder, job_state, key_shards, run_alive, run_state_of, shard_job_name,
     slot_is_free,
 )
-from gemini_batch.hooks import (
-    CLOCK_SKEW, DEAD_STATES, DEVELOPER_API_VERSION, DEVELOPER_BASE_URL, GeminiBatchHook, QuotaExhausted, is_terminal,
-    job_error, job_stats, state_name,
+from gemini_batch.hooks.gemini import (
+    CLOCK_SKEW, DEAD_STATES, DEVELOPER_API_VERSION, DEVELOPER_BASE_URL, GeminiBatchHook, is_terminal, job_error, job_stats, state_name,
 )
-from gemini_batch.ledger import Ledger, ShardJob, now_iso
-from gemini_batch.locations import uri_of
-from gemini_batch.triggers import GeminiBatchJobTrigger, job_output
+from gemini_batch.hooks.errors import QuotaExhausted
+from gemini_batch.coordination.ledger import Ledger, ShardJob, now_iso
+from gemini_batch.core.locations import uri_of
+from gemini_batch.steps.runs import LINEAGE_EXTRA
+from gemini_batch.triggers.gemini import GeminiBatchJobTrigger, job_output
 
 SUCCEEDED_STATES = frozenset({"JOB_STATE_SUCCEEDED"})
 DEFAULT_EXPIRY_HOURS = 24.0
@@ -92,11 +93,10 @@ class GeminiBatchOutputLink(BaseOperatorLink):
 
 
 JOB_LINKS = (GeminiBatchJobLink(), GeminiBatchOutputLink())
-LINEAGE_EXTRA = "gemini_batch"  # the hook-lineage extra of a run's totals (gemini_batch.runs.Run.publish)
 
 
 def lineage_run_facets(task_instance, ti_state) -> dict:
-    """An OpenLineage ``[openlineage] custom_run_facets`` function (``gemini_batch.operators.lineage_run_facets``):
+    """An OpenLineage ``[openlineage] custom_run_facets`` function (``gemini_batch.operators.batch.lineage_run_facets``):
     the totals a task recorded as hook-lineage extra ``LINEAGE_EXTRA`` (jobs, tokens, documents) as the run facet
     ``geminiBatch``. The provider makes facets of SQL extras only, and a TaskFlow task cannot return its own."""
     import attrs

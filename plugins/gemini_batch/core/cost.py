@@ -31,8 +31,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from gemini_batch.batch_requests import RequestSpec, thinking_config
-from gemini_batch.keys import canonical_json, normalize_model
+from gemini_batch.core.batch_requests import RequestSpec, thinking_config
+from gemini_batch.core.keys import canonical_json, normalize_model
 
 DEFAULT_PRICES = Path(__file__).with_name("prices.json")  # package data: installed with the package
 

@@ -8,7 +8,7 @@ apart from the set of keys seen.
 
 CLI::
 
-    python -m gemini_batch.validate FILE [--backend developer|vertex] [--max-rows N] [--max-bytes N]
+    python -m gemini_batch.core.validate FILE [--backend developer|vertex] [--max-rows N] [--max-bytes N]
 
 exits 0 when the file is valid, 1 with one ``FILE:LINE: message`` per
 problem, 2 for bad usage or an unreadable file.
@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 from airflow.sdk import ObjectStoragePath
 
-from gemini_batch.locations import as_path, open_file, uri_of
+from gemini_batch.core.locations import as_path, open_file, uri_of
 
 BACKENDS = ("developer", "vertex")
 SUPPORTED_MIME_TYPES = frozenset({
@@ -293,7 +293,7 @@ def _json_type(value: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gemini_batch.validate", description="Check a Gemini batch JSONL file.")
+    parser = argparse.ArgumentParser(prog="python -m gemini_batch.core.validate", description="Check a Gemini batch JSONL file.")
     parser.add_argument("file", help="local path or gs://bucket/object")
     parser.add_argument("--backend", choices=BACKENDS, help="check document URIs for this backend")
     parser.add_argument("--max-rows", type=int, default=10_000, metavar="N")

@@ -67,8 +67,8 @@ from typing import Any, BinaryIO, TypeVar
 import orjson
 from airflow.sdk import ObjectStoragePath
 
-from gemini_batch.batch_requests import from_record
-from gemini_batch.locations import is_gcs, replace_whole, uri_of, writing_whole
+from gemini_batch.core.records import from_record
+from gemini_batch.core.locations import is_gcs, replace_whole, uri_of, writing_whole
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from gemini_batch.batch_requests import ShardManifest
-from gemini_batch.hooks import CLOCK_SKEW, DEAD_STATES, is_terminal, state_name
-from gemini_batch.ledger import Claim, Ledger, ShardJob, claim_lost
-from gemini_batch.locations import as_path
+from gemini_batch.core.batch_requests import ShardManifest
+from gemini_batch.hooks.gemini import CLOCK_SKEW, DEAD_STATES, is_terminal, state_name
+from gemini_batch.coordination.ledger import Claim, Ledger, ShardJob, claim_lost
+from gemini_batch.core.locations import as_path
 
 log = logging.getLogger(__name__)
 RunState = Callable[[str, str], "str | None"]  # (dag id, run id) -> the run's state, from Airflow; None: unknown

@@ -27,3 +27,5 @@ def test_preparation_benchmark_inlines_or_stages_every_pdf_and_times_the_baselin
     floors = [row for case, row in rows.items() if case.startswith("request floor")]
     assert floors and all(row.extra["documents"] == 30 for row in floors)
     assert "x baseline" in inline.compare and inline.met is not None and staged.met is None
+
+

@@ -20,17 +20,18 @@ from typing import Any, TypeVar
 
 import httpx
 import orjson
-import tenacity
 from airflow.sdk import BaseHook, ObjectStoragePath
-from airflow.sdk.exceptions import AirflowFailException
 from airflow.sdk.log import mask_secret
 from google import genai
 from google.genai import errors, types
 
-from gemini_batch.keys import normalize_model
-from gemini_batch.locations import as_path
-from gemini_batch.results import OutputUnavailable
-from gemini_batch.staging import FilesApiUploads, is_auth_error, is_transient
+from gemini_batch.core.keys import normalize_model
+from gemini_batch.core.locations import as_path
+from gemini_batch.core.results import OutputUnavailable
+from gemini_batch.hooks.errors import (
+    GeminiAuthError, QuotaExhausted, StagingBucketUnusable, UnknownModel, is_auth_error, is_gone, retry_policy,
+)
+from gemini_batch.hooks.uploads import FilesApiUploads
 
 T = TypeVar("T")
 
@@ -62,24 +63,6 @@ FAILURES_NAMED = 10  # a failed clean-up's warning names this many
 
 _clients: dict[str, tuple[str, genai.Client]] = {}  # conn id -> (fingerprint of the connection, client)
 _clients_lock = threading.Lock()
-
-
-class QuotaExhausted(Exception):
-    """A create answered 429 RESOURCE_EXHAUSTED: the model's enqueued-token quota (or a rate limit) is full for
-    now. Not retried here: the caller waits, deferred, for other jobs to end."""
-
-
-class UnknownModel(ValueError):
-    """The service does not serve the model for batch jobs; the message names the ones it does."""
-
-
-class GeminiAuthError(AirflowFailException):
-    """The service (or a proxy before it) refused the connection's credentials. Retrying the call or the task cannot
-    fix that, so a task fails at once."""
-
-
-class StagingBucketUnusable(ValueError):
-    """Vertex AI: the staging bucket is missing, or in a location the connection's region cannot use."""
 
 
 # A multi-region holds the regions whose names start so; a predefined dual-region is its two regions.
@@ -303,15 +286,8 @@ class GeminiBatchHook(BaseHook):
         """``call`` with transient errors retried. What it raises names the connection and never quotes the key:
         refused credentials are a GeminiAuthError at once; an unreachable service, once retries are spent, the same
         httpx error naming where it was sent."""
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(is_transient),
-            stop=tenacity.stop_after_attempt(self.retry_attempts),
-            wait=tenacity.wait_exponential_jitter(initial=self.retry_initial_seconds, max=60),
-            before_sleep=lambda state: self.log.warning(
-                "%s: transient error, attempt %d: %s", getattr(call, "__name__", call),
-                state.attempt_number, state.outcome.exception()),
-            reraise=True,
-        )
+        retrying = retry_policy(attempts=self.retry_attempts, initial_seconds=self.retry_initial_seconds, log=self.log,
+                                what=lambda: str(getattr(call, "__name__", call)))
         try:
             return retrying(call, *args, **kwargs)
         except errors.APIError as exc:
@@ -555,8 +531,7 @@ class GeminiBatchHook(BaseHook):
         except FileNotFoundError:
             return "gone"
         except errors.ClientError as exc:
-            # 403 is what the Files API answers for a file that is gone (and for one that expired)
-            return "gone" if exc.code in (403, 404) else exc
+            return "gone" if is_gone(exc) else exc
         except Exception as exc:  # noqa: BLE001 - counted and logged by delete_files
             return exc
         return "deleted"
@@ -579,7 +554,7 @@ class GeminiBatchHook(BaseHook):
             try:
                 response = self._retry(self._start_download, http, url)
             except errors.ClientError as exc:
-                if exc.code not in (403, 404):  # the service answers 403 for a file that expired or is gone
+                if not is_gone(exc):
                     raise
                 raise OutputUnavailable(f"output file {file_name} cannot be read: {exc.code} {exc.status}") from exc
             try:

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 
 from airflow.sdk import ObjectStoragePath
 
-from gemini_batch import documents, jsonl, keys
-from gemini_batch.batch_requests import RequestSpec, ShardManifest, ShardWriter, build_row
-from gemini_batch.cost import CostEstimate, PriceTable, estimate_input_tokens, estimate_request
-from gemini_batch.locations import printable, uri_of
-from gemini_batch.processes import cores, worker_pool
-from gemini_batch.record_index import RecordIndex
-from gemini_batch.staging import StagedPart, StageItem
+from gemini_batch.core import documents, jsonl, keys
+from gemini_batch.core.batch_requests import RequestSpec, ShardManifest, ShardWriter, build_row
+from gemini_batch.core.cost import CostEstimate, PriceTable, estimate_input_tokens, estimate_request
+from gemini_batch.core.locations import printable, uri_of
+from gemini_batch.core.processes import cores, worker_pool
+from gemini_batch.core.record_index import RecordIndex
+from gemini_batch.core.staged import StagedPart, StageItem
 
 
 log = logging.getLogger(__name__)

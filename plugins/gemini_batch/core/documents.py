@@ -56,8 +56,8 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from pypdf import PasswordType, PdfReader, PdfWriter
 
-from gemini_batch import locations
-from gemini_batch.locations import printable, uri_of
+from gemini_batch.core import locations
+from gemini_batch.core.locations import printable, uri_of
 
 if TYPE_CHECKING:  # not imported at run time: inspect_local's worker processes import no Airflow
     from airflow.sdk import ObjectStoragePath

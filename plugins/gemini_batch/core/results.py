@@ -24,12 +24,12 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
 from referencing.jsonschema import DRAFT202012
 
-from gemini_batch import jsonl
-from gemini_batch.batch_requests import from_record
-from gemini_batch.locations import printable
+from gemini_batch.core import jsonl
+from gemini_batch.core.records import from_record
+from gemini_batch.core.locations import printable
 
 if TYPE_CHECKING:  # a worker process parsing outputs imports no Airflow (plan does)
-    from gemini_batch.plan import PlannedDocument
+    from gemini_batch.steps.plan import PlannedDocument
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from google.genai import types
 
-from gemini_batch.hooks import GeminiBatchHook, is_terminal, job_error, job_stats, state_name
-from gemini_batch.staging import is_transient
+from gemini_batch.hooks.gemini import GeminiBatchHook, is_terminal, job_error, job_stats, state_name
+from gemini_batch.hooks.errors import is_transient
 
 MAX_BACKOFF_SECONDS = 600.0
 MAX_CONSECUTIVE_ERRORS = 5

@@ -21,114 +21,36 @@ import datetime as dt
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import BinaryIO
 
-import httpx
-import tenacity
 from airflow.sdk import ObjectStoragePath
 from google import genai
 from google.genai import errors, types
 
-from gemini_batch.documents import SourceChanged
-from gemini_batch.locations import printable, uri_of
+from gemini_batch.core.documents import SourceChanged
+from gemini_batch.core.locations import printable, uri_of
+from gemini_batch.core.staged import StagedPart, StageFailure, StageItem
+from gemini_batch.hooks.errors import FileVanished, is_gone, retry_policy
 
 log = logging.getLogger(__name__)
 
 # documents.open_planned: (source, path, pages, the plan's sha256) -> the part's bytes, checked against the plan
 OpenPart = Callable[[ObjectStoragePath, str, "tuple[int, int] | None", str], AbstractContextManager[BinaryIO]]
 
-TRANSIENT_CODES = frozenset({408, 429, 500, 502, 503, 504})
-# ErrorInfo reasons Google APIs give for a key or token that is wrong, expired, blocked or not allowed.
-AUTH_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED", "API_KEY_SERVICE_BLOCKED", "SERVICE_DISABLED",
-                          "CREDENTIALS_MISSING", "ACCESS_TOKEN_EXPIRED", "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
-                          "IAM_PERMISSION_DENIED"})
 EXPIRY_MARGIN = dt.timedelta(hours=2)  # longer than a batch job may take to read its inputs once submitted
 CHUNK_BYTES = 8 * 2**20
 EXTENSIONS = {"application/pdf": ".pdf", "image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
-
-
-@dataclass(frozen=True)
-class StageItem:
-    """One part to stage: the document it comes from (``path`` under ``source``, which hashed to ``sha256`` when
-    planned) and, for a split PDF, its pages."""
-
-    key: str
-    source: ObjectStoragePath
-    path: str
-    pages: tuple[int, int] | None
-    mime_type: str
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class StagedPart:
-    key: str
-    uri: str
-    mime_type: str
-    expires_at: str | None  # ISO 8601 UTC; None where the staged copy does not expire (GCS)
-
-    def to_json(self) -> dict:
-        return {"key": self.key, "uri": self.uri, "mime_type": self.mime_type, "expires_at": self.expires_at}
-
-    @classmethod
-    def from_json(cls, data: Mapping) -> StagedPart:
-        return cls(data["key"], data["uri"], data["mime_type"], data["expires_at"])
-
-
-@dataclass(frozen=True)
-class StageFailure:
-    """A part that could not be staged (or, for a text part sent inline, read) and why: its document fails."""
-
-    key: str
-    error: str
-
-    def to_json(self) -> dict:
-        return {"key": self.key, "error": self.error}
-
-
-def stage_record(data: Mapping) -> StagedPart | StageFailure:
-    """A staging log line read back: a failure carries ``error``, a staged part its ``uri``."""
-    if "error" in data:
-        return StageFailure(data["key"], data["error"])
-    return StagedPart.from_json(data)
 
 
 class StagingError(Exception):
     """A part that cannot be staged for a reason a retry will not fix."""
 
 
-class FileVanished(Exception):
-    """The upload went away while we waited for it (another run found it unusable and replaced it, or cleaned
-    up): staging the part again is the fix, so it counts as transient."""
-
-
 def files_api_name(key: str) -> str:
     """The Files API name of a key's upload (ids are at most 40 lowercase letters, digits or dashes)."""
     return "gb-" + key[:37]
-
-
-def is_auth_error(exc: BaseException) -> bool:
-    """The service (or a proxy before it) refused the credentials: a 401, or a 400/403 whose ErrorInfo reason is
-    about the key or token (a bare 403 is also the Files API's answer for a file that is gone). No retry helps."""
-    if not isinstance(exc, errors.APIError):
-        return False
-    if exc.code == 401:
-        return True
-    error = exc.details.get("error", exc.details) if isinstance(exc.details, dict) else {}
-    reasons = {item.get("reason") for item in error.get("details") or [] if isinstance(item, dict)}
-    return exc.code in (400, 403) and bool(reasons & AUTH_REASONS)
-
-
-def is_transient(exc: BaseException) -> bool:
-    if is_auth_error(exc):
-        return False
-    if isinstance(exc, errors.APIError):
-        return exc.code in TRANSIENT_CODES
-    return isinstance(exc, (httpx.TransportError, TimeoutError, ConnectionError, FileVanished))
 
 
 class _Stager:
@@ -137,14 +59,8 @@ class _Stager:
     def __init__(self, open_part: OpenPart, *, workers: int = 16, attempts: int = 5, backoff_seconds: float = 1.0):
         self.open_part = open_part
         self.workers = workers
-        self._retry = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(is_transient),
-            stop=tenacity.stop_after_attempt(attempts),
-            wait=tenacity.wait_exponential_jitter(initial=backoff_seconds, max=60),
-            before_sleep=lambda state: log.warning(
-                "Staging: transient error, attempt %d: %s", state.attempt_number, state.outcome.exception()),
-            reraise=True,
-        )
+        self._retry = retry_policy(attempts=attempts, initial_seconds=backoff_seconds, log=log,
+                                   what=lambda: "Staging")
 
     def stage(self, items: Iterable[StageItem]) -> Iterator[StagedPart | StageFailure]:
         """Stage every item; yield one result per item as uploads finish (not in input order)."""
@@ -271,7 +187,7 @@ class FilesApiUploads:
         try:
             return self.client.files.get(name=name)
         except errors.ClientError as exc:
-            if exc.code in (403, 404):  # the service answers 403 for a name that does not exist
+            if is_gone(exc):
                 return None
             raise
 
@@ -279,7 +195,7 @@ class FilesApiUploads:
         try:
             self.client.files.delete(name=name)
         except errors.ClientError as exc:
-            if exc.code not in (403, 404):
+            if not is_gone(exc):
                 raise
 
 

@@ -5,7 +5,7 @@ the ledger, the hook) and calls one method, its step. A step reads what
 earlier steps wrote into the run's work folder and writes its own output
 there, so a task can be retried or cleared on its own and XCom carries only
 URIs and counts. What outlives the run (answers, leases, claims, jobs) is the
-ledger's. Work folder layout, every file JSON lines (``gemini_batch.jsonl``)::
+ledger's. Work folder layout, every file JSON lines (``gemini_batch.core.jsonl``)::
 
     <work>/plan.jsonl                      one line per discovered document
     <work>/staged/pass-<n>.jsonl           per key: its staged URI and expiry, or why it could not be staged
@@ -42,24 +42,28 @@ import orjson
 from airflow.providers.common.compat.lineage.hook import get_hook_lineage_collector
 from airflow.sdk import ObjectStoragePath, Variable
 
-from gemini_batch import documents, jsonl, plan, results, templating
-from gemini_batch.batch_requests import (
+from gemini_batch.core import documents, jsonl, results
+
+from gemini_batch.steps import plan, templating
+from gemini_batch.core.batch_requests import (
     RequestSpec, ShardManifest, ShardPiece, ShardPieces, inline_budget, write_adoption,
 )
-from gemini_batch.claims import FROM_LEDGER, KeyClaimer, RunState, job_finder, job_state, run_state_of
-from gemini_batch.cost import PRICES_VARIABLE, PriceTable, load_prices
-from gemini_batch.hooks import GeminiBatchHook, StagingBucketUnusable, UnknownModel
-from gemini_batch.ledger import Claim, Ledger, LedgerEvent, claim_id, now_iso
-from gemini_batch.locations import as_path, is_gcs, uri_of
-from gemini_batch.operators import LINEAGE_EXTRA
-from gemini_batch.processes import cores, worker_pool
-from gemini_batch.record_index import RecordIndex
-from gemini_batch.staging import FilesApiStager, GcsStager, StagedPart, StageFailure, stage_record
+from gemini_batch.coordination.claims import FROM_LEDGER, KeyClaimer, RunState, job_finder, job_state, run_state_of
+from gemini_batch.core.cost import PRICES_VARIABLE, PriceTable, load_prices
+from gemini_batch.hooks.gemini import GeminiBatchHook
+from gemini_batch.hooks.errors import StagingBucketUnusable, UnknownModel
+from gemini_batch.coordination.ledger import Claim, Ledger, LedgerEvent, claim_id, now_iso
+from gemini_batch.core.locations import as_path, is_gcs, uri_of
+from gemini_batch.core.processes import cores, worker_pool
+from gemini_batch.core.record_index import RecordIndex
+from gemini_batch.hooks.uploads import FilesApiStager, GcsStager
+from gemini_batch.core.staged import StagedPart, StageFailure, stage_record
 
 log = logging.getLogger(__name__)
 # A round's outputs are parsed in the task's process until they pass this size, then in a process per core
 # (GEMINI_BATCH_PARSE_PROCESSES_AFTER_MB; 0: from the first output).
 PARSE_PROCESSES_AFTER_BYTES = int(float(os.environ.get("GEMINI_BATCH_PARSE_PROCESSES_AFTER_MB", "64")) * 2**20)
+LINEAGE_EXTRA = "gemini_batch"  # the hook-lineage extra of a run's totals, read by operators.lineage_run_facets
 FAILURES_LOGGED = 100  # the task log names this many failed documents with their reason; results.jsonl has all
 
 RETENTIONS = ("keep", "staged", "all")
@@ -148,7 +152,7 @@ class RunSettings:
     @classmethod
     def from_context(cls, context: Mapping, *, gcp_conn_id: str | None = None) -> RunSettings:
         """The run's params with the location ones rendered, so ``gs://landing/{{ ds }}/`` means that day's folder:
-        in a sandbox holding the run's dates and params only (``gemini_batch.templating``), never a secret."""
+        in a sandbox holding the run's dates and params only (``gemini_batch.steps.templating``), never a secret."""
         values = templating.template_values(context)
         params = dict(context["params"])
         for name in TEMPLATED_PARAMS:
