@@ -20,10 +20,11 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from gemini_batch.core import documents
 
-from gemini_batch.steps import plan, runs
+from gemini_batch.steps import runs
 from gemini_batch.operators.approval import CostApprovalOperator
 from gemini_batch.core.locations import uri_of
 from gemini_batch.operators.batch import DEFAULT_QUOTA_WAIT_HOURS, GeminiBatchJobSensor, GeminiBatchSubmitOperator
+from gemini_batch.core.planned import DEFAULT_INLINE_MB, MAX_INLINE_MB
 
 POOL = "gemini_batch_jobs"  # counts deferred tasks: caps worker and triggerer load (bin/setup: 10 slots)
 MAX_RETRY_ROUNDS = 3  # task groups in the graph; the retry_rounds param decides how many run
@@ -82,7 +83,7 @@ def default_params() -> dict[str, Param]:
         "max_pages": Param(50, type="integer", minimum=1, title="Pages per PDF part",
                            description="Longer PDFs are split into page ranges of at most this many pages."),
         "max_part_mb": Param(50, type="integer", minimum=1, title="MB per document part"),
-        "inline_max_mb": Param(plan.DEFAULT_INLINE_MB, type="number", minimum=0, maximum=plan.MAX_INLINE_MB,
+        "inline_max_mb": Param(DEFAULT_INLINE_MB, type="number", minimum=0, maximum=MAX_INLINE_MB,
                                title="Inline parts up to (MB)",
                                description="Parts up to this size travel inside their request (base64): no upload, "
                                            "no Files API expiry, nothing to delete. Larger ones are uploaded first; "

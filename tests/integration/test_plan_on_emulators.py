@@ -21,6 +21,7 @@ from gemini_batch.core.locations import as_path
 from gemini_batch.hooks.uploads import FilesApiStager, GcsStager
 from gemini_batch.core.staged import StagedPart
 from gemini_batch.core.validate import validate_jsonl
+from gemini_batch.core.planned import Routing
 
 SCHEMA = {"type": "object", "properties": {"invoice_number": {"type": "string"}, "date": {"type": "string"}}}
 SPEC = RequestSpec(model="gemini-2.5-flash-lite", prompt="Extract the invoice number and date.", response_schema=SCHEMA)
@@ -51,7 +52,7 @@ def source(tmp_path):
     return root
 
 
-STAGE_ALL = plan.Routing(inline_max_bytes=0)  # every part but text uploaded first
+STAGE_ALL = Routing(inline_max_bytes=0)  # every part but text uploaded first
 
 
 def run_plan(source, work, finished=frozenset(), routing=STAGE_ALL):
@@ -107,7 +108,7 @@ def test_small_parts_go_inline_and_nothing_is_staged(source, tmp_path, emulator)
     the bytes open_part would have uploaded, and the emulator answers them like file references."""
     client = developer_client(emulator.url)
     work = as_path(tmp_path / "work")
-    summary = run_plan(source, tmp_path / "work", routing=plan.Routing())
+    summary = run_plan(source, tmp_path / "work", routing=Routing())
     assert summary.routes == {"inline": 6, "in_place": 0, "staged": 0}
     assert list(plan.parts_to_stage(work / "plan.jsonl", as_path(source))) == []
 
@@ -134,7 +135,7 @@ def test_vertex_references_whole_documents_under_a_gcs_source_in_place(source, t
         if path.is_file():
             (remote / str(path.relative_to(source))).write_bytes(path.read_bytes())
     work = as_path(tmp_path / "work")
-    summary = plan.plan_run(remote, SPEC, work / "plan.jsonl", routing=plan.Routing(inline_max_bytes=0, in_place=True),
+    summary = plan.plan_run(remote, SPEC, work / "plan.jsonl", routing=Routing(inline_max_bytes=0, in_place=True),
                             prices=load_prices())
     assert summary.routes == {"inline": 1, "in_place": 2, "staged": 3}  # notes.md; a.pdf, b.pdf; long.pdf's ranges
     to_stage = list(plan.parts_to_stage(work / "plan.jsonl", remote))

@@ -20,6 +20,7 @@ from gemini_batch.core.batch_requests import RequestSpec
 from gemini_batch.core.cost import load_prices
 from gemini_batch.core.locations import as_path
 from gemini_batch.coordination.ledger import Ledger, LedgerEvent
+from gemini_batch.core.planned import Routing
 
 SCHEMA = {"type": "object", "properties": {"invoice_number": {"type": "string"}, "date": {"type": "string"}}}
 SPEC = RequestSpec(model="gemini-2.5-flash-lite", prompt="Extract the invoice number and date.", response_schema=SCHEMA)
@@ -50,7 +51,7 @@ def source(tmp_path):
     return root
 
 
-STAGE_ALL = plan.Routing(inline_max_bytes=0)  # every part but text uploaded first
+STAGE_ALL = Routing(inline_max_bytes=0)  # every part but text uploaded first
 
 
 def run_plan(source, work, finished=frozenset(), routing=STAGE_ALL):
@@ -103,7 +104,7 @@ def test_keys_follow_prompt_model_and_schema(source, tmp_path):
 
 def test_an_inline_document_changed_or_gone_since_the_plan_fails_alone(source, tmp_path):
     work = as_path(tmp_path / "work")
-    run_plan(source, tmp_path / "work", routing=plan.Routing())
+    run_plan(source, tmp_path / "work", routing=Routing())
     write_pdf(source / "b.pdf", 2, "Invoice B-2, corrected")  # edited after the plan
     (source / "sub" / "long.pdf").unlink()  # gone after the plan
     docs = {d.path: d for d in plan.read_plan(work / "plan.jsonl")}

@@ -28,8 +28,8 @@ from gemini_batch.core import jsonl
 from gemini_batch.core.records import from_record
 from gemini_batch.core.locations import printable
 
-if TYPE_CHECKING:  # a worker process parsing outputs imports no Airflow (plan does)
-    from gemini_batch.steps.plan import PlannedDocument
+if TYPE_CHECKING:
+    from gemini_batch.core.planned import PlannedDocument
 
 log = logging.getLogger(__name__)
 

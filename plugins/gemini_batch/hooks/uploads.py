@@ -1,5 +1,5 @@
 """Put each part where a batch request can point at it, once: the parts the plan routes ``staged`` (those too
-large to travel inline, plan.Routing).
+large to travel inline, Routing).
 
 Developer API: the Files API, under a name derived from the part's key, so a
 second run (or a retry after a lost response) finds the upload instead of

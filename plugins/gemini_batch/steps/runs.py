@@ -58,6 +58,7 @@ from gemini_batch.core.processes import cores, worker_pool
 from gemini_batch.core.record_index import RecordIndex
 from gemini_batch.hooks.uploads import FilesApiStager, GcsStager
 from gemini_batch.core.staged import StagedPart, StageFailure, stage_record
+from gemini_batch.core.planned import DEFAULT_INLINE_MB, INLINE, IN_PLACE, Routing, STAGED
 
 log = logging.getLogger(__name__)
 # A round's outputs are parsed in the task's process until they pass this size, then in a process per core
@@ -96,7 +97,7 @@ class RunSettings:
     limits: documents.Limits = field(default_factory=documents.Limits)
     max_rows: int = 10_000
     max_bytes: int = 100 * 2**20
-    inline_max_bytes: int = plan.DEFAULT_INLINE_MB * 2**20
+    inline_max_bytes: int = DEFAULT_INLINE_MB * 2**20
     max_cost_usd: float | None = None
     retry_rounds: int = 2
     retention: str = "staged"
@@ -142,7 +143,7 @@ class RunSettings:
             limits=limits,
             max_rows=int(params.get("max_rows_per_job", 10_000)),
             max_bytes=int(params.get("max_mb_per_job", 100)) * 2**20,
-            inline_max_bytes=int(float(params.get("inline_max_mb", plan.DEFAULT_INLINE_MB)) * 2**20),
+            inline_max_bytes=int(float(params.get("inline_max_mb", DEFAULT_INLINE_MB)) * 2**20),
             max_cost_usd=params.get("max_cost_usd"),
             retry_rounds=int(params.get("retry_rounds", 2)),
             retention=params.get("retention", "staged"),
@@ -298,7 +299,7 @@ class Run:
             except (UnknownModel, StagingBucketUnusable) as exc:
                 raise RunConfigError(str(exc)) from None
         settings = self.settings
-        routing = plan.Routing(
+        routing = Routing(
             inline_max_bytes=min(settings.inline_max_bytes, inline_budget(settings.spec, settings.max_bytes)),
             in_place=self.hook is not None and self.hook.backend == "vertex" and is_gcs(settings.source),
         )
@@ -306,7 +307,7 @@ class Run:
             summary = plan.plan_run(settings.source, settings.spec, self.folder.plan, finished=finished,
                                     limits=settings.limits, routing=routing, prices=self.prices)
         log.info("Planned %d requests: %d inline, %d referenced in place, %d to upload first", summary.requests,
-                 summary.routes[plan.INLINE], summary.routes[plan.IN_PLACE], summary.routes[plan.STAGED])
+                 summary.routes[INLINE], summary.routes[IN_PLACE], summary.routes[STAGED])
         return summary
 
     def check_budget(self, summary: Mapping) -> None:
