@@ -44,8 +44,17 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 BENCH_ORDER = ("preparation", "collection", "end to end", "orchestration", "scaling", "ledger")  # Row.bench values
 DOC_COLUMNS = ("case", "size", "seconds", "rate", "peak_rss_mb", "compare")  # targets stay in the printed table
 
-COLUMNS = (("bench", "benchmark"), ("case", "case"), ("size", "size"), ("seconds", "s"), ("rate", "rate"),
-           ("peak_rss_mb", "peak RSS MB"), ("compare", "compared"), ("target", "target"), ("met", "met"))
+COLUMNS = (
+    ("bench", "benchmark"),
+    ("case", "case"),
+    ("size", "size"),
+    ("seconds", "s"),
+    ("rate", "rate"),
+    ("peak_rss_mb", "peak RSS MB"),
+    ("compare", "compared"),
+    ("target", "target"),
+    ("met", "met"),
+)
 
 
 def main() -> None:
@@ -53,9 +62,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes only: checks the benchmarks run")
     parser.add_argument("--only", choices=CHOICES, action="append")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/gemini-batch-bench"))
-    parser.add_argument("--write-docs", nargs="?", type=Path, const=DOCS, default=None, metavar="FILE",
-                        help="replace the tables of the benchmarks that ran in FILE (default docs/performance.md); "
-                             "on by default when every benchmark runs at full size")
+    parser.add_argument(
+        "--write-docs",
+        nargs="?",
+        type=Path,
+        const=DOCS,
+        default=None,
+        metavar="FILE",
+        help="replace the tables of the benchmarks that ran in FILE (default docs/performance.md); "
+        "on by default when every benchmark runs at full size",
+    )
     parser.add_argument("--no-write-docs", action="store_true", help="do not touch docs/performance.md")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -64,8 +80,11 @@ def main() -> None:
 
     plans = []
     if "preparation" in chosen:
-        plans += [lambda: prepare.run(args.workdir, small), lambda: prepare.run(args.workdir, large),
-                  lambda: prepare.run(args.workdir, small, latency_ms=50)]
+        plans += [
+            lambda: prepare.run(args.workdir, small),
+            lambda: prepare.run(args.workdir, large),
+            lambda: prepare.run(args.workdir, small, latency_ms=50),
+        ]
     if "collection" in chosen:
         plans.append(lambda: collect.run(args.workdir, 20 if args.quick else 1024))
     if "end-to-end" in chosen:
@@ -74,11 +93,18 @@ def main() -> None:
         plans.append(lambda: orchestration.run(args.workdir, quick=args.quick))
     if "scaling" in chosen:
         for count in (small, large) if args.quick else (1_000, 10_000, 100_000):
-            plans.append(lambda count=count: [
-                r for r in prepare.run(args.workdir, count, baseline=False, staged=False, bench="scaling")
-                if r.case.startswith("ours")])
-            plans.append(lambda count=count: [
-                r for r in collect.run(args.workdir, keys=count, bench="scaling") if r.case.startswith("ours")])
+            plans.append(
+                lambda count=count: [
+                    r
+                    for r in prepare.run(args.workdir, count, baseline=False, staged=False, bench="scaling")
+                    if r.case.startswith("ours")
+                ]
+            )
+            plans.append(
+                lambda count=count: [
+                    r for r in collect.run(args.workdir, keys=count, bench="scaling") if r.case.startswith("ours")
+                ]
+            )
 
     if "ledger" in chosen:
         plans.append(lambda: ledger.run(args.workdir, small, (0, 2_000, 20_000) if args.quick else ledger.SIZES))
@@ -91,13 +117,16 @@ def main() -> None:
             print(f"  {row.bench}: {row.case}, {row.size}: {row.seconds} s, {row.rate}", file=sys.stderr, flush=True)
     flat_memory(rows)
     print(table(rows))
-    print(f"\n{len(rows)} rows in {time.perf_counter() - started:.0f} s on {platform.node()} "
-          f"({platform.processor() or platform.machine()}, Python {platform.python_version()})")
+    print(
+        f"\n{len(rows)} rows in {time.perf_counter() - started:.0f} s on {platform.node()} "
+        f"({platform.processor() or platform.machine()}, Python {platform.python_version()})"
+    )
     record(rows, args.quick)
     docs = args.write_docs or (DOCS if not (args.only or args.quick) else None)
     if docs and not args.no_write_docs:
-        measured = (f"{dt.date.today().isoformat()} on {machine()}"
-                    + (" with --quick (small sizes: a smoke run, not representative)" if args.quick else ""))
+        measured = f"{dt.date.today().isoformat()} on {machine()}" + (
+            " with --quick (small sizes: a smoke run, not representative)" if args.quick else ""
+        )
         docs.write_text(write_docs(docs.read_text(), rows, measured))
         print(f"tables of {', '.join(sorted({row.bench for row in rows}))} written to {docs}")
 
@@ -105,6 +134,7 @@ def main() -> None:
 def flat_memory(rows: list[Row], base: str = "10,000", large: str = "100,000", most: float = 1.1) -> None:
     """Mark each scaling row of the largest size with its peak RSS against the same case at ``base`` documents
     (the target: memory flat as inputs grow, within ``most`` times)."""
+
     def of_size(row: Row, count: str) -> bool:  # "100,000 PDFs", "108.9 MB, 100,000 keys in 10 jobs"
         return re.search(rf"(?<![\d,]){re.escape(count)} ", row.size) is not None
 
@@ -143,13 +173,18 @@ def machine() -> str:
     """The machine, as a reader of the docs compares it with theirs: CPU model, cores usable, Python."""
     model = ""
     try:
-        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), "")
+        model = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "",
+        )
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{cores} cores ({model or platform.machine()}), {platform.system()}, "
-            f"Python {platform.python_version()}")
+    return f"{cores} cores ({model or platform.machine()}), {platform.system()}, Python {platform.python_version()}"
 
 
 def write_docs(text: str, rows: list[Row], measured: str) -> str:
@@ -171,8 +206,10 @@ def write_docs(text: str, rows: list[Row], measured: str) -> str:
             blocks[name] += line + "\n"
     for bench in dict.fromkeys(row.bench for row in rows):
         command = "bin/bench --only " + ("end-to-end" if bench == "end to end" else bench)
-        blocks[bench] = (f"\nMeasured {measured} (`{command}`):\n\n"
-                         f"{table([row for row in rows if row.bench == bench], DOC_COLUMNS)}\n\n")
+        blocks[bench] = (
+            f"\nMeasured {measured} (`{command}`):\n\n"
+            f"{table([row for row in rows if row.bench == bench], DOC_COLUMNS)}\n\n"
+        )
     order = sorted(blocks, key=lambda b: BENCH_ORDER.index(b) if b in BENCH_ORDER else len(BENCH_ORDER))
     body = "".join(f"### {b}\n{blocks[b].rstrip()}\n\n" for b in order)
     return f"{head}{BEGIN}\n{body}{END}{tail}"

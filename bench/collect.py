@@ -35,12 +35,18 @@ SCHEMA = {
         "vendor": {"type": ["string", "null"]},
         "currency": {"type": ["string", "null"], "enum": ["EUR", "USD", "GBP", None]},
         "total": {"type": ["number", "null"]},
-        "line_items": {"type": "array", "items": {
-            "type": "object",
-            "properties": {"description": {"type": "string"}, "quantity": {"type": "number"},
-                           "amount": {"type": "number"}},
-            "required": ["description", "amount"],
-        }},
+        "line_items": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "description": {"type": "string"},
+                    "quantity": {"type": "number"},
+                    "amount": {"type": "number"},
+                },
+                "required": ["description", "amount"],
+            },
+        },
     },
     "required": ["invoice_number", "date", "vendor", "currency", "total", "line_items"],
 }
@@ -54,11 +60,22 @@ def key_of(i: int) -> str:
 
 
 def _answer(rng: random.Random, i: int) -> dict:
-    items = [{"description": f"Item {n} of order {i}: {rng.choice(['consulting', 'hardware', 'licence', 'support'])}",
-              "quantity": rng.randint(1, 20), "amount": round(rng.uniform(5, 900), 2)} for n in range(rng.randint(2, 6))]
-    return {"invoice_number": f"INV-{i:08d}", "date": f"2026-{i % 12 + 1:02d}-{i % 28 + 1:02d}",
-            "vendor": f"Vendor {i % 997} GmbH", "currency": "EUR", "total": round(sum(x["amount"] for x in items), 2),
-            "line_items": items}
+    items = [
+        {
+            "description": f"Item {n} of order {i}: {rng.choice(['consulting', 'hardware', 'licence', 'support'])}",
+            "quantity": rng.randint(1, 20),
+            "amount": round(rng.uniform(5, 900), 2),
+        }
+        for n in range(rng.randint(2, 6))
+    ]
+    return {
+        "invoice_number": f"INV-{i:08d}",
+        "date": f"2026-{i % 12 + 1:02d}-{i % 28 + 1:02d}",
+        "vendor": f"Vendor {i % 997} GmbH",
+        "currency": "EUR",
+        "total": round(sum(x["amount"] for x in items), 2),
+        "line_items": items,
+    }
 
 
 def generate(folder: str, target_mb: float, max_keys: int | None = None, seed: int = 7) -> dict:
@@ -119,13 +136,26 @@ def _row(rng: random.Random, key: str, i: int, fault: str | None) -> dict:
     elif fault == "truncated":
         text, finish = text[: len(text) // 2], "MAX_TOKENS"
     output_tokens = len(text) // 4
-    return {"key": key, "response": {
-        "candidates": [{"content": {"parts": [{"text": text}], "role": "model"}, "finishReason": finish, "index": 0}],
-        "usageMetadata": {"promptTokenCount": 1290, "candidatesTokenCount": output_tokens, "thoughtsTokenCount": 48,
-                          "totalTokenCount": 1290 + output_tokens + 48,
-                          "promptTokensDetails": [{"modality": "DOCUMENT", "tokenCount": 1032},
-                                                  {"modality": "TEXT", "tokenCount": 258}]},
-        "modelVersion": "gemini-2.5-flash-lite", "responseId": f"bench-{i:x}"}}
+    return {
+        "key": key,
+        "response": {
+            "candidates": [
+                {"content": {"parts": [{"text": text}], "role": "model"}, "finishReason": finish, "index": 0}
+            ],
+            "usageMetadata": {
+                "promptTokenCount": 1290,
+                "candidatesTokenCount": output_tokens,
+                "thoughtsTokenCount": 48,
+                "totalTokenCount": 1290 + output_tokens + 48,
+                "promptTokensDetails": [
+                    {"modality": "DOCUMENT", "tokenCount": 1032},
+                    {"modality": "TEXT", "tokenCount": 258},
+                ],
+            },
+            "modelVersion": "gemini-2.5-flash-lite",
+            "responseId": f"bench-{i:x}",
+        },
+    }
 
 
 class LocalOutputHook:
@@ -144,13 +174,21 @@ class LocalOutputHook:
 
 def ours(jobs: str, work: str) -> dict:
     """``Run.collect`` over a round of one shard per job: one outcome per key sent, into the round's outcomes.jsonl."""
-    from gemini_batch.steps import runs
     from gemini_batch.core.batch_requests import ShardManifest
+    from gemini_batch.steps import runs
 
-    run = runs.Run.from_params({
-        "source": str(Path(work) / "source"), "output": str(Path(work) / "output"), "model": "gemini-2.5-flash-lite",
-        "prompt": "Extract the invoice.", "response_schema": SCHEMA, "state": str(Path(work) / "ledger"),
-    }, "bench", LocalOutputHook())
+    run = runs.Run.from_params(
+        {
+            "source": str(Path(work) / "source"),
+            "output": str(Path(work) / "output"),
+            "model": "gemini-2.5-flash-lite",
+            "prompt": "Extract the invoice.",
+            "response_schema": SCHEMA,
+            "state": str(Path(work) / "ledger"),
+        },
+        "bench",
+        LocalOutputHook(),
+    )
     folder = run.folder
     shards = folder.shards(0)
     shards.mkdir(parents=True, exist_ok=True)
@@ -162,8 +200,11 @@ def ours(jobs: str, work: str) -> dict:
         submitted.append({"manifest_uri": manifest.manifest_uri, "job_name": job, "state": "JOB_STATE_SUCCEEDED"})
     start = time.perf_counter()
     counts = run.collect(0, submitted)
-    return {**counts, "outcomes_bytes": Path(folder.outcomes(0).path).stat().st_size,
-            "seconds": round(time.perf_counter() - start, 6)}
+    return {
+        **counts,
+        "outcomes_bytes": Path(folder.outcomes(0).path).stat().st_size,
+        "seconds": round(time.perf_counter() - start, 6),
+    }
 
 
 def _parse_files(outputs: list[str]) -> int:
@@ -192,7 +233,9 @@ def floor(jobs: str, processes: int = 1) -> dict:
     return {"rows": rows, "processes": processes, "seconds": round(seconds, 6)}
 
 
-def run(workdir: Path, target_mb: float = float("inf"), *, keys: int | None = None, bench: str = "collection") -> list[Row]:
+def run(
+    workdir: Path, target_mb: float = float("inf"), *, keys: int | None = None, bench: str = "collection"
+) -> list[Row]:
     """Rows for the floor and ours over about ``target_mb`` MB of output, or over ``keys`` keys' output."""
     import shutil
 
@@ -204,27 +247,50 @@ def run(workdir: Path, target_mb: float = float("inf"), *, keys: int | None = No
         start = time.perf_counter()
         made = generate(str(jobs), target_mb, keys)
         made_file.write_bytes(orjson.dumps(made))
-        print(f"  generated {made['bytes'] / MB:,.0f} MB of output ({made['rows']:,} rows, {made['jobs']} jobs) "
-              f"in {time.perf_counter() - start:.0f} s", flush=True, file=__import__("sys").stderr)
+        print(
+            f"  generated {made['bytes'] / MB:,.0f} MB of output ({made['rows']:,} rows, {made['jobs']} jobs) "
+            f"in {time.perf_counter() - start:.0f} s",
+            flush=True,
+            file=__import__("sys").stderr,
+        )
     made = orjson.loads(made_file.read_bytes())
     shutil.rmtree(case_dir / "work", ignore_errors=True)
     size_mb = made["bytes"] / MB
-    label = (f"{size_mb / 1024:.2f} GB" if size_mb >= 1000 else f"{size_mb:,.1f} MB") + f", {made['keys']:,} keys in {made['jobs']} jobs"
+    label = (
+        f"{size_mb / 1024:.2f} GB" if size_mb >= 1000 else f"{size_mb:,.1f} MB"
+    ) + f", {made['keys']:,} keys in {made['jobs']} jobs"
     cores = len(os.sched_getaffinity(0))
     floors = [measure("bench.collect.floor", jobs=str(jobs), processes=n) for n in (1, cores)]
     collected = measure("bench.collect.ours", jobs=str(jobs), work=str(case_dir / "work"))
     if collected["keys"] != made["keys"]:
         raise AssertionError(f"Run.collect wrote {collected['keys']} outcomes for {made['keys']} keys")
     rate, all_cores = size_mb / collected["seconds"], floors[-1]["seconds"]
-    rows = [Row(bench, f"orjson floor (parse each line, {'1 core' if f['processes'] == 1 else f'{cores} cores'})",
-                label, f["seconds"], f"{size_mb / f['seconds']:,.0f} MB/s", f["peak_rss_mb"], extra=f) for f in floors]
+    rows = [
+        Row(
+            bench,
+            f"orjson floor (parse each line, {'1 core' if f['processes'] == 1 else f'{cores} cores'})",
+            label,
+            f["seconds"],
+            f"{size_mb / f['seconds']:,.0f} MB/s",
+            f["peak_rss_mb"],
+            extra=f,
+        )
+        for f in floors
+    ]
     large = size_mb >= 1000
-    rows.append(Row(
-        bench, "ours: parse, validate, join by key, write outcomes", label, collected["seconds"],
-        f"{rate:,.0f} MB/s, {made['keys'] / collected['seconds']:,.0f} keys/s", collected["peak_rss_mb"],
-        f"{collected['seconds'] / floors[0]['seconds']:.1f}x the 1-core floor's time, "
-        f"{collected['seconds'] / all_cores:.1f}x the all-cores floor's",
-        "<=2x all-cores floor, <300 MB" if large else "",
-        (collected["seconds"] <= 2 * all_cores and collected["peak_rss_mb"] < 300) if large else None,
-        extra={**collected, "generated": made}))
+    rows.append(
+        Row(
+            bench,
+            "ours: parse, validate, join by key, write outcomes",
+            label,
+            collected["seconds"],
+            f"{rate:,.0f} MB/s, {made['keys'] / collected['seconds']:,.0f} keys/s",
+            collected["peak_rss_mb"],
+            f"{collected['seconds'] / floors[0]['seconds']:.1f}x the 1-core floor's time, "
+            f"{collected['seconds'] / all_cores:.1f}x the all-cores floor's",
+            "<=2x all-cores floor, <300 MB" if large else "",
+            (collected["seconds"] <= 2 * all_cores and collected["peak_rss_mb"] < 300) if large else None,
+            extra={**collected, "generated": made},
+        )
+    )
     return rows

@@ -47,7 +47,9 @@ def measure(step: str, **kwargs) -> dict:
     """Run ``bench.<module>.<function>`` in a fresh process; its result plus wall ``seconds`` and ``peak_rss_mb``."""
     done = subprocess.run(
         [sys.executable, "-m", "bench.common", step, json.dumps(kwargs)],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
         # Airflow configured as bin/airflow configures it (examples off: their plugins load on first file I/O)
         env={"AIRFLOW__CORE__LOAD_EXAMPLES": "False", **os.environ, "PYTHONPATH": PYTHONPATH},
     )
@@ -83,7 +85,9 @@ def generate_pdfs(folder: Path, count: int) -> int:
             pdf.set_font("helvetica", size=12)
             pdf.cell(text=f"Invoice Number: INV-{i:06d}")
             pdf.ln()
-            pdf.cell(text=f"Date: 2026-{i % 12 + 1:02d}-{i % 28 + 1:02d}  Vendor: Vendor {i % 97}  Total: {i * 3.5:.2f} EUR")
+            pdf.cell(
+                text=f"Date: 2026-{i % 12 + 1:02d}-{i % 28 + 1:02d}  Vendor: Vendor {i % 97}  Total: {i * 3.5:.2f} EUR"
+            )
             sub.mkdir(parents=True, exist_ok=True)
             pdf.output(str(target))
         total += target.stat().st_size

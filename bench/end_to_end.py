@@ -34,11 +34,21 @@ PROMPT = "Extract the invoice number and the total."
 def ours(home: str, url: str, source: str, output: str) -> dict:
     """One ``dags test`` run over ``source``; its wall time and what it published."""
     env = {**os.environ, "AIRFLOW_HOME": home, "AIRFLOW_CONN_GEMINI_DEFAULT": emulator_connection(url)}
-    conf = {"source": source, "output": output, "poll_seconds": 1, "state": f"{output}/ledger", "prompt": PROMPT,
-            "response_schema": None}
+    conf = {
+        "source": source,
+        "output": output,
+        "poll_seconds": 1,
+        "state": f"{output}/ledger",
+        "prompt": PROMPT,
+        "response_schema": None,
+    }
     start = time.perf_counter()
-    done = subprocess.run([str(ROOT / "bin" / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)],
-                          env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [str(ROOT / "bin" / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - start
     log = done.stdout + done.stderr
     Path(output).mkdir(parents=True, exist_ok=True)
@@ -60,16 +70,35 @@ def script(url: str, source: str, work: str, sample: int) -> dict:
     files = sorted(Path(source).rglob("*.pdf"))[:sample]
     Path(work).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    uploaded = [(path, client.files.upload(file=path, config=types.UploadFileConfig(mime_type="application/pdf")))
-                for path in files]
+    uploaded = [
+        (path, client.files.upload(file=path, config=types.UploadFileConfig(mime_type="application/pdf")))
+        for path in files
+    ]
     uploads = time.perf_counter() - start
     start = time.perf_counter()
     requests = Path(work) / "requests.jsonl"
     with open(requests, "wb") as out:
         for path, file in uploaded:
-            out.write(orjson.dumps({"key": str(path), "request": {"contents": [{"role": "user", "parts": [
-                {"text": PROMPT}, {"fileData": {"fileUri": file.uri, "mimeType": "application/pdf"}}]}],
-                "generationConfig": {"responseMimeType": "application/json"}}}) + b"\n")
+            out.write(
+                orjson.dumps(
+                    {
+                        "key": str(path),
+                        "request": {
+                            "contents": [
+                                {
+                                    "role": "user",
+                                    "parts": [
+                                        {"text": PROMPT},
+                                        {"fileData": {"fileUri": file.uri, "mimeType": "application/pdf"}},
+                                    ],
+                                }
+                            ],
+                            "generationConfig": {"responseMimeType": "application/json"},
+                        },
+                    }
+                )
+                + b"\n"
+            )
     src = client.files.upload(file=requests, config=types.UploadFileConfig(mime_type="jsonl"))
     job = client.batches.create(model="gemini-2.5-flash-lite", src=src.name)
     while not job.done:
@@ -80,8 +109,12 @@ def script(url: str, source: str, work: str, sample: int) -> dict:
             row = orjson.loads(line)
             text = row["response"]["candidates"][0]["content"]["parts"][0]["text"]
             out.write(orjson.dumps({"document": row["key"], "data": orjson.loads(text)}) + b"\n")
-    return {"documents": len(files), "upload_s_per_file": uploads / len(files),
-            "rest_s": round(time.perf_counter() - start, 3), "state": job.state.name}
+    return {
+        "documents": len(files),
+        "upload_s_per_file": uploads / len(files),
+        "rest_s": round(time.perf_counter() - start, 3),
+        "state": job.state.name,
+    }
 
 
 def run(workdir: Path, count: int = 2_000, latency_ms: float = 50) -> list[Row]:
@@ -97,20 +130,38 @@ def run(workdir: Path, count: int = 2_000, latency_ms: float = 50) -> list[Row]:
     _prepare_airflow_home(home)
     faults = {**INSTANT_FAULTS, "request_latency_ms": latency_ms}
     with gemini_emulator(folder / "emulator", time_scale=INSTANT_TIME_SCALE, faults=faults) as server:
-        dag = measure("bench.end_to_end.ours", home=str(home), url=server.url, source=str(source),
-                      output=str(folder / "ours"))
+        dag = measure(
+            "bench.end_to_end.ours", home=str(home), url=server.url, source=str(source), output=str(folder / "ours")
+        )
         sample = min(count, SCRIPT_SAMPLE)
-        hand = measure("bench.end_to_end.script", url=server.url, source=str(source), work=str(folder / "script"),
-                       sample=sample)
+        hand = measure(
+            "bench.end_to_end.script", url=server.url, source=str(source), work=str(folder / "script"), sample=sample
+        )
     if dag["summary"]["succeeded"] != count or hand["state"] != "JOB_STATE_SUCCEEDED":
         raise AssertionError(f"not every document succeeded: ours {dag['summary']}, script {hand['state']}")
     script_s = hand["upload_s_per_file"] * count + hand["rest_s"]
     label = f"{count:,} PDFs, {latency_ms:g} ms per request"
     speedup = script_s / dag["seconds"]
     return [
-        Row("end to end", f"the script: upload each, JSONL, job, poll, download (uploads timed on {sample:,})",
-            label, round(script_s, 1), f"{count / script_s:,.0f} docs/s", hand["peak_rss_mb"], extra=hand),
-        Row("end to end", "ours: the whole dags test run, Airflow included", label, dag["seconds"],
-            f"{count / dag['seconds']:,.0f} docs/s", dag["dags_test_peak_rss_mb"], f"{speedup:.1f}x the script",
-            ">=8x the script", speedup >= 8, extra=dag),
+        Row(
+            "end to end",
+            f"the script: upload each, JSONL, job, poll, download (uploads timed on {sample:,})",
+            label,
+            round(script_s, 1),
+            f"{count / script_s:,.0f} docs/s",
+            hand["peak_rss_mb"],
+            extra=hand,
+        ),
+        Row(
+            "end to end",
+            "ours: the whole dags test run, Airflow included",
+            label,
+            dag["seconds"],
+            f"{count / dag['seconds']:,.0f} docs/s",
+            dag["dags_test_peak_rss_mb"],
+            f"{speedup:.1f}x the script",
+            ">=8x the script",
+            speedup >= 8,
+            extra=dag,
+        ),
     ]

@@ -35,18 +35,33 @@ def build(folder: str, keys: int) -> dict:
     def events(start: int, count: int):
         for n in range(start, start + count):
             key = hashlib.sha256(f"history-{n}".encode()).hexdigest()
-            outcome = {"key": key, "status": "succeeded", "error": None, "finish_reason": "STOP",
-                       "data": {"invoice_number": f"INV-{n:07d}", "date": "2026-01-01", "vendor": f"Vendor {n % 97}",
-                                "currency": "EUR", "total": n * 1.5},
-                       "input_tokens": 600, "output_tokens": 40, "model_version": "gemini-2.5-flash-lite",
-                       "raw_text": None, "reused": False}
+            outcome = {
+                "key": key,
+                "status": "succeeded",
+                "error": None,
+                "finish_reason": "STOP",
+                "data": {
+                    "invoice_number": f"INV-{n:07d}",
+                    "date": "2026-01-01",
+                    "vendor": f"Vendor {n % 97}",
+                    "currency": "EUR",
+                    "total": n * 1.5,
+                },
+                "input_tokens": 600,
+                "output_tokens": 40,
+                "model_version": "gemini-2.5-flash-lite",
+                "raw_text": None,
+                "reused": False,
+            }
             yield LedgerEvent(key, "answered", f"history-{n // PER_SEGMENT}", at, outcome)
 
     segments = -(-keys // PER_SEGMENT)
     folded = max(segments - UNFOLDED_SEGMENTS, 0)
     for segment in range(segments):
-        ledger.append(events(segment * PER_SEGMENT, min(PER_SEGMENT, keys - segment * PER_SEGMENT)),
-                      writer=f"history-{segment:05d}")
+        ledger.append(
+            events(segment * PER_SEGMENT, min(PER_SEGMENT, keys - segment * PER_SEGMENT)),
+            writer=f"history-{segment:05d}",
+        )
         if segment + 1 == folded:
             ledger.compact(writer="history", force=True)
     return {"keys": keys, "segments": segments, "folded": folded}
@@ -56,12 +71,25 @@ def plan(source: str, work: str, ledger: str) -> dict:
     """The plan task's step against ``ledger``."""
     from gemini_batch.steps import runs
 
-    run = runs.Run.from_params({"source": source, "output": work, "model": "gemini-2.5-flash-lite", "prompt": PROMPT,
-                                "response_schema": None, "state": ledger}, "bench-ledger")
+    run = runs.Run.from_params(
+        {
+            "source": source,
+            "output": work,
+            "model": "gemini-2.5-flash-lite",
+            "prompt": PROMPT,
+            "response_schema": None,
+            "state": ledger,
+        },
+        "bench-ledger",
+    )
     start = time.perf_counter()
     summary = run.plan()
-    return {"documents": summary.documents, "requests": summary.requests, "reused": summary.reused_parts,
-            "seconds": round(time.perf_counter() - start, 6)}
+    return {
+        "documents": summary.documents,
+        "requests": summary.requests,
+        "reused": summary.reused_parts,
+        "seconds": round(time.perf_counter() - start, 6),
+    }
 
 
 def run(workdir: Path, documents: int = 1_000, sizes: tuple[int, ...] = SIZES) -> list[Row]:
@@ -82,8 +110,18 @@ def run(workdir: Path, documents: int = 1_000, sizes: tuple[int, ...] = SIZES) -
             raise AssertionError(f"planning against {keys:,} keys requested {planned['requests']} of {documents}")
         baseline = baseline or planned["seconds"]
         ratio = planned["seconds"] / baseline
-        rows.append(Row("ledger", f"plan {documents:,} new PDFs", f"ledger of {keys:,} keys", planned["seconds"],
-                        f"{documents / planned['seconds']:,.0f} docs/s", planned["peak_rss_mb"],
-                        f"{ratio:.2f}x the empty ledger's time", "<=2x empty" if keys else "", ratio <= 2 if keys else None,
-                        extra=planned))
+        rows.append(
+            Row(
+                "ledger",
+                f"plan {documents:,} new PDFs",
+                f"ledger of {keys:,} keys",
+                planned["seconds"],
+                f"{documents / planned['seconds']:,.0f} docs/s",
+                planned["peak_rss_mb"],
+                f"{ratio:.2f}x the empty ledger's time",
+                "<=2x empty" if keys else "",
+                ratio <= 2 if keys else None,
+                extra=planned,
+            )
+        )
     return rows

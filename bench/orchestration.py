@@ -14,8 +14,9 @@
    CPU time over a hold (minus the idle loop's) per poll, times the polls of a job-hour, is the CPU cost of
    one job-hour of waiting. The interval is not shortened to get more polls: a poll costs more when it is
    rare (an idle connection is closed, after 5 s by the emulator's uvicorn and 15 s by the client's aiohttp,
-   so a rare poll opens a new one), so 300 waits give the polls instead. The emulator's CPU is not counted; what the production triggerer's own loop adds
-   (heartbeats, the trigger table sync) is measured by tests/test_load.py.
+   so a rare poll opens a new one), so 300 waits give the polls instead. The emulator's CPU is not counted;
+   what the production triggerer's own loop adds (heartbeats, the trigger table sync) is measured by
+   tests/test_load.py.
 """
 
 from __future__ import annotations
@@ -64,11 +65,14 @@ def run(workdir: Path, quick: bool = False) -> list[Row]:
     dag_runs = 1 if quick else 2
     with gemini_emulator(folder / "emulator-instant", time_scale=INSTANT_TIME_SCALE, faults=INSTANT_FAULTS) as server:
         dag_test = measure(f"{__name__}.dag_test", home=str(home), url=server.url, folder=str(folder), runs=dag_runs)
-        steps = [measure(f"{__name__}.our_steps", home=str(home), url=server.url,
-                         output=str(folder / f"steps-output-{i}")) for i in range(dag_runs)]
+        steps = [
+            measure(f"{__name__}.our_steps", home=str(home), url=server.url, output=str(folder / f"steps-output-{i}"))
+            for i in range(dag_runs)
+        ]
     with gemini_emulator(folder / "emulator-pending", time_scale=1, faults=PENDING_FAULTS) as server:
-        held = measure(f"{__name__}.hold_waits", home=str(home), url=server.url, waits=HELD_WAITS,
-                       hold_seconds=30 if quick else 60)
+        held = measure(
+            f"{__name__}.hold_waits", home=str(home), url=server.url, waits=HELD_WAITS, hold_seconds=30 if quick else 60
+        )
     return [*_dag_rows(dag_test, steps), _wait_row(held)]
 
 
@@ -77,8 +81,9 @@ def _prepare_airflow_home(home: Path) -> None:
     env = {**os.environ, "AIRFLOW_HOME": str(home)}
     airflow = str(ROOT / "bin" / "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
-    subprocess.run([airflow, "pools", "set", POOL, "10", "bench", "--include-deferred"],
-                   env=env, check=True, capture_output=True)
+    subprocess.run(
+        [airflow, "pools", "set", POOL, "10", "bench", "--include-deferred"], env=env, check=True, capture_output=True
+    )
 
 
 def _use_emulator(home: str, url: str) -> None:
@@ -105,11 +110,19 @@ def dag_test(home: str, url: str, folder: str, runs: int) -> dict:
     for i in range(runs):
         output = Path(folder) / f"dag-output-{i}"
         # A ledger of its own per run: each run measures the whole pipeline, not a reuse of the one before.
-        conf = {"source": DEMO_SOURCE, "output": str(output), "poll_seconds": DEMO_POLL_SECONDS,
-                "state": str(output / "ledger")}
+        conf = {
+            "source": DEMO_SOURCE,
+            "output": str(output),
+            "poll_seconds": DEMO_POLL_SECONDS,
+            "state": str(output / "ledger"),
+        }
         launched, start = time.time(), time.perf_counter()
-        done = subprocess.run([str(ROOT / "bin" / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)],
-                              env=env, capture_output=True, text=True)
+        done = subprocess.run(
+            [str(ROOT / "bin" / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         wall, exited = time.perf_counter() - start, time.time()
         log_path = Path(folder) / f"dag-test-{i}.log"
         log = done.stdout + done.stderr
@@ -117,14 +130,16 @@ def dag_test(home: str, url: str, folder: str, runs: int) -> dict:
         finished = re.findall(r"DagRun Finished: .*? run_id=([^,\s]+), .*? state=(\w+)", log)
         if not finished or finished[-1][1] != "success":
             raise RuntimeError(f"dags test run {i} did not succeed (exit {done.returncode}); see {log_path}")
-        measured.append({
-            "wall_s": round(wall, 3),
-            **_task_instances(Path(home) / "airflow.db", finished[-1][0], launched, exited),
-            # dags test sleeps 1 s whenever a loop finds nothing to run (here: after each empty retry round)
-            "idle_sleeps": log.count("No tasks to run"),
-            "summary": json.loads((output / "summary.json").read_text()),
-            "log": str(log_path),
-        })
+        measured.append(
+            {
+                "wall_s": round(wall, 3),
+                **_task_instances(Path(home) / "airflow.db", finished[-1][0], launched, exited),
+                # dags test sleeps 1 s whenever a loop finds nothing to run (here: after each empty retry round)
+                "idle_sleeps": log.count("No tasks to run"),
+                "summary": json.loads((output / "summary.json").read_text()),
+                "log": str(log_path),
+            }
+        )
     # the largest child reaped: the dags test process (bin/airflow execs it)
     peak_child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {"runs": measured, "dags_test_peak_rss_mb": round(peak_child_kb / 1024, 1)}
@@ -134,8 +149,11 @@ def _task_instances(database: Path, run_id: str, launched: float, exited: float)
     """Where the run's time went, from its task instances: before the first, inside them, between them, after."""
     db = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     try:
-        rows = db.execute("SELECT task_id, map_index, state, start_date, end_date FROM task_instance "
-                          "WHERE dag_id = ? AND run_id = ? ORDER BY start_date", (DAG_ID, run_id)).fetchall()
+        rows = db.execute(
+            "SELECT task_id, map_index, state, start_date, end_date FROM task_instance "
+            "WHERE dag_id = ? AND run_id = ? ORDER BY start_date",
+            (DAG_ID, run_id),
+        ).fetchall()
     finally:
         db.close()
 
@@ -143,12 +161,15 @@ def _task_instances(database: Path, run_id: str, launched: float, exited: float)
         return dt.datetime.fromisoformat(stamp).replace(tzinfo=dt.timezone.utc).timestamp()
 
     ran = [(task_id, map_index, epoch(start), epoch(end)) for task_id, map_index, _, start, end in rows if start]
-    durations = {f"{task_id}[{map_index}]" if map_index >= 0 else task_id: round(end - start, 3)
-                 for task_id, map_index, start, end in ran}
+    durations = {
+        f"{task_id}[{map_index}]" if map_index >= 0 else task_id: round(end - start, 3)
+        for task_id, map_index, start, end in ran
+    }
     inside = sum(end - start for *_, start, end in ran)
     first_start, last_end = min(start for *_, start, _ in ran), max(end for *_, end in ran)
     return {
-        "task_instances": len(rows), "task_instances_run": len(ran),
+        "task_instances": len(rows),
+        "task_instances_run": len(ran),
         "task_instances_skipped": sum(state == "skipped" for _, _, state, *_ in rows),
         "task_instances_s": round(inside, 3),
         "to_first_task_s": round(first_start - launched, 3),  # CLI start-up, parsing, serializing, the run's creation
@@ -161,8 +182,8 @@ def _task_instances(database: Path, run_id: str, launched: float, exited: float)
 def our_steps(home: str, url: str, output: str) -> dict:
     """The DAG's task bodies called in order in one plain process: the work of the tasks, with no Airflow around.
 
-    Each step opens the run as its task does (``Run``: settings, folder, ledger, hook). The shard is submitted by the submit
-    operator itself; its deferral runs the trigger to its event in this process and resumes the operator,
+    Each step opens the run as its task does (``Run``: settings, folder, ledger, hook). The shard is submitted by the
+    submit operator itself; its deferral runs the trigger to its event in this process and resumes the operator,
     as ``dags test`` does. The imports the DAG file makes are timed apart: in ``dags test`` they are parsing.
     """
     _use_emulator(home, url)
@@ -170,9 +191,9 @@ def our_steps(home: str, url: str, output: str) -> dict:
     dag_file = _dag_module()
     from airflow.sdk.exceptions import TaskDeferred
 
-    from gemini_batch.steps import runs
     from gemini_batch.hooks.gemini import GeminiBatchHook
     from gemini_batch.operators.batch import GeminiBatchSubmitOperator
+    from gemini_batch.steps import runs
 
     imports_s = time.perf_counter() - started
     params = {name: param.value for name, param in dag_file.PARAMS.items()}
@@ -193,9 +214,13 @@ def our_steps(home: str, url: str, output: str) -> dict:
 
     def submit_and_wait(manifest_uri: str) -> dict:
         operator = GeminiBatchSubmitOperator(
-            task_id="submit_and_wait", manifest_uri=manifest_uri, model=params["model"],
-            gemini_conn_id=params["gemini_conn_id"], expiry_hours=params["expiry_hours"],
-            poll_interval=params["poll_seconds"])
+            task_id="submit_and_wait",
+            manifest_uri=manifest_uri,
+            model=params["model"],
+            gemini_conn_id=params["gemini_conn_id"],
+            expiry_hours=params["expiry_hours"],
+            poll_interval=params["poll_seconds"],
+        )
         try:
             return operator.execute(context)
         except TaskDeferred as deferred:
@@ -240,8 +265,13 @@ def our_steps(home: str, url: str, output: str) -> dict:
         collected.append(timed("collect_results", collect_results, round_, jobs))
     summary = timed("publish_results", publish_results, collected)
     timed("clean_up", clean_up)
-    return {"seconds": round(time.perf_counter() - start, 3), "imports_s": round(imports_s, 3), "step_s": step_s,
-            "jobs": len(ti.pushed("job_name")), "summary": summary}
+    return {
+        "seconds": round(time.perf_counter() - start, 3),
+        "imports_s": round(imports_s, 3),
+        "step_s": step_s,
+        "jobs": len(ti.pushed("job_name")),
+        "summary": summary,
+    }
 
 
 class _TaskInstance:
@@ -267,31 +297,46 @@ async def _first_event(trigger) -> dict:
 def _dag_rows(dag_test: dict, steps: list[dict]) -> list[Row]:
     rows = []
     labels = ["cold: first run on a fresh AIRFLOW_HOME", "warm: second run"]
-    for label, dag_run, step in zip(labels, dag_test["runs"], steps):
+    for label, dag_run, step in zip(labels, dag_test["runs"], steps, strict=False):
         wall, ours = dag_run["wall_s"], step["seconds"]
         airflow = wall - ours
         per_task = airflow / dag_run["task_instances_run"]
         summary = dag_run["summary"]
         size = f"{summary['documents']} documents, {summary['requests']} requests, {summary['jobs']} batch job(s)"
-        rows.append(Row(
-            bench="orchestration",
-            case=f"demo DAG, dags test ({label}); emulator instant, poll_seconds {DEMO_POLL_SECONDS}", size=size,
-            seconds=wall, rate=f"{per_task:.2f} s Airflow overhead per task instance",
-            peak_rss_mb=dag_test["dags_test_peak_rss_mb"],
-            compare=f"Airflow {airflow:.1f} s + tasks {ours:.1f} s",
-            extra={**dag_run, "our_steps_s": ours, "airflow_overhead_s": round(airflow, 3),
-                   "airflow_overhead_per_task_instance_s": round(per_task, 3),
-                   # what the task runner adds inside the task instances (task API calls, XCom, rendering)
-                   "inside_task_instances_overhead_s": round(dag_run["task_instances_s"] - ours, 3),
-                   "poll_seconds": DEMO_POLL_SECONDS, "time_scale": INSTANT_TIME_SCALE, "faults": INSTANT_FAULTS},
-        ))
+        rows.append(
+            Row(
+                bench="orchestration",
+                case=f"demo DAG, dags test ({label}); emulator instant, poll_seconds {DEMO_POLL_SECONDS}",
+                size=size,
+                seconds=wall,
+                rate=f"{per_task:.2f} s Airflow overhead per task instance",
+                peak_rss_mb=dag_test["dags_test_peak_rss_mb"],
+                compare=f"Airflow {airflow:.1f} s + tasks {ours:.1f} s",
+                extra={
+                    **dag_run,
+                    "our_steps_s": ours,
+                    "airflow_overhead_s": round(airflow, 3),
+                    "airflow_overhead_per_task_instance_s": round(per_task, 3),
+                    # what the task runner adds inside the task instances (task API calls, XCom, rendering)
+                    "inside_task_instances_overhead_s": round(dag_run["task_instances_s"] - ours, 3),
+                    "poll_seconds": DEMO_POLL_SECONDS,
+                    "time_scale": INSTANT_TIME_SCALE,
+                    "faults": INSTANT_FAULTS,
+                },
+            )
+        )
     step = steps[-1]
-    rows.append(Row(
-        bench="orchestration", case="demo DAG's steps in one plain Python process, no Airflow (the split's 'tasks')",
-        size=rows[-1].size, seconds=step["seconds"], peak_rss_mb=step["peak_rss_mb"],
-        compare=f"dags test {rows[-1].seconds:.1f} s",
-        extra={**step, "runs_s": [s["seconds"] for s in steps], "poll_seconds": DEMO_POLL_SECONDS},
-    ))
+    rows.append(
+        Row(
+            bench="orchestration",
+            case="demo DAG's steps in one plain Python process, no Airflow (the split's 'tasks')",
+            size=rows[-1].size,
+            seconds=step["seconds"],
+            peak_rss_mb=step["peak_rss_mb"],
+            compare=f"dags test {rows[-1].seconds:.1f} s",
+            extra={**step, "runs_s": [s["seconds"] for s in steps], "poll_seconds": DEMO_POLL_SECONDS},
+        )
+    )
     return rows
 
 
@@ -308,9 +353,12 @@ def hold_waits(home: str, url: str, waits: int, hold_seconds: float) -> dict:
     from gemini_batch.triggers.gemini import GeminiBatchJobTrigger
 
     client = GeminiBatchHook().get_conn()
-    names = [client.batches.create(
-        model=MODEL, src=[types.InlinedRequest(contents="Invoice Number: 1", metadata={"key": f"held-{i}"})]).name
-        for i in range(waits)]
+    names = [
+        client.batches.create(
+            model=MODEL, src=[types.InlinedRequest(contents="Invoice Number: 1", metadata={"key": f"held-{i}"})]
+        ).name
+        for i in range(waits)
+    ]
     deadline = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)).isoformat()
     polls = 0
     unpatched_get = batches.AsyncBatches.get
@@ -324,8 +372,9 @@ def hold_waits(home: str, url: str, waits: int, hold_seconds: float) -> dict:
 
     async def wait(name: str, delay: float) -> None:
         await asyncio.sleep(delay)  # spread over one interval, as waits deferred at different times are
-        trigger = GeminiBatchJobTrigger(job_name=name, gemini_conn_id="gemini_default", deadline=deadline,
-                                        poll_interval=poll_seconds)
+        trigger = GeminiBatchJobTrigger(
+            job_name=name, gemini_conn_id="gemini_default", deadline=deadline, poll_interval=poll_seconds
+        )
         async for event in trigger.run():
             raise RuntimeError(f"{name} ended while held: {event.payload}")
 
@@ -349,12 +398,18 @@ def hold_waits(home: str, url: str, waits: int, hold_seconds: float) -> dict:
         net_cpu = max(0.0, held_cpu - idle_cpu_per_s * held_wall)
         cpu_per_poll = net_cpu / held_polls
         return {
-            "waits": waits, "poll_seconds": poll_seconds, "hold_s": round(held_wall, 2), "polls": held_polls,
-            "held_cpu_s": round(held_cpu, 3), "idle_cpu_s_per_s": round(idle_cpu_per_s, 5),
-            "net_cpu_s": round(net_cpu, 3), "cpu_ms_per_poll": round(cpu_per_poll * 1000, 3),
+            "waits": waits,
+            "poll_seconds": poll_seconds,
+            "hold_s": round(held_wall, 2),
+            "polls": held_polls,
+            "held_cpu_s": round(held_cpu, 3),
+            "idle_cpu_s_per_s": round(idle_cpu_per_s, 5),
+            "net_cpu_s": round(net_cpu, 3),
+            "cpu_ms_per_poll": round(cpu_per_poll * 1000, 3),
             "core_share": round(held_cpu / held_wall, 4),
             "cpu_s_per_job_hour": round(cpu_per_poll * 3600 / poll_seconds, 4),
-            "rss_mb_before": rss_before, "rss_kb_per_wait": round((rss_held - rss_before) * 1024 / waits, 1),
+            "rss_mb_before": rss_before,
+            "rss_kb_per_wait": round((rss_held - rss_before) * 1024 / waits, 1),
         }
 
     return asyncio.run(hold())
@@ -373,8 +428,12 @@ def _wait_row(held: dict) -> Row:
         bench="orchestration",
         case=f"deferred wait: triggerer CPU s per job-hour at {held['poll_seconds']:g} s polls (seconds = CPU s)",
         size=f"{held['waits']} waits in one event loop, {held['polls']:,} polls every {held['poll_seconds']:g} s",
-        seconds=per_hour, rate=f"{held['cpu_ms_per_poll']:.2f} ms CPU per poll", peak_rss_mb=held["peak_rss_mb"],
-        compare=(f"{per_hour / 36:.4f}% of a core per wait; 1,000 waits ≈ {per_hour * 1000 / 36:.1f}% "
-                 "of a core (emulator excluded; triggerer loop overhead: tests/test_load.py)"),
+        seconds=per_hour,
+        rate=f"{held['cpu_ms_per_poll']:.2f} ms CPU per poll",
+        peak_rss_mb=held["peak_rss_mb"],
+        compare=(
+            f"{per_hour / 36:.4f}% of a core per wait; 1,000 waits ≈ {per_hour * 1000 / 36:.1f}% "
+            "of a core (emulator excluded; triggerer loop overhead: tests/test_load.py)"
+        ),
         extra=held,
     )

@@ -37,18 +37,29 @@ BASELINE_SAMPLE = 2_000  # the baseline's rate is steady: larger runs time it on
 
 
 def ours(source: str, work: str, url: str, inline_max_mb: float | None = None) -> dict:
-    """The plan, stage and build tasks' steps (``gemini_batch.steps.runs.Run``), then the JSONL check; seconds per step."""
+    """The plan, stage and build tasks' steps (``gemini_batch.steps.runs.Run``), then the JSONL check; seconds per
+    step."""
     os.environ["AIRFLOW_CONN_GEMINI_DEFAULT"] = emulator_connection(url)
-    from gemini_batch.steps import runs
     from gemini_batch.core.batch_requests import ShardManifest
-    from gemini_batch.hooks.gemini import GeminiBatchHook
     from gemini_batch.core.locations import as_path
     from gemini_batch.core.validate import validate_jsonl
+    from gemini_batch.hooks.gemini import GeminiBatchHook
+    from gemini_batch.steps import runs
 
     hook = GeminiBatchHook()
-    run = runs.Run.from_params({"source": source, "output": work, "model": "gemini-2.5-flash-lite", "prompt": PROMPT,
-                                "response_schema": SCHEMA, "state": f"{work}/ledger",
-                                **({} if inline_max_mb is None else {"inline_max_mb": inline_max_mb})}, "bench", hook)
+    run = runs.Run.from_params(
+        {
+            "source": source,
+            "output": work,
+            "model": "gemini-2.5-flash-lite",
+            "prompt": PROMPT,
+            "response_schema": SCHEMA,
+            "state": f"{work}/ledger",
+            **({} if inline_max_mb is None else {"inline_max_mb": inline_max_mb}),
+        },
+        "bench",
+        hook,
+    )
     steps: dict[str, float] = {}
     peaks: dict[str, float] = {"start": peak_rss_mb()}  # the process's peak so far, after each step
 
@@ -71,8 +82,15 @@ def ours(source: str, work: str, url: str, inline_max_mb: float | None = None) -
     valid = all(validate_jsonl(m.uri, backend="developer").ok for m in manifests)
     steps["validate"] = time.perf_counter() - start
     peaks["validate"] = peak_rss_mb()
-    return {"documents": summary.documents, **staging, "rows": sum(m.rows for m in manifests), "valid": valid,
-            "steps": {name: round(seconds, 3) for name, seconds in steps.items()}, "peak_rss_mb_after": peaks, "seconds": round(sum(steps.values()), 3)}
+    return {
+        "documents": summary.documents,
+        **staging,
+        "rows": sum(m.rows for m in manifests),
+        "valid": valid,
+        "steps": {name: round(seconds, 3) for name, seconds in steps.items()},
+        "peak_rss_mb_after": peaks,
+        "seconds": round(sum(steps.values()), 3),
+    }
 
 
 def baseline(source: str, work: str, url: str, limit: int) -> dict:
@@ -92,9 +110,15 @@ def baseline(source: str, work: str, url: str, limit: int) -> dict:
     Path(work).mkdir(parents=True, exist_ok=True)
     with open(Path(work) / "requests.jsonl", "wb") as out:
         for key, uri in uploaded:
-            request = {"contents": [{"role": "user", "parts": [
-                {"fileData": {"fileUri": uri, "mimeType": "application/pdf"}}, {"text": PROMPT}]}],
-                "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": SCHEMA}}
+            request = {
+                "contents": [
+                    {
+                        "role": "user",
+                        "parts": [{"fileData": {"fileUri": uri, "mimeType": "application/pdf"}}, {"text": PROMPT}],
+                    }
+                ],
+                "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": SCHEMA},
+            }
             out.write(orjson.dumps({"key": key, "request": request}) + b"\n")
     return {"documents": len(files), "seconds": round(time.perf_counter() - start, 6)}
 
@@ -121,7 +145,13 @@ def _carry(paths: list[str], out: str) -> int:
     with open(out, "wb") as sink:
         for path in paths:
             data = Path(path).read_bytes()
-            line = b'{"key":"' + hashlib.sha256(data).hexdigest().encode() + b'","data":"' + base64.b64encode(data) + b'"}\n'
+            line = (
+                b'{"key":"'
+                + hashlib.sha256(data).hexdigest().encode()
+                + b'","data":"'
+                + base64.b64encode(data)
+                + b'"}\n'
+            )
             written += sink.write(line)
     return written
 
@@ -144,8 +174,15 @@ def request_floor(source: str, work: str, processes: int) -> dict:
     return {"documents": len(paths), "processes": processes, "seconds": round(seconds, 6)}
 
 
-def run(workdir: Path, count: int, *, baseline: bool = True, staged: bool = True, latency_ms: float = 0,
-        bench: str = "preparation") -> list[Row]:
+def run(
+    workdir: Path,
+    count: int,
+    *,
+    baseline: bool = True,
+    staged: bool = True,
+    latency_ms: float = 0,
+    bench: str = "preparation",
+) -> list[Row]:
     """Rows for the floor, the baseline (timed on at most ``BASELINE_SAMPLE`` files) and ours over ``count`` PDFs."""
     import shutil
 
@@ -159,46 +196,103 @@ def run(workdir: Path, count: int, *, baseline: bool = True, staged: bool = True
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh emulator and work folder: nothing is reused
     faults = {"request_latency_ms": latency_ms} if latency_ms else None
     cores = len(os.sched_getaffinity(0))
-    carried = [measure("bench.prepare.request_floor", source=str(source), work=str(run_dir / f"floor-{n}"), processes=n)
-               for n in (1, cores)]
+    carried = [
+        measure("bench.prepare.request_floor", source=str(source), work=str(run_dir / f"floor-{n}"), processes=n)
+        for n in (1, cores)
+    ]
     with gemini_emulator(run_dir / "emulator", time_scale=3600, faults=faults) as server:
         ours_run = measure("bench.prepare.ours", source=str(source), work=str(run_dir / "ours"), url=server.url)
-        staged_run = measure("bench.prepare.ours", source=str(source), work=str(run_dir / "ours-staged"),
-                             url=server.url, inline_max_mb=0) if staged else None
+        staged_run = (
+            measure(
+                "bench.prepare.ours",
+                source=str(source),
+                work=str(run_dir / "ours-staged"),
+                url=server.url,
+                inline_max_mb=0,
+            )
+            if staged
+            else None
+        )
         base = None
         if baseline:
             sample = min(count, BASELINE_SAMPLE if not latency_ms else int(20_000 / latency_ms))  # about 20 s
-            base = measure("bench.prepare.baseline", source=str(source), work=str(run_dir / "baseline"),
-                           url=server.url, limit=sample)
+            base = measure(
+                "bench.prepare.baseline",
+                source=str(source),
+                work=str(run_dir / "baseline"),
+                url=server.url,
+                limit=sample,
+            )
     floor_rate = count / hashed["seconds"]
-    rows.append(Row(bench, "hash-only floor", label, hashed["seconds"], f"{floor_rate:,.0f} docs/s",
-                    hashed["peak_rss_mb"], extra={"bytes": size}))
+    rows.append(
+        Row(
+            bench,
+            "hash-only floor",
+            label,
+            hashed["seconds"],
+            f"{floor_rate:,.0f} docs/s",
+            hashed["peak_rss_mb"],
+            extra={"bytes": size},
+        )
+    )
     for floor_run in carried:
         cores_text = "1 core" if floor_run["processes"] == 1 else f"{floor_run['processes']} cores"
-        rows.append(Row(bench, f"request floor: read, sha256, base64, write ({cores_text})", label,
-                        floor_run["seconds"], f"{count / max(floor_run['seconds'], 1e-9):,.0f} docs/s",
-                        floor_run["peak_rss_mb"], extra=floor_run))
+        rows.append(
+            Row(
+                bench,
+                f"request floor: read, sha256, base64, write ({cores_text})",
+                label,
+                floor_run["seconds"],
+                f"{count / max(floor_run['seconds'], 1e-9):,.0f} docs/s",
+                floor_run["peak_rss_mb"],
+                extra=floor_run,
+            )
+        )
     all_cores = carried[-1]["seconds"]
     base_rate = None
     if base:
         base_rate = base["documents"] / base["seconds"]
         sampled = "" if base["documents"] == count else f" (rate timed on {base['documents']:,})"
-        rows.append(Row(bench, "sequential baseline" + sampled, label, round(count / base_rate, 2),
-                        f"{base_rate:,.0f} docs/s", base["peak_rss_mb"], extra=base))
+        rows.append(
+            Row(
+                bench,
+                "sequential baseline" + sampled,
+                label,
+                round(count / base_rate, 2),
+                f"{base_rate:,.0f} docs/s",
+                base["peak_rss_mb"],
+                extra=base,
+            )
+        )
     baseline_target = 30 if latency_ms else 10
-    for case, measured, target in (("ours, PDFs uploaded first (inline_max_mb 0)", staged_run, None),
-                                   ("ours, PDFs inline (default)", ours_run, baseline_target)):
+    for case, measured, target in (
+        ("ours, PDFs uploaded first (inline_max_mb 0)", staged_run, None),
+        ("ours, PDFs inline (default)", ours_run, baseline_target),
+    ):
         if measured is None:
             continue
         rate = count / measured["seconds"]
-        compare = [f"{measured['seconds'] / all_cores:,.1f}x the all-cores request floor's time (plan step "
-                   f"{measured['steps']['plan']:.1f} s)"]
+        compare = [
+            f"{measured['seconds'] / all_cores:,.1f}x the all-cores request floor's time (plan step "
+            f"{measured['steps']['plan']:.1f} s)"
+        ]
         met = None
         if base_rate:
             compare.insert(0, f"{rate / base_rate:.1f}x baseline")
             if target:
                 met = rate >= target * base_rate and measured["seconds"] <= 3 * all_cores
-        rows.append(Row(bench, case, label, measured["seconds"], f"{rate:,.0f} docs/s", measured["peak_rss_mb"],
-                        "; ".join(compare), f">={target}x baseline, <=3x request floor" if target and base else "",
-                        met, extra=measured))
+        rows.append(
+            Row(
+                bench,
+                case,
+                label,
+                measured["seconds"],
+                f"{rate:,.0f} docs/s",
+                measured["peak_rss_mb"],
+                "; ".join(compare),
+                f">={target}x baseline, <=3x request floor" if target and base else "",
+                met,
+                extra=measured,
+            )
+        )
     return rows

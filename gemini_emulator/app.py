@@ -21,15 +21,32 @@ from .config import EmulatorConfig
 from .errors import ApiError, invalid
 from .service import TERMINAL, Emulator, rfc3339
 
-DEV_STATES = {"PENDING": "BATCH_STATE_PENDING", "RUNNING": "BATCH_STATE_RUNNING", "SUCCEEDED": "BATCH_STATE_SUCCEEDED",
-              "FAILED": "BATCH_STATE_FAILED", "CANCELLED": "BATCH_STATE_CANCELLED", "EXPIRED": "BATCH_STATE_EXPIRED"}
+DEV_STATES = {
+    "PENDING": "BATCH_STATE_PENDING",
+    "RUNNING": "BATCH_STATE_RUNNING",
+    "SUCCEEDED": "BATCH_STATE_SUCCEEDED",
+    "FAILED": "BATCH_STATE_FAILED",
+    "CANCELLED": "BATCH_STATE_CANCELLED",
+    "EXPIRED": "BATCH_STATE_EXPIRED",
+}
 VERTEX = "/{version}/projects/{project}/locations/{location}/batchPredictionJobs"
 TYPE_PREFIX = "type.googleapis.com/google.ai.generativelanguage.v1main."
 # What the service answers a key it does not know: 400, not 401, with the reason in an ErrorInfo detail.
-INVALID_KEY = {"error": {
-    "code": 400, "message": "API key not valid. Please pass a valid API key.", "status": "INVALID_ARGUMENT",
-    "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
-                 "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}}]}}
+INVALID_KEY = {
+    "error": {
+        "code": 400,
+        "message": "API key not valid. Please pass a valid API key.",
+        "status": "INVALID_ARGUMENT",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"},
+            }
+        ],
+    }
+}
 
 
 def _counters(**counts: int) -> dict[str, str]:
@@ -70,7 +87,8 @@ async def _one_shot_upload(request: Request, protocol: str) -> tuple[dict, bytes
         return {}, body, request.headers.get("content-type") or ""
     content_type = request.headers.get("content-type", "")
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+    )
     parts = list(message.iter_parts()) if message.is_multipart() else []
     if len(parts) != 2:
         raise invalid("A multipart upload has two parts: the file's metadata (JSON), then its content.")
@@ -100,8 +118,15 @@ class RequestLog:
         def note() -> None:
             nonlocal written
             written = True
-            self._write({"at": at, "method": scope["method"], "path": scope["path"],
-                         "query": scope["query_string"].decode("latin-1"), "status": status})
+            self._write(
+                {
+                    "at": at,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "query": scope["query_string"].decode("latin-1"),
+                    "status": status,
+                }
+            )
 
         async def send_and_note(message):
             nonlocal status
@@ -136,8 +161,12 @@ def developer_job_view(em: Emulator, job: dict) -> dict:
         "createTime": rfc3339(job["create_time"]),
         "updateTime": rfc3339(job["update_time"]),
         "state": DEV_STATES.get(job["state"], "BATCH_STATE_RUNNING"),
-        "batchStats": _counters(requestCount=total, successfulRequestCount=stats["succeeded"],
-                                failedRequestCount=stats["failed"], pendingRequestCount=total - stats["processed"]),
+        "batchStats": _counters(
+            requestCount=total,
+            successfulRequestCount=stats["succeeded"],
+            failedRequestCount=stats["failed"],
+            pendingRequestCount=total - stats["processed"],
+        ),
     }
     if job.get("input_file"):
         metadata["inputConfig"] = {"fileName": job["input_file"]}
@@ -172,8 +201,11 @@ def vertex_job_view(em: Emulator, job: dict) -> dict:
         "createTime": rfc3339(job["create_time"]),
         "updateTime": rfc3339(job["update_time"]),
     }
-    completion = _counters(successfulCount=stats["succeeded"], failedCount=stats["failed"],
-                           incompleteCount=job["request_count"] - stats["processed"])
+    completion = _counters(
+        successfulCount=stats["succeeded"],
+        failedCount=stats["failed"],
+        incompleteCount=job["request_count"] - stats["processed"],
+    )
     if job["state"] not in ("PENDING", "CANCELLING", "CANCELLED") and completion:
         view["completionStats"] = completion
     if job["start_time"]:
@@ -224,11 +256,25 @@ def create_app(config: EmulatorConfig) -> FastAPI:
         if path.startswith(("/v1beta/", "/upload/", "/download/")) and "upload_id" not in request.query_params:
             key = request.headers.get("x-goog-api-key") or request.query_params.get("key")
             if not key:
-                return _json(ApiError(403, "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.").body(), 403)
+                return _json(
+                    ApiError(
+                        403,
+                        "Method doesn't allow unregistered callers (callers without established identity). "
+                        "Please use API Key or other form of API consumer identity to call this API.",
+                    ).body(),
+                    403,
+                )
             if config.faults.api_keys and key not in config.faults.api_keys:
                 return _json(INVALID_KEY, 400)
-        elif ("/batchPredictionJobs" in path or "/publishers/" in path) and not request.headers.get("authorization", "").lower().startswith("bearer "):
-            return _json(ApiError(401, "Request is missing required authentication credential. Expected OAuth 2 access token.").body(), 401)
+        elif ("/batchPredictionJobs" in path or "/publishers/" in path) and not request.headers.get(
+            "authorization", ""
+        ).lower().startswith("bearer "):
+            return _json(
+                ApiError(
+                    401, "Request is missing required authentication credential. Expected OAuth 2 access token."
+                ).body(),
+                401,
+            )
         return await call_next(request)
 
     app.add_middleware(RequestLog, file=requests_log)  # added last: the outermost
@@ -242,21 +288,33 @@ def create_app(config: EmulatorConfig) -> FastAPI:
     @app.post("/upload/v1beta/files")
     async def upload(request: Request) -> Response:
         upload_id = request.query_params.get("upload_id")
-        protocol = (request.headers.get("x-goog-upload-protocol") or request.query_params.get("uploadType") or "").lower()
+        protocol = (
+            request.headers.get("x-goog-upload-protocol") or request.query_params.get("uploadType") or ""
+        ).lower()
         if upload_id is None and protocol in ("raw", "media", "multipart"):
             meta, data, mime = await _one_shot_upload(request, protocol)
             record = await run_in_threadpool(em.store_upload, meta, data, mime)
             return _json({"file": em.file_view(record, _base_url(request))}, headers={"x-goog-upload-status": "final"})
         if upload_id is None:
             if protocol != "resumable" or request.headers.get("x-goog-upload-command") != "start":
-                raise invalid("Unknown upload protocol: use resumable (X-Goog-Upload-Protocol: resumable with X-Goog-Upload-Command: start), raw or multipart.")
+                raise invalid(
+                    "Unknown upload protocol: use resumable (X-Goog-Upload-Protocol: resumable with "
+                    "X-Goog-Upload-Command: start), raw or multipart."
+                )
             # Proto JSON accepts snake_case and camelCase field names; the SDK sends snake_case here.
             meta = {_camel(k): v for k, v in ((await _body(request)).get("file") or {}).items()}
             size = int(request.headers.get("x-goog-upload-header-content-length", meta.get("sizeBytes", -1)))
             mime = request.headers.get("x-goog-upload-header-content-type") or meta.get("mimeType") or ""
             upload_id = await run_in_threadpool(em.start_upload, meta, size, mime)
             url = f"{_base_url(request)}/upload/v1beta/files?upload_id={upload_id}&upload_protocol=resumable"
-            return Response(b"", headers={"x-goog-upload-url": url, "x-goog-upload-status": "active", "x-goog-upload-chunk-granularity": "8388608"})
+            return Response(
+                b"",
+                headers={
+                    "x-goog-upload-url": url,
+                    "x-goog-upload-status": "active",
+                    "x-goog-upload-chunk-granularity": "8388608",
+                },
+            )
         command = request.headers.get("x-goog-upload-command", "")
         offset = int(request.headers.get("x-goog-upload-offset", "0"))
         target = em.upload_chunk_target(upload_id, offset)
@@ -274,7 +332,10 @@ def create_app(config: EmulatorConfig) -> FastAPI:
     async def download_redirect(file_id: str, request: Request) -> Response:
         """The service answers a download on the API path with a redirect to the media path."""
         em.get_file(file_id)
-        return Response(status_code=302, headers={"location": f"{_base_url(request)}/download/v1beta/files/{file_id}:download?alt=media"})
+        return Response(
+            status_code=302,
+            headers={"location": f"{_base_url(request)}/download/v1beta/files/{file_id}:download?alt=media"},
+        )
 
     @app.get("/download/v1beta/files/{file_id}:download")
     async def download_file(file_id: str) -> Response:
@@ -367,7 +428,14 @@ def create_app(config: EmulatorConfig) -> FastAPI:
         return _json(vertex_job_view(em, em.get_job(job_id, "vertex")))
 
     @app.get(VERTEX)
-    async def list_vertex(version: str, project: str, location: str, pageSize: int | None = None, pageToken: str | None = None, filter: str | None = None) -> Response:
+    async def list_vertex(
+        version: str,
+        project: str,
+        location: str,
+        pageSize: int | None = None,
+        pageToken: str | None = None,
+        filter: str | None = None,
+    ) -> Response:
         em.inject("list")
         parent = f"projects/{project}/locations/{location}/"
         jobs, token = em.list_jobs("vertex", pageSize, pageToken, filter, parent)

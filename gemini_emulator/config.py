@@ -92,7 +92,7 @@ class Faults:
     api_keys: tuple[str, ...] = ()  # the Developer API keys accepted (empty: any); another is answered API_KEY_INVALID
 
     @classmethod
-    def parse(cls, spec: str | None) -> "Faults":
+    def parse(cls, spec: str | None) -> Faults:
         """Read a JSON object, or a path to a file holding one."""
         if not spec:
             return cls()
@@ -109,7 +109,7 @@ class Faults:
         return cls.from_dict(raw)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "Faults":
+    def from_dict(cls, raw: dict[str, Any]) -> Faults:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -124,7 +124,9 @@ class Faults:
             if endpoint not in HTTP_ENDPOINTS:
                 raise ValueError(f"--faults: unknown endpoint {endpoint!r}; known: {HTTP_ENDPOINTS}")
             if not isinstance(fault, dict):
-                raise ValueError(f"--faults: http.{endpoint} must be an object with rate, burst and codes; got {fault!r}")
+                raise ValueError(
+                    f"--faults: http.{endpoint} must be an object with rate, burst and codes; got {fault!r}"
+                )
             allowed = {f.name for f in dataclasses.fields(HttpFault)}
             bad = sorted(set(fault) - allowed)
             if bad:

@@ -21,8 +21,15 @@ class ApiError(Exception):
         return {"error": {"code": self.http_code, "message": self.message, "status": self.status}}
 
 
-HTTP_REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests",
-                500: "Internal Server Error", 503: "Service Unavailable", 504: "Gateway Timeout"}
+HTTP_REASONS = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
 _HTTP_OF_GRPC = {3: 400, 4: 504, 5: 404, 7: 403, 8: 429, 9: 400, 13: 500, 14: 503}
 
 
@@ -35,7 +42,9 @@ def vertex_row_status(status: dict) -> str:
     """A failed Vertex AI output row's ``status``: the HTTP reason, then the error body as JSON, as in Google's
     example (``Bad Request: {"error": {"code": 400, "message": "...", "status": "INVALID_ARGUMENT"}}``)."""
     http = status["code"] if status["code"] >= 100 else _HTTP_OF_GRPC.get(status["code"], 500)
-    body = {"error": {"code": http, "message": status["message"], "status": STATUS_NAMES.get(status["code"], "UNKNOWN")}}
+    body = {
+        "error": {"code": http, "message": status["message"], "status": STATUS_NAMES.get(status["code"], "UNKNOWN")}
+    }
     return f"{HTTP_REASONS.get(http, 'Error')}: {json.dumps(body)}"
 
 

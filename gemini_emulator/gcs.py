@@ -30,11 +30,27 @@ from gcp_storage_emulator.storage import RESUMABLE_DIR
 
 _LOCK = threading.Lock()
 _emulator_parse_batch_item = server._parse_batch_item
-_XML_HEADERS = {"GenerationMatch": "x-goog-if-generation-match", "MetagenerationMatch": "x-goog-if-metageneration-match"}
+_XML_HEADERS = {
+    "GenerationMatch": "x-goog-if-generation-match",
+    "MetagenerationMatch": "x-goog-if-metageneration-match",
+}
 _SESSION_KEY = "x-gemini-emulator-preconditions"  # an upload session's preconditions, until it finalizes
 _MESSAGE = "At least one of the pre-conditions you specified did not hold."
-PRECONDITION_FAILED = {"error": {"code": 412, "message": _MESSAGE, "errors": [
-    {"domain": "global", "reason": "conditionNotMet", "message": _MESSAGE, "locationType": "header", "location": "If-Match"}]}}
+PRECONDITION_FAILED = {
+    "error": {
+        "code": 412,
+        "message": _MESSAGE,
+        "errors": [
+            {
+                "domain": "global",
+                "reason": "conditionNotMet",
+                "message": _MESSAGE,
+                "locationType": "header",
+                "location": "If-Match",
+            }
+        ],
+    }
+}
 _XML_ERROR = "<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
 
 
@@ -47,8 +63,12 @@ class _Invalid(Exception):
 
 
 # precondition -> (the object field it compares, whether it must equal)
-_TESTS = {"GenerationMatch": ("generation", True), "GenerationNotMatch": ("generation", False),
-          "MetagenerationMatch": ("metageneration", True), "MetagenerationNotMatch": ("metageneration", False)}
+_TESTS = {
+    "GenerationMatch": ("generation", True),
+    "GenerationNotMatch": ("generation", False),
+    "MetagenerationMatch": ("metageneration", True),
+    "MetagenerationNotMatch": ("metageneration", False),
+}
 
 
 def _number(name: str, value) -> int:
@@ -65,7 +85,10 @@ def _conditions(query: dict, prefix: str = "if") -> dict[str, int]:
 
 def _check(conditions: dict[str, int], obj: dict | None) -> None:
     """Raise ``_Unmet`` unless ``obj`` (None: no live object, generation 0) satisfies every condition."""
-    actual = {"generation": int(obj["generation"]) if obj else 0, "metageneration": int(obj["metageneration"]) if obj else None}
+    actual = {
+        "generation": int(obj["generation"]) if obj else 0,
+        "metageneration": int(obj["metageneration"]) if obj else None,
+    }
     for name, wanted in conditions.items():
         field, must_equal = _TESTS[name]
         if (actual[field] == wanted) != must_equal:
@@ -112,14 +135,22 @@ class _Guarded:
 
 
 def _invalid(err: _Invalid) -> dict:
-    return {"error": {"code": 400, "message": str(err), "errors": [{"domain": "global", "reason": "invalid", "message": str(err)}]}}
+    return {
+        "error": {
+            "code": 400,
+            "message": str(err),
+            "errors": [{"domain": "global", "reason": "invalid", "message": str(err)}],
+        }
+    }
 
 
 def _reject(response, status: HTTPStatus, body: dict, xml: bool) -> None:
     response.status = status
     if xml:
         code = "PreconditionFailed" if status == HTTPStatus.PRECONDITION_FAILED else "InvalidArgument"
-        response.write_file(_XML_ERROR.format(code=code, message=body["error"]["message"]).encode(), "application/xml; charset=UTF-8")
+        response.write_file(
+            _XML_ERROR.format(code=code, message=body["error"]["message"]).encode(), "application/xml; charset=UTF-8"
+        )
     else:
         response.json(body)
 
@@ -133,8 +164,11 @@ def _guard(handler, before=None, xml: bool = False):
         with _LOCK:
             try:
                 if xml:
-                    conditions = {name: _number(header, request.get_header(header))
-                                  for name, header in _XML_HEADERS.items() if request.get_header(header) is not None}
+                    conditions = {
+                        name: _number(header, request.get_header(header))
+                        for name, header in _XML_HEADERS.items()
+                        if request.get_header(header) is not None
+                    }
                 else:
                     conditions = _conditions(request.query)
                 if before:

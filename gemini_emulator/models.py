@@ -27,8 +27,12 @@ class Model:
     def developer_view(self) -> dict:
         """``models.get`` on the Developer API (the ``Model`` resource)."""
         view = {
-            "name": f"models/{self.id}", "version": "001", "displayName": self.display_name,
-            "inputTokenLimit": 1048576, "outputTokenLimit": 65536, "supportedGenerationMethods": list(self.methods),
+            "name": f"models/{self.id}",
+            "version": "001",
+            "displayName": self.display_name,
+            "inputTokenLimit": 1048576,
+            "outputTokenLimit": 65536,
+            "supportedGenerationMethods": list(self.methods),
         }
         if self.thinking:
             view["thinking"] = True
@@ -36,8 +40,12 @@ class Model:
 
     def vertex_view(self) -> dict:
         """A Vertex AI publisher model."""
-        return {"name": f"publishers/google/models/{self.id}", "versionId": "001", "launchStage": "GA",
-                "openSourceCategory": "PROPRIETARY"}
+        return {
+            "name": f"publishers/google/models/{self.id}",
+            "versionId": "001",
+            "launchStage": "GA",
+            "openSourceCategory": "PROPRIETARY",
+        }
 
 
 @dataclass(frozen=True)
@@ -53,8 +61,10 @@ class Catalogue:
             entries = json.loads(text)["models"]
             models = {
                 e["id"]: Model(
-                    id=e["id"], display_name=e.get("displayName", e["id"]),
-                    methods=tuple(e.get("methods", GENERATE_METHODS)), thinking=bool(e.get("thinking", False)),
+                    id=e["id"],
+                    display_name=e.get("displayName", e["id"]),
+                    methods=tuple(e.get("methods", GENERATE_METHODS)),
+                    thinking=bool(e.get("thinking", False)),
                     shutdown=dt.date.fromisoformat(e["shutdown"]) if e.get("shutdown") else None,
                     routed_to=e.get("routed_to"),
                 )

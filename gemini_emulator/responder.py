@@ -16,8 +16,9 @@ import hashlib
 import io
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
@@ -28,16 +29,41 @@ PDF_PAGE_TOKENS = 258  # the service bills each PDF page or image as 258 tokens
 IMAGE_TOKENS = 258
 
 REQUEST_FIELDS = {
-    "contents", "generationConfig", "safetySettings", "systemInstruction", "tools",
-    "toolConfig", "cachedContent", "model", "labels",
+    "contents",
+    "generationConfig",
+    "safetySettings",
+    "systemInstruction",
+    "tools",
+    "toolConfig",
+    "cachedContent",
+    "model",
+    "labels",
 }
 GENERATION_CONFIG_FIELDS = {
-    "stopSequences", "responseMimeType", "responseSchema", "responseJsonSchema",
-    "_responseJsonSchema", "responseModalities", "candidateCount", "maxOutputTokens",
-    "temperature", "topP", "topK", "seed", "presencePenalty", "frequencyPenalty",
-    "responseLogprobs", "logprobs", "enableEnhancedCivicAnswers", "speechConfig",
-    "thinkingConfig", "mediaResolution", "imageConfig", "audioTimestamp",
-    "routingConfig", "modelSelectionConfig",
+    "stopSequences",
+    "responseMimeType",
+    "responseSchema",
+    "responseJsonSchema",
+    "_responseJsonSchema",
+    "responseModalities",
+    "candidateCount",
+    "maxOutputTokens",
+    "temperature",
+    "topP",
+    "topK",
+    "seed",
+    "presencePenalty",
+    "frequencyPenalty",
+    "responseLogprobs",
+    "logprobs",
+    "enableEnhancedCivicAnswers",
+    "speechConfig",
+    "thinkingConfig",
+    "mediaResolution",
+    "imageConfig",
+    "audioTimestamp",
+    "routingConfig",
+    "modelSelectionConfig",
 }
 THINKING_TOKENS = {"minimal": 0, "low": 96, "medium": 384, "high": 1024}
 DEFAULT_THINKING_TOKENS = 512
@@ -129,7 +155,9 @@ def answer(request: Any, key: str, model: str, resolve_file: FileResolver, fault
     elif mime in ("text/plain", "text/x.enum"):
         text = _summary_text(corpus)
     else:
-        raise RowFailure(3, f"Unsupported response mime type: {mime}. Allowed: text/plain, application/json, text/x.enum.")
+        raise RowFailure(
+            3, f"Unsupported response mime type: {mime}. Allowed: text/plain, application/json, text/x.enum."
+        )
 
     prompt_tokens = sum(tokens_of(p) for p in prompts)
     doc_tokens = _document_tokens(documents)
@@ -145,7 +173,11 @@ def answer(request: Any, key: str, model: str, resolve_file: FileResolver, fault
     candidate: dict[str, Any] = {"finishReason": finish, "index": 0}
     if finish in ("SAFETY", "RECITATION"):
         candidate["safetyRatings"] = [
-            {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH" if finish == "SAFETY" else "NEGLIGIBLE", "blocked": finish == "SAFETY"}
+            {
+                "category": "HARM_CATEGORY_DANGEROUS_CONTENT",
+                "probability": "HIGH" if finish == "SAFETY" else "NEGLIGIBLE",
+                "blocked": finish == "SAFETY",
+            }
         ]
     elif text:
         candidate["content"] = {"parts": [{"text": text}], "role": "model"}
@@ -176,13 +208,17 @@ def request_tokens(request: Any, resolve_file: FileResolver) -> int:
 
 
 def _document_tokens(documents: list[Document]) -> int:
-    return sum(d.pages * PDF_PAGE_TOKENS + d.images * IMAGE_TOKENS + (0 if d.pages else tokens_of(d.text)) for d in documents)
+    return sum(
+        d.pages * PDF_PAGE_TOKENS + d.images * IMAGE_TOKENS + (0 if d.pages else tokens_of(d.text)) for d in documents
+    )
 
 
 def _check_fields(obj: dict, allowed: set[str], where: str) -> None:
     for name in obj:
         if name not in allowed:
-            raise RowFailure(3, f"Invalid JSON payload received. Unknown name \"{name}\" at '{where}': Cannot find field.")
+            raise RowFailure(
+                3, f"Invalid JSON payload received. Unknown name \"{name}\" at '{where}': Cannot find field."
+            )
 
 
 def _read_parts(request: dict, resolve_file: FileResolver) -> tuple[list[str], list[Document]]:
@@ -247,7 +283,10 @@ def _apply_row_faults(text: str, finish: str, key: str, faults: Faults) -> tuple
     if faults.chance("fenced", key) < faults.fenced_rate:
         return f"```json\n{text}\n```", finish
     if faults.chance("prose", key) < faults.prose_rate:
-        return f"Sure! Here is the data extracted from the document:\n\n{text}\n\nLet me know if you need anything else.", finish
+        return (
+            f"Sure! Here is the data extracted from the document:\n\n{text}\n\nLet me know if you need anything else.",
+            finish,
+        )
     return text, finish
 
 
@@ -274,16 +313,38 @@ def _summary_object(corpus: str, documents: list[Document]) -> dict:
 
 # ---------------------------------------------------------------- schema filling
 
-_MONTHS = {m: i + 1 for i, m in enumerate(
-    ["january", "february", "march", "april", "may", "june", "july", "august",
-     "september", "october", "november", "december"])}
+_MONTHS = {
+    m: i + 1
+    for i, m in enumerate(
+        [
+            "january",
+            "february",
+            "march",
+            "april",
+            "may",
+            "june",
+            "july",
+            "august",
+            "september",
+            "october",
+            "november",
+            "december",
+        ]
+    )
+}
 _MONTHS.update({m[:3]: i for m, i in list(_MONTHS.items())})
 _MONTH_RE = "|".join(sorted(_MONTHS, key=len, reverse=True))
 _DATE_PATTERNS = [
     (re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b"), lambda m: (m[1], m[2], m[3])),
     (re.compile(r"\b(\d{1,2})/(\d{1,2})/(\d{4})\b"), lambda m: (m[3], m[1], m[2])),
-    (re.compile(rf"\b(\d{{1,2}})\s+({_MONTH_RE})\.?,?\s+(\d{{4}})\b", re.I), lambda m: (m[3], _MONTHS[m[2].lower()], m[1])),
-    (re.compile(rf"\b({_MONTH_RE})\.?\s+(\d{{1,2}}),?\s+(\d{{4}})\b", re.I), lambda m: (m[3], _MONTHS[m[1].lower()], m[2])),
+    (
+        re.compile(rf"\b(\d{{1,2}})\s+({_MONTH_RE})\.?,?\s+(\d{{4}})\b", re.I),
+        lambda m: (m[3], _MONTHS[m[2].lower()], m[1]),
+    ),
+    (
+        re.compile(rf"\b({_MONTH_RE})\.?\s+(\d{{1,2}}),?\s+(\d{{4}})\b", re.I),
+        lambda m: (m[3], _MONTHS[m[1].lower()], m[2]),
+    ),
 ]
 _NUMBER_RE = re.compile(r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?")
 _LABEL_RE = re.compile(r"^\s*([A-Za-z][\w /#().&-]{0,60}?)\s*[:=]\s*(.+?)\s*$")

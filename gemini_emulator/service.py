@@ -17,8 +17,9 @@ import secrets
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 
@@ -63,7 +64,9 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield line_no, line
 
 
-def _page(items: list[dict], page_size: int | None, page_token: str | None, default: int, maximum: int) -> tuple[list[dict], str | None]:
+def _page(
+    items: list[dict], page_size: int | None, page_token: str | None, default: int, maximum: int
+) -> tuple[list[dict], str | None]:
     size = min(max(int(page_size or default), 1), maximum)
     try:
         start = int(base64.urlsafe_b64decode(page_token.encode()).decode()) if page_token else 0
@@ -146,24 +149,31 @@ class Emulator:
         if used + size > self.faults.files_storage_bytes:
             used = sum(int(f["size_bytes"]) for f in self.files.values() if not self._file_expired(f))
         if used + size > self.faults.files_storage_bytes:
-            raise ApiError(429, f"Files storage quota exceeded: {used} of {self.faults.files_storage_bytes} bytes in use.")
+            raise ApiError(
+                429, f"Files storage quota exceeded: {used} of {self.faults.files_storage_bytes} bytes in use."
+            )
         if not mime_type:
             raise invalid("X-Goog-Upload-Header-Content-Type (the file's MIME type) is required.")
         file_id = None
         if file_meta.get("name"):
             file_id = str(file_meta["name"]).removeprefix("files/")
             if not _FILE_ID.match(file_id):
-                raise invalid(f"Invalid file name {file_meta['name']!r}: use up to 40 lowercase letters, digits or dashes.")
+                raise invalid(
+                    f"Invalid file name {file_meta['name']!r}: use up to 40 lowercase letters, digits or dashes."
+                )
             if self.files.get(file_id) and not self._file_expired(self.files.get(file_id)):
                 raise ApiError(409, f"File files/{file_id} already exists.")
         upload_id = new_id(24)
-        self.uploads.put(upload_id, {
-            "file_id": file_id or new_id(),
-            "display_name": file_meta.get("displayName"),
-            "mime_type": mime_type,
-            "size_bytes": size,
-            "received": 0,
-        })
+        self.uploads.put(
+            upload_id,
+            {
+                "file_id": file_id or new_id(),
+                "display_name": file_meta.get("displayName"),
+                "mime_type": mime_type,
+                "size_bytes": size,
+                "received": 0,
+            },
+        )
         self.uploads.blob_path(upload_id, "part").touch()
         return upload_id
 
@@ -205,8 +215,9 @@ class Emulator:
         processing = 0.0
         if source != "GENERATED":
             media = mime_type.startswith(("video/", "audio/"))
-            processing = self.config.real_seconds(max(self.faults.file_processing_seconds,
-                                                      self.faults.media_processing_seconds if media else 0.0))
+            processing = self.config.real_seconds(
+                max(self.faults.file_processing_seconds, self.faults.media_processing_seconds if media else 0.0)
+            )
         record = {
             "id": file_id,
             "display_name": display_name,
@@ -275,7 +286,9 @@ class Emulator:
             raise responder.RowFailure(3, f"Invalid fileUri {uri!r}: expected a Files API URI or a gs:// URI.")
         record = self.files.get(match[1])
         if record is None or self._file_expired(record):
-            raise responder.RowFailure(7, f"You do not have permission to access the File {match[1]} or it may not exist.")
+            raise responder.RowFailure(
+                7, f"You do not have permission to access the File {match[1]} or it may not exist."
+            )
         if time.time() < record["active_time"]:
             raise responder.RowFailure(9, f"The File {match[1]} is not in an ACTIVE state and usage is not allowed.")
         return self.files.blob_path(match[1], "bin"), record["mime_type"]
@@ -284,7 +297,10 @@ class Emulator:
 
     def gcs(self):
         if not self.config.gcs_endpoint:
-            raise precondition("The emulator was started without --gcs-endpoint; the Vertex AI surface and gs:// URIs need a GCS emulator.")
+            raise precondition(
+                "The emulator was started without --gcs-endpoint; the Vertex AI surface and gs:// URIs need a "
+                "GCS emulator."
+            )
         if self._gcs_client is None:
             from google.auth.credentials import AnonymousCredentials
             from google.cloud import storage
@@ -307,8 +323,11 @@ class Emulator:
             return [uri]
         bucket, pattern = self._split_gs(uri)
         prefix = pattern.split("*", 1)[0]
-        matches = sorted(f"gs://{bucket}/{blob.name}" for blob in self.gcs().list_blobs(bucket, prefix=prefix)
-                         if fnmatch.fnmatchcase(blob.name, pattern))
+        matches = sorted(
+            f"gs://{bucket}/{blob.name}"
+            for blob in self.gcs().list_blobs(bucket, prefix=prefix)
+            if fnmatch.fnmatchcase(blob.name, pattern)
+        )
         if not matches:
             raise invalid(f"No files match the input URI {uri}.")
         return matches
@@ -341,8 +360,14 @@ class Emulator:
         answering = self.config.models.for_batches(model_id(model))
         if answering is None:
             if surface == "vertex":
-                raise not_found(f"Publisher Model `projects/{project}/locations/{location}/{model}` was not found or your project does not have access to it.")
-            raise not_found(f"{model} is not found for API version v1beta, or is not supported for batchGenerateContent. Call ListModels to see the list of available models and their supported methods.")
+                raise not_found(
+                    f"Publisher Model `projects/{project}/locations/{location}/{model}` was not found or your "
+                    f"project does not have access to it."
+                )
+            raise not_found(
+                f"{model} is not found for API version v1beta, or is not supported for batchGenerateContent. "
+                f"Call ListModels to see the list of available models and their supported methods."
+            )
         return answering
 
     def get_model(self, name: str, surface: str) -> dict:
@@ -350,8 +375,10 @@ class Emulator:
         if model is None:
             if surface == "vertex":
                 raise not_found(f"Publisher Model `{name}` was not found or your project does not have access to it.")
-            raise not_found(f"models/{model_id(name)} is not found for API version v1beta, or is not supported for "
-                            "generateContent. Call ListModels to see the list of available models and their supported methods.")
+            raise not_found(
+                f"models/{model_id(name)} is not found for API version v1beta, or is not supported for "
+                "generateContent. Call ListModels to see the list of available models and their supported methods."
+            )
         return model.vertex_view() if surface == "vertex" else model.developer_view()
 
     def list_models(self, surface: str, page_size: int | None, page_token: str | None) -> tuple[list[dict], str | None]:
@@ -383,12 +410,17 @@ class Emulator:
                 key = row.get("key") if isinstance(row, dict) else None
                 if key is None:
                     if require_key:
-                        raise invalid(f"Line {line_no}: the request has no 'key'; every line needs a unique string 'key'.")
+                        raise invalid(
+                            f"Line {line_no}: the request has no 'key'; every line needs a unique string 'key'."
+                        )
                     continue
                 if not isinstance(key, str) or not key:
                     raise invalid(f"Line {line_no}: 'key' must be a non-empty string, got {key!r}.")
                 if key in seen:
-                    raise invalid(f"Line {line_no}: duplicate key {key!r} (first used on line {seen[key]}); keys must be unique within a batch.")
+                    raise invalid(
+                        f"Line {line_no}: duplicate key {key!r} (first used on line {seen[key]}); "
+                        f"keys must be unique within a batch."
+                    )
                 seen[key] = line_no
         if rows == 0:
             raise invalid("The input contains no requests.")
@@ -417,10 +449,18 @@ class Emulator:
             fate = "fail"
         now = time.time()
         job = {
-            "ordinal": ordinal, "fate": fate, "state": "PENDING", "create_time": now,
-            "update_time": now, "start_time": None, "end_time": None, "processed": False,
-            "stats": {"succeeded": 0, "failed": 0, "processed": 0}, "error": None,
-            "cancel_requested": False, **fields,
+            "ordinal": ordinal,
+            "fate": fate,
+            "state": "PENDING",
+            "create_time": now,
+            "update_time": now,
+            "start_time": None,
+            "end_time": None,
+            "processed": False,
+            "stats": {"succeeded": 0, "failed": 0, "processed": 0},
+            "error": None,
+            "cancel_requested": False,
+            **fields,
         }
         self.jobs.put(job["id"], job)
         return job
@@ -450,17 +490,26 @@ class Emulator:
         else:
             requests = (source.get("requests") or {}).get("requests") or []
             for i, item in enumerate(requests):
-                problems = discovery.developer().problems(item, "InlinedRequest", f"batch.input_config.requests.requests[{i}]", input_names=True)
+                problems = discovery.developer().problems(
+                    item, "InlinedRequest", f"batch.input_config.requests.requests[{i}]", input_names=True
+                )
                 if problems:
                     raise invalid("Invalid JSON payload received. " + "; ".join(problems[:5]))
             with input_path.open("wb") as out:
                 for item in requests:
-                    row = {"key": (item.get("metadata") or {}).get("key"), "request": item.get("request"), "metadata": item.get("metadata")}
+                    row = {
+                        "key": (item.get("metadata") or {}).get("key"),
+                        "request": item.get("request"),
+                        "metadata": item.get("metadata"),
+                    }
                     out.write(orjson.dumps({k: v for k, v in row.items() if v is not None}))
                     out.write(b"\n")
             if input_path.stat().st_size > self.faults.max_inline_bytes:
                 input_path.unlink()
-                raise invalid(f"Inlined requests total more than {self.faults.max_inline_bytes} bytes; upload a JSONL file instead.")
+                raise invalid(
+                    f"Inlined requests total more than {self.faults.max_inline_bytes} bytes; "
+                    f"upload a JSONL file instead."
+                )
         try:
             rows = self._scan_input(input_path, require_key=has_file)
             tokens = self._input_tokens(input_path)
@@ -468,9 +517,16 @@ class Emulator:
             input_path.unlink(missing_ok=True)
             raise
         return self._new_job(
-            id=job_id, surface="developer", name=f"batches/{job_id}", model=f"models/{model_id(model)}",
-            display_name=batch.get("displayName") or "", request_count=rows,
-            input_file=source.get("fileName"), inline=has_inline, tokens=tokens, answered_by=answered_by,
+            id=job_id,
+            surface="developer",
+            name=f"batches/{job_id}",
+            model=f"models/{model_id(model)}",
+            display_name=batch.get("displayName") or "",
+            request_count=rows,
+            input_file=source.get("fileName"),
+            inline=has_inline,
+            tokens=tokens,
+            answered_by=answered_by,
         )
 
     def _input_tokens(self, input_path: Path) -> int | None:
@@ -493,11 +549,19 @@ class Emulator:
         limit = self.faults.enqueued_token_limit
         if not limit:
             return
-        held = sum(j.get("tokens") or 0 for j in self.jobs.values()
-                   if j["state"] not in TERMINAL and j.get("answered_by") == model)
+        held = sum(
+            j.get("tokens") or 0
+            for j in self.jobs.values()
+            if j["state"] not in TERMINAL and j.get("answered_by") == model
+        )
         if held + (tokens or 0) > limit:
-            log.warning("quota: %s holds %d enqueued tokens; a job of %d more refused (limit %d)",
-                        model_id(model), held, tokens or 0, limit)
+            log.warning(
+                "quota: %s holds %d enqueued tokens; a job of %d more refused (limit %d)",
+                model_id(model),
+                held,
+                tokens or 0,
+                limit,
+            )
             raise ApiError(429, "Resource has been exhausted (e.g. check quota).")
 
     def create_vertex_job(self, project: str, location: str, body: dict) -> dict:
@@ -506,7 +570,9 @@ class Emulator:
         answered_by = self._answering_model(model, "vertex", project, location)
         source = body.get("inputConfig") or {}
         if "bigquerySource" in source:
-            raise ApiError(501, "The emulator does not serve BigQuery sources (the service does): use inputConfig.gcsSource.")
+            raise ApiError(
+                501, "The emulator does not serve BigQuery sources (the service does): use inputConfig.gcsSource."
+            )
         uris = (source.get("gcsSource") or {}).get("uris") or []
         prefix = (((body.get("outputConfig") or {}).get("gcsDestination") or {}).get("outputUriPrefix")) or ""
         if not uris or not all(str(u).startswith("gs://") for u in uris):
@@ -534,23 +600,36 @@ class Emulator:
             input_path.unlink(missing_ok=True)
             raise
         return self._new_job(
-            id=job_id, surface="vertex", name=f"projects/{project}/locations/{location}/batchPredictionJobs/{job_id}",
-            model=model, display_name=body.get("displayName") or "", request_count=rows,
-            input_uris=list(uris), output_prefix=prefix, tokens=tokens, answered_by=answered_by,
+            id=job_id,
+            surface="vertex",
+            name=f"projects/{project}/locations/{location}/batchPredictionJobs/{job_id}",
+            model=model,
+            display_name=body.get("displayName") or "",
+            request_count=rows,
+            input_uris=list(uris),
+            output_prefix=prefix,
+            tokens=tokens,
+            answered_by=answered_by,
         )
 
     def get_job(self, job_id: str, surface: str) -> dict:
         job = self.jobs.get(job_id)
         if job is None or job["surface"] != surface:
-            raise not_found("Requested entity was not found." if surface == "developer" else f"The BatchPredictionJob {job_id} does not exist.")
+            raise not_found(
+                "Requested entity was not found."
+                if surface == "developer"
+                else f"The BatchPredictionJob {job_id} does not exist."
+            )
         return job
 
-    def list_jobs(self, surface: str, page_size: int | None, page_token: str | None, filter_: str | None = None, parent: str = "") -> tuple[list[dict], str | None]:
+    def list_jobs(
+        self, surface: str, page_size: int | None, page_token: str | None, filter_: str | None = None, parent: str = ""
+    ) -> tuple[list[dict], str | None]:
         jobs = [j for j in self.jobs.values() if j["surface"] == surface and j["name"].startswith(parent)]
         for clause in filter(None, (c.strip() for c in (filter_ or "").split(" AND "))):
             match = re.fullmatch(r'(display_name|state)\s*=\s*"?([^"]*)"?', clause)
             if not match:
-                raise invalid(f"Unsupported filter {clause!r}; use display_name=\"...\" or state=JOB_STATE_...")
+                raise invalid(f'Unsupported filter {clause!r}; use display_name="..." or state=JOB_STATE_...')
             field, value = match.groups()
             if field == "display_name":
                 jobs = [j for j in jobs if j["display_name"] == value]
@@ -563,7 +642,9 @@ class Emulator:
         self.inject("cancel")
         job = self.get_job(job_id, surface)
         if job["state"] in TERMINAL:
-            raise precondition(f"The batch job {job['name']} is already in a terminal state ({job['state']}) and cannot be cancelled.")
+            raise precondition(
+                f"The batch job {job['name']} is already in a terminal state ({job['state']}) and cannot be cancelled."
+            )
         self.jobs.update(job_id, cancel_requested=True, update_time=time.time())
         self._runner.wake()
 
@@ -571,7 +652,10 @@ class Emulator:
         self.inject("delete")
         job = self.get_job(job_id, surface)
         if surface == "vertex" and job["state"] not in TERMINAL:
-            raise precondition(f"The BatchPredictionJob {job['name']} is in state JOB_STATE_{job['state']}; cancel it before deleting it.")
+            raise precondition(
+                f"The BatchPredictionJob {job['name']} is in state JOB_STATE_{job['state']}; "
+                f"cancel it before deleting it."
+            )
         self._runner.forget(job_id)
         self.jobs.delete(job_id)
 
@@ -617,15 +701,25 @@ class Emulator:
             return None
         if f.chance("row_error", identity) < f.row_error_rate:
             code = f.pick(f.row_error_codes, "row_error", identity)
-            return self._row_error(job, key, metadata, request, row_status(code, ROW_ERROR_MESSAGES.get(code, f"Error {code}.")))
+            return self._row_error(
+                job, key, metadata, request, row_status(code, ROW_ERROR_MESSAGES.get(code, f"Error {code}."))
+            )
         if request is None:
             return self._row_error(job, key, metadata, None, row_status(3, f"Line {line_no} has no 'request' field."))
         try:
-            response = responder.answer(request, identity, job.get("answered_by") or model_id(job["model"]), self.resolve_file, f)
+            response = responder.answer(
+                request, identity, job.get("answered_by") or model_id(job["model"]), self.resolve_file, f
+            )
         except responder.RowFailure as exc:
             return self._row_error(job, key, metadata, request, exc.status)
         if job["surface"] == "vertex":
-            row = {"key": key, "request": request, "status": "", "response": response, "processed_time": vertex_time(time.time())}
+            row = {
+                "key": key,
+                "request": request,
+                "status": "",
+                "response": response,
+                "processed_time": vertex_time(time.time()),
+            }
         elif job.get("inline"):
             row = {"response": response, "metadata": metadata}
         else:
@@ -635,7 +729,12 @@ class Emulator:
     @staticmethod
     def _row_error(job: dict, key: str | None, metadata: Any, request: Any, status: dict) -> dict:
         if job["surface"] == "vertex":
-            row = {"key": key, "request": request, "status": vertex_row_status(status), "processed_time": vertex_time(time.time())}
+            row = {
+                "key": key,
+                "request": request,
+                "status": vertex_row_status(status),
+                "processed_time": vertex_time(time.time()),
+            }
         elif job.get("inline"):
             row = {"error": status, "metadata": metadata}
         else:
@@ -651,7 +750,9 @@ class Emulator:
             stamp = dt.datetime.fromtimestamp(job["create_time"], dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             bucket, prefix = self._split_gs(job["output_prefix"].rstrip("/"))
             directory = f"{prefix}/prediction-model-{stamp}".lstrip("/")
-            self.gcs().bucket(bucket).blob(f"{directory}/predictions.jsonl").upload_from_filename(str(tmp), content_type="application/jsonl")
+            self.gcs().bucket(bucket).blob(f"{directory}/predictions.jsonl").upload_from_filename(
+                str(tmp), content_type="application/jsonl"
+            )
             tmp.unlink()
             return {"output_dir": f"gs://{bucket}/{directory}"}
         if job.get("inline"):
@@ -718,7 +819,7 @@ class JobRunner:
                 if job["state"] not in TERMINAL:
                     try:
                         self._advance(job)
-                    except Exception as exc:  # noqa: BLE001 - one broken job must not stop the others
+                    except Exception as exc:
                         self._finish(job, "FAILED", error=row_status(13, f"Emulator error: {exc}"))
             self._wake.wait(self.TICK)
             self._wake.clear()
@@ -740,8 +841,12 @@ class JobRunner:
                     self.em.jobs.update(job["id"], state="CANCELLING", update_time=now)
                 return
             # Vertex AI exports the rows it finished; a Developer API batch keeps none.
-            self._finish(job, "CANCELLED", output=self._finished_rows(job, keep=job["surface"] == "vertex"),
-                         error=CANCELLED[job["surface"]])
+            self._finish(
+                job,
+                "CANCELLED",
+                output=self._finished_rows(job, keep=job["surface"] == "vertex"),
+                error=CANCELLED[job["surface"]],
+            )
             return
         expires_at, exported = self.em.expires_at(job)
         if now >= expires_at:

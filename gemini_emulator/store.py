@@ -12,8 +12,9 @@ import os
 import secrets
 import string
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 

@@ -37,15 +37,20 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> "ServerProcess":
+    def start(self, timeout: float = 30.0) -> ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT, start_new_session=True
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.argv[0]} exited with {self.proc.returncode}; see {self.log_path}:\n{self.log_path.read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"{self.argv[0]} exited with {self.proc.returncode}; see {self.log_path}:\n"
+                    f"{self.log_path.read_text()[-2000:]}"
+                )
             try:
                 with urllib.request.urlopen(self.url + self.health_path, timeout=1) as resp:
                     if resp.status == 200:
@@ -66,7 +71,7 @@ class ServerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -74,13 +79,16 @@ class ServerProcess:
 
 
 def gcs_emulator(data_dir: Path, port: int | None = None, bucket: str | None = None) -> ServerProcess:
-    """gcp-storage-emulator (with generation preconditions: ``gemini_emulator.gcs``) on loopback, storing under ``data_dir``."""
+    """gcp-storage-emulator (with generation preconditions: ``gemini_emulator.gcs``) on loopback, storing under
+    ``data_dir``."""
     port = port or free_port()
     argv = [sys.executable, "-m", "gemini_emulator.gcs", "start", "--host", "127.0.0.1", "--port", str(port), "--quiet"]
     if bucket:
         argv += ["--default-bucket", bucket]
     data_dir.mkdir(parents=True, exist_ok=True)
-    return ServerProcess(argv, port, "/", data_dir / "gcs-emulator.log", env={"STORAGE_BASE": str(data_dir), "STORAGE_DIR": "storage"})
+    return ServerProcess(
+        argv, port, "/", data_dir / "gcs-emulator.log", env={"STORAGE_BASE": str(data_dir), "STORAGE_DIR": "storage"}
+    )
 
 
 def gemini_emulator(
@@ -93,7 +101,17 @@ def gemini_emulator(
 ) -> ServerProcess:
     """The Gemini Batch emulator, started exactly as contract 3 says."""
     port = port or free_port()
-    argv = [sys.executable, "-m", "gemini_emulator", "--port", str(port), "--data-dir", str(data_dir), "--time-scale", str(time_scale)]
+    argv = [
+        sys.executable,
+        "-m",
+        "gemini_emulator",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--time-scale",
+        str(time_scale),
+    ]
     if faults:
         argv += ["--faults", json.dumps(faults)]
     if gcs_endpoint:
@@ -103,17 +121,23 @@ def gemini_emulator(
     return ServerProcess(argv, port, "/healthz", data_dir / "emulator.log")
 
 
-def requests_made(server_or_data_dir: ServerProcess | Path, method: str | None = None,
-                  path_regex: str | None = None) -> list[dict]:
+def requests_made(
+    server_or_data_dir: ServerProcess | Path, method: str | None = None, path_regex: str | None = None
+) -> list[dict]:
     """The requests a Gemini emulator received, oldest first, from its own ``requests.jsonl``.
 
     ``path_regex`` must match the whole path, so ``/v1beta/batches`` counts list calls and not gets of one job.
     """
-    data_dir = server_or_data_dir.log_path.parent if isinstance(server_or_data_dir, ServerProcess) else server_or_data_dir
+    data_dir = (
+        server_or_data_dir.log_path.parent if isinstance(server_or_data_dir, ServerProcess) else server_or_data_dir
+    )
     path = Path(data_dir) / "requests.jsonl"
     if not path.exists():
         return []
     pattern = re.compile(path_regex) if path_regex else None
     records = [json.loads(line) for line in path.read_bytes().splitlines(keepends=True) if line.endswith(b"\n")]
-    return [r for r in records
-            if (method is None or r["method"] == method.upper()) and (pattern is None or pattern.fullmatch(r["path"]))]
+    return [
+        r
+        for r in records
+        if (method is None or r["method"] == method.upper()) and (pattern is None or pattern.fullmatch(r["path"]))
+    ]

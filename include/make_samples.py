@@ -26,9 +26,15 @@ INVOICES = [
 
 def invoice_lines(number: str, date: str, vendor: str, currency: str, total: float) -> list[str]:
     return [
-        vendor, "INVOICE", f"Vendor: {vendor}", f"Invoice number: {number}", f"Issue date: {date}",
-        f"Currency: {currency}", "Description                 Qty     Amount",
-        f"Services rendered            1   {total:>10.2f}", f"Total due: {currency} {total:,.2f}",
+        vendor,
+        "INVOICE",
+        f"Vendor: {vendor}",
+        f"Invoice number: {number}",
+        f"Issue date: {date}",
+        f"Currency: {currency}",
+        "Description                 Qty     Amount",
+        f"Services rendered            1   {total:>10.2f}",
+        f"Total due: {currency} {total:,.2f}",
     ]
 
 

@@ -109,15 +109,20 @@ def stack(tmp_path_factory):
     faults = {"pending_seconds": 3000, "running_seconds": 3000, "file_processing_seconds": 3000}
     with Stack(folder, time_scale=600, faults=faults) as running:
         running.timings = {"start": time.monotonic() - t0}
-        print(f"[stack] up in {running.timings['start']:.0f}s ({running.executor}); logs in {running.logs}",
-              file=sys.stderr)
+        print(
+            f"[stack] up in {running.timings['start']:.0f}s ({running.executor}); logs in {running.logs}",
+            file=sys.stderr,
+        )
         running.wait_parsed("gemini_batch_extract")
         running.api("PATCH", "/dags/gemini_batch_extract", {"is_paused": False})
         assert running.api("GET", "/dags/gemini_batch_extract")["is_paused"] is False
         yield running
         t1 = time.monotonic()
-    print(f"[stack] stopped in {time.monotonic() - t1:.0f}s; stage wall time {time.monotonic() - t0:.0f}s "
-          f"({', '.join(f'{k} {v:.0f}s' for k, v in running.timings.items())})", file=sys.stderr)
+    print(
+        f"[stack] stopped in {time.monotonic() - t1:.0f}s; stage wall time {time.monotonic() - t0:.0f}s "
+        f"({', '.join(f'{k} {v:.0f}s' for k, v in running.timings.items())})",
+        file=sys.stderr,
+    )
 
 
 @pytest.fixture(scope="session")

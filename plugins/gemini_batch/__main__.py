@@ -18,9 +18,14 @@ def main(argv: list[str] | None = None) -> int:
     ledger = commands.add_parser("ledger", help="check or repair a DAG's ledger (its answers by request key)")
     actions = ledger.add_subparsers(dest="action", required=True)
     for name, run, text in (
-            ("check", ledger_check, "report every damaged ledger file with its cause; exit 1 if there is any"),
-            ("repair", ledger_repair, "move damaged files aside into damaged/ and rebuild a good snapshot from what "
-                                      "is intact; exit 1 if damage remains")):
+        ("check", ledger_check, "report every damaged ledger file with its cause; exit 1 if there is any"),
+        (
+            "repair",
+            ledger_repair,
+            "move damaged files aside into damaged/ and rebuild a good snapshot from what "
+            "is intact; exit 1 if damage remains",
+        ),
+    ):
         action = actions.add_parser(name, help=text, description=text)
         action.add_argument("folder", nargs="?", help="the ledger folder, local or gs:// (default: the DAG's ledger)")
         action.add_argument("--dag-id", default=DAG_ID, help=f"the DAG whose default ledger to use (default {DAG_ID})")

@@ -33,10 +33,30 @@ from gemini_batch.steps.runs import base_folder
 
 PIPELINES_ENV = "GEMINI_BATCH_PIPELINES"  # the pipelines folder; default <GEMINI_BATCH_HOME>/include/pipelines
 ERRORS_DAG_ID = "gemini_batch_pipeline_errors"
-RUN_FIELDS = ("source", "output", "prompt", "model", "gemini_conn_id", "state", "staging_prefix", "thinking",
-              "retention")
-LIMIT_FIELDS = ("max_cost_usd", "approve_above_usd", "retry_rounds", "max_pages", "max_part_mb", "inline_max_mb",
-                "max_rows_per_job", "max_mb_per_job", "max_jobs_in_flight", "expiry_hours", "poll_seconds")
+RUN_FIELDS = (
+    "source",
+    "output",
+    "prompt",
+    "model",
+    "gemini_conn_id",
+    "state",
+    "staging_prefix",
+    "thinking",
+    "retention",
+)
+LIMIT_FIELDS = (
+    "max_cost_usd",
+    "approve_above_usd",
+    "retry_rounds",
+    "max_pages",
+    "max_part_mb",
+    "inline_max_mb",
+    "max_rows_per_job",
+    "max_mb_per_job",
+    "max_jobs_in_flight",
+    "expiry_hours",
+    "poll_seconds",
+)
 SCHEMA_KEYWORDS = ("type", "enum", "minimum", "maximum", "minLength")
 MAX_FILE_BYTES = 2**20  # a pipeline or schema file; real ones hold a few KB
 MAX_VALUES = 100_000  # values of a file once its aliases are expanded: what checking and serializing it costs
@@ -53,7 +73,7 @@ class _Refused(ValueError):
     """A file read no further (the message says why)."""
 
 
-class _BoundedLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+class _BoundedLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]  # libyaml's if installed
     """YAML's safe loader (libyaml's when installed: faster, and it refuses runaway nesting) that refuses a document
     whose aliases expand it past MAX_VALUES values or MAX_DEPTH levels, or into itself. Parsed, such a document is
     small (an alias is a shared reference); checked, copied or serialized, it is expanded ("billion laughs")."""
@@ -148,8 +168,11 @@ def file_schema() -> dict:
             "schema": {"type": ["object", "null"]},
             "schema_file": {"type": "string", "minLength": 1},
             **{name: _param_schema(name) for name in RUN_FIELDS},
-            "limits": {"type": "object", "additionalProperties": False,
-                       "properties": {name: _param_schema(name) for name in LIMIT_FIELDS}},
+            "limits": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {name: _param_schema(name) for name in LIMIT_FIELDS},
+            },
         },
         "required": ["source", "prompt"],
         "not": {"required": ["schema", "schema_file"]},
@@ -195,8 +218,9 @@ def _schema_of(path: Path, data: Mapping) -> dict | None:
     else:
         schema_path = path.parent / data["schema_file"]
         try:
-            schema = (orjson.loads(_read_capped(schema_path)) if schema_path.suffix == ".json"
-                      else _load_yaml(schema_path))
+            schema = (
+                orjson.loads(_read_capped(schema_path)) if schema_path.suffix == ".json" else _load_yaml(schema_path)
+            )
         except (OSError, orjson.JSONDecodeError, yaml.YAMLError, _Refused) as exc:
             raise PipelineError(f"{path}: field schema_file: cannot read {schema_path}: {_brief(str(exc))}") from None
     if schema is not None:
@@ -204,8 +228,9 @@ def _schema_of(path: Path, data: Mapping) -> dict | None:
             results.check_schema(schema)
         except (jsonschema.SchemaError, ValueError, TypeError) as exc:
             field = "schema_file" if "schema_file" in data else "schema"
-            raise PipelineError(f"{path}: field {field}: not a valid JSON schema: "
-                                f"{getattr(exc, 'message', exc)}") from None
+            raise PipelineError(
+                f"{path}: field {field}: not a valid JSON schema: {getattr(exc, 'message', exc)}"
+            ) from None
     return schema
 
 
@@ -235,12 +260,15 @@ def pipeline_dag(path: Path) -> DAG:
     if "schedule" in data:
         try:
             DAG(dag_id="schedule_check", schedule=data["schedule"]).timetable.validate()  # Airflow's own reading
-        except Exception as exc:  # noqa: BLE001 - whatever Airflow refuses a schedule with
-            raise PipelineError(f"{path}: field schedule: {data['schedule']!r} is not a cron expression or preset "
-                                f"(@daily, ...) Airflow reads: {exc}") from None
+        except Exception as exc:
+            raise PipelineError(
+                f"{path}: field schedule: {data['schedule']!r} is not a cron expression or preset "
+                f"(@daily, ...) Airflow reads: {exc}"
+            ) from None
     try:
-        return build_dag(data.get("dag_id") or path.stem, params=params, doc_md=f"Pipeline file `{path.name}`.",
-                         **options)
+        return build_dag(
+            data.get("dag_id") or path.stem, params=params, doc_md=f"Pipeline file `{path.name}`.", **options
+        )
     except ValueError as exc:  # a param value the DAG's own form refuses
         raise PipelineError(f"{path}: {exc}") from None
 
@@ -270,7 +298,7 @@ def load_pipelines(folder: Path | str | None = None) -> dict[str, DAG]:
         except PipelineError as exc:
             problems.append(str(exc))
             continue
-        except Exception as exc:  # noqa: BLE001 - one file's failure, whatever it is, must not hide the others
+        except Exception as exc:
             problems.append(f"{path}: cannot become a DAG: {type(exc).__name__}: {_brief(str(exc))}")
             continue
         if dag.dag_id in dags:

@@ -23,17 +23,17 @@ from airflow.sdk.exceptions import AirflowFailException
 from fpdf import FPDF
 from PIL import Image
 from pypdf import PdfReader, PdfWriter
-from support.dagrun import developer_conn, read_results, run_dag, submitted_jobs
 
-from support.emulators import developer_client, storage_client
 from gemini_batch.core import documents, results
-from gemini_batch.steps import plan, runs
 from gemini_batch.core.batch_requests import RequestSpec, ShardManifest
 from gemini_batch.core.cost import load_prices
-from gemini_batch.hooks.gemini import GeminiBatchHook
 from gemini_batch.core.locations import as_path
-from gemini_batch.operators.batch import GeminiBatchSubmitOperator
 from gemini_batch.core.validate import validate_jsonl
+from gemini_batch.hooks.gemini import GeminiBatchHook
+from gemini_batch.operators.batch import GeminiBatchSubmitOperator
+from gemini_batch.steps import plan, runs
+from support.dagrun import developer_conn, read_results, run_dag, submitted_jobs
+from support.emulators import developer_client, storage_client
 from support.service import RecordingTaskInstance, context, use_developer, wait_until_ended, write_shard
 
 MB = 2**20
@@ -115,9 +115,15 @@ def bad_folder(root: Path) -> tuple[Path, dict[str, tuple[str, str | None]]]:
     (source / "link-in.pdf").symlink_to(source / "good.pdf")
     too_big = "above the 1 MB part limit"
     expected = {
-        "good.pdf": ("succeeded", None), "a..b.pdf": ("succeeded", None), "new\nline.pdf": ("succeeded", None),
-        LONG_NAME: ("succeeded", None), "sub/deep/note.txt": ("succeeded", None), "owner-only.pdf": ("succeeded", None),
-        "caf\\xe9.pdf": ("succeeded", None), "long.pdf": ("succeeded", None), "link-in.pdf": ("succeeded", None),
+        "good.pdf": ("succeeded", None),
+        "a..b.pdf": ("succeeded", None),
+        "new\nline.pdf": ("succeeded", None),
+        LONG_NAME: ("succeeded", None),
+        "sub/deep/note.txt": ("succeeded", None),
+        "owner-only.pdf": ("succeeded", None),
+        "caf\\xe9.pdf": ("succeeded", None),
+        "long.pdf": ("succeeded", None),
+        "link-in.pdf": ("succeeded", None),
         "encrypted.pdf": ("rejected", "encrypted PDF (password required)"),
         "zero-pages.pdf": ("rejected", "PDF has no pages"),
         "corrupt.pdf": ("rejected", "corrupt PDF: "),
@@ -148,8 +154,9 @@ def plan_folder(source: Path, work: Path, spec: RequestSpec, limits=documents.Li
 
 def test_every_bad_file_is_planned_once_with_its_reason(tmp_path):
     source, expected = bad_folder(tmp_path)
-    summary = plan_folder(source, tmp_path / "work", RequestSpec(model=MODEL, prompt="Extract."),
-                          documents.Limits(max_part_bytes=MB))
+    summary = plan_folder(
+        source, tmp_path / "work", RequestSpec(model=MODEL, prompt="Extract."), documents.Limits(max_part_bytes=MB)
+    )
     lines = (tmp_path / "work" / "plan.jsonl").read_bytes()
     lines.decode("utf-8")  # strict: every name is written as valid UTF-8
     planned = {doc["document"]: doc for doc in map(orjson.loads, lines.splitlines())}
@@ -176,8 +183,13 @@ def test_a_name_that_is_not_utf8_is_read_and_shown_with_escapes(tmp_path):
     assert line["uri"] == f"{source}/caf\\xe9.pdf"
     (doc,) = plan.read_plan(as_path(tmp_path / "plan.jsonl"))
     assert os.fsencode(doc.path) == NON_UTF8
-    (manifest,), unbuilt = plan.build_shards(as_path(tmp_path / "plan.jsonl"), as_path(source), {},
-                                             RequestSpec(model=MODEL, prompt="Extract."), as_path(tmp_path / "shards"))
+    (manifest,), unbuilt = plan.build_shards(
+        as_path(tmp_path / "plan.jsonl"),
+        as_path(source),
+        {},
+        RequestSpec(model=MODEL, prompt="Extract."),
+        as_path(tmp_path / "shards"),
+    )
     (row,) = map(orjson.loads, as_path(manifest.uri).read_bytes().splitlines())
     assert unbuilt == {} and base64.b64decode(row["request"]["contents"][0]["parts"][1]["inlineData"]["data"]) == data
     record = results.document_record(doc, {}, {}).to_json()
@@ -198,17 +210,25 @@ def test_an_object_name_with_an_empty_segment_is_rejected_not_read_elsewhere(gcs
 # ------------------------------------------------------------------ parameters
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"response_schema": {"type": "objekt"}}, "response_schema is not a valid JSON schema: 'objekt' is not valid"),
-    ({"response_schema": {"properties": {"total": {"type": 5}}}}, "response_schema is not a valid JSON schema: 5 "),
-    ({"response_schema": ["not", "an", "object"]}, "invalid parameters: response_schema must be a JSON object"),
-    ({"response_schema": {"properties": {"total": {"$ref": "#/$defs/amount"}}}},
-     r"response_schema is not a valid JSON schema: \$ref '#/\$defs/amount' leads nowhere"),
-    ({"model": " "}, "invalid parameters: model ' ' names no model id"),
-    ({"output": "{source}/out"}, "output {source}/out is inside source {source}: the run's own files would be read"),
-    ({"output": "{source}"}, "output {source} is inside source {source}"),
-    ({"state": "{source}/sub/_state"}, "state {source}/sub/_state is inside source {source}"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"response_schema": {"type": "objekt"}}, "response_schema is not a valid JSON schema: 'objekt' is not valid"),
+        ({"response_schema": {"properties": {"total": {"type": 5}}}}, "response_schema is not a valid JSON schema: 5 "),
+        ({"response_schema": ["not", "an", "object"]}, "invalid parameters: response_schema must be a JSON object"),
+        (
+            {"response_schema": {"properties": {"total": {"$ref": "#/$defs/amount"}}}},
+            r"response_schema is not a valid JSON schema: \$ref '#/\$defs/amount' leads nowhere",
+        ),
+        ({"model": " "}, "invalid parameters: model ' ' names no model id"),
+        (
+            {"output": "{source}/out"},
+            "output {source}/out is inside source {source}: the run's own files would be read",
+        ),
+        ({"output": "{source}"}, "output {source} is inside source {source}"),
+        ({"state": "{source}/sub/_state"}, "state {source}/sub/_state is inside source {source}"),
+    ],
+)
 def test_parameters_that_cannot_work_name_the_parameter_and_cause(change, message, tmp_path):
     source = str(tmp_path / "source")
     change = {name: value.format(source=source) if isinstance(value, str) else value for name, value in change.items()}
@@ -221,8 +241,14 @@ def test_output_beside_or_above_the_source_and_references_that_resolve_are_fine(
     (tmp_path / "source-2").mkdir()
     schema = {"$defs": {"amount": {"type": "number"}}, "properties": {"total": {"$ref": "#/$defs/amount"}}}
     for output in ("source-2-out", "."):  # a sibling whose name starts the same; the source's parent
-        runs.RunSettings.from_params({**PARAMS, "source": str(tmp_path / "source-2"), "output": str(tmp_path / output),
-                                      "response_schema": schema})
+        runs.RunSettings.from_params(
+            {
+                **PARAMS,
+                "source": str(tmp_path / "source-2"),
+                "output": str(tmp_path / output),
+                "response_schema": schema,
+            }
+        )
 
 
 def test_a_model_the_service_does_not_have_fails_the_task_naming_it(start_emulator, monkeypatch, tmp_path):
@@ -230,10 +256,17 @@ def test_a_model_the_service_does_not_have_fails_the_task_naming_it(start_emulat
     like the service, answers 404 on create. The task fails at once (a retry cannot help); no job exists."""
     server = start_emulator(time_scale=3600)
     use_developer(monkeypatch, server.url)
-    task = GeminiBatchSubmitOperator(task_id="submit", manifest_uri=write_shard(tmp_path / "shards").manifest_uri,
-                                     model="gemini-9-ultra", poll_interval=0.2)
-    with pytest.raises(AirflowFailException, match=r"^model 'gemini-9-ultra': the service has no such model .*"
-                                                   r"\(404 NOT_FOUND: models/gemini-9-ultra is not found"):
+    task = GeminiBatchSubmitOperator(
+        task_id="submit",
+        manifest_uri=write_shard(tmp_path / "shards").manifest_uri,
+        model="gemini-9-ultra",
+        poll_interval=0.2,
+    )
+    with pytest.raises(
+        AirflowFailException,
+        match=r"^model 'gemini-9-ultra': the service has no such model .*"
+        r"\(404 NOT_FOUND: models/gemini-9-ultra is not found",
+    ):
         task.execute(context(RecordingTaskInstance()))
     assert list(developer_client(server.url).batches.list()) == []
 
@@ -258,8 +291,9 @@ def test_a_source_that_disappears_mid_run_fails_only_what_it_still_needed(start_
     (source / "invoice.pdf").write_bytes(pdf_bytes("Invoice INV-0001 total 1.00 EUR"))
     (source / "sub" / "note.txt").write_text("Invoice T-2, total 2.00 EUR\n")
     (source / "late.pdf").write_bytes(pdf_bytes("Invoice INV-0003 total 3.00 EUR"))
-    run = runs.Run.from_params({**PARAMS, "source": str(source), "output": str(tmp_path / "out"), "inline_max_mb": 0},
-                               "manual__vanish", hook)
+    run = runs.Run.from_params(
+        {**PARAMS, "source": str(source), "output": str(tmp_path / "out"), "inline_max_mb": 0}, "manual__vanish", hook
+    )
     run.plan()
     late = source.parent / "late.pdf"
     (source / "late.pdf").rename(late)  # gone before staging
@@ -280,7 +314,8 @@ def test_a_source_that_disappears_mid_run_fails_only_what_it_still_needed(start_
     assert records["late.pdf"]["error"].startswith(f"not requested: staging {source}/late.pdf failed: [Errno 2] ")
     assert records["sub/note.txt"]["status"] == "failed"
     assert records["sub/note.txt"]["error"].startswith(
-        "not requested: sub/note.txt cannot be read any more: [Errno 2] No such file or directory")
+        "not requested: sub/note.txt cannot be read any more: [Errno 2] No such file or directory"
+    )
     assert report == summary and (summary["documents"], summary["succeeded"], summary["failed"]) == (3, 1, 2)
 
     # A cleared run that builds again, with the folder back, forgets the earlier try's reading failure.
@@ -305,8 +340,9 @@ def build_with_prompt(folder: Path, spec: RequestSpec, documents_count: int) -> 
         (source / f"note-{n:02d}.txt").write_text(f"Invoice T-{n}, total {n}.00 EUR\n")
     summary = plan_folder(source, folder, spec)
     tracemalloc.start()
-    manifests, unbuilt = plan.build_shards(as_path(folder / "plan.jsonl"), as_path(source), {}, spec,
-                                           as_path(folder / "shards"), max_bytes=8 * MB)
+    manifests, unbuilt = plan.build_shards(
+        as_path(folder / "plan.jsonl"), as_path(source), {}, spec, as_path(folder / "shards"), max_bytes=8 * MB
+    )
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert unbuilt == {}
@@ -346,8 +382,12 @@ def test_a_run_over_bad_inputs_loses_nothing_and_writes_only_to_output(airflow_h
     output, ledger = tmp_path / "output", tmp_path / "ledger"
     before = tree(tmp_path, output, tmp_path / "emulator", ledger)
 
-    done = run_dag(airflow_home, developer_conn(server.url),
-                   {"source": str(source), "output": str(output), "max_part_mb": 1, "state": str(ledger)}, "2026-12-01")
+    done = run_dag(
+        airflow_home,
+        developer_conn(server.url),
+        {"source": str(source), "output": str(output), "max_part_mb": 1, "state": str(ledger)},
+        "2026-12-01",
+    )
     done.check()
     assert tree(tmp_path, output, tmp_path / "emulator", ledger) == before, "nothing is written outside output"
     assert (ledger / "events").is_dir(), "and the ledger"
@@ -379,24 +419,46 @@ def test_an_empty_source_publishes_an_empty_result(airflow_home, tmp_path, start
     (source / ".DS_Store").write_bytes(b"\0")
     server = start_emulator(time_scale=600)
     output = tmp_path / "output"
-    run_dag(airflow_home, developer_conn(server.url), {"source": str(source), "output": str(output)},
-            "2026-12-02").check()
+    run_dag(
+        airflow_home, developer_conn(server.url), {"source": str(source), "output": str(output)}, "2026-12-02"
+    ).check()
     assert (output / "results.jsonl").read_bytes() == b""
     summary = json.loads((output / "summary.json").read_text())
-    assert summary == {"documents": 0, "succeeded": 0, "failed": 0, "rejected": 0, "reused": 0, "requests": 0,
-                       "jobs": 0, "retry_rounds": 0, "input_tokens": 0, "output_tokens": 0, "estimated_cost_usd": 0.0}
+    assert summary == {
+        "documents": 0,
+        "succeeded": 0,
+        "failed": 0,
+        "rejected": 0,
+        "reused": 0,
+        "requests": 0,
+        "jobs": 0,
+        "retry_rounds": 0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "estimated_cost_usd": 0.0,
+    }
     assert submitted_jobs(server) == []
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"response_schema": {"type": "object", "properties": {"total": {"type": "amount"}}}},
-     "response_schema is not a valid JSON schema: 'amount' is not valid under any of the given schemas"),
-    ({"model": "gemini-9-ultra"}, "model 'gemini-9-ultra': the service does not know it (unknown or shut down); "
-                                  "batch-capable models: gemini-2.5-flash-lite, "),
-    ({"source": "{tmp}/no-such-folder"}, "source {tmp}/no-such-folder cannot be read: No such file or directory"),
-], ids=["schema", "model", "source"])
-def test_a_run_that_cannot_work_fails_at_once_submitting_nothing(change, message, airflow_home, tmp_path,
-                                                                 start_emulator):
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"response_schema": {"type": "object", "properties": {"total": {"type": "amount"}}}},
+            "response_schema is not a valid JSON schema: 'amount' is not valid under any of the given schemas",
+        ),
+        (
+            {"model": "gemini-9-ultra"},
+            "model 'gemini-9-ultra': the service does not know it (unknown or shut down); "
+            "batch-capable models: gemini-2.5-flash-lite, ",
+        ),
+        ({"source": "{tmp}/no-such-folder"}, "source {tmp}/no-such-folder cannot be read: No such file or directory"),
+    ],
+    ids=["schema", "model", "source"],
+)
+def test_a_run_that_cannot_work_fails_at_once_submitting_nothing(
+    change, message, airflow_home, tmp_path, start_emulator
+):
     (tmp_path / "source").mkdir()
     (tmp_path / "source" / "note.txt").write_text("Invoice T-1, total 1.00 EUR\n")
     server = start_emulator(time_scale=600)

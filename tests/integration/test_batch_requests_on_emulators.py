@@ -9,7 +9,7 @@ import pytest
 from fpdf import FPDF
 from google.genai import types
 
-from gemini_batch.core.batch_requests import (RequestSpec, ShardManifest, ShardWriter, build_row)
+from gemini_batch.core.batch_requests import RequestSpec, ShardManifest, ShardWriter, build_row
 from gemini_batch.core.locations import as_path
 
 SCHEMA = {
@@ -43,7 +43,9 @@ def test_a_shard_of_rows_runs_as_a_real_batch(client, invoice_pdf, tmp_path):
     while uploaded.state != types.FileState.ACTIVE:
         time.sleep(0.05)
         uploaded = client.files.get(name=uploaded.name)
-    spec = RequestSpec(model="gemini-3-flash-preview", prompt="Extract the invoice number and total.", response_schema=SCHEMA)
+    spec = RequestSpec(
+        model="gemini-3-flash-preview", prompt="Extract the invoice number and total.", response_schema=SCHEMA
+    )
     with ShardWriter(as_path(tmp_path / "shards")) as writer:
         writer.add(build_row("from-file", spec, file_uri=uploaded.uri, mime_type="application/pdf"))
         writer.add(build_row("from-text", spec, text="Invoice number: INV-7\nTotal: 10\n"))
@@ -60,8 +62,11 @@ def test_a_shard_of_rows_runs_as_a_real_batch(client, invoice_pdf, tmp_path):
     for line in client.files.download(file=job.dest.file_name).splitlines():
         row = orjson.loads(line)
         answers[row["key"]] = orjson.loads(row["response"]["candidates"][0]["content"]["parts"][0]["text"])
-    assert answers == {"from-file": {"invoice_number": "INV-42", "total": 1234.5}, "from-text": {"invoice_number": "INV-7", "total": 10},
-                       "inline": {"invoice_number": "INV-42", "total": 1234.5}}
+    assert answers == {
+        "from-file": {"invoice_number": "INV-42", "total": 1234.5},
+        "from-text": {"invoice_number": "INV-7", "total": 10},
+        "inline": {"invoice_number": "INV-42", "total": 1234.5},
+    }
 
 
 # ---------------------------------------------------------------- shards
@@ -90,5 +95,3 @@ def test_shards_on_gcs(gcs_root):
     assert lines == [line_of(row) for row in rows]
     assert all(as_path(m.uri).stat().st_size == m.bytes <= 1500 and m.rows <= 10 for m in loaded)
     assert [k for m in loaded for k in as_path(m.keys_uri).read_text().split()] == [row["key"] for row in rows]
-
-

@@ -22,10 +22,10 @@ def test_preparation_benchmark_inlines_or_stages_every_pdf_and_times_the_baselin
     rows = {row.case.split(" (")[0]: row for row in prepare.run(tmp_path, 30)}
     inline, staged = rows["ours, PDFs inline"], rows["ours, PDFs uploaded first"]
     assert inline.extra["staged"] == 0 and inline.extra["rows"] == 30 and inline.extra["valid"]
-    assert staged.extra["staged"] == staged.extra["rows"] == 30 and staged.extra["failed"] == 0 and staged.extra["valid"]
+    assert (
+        staged.extra["staged"] == staged.extra["rows"] == 30 and staged.extra["failed"] == 0 and staged.extra["valid"]
+    )
     assert rows["sequential baseline"].extra["documents"] == 30
     floors = [row for case, row in rows.items() if case.startswith("request floor")]
     assert floors and all(row.extra["documents"] == 30 for row in floors)
     assert "x baseline" in inline.compare and inline.met is not None and staged.met is None
-
-

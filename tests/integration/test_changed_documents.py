@@ -12,18 +12,18 @@ import uuid
 from contextlib import contextmanager
 
 import pytest
-from support.emulators import developer_client
-from gemini_emulator.testing import requests_made
 from fpdf import FPDF
 
-from support.dagrun import read_results
 from gemini_batch.core import documents
-from gemini_batch.steps import plan, runs
 from gemini_batch.core.batch_requests import ShardManifest
-from gemini_batch.hooks.gemini import GeminiBatchHook
 from gemini_batch.core.locations import as_path
-from gemini_batch.hooks.uploads import FilesApiStager, GcsStager, files_api_name
 from gemini_batch.core.staged import StagedPart, StageFailure, StageItem
+from gemini_batch.hooks.gemini import GeminiBatchHook
+from gemini_batch.hooks.uploads import FilesApiStager, GcsStager, files_api_name
+from gemini_batch.steps import plan, runs
+from gemini_emulator.testing import requests_made
+from support.dagrun import read_results
+from support.emulators import developer_client
 from support.service import MODEL, use_developer, wait_until_ended
 
 SCHEMA = {"type": "object", "properties": {"invoice_number": {"type": "string"}}}
@@ -103,14 +103,20 @@ def key_of(run: runs.Run, document: str) -> str:
 
 
 @CHANGES
-def test_a_staged_document_changed_after_planning_fails_and_is_never_sent(change, source, tmp_path, emulator,
-                                                                          monkeypatch):
+def test_a_staged_document_changed_after_planning_fails_and_is_never_sent(
+    change, source, tmp_path, emulator, monkeypatch
+):
     use_developer(monkeypatch, emulator.url)
     sent: list[bytes] = []
-    run = run_through(GeminiBatchHook(), source, tmp_path / "out", "manual__changed",
-                      after_plan=lambda: sent.append(change(source, tmp_path)))
+    run = run_through(
+        GeminiBatchHook(),
+        source,
+        tmp_path / "out",
+        "manual__changed",
+        after_plan=lambda: sent.append(change(source, tmp_path)),
+    )
 
-    records, summary = read_results(tmp_path / "out")
+    records, _summary = read_results(tmp_path / "out")
     scan = records["scan.pdf"]
     assert scan["status"] == "failed" and scan["data"] is None
     assert scan["error"].startswith(f"not requested: {CHANGED}"), scan["error"]
@@ -143,8 +149,9 @@ def test_a_later_run_over_the_genuine_file_gets_its_own_answer(change, source, t
 def stage_item(source, name: str) -> StageItem:
     """scan.pdf's one part as the plan would list it (its key is made up: the part is what matters)."""
     data = (source / name).read_bytes()
-    return StageItem("c" * 64, as_path(source), name, None, "application/pdf", len(data),
-                     hashlib.sha256(data).hexdigest())
+    return StageItem(
+        "c" * 64, as_path(source), name, None, "application/pdf", len(data), hashlib.sha256(data).hexdigest()
+    )
 
 
 def changing_while_read(path):
@@ -169,7 +176,7 @@ def test_a_part_changed_while_it_uploads_is_deleted_and_fails(source, emulator):
     assert isinstance(result, StageFailure) and result.error.startswith(CHANGED), result
     with pytest.raises(Exception, match="403|404"):
         client.files.get(name=files_api_name(item.key))
-    assert [r for r in requests_made(emulator, "DELETE")], "the upload was taken back"
+    assert list(requests_made(emulator, "DELETE")), "the upload was taken back"
 
 
 def test_a_gcs_part_changed_while_it_uploads_is_deleted_and_fails(source, gcs_root):
@@ -199,7 +206,7 @@ def test_a_fifo_swapped_in_fails_at_once_instead_of_blocking(source):
         try:
             with documents.open_planned(item.source, item.path, None, item.sha256):
                 pass
-        except BaseException as error:  # noqa: BLE001 - checked below, in the test's thread
+        except BaseException as error:
             raised.append(error)
 
     reader = threading.Thread(target=read, daemon=True)

@@ -53,7 +53,9 @@ def test_airflow_services_cover_the_production_topology():
     assert commands["airflow-apiserver"] == ["airflow", "api-server"]
     assert commands["airflow-worker"] == ["airflow", "celery", "worker"]
     assert services["airflow-worker"]["deploy"]["replicas"] == 2
-    assert "pools set gemini_batch_jobs" in " ".join(commands["airflow-init"]) and "--include-deferred" in " ".join(commands["airflow-init"])
+    assert "pools set gemini_batch_jobs" in " ".join(commands["airflow-init"]) and "--include-deferred" in " ".join(
+        commands["airflow-init"]
+    )
     env = services["airflow-scheduler"]["environment"]
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert "gemini-emulator%3A8790" in env["AIRFLOW_CONN_GEMINI_DEFAULT"]  # the offline default (contract 4)

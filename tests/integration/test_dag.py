@@ -11,12 +11,20 @@ import json
 import shutil
 
 import pytest
-from support.emulators import developer_client, storage_client
+from fpdf import FPDF
+
 from gemini_emulator.testing import requests_made
 from support.dagrun import (
-    SAMPLES, assert_contract, developer_conn, read_results, round_keys, run_dag, submitted_jobs, submitted_keys,
+    SAMPLES,
+    assert_contract,
+    developer_conn,
+    read_results,
+    round_keys,
+    run_dag,
+    submitted_jobs,
+    submitted_keys,
 )
-from fpdf import FPDF
+from support.emulators import developer_client, storage_client
 
 
 @pytest.fixture
@@ -29,7 +37,9 @@ def source(tmp_path):
 def test_developer_run_over_the_samples(airflow_home, source, tmp_path, start_emulator):
     server = start_emulator(time_scale=600)
     output = tmp_path / "out"
-    done = run_dag(airflow_home, developer_conn(server.url), {"source": str(source), "output": str(output)}, "2026-11-01")
+    done = run_dag(
+        airflow_home, developer_conn(server.url), {"source": str(source), "output": str(output)}, "2026-11-01"
+    )
     done.check()
 
     records, summary = read_results(output)
@@ -56,8 +66,9 @@ def test_developer_run_over_the_samples(airflow_home, source, tmp_path, start_em
 
     # Incremental: the same folder again plans and submits nothing, and every record is still there.
     output2 = tmp_path / "out2"
-    again = run_dag(airflow_home, developer_conn(server.url),
-                    {"source": str(source), "output": str(output2)}, "2026-11-02")  # the same (default) ledger
+    again = run_dag(
+        airflow_home, developer_conn(server.url), {"source": str(source), "output": str(output2)}, "2026-11-02"
+    )  # the same (default) ledger
     again.check()
     records2, summary2 = read_results(output2)
     assert_contract(records2, summary2, source)
@@ -76,14 +87,22 @@ def test_faults_retry_only_what_failed(airflow_home, source, tmp_path, start_emu
         pdf.cell(text=f"Invoice INV-{n:04d} total {n * 10}.00 EUR")
         pdf.output(str(source / f"more-{n}.pdf"))
     faults = {
-        "seed": 7, "row_error_rate": 0.15, "fenced_rate": 0.2, "truncated_rate": 0.1, "job_expire_rate": 0.3,
+        "seed": 7,
+        "row_error_rate": 0.15,
+        "fenced_rate": 0.2,
+        "truncated_rate": 0.1,
+        "job_expire_rate": 0.3,
         "job_expiry_hours": 0.5,  # an EXPIRED job ends after 3 s here, with part of its rows answered
         "http": {"get": {"rate": 0.3, "codes": [503]}, "upload": {"burst": 2, "codes": [503]}},
     }
     server = start_emulator(time_scale=600, faults=faults)
     output = tmp_path / "out"
-    done = run_dag(airflow_home, developer_conn(server.url),
-                   {"source": str(source), "output": str(output), "max_rows_per_job": 10}, "2026-11-03")
+    done = run_dag(
+        airflow_home,
+        developer_conn(server.url),
+        {"source": str(source), "output": str(output), "max_rows_per_job": 10},
+        "2026-11-03",
+    )
     done.check()
     records, summary = read_results(output)
     assert_contract(records, summary, source)
@@ -109,8 +128,12 @@ def test_faults_retry_only_what_failed(airflow_home, source, tmp_path, start_emu
 def test_budget_gate_fails_before_submitting(airflow_home, source, tmp_path, start_emulator):
     server = start_emulator(time_scale=600)
     output = tmp_path / "out"
-    done = run_dag(airflow_home, developer_conn(server.url),
-                   {"source": str(source), "output": str(output), "max_cost_usd": 0.000001}, "2026-11-04")
+    done = run_dag(
+        airflow_home,
+        developer_conn(server.url),
+        {"source": str(source), "output": str(output), "max_cost_usd": 0.000001},
+        "2026-11-04",
+    )
     assert done.state == "failed"
     assert "exceeds max_cost_usd" in done.log and "estimated cost $" in done.log
     assert submitted_keys(server) == []
@@ -125,14 +148,26 @@ def test_vertex_run_through_gcs(airflow_home, source, tmp_path, start_emulator, 
     for path in sorted(source.rglob("*")):
         if path.is_file():
             bucket.blob(f"dag-vertex-landing/{path.relative_to(source)}").upload_from_filename(path)
-    conn = {"conn_type": "generic", "extra": {"backend": "vertex", "base_url": server.url, "project": "test-project",
-                                              "location": "us-central1", "gcp_conn_id": "gcs_emulator"}}
+    conn = {
+        "conn_type": "generic",
+        "extra": {
+            "backend": "vertex",
+            "base_url": server.url,
+            "project": "test-project",
+            "location": "us-central1",
+            "gcp_conn_id": "gcs_emulator",
+        },
+    }
     gcp = json.dumps({"conn_type": "google_cloud_platform", "extra": {"is_anonymous": True, "project": "test-project"}})
     output = tmp_path / "out"
     done = run_dag(
-        airflow_home, conn,
-        {"source": "gs://test-bucket/dag-vertex-landing", "output": str(output),
-         "staging_prefix": "gs://test-bucket/dag-vertex"},
+        airflow_home,
+        conn,
+        {
+            "source": "gs://test-bucket/dag-vertex-landing",
+            "output": str(output),
+            "staging_prefix": "gs://test-bucket/dag-vertex",
+        },
         "2026-11-05",
         extra_env={"AIRFLOW_CONN_GCS_EMULATOR": gcp, "STORAGE_EMULATOR_HOST": gcs.url},
     )
@@ -143,10 +178,14 @@ def test_vertex_run_through_gcs(airflow_home, source, tmp_path, start_emulator, 
     assert sum(map(len, submitted_keys(server))) == 8
     jobs_dir = server.log_path.parent / "jobs"
     (job_input,) = jobs_dir.glob("*.input.jsonl")
-    documents = [row["request"]["contents"][0]["parts"][1] for row in map(json.loads, job_input.read_text().splitlines())]
+    documents = [
+        row["request"]["contents"][0]["parts"][1] for row in map(json.loads, job_input.read_text().splitlines())
+    ]
     in_place = sorted(d["fileData"]["fileUri"] for d in documents if "fileData" in d)
-    assert in_place == [f"gs://test-bucket/dag-vertex-landing/{name}" for name in
-                        ("invoice-1-copy.pdf", "invoice-2.pdf", "invoice-3.pdf", "scans/invoice-5.png")], in_place
+    assert in_place == [
+        f"gs://test-bucket/dag-vertex-landing/{name}"
+        for name in ("invoice-1-copy.pdf", "invoice-2.pdf", "invoice-3.pdf", "scans/invoice-5.png")
+    ], in_place
     # (invoice-1.pdf has the copy's bytes and key: one request, for the first in discovery order)
     assert sum("inlineData" in d for d in documents) == 3  # the statement's three page ranges
     assert not list(bucket.list_blobs(prefix="dag-vertex/documents/")), "nothing was copied to the staging prefix"
@@ -174,19 +213,29 @@ def test_dated_source_and_output_follow_the_logical_date(airflow_home, tmp_path,
 def test_a_shut_down_model_fails_the_run_before_anything_is_uploaded(airflow_home, source, tmp_path, start_emulator):
     server = start_emulator(time_scale=600)
     output = tmp_path / "out"
-    done = run_dag(airflow_home, developer_conn(server.url),
-                   {"source": str(source), "output": str(output), "model": "gemini-2.5-flash"}, "2026-11-06")
+    done = run_dag(
+        airflow_home,
+        developer_conn(server.url),
+        {"source": str(source), "output": str(output), "model": "gemini-2.5-flash"},
+        "2026-11-06",
+    )
     assert done.state == "failed"
-    assert "model 'gemini-2.5-flash': the service does not know it (unknown or shut down); batch-capable models:" in done.log
+    assert (
+        "model 'gemini-2.5-flash': the service does not know it (unknown or shut down); batch-capable models:"
+        in done.log
+    )
     assert "gemini-2.5-flash-lite, " in done.log and "gemini-3.8-flash" in done.log
     assert "up_for_retry" not in done.log.lower(), "a parameter error is not retried"
     sent = requests_made(server)
     assert not [r for r in sent if r["path"].startswith("/upload/") or r["method"] == "POST"], "nothing was uploaded"
-    assert [r["path"] for r in sent if r["path"].startswith("/v1beta/models")][:1] == ["/v1beta/models/gemini-2.5-flash"]
+    assert [r["path"] for r in sent if r["path"].startswith("/v1beta/models")][:1] == [
+        "/v1beta/models/gemini-2.5-flash"
+    ]
 
 
-def test_a_model_without_a_price_runs_at_an_unknown_cost_unless_a_budget_is_set(airflow_home, source, tmp_path,
-                                                                               start_emulator):
+def test_a_model_without_a_price_runs_at_an_unknown_cost_unless_a_budget_is_set(
+    airflow_home, source, tmp_path, start_emulator
+):
     server = start_emulator(time_scale=600)
     conf = {"source": str(source), "model": "gemini-3.5-flash-lite"}
     done = run_dag(airflow_home, developer_conn(server.url), {**conf, "output": str(tmp_path / "a")}, "2026-11-07")
@@ -197,15 +246,23 @@ def test_a_model_without_a_price_runs_at_an_unknown_cost_unless_a_budget_is_set(
     assert "The cost of this run is unknown: no price for model 'gemini-3.5-flash-lite'" in done.log
 
     conf["prompt"] = "Extract the invoice total."  # new keys: the ledger holds the first prompt's answers
-    budget = run_dag(airflow_home, developer_conn(server.url),
-                     {**conf, "output": str(tmp_path / "b"), "max_cost_usd": 10}, "2026-11-08")
+    budget = run_dag(
+        airflow_home,
+        developer_conn(server.url),
+        {**conf, "output": str(tmp_path / "b"), "max_cost_usd": 10},
+        "2026-11-08",
+    )
     assert budget.state == "failed"
     assert "max_cost_usd $10.0000 is set but the cost cannot be estimated" in budget.log
     assert "Variable gemini_batch_prices" in budget.log
 
     price = {"models": {"gemini-3.5-flash-lite": {"input_per_million": 0.2, "output_per_million": 0.8}}}
-    priced = run_dag(airflow_home, developer_conn(server.url),
-                     {**conf, "output": str(tmp_path / "c"), "max_cost_usd": 10}, "2026-11-09",
-                     extra_env={"AIRFLOW_VAR_GEMINI_BATCH_PRICES": json.dumps(price)})
+    priced = run_dag(
+        airflow_home,
+        developer_conn(server.url),
+        {**conf, "output": str(tmp_path / "c"), "max_cost_usd": 10},
+        "2026-11-09",
+        extra_env={"AIRFLOW_VAR_GEMINI_BATCH_PRICES": json.dumps(price)},
+    )
     priced.check()
     assert read_results(tmp_path / "c")[1]["estimated_cost_usd"] > 0

@@ -11,11 +11,10 @@ from fpdf import FPDF
 from PIL import Image
 from pypdf import PdfReader
 
-from support.emulators import storage_client
 from gemini_batch.core import documents
-from gemini_batch.core.documents import (Limits, SourceError, SourceFile, discover, inline_text,
-                                    inspect, open_part)
+from gemini_batch.core.documents import Limits, SourceError, SourceFile, discover, inline_text, inspect, open_part
 from gemini_batch.core.locations import as_path
+from support.emulators import storage_client
 
 
 def pdf_bytes(pages: int, images: Sequence[bytes] = ()) -> bytes:
@@ -67,8 +66,11 @@ def test_discover_and_inspect_on_gcs(gcs, gcs_root):
     source = gcs_root / "documents" / "test_discover_and_inspect_on_gcs"
     pdf = pdf_bytes(7)
     for relative, data in [
-        ("b/report.pdf", pdf), ("a.txt", b"hello\n"), ("z.png", image_bytes("PNG")),
-        (".hidden", b"x"), ("sub/.git/config", b"x"),
+        ("b/report.pdf", pdf),
+        ("a.txt", b"hello\n"),
+        ("z.png", image_bytes("PNG")),
+        (".hidden", b"x"),
+        ("sub/.git/config", b"x"),
     ]:
         (source / relative).write_bytes(data)
     (gcs_root / "documents" / "test_discover_and_inspect_on_gcs-sibling.txt").write_bytes(b"not under the source")
@@ -79,7 +81,9 @@ def test_discover_and_inspect_on_gcs(gcs, gcs_root):
 
     found = list(discover(source))
     assert [(file.path, file.size, file.rejected) for file in found] == [
-        ("a.txt", 6, None), ("b/report.pdf", len(pdf), None), ("z.png", len(image_bytes("PNG")), None),
+        ("a.txt", 6, None),
+        ("b/report.pdf", len(pdf), None),
+        ("z.png", len(image_bytes("PNG")), None),
     ]
     assert str(where(found[1])) == f"{source}/b/report.pdf"
 
@@ -105,5 +109,3 @@ def test_gcs_source_errors_name_the_source(gcs_root):
     ]:
         with pytest.raises(SourceError, match=f"^source {uri} {cause}$"):
             discover(as_path(uri))
-
-

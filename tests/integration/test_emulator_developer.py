@@ -12,9 +12,8 @@ import orjson
 import pytest
 from google.genai import errors, types
 
-from support.emulators import developer_client
-
 from gemini_emulator import discovery, responder
+from support.emulators import developer_client
 
 SCHEMA = {
     "type": "object",
@@ -28,10 +27,13 @@ SCHEMA = {
 
 
 def row(key: str, text: str, **config) -> dict:
-    return {"key": key, "request": {
-        "contents": [{"role": "user", "parts": [{"text": "Extract the invoice fields."}, {"text": text}]}],
-        "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": SCHEMA, **config},
-    }}
+    return {
+        "key": key,
+        "request": {
+            "contents": [{"role": "user", "parts": [{"text": "Extract the invoice fields."}, {"text": text}]}],
+            "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": SCHEMA, **config},
+        },
+    }
 
 
 def upload_jsonl(client, rows: list[dict] | bytes, **config):
@@ -70,7 +72,9 @@ def test_upload_goes_processing_then_active_and_keeps_bytes(start_emulator, tmp_
     assert uploaded.size_bytes == pdf.stat().st_size
     assert uploaded.mime_type == "text/plain"
     assert uploaded.uri.endswith(f"/v1beta/{uploaded.name}")
-    assert uploaded.expiration_time - uploaded.create_time == pytest.approx(__import__("datetime").timedelta(hours=48), abs=__import__("datetime").timedelta(seconds=1))
+    assert uploaded.expiration_time - uploaded.create_time == pytest.approx(
+        __import__("datetime").timedelta(hours=48), abs=__import__("datetime").timedelta(seconds=1)
+    )
     time.sleep(1.1)
     assert client.files.get(name=uploaded.name).state == types.FileState.ACTIVE
 
@@ -133,8 +137,12 @@ def test_named_upload_and_conflict(client):
 
 
 def test_file_batch_lifecycle_and_schema_answers(client):
-    rows = [row(f"doc-{i}", f"Invoice Number: INV-{i}\nDate: 2024-03-{i + 1:02d}\nTotal: $1,2{i}0.50") for i in range(5)]
-    job = client.batches.create(model="gemini-2.5-flash", src=upload_jsonl(client, rows).name, config={"display_name": "invoices"})
+    rows = [
+        row(f"doc-{i}", f"Invoice Number: INV-{i}\nDate: 2024-03-{i + 1:02d}\nTotal: $1,2{i}0.50") for i in range(5)
+    ]
+    job = client.batches.create(
+        model="gemini-2.5-flash", src=upload_jsonl(client, rows).name, config={"display_name": "invoices"}
+    )
     assert job.name.startswith("batches/")
     assert job.state == types.JobState.JOB_STATE_PENDING
     assert job.display_name == "invoices" and job.model == "models/gemini-2.5-flash"
@@ -159,15 +167,23 @@ def test_batch_stats_in_rest_body(client, emulator):
     body = httpx.get(f"{emulator.url}/v1beta/{job.name}", headers={"x-goog-api-key": "k"}).json()
     assert body["done"] is True
     assert body["metadata"]["state"] == "BATCH_STATE_SUCCEEDED"
-    assert body["metadata"]["batchStats"] == {"requestCount": "4", "successfulRequestCount": "4"}  # zero counters left out
+    assert body["metadata"]["batchStats"] == {
+        "requestCount": "4",
+        "successfulRequestCount": "4",
+    }  # zero counters left out
 
 
 def test_inlined_requests_return_inlined_responses(client):
     requests = [
         types.InlinedRequest(contents="Title: Alpha report", metadata={"key": "a"}),
-        types.InlinedRequest(contents="Title: Beta report", metadata={"key": "b"},
-                             config=types.GenerateContentConfig(response_mime_type="application/json",
-                                                                response_json_schema={"type": "object", "properties": {"title": {"type": "string"}}})),
+        types.InlinedRequest(
+            contents="Title: Beta report",
+            metadata={"key": "b"},
+            config=types.GenerateContentConfig(
+                response_mime_type="application/json",
+                response_json_schema={"type": "object", "properties": {"title": {"type": "string"}}},
+            ),
+        ),
     ]
     job = wait_done(client, client.batches.create(model="gemini-2.5-flash", src=requests).name)
     assert job.state == types.JobState.JOB_STATE_SUCCEEDED
@@ -178,7 +194,15 @@ def test_inlined_requests_return_inlined_responses(client):
 
 def test_malformed_line_fails_only_its_row(client):
     good = [row(f"k{i}", "Invoice Number: 7") for i in range(3)]
-    data = orjson.dumps(good[0]) + b"\n" + b'{"key": "broken", "request": {oops\n' + orjson.dumps(good[1]) + b"\n" + orjson.dumps(good[2]) + b"\n"
+    data = (
+        orjson.dumps(good[0])
+        + b"\n"
+        + b'{"key": "broken", "request": {oops\n'
+        + orjson.dumps(good[1])
+        + b"\n"
+        + orjson.dumps(good[2])
+        + b"\n"
+    )
     job = wait_done(client, client.batches.create(model="gemini-2.5-flash", src=upload_jsonl(client, data).name).name)
     assert job.state == types.JobState.JOB_STATE_SUCCEEDED
     out = {r.get("key"): r for r in output_rows(client, job)}
@@ -187,18 +211,30 @@ def test_malformed_line_fails_only_its_row(client):
 
 
 def test_request_in_sdk_flat_form_fails_its_row(client):
-    flat = {"key": "flat", "request": {"contents": [{"parts": [{"text": "x"}]}], "thinking_config": {"thinking_budget": 0}}}
-    job = wait_done(client, client.batches.create(model="gemini-2.5-flash", src=upload_jsonl(client, [flat, row("ok", "x")]).name).name)
+    flat = {
+        "key": "flat",
+        "request": {"contents": [{"parts": [{"text": "x"}]}], "thinking_config": {"thinking_budget": 0}},
+    }
+    job = wait_done(
+        client,
+        client.batches.create(model="gemini-2.5-flash", src=upload_jsonl(client, [flat, row("ok", "x")]).name).name,
+    )
     out = {r["key"]: r for r in output_rows(client, job)}
     assert 'Unknown name "thinking_config"' in out["flat"]["error"]["message"]
     assert "response" in out["ok"]
 
 
-@pytest.mark.parametrize(("lines", "fragment"), [
-    ([{"request": {"contents": []}}], "Line 1: the request has no 'key'"),
-    ([row("same", "x"), row("other", "y"), row("same", "z")], "Line 3: duplicate key 'same' (first used on line 1)"),
-    ([], "no requests"),
-])
+@pytest.mark.parametrize(
+    ("lines", "fragment"),
+    [
+        ([{"request": {"contents": []}}], "Line 1: the request has no 'key'"),
+        (
+            [row("same", "x"), row("other", "y"), row("same", "z")],
+            "Line 3: duplicate key 'same' (first used on line 1)",
+        ),
+        ([], "no requests"),
+    ],
+)
 def test_invalid_input_is_rejected_with_400(client, lines, fragment):
     data = b"".join(orjson.dumps(r) + b"\n" for r in lines) or b"\n"
     with pytest.raises(errors.ClientError) as exc:
@@ -220,7 +256,9 @@ def test_unknown_model_is_404_in_google_error_shape(client, emulator):
         client.batches.create(model="gemini-9-ultra", src=src)
     assert exc.value.code == 404 and exc.value.status == "NOT_FOUND"
     assert "models/gemini-9-ultra is not found" in exc.value.message
-    raw = httpx.post(f"{emulator.url}/v1beta/models/nope:batchGenerateContent", headers={"x-goog-api-key": "k"}, json={"batch": {}})
+    raw = httpx.post(
+        f"{emulator.url}/v1beta/models/nope:batchGenerateContent", headers={"x-goog-api-key": "k"}, json={"batch": {}}
+    )
     assert raw.status_code == 404 and set(raw.json()["error"]) == {"code", "message", "status"}
 
 
@@ -246,7 +284,9 @@ def test_batch_list_pages(client):
 def test_cancel_while_running_and_delete(start_emulator):
     emulator = start_emulator(time_scale=10, faults={"pending_seconds": 0, "row_seconds": 1})
     client = developer_client(emulator.url)
-    job = client.batches.create(model="gemini-2.5-flash", src=upload_jsonl(client, [row(f"k{i}", "x") for i in range(100)]).name)
+    job = client.batches.create(
+        model="gemini-2.5-flash", src=upload_jsonl(client, [row(f"k{i}", "x") for i in range(100)]).name
+    )
     deadline = time.monotonic() + 10
     while client.batches.get(name=job.name).state != types.JobState.JOB_STATE_RUNNING:
         assert time.monotonic() < deadline
@@ -291,17 +331,47 @@ def test_file_data_parts_read_uploaded_pdfs(client, tmp_path):
     pdf.output(str(path))
     doc = client.files.upload(file=path)
     assert doc.mime_type == "application/pdf"
-    request = {"key": "pdf", "request": {
-        "contents": [{"role": "user", "parts": [{"text": "Extract."}, {"fileData": {"fileUri": doc.uri, "mimeType": "application/pdf"}}]}],
-        "generationConfig": {"responseMimeType": "application/json", "responseSchema": {
-            "type": "OBJECT", "properties": {"invoice_number": {"type": "STRING"}, "date": {"type": "STRING"}, "total": {"type": "NUMBER"}}}},
-    }}
-    missing = {"key": "gone", "request": {"contents": [{"parts": [{"text": "x"}, {"fileData": {"fileUri": "files/nosuchfile", "mimeType": "application/pdf"}}]}]}}
+    request = {
+        "key": "pdf",
+        "request": {
+            "contents": [
+                {
+                    "role": "user",
+                    "parts": [{"text": "Extract."}, {"fileData": {"fileUri": doc.uri, "mimeType": "application/pdf"}}],
+                }
+            ],
+            "generationConfig": {
+                "responseMimeType": "application/json",
+                "responseSchema": {
+                    "type": "OBJECT",
+                    "properties": {
+                        "invoice_number": {"type": "STRING"},
+                        "date": {"type": "STRING"},
+                        "total": {"type": "NUMBER"},
+                    },
+                },
+            },
+        },
+    }
+    missing = {
+        "key": "gone",
+        "request": {
+            "contents": [
+                {"parts": [{"text": "x"}, {"fileData": {"fileUri": "files/nosuchfile", "mimeType": "application/pdf"}}]}
+            ]
+        },
+    }
     time.sleep(0.01)
-    job = wait_done(client, client.batches.create(model="gemini-2.5-flash", src=upload_jsonl(client, [request, missing]).name).name)
+    job = wait_done(
+        client, client.batches.create(model="gemini-2.5-flash", src=upload_jsonl(client, [request, missing]).name).name
+    )
     out = {r["key"]: r for r in output_rows(client, job)}
     answer = out["pdf"]["response"]
-    assert json.loads(answer["candidates"][0]["content"]["parts"][0]["text"]) == {"invoice_number": "P-0", "date": "2025-06-17", "total": 99.95}
+    assert json.loads(answer["candidates"][0]["content"]["parts"][0]["text"]) == {
+        "invoice_number": "P-0",
+        "date": "2025-06-17",
+        "total": 99.95,
+    }
     assert {"modality": "DOCUMENT", "tokenCount": 3 * 258} in answer["usageMetadata"]["promptTokensDetails"]
     assert out["gone"]["error"]["code"] == 7 and "nosuchfile" in out["gone"]["error"]["message"]
 
@@ -309,7 +379,9 @@ def test_file_data_parts_read_uploaded_pdfs(client, tmp_path):
 def test_thinking_budget_can_eat_the_output_budget(client):
     starved = row("starved", "Invoice Number: 1", maxOutputTokens=50, thinkingConfig={"thinkingBudget": 200})
     fine = row("fine", "Invoice Number: 1", maxOutputTokens=500, thinkingConfig={"thinkingBudget": 0})
-    job = wait_done(client, client.batches.create(model="gemini-2.5-flash", src=upload_jsonl(client, [starved, fine]).name).name)
+    job = wait_done(
+        client, client.batches.create(model="gemini-2.5-flash", src=upload_jsonl(client, [starved, fine]).name).name
+    )
     out = {r["key"]: r["response"] for r in output_rows(client, job)}
     assert out["starved"]["candidates"][0]["finishReason"] == "MAX_TOKENS"
     assert "parts" not in out["starved"]["candidates"][0]["content"]
@@ -321,18 +393,30 @@ def test_async_client_full_cycle(client):
     aclient = client.aio
 
     async def run():
-        src = await aclient.files.upload(file=io.BytesIO(orjson.dumps(row("a", "Invoice Number: Z")) + b"\n"), config={"mime_type": "application/jsonl"})
+        src = await aclient.files.upload(
+            file=io.BytesIO(orjson.dumps(row("a", "Invoice Number: Z")) + b"\n"),
+            config={"mime_type": "application/jsonl"},
+        )
         job = await aclient.batches.create(model="gemini-2.5-flash", src=src.name)
         while not (job := await aclient.batches.get(name=job.name)).done:
             await asyncio.sleep(0.05)
         listed = [j.name async for j in await aclient.batches.list(config={"page_size": 1})]
-        data = await aclient.files.download(file=job.dest.file_name) if hasattr(aclient.files, "download") else client.files.download(file=job.dest.file_name)
+        data = (
+            await aclient.files.download(file=job.dest.file_name)
+            if hasattr(aclient.files, "download")
+            else client.files.download(file=job.dest.file_name)
+        )
         return job, listed, data
 
     job, listed, data = asyncio.run(run())
     assert job.state == types.JobState.JOB_STATE_SUCCEEDED
     assert job.name in listed
-    assert json.loads(json.loads(data.decode().splitlines()[0])["response"]["candidates"][0]["content"]["parts"][0]["text"])["invoice_number"] == "Z"
+    assert (
+        json.loads(
+            json.loads(data.decode().splitlines()[0])["response"]["candidates"][0]["content"]["parts"][0]["text"]
+        )["invoice_number"]
+        == "Z"
+    )
 
 
 # ---------------------------------------------------------------- true to the published API (issue 15)
@@ -355,8 +439,13 @@ def check_operation(body: dict) -> None:
 
 
 def raw(emulator, method: str, path: str, **kwargs) -> httpx.Response:
-    return httpx.request(method, f"{emulator.url}{path}", headers={"x-goog-api-key": "k", **kwargs.pop("headers", {})},
-                         timeout=10, **kwargs)
+    return httpx.request(
+        method,
+        f"{emulator.url}{path}",
+        headers={"x-goog-api-key": "k", **kwargs.pop("headers", {})},
+        timeout=10,
+        **kwargs,
+    )
 
 
 def test_google_s_documented_flow_uploads_then_creates_at_once(client):
@@ -383,8 +472,12 @@ def test_every_body_follows_the_discovery_document(client, emulator):
     uploaded = upload_jsonl(client, rows)
     check_spec(raw(emulator, "GET", f"/v1beta/{uploaded.name}").json(), "File")
     check_spec(raw(emulator, "GET", "/v1beta/files").json(), "ListFilesResponse")
-    created = raw(emulator, "POST", "/v1beta/models/gemini-2.5-flash-lite:batchGenerateContent",
-                  json={"batch": {"displayName": "spec", "inputConfig": {"fileName": uploaded.name}}}).json()
+    created = raw(
+        emulator,
+        "POST",
+        "/v1beta/models/gemini-2.5-flash-lite:batchGenerateContent",
+        json={"batch": {"displayName": "spec", "inputConfig": {"fileName": uploaded.name}}},
+    ).json()
     check_operation(created)
     assert created["metadata"]["batchStats"] == {"requestCount": "2", "pendingRequestCount": "2"}
     job = wait_done(client, created["name"])
@@ -399,7 +492,9 @@ def test_every_body_follows_the_discovery_document(client, emulator):
     check_spec(out["bad"]["error"], "Status")
     assert set(out["bad"]["error"]) == {"code", "message"}, "a google.rpc.Status has no status string"
 
-    inline = client.batches.create(model="gemini-2.5-flash-lite", src=[{"contents": [{"parts": [{"text": "Invoice Number: 7"}], "role": "user"}]}])
+    inline = client.batches.create(
+        model="gemini-2.5-flash-lite", src=[{"contents": [{"parts": [{"text": "Invoice Number: 7"}], "role": "user"}]}]
+    )
     body = raw(emulator, "GET", f"/v1beta/{wait_done(client, inline.name).name}").json()
     check_operation(body)
     assert "inputConfig" not in body["metadata"], "an inline batch's requests are not echoed"
@@ -411,8 +506,12 @@ def test_every_body_follows_the_discovery_document(client, emulator):
 def test_inline_requests_with_unknown_fields_are_refused_at_create(client, emulator):
     """The SDK would refuse the field itself (pydantic), so the request is sent as raw REST."""
     request = {"contents": [{"parts": [{"text": "x"}], "role": "user"}], "generationConfig": {"temprature": 0}}
-    response = raw(emulator, "POST", "/v1beta/models/gemini-2.5-flash-lite:batchGenerateContent",
-                   json={"batch": {"inputConfig": {"requests": {"requests": [{"request": request}]}}}})
+    response = raw(
+        emulator,
+        "POST",
+        "/v1beta/models/gemini-2.5-flash-lite:batchGenerateContent",
+        json={"batch": {"inputConfig": {"requests": {"requests": [{"request": request}]}}}},
+    )
     assert response.status_code == 400 and "temprature" in response.json()["error"]["message"]
     assert list(client.batches.list()) == [], "nothing was created"
 
@@ -430,7 +529,10 @@ def test_a_cancelled_batch_ends_with_the_documented_error(start_emulator):
 
 
 def test_downloads_redirect_to_the_media_path(client, emulator):
-    job = wait_done(client, client.batches.create(model="gemini-2.5-flash-lite", src=upload_jsonl(client, [row("k", "x")]).name).name)
+    job = wait_done(
+        client,
+        client.batches.create(model="gemini-2.5-flash-lite", src=upload_jsonl(client, [row("k", "x")]).name).name,
+    )
     api_path = f"/v1beta/{job.dest.file_name}:download"
     redirect = raw(emulator, "GET", api_path, params={"alt": "media"})
     assert redirect.status_code == 302
@@ -445,15 +547,32 @@ def test_downloads_redirect_to_the_media_path(client, emulator):
 def test_simple_and_multipart_uploads(client, emulator, protocol):
     data = b"Invoice Number: S-1\n"
     if protocol == "raw":
-        response = raw(emulator, "POST", "/upload/v1beta/files", content=data,
-                       headers={"x-goog-upload-protocol": "raw", "content-type": "text/plain"})
+        response = raw(
+            emulator,
+            "POST",
+            "/upload/v1beta/files",
+            content=data,
+            headers={"x-goog-upload-protocol": "raw", "content-type": "text/plain"},
+        )
     else:
         boundary = "b0undary"
-        body = (f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n"
+        body = (
+            (
+                f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n"
                 '{"file": {"display_name": "multi"}}\r\n'
-                f"--{boundary}\r\nContent-Type: text/plain\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-        response = raw(emulator, "POST", "/upload/v1beta/files", params={"uploadType": "multipart"}, content=body,
-                       headers={"content-type": f"multipart/related; boundary={boundary}"})
+                f"--{boundary}\r\nContent-Type: text/plain\r\n\r\n"
+            ).encode()
+            + data
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        response = raw(
+            emulator,
+            "POST",
+            "/upload/v1beta/files",
+            params={"uploadType": "multipart"},
+            content=body,
+            headers={"content-type": f"multipart/related; boundary={boundary}"},
+        )
     assert response.status_code == 200, response.text
     check_spec(response.json(), "CreateFileResponse")
     file = client.files.get(name=response.json()["file"]["name"])
@@ -472,7 +591,9 @@ def test_models_are_listed_and_shut_down_ones_answer_as_the_service_does(client)
         client.models.get(model="gemini-2.5-flash")
     assert exc.value.code == 404
     # A shut-down model's batches are routed to its successor, which answers them ...
-    job = wait_done(client, client.batches.create(model="gemini-2.5-flash", src=upload_jsonl(client, [row("k", "x")]).name).name)
+    job = wait_done(
+        client, client.batches.create(model="gemini-2.5-flash", src=upload_jsonl(client, [row("k", "x")]).name).name
+    )
     assert output_rows(client, job)[0]["response"]["modelVersion"] == "gemini-3.5-flash-lite"
     # ... and one shut down without a successor is refused.
     with pytest.raises(errors.ClientError) as exc:

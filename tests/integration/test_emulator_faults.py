@@ -22,9 +22,8 @@ import orjson
 import pytest
 from google.genai import errors, types
 
-from support.emulators import developer_client
-
 from support.dagrun import ROOT
+from support.emulators import developer_client
 
 MODEL = "gemini-2.5-flash-lite"
 FAST = 3600  # an emulated hour per real second
@@ -47,13 +46,21 @@ S = types.JobState
 
 def row(key: str, i: int) -> dict:
     """A request whose JSON answer is ``expected(i)``."""
-    return {"key": key, "request": {
-        "contents": [{"role": "user", "parts": [
-            {"text": "Extract the invoice fields."},
-            {"text": f"Invoice Number: INV-{i}\nTotal: {i}.5"},
-        ]}],
-        "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": SCHEMA},
-    }}
+    return {
+        "key": key,
+        "request": {
+            "contents": [
+                {
+                    "role": "user",
+                    "parts": [
+                        {"text": "Extract the invoice fields."},
+                        {"text": f"Invoice Number: INV-{i}\nTotal: {i}.5"},
+                    ],
+                }
+            ],
+            "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": SCHEMA},
+        },
+    }
 
 
 def expected(i: int) -> dict:
@@ -137,7 +144,9 @@ def assert_error_shape(exc: errors.APIError, code: int, status: str) -> None:
 
 
 def test_row_error_rate_codes_keys_and_batch_stats(start_emulator):
-    emulator = start_emulator(time_scale=FAST, faults={"seed": 11, "row_error_rate": 0.5, "row_error_codes": [4, 9, 13, 429]})
+    emulator = start_emulator(
+        time_scale=FAST, faults={"seed": 11, "row_error_rate": 0.5, "row_error_codes": [4, 9, 13, 429]}
+    )
     client = developer_client(emulator.url)
     rows = rows_for(200)
     job = run_batch(client, rows)
@@ -220,7 +229,7 @@ def _fenced(text: str, i: int) -> None:
     assert text.startswith("```json\n") and text.endswith("\n```"), text
     with pytest.raises(json.JSONDecodeError):
         json.loads(text)
-    assert json.loads(text[len("```json\n"):-len("\n```")]) == expected(i)
+    assert json.loads(text[len("```json\n") : -len("\n```")]) == expected(i)
 
 
 def _prose(text: str, i: int) -> None:
@@ -323,7 +332,9 @@ def test_job_fail_rate_fails_the_job_with_error_and_partial_output(start_emulato
 def test_job_expire_rate_expires_without_results(start_emulator):
     """The Developer API keeps nothing of an EXPIRED batch, even the rows it had answered."""
     # Expiry after 1 emulated hour = 1 real second at this scale.
-    emulator = start_emulator(time_scale=FAST, faults={"job_expire_rate": 1, "job_expiry_hours": 1, "partial_fraction": 0.25})
+    emulator = start_emulator(
+        time_scale=FAST, faults={"job_expire_rate": 1, "job_expiry_hours": 1, "partial_fraction": 0.25}
+    )
     client = developer_client(emulator.url)
     rows = rows_for(40)
     created = client.batches.create(model=MODEL, src=upload(client, rows).name)
@@ -337,7 +348,9 @@ def test_job_expire_rate_expires_without_results(start_emulator):
     body = raw_batch(emulator.url, job.name)
     assert body["metadata"]["state"] == "BATCH_STATE_EXPIRED"
     assert "output" not in body["metadata"] and "response" not in body
-    assert stats(body)["successfulRequestCount"] == 10 and stats(body)["pendingRequestCount"] == 30  # answered, not kept
+    assert (
+        stats(body)["successfulRequestCount"] == 10 and stats(body)["pendingRequestCount"] == 30
+    )  # answered, not kept
     assert not any(f.name.startswith("files/batch-") for f in client.files.list()), "no responses file was generated"
 
 
@@ -358,7 +371,12 @@ def test_stuck_pending_stays_pending_until_it_expires_without_output(start_emula
     assert job.dest is None or job.dest.file_name is None
     body = raw_batch(emulator.url, job.name)
     assert "output" not in body["metadata"] and "response" not in body
-    assert stats(body) == {"requestCount": 5, "successfulRequestCount": 0, "failedRequestCount": 0, "pendingRequestCount": 5}
+    assert stats(body) == {
+        "requestCount": 5,
+        "successfulRequestCount": 0,
+        "failedRequestCount": 0,
+        "pendingRequestCount": 5,
+    }
     assert not any(f.name.startswith("files/batch-") for f in client.files.list()), "no responses file was generated"
 
 
@@ -380,7 +398,9 @@ def test_http_create_burst_of_429_then_success(start_emulator):
 
 
 def test_http_get_burst_of_503_then_success(start_emulator):
-    emulator = start_emulator(time_scale=FAST, faults={"file_processing_seconds": 0, "http": {"get": {"burst": 2, "codes": [503]}}})
+    emulator = start_emulator(
+        time_scale=FAST, faults={"file_processing_seconds": 0, "http": {"get": {"burst": 2, "codes": [503]}}}
+    )
     client = developer_client(emulator.url)
     uploaded = client.files.upload(file=io.BytesIO(jsonl(rows_for(3))), config={"mime_type": "application/jsonl"})
     assert uploaded.state == types.FileState.ACTIVE  # no files.get needed, so the burst is intact
@@ -468,7 +488,9 @@ def test_http_fault_pattern_repeats_with_the_seed(start_emulator):
 
 def test_slow_states_pending_then_running_then_succeeded(start_emulator):
     # 10 emulated seconds per real second: 0.8 s PENDING, then 0.8 s RUNNING.
-    emulator = start_emulator(time_scale=10, faults={"pending_seconds": 8, "running_seconds": 8, "file_processing_seconds": 0})
+    emulator = start_emulator(
+        time_scale=10, faults={"pending_seconds": 8, "running_seconds": 8, "file_processing_seconds": 0}
+    )
     client = developer_client(emulator.url)
     src = client.files.upload(file=io.BytesIO(jsonl(rows_for(5))), config={"mime_type": "application/jsonl"})
     started = time.monotonic()
@@ -499,7 +521,11 @@ def test_slow_states_pending_then_running_then_succeeded(start_emulator):
 def test_restart_mid_job_finishes_every_row_once(start_emulator, tmp_path, kill):
     data_dir = tmp_path / "persisted"
     # 100 emulated s per real s; 5 emulated s per row: 50 rows take ~2.5 s.
-    settings = dict(data_dir=data_dir, time_scale=100, faults={"row_seconds": 5, "pending_seconds": 0, "running_seconds": 0})
+    settings = {
+        "data_dir": data_dir,
+        "time_scale": 100,
+        "faults": {"row_seconds": 5, "pending_seconds": 0, "running_seconds": 0},
+    }
     first = start_emulator(**settings)
     client = developer_client(first.url)
     rows = rows_for(50)
@@ -537,18 +563,35 @@ def test_restart_mid_job_finishes_every_row_once(start_emulator, tmp_path, kill)
 # ---------------------------------------------------------------- --faults validation
 
 
-@pytest.mark.parametrize(("faults", "named"), [
-    ('{"nope": 1}', "nope"),
-    ('{"http": {"bogus": {"rate": 1}}}', "bogus"),
-    ('{"row_error_rate": 0.5', "invalid JSON"),
-    ('{"http": {"create": {"brust": 2}}}', "brust"),  # a typo inside one endpoint's fault
-], ids=["top-level", "endpoint", "bad-json", "http-fault-field"])
+@pytest.mark.parametrize(
+    ("faults", "named"),
+    [
+        ('{"nope": 1}', "nope"),
+        ('{"http": {"bogus": {"rate": 1}}}', "bogus"),
+        ('{"row_error_rate": 0.5', "invalid JSON"),
+        ('{"http": {"create": {"brust": 2}}}', "brust"),  # a typo inside one endpoint's fault
+    ],
+    ids=["top-level", "endpoint", "bad-json", "http-fault-field"],
+)
 def test_invalid_faults_are_refused_with_a_usage_error(tmp_path, faults, named):
     from gemini_emulator.testing import free_port
 
     proc = subprocess.run(
-        [sys.executable, "-m", "gemini_emulator", "--port", str(free_port()), "--data-dir", str(tmp_path / "d"), "--faults", faults],
-        cwd=ROOT, capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "gemini_emulator",
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--faults",
+            faults,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode != 0
     assert named in proc.stderr, proc.stderr

@@ -28,11 +28,26 @@ def write_input(path: Path) -> None:
     with path.open("w") as fh:
         for i in range(ROWS):
             document = f"Invoice Number: N-{i}\nDate: 2025-01-{i % 28 + 1:02d}\nTotal: {i}.25\n{filler}"
-            fh.write(json.dumps({"key": f"row-{i:05d}", "request": {
-                "contents": [{"role": "user", "parts": [{"text": "Extract the invoice."}, {"text": document}]}],
-                "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": {
-                    "type": "object", "properties": {"invoice_number": {"type": "string"}, "total": {"type": "number"}}}},
-            }}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "key": f"row-{i:05d}",
+                        "request": {
+                            "contents": [
+                                {"role": "user", "parts": [{"text": "Extract the invoice."}, {"text": document}]}
+                            ],
+                            "generationConfig": {
+                                "responseMimeType": "application/json",
+                                "responseJsonSchema": {
+                                    "type": "object",
+                                    "properties": {"invoice_number": {"type": "string"}, "total": {"type": "number"}},
+                                },
+                            },
+                        },
+                    }
+                )
+                + "\n"
+            )
 
 
 @pytest.mark.slow
@@ -69,6 +84,9 @@ def test_ten_thousand_rows_hundred_megabytes(start_emulator, tmp_path, record_pr
     record_property("input_mb", round(size_mb, 1))
     record_property("wall_seconds", round(wall, 1))
     record_property("emulator_peak_rss_mb", round(peak, 1))
-    print(f"\n10k rows / {size_mb:.0f} MB: {wall:.1f} s end to end, emulator peak RSS {peak:.0f} MB (at start {baseline:.0f} MB)")
+    print(
+        f"\n10k rows / {size_mb:.0f} MB: {wall:.1f} s end to end, emulator peak RSS {peak:.0f} MB "
+        f"(at start {baseline:.0f} MB)"
+    )
     # Streaming: the emulator never holds the input (100 MB) in memory, let alone twice.
     assert peak - baseline < 100, f"peak RSS grew by {peak - baseline:.0f} MB"

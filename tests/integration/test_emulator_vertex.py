@@ -16,9 +16,8 @@ import pytest
 from fpdf import FPDF
 from google.genai import errors, types
 
-from support.emulators import storage_client, vertex_client
-
 from gemini_emulator import discovery
+from support.emulators import storage_client, vertex_client
 
 BUCKET = "test-bucket"
 MODEL = "gemini-2.5-flash-lite"
@@ -97,17 +96,25 @@ def put(storage, name: str, data: bytes | str, content_type: str) -> str:
 
 
 def file_row(key: str, uri: str, mime_type: str, prompt: str = "Extract the invoice fields from the document.") -> dict:
-    return {"key": key, "request": {
-        "contents": [{"role": "user", "parts": [{"text": prompt}, {"fileData": {"fileUri": uri, "mimeType": mime_type}}]}],
-        "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": INVOICE_SCHEMA},
-    }}
+    return {
+        "key": key,
+        "request": {
+            "contents": [
+                {"role": "user", "parts": [{"text": prompt}, {"fileData": {"fileUri": uri, "mimeType": mime_type}}]}
+            ],
+            "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": INVOICE_SCHEMA},
+        },
+    }
 
 
 def text_row(key: str, document: str) -> dict:
-    return {"key": key, "request": {
-        "contents": [{"role": "user", "parts": [{"text": "Extract the invoice fields."}, {"text": document}]}],
-        "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": INVOICE_SCHEMA},
-    }}
+    return {
+        "key": key,
+        "request": {
+            "contents": [{"role": "user", "parts": [{"text": "Extract the invoice fields."}, {"text": document}]}],
+            "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": INVOICE_SCHEMA},
+        },
+    }
 
 
 def put_jsonl(storage, name: str, rows: list[dict | str]) -> str:
@@ -160,7 +167,9 @@ def assert_api_error(exc: errors.APIError, code: int, status: str, *fragments: s
 
 def test_full_lifecycle_with_pdf_and_text_documents_from_gcs(start_emulator, gcs, storage, prefix):
     # Slow the pending and running phases a little so both can be observed.
-    emulator = start_emulator(time_scale=3600, gcs_endpoint=gcs.url, faults={"pending_seconds": 720, "running_seconds": 1800})
+    emulator = start_emulator(
+        time_scale=3600, gcs_endpoint=gcs.url, faults={"pending_seconds": 720, "running_seconds": 1800}
+    )
     client = vertex_client(emulator.url)
     pdf_uri = put(storage, f"{prefix}/docs/invoice.pdf", invoice_pdf(PDF_LINES), "application/pdf")
     txt_uri = put(storage, f"{prefix}/docs/invoice.txt", TEXT_DOC, "text/plain")
@@ -236,7 +245,9 @@ def test_missing_gcs_document_fails_only_its_row_and_finished_job_can_be_deleted
         text_row("ok-inline", TEXT_DOC),
     ]
     src = put_jsonl(storage, f"{prefix}/input.jsonl", rows)
-    created = client.batches.create(model=MODEL, src=src, config={"dest": f"gs://{BUCKET}/{prefix}/out", "display_name": "row-failure"})
+    created = client.batches.create(
+        model=MODEL, src=src, config={"dest": f"gs://{BUCKET}/{prefix}/out", "display_name": "row-failure"}
+    )
     job, _ = wait_done(client, created.name)
 
     assert job.state == JS.JOB_STATE_SUCCEEDED  # a failed row does not fail the job
@@ -293,10 +304,16 @@ def test_input_spread_over_several_files(vertex, storage, prefix):
     """Vertex reads each input file on its own: a file without a final newline
     must not swallow the first request of the next file."""
     client = vertex
-    first = put(storage, f"{prefix}/part-1.jsonl", json.dumps(text_row("a", "Invoice Number: A-1")), "application/jsonl")
-    second = put_jsonl(storage, f"{prefix}/part-2.jsonl", [text_row("b", "Invoice Number: B-2"), text_row("c", "Invoice Number: C-3")])
+    first = put(
+        storage, f"{prefix}/part-1.jsonl", json.dumps(text_row("a", "Invoice Number: A-1")), "application/jsonl"
+    )
+    second = put_jsonl(
+        storage, f"{prefix}/part-2.jsonl", [text_row("b", "Invoice Number: B-2"), text_row("c", "Invoice Number: C-3")]
+    )
     created = client.batches.create(
-        model=MODEL, src={"format": "jsonl", "gcs_uri": [first, second]}, config={"dest": f"gs://{BUCKET}/{prefix}/out/"},
+        model=MODEL,
+        src={"format": "jsonl", "gcs_uri": [first, second]},
+        config={"dest": f"gs://{BUCKET}/{prefix}/out/"},
     )
     assert created.src.gcs_uri == [first, second]
     job, _ = wait_done(client, created.name)
@@ -313,9 +330,15 @@ def test_many_jobs_in_flight_each_publish_complete_predictions(vertex, storage, 
     takes a while: every one must succeed and publish all of its rows once."""
     client = vertex
     filler = "lorem ipsum dolor sit amet " * 7_500  # ~200 KB of document per row
-    rows = [text_row(f"k{i}", f"Invoice Number: R-{i}\nInvoice Date: 2024-05-0{i + 1}\nVendor: V\nTotal: {i}\n{filler}") for i in range(2)]
+    rows = [
+        text_row(f"k{i}", f"Invoice Number: R-{i}\nInvoice Date: 2024-05-0{i + 1}\nVendor: V\nTotal: {i}\n{filler}")
+        for i in range(2)
+    ]
     src = put_jsonl(storage, f"{prefix}/input.jsonl", rows)
-    names = [client.batches.create(model=MODEL, src=src, config={"dest": f"gs://{BUCKET}/{prefix}/out-{i:02d}/"}).name for i in range(40)]
+    names = [
+        client.batches.create(model=MODEL, src=src, config={"dest": f"gs://{BUCKET}/{prefix}/out-{i:02d}/"}).name
+        for i in range(40)
+    ]
     problems = []
     for name in names:
         job, _ = wait_done(client, name)
@@ -344,12 +367,18 @@ def test_create_rejects_bad_model_keys_and_inputs(vertex, storage, prefix):
     assert_api_error(exc.value, 404, "NOT_FOUND", "gemini-9-ultra")
 
     # Vertex AI does not need a key: the output row carries the request instead.
-    no_key = put_jsonl(storage, f"{prefix}/no-key.jsonl", [text_row("a", "x"), {"request": text_row("b", "y")["request"]}])
+    no_key = put_jsonl(
+        storage, f"{prefix}/no-key.jsonl", [text_row("a", "x"), {"request": text_row("b", "y")["request"]}]
+    )
     job, _ = wait_done(client, client.batches.create(model=MODEL, src=no_key, config=dest).name)
     out = predictions(storage, job)
-    assert set(out) == {"a", None} and out[None]["request"] == text_row("b", "y")["request"] and out[None]["status"] == ""
+    assert (
+        set(out) == {"a", None} and out[None]["request"] == text_row("b", "y")["request"] and out[None]["status"] == ""
+    )
 
-    duplicate = put_jsonl(storage, f"{prefix}/dup.jsonl", [text_row("same-key", "x"), text_row("other", "y"), text_row("same-key", "z")])
+    duplicate = put_jsonl(
+        storage, f"{prefix}/dup.jsonl", [text_row("same-key", "x"), text_row("other", "y"), text_row("same-key", "z")]
+    )
     with pytest.raises(errors.APIError) as exc:
         client.batches.create(model=MODEL, src=duplicate, config=dest)
     assert_api_error(exc.value, 400, "INVALID_ARGUMENT", "same-key", "duplicate")
@@ -372,8 +401,12 @@ def test_list_pages_and_filters(vertex_emulator, vertex, storage, prefix):
     client = vertex
     src = put_jsonl(storage, f"{prefix}/input.jsonl", [text_row("a", "Invoice Number: 1")])
     names = ["list-common", "list-common-2", "list-special"]
-    created = [client.batches.create(model=MODEL, src=src, config={"dest": f"gs://{BUCKET}/{prefix}/out-{i}/", "display_name": n}).name
-               for i, n in enumerate(names)]
+    created = [
+        client.batches.create(
+            model=MODEL, src=src, config={"dest": f"gs://{BUCKET}/{prefix}/out-{i}/", "display_name": n}
+        ).name
+        for i, n in enumerate(names)
+    ]
     assert len(set(created)) == 3
 
     pager = client.batches.list(config={"page_size": 2})
@@ -405,7 +438,9 @@ def test_cancel_running_job_and_delete_rules(start_emulator, gcs, storage, prefi
     client = vertex_client(emulator.url)
     rows = [text_row(f"row-{i:02d}", f"Invoice Number: N-{i}") for i in range(40)]
     src = put_jsonl(storage, f"{prefix}/input.jsonl", rows)
-    job = client.batches.create(model=MODEL, src=src, config={"dest": f"gs://{BUCKET}/{prefix}/out/", "display_name": "to-cancel"})
+    job = client.batches.create(
+        model=MODEL, src=src, config={"dest": f"gs://{BUCKET}/{prefix}/out/", "display_name": "to-cancel"}
+    )
 
     deadline = time.monotonic() + 10
     while True:
@@ -457,8 +492,12 @@ def test_async_client_create_get_list(vertex, storage, prefix):
     src = put_jsonl(storage, f"{prefix}/input.jsonl", [text_row("k1", TEXT_DOC), text_row("k2", "Invoice Number: Q-2")])
 
     async def run():
-        first = await aclient.batches.create(model=MODEL, src=src, config={"dest": f"gs://{BUCKET}/{prefix}/out-a/", "display_name": "async-a"})
-        second = await aclient.batches.create(model=MODEL, src=src, config={"dest": f"gs://{BUCKET}/{prefix}/out-b/", "display_name": "async-b"})
+        first = await aclient.batches.create(
+            model=MODEL, src=src, config={"dest": f"gs://{BUCKET}/{prefix}/out-a/", "display_name": "async-a"}
+        )
+        second = await aclient.batches.create(
+            model=MODEL, src=src, config={"dest": f"gs://{BUCKET}/{prefix}/out-b/", "display_name": "async-b"}
+        )
         done = []
         for created in (first, second):
             deadline = time.monotonic() + 30
@@ -479,7 +518,7 @@ def test_async_client_create_get_list(vertex, storage, prefix):
     assert len(first_page) == 1
     assert sorted(listed) == sorted([first.name, second.name])
     assert filtered == [second.name]
-    for job, suffix in zip(done, ("out-a/", "out-b/")):
+    for job, suffix in zip(done, ("out-a/", "out-b/"), strict=False):
         assert job.completion_stats.successful_count == 2
         assert job.output_info.gcs_output_directory.startswith(f"gs://{BUCKET}/{prefix}/{suffix}")
         out = predictions(storage, job)
@@ -501,8 +540,11 @@ def test_vertex_needs_a_gcs_endpoint(start_emulator):
 
 def test_requests_without_a_bearer_token_are_unauthenticated(vertex_emulator, vertex):
     url = f"{vertex_emulator.url}/v1beta1/{PARENT}/batchPredictionJobs"
-    body = {"model": f"publishers/google/models/{MODEL}", "inputConfig": {"instancesFormat": "jsonl", "gcsSource": {"uris": [f"gs://{BUCKET}/x.jsonl"]}},
-            "outputConfig": {"predictionsFormat": "jsonl", "gcsDestination": {"outputUriPrefix": f"gs://{BUCKET}/out/"}}}
+    body = {
+        "model": f"publishers/google/models/{MODEL}",
+        "inputConfig": {"instancesFormat": "jsonl", "gcsSource": {"uris": [f"gs://{BUCKET}/x.jsonl"]}},
+        "outputConfig": {"predictionsFormat": "jsonl", "gcsDestination": {"outputUriPrefix": f"gs://{BUCKET}/out/"}},
+    }
     for headers in ({}, {"Authorization": "Basic dXNlcjpwYXNz"}, {"x-goog-api-key": "an-api-key"}):
         response = httpx.post(url, json=body, headers=headers)
         assert response.status_code == 401, (headers, response.text)
@@ -543,7 +585,9 @@ def test_job_bodies_follow_the_discovery_document(start_emulator, gcs, storage, 
     body = raw_job(emulator, done.name)
     check_spec(body, "BatchPredictionJob")
     assert body["completionStats"] == {"successfulCount": "1", "failedCount": "1"}, "zero counts are left out"
-    listed = httpx.get(f"{emulator.url}/v1beta1/{PARENT}/batchPredictionJobs", headers={"authorization": "Bearer x"}).json()
+    listed = httpx.get(
+        f"{emulator.url}/v1beta1/{PARENT}/batchPredictionJobs", headers={"authorization": "Bearer x"}
+    ).json()
     check_spec(listed, "ListBatchPredictionJobsResponse")
     out = predictions(storage, done)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", out["a"]["processed_time"])
@@ -561,12 +605,16 @@ def test_a_job_queued_past_72_hours_expires_with_nothing(start_emulator, gcs, st
 
 
 def test_a_job_running_past_24_hours_expires_and_exports_what_it_finished(start_emulator, gcs, storage, prefix):
-    emulator = start_emulator(time_scale=24 * 3600 / 1.5, gcs_endpoint=gcs.url,
-                              faults={"job_expire_rate": 1, "partial_fraction": 0.5, "pending_seconds": 0})
+    emulator = start_emulator(
+        time_scale=24 * 3600 / 1.5,
+        gcs_endpoint=gcs.url,
+        faults={"job_expire_rate": 1, "partial_fraction": 0.5, "pending_seconds": 0},
+    )
     client = vertex_client(emulator.url)
     rows = [text_row(f"k{i}", TEXT_DOC) for i in range(10)]
-    job = client.batches.create(model=MODEL, src=put_jsonl(storage, f"{prefix}/in.jsonl", rows),
-                                config={"dest": f"gs://{BUCKET}/{prefix}/out/"})
+    job = client.batches.create(
+        model=MODEL, src=put_jsonl(storage, f"{prefix}/in.jsonl", rows), config={"dest": f"gs://{BUCKET}/{prefix}/out/"}
+    )
     done, _ = wait_done(client, job.name, timeout=10)
     assert done.state == JS.JOB_STATE_EXPIRED
     assert (done.end_time - done.start_time).total_seconds() == pytest.approx(1.5, abs=0.5)
@@ -578,10 +626,13 @@ def test_a_job_running_past_24_hours_expires_and_exports_what_it_finished(start_
 def test_input_uris_may_use_wildcards(vertex, storage, prefix):
     for name in ("part-1.jsonl", "part-2.jsonl", "other.txt"):
         put_jsonl(storage, f"{prefix}/in/{name}", [text_row(name, TEXT_DOC)])
-    job = vertex.batches.create(model=MODEL, src=f"gs://{BUCKET}/{prefix}/in/part-*.jsonl",
-                                config={"dest": f"gs://{BUCKET}/{prefix}/out/"})
+    job = vertex.batches.create(
+        model=MODEL, src=f"gs://{BUCKET}/{prefix}/in/part-*.jsonl", config={"dest": f"gs://{BUCKET}/{prefix}/out/"}
+    )
     done, _ = wait_done(vertex, job.name)
     assert set(predictions(storage, done)) == {"part-1.jsonl", "part-2.jsonl"}
     with pytest.raises(errors.APIError) as exc:
-        vertex.batches.create(model=MODEL, src=f"gs://{BUCKET}/{prefix}/none-*.jsonl", config={"dest": f"gs://{BUCKET}/{prefix}/out/"})
+        vertex.batches.create(
+            model=MODEL, src=f"gs://{BUCKET}/{prefix}/none-*.jsonl", config={"dest": f"gs://{BUCKET}/{prefix}/out/"}
+        )
     assert exc.value.code == 400 and "No files match" in exc.value.message

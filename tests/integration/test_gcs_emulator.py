@@ -47,9 +47,8 @@ def test_object_storage_path_exclusive_open_raises_file_exists(gcs_root, size):
     path = gcs_root / unique("xb")
     with path.open("xb", block_size=CHUNK) as f:
         f.write(b"A" * size)
-    with pytest.raises(FileExistsError):
-        with path.open("xb", block_size=CHUNK) as f:
-            f.write(b"B" * size)
+    with pytest.raises(FileExistsError), path.open("xb", block_size=CHUNK) as f:
+        f.write(b"B" * size)
     assert path.read_bytes() == b"A" * size
 
 
@@ -148,9 +147,8 @@ def test_batched_delete_honours_its_own_preconditions(gcs, bucket):
     bucket.blob(name).upload_from_string(b"data")
     generation = bucket.get_blob(name).generation
     client = storage_client(gcs.url)
-    with pytest.raises(PreconditionFailed):
-        with client.batch():
-            client.bucket("test-bucket").blob(name).delete(if_generation_match=generation + 1)
+    with pytest.raises(PreconditionFailed), client.batch():
+        client.bucket("test-bucket").blob(name).delete(if_generation_match=generation + 1)
     assert bucket.get_blob(name) is not None
     with client.batch():
         client.bucket("test-bucket").blob(name).delete(if_generation_match=generation)
@@ -167,6 +165,10 @@ def test_xml_api_put_honours_the_generation_header(gcs, bucket):
 
 
 def test_a_malformed_precondition_is_a_bad_request(gcs):
-    response = requests.post(f"{gcs.url}/upload/storage/v1/b/test-bucket/o",
-                             params={"uploadType": "media", "name": unique("bad"), "ifGenerationMatch": "x"}, data=b"d", timeout=10)
+    response = requests.post(
+        f"{gcs.url}/upload/storage/v1/b/test-bucket/o",
+        params={"uploadType": "media", "name": unique("bad"), "ifGenerationMatch": "x"},
+        data=b"d",
+        timeout=10,
+    )
     assert response.status_code == 400 and response.json()["error"]["errors"][0]["reason"] == "invalid"

@@ -9,8 +9,8 @@ import contextlib
 import json
 import sqlite3
 
-from support.emulators import list_calls, seed_job_history
 from support.dagrun import developer_conn, read_results, run_dag
+from support.emulators import list_calls, seed_job_history
 
 HISTORY = 3000
 
@@ -39,6 +39,8 @@ def test_a_run_does_not_page_through_the_account_s_job_history(airflow_home, tmp
     jobs = (json.loads(path.read_bytes()) for path in (data_dir / "jobs").glob("*.json"))  # the emulator's records
     (job_name,) = [job["name"] for job in jobs if not job["display_name"].startswith("history-")]
     with contextlib.closing(sqlite3.connect(f"file:{airflow_home / 'airflow.db'}?mode=ro", uri=True, timeout=30)) as db:
-        stored = db.execute("SELECT value FROM task_state_store WHERE dag_id = 'gemini_batch_extract' AND "
-                            "task_id = 'jobs.submit' AND key = 'job_name'").fetchall()
+        stored = db.execute(
+            "SELECT value FROM task_state_store WHERE dag_id = 'gemini_batch_extract' AND "
+            "task_id = 'jobs.submit' AND key = 'job_name'"
+        ).fetchall()
     assert job_name in [json.loads(value) for (value,) in stored]

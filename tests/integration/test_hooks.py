@@ -15,15 +15,16 @@ import uuid
 
 import orjson
 import pytest
-from support.emulators import developer_client, list_calls, seed_job_history
 from google import genai
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gemini_batch.hooks.gemini import GeminiBatchHook, _split_lines, job_stats, state_name
 from gemini_batch.core.results import read_output
+from gemini_batch.hooks.gemini import GeminiBatchHook, _split_lines, job_stats, state_name
 from gemini_emulator.testing import free_port, requests_made
+from support.emulators import developer_client, list_calls, seed_job_history
 from support.service import KEY, MODEL, SLOW, submit_shard, use_developer, use_vertex, wait_until_ended, write_shard
+
 
 def keys_of(lines) -> list[str]:
     return [orjson.loads(line)["key"] for line in lines]
@@ -58,8 +59,10 @@ def test_connections_are_kept_apart(emulator, start_emulator, monkeypatch, tmp_p
 
 
 def test_missing_key_names_the_connection(monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_GEMINI_NOKEY", json.dumps(
-        {"conn_type": "generic", "extra": {"backend": "developer", "base_url": "http://127.0.0.1:9"}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_GEMINI_NOKEY",
+        json.dumps({"conn_type": "generic", "extra": {"backend": "developer", "base_url": "http://127.0.0.1:9"}}),
+    )
     with pytest.raises(ValueError, match="'gemini_nokey' has no API key"):
         GeminiBatchHook("gemini_nokey").get_conn()
 
@@ -145,14 +148,17 @@ def test_create_and_list_survive_transient_errors(start_emulator, monkeypatch, t
     assert [j.name for j in client.batches.list()] == [job.name]
 
 
-def test_delete_files_in_parallel_counts_the_gone_without_warning(start_emulator, monkeypatch, tmp_path, caplog,
-                                                                    capfd):
+def test_delete_files_in_parallel_counts_the_gone_without_warning(start_emulator, monkeypatch, tmp_path, caplog, capfd):
     emulator = start_emulator(time_scale=3600, faults={"request_latency_ms": 50})
     use_developer(monkeypatch, emulator.url)
     client = developer_client(emulator.url)
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        uploaded = list(pool.map(lambda i: client.files.upload(file=_jsonl_file(tmp_path, i),
-                                                               config={"mime_type": "application/jsonl"}), range(50)))
+        uploaded = list(
+            pool.map(
+                lambda i: client.files.upload(file=_jsonl_file(tmp_path, i), config={"mime_type": "application/jsonl"}),
+                range(50),
+            )
+        )
     # both forms a run records: a name (files/ID) and a URI ending in one
     uris = [f.name if i % 2 else f.uri for i, f in enumerate(uploaded)] + [f"files/gone-{i}" for i in range(10)]
     caplog.set_level(logging.INFO)
@@ -284,7 +290,10 @@ def test_vertex_jobs_and_outputs(vertex_hook, gcs_root):
 def test_vertex_prefix_is_read_recursively_without_an_output_directory(vertex_hook, gcs_root):
     """A job the service has not (yet) named an output directory for: every *.jsonl under the prefix."""
     run = f"hooks/{uuid.uuid4().hex}"
-    for name, keys in (("prediction-model-1/predictions.jsonl", "ab"), ("prediction-model-2/deeper/predictions.jsonl", "c")):
+    for name, keys in (
+        ("prediction-model-1/predictions.jsonl", "ab"),
+        ("prediction-model-2/deeper/predictions.jsonl", "c"),
+    ):
         (gcs_root / run / name).write_bytes(b"".join(orjson.dumps({"key": k}) + b"\n\n" for k in keys))
     (gcs_root / run / "prediction-model-1" / "notes.txt").write_bytes(b'{"key": "not-output"}\n')
     job = genai.types.BatchJob(name="x", dest=genai.types.BatchJobDestination(gcs_uri=f"gs://test-bucket/{run}/"))
@@ -295,7 +304,7 @@ def test_vertex_prefix_is_read_recursively_without_an_output_directory(vertex_ho
 def test_split_lines_across_any_chunking(lines, data):
     body = b"".join(line + b"\n" for line in lines)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=8)))
-    chunks = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)])]
+    chunks = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=False)]
     assert list(_split_lines(chunks)) == [line.rstrip(b"\r") for line in lines]
 
 
@@ -328,9 +337,11 @@ def test_the_quota_extra_is_a_positive_number_of_tokens(monkeypatch):
     use_developer(monkeypatch, "http://127.0.0.1:1")
     assert GeminiBatchHook().enqueued_token_limit is None
     use_developer(monkeypatch, "http://127.0.0.1:1", enqueued_token_limit="lots")
-    with pytest.raises(ValueError, match="connection 'gemini_default': enqueued_token_limit must be a positive number "
-                                         "of tokens, got 'lots'"):
-        GeminiBatchHook().enqueued_token_limit
+    with pytest.raises(
+        ValueError,
+        match="connection 'gemini_default': enqueued_token_limit must be a positive number of tokens, got 'lots'",
+    ):
+        _ = GeminiBatchHook().enqueued_token_limit
 
 
 # ---------------------------------------------------------------- the connection type: form fields and Test button
@@ -339,7 +350,9 @@ def test_the_quota_extra_is_a_positive_number_of_tokens(monkeypatch):
 def test_test_connection_answers_with_one_cheap_call(emulator, monkeypatch):
     use_developer(monkeypatch, emulator.url)
     assert GeminiBatchHook().test_connection() == (
-        True, f"Gemini Developer API at {emulator.url} answered the batch jobs list with the API key")
+        True,
+        f"Gemini Developer API at {emulator.url} answered the batch jobs list with the API key",
+    )
     (call,) = requests_made(emulator, "GET", r"/v1beta/batches")
     assert call["query"] == "pageSize=1"
 
@@ -347,8 +360,10 @@ def test_test_connection_answers_with_one_cheap_call(emulator, monkeypatch):
 def test_test_connection_on_vertex(vertex_hook):
     ok, message = vertex_hook.test_connection()
     assert ok, message
-    assert message == (f"Vertex AI (us-central1) at {vertex_hook.base_url} answered the batch jobs list with the "
-                       "credentials of connection 'gcs_emulator'")
+    assert message == (
+        f"Vertex AI (us-central1) at {vertex_hook.base_url} answered the batch jobs list with the "
+        "credentials of connection 'gcs_emulator'"
+    )
 
 
 @pytest.mark.parametrize("case", ["refused", "unreachable", "no key"])
@@ -363,12 +378,16 @@ def test_test_connection_says_why_it_failed_without_the_key(case, start_emulator
         expected = "ValueError: connection 'gemini_default' has no API key: put it in the password field"
     else:
         url = start_emulator(faults={"http": {"list": {"burst": 1, "codes": [403]}}}).url
-        expected = (f"Gemini Developer API at {url} refused the batch jobs list: 403 PERMISSION_DENIED: Injected "
-                    "error 403.; check the API key")
+        expected = (
+            f"Gemini Developer API at {url} refused the batch jobs list: 403 PERMISSION_DENIED: Injected "
+            "error 403.; check the API key"
+        )
     use_developer(monkeypatch, url)
     if case == "no key":
-        monkeypatch.setenv("AIRFLOW_CONN_GEMINI_DEFAULT", json.dumps(
-            {"conn_type": "gemini_batch", "extra": {"backend": "developer", "base_url": url}}))
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_GEMINI_DEFAULT",
+            json.dumps({"conn_type": "gemini_batch", "extra": {"backend": "developer", "base_url": url}}),
+        )
     started = time.monotonic()
     ok, message = GeminiBatchHook().test_connection()
     assert (ok, message) == (False, expected)
@@ -378,35 +397,72 @@ def test_test_connection_says_why_it_failed_without_the_key(case, start_emulator
 def test_extras_are_read_bare_or_prefixed_and_blank_is_unset(emulator, monkeypatch):
     """The Airflow 3 form writes bare names, a blank field as null; ``extra__gemini_batch__<name>`` (older forms)
     is read when the bare name is not set."""
-    extra = {"extra__gemini_batch__base_url": "http://127.0.0.1:1", "base_url": emulator.url,  # bare wins
-             "extra__gemini_batch__gcp_conn_id": "gcp", "gcp_conn_id": "",  # blank: not set
-             "extra__gemini_batch__enqueued_token_limit": "5000", "enqueued_token_limit": None,
-             "backend": None}
-    monkeypatch.setenv("AIRFLOW_CONN_GEMINI_FORM", json.dumps({"conn_type": "gemini_batch", "password": KEY,
-                                                              "extra": extra}))
+    extra = {
+        "extra__gemini_batch__base_url": "http://127.0.0.1:1",
+        "base_url": emulator.url,  # bare wins
+        "extra__gemini_batch__gcp_conn_id": "gcp",
+        "gcp_conn_id": "",  # blank: not set
+        "extra__gemini_batch__enqueued_token_limit": "5000",
+        "enqueued_token_limit": None,
+        "backend": None,
+    }
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_GEMINI_FORM", json.dumps({"conn_type": "gemini_batch", "password": KEY, "extra": extra})
+    )
     hook = GeminiBatchHook("gemini_form")
     assert (hook.backend, hook.base_url, hook.gcp_conn_id, hook.enqueued_token_limit) == (
-        "developer", emulator.url, "gcp", 5000)
+        "developer",
+        emulator.url,
+        "gcp",
+        5000,
+    )
     assert hook.test_connection()[0]
 
-    monkeypatch.setenv("AIRFLOW_CONN_GEMINI_FORM", json.dumps({"conn_type": "gemini_batch", "password": KEY, "extra": {
-        "backend": "developer", "base_url": emulator.url, "project": None, "location": None, "gcp_conn_id": None,
-        "enqueued_token_limit": None}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_GEMINI_FORM",
+        json.dumps(
+            {
+                "conn_type": "gemini_batch",
+                "password": KEY,
+                "extra": {
+                    "backend": "developer",
+                    "base_url": emulator.url,
+                    "project": None,
+                    "location": None,
+                    "gcp_conn_id": None,
+                    "enqueued_token_limit": None,
+                },
+            }
+        ),
+    )
     hook = GeminiBatchHook("gemini_form")
     assert (hook.gcp_conn_id, hook.enqueued_token_limit) == (None, None)
 
 
 def test_prefixed_vertex_extras_reach_the_client(vertex_hook, monkeypatch):
-    extra = {f"extra__gemini_batch__{name}": value for name, value in {
-        "backend": "vertex", "base_url": vertex_hook.base_url, "project": "form-project", "location": "europe-west4",
-        "gcp_conn_id": "gcs_emulator"}.items()}
+    extra = {
+        f"extra__gemini_batch__{name}": value
+        for name, value in {
+            "backend": "vertex",
+            "base_url": vertex_hook.base_url,
+            "project": "form-project",
+            "location": "europe-west4",
+            "gcp_conn_id": "gcs_emulator",
+        }.items()
+    }
     monkeypatch.setenv("AIRFLOW_CONN_GEMINI_FORM", json.dumps({"conn_type": "gemini_batch", "extra": extra}))
     hook = GeminiBatchHook("gemini_form")
     client = hook.get_conn()
     assert (client.vertexai, client._api_client.project, client._api_client.location) == (
-        True, "form-project", "europe-west4")
-    assert hook.test_connection() == (True, f"Vertex AI (europe-west4) at {vertex_hook.base_url} answered the batch "
-                                            "jobs list with the credentials of connection 'gcs_emulator'")
+        True,
+        "form-project",
+        "europe-west4",
+    )
+    assert hook.test_connection() == (
+        True,
+        f"Vertex AI (europe-west4) at {vertex_hook.base_url} answered the batch "
+        "jobs list with the credentials of connection 'gcs_emulator'",
+    )
 
 
 def _provider_installed() -> bool:
@@ -416,8 +472,11 @@ def _provider_installed() -> bool:
     return any(ep.dist and ep.dist.name == "gemini-batch" for ep in entry_points)
 
 
-@pytest.mark.skipif(not _provider_installed(), reason="the gemini-batch distribution is not installed in the venv "
-                                                       "(pip install --no-deps -e .): no provider entry point")
+@pytest.mark.skipif(
+    not _provider_installed(),
+    reason="the gemini-batch distribution is not installed in the venv "
+    "(pip install --no-deps -e .): no provider entry point",
+)
 def test_providers_manager_registers_the_connection_type():
     """What the api-server builds the form from (/ui/connections/hook_meta) and tests a connection with."""
     import warnings
@@ -429,7 +488,11 @@ def test_providers_manager_registers_the_connection_type():
         warnings.simplefilter("ignore")  # ProvidersManager.hooks: deprecated for task code, still the server's path
         hook = ProvidersManager().hooks["gemini_batch"]
     assert (hook.hook_class_name, hook.hook_name, hook.connection_id_attribute_name, hook.connection_testable) == (
-        "gemini_batch.hooks.gemini.GeminiBatchHook", "Gemini Batch", "gemini_conn_id", True)
+        "gemini_batch.hooks.gemini.GeminiBatchHook",
+        "Gemini Batch",
+        "gemini_conn_id",
+        True,
+    )
 
     (meta,) = [m for m in HookMetaService.hook_meta_data() if m.connection_type == "gemini_batch"]
     assert meta.hook_class_name == "gemini_batch.hooks.gemini.GeminiBatchHook"
@@ -459,7 +522,7 @@ class Recorder:
         recorder = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - the stdlib's name
+            def do_GET(self):
                 recorder.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
                 status, headers, body = answer(self.path)
                 self.send_response(status)
@@ -529,8 +592,9 @@ def _logged(caplog, capfd) -> str:
 
 
 @pytest.mark.parametrize("refused_by", ["service", "proxy"])
-def test_a_refused_key_fails_at_once_naming_the_connection(refused_by, start_emulator, recorders, monkeypatch,
-                                                           caplog, capfd):
+def test_a_refused_key_fails_at_once_naming_the_connection(
+    refused_by, start_emulator, recorders, monkeypatch, caplog, capfd
+):
     """The service answers a wrong key 400 API_KEY_INVALID; a proxy in front of it may answer 401 and quote the
     key. Either way: one request, no retry (of the call, nor of the task: the error is an AirflowFailException),
     the connection named, the key shown nowhere."""
@@ -542,8 +606,9 @@ def test_a_refused_key_fails_at_once_naming_the_connection(refused_by, start_emu
         emulator = start_emulator(time_scale=3600, faults={"api_keys": ["the-right-key-0000"]})
         url, requests = emulator.url, lambda: requests_made(emulator, path_regex=r"/v1beta/.*")
     else:
-        error = {"error": {"code": 401, "message": f"API key {KEY} is not valid for this proxy",
-                           "status": "UNAUTHENTICATED"}}
+        error = {
+            "error": {"code": 401, "message": f"API key {KEY} is not valid for this proxy", "status": "UNAUTHENTICATED"}
+        }
         proxy = recorders(lambda path: (401, {"content-type": "application/json"}, orjson.dumps(error)))
         url, requests = proxy.url, lambda: proxy.requests
     use_developer(monkeypatch, url)
@@ -566,8 +631,10 @@ def test_the_key_is_masked_in_airflow_logs_once_the_connection_is_read(monkeypat
     from airflow.sdk._shared.secrets_masker import redact
 
     use_developer(monkeypatch, "http://127.0.0.1:1")
-    monkeypatch.setenv("AIRFLOW_CONN_GEMINI_MASKED", json.dumps(
-        {"conn_type": "generic", "password": "masked-key-7d2e91", "extra": {"backend": "developer"}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_GEMINI_MASKED",
+        json.dumps({"conn_type": "generic", "password": "masked-key-7d2e91", "extra": {"backend": "developer"}}),
+    )
     hook = GeminiBatchHook("gemini_masked")
     assert hook.backend == "developer"
     assert redact("the key is masked-key-7d2e91") == "the key is ***"
@@ -610,33 +677,36 @@ def test_test_connection_works_on_a_generic_connection(emulator, monkeypatch):
 # ---------------------------------------------------------------- Vertex AI: the staging bucket's region
 
 
-@pytest.mark.parametrize(("bucket", "data_locations", "region", "usable"), [
-    ("US-CENTRAL1", None, "us-central1", True),
-    ("US", None, "us-central1", True),
-    ("US", None, "europe-west4", False),
-    ("EU", None, "europe-west4", True),
-    ("EU", None, "us-central1", False),
-    ("ASIA", None, "asia-northeast1", True),
-    ("EUROPE-WEST4", None, "us-central1", False),
-    ("NAM4", None, "us-east1", True),
-    ("NAM4", None, "us-west1", False),
-    ("US", ["US-EAST1", "US-WEST1"], "us-west1", True),
-    ("US", ["US-EAST1", "US-WEST1"], "us-central1", False),
-    ("EUROPE-WEST4", None, "global", True),
-    ("EUR9", None, "europe-west4", None),  # a location this rule does not know: not judged
-])
+@pytest.mark.parametrize(
+    ("bucket", "data_locations", "region", "usable"),
+    [
+        ("US-CENTRAL1", None, "us-central1", True),
+        ("US", None, "us-central1", True),
+        ("US", None, "europe-west4", False),
+        ("EU", None, "europe-west4", True),
+        ("EU", None, "us-central1", False),
+        ("ASIA", None, "asia-northeast1", True),
+        ("EUROPE-WEST4", None, "us-central1", False),
+        ("NAM4", None, "us-east1", True),
+        ("NAM4", None, "us-west1", False),
+        ("US", ["US-EAST1", "US-WEST1"], "us-west1", True),
+        ("US", ["US-EAST1", "US-WEST1"], "us-central1", False),
+        ("EUROPE-WEST4", None, "global", True),
+        ("EUR9", None, "europe-west4", None),  # a location this rule does not know: not judged
+    ],
+)
 def test_which_bucket_locations_a_vertex_region_can_use(bucket, data_locations, region, usable):
     from gemini_batch.hooks.gemini import region_can_use_bucket
 
     assert region_can_use_bucket(region, bucket, data_locations) is usable
 
 
-def test_vertex_plan_refuses_a_staging_bucket_outside_the_job_region(start_emulator, gcs, gcs_root, monkeypatch,
-                                                                    tmp_path):
-    from support.emulators import storage_client
-    from support.dagrun import SAMPLES
-
+def test_vertex_plan_refuses_a_staging_bucket_outside_the_job_region(
+    start_emulator, gcs, gcs_root, monkeypatch, tmp_path
+):
     from gemini_batch.steps import runs
+    from support.dagrun import SAMPLES
+    from support.emulators import storage_client
 
     emulator = start_emulator(time_scale=3600, gcs_endpoint=gcs.url)
     use_vertex(monkeypatch, emulator.url)  # location: the default, us-central1
@@ -647,8 +717,13 @@ def test_vertex_plan_refuses_a_staging_bucket_outside_the_job_region(start_emula
     hook = GeminiBatchHook()
     hook.check_staging_bucket("gs://test-bucket/staging")  # the US multi-region holds us-central1
 
-    params = {"source": str(SAMPLES), "output": str(tmp_path / "out"), "staging_prefix": f"gs://{name}/staging",
-              "model": MODEL, "prompt": "Return the invoice number as JSON."}
+    params = {
+        "source": str(SAMPLES),
+        "output": str(tmp_path / "out"),
+        "staging_prefix": f"gs://{name}/staging",
+        "model": MODEL,
+        "prompt": "Return the invoice number as JSON.",
+    }
     run = runs.Run.from_params(params, "manual__eu", hook)
     with pytest.raises(runs.RunConfigError) as raised:
         run.plan()

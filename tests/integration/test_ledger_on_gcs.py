@@ -19,8 +19,18 @@ def key(n: int) -> str:
 
 
 def answered(k: str, data, run: str = "run-a") -> LedgerEvent:
-    outcome = {"key": k, "status": "succeeded", "data": data, "error": None, "finish_reason": "STOP",
-               "input_tokens": 3, "output_tokens": 2, "model_version": "m", "raw_text": None, "reused": False}
+    outcome = {
+        "key": k,
+        "status": "succeeded",
+        "data": data,
+        "error": None,
+        "finish_reason": "STOP",
+        "input_tokens": 3,
+        "output_tokens": 2,
+        "model_version": "m",
+        "raw_text": None,
+        "reused": False,
+    }
     return LedgerEvent(k, "answered", run, now_iso(), outcome)
 
 
@@ -80,7 +90,8 @@ def test_a_damaged_snapshot_on_gcs_is_found_by_its_checksum_as_it_is_copied(gcs_
     assert [d.path.name for d in ledger.check().damaged] == [f"{newest}.sqlite"]
     ledger.repair()
     assert ledger.check().damaged == []
-    assert {p.name for p in (ledger.folder / "damaged" / "snapshots").iterdir()} == {f"{newest}.sqlite", f"{newest}.json"}
+    assert {p.name for p in (ledger.folder / "damaged" / "snapshots").iterdir()} == {
+        f"{newest}.sqlite",
+        f"{newest}.json",
+    }
     assert answers(ledger, keys) == all_answered(keys)
-
-

@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from support.dagrun import assert_contract, read_results, run_dag
 from fpdf import FPDF
+
+from support.dagrun import assert_contract, read_results, run_dag
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(6 * 3600)]
 
@@ -37,17 +38,30 @@ def test_the_smallest_real_run_on_the_developer_api(airflow_home, tmp_path):
     report.cell(text="Invoice Number: LIVE-3   Total: 7.00 EUR")
     report.output(str(source / "report.pdf"))
     inline_max_mb = 0.002
-    assert (source / "invoice.pdf").stat().st_size <= inline_max_mb * 2**20 < (source / "report.pdf").stat().st_size, \
+    assert (source / "invoice.pdf").stat().st_size <= inline_max_mb * 2**20 < (source / "report.pdf").stat().st_size, (
         "the inline threshold must sort the two PDFs"
-    schema = {"type": "object", "properties": {"invoice_number": {"type": ["string", "null"]},
-                                               "total": {"type": ["number", "null"]}},
-              "required": ["invoice_number", "total"]}
+    )
+    schema = {
+        "type": "object",
+        "properties": {"invoice_number": {"type": ["string", "null"]}, "total": {"type": ["number", "null"]}},
+        "required": ["invoice_number", "total"],
+    }
     conn = {"conn_type": "generic", "password": key, "extra": {"backend": "developer"}}
     output = tmp_path / "out"
-    done = run_dag(airflow_home, conn, {"source": str(source), "output": str(output), "model": "gemini-2.5-flash-lite",
-                                        "response_schema": schema, "poll_seconds": 30, "retry_rounds": 1,
-                                        "inline_max_mb": inline_max_mb},
-                   "2026-12-02")
+    done = run_dag(
+        airflow_home,
+        conn,
+        {
+            "source": str(source),
+            "output": str(output),
+            "model": "gemini-2.5-flash-lite",
+            "response_schema": schema,
+            "poll_seconds": 30,
+            "retry_rounds": 1,
+            "inline_max_mb": inline_max_mb,
+        },
+        "2026-12-02",
+    )
     done.check()
     records, summary = read_results(output)
     assert_contract(records, summary, source)

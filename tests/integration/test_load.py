@@ -6,15 +6,15 @@ CI-sized by default (the whole file takes a few minutes on 2 cores); the full se
 
 1. Many documents: GEMINI_BATCH_LOAD_DOCS (default 2,000) distinct small documents, 98% one-line text files
    and 2% one-page PDFs (one made with fpdf2, copied with a different invoice number each), all sent inline
-   in their rows (the default inline_max_mb), through one real `airflow dags test` run on the emulator at 3600x. Checked:
-   the run succeeds, every document is in results.jsonl once, the peak memory of the `dags test` process tree
+   in their rows (the default inline_max_mb), through one real `airflow dags test` run on the emulator at 3600x.
+   Checked: the run succeeds, every document is in results.jsonl once, the peak memory of the `dags test` process tree
    stays under 1 GB, the run's XCom stays under 64 KB, and every job the emulator received (its own record:
    request_count and input file) respects max_rows_per_job and max_mb_per_job.
 2. Many deferred waits: `dags test` does not hold deferred waits together (it runs each task's trigger inline,
    to its end, one task after another), so this test uses the production topology of tests/support/stack.py (one
    triggerer, scheduler, Celery workers or the LocalExecutor) with GEMINI_BATCH_LOAD_WAITS (default 20)
-   one-request shards, the pool and max_jobs_in_flight raised to that many. The emulator keeps every job PENDING until all
-   the waits are deferred at once; the triggerer's CPU and memory are measured over a hold of
+   one-request shards, the pool and max_jobs_in_flight raised to that many. The emulator keeps every job PENDING
+   until all the waits are deferred at once; the triggerer's CPU and memory are measured over a hold of
    GEMINI_BATCH_LOAD_HOLD seconds, then the emulator is restarted with jobs that finish at once, and every
    wait must resolve (the run succeeds, one job per document, every document succeeded).
 3. Soak: GEMINI_BATCH_SOAK_RUNS (default 5) consecutive `dags test` runs over the same small source, each to
@@ -45,9 +45,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from support.emulators import developer_client
-from support.dagrun import assert_contract, developer_conn, ledger_root, read_results
 
+from support.dagrun import assert_contract, developer_conn, ledger_root, read_results
+from support.emulators import developer_client
 
 ROOT = Path(__file__).resolve().parents[2]
 REPORT = ROOT / "artifacts" / "load.jsonl"
@@ -87,7 +87,8 @@ def make_documents(folder: Path, count: int, *, pdf_every: int = PDF_EVERY) -> d
             pdfs += 1
         else:
             (sub / f"note-{i:06d}.txt").write_text(
-                f"Invoice T-{i:06d} dated 2026-{i % 12 + 1:02d}-{i % 28 + 1:02d}, total {i % 997 + 0.5:.2f} EUR\n")
+                f"Invoice T-{i:06d} dated 2026-{i % 12 + 1:02d}-{i % 28 + 1:02d}, total {i % 997 + 0.5:.2f} EUR\n"
+            )
     return {"documents": count, "pdfs": pdfs, "texts": count - pdfs}
 
 
@@ -138,7 +139,7 @@ class Sampler:
     def mean_rss(self) -> float:
         return self.rss_sum / max(self.samples, 1)
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         self._thread.start()
         return self
 
@@ -171,15 +172,39 @@ class MeasuredRun:
         assert self.state == "success", self.log[-6000:]
 
 
-def run_measured(airflow_home: Path, conn: dict, conf: dict, logical_date: str, log_path: Path, *,
-                 extra_env: dict | None = None, timeout: float = 900) -> MeasuredRun:
+def run_measured(
+    airflow_home: Path,
+    conn: dict,
+    conf: dict,
+    logical_date: str,
+    log_path: Path,
+    *,
+    extra_env: dict | None = None,
+    timeout: float = 900,
+) -> MeasuredRun:
     """`bin/airflow dags test` (as tests/support/dagrun.py's run_dag) under a getrusage wrapper, its tree sampled."""
-    env = {**os.environ, "AIRFLOW_HOME": str(airflow_home), "AIRFLOW_CONN_GEMINI_DEFAULT": json.dumps(conn),
-           "GEMINI_BATCH_STATE": str(ledger_root(conf)), **(extra_env or {})}
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW_CONN_GEMINI_DEFAULT": json.dumps(conn),
+        "GEMINI_BATCH_STATE": str(ledger_root(conf)),
+        **(extra_env or {}),
+    }
     conf = {"poll_seconds": 0.5, **conf}
     usage_file = log_path.with_suffix(".rusage")
-    argv = [sys.executable, "-c", RUSAGE_WRAPPER, str(usage_file), str(ROOT / "bin" / "airflow"), "dags", "test",
-            "gemini_batch_extract", logical_date, "-c", json.dumps(conf)]
+    argv = [
+        sys.executable,
+        "-c",
+        RUSAGE_WRAPPER,
+        str(usage_file),
+        str(ROOT / "bin" / "airflow"),
+        "dags",
+        "test",
+        "gemini_batch_extract",
+        logical_date,
+        "-c",
+        json.dumps(conf),
+    ]
     start = time.monotonic()
     with log_path.open("wb") as out:
         proc = psutil.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -197,8 +222,16 @@ def run_measured(airflow_home: Path, conn: dict, conf: dict, logical_date: str, 
     tail = _tail(log_path, 256 * 1024)
     finished = re.findall(r"DagRun Finished: .*? state=(\w+)", tail)
     run_ids = re.findall(r"DagRun Finished: .*? run_id=([^,\s]+)", tail)
-    return MeasuredRun(finished[-1] if finished else None, log_path, wall, sampler.peak_rss, int(peak_process_rss),
-                       cpu, sampler.peak_procs, run_ids[-1] if run_ids else None)
+    return MeasuredRun(
+        finished[-1] if finished else None,
+        log_path,
+        wall,
+        sampler.peak_rss,
+        int(peak_process_rss),
+        cpu,
+        sampler.peak_procs,
+        run_ids[-1] if run_ids else None,
+    )
 
 
 def _tail(path: Path, nbytes: int) -> str:
@@ -261,7 +294,11 @@ def processes_of(airflow_home: Path, keep: set[int]) -> list[str]:
     found = {p.pid: p for p in me.children(recursive=True) if p.pid not in keep}
     for p in psutil.process_iter(["pid", "environ"]):
         with contextlib.suppress(psutil.Error, TypeError):
-            if p.pid not in keep and p.pid != me.pid and (p.info["environ"] or {}).get("AIRFLOW_HOME") == str(airflow_home):
+            if (
+                p.pid not in keep
+                and p.pid != me.pid
+                and (p.info["environ"] or {}).get("AIRFLOW_HOME") == str(airflow_home)
+            ):
                 found[p.pid] = p
     described = []
     for pid, p in found.items():
@@ -287,8 +324,10 @@ def report(test: str, rows: list[dict], **fields) -> None:
             out.write(json.dumps({"test": test, "at": at, **fields, **row}) + "\n")
     keys = list(dict.fromkeys(k for row in rows for k in row))
     width = {k: max(len(k), *(len(_fmt(r.get(k))) for r in rows)) for k in keys}
-    lines = [f"[load] {test} " + " ".join(f"{k}={v}" for k, v in fields.items()),
-             "  ".join(k.rjust(width[k]) for k in keys)]
+    lines = [
+        f"[load] {test} " + " ".join(f"{k}={v}" for k, v in fields.items()),
+        "  ".join(k.rjust(width[k]) for k in keys),
+    ]
     lines += ["  ".join(_fmt(r.get(k)).rjust(width[k]) for k in keys) for r in rows]
     print("\n" + "\n".join(lines), file=sys.stderr, flush=True)
 
@@ -315,11 +354,23 @@ def test_many_documents_in_one_run(airflow_home, tmp_path, start_emulator):
     max_rows = int(os.environ.get("GEMINI_BATCH_LOAD_ROWS") or min(10_000, math.ceil(DOCS / 10)))  # ~10 shards
     max_mb = int(os.environ.get("GEMINI_BATCH_LOAD_MB", "100"))
     server = start_emulator(time_scale=3600)
-    conf = {"source": str(source), "output": str(output), "max_rows_per_job": max_rows, "max_mb_per_job": max_mb,
-            "poll_seconds": 1}
+    conf = {
+        "source": str(source),
+        "output": str(output),
+        "max_rows_per_job": max_rows,
+        "max_mb_per_job": max_mb,
+        "poll_seconds": 1,
+    }
     # Outputs parsed in worker processes from the first one (past 64 MB otherwise): both pools spawn inside the task
-    done = run_measured(airflow_home, developer_conn(server.url), conf, "2027-01-01", tmp_path / "dag.log",
-                        extra_env={"GEMINI_BATCH_PARSE_PROCESSES_AFTER_MB": "0"}, timeout=540 + DOCS // 20)
+    done = run_measured(
+        airflow_home,
+        developer_conn(server.url),
+        conf,
+        "2027-01-01",
+        tmp_path / "dag.log",
+        extra_env={"GEMINI_BATCH_PARSE_PROCESSES_AFTER_MB": "0"},
+        timeout=540 + DOCS // 20,
+    )
     done.check()
     log = (tmp_path / "dag.log").read_text()
     assert "Inspecting documents in" in log and "Parsing outputs in" in log
@@ -334,14 +385,28 @@ def test_many_documents_in_one_run(airflow_home, tmp_path, start_emulator):
     assert all(j["request_count"] <= max_rows for j in jobs), [j["request_count"] for j in jobs]
     assert all(j["input_bytes"] <= max_mb * MB for j in jobs), [j["input_bytes"] for j in jobs]
     xcom_bytes, xcom_rows, per_task = xcom_of_run(airflow_home, done.run_id)
-    report("many_documents", [{
-        **made, "generate_s": round(generate_s, 1), "wall_s": round(done.wall, 1), "cpu_s": round(done.cpu_seconds, 1),
-        "peak_tree_rss_mb": mb(done.peak_tree_rss), "peak_process_rss_mb": mb(done.peak_process_rss),
-        "processes": done.peak_procs, "xcom_bytes": xcom_bytes, "xcom_rows": xcom_rows, "jobs": len(jobs),
-        "max_rows_per_job": max_rows, "max_rows_seen": max(j["request_count"] for j in jobs),
-        "max_mb_per_job": max_mb, "max_input_mb_seen": round(max(j["input_bytes"] for j in jobs) / MB, 2),
-        "results_mb": mb((output / "results.jsonl").stat().st_size),
-    }])
+    report(
+        "many_documents",
+        [
+            {
+                **made,
+                "generate_s": round(generate_s, 1),
+                "wall_s": round(done.wall, 1),
+                "cpu_s": round(done.cpu_seconds, 1),
+                "peak_tree_rss_mb": mb(done.peak_tree_rss),
+                "peak_process_rss_mb": mb(done.peak_process_rss),
+                "processes": done.peak_procs,
+                "xcom_bytes": xcom_bytes,
+                "xcom_rows": xcom_rows,
+                "jobs": len(jobs),
+                "max_rows_per_job": max_rows,
+                "max_rows_seen": max(j["request_count"] for j in jobs),
+                "max_mb_per_job": max_mb,
+                "max_input_mb_seen": round(max(j["input_bytes"] for j in jobs) / MB, 2),
+                "results_mb": mb((output / "results.jsonl").stat().st_size),
+            }
+        ],
+    )
     print("[load] XCom bytes per task: " + json.dumps(per_task), file=sys.stderr)
     assert max(done.peak_tree_rss, done.peak_process_rss) < MAX_RSS_BYTES
     assert xcom_bytes < MAX_XCOM_BYTES, per_task
@@ -382,10 +447,22 @@ def test_soak_consecutive_runs_leave_nothing_behind(airflow_home, tmp_path, star
     for n in range(SOAK_RUNS):
         output = tmp_path / f"out-{n:02d}"
         # a ledger per run: each run does the whole work again, rather than reuse the one before
-        conf = {"source": str(source), "output": str(output), "max_rows_per_job": 5, "max_pages": 2,
-                "state": str(tmp_path / f"ledger-{n:02d}")}
-        done = run_measured(airflow_home, developer_conn(server.url), conf, f"2027-02-{n + 1:02d}",
-                            tmp_path / f"dag-{n:02d}.log", extra_env={"TMPDIR": str(tmpdir)}, timeout=600)
+        conf = {
+            "source": str(source),
+            "output": str(output),
+            "max_rows_per_job": 5,
+            "max_pages": 2,
+            "state": str(tmp_path / f"ledger-{n:02d}"),
+        }
+        done = run_measured(
+            airflow_home,
+            developer_conn(server.url),
+            conf,
+            f"2027-02-{n + 1:02d}",
+            tmp_path / f"dag-{n:02d}.log",
+            extra_env={"TMPDIR": str(tmpdir)},
+            timeout=600,
+        )
         done.check()
         records, summary = read_results(output)
         assert_contract(records, summary, source)
@@ -394,14 +471,20 @@ def test_soak_consecutive_runs_leave_nothing_behind(airflow_home, tmp_path, star
         files = files_api(server)
         generated = sum(f.source.name == "GENERATED" for f in files)
         row = {
-            "run": n + 1, "wall_s": round(done.wall, 1), "peak_rss_mb": mb(max(done.peak_tree_rss, done.peak_process_rss)),
-            "jobs": summary["jobs"], "left_processes": len(processes_of(airflow_home, keep)),
-            "tmp_files": count_files(tmpdir), "open_conns": sum(v for k, v in emulator_connections(server.port).items()
-                                                                 if k != psutil.CONN_TIME_WAIT),
+            "run": n + 1,
+            "wall_s": round(done.wall, 1),
+            "peak_rss_mb": mb(max(done.peak_tree_rss, done.peak_process_rss)),
+            "jobs": summary["jobs"],
+            "left_processes": len(processes_of(airflow_home, keep)),
+            "tmp_files": count_files(tmpdir),
+            "open_conns": sum(v for k, v in emulator_connections(server.port).items() if k != psutil.CONN_TIME_WAIT),
             "time_wait": emulator_connections(server.port).get(psutil.CONN_TIME_WAIT, 0),
-            "uploaded_files": sum(f.source.name != "GENERATED" for f in files), "output_files": generated,
-            "new_output_files": generated - generated_before, "emulator_fds": emulator.num_fds(),
-            "emulator_rss_mb": mb(emulator.memory_info().rss), "db_mb": mb((airflow_home / "airflow.db").stat().st_size),
+            "uploaded_files": sum(f.source.name != "GENERATED" for f in files),
+            "output_files": generated,
+            "new_output_files": generated - generated_before,
+            "emulator_fds": emulator.num_fds(),
+            "emulator_rss_mb": mb(emulator.memory_info().rss),
+            "db_mb": mb((airflow_home / "airflow.db").stat().st_size),
         }
         generated_before = generated
         rows.append(row)

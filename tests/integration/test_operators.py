@@ -19,14 +19,11 @@ import uuid
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 from airflow.sdk.module_loading import import_string
-from support.emulators import developer_client, list_calls, seed_job_history
-from gemini_emulator.testing import requests_made
-
-from gemini_batch.operators import batch as operators
 
 from gemini_batch import provider
 from gemini_batch.core.batch_requests import ShardPieces
 from gemini_batch.hooks.gemini import GeminiBatchHook, state_name
+from gemini_batch.operators import batch as operators
 from gemini_batch.operators.batch import (
     GeminiBatchJobSensor,
     GeminiBatchSubmitOperator,
@@ -34,7 +31,20 @@ from gemini_batch.operators.batch import (
     shard_file_name,
 )
 from gemini_batch.triggers.gemini import GeminiBatchJobTrigger
-from support.service import MODEL, DictTaskStateStore, RecordingTaskInstance, context, first_event, submit_shard, use_developer, use_vertex, wait_until_ended, write_shard
+from gemini_emulator.testing import requests_made
+from support.emulators import developer_client, list_calls, seed_job_history
+from support.service import (
+    MODEL,
+    DictTaskStateStore,
+    RecordingTaskInstance,
+    context,
+    first_event,
+    submit_shard,
+    use_developer,
+    use_vertex,
+    wait_until_ended,
+    write_shard,
+)
 
 
 def run_to_completion(task, ctx: dict):
@@ -48,8 +58,13 @@ def run_to_completion(task, ctx: dict):
 
 
 def operator(manifest, **kwargs) -> GeminiBatchSubmitOperator:
-    return GeminiBatchSubmitOperator(task_id=f"submit-{uuid.uuid4().hex[:6]}", manifest_uri=manifest.manifest_uri,
-                                     model=MODEL, poll_interval=0.2, **kwargs)
+    return GeminiBatchSubmitOperator(
+        task_id=f"submit-{uuid.uuid4().hex[:6]}",
+        manifest_uri=manifest.manifest_uri,
+        model=MODEL,
+        poll_interval=0.2,
+        **kwargs,
+    )
 
 
 def submit(manifest, ctx: dict) -> str:
@@ -71,8 +86,12 @@ def test_execute_twice_submits_once(start_emulator, monkeypatch, tmp_path, capfd
     first, second = RecordingTaskInstance(), RecordingTaskInstance()
     name = submit(manifest, context(first))
     assert submit(manifest, context(second)) == name  # a new task object: a cleared task
-    expected = default_display_name("gemini_batch_extract", "manual__2026-01-01", manifest.shard_id,
-                                    GeminiBatchHook().storage_path(manifest.keys_uri))
+    expected = default_display_name(
+        "gemini_batch_extract",
+        "manual__2026-01-01",
+        manifest.shard_id,
+        GeminiBatchHook().storage_path(manifest.keys_uri),
+    )
     assert first.pushed == second.pushed == [("job_name", name), ("job_input", f"files/{shard_file_name(expected)}")]
     assert "Reattaching to batch job " + name in capfd.readouterr().out
 
@@ -136,8 +155,13 @@ def test_wait_defers_then_returns_the_outcome(start_emulator, monkeypatch, tmp_p
 
     outcome = task.resume_execution("execute_complete", {**deferred.value.kwargs, "event": first_event(trigger)}, ctx)
     assert outcome == {
-        "job_name": job.name, "display_name": job.display_name, "shard_id": manifest.shard_id,
-        "manifest_uri": manifest.manifest_uri, "state": "JOB_STATE_SUCCEEDED", "stats": {}, "error": None,
+        "job_name": job.name,
+        "display_name": job.display_name,
+        "shard_id": manifest.shard_id,
+        "manifest_uri": manifest.manifest_uri,
+        "state": "JOB_STATE_SUCCEEDED",
+        "stats": {},
+        "error": None,
         "deadline_passed": False,
     }
     # Run again after the job ended: the outcome at once, no deferral, no second job.
@@ -186,7 +210,11 @@ def test_vertex_submit_writes_under_the_shard_folder(start_emulator, gcs, gcs_ro
     folder = gcs_root / "operators" / uuid.uuid4().hex
     manifest = write_shard(folder, rows=3)
     outcome = run_to_completion(operator(manifest), context())
-    assert outcome["state"] == "JOB_STATE_SUCCEEDED" and outcome["stats"] == {"succeeded": 3, "failed": 0, "incomplete": 0}
+    assert outcome["state"] == "JOB_STATE_SUCCEEDED" and outcome["stats"] == {
+        "succeeded": 3,
+        "failed": 0,
+        "incomplete": 0,
+    }
     job = GeminiBatchHook().get_job(outcome["job_name"])
     assert job.dest.gcs_uri == f"{manifest.uri.rsplit('/', 1)[0]}/output/{manifest.shard_id}/"
     assert len(list(GeminiBatchHook().iter_output_lines(job))) == 3
@@ -199,8 +227,16 @@ def test_sensor_waits_for_a_job_submitted_elsewhere(start_emulator, monkeypatch,
     job = submit_shard(GeminiBatchHook(), write_shard(tmp_path / "shards"), "elsewhere")
     deferred_sensor = GeminiBatchJobSensor(task_id="wait", job_name=job.name, poll_interval=0.2)
     polling_sensor = GeminiBatchJobSensor(task_id="poke", job_name=job.name, poll_interval=0.2, deferrable=False)
-    expected = {"job_name": job.name, "display_name": "elsewhere", "shard_id": None, "manifest_uri": None,
-                "state": "JOB_STATE_SUCCEEDED", "stats": {}, "error": None, "deadline_passed": False}
+    expected = {
+        "job_name": job.name,
+        "display_name": "elsewhere",
+        "shard_id": None,
+        "manifest_uri": None,
+        "state": "JOB_STATE_SUCCEEDED",
+        "stats": {},
+        "error": None,
+        "deadline_passed": False,
+    }
     assert run_to_completion(deferred_sensor, context()) == expected
     assert polling_sensor.execute(context()) == expected
 
@@ -215,16 +251,26 @@ def test_sensor_only_cancels_at_the_deadline_a_job_its_run_submitted(start_emula
     time.sleep(1)
 
     def poke(job_name) -> dict:
-        return GeminiBatchJobSensor(task_id=f"poke-{uuid.uuid4().hex[:6]}", job_name=job_name, poll_interval=0.2,
-                                    deferrable=False, expiry_hours=1 / 3600).execute(context())
+        return GeminiBatchJobSensor(
+            task_id=f"poke-{uuid.uuid4().hex[:6]}",
+            job_name=job_name,
+            poll_interval=0.2,
+            deferrable=False,
+            expiry_hours=1 / 3600,
+        ).execute(context())
 
     observed = poke(elsewhere.name)
     assert (observed["state"], observed["deadline_passed"]) == ("JOB_STATE_EXPIRED", True)
     assert "left running" in observed["error"]
     assert state_name(hook.get_job(elsewhere.name)) == "JOB_STATE_PENDING"
     cancelled = poke({"jobs": [own.name], "adopted": False, "own": True, "manifest_uri": "m", "shard_id": "s"})
-    assert (cancelled["state"], cancelled["deadline_passed"], cancelled["manifest_uri"]) == ("JOB_STATE_EXPIRED", True, "m")
+    assert (cancelled["state"], cancelled["deadline_passed"], cancelled["manifest_uri"]) == (
+        "JOB_STATE_EXPIRED",
+        True,
+        "m",
+    )
     assert state_name(wait_until_ended(hook, own.name)) == "JOB_STATE_CANCELLED"
+
 
 class PushedXCom:
     """XCom as the links read it at the end of a task run, from what the stand-in task instance recorded."""
@@ -257,14 +303,21 @@ def test_vertex_links_open_the_console(start_emulator, gcs, gcs_root, monkeypatc
     outcome = run_to_completion(task, context(ti))
     project, location, job_id = outcome["job_name"].split("/")[1::2]
     assert (project, location) == ("test-project", "us-central1")
-    prefix = f"https://console.cloud.google.com/storage/browser/test-bucket/links/{folder.name}/output/{manifest.shard_id}/"
-    expected_job = (f"https://console.cloud.google.com/vertex-ai/locations/us-central1/batch-predictions/{job_id}"
-                    "?project=test-project")
+    prefix = (
+        f"https://console.cloud.google.com/storage/browser/test-bucket/links/{folder.name}/output/{manifest.shard_id}/"
+    )
+    expected_job = (
+        f"https://console.cloud.google.com/vertex-ai/locations/us-central1/batch-predictions/{job_id}"
+        "?project=test-project"
+    )
     found = links(task, ti)
     assert found["Gemini batch job"] == expected_job
     assert found["Batch output"].startswith(prefix + "prediction-model-")  # the job's own folder, once it ran
     # The sensor, waiting for the same job, links to it too.
-    sensor, sensor_ti = GeminiBatchJobSensor(task_id="wait", job_name=outcome["job_name"], poll_interval=0.2), RecordingTaskInstance()
+    sensor, sensor_ti = (
+        GeminiBatchJobSensor(task_id="wait", job_name=outcome["job_name"], poll_interval=0.2),
+        RecordingTaskInstance(),
+    )
     run_to_completion(sensor, context(sensor_ti))
     assert links(sensor, sensor_ti) == found
 
@@ -296,16 +349,20 @@ def shard_of(folder, texts: list[str]):
 
 def row_tokens(manifest) -> list[int]:
     from gemini_emulator import responder
-    return [responder.request_tokens(json.loads(line)["request"], lambda uri: None)
-            for line in open(manifest.uri).read().splitlines()]
+
+    return [
+        responder.request_tokens(json.loads(line)["request"], lambda uri: None)
+        for line in open(manifest.uri).read().splitlines()
+    ]
 
 
 def jsonl_uploads(server) -> int:
     return sum("upload_id=" in r["query"] for r in requests_made(server, "POST", "/upload/v1beta/files"))
 
 
-def test_a_quota_held_by_other_jobs_is_waited_for_then_the_run_fails_naming_what_to_set(start_emulator, monkeypatch,
-                                                                                        tmp_path):
+def test_a_quota_held_by_other_jobs_is_waited_for_then_the_run_fails_naming_what_to_set(
+    start_emulator, monkeypatch, tmp_path
+):
     """Another job of the model holds the quota and never ends: the shard is refused, waits (deferred, no
     second upload), and once quota_wait_hours pass without progress the task fails with the model, the tokens
     wanted and what to set; it does not wait for ever."""
@@ -329,21 +386,26 @@ def test_a_quota_held_by_other_jobs_is_waited_for_then_the_run_fails_naming_what
     assert len(listed_jobs(server.url)) == 1
 
 
-def test_a_shard_alone_over_the_quota_is_split_and_a_request_over_it_alone_is_refused(start_emulator, monkeypatch,
-                                                                                     tmp_path):
+def test_a_shard_alone_over_the_quota_is_split_and_a_request_over_it_alone_is_refused(
+    start_emulator, monkeypatch, tmp_path
+):
     """No other job in flight and the shard refused: it is split; the small row's piece runs, and the big row,
     alone over the quota, is refused with the quota named, after waiting for the small one to end."""
     manifest = shard_of(tmp_path / "shards", ["Invoice Number: INV-1\n", "Invoice Number: INV-2\n" * 400])
-    small, big = row_tokens(manifest)
-    server = start_emulator(time_scale=1, faults={"pending_seconds": 1, "running_seconds": 1,
-                                                   "enqueued_token_limit": small * 2})
+    small, _big = row_tokens(manifest)
+    server = start_emulator(
+        time_scale=1, faults={"pending_seconds": 1, "running_seconds": 1, "enqueued_token_limit": small * 2}
+    )
     use_developer(monkeypatch, server.url)
     task, ctx = operator(manifest, wait=False), context()
     submission = None
     while submission is None:  # follow the deferrals as Airflow would: wait, then resume
         try:
-            submission = task.execute(ctx) if not hasattr(task, "_tried") else task.resume_execution(
-                "resume", {"event": None}, ctx)
+            submission = (
+                task.execute(ctx)
+                if not hasattr(task, "_tried")
+                else task.resume_execution("resume", {"event": None}, ctx)
+            )
         except TaskDeferred as deferred:
             assert deferred.method_name == "resume"
             time.sleep(0.2)
@@ -357,4 +419,6 @@ def test_a_shard_alone_over_the_quota_is_split_and_a_request_over_it_alone_is_re
 
     outcome = run_to_completion(GeminiBatchJobSensor(task_id="wait", job_name=submission, poll_interval=0.2), ctx)
     assert outcome["state"] == "PIECES" and outcome["pieces_uri"] == submission["pieces_uri"]
-    assert [(j["job_name"], j["state"]) for j in outcome["piece_jobs"]] == [(submission["jobs"][0], "JOB_STATE_SUCCEEDED")]
+    assert [(j["job_name"], j["state"]) for j in outcome["piece_jobs"]] == [
+        (submission["jobs"][0], "JOB_STATE_SUCCEEDED")
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -11,13 +12,18 @@ from pathlib import Path
 
 import yaml
 
-
 ROOT = Path(__file__).resolve().parents[2]
 LOADER = ROOT / "dags" / "gemini_batch_pipelines.py"
-GOOD = {"dag_id": "receipts", "schedule": "@daily", "source": "gs://landing/receipts/{{ ds }}/",
-        "output": "gs://results/receipts/{{ ds }}", "prompt": "Extract the total.",
-        "schema": {"type": "object", "properties": {"total": {"type": "number"}}}, "model": "gemini-2.5-flash-lite",
-        "limits": {"max_cost_usd": 2.5, "max_rows_per_job": 500}}
+GOOD = {
+    "dag_id": "receipts",
+    "schedule": "@daily",
+    "source": "gs://landing/receipts/{{ ds }}/",
+    "output": "gs://results/receipts/{{ ds }}",
+    "prompt": "Extract the total.",
+    "schema": {"type": "object", "properties": {"total": {"type": "number"}}},
+    "model": "gemini-2.5-flash-lite",
+    "limits": {"max_cost_usd": 2.5, "max_rows_per_job": 500},
+}
 
 
 def billion_laughs(field: str) -> str:
@@ -25,7 +31,8 @@ def billion_laughs(field: str) -> str:
     expanded, though the parsed data shares them and costs little to hold."""
     levels = "abcdefghi"
     anchors = [f"  - &a [{', '.join(['lol'] * 9)}]"] + [
-        f"  - &{name} [{', '.join(['*' + below] * 9)}]" for below, name in zip(levels, levels[1:])]
+        f"  - &{name} [{', '.join(['*' + below] * 9)}]" for below, name in itertools.pairwise(levels)
+    ]
     inner = "\n".join(anchors)
     body = f"schema:\n  type: object\n  enum:\n{inner}\n" if field == "schema" else f"{field}:\n{inner}\n"
     return "dag_id: laughs\nsource: landing\n" + ("prompt: Extract.\n" if field != "prompt" else "") + body
@@ -39,13 +46,22 @@ def test_airflow_lists_a_yaml_bombs_file_as_an_import_error(airflow_home, tmp_pa
     shutil.copy(LOADER, dags)
     (pipelines / "receipts.yaml").write_text(yaml.safe_dump(GOOD))
     (pipelines / "laughs.yaml").write_text(billion_laughs("schema"))
-    env = {**os.environ, "AIRFLOW_HOME": str(airflow_home), "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-           "GEMINI_BATCH_PIPELINES": str(pipelines)}
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+        "GEMINI_BATCH_PIPELINES": str(pipelines),
+    }
 
     def cli(*args: str) -> list[dict]:
         """The command's JSON (its last line; list-import-errors exits 1 when it lists any)."""
-        done = subprocess.run([ROOT / "bin" / "airflow", "dags", *args, "--local", "-o", "json"], env=env,
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [ROOT / "bin" / "airflow", "dags", *args, "--local", "-o", "json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     started = time.monotonic()

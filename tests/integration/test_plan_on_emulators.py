@@ -8,20 +8,19 @@ import time
 
 import orjson
 import pytest
-from support.emulators import developer_client
-from gemini_emulator.testing import requests_made
 from fpdf import FPDF
 
 from gemini_batch.core import documents
-
-from gemini_batch.steps import plan
 from gemini_batch.core.batch_requests import RequestSpec
 from gemini_batch.core.cost import load_prices
 from gemini_batch.core.locations import as_path
-from gemini_batch.hooks.uploads import FilesApiStager, GcsStager
+from gemini_batch.core.planned import Routing
 from gemini_batch.core.staged import StagedPart
 from gemini_batch.core.validate import validate_jsonl
-from gemini_batch.core.planned import Routing
+from gemini_batch.hooks.uploads import FilesApiStager, GcsStager
+from gemini_batch.steps import plan
+from gemini_emulator.testing import requests_made
+from support.emulators import developer_client
 
 SCHEMA = {"type": "object", "properties": {"invoice_number": {"type": "string"}, "date": {"type": "string"}}}
 SPEC = RequestSpec(model="gemini-2.5-flash-lite", prompt="Extract the invoice number and date.", response_schema=SCHEMA)
@@ -56,8 +55,9 @@ STAGE_ALL = Routing(inline_max_bytes=0)  # every part but text uploaded first
 
 
 def run_plan(source, work, finished=frozenset(), routing=STAGE_ALL):
-    return plan.plan_run(as_path(source), SPEC, as_path(work) / "plan.jsonl", finished=finished, routing=routing,
-                         prices=load_prices())
+    return plan.plan_run(
+        as_path(source), SPEC, as_path(work) / "plan.jsonl", finished=finished, routing=routing, prices=load_prices()
+    )
 
 
 def answers_of(client, manifest) -> dict[str, dict]:
@@ -86,7 +86,9 @@ def test_developer_stage_build_validate_and_submit(source, tmp_path, emulator):
     assert len(staged) == 5  # every non-text request once: a, b, 3 ranges of long.pdf
     assert all(s.uri.endswith(f"/files/{s.uri.rsplit('/', 1)[-1]}") and s.expires_at for s in staged.values())
 
-    manifests, unbuilt = plan.build_shards(work / "plan.jsonl", as_path(source), staged, SPEC, work / "shards", max_rows=4)
+    manifests, unbuilt = plan.build_shards(
+        work / "plan.jsonl", as_path(source), staged, SPEC, work / "shards", max_rows=4
+    )
     assert unbuilt == {}
     assert [m.rows for m in manifests] == [4, 2]
     for manifest in manifests:
@@ -135,18 +137,24 @@ def test_vertex_references_whole_documents_under_a_gcs_source_in_place(source, t
         if path.is_file():
             (remote / str(path.relative_to(source))).write_bytes(path.read_bytes())
     work = as_path(tmp_path / "work")
-    summary = plan.plan_run(remote, SPEC, work / "plan.jsonl", routing=Routing(inline_max_bytes=0, in_place=True),
-                            prices=load_prices())
+    summary = plan.plan_run(
+        remote, SPEC, work / "plan.jsonl", routing=Routing(inline_max_bytes=0, in_place=True), prices=load_prices()
+    )
     assert summary.routes == {"inline": 1, "in_place": 2, "staged": 3}  # notes.md; a.pdf, b.pdf; long.pdf's ranges
     to_stage = list(plan.parts_to_stage(work / "plan.jsonl", remote))
     assert sorted(item.pages for item in to_stage) == [(1, 50), (51, 100), (101, 120)]
-    staged = stage_all(GcsStager(gcs_root / "staging" / "test_in_place", documents.open_planned), work / "plan.jsonl",
-                       remote)
+    staged = stage_all(
+        GcsStager(gcs_root / "staging" / "test_in_place", documents.open_planned), work / "plan.jsonl", remote
+    )
 
     manifests, unbuilt = plan.build_shards(work / "plan.jsonl", remote, staged, SPEC, work / "shards")
     assert unbuilt == {}
-    uris = sorted(part["fileData"]["fileUri"] for line in open(manifests[0].uri, "rb")
-                  for part in orjson.loads(line)["request"]["contents"][0]["parts"][1:] if "fileData" in part)
+    uris = sorted(
+        part["fileData"]["fileUri"]
+        for line in open(manifests[0].uri, "rb")
+        for part in orjson.loads(line)["request"]["contents"][0]["parts"][1:]
+        if "fileData" in part
+    )
     assert uris[:2] == [f"gs://test-bucket/landing/test_in_place/{name}" for name in ("a.pdf", "b.pdf")]
     assert all(uri.startswith("gs://test-bucket/staging/test_in_place/") for uri in uris[2:]) and len(uris) == 5
     assert validate_jsonl(manifests[0].uri, backend="vertex").ok
@@ -164,5 +172,3 @@ def test_vertex_stage_to_gcs(source, tmp_path, gcs_root):
     report = validate_jsonl(manifests[0].uri, backend="vertex")
     assert report.ok, report.problems
     assert report.rows == 6
-
-

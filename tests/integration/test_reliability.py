@@ -26,13 +26,14 @@ from pathlib import Path
 
 import pytest
 from fpdf import FPDF
-from support.dagrun import SAMPLES, assert_contract, read_results, run_dag
 
 from gemini_emulator.testing import gemini_emulator
+from support.dagrun import SAMPLES, assert_contract, read_results, run_dag
 
 REPORT = Path(__file__).resolve().parents[2] / "artifacts" / "reliability.jsonl"
 EXTRA_PDFS, EXTRA_NOTES = 40, 152  # with the 8 samples: 200 documents, 200 requests, 8 shards of 25 in round 0
 pytestmark = pytest.mark.timeout(600)
+
 
 class Seen:
     """What one run left to look at: the emulator's jobs and log, the DAG's log and its round-0 outcomes."""
@@ -57,33 +58,54 @@ SCENARIOS = {
     "row errors 10%": ({"row_error_rate": 0.10}, {}, lambda s: s.failed_rows("row error")),
     "row errors 50%": ({"row_error_rate": 0.50}, {"retry_rounds": 3}, lambda s: s.failed_rows("row error")),
     "fenced, prose-wrapped and truncated JSON": (
-        {"fenced_rate": 0.2, "prose_rate": 0.2, "truncated_rate": 0.15}, {}, lambda s: s.failed_rows()),
+        {"fenced_rate": 0.2, "prose_rate": 0.2, "truncated_rate": 0.15},
+        {},
+        lambda s: s.failed_rows(),
+    ),
     "SAFETY and RECITATION finishes": (
-        {"safety_rate": 0.1, "recitation_rate": 0.1}, {},
-        lambda s: s.failed_rows("SAFETY") + s.failed_rows("RECITATION")),
+        {"safety_rate": 0.1, "recitation_rate": 0.1},
+        {},
+        lambda s: s.failed_rows("SAFETY") + s.failed_rows("RECITATION"),
+    ),
     "rows missing from the output": ({"missing_rate": 0.15}, {}, lambda s: s.failed_rows("no answer")),
     "output corrupted mid-line": ({"corrupt_rate": 0.15}, {}, lambda s: s.failed_rows("no answer")),
     "whole job FAILED": ({"job_fail_rate": 0.5}, {}, lambda s: s.jobs_ended("FAILED")),
     # the service expires a job after 24 h; here after 6 emulated hours (6 s)
     "job EXPIRED (time-scaled)": (
-        {"job_expire_rate": 0.5, "job_expiry_hours": 6, "seed": 14}, {}, lambda s: s.jobs_ended("EXPIRED")),
+        {"job_expire_rate": 0.5, "job_expiry_hours": 6, "seed": 14},
+        {},
+        lambda s: s.jobs_ended("EXPIRED"),
+    ),
     # the emulator would expire a stuck job after 24 emulated hours (24 s); the DAG's deadline comes first
     "job stuck PENDING past the deadline": (
-        {"stuck_pending_rate": 0.5, "seed": 32}, {"expiry_hours": 0.002}, lambda s: s.jobs_ended("CANCELLED")),
+        {"stuck_pending_rate": 0.5, "seed": 32},
+        {"expiry_hours": 0.002},
+        lambda s: s.jobs_ended("CANCELLED"),
+    ),
     "429/503 burst on create": (
-        {"http": {"create": {"burst": 4, "codes": [429, 503]}}}, {}, lambda s: s.http_faults("create")),
+        {"http": {"create": {"burst": 4, "codes": [429, 503]}}},
+        {},
+        lambda s: s.http_faults("create"),
+    ),
     "429/503 burst on get": ({"http": {"get": {"burst": 6, "codes": [429, 503]}}}, {}, lambda s: s.http_faults("get")),
     # every PDF uploaded first (inline_max_mb 0): the burst hits document uploads as well as the JSONL's
     "429/503 burst on upload": (
-        {"http": {"upload": {"burst": 6, "codes": [429, 503]}}}, {"inline_max_mb": 0},
-        lambda s: s.http_faults("upload")),
+        {"http": {"upload": {"burst": 6, "codes": [429, 503]}}},
+        {"inline_max_mb": 0},
+        lambda s: s.http_faults("upload"),
+    ),
     "429/503 burst on download": (
-        {"http": {"download": {"burst": 4, "codes": [429, 503]}}}, {}, lambda s: s.http_faults("download")),
+        {"http": {"download": {"burst": 4, "codes": [429, 503]}}},
+        {},
+        lambda s: s.http_faults("download"),
+    ),
     # staged documents (inline_max_mb 0: every PDF) live 6 emulated hours (6 s): round 0 reads them, the retry
     # round finds them gone and uploads them again
     "Files API upload expired before a retry round": (
-        {"file_ttl_hours": 6, "row_error_rate": 0.3}, {"inline_max_mb": 0},
-        lambda s: s.dag_log.count(" is unusable (state")),
+        {"file_ttl_hours": 6, "row_error_rate": 0.3},
+        {"inline_max_mb": 0},
+        lambda s: s.dag_log.count(" is unusable (state"),
+    ),
 }
 
 
@@ -101,7 +123,9 @@ def documents(tmp_path_factory) -> Path:
         pdf.set_creation_date(dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc))  # same bytes, same keys, same faults
         pdf.add_page()
         pdf.set_font("helvetica", size=12)
-        pdf.cell(text=f"Invoice R-{n:04d} from Vendor {n % 7}, total {n * 3 + 1}.25 EUR, dated 2026-10-{n % 28 + 1:02d}")
+        pdf.cell(
+            text=f"Invoice R-{n:04d} from Vendor {n % 7}, total {n * 3 + 1}.25 EUR, dated 2026-10-{n % 28 + 1:02d}"
+        )
         pdf.output(str(folder / f"invoice-r{n:03d}.pdf"))
     for n in range(EXTRA_NOTES):
         (folder / f"note-{n:03d}.txt").write_text(f"Invoice N-{n:04d}: {n % 9 + 1} items, total {n * 7 + 3}.10 USD\n")
@@ -121,8 +145,9 @@ def emulator_jobs(data_dir: Path) -> list[dict]:
 NAME = re.compile(r"^gb-(?P<run>[0-9a-f]+)-r(?P<round>\d+)-shard-(?P<shard>\d+)-[0-9a-f]+$")
 
 
-def check_invariants(source: Path, output: Path, log: str, data_dir: Path, airflow_home: Path, secret: str,
-                     retry_rounds: int) -> dict:
+def check_invariants(
+    source: Path, output: Path, log: str, data_dir: Path, airflow_home: Path, secret: str, retry_rounds: int
+) -> dict:
     """Assert the four invariants; return the numbers the README's table reports."""
     # 1. every document once; the summary adds up
     records, summary = read_results(output)
@@ -139,7 +164,7 @@ def check_invariants(source: Path, output: Path, log: str, data_dir: Path, airfl
     work = next((output / "_work").iterdir())
     succeeded: set[str] = set()
     for round_ in range(rounds_run + 1):
-        sent = [k for job, m in zip(jobs, names) if int(m["round"]) == round_ for k in job["keys"]]
+        sent = [k for job, m in zip(jobs, names, strict=False) if int(m["round"]) == round_ for k in job["keys"]]
         assert not succeeded & set(sent), f"round {round_} resent keys that had succeeded"
         assert len(sent) == len(set(sent)), f"round {round_} sent a key twice"
         outcomes = work / f"round-{round_}" / "outcomes.jsonl"
@@ -159,14 +184,22 @@ def check_invariants(source: Path, output: Path, log: str, data_dir: Path, airfl
     leaks = places_holding(secret, output, airflow_home, data_dir)
     assert not leaks and secret not in log, f"the API key is in {leaks or 'the task log'}"
 
-    return {"documents": summary["documents"], "succeeded": summary["succeeded"], "failed": summary["failed"],
-            "rejected": summary["rejected"], "jobs": summary["jobs"], "retry_rounds": summary["retry_rounds"],
-            "requests_sent": sum(len(j["keys"]) for j in jobs)}
+    return {
+        "documents": summary["documents"],
+        "succeeded": summary["succeeded"],
+        "failed": summary["failed"],
+        "rejected": summary["rejected"],
+        "jobs": summary["jobs"],
+        "retry_rounds": summary["retry_rounds"],
+        "requests_sent": sum(len(j["keys"]) for j in jobs),
+    }
 
 
 def places_holding(secret: str, *folders: Path) -> list[str]:
     """Every file under the folders whose bytes contain the secret (the Airflow database file included)."""
-    return [str(p) for folder in folders for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    return [
+        str(p) for folder in folders for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()
+    ]
 
 
 def report(scenario: str, row: dict) -> None:
@@ -191,11 +224,16 @@ def test_fault(scenario, documents, airflow_home, tmp_path, start_emulator):
     run = run_dag(airflow_home, conn_for(server.url, secret), conf, "2026-11-10")
     seconds = time.monotonic() - t0
     run.check()
-    row = check_invariants(documents, output, run.log, server.log_path.parent, airflow_home, secret,
-                           conf["retry_rounds"])
+    row = check_invariants(
+        documents, output, run.log, server.log_path.parent, airflow_home, secret, conf["retry_rounds"]
+    )
     round0 = next((output / "_work").iterdir()) / "round-0" / "outcomes.jsonl"
-    seen = Seen(emulator_jobs(server.log_path.parent), server.log_path.read_text(), run.log,
-                [json.loads(line) for line in round0.read_text().splitlines()])
+    seen = Seen(
+        emulator_jobs(server.log_path.parent),
+        server.log_path.read_text(),
+        run.log,
+        [json.loads(line) for line in round0.read_text().splitlines()],
+    )
     fault_hits = hits(seen)
     report(scenario, {**row, "fault_hits": fault_hits, "seconds": round(seconds, 1)})
     assert fault_hits > 0, "the fault never happened: the scenario proved nothing"
@@ -210,8 +248,13 @@ def test_emulator_killed_and_restarted_mid_job(documents, airflow_home, tmp_path
     server = gemini_emulator(data_dir, time_scale=3600, faults=slow).start()
     port = server.port
     output, secret = tmp_path / "out", f"AIza-test-{secrets.token_hex(16)}"
-    conf = {"source": str(documents), "output": str(output), "max_rows_per_job": 25, "retry_rounds": 2,
-            "poll_seconds": 0.5}
+    conf = {
+        "source": str(documents),
+        "output": str(output),
+        "max_rows_per_job": 25,
+        "retry_rounds": 2,
+        "poll_seconds": 0.5,
+    }
     outage: dict = {}
 
     def kill_and_restart():
@@ -249,9 +292,12 @@ def test_the_secret_scan_finds_a_planted_secret(documents, airflow_home, tmp_pat
     planted = f"planted-{secrets.token_hex(8)}"
     source = tmp_path / "source"
     shutil.copytree(SAMPLES, source)
-    run = run_dag(airflow_home, conn_for(server.url, "AIza-unused"),
-                  {"source": str(source), "output": str(tmp_path / "out"), "prompt": f"Extract it. {planted}"},
-                  "2026-11-12")
+    run = run_dag(
+        airflow_home,
+        conn_for(server.url, "AIza-unused"),
+        {"source": str(source), "output": str(tmp_path / "out"), "prompt": f"Extract it. {planted}"},
+        "2026-11-12",
+    )
     run.check()
     leaks = places_holding(planted, airflow_home, server.log_path.parent)
     assert any(p.endswith(".db") for p in leaks), leaks

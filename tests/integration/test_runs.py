@@ -10,28 +10,35 @@ from types import SimpleNamespace
 
 import pytest
 
-from support.dagrun import read_results
-
 from gemini_batch.core import results
-
-from gemini_batch.steps import runs
 from gemini_batch.core.batch_requests import ShardManifest
-from gemini_batch.hooks.gemini import GeminiBatchHook
 from gemini_batch.core.locations import as_path
+from gemini_batch.hooks.gemini import GeminiBatchHook
+from gemini_batch.steps import runs
+from support.dagrun import read_results
 from support.service import submit_shard, use_developer, wait_until_ended, write_shard
 
 SAMPLES = Path(__file__).resolve().parents[2] / "include" / "samples"
 # Most tests here are about staged uploads: every part but text is staged (inline_max_mb 0) unless a test says.
-PARAMS = {"source": str(SAMPLES), "output": "/tmp/unused", "prompt": "Extract.", "model": "gemini-2.5-flash-lite",
-          "response_schema": {"type": "object"}, "inline_max_mb": 0}
+PARAMS = {
+    "source": str(SAMPLES),
+    "output": "/tmp/unused",
+    "prompt": "Extract.",
+    "model": "gemini-2.5-flash-lite",
+    "response_schema": {"type": "object"},
+    "inline_max_mb": 0,
+}
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"response_schema": {"type": "objekt"}}, "response_schema is not a valid JSON schema"),
-    ({"prompt": "  "}, "prompt is empty"),
-    ({"source": ""}, "source: give a local folder or a gs:// prefix"),
-    ({"retention": "forever"}, "retention must be one of"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"response_schema": {"type": "objekt"}}, "response_schema is not a valid JSON schema"),
+        ({"prompt": "  "}, "prompt is empty"),
+        ({"source": ""}, "source: give a local folder or a gs:// prefix"),
+        ({"retention": "forever"}, "retention must be one of"),
+    ],
+)
 def test_bad_parameters_name_the_parameter(change, message):
     with pytest.raises(runs.RunConfigError, match=message):
         runs.RunSettings.from_params({**PARAMS, **change})
@@ -62,8 +69,9 @@ def staged_samples(tmp_path, run_id: str):
     """The samples planned and staged by a run on the emulator in use: (the run, its staging counts)."""
     source = tmp_path / "source"
     shutil.copytree(SAMPLES, source)
-    run = runs.Run.from_params({**PARAMS, "source": str(source), "output": str(tmp_path / "out")}, run_id,
-                               GeminiBatchHook())
+    run = runs.Run.from_params(
+        {**PARAMS, "source": str(source), "output": str(tmp_path / "out")}, run_id, GeminiBatchHook()
+    )
     run.plan()
     return run, run.stage()
 
@@ -129,7 +137,8 @@ def test_retry_restages_an_upload_that_is_gone(start_emulator, monkeypatch, tmp_
 
 
 def test_a_retry_reads_inline_parts_from_the_source_again_and_a_changed_one_fails_alone(
-        start_emulator, monkeypatch, tmp_path):
+    start_emulator, monkeypatch, tmp_path
+):
     """Inline parts are read when a round is built: a retry reads them again, so nothing expires in between;
     one whose file changed since the plan fails with that reason, and its neighbours are answered."""
     server = start_emulator(time_scale=3600)
@@ -139,12 +148,13 @@ def test_a_retry_reads_inline_parts_from_the_source_again_and_a_changed_one_fail
     source.mkdir()
     for name in ("invoice-1.pdf", "invoice-2.pdf", "invoice-3.pdf"):
         shutil.copy(SAMPLES / name, source)
-    run = runs.Run.from_params({**PARAMS, "source": str(source), "output": str(tmp_path / "out"), "inline_max_mb": 10},
-                               "manual__inline", hook)
+    run = runs.Run.from_params(
+        {**PARAMS, "source": str(source), "output": str(tmp_path / "out"), "inline_max_mb": 10}, "manual__inline", hook
+    )
     planned = run.plan().to_json()
     assert planned["routes"] == {"inline": 3, "in_place": 0, "staged": 0}
     assert run.stage() == {"staged": 0, "failed": 0}
-    (first,) = run.build(0)
+    (_first,) = run.build(0)
     first_round = run.collect(0, [])
     assert first_round["failed"] == 3 and first_round["requests"] == 0  # round 0's job never ran: nothing sent
 
@@ -156,9 +166,12 @@ def test_a_retry_reads_inline_parts_from_the_source_again_and_a_changed_one_fail
     retried = run.collect(1, [{"manifest_uri": manifest_uri, "job_name": job.name, "state": job.state.name}])
     run.publish([first_round, retried])
 
-    records, summary = read_results(tmp_path / "out")
+    records, _summary = read_results(tmp_path / "out")
     assert {d: r["status"] for d, r in records.items()} == {
-        "invoice-1.pdf": "succeeded", "invoice-2.pdf": "failed", "invoice-3.pdf": "succeeded"}
+        "invoice-1.pdf": "succeeded",
+        "invoice-2.pdf": "failed",
+        "invoice-3.pdf": "succeeded",
+    }
     assert records["invoice-2.pdf"]["error"].startswith("not requested: invoice-2.pdf changed since the run planned it")
     assert run.clean_up([job.name], [src])["deleted_files"] == 1  # the retry's input file only: nothing was staged
 
@@ -183,14 +196,23 @@ def test_a_cleared_run_forgets_its_earlier_rounds(tmp_path):
 
 @pytest.mark.parametrize("where", ["local", "gcs"])
 def test_each_staging_pass_writes_its_own_file_and_later_passes_win(where, tmp_path, gcs_root):
-    """A GCS object cannot be appended to: a second pass (a retry's restaging) adds a file, read back after the first."""
+    """A GCS object cannot be appended to: a second pass (a retry's restaging) adds a file, read back after the
+    first."""
     source = tmp_path / "source"
     shutil.copytree(SAMPLES, source)
     output = str(tmp_path / "out") if where == "local" else f"gs://test-bucket/passes/{tmp_path.name}"
-    run = runs.Run.from_params({**PARAMS, "source": str(source), "output": output,
-                                "staging_prefix": f"gs://test-bucket/passes-staging/{tmp_path.name}"},
-                               "manual__passes", SimpleNamespace(backend="vertex", gcp_conn_id=None, check_model=lambda model: None,
-                                               check_staging_bucket=lambda uri: None))
+    run = runs.Run.from_params(
+        {
+            **PARAMS,
+            "source": str(source),
+            "output": output,
+            "staging_prefix": f"gs://test-bucket/passes-staging/{tmp_path.name}",
+        },
+        "manual__passes",
+        SimpleNamespace(
+            backend="vertex", gcp_conn_id=None, check_model=lambda model: None, check_staging_bucket=lambda uri: None
+        ),
+    )
     run.plan()
     (source / "invoice-2.pdf").rename(tmp_path / "away.pdf")
     assert run.stage() == {"staged": 6, "failed": 1}
@@ -213,7 +235,9 @@ def test_a_pass_cut_off_by_a_killed_worker_loses_only_its_last_line(tmp_path):
     shutil.copytree(SAMPLES, source)
     run = runs.Run.from_params({**PARAMS, "source": str(source), "output": str(tmp_path / "out")}, "manual__cut")
     run.folder.staged.mkdir(parents=True)
-    whole = json.dumps({"key": "k1", "uri": "files/a", "mime_type": "application/pdf", "expires_at": None}).encode() + b"\n"
+    whole = (
+        json.dumps({"key": "k1", "uri": "files/a", "mime_type": "application/pdf", "expires_at": None}).encode() + b"\n"
+    )
     (run.folder.staged / "pass-00000.jsonl").write_bytes(whole + whole.replace(b"k1", b"k2")[:25])
     with run.staging() as staging:
         assert list(staging.parts) == ["k1"]
@@ -224,8 +248,9 @@ def finished_round_0(server_url: str, monkeypatch, tmp_path, name: str):
 
     use_developer(monkeypatch, server_url)
     hook = GeminiBatchHook()
-    run = runs.Run.from_params({**PARAMS, "source": str(SAMPLES), "output": str(tmp_path / "out")}, f"manual__{name}",
-                               hook)
+    run = runs.Run.from_params(
+        {**PARAMS, "source": str(SAMPLES), "output": str(tmp_path / "out")}, f"manual__{name}", hook
+    )
     run.plan()
     run.stage()
     (manifest_uri,) = run.build(0)
@@ -234,8 +259,9 @@ def finished_round_0(server_url: str, monkeypatch, tmp_path, name: str):
     return run, job, [{"manifest_uri": manifest_uri, "job_name": job.name, "state": job.state.name}]
 
 
-def test_an_output_file_gone_before_collection_leaves_its_rows_for_the_next_round(start_emulator, monkeypatch,
-                                                                                  tmp_path):
+def test_an_output_file_gone_before_collection_leaves_its_rows_for_the_next_round(
+    start_emulator, monkeypatch, tmp_path
+):
     """The service deletes a job's output file 48 h after the job; a collection after that (a long outage, a
     paused DAG) must not fail the task over and over: the job's rows become unanswered, with the cause, and the
     next round requests them again."""
@@ -248,7 +274,8 @@ def test_an_output_file_gone_before_collection_leaves_its_rows_for_the_next_roun
     with run.latest_outcomes(0) as (outcomes, _):
         assert {o["error"] for o in outcomes.records()} == {
             f"no answer: job {job.name} ended {job.state.name} but its output file {job.dest.file_name} cannot be "
-            "read: 403 PERMISSION_DENIED"}
+            "read: 403 PERMISSION_DENIED"
+        }
         assert run.keys_to_retry(1) == set(outcomes.keys())
 
 
@@ -274,8 +301,11 @@ def test_outputs_parsed_in_worker_processes_give_the_outcomes_parsed_here(start_
     server = start_emulator(time_scale=3600)
     use_developer(monkeypatch, server.url)
     hook = GeminiBatchHook()
-    run = runs.Run.from_params({**PARAMS, "source": str(SAMPLES), "output": str(tmp_path / "out"), "inline_max_mb": 10,
-                                "max_rows_per_job": 2}, "manual__parallel-collect", hook)
+    run = runs.Run.from_params(
+        {**PARAMS, "source": str(SAMPLES), "output": str(tmp_path / "out"), "inline_max_mb": 10, "max_rows_per_job": 2},
+        "manual__parallel-collect",
+        hook,
+    )
     run.plan()
     manifests = run.build(0)
     assert len(manifests) == 4  # the 8 sample requests, 2 a job
@@ -298,21 +328,23 @@ def test_outputs_parsed_in_worker_processes_give_the_outcomes_parsed_here(start_
     assert sum(b"cannot be read: 403 PERMISSION_DENIED" in line for line in lines) == 2
 
 
-def test_answers_are_in_the_ledger_once_collected_so_a_failed_publish_loses_nothing(start_emulator, monkeypatch,
-                                                                                     tmp_path):
+def test_answers_are_in_the_ledger_once_collected_so_a_failed_publish_loses_nothing(
+    start_emulator, monkeypatch, tmp_path
+):
     """The output folder cannot take results.jsonl when publish runs (here a folder stands where the file goes):
     publish fails, but every answer the job paid for is already in the ledger, so the next run over the same
     documents sends no request for them; its summary counts them as reused, not as requests."""
     server = start_emulator(time_scale=3600)
-    run, job, jobs = finished_round_0(server.url, monkeypatch, tmp_path, "publish-fails")
+    run, _job, jobs = finished_round_0(server.url, monkeypatch, tmp_path, "publish-fails")
     collected = run.collect(0, jobs)
     assert collected["requests"] == 8 and collected["succeeded"] == 8
     (tmp_path / "out" / "results.jsonl").mkdir()
     with pytest.raises(IsADirectoryError):
         run.publish([collected])
 
-    again = runs.Run.from_params({**PARAMS, "source": str(SAMPLES), "output": str(tmp_path / "out-2")},
-                                 "manual__after-failed-publish", run.hook)
+    again = runs.Run.from_params(
+        {**PARAMS, "source": str(SAMPLES), "output": str(tmp_path / "out-2")}, "manual__after-failed-publish", run.hook
+    )
     planned = again.plan().to_json()
     assert planned["requests"] == 0 and planned["reused_parts"] == planned["parts"], planned
     summary = again.publish([])

@@ -13,15 +13,15 @@ import time
 from contextlib import contextmanager
 
 import pytest
-from support.emulators import developer_client
-from gemini_emulator.testing import requests_made
 from fpdf import FPDF
 from pypdf import PdfReader
 
 from gemini_batch.core import documents
 from gemini_batch.core.locations import as_path
-from gemini_batch.hooks.uploads import FilesApiStager, GcsStager, files_api_name
 from gemini_batch.core.staged import StagedPart, StageFailure, StageItem
+from gemini_batch.hooks.uploads import FilesApiStager, GcsStager, files_api_name
+from gemini_emulator.testing import requests_made
+from support.emulators import developer_client
 
 FAST = {"backoff_seconds": 0.01}
 
@@ -89,8 +89,16 @@ def file_requests(server, since: int = 0) -> list[tuple[str, str, int]]:
     """(method, what, status) of the Files API requests the emulator served, from its own log: ``start`` and
     ``bytes`` for the two steps of a resumable upload."""
     made = [r for r in requests_made(server) if "files" in r["path"]][since:]
-    return [(r["method"], ("bytes" if "upload_id=" in r["query"] else "start") if r["path"].startswith("/upload/")
-             else r["path"].rsplit("/", 2)[-2], r["status"]) for r in made]
+    return [
+        (
+            r["method"],
+            ("bytes" if "upload_id=" in r["query"] else "start")
+            if r["path"].startswith("/upload/")
+            else r["path"].rsplit("/", 2)[-2],
+            r["status"],
+        )
+        for r in made
+    ]
 
 
 def test_files_api_uploads_in_two_requests_and_reuses_live_uploads(items, emulator):
@@ -115,10 +123,16 @@ def test_files_api_restages_uploads_about_to_expire(items, emulator):
 
     sent = len(file_requests(emulator))
     # The emulator's files live 48 emulated hours; a 47-hour margin makes every one "about to expire".
-    again = by_key(FilesApiStager(client, documents.open_planned, margin=dt.timedelta(hours=47, minutes=59))
-                   .stage(items[:1]))
-    assert file_requests(emulator, sent) == [("POST", "start", 409), ("GET", "files", 200),
-                                             ("DELETE", "files", 200), ("POST", "start", 200), ("POST", "bytes", 200)]
+    again = by_key(
+        FilesApiStager(client, documents.open_planned, margin=dt.timedelta(hours=47, minutes=59)).stage(items[:1])
+    )
+    assert file_requests(emulator, sent) == [
+        ("POST", "start", 409),
+        ("GET", "files", 200),
+        ("DELETE", "files", 200),
+        ("POST", "start", 200),
+        ("POST", "bytes", 200),
+    ]
     assert client.files.get(name=files_api_name(items[0].key)).create_time > created
     assert again[items[0].key].expires_at > first[items[0].key].expires_at
 
@@ -176,7 +190,7 @@ def test_an_upload_deleted_while_processing_is_staged_again(items, start_emulato
             try:
                 client.files.delete(name=name)
                 return
-            except Exception:  # noqa: BLE001 - not uploaded yet
+            except Exception:
                 time.sleep(0.05)
 
     deleter = threading.Thread(target=delete_when_uploaded)

@@ -9,14 +9,14 @@ from pathlib import Path
 from support.dagrun import SAMPLES, developer_conn, run_dag
 
 
-
-def test_a_template_naming_a_secret_fails_the_run_at_once_and_leaks_it_nowhere(airflow_home, tmp_path,
-                                                                            start_emulator):
+def test_a_template_naming_a_secret_fails_the_run_at_once_and_leaks_it_nowhere(airflow_home, tmp_path, start_emulator):
     conn_secret, variable_secret = f"conn-{uuid.uuid4().hex}", f"var-{uuid.uuid4().hex}"
     server = start_emulator(time_scale=600)
     conn = {**developer_conn(server.url), "password": conn_secret}
-    conf = {"source": str(SAMPLES),
-            "output": str(tmp_path / "out-{{ conn.gemini_default.password }}-{{ var.value.some_secret }}")}
+    conf = {
+        "source": str(SAMPLES),
+        "output": str(tmp_path / "out-{{ conn.gemini_default.password }}-{{ var.value.some_secret }}"),
+    }
     done = run_dag(airflow_home, conn, conf, "2026-11-09", {"AIRFLOW_VAR_SOME_SECRET": variable_secret})
 
     assert done.state == "failed", done.log[-4000:]

@@ -11,17 +11,18 @@ import time
 
 import pytest
 from airflow.sdk.module_loading import import_string
-from support.emulators import developer_client
 
 from gemini_batch.hooks.gemini import GeminiBatchHook, state_name
 from gemini_batch.triggers.gemini import GeminiBatchJobTrigger
+from support.emulators import developer_client
 from support.service import KEY, MODEL, deadline_in, first_event, submit_shard, use_developer, use_vertex, write_shard
 
 
 def test_serialize_round_trips_without_secrets(emulator, monkeypatch):
     use_developer(monkeypatch, emulator.url)
-    trigger = GeminiBatchJobTrigger(job_name="batches/abc", gemini_conn_id="gemini_default", deadline=deadline_in(60),
-                                    poll_interval=5)
+    trigger = GeminiBatchJobTrigger(
+        job_name="batches/abc", gemini_conn_id="gemini_default", deadline=deadline_in(60), poll_interval=5
+    )
     classpath, kwargs = trigger.serialize()
     assert classpath == "gemini_batch.triggers.gemini.GeminiBatchJobTrigger"
     assert sorted(kwargs) == ["deadline", "gemini_conn_id", "job_name", "poll_interval"]
@@ -39,8 +40,9 @@ def test_a_restarted_trigger_resumes_the_same_job(start_emulator, monkeypatch, t
     emulator = start_emulator(time_scale=1, faults={"pending_seconds": 2, "running_seconds": 1})
     use_developer(monkeypatch, emulator.url)
     job = submit_shard(GeminiBatchHook(), write_shard(tmp_path / "shards"), "restart")
-    trigger = GeminiBatchJobTrigger(job_name=job.name, gemini_conn_id="gemini_default", deadline=deadline_in(600),
-                                    poll_interval=0.2)
+    trigger = GeminiBatchJobTrigger(
+        job_name=job.name, gemini_conn_id="gemini_default", deadline=deadline_in(600), poll_interval=0.2
+    )
     with pytest.raises(TimeoutError):
         first_event(trigger, timeout=1)  # the triggerer dies while the job is PENDING
     assert f"Batch job {job.name} is JOB_STATE_PENDING" in capfd.readouterr().out
@@ -48,8 +50,13 @@ def test_a_restarted_trigger_resumes_the_same_job(start_emulator, monkeypatch, t
     classpath, kwargs = trigger.serialize()
     event = first_event(import_string(classpath)(**kwargs))
     assert event.pop("output").startswith("files/")  # the results file, for the "Batch output" link
-    assert event == {"status": "terminal", "job_name": job.name, "state": "JOB_STATE_SUCCEEDED", "stats": {},
-                     "error": None}
+    assert event == {
+        "status": "terminal",
+        "job_name": job.name,
+        "state": "JOB_STATE_SUCCEEDED",
+        "stats": {},
+        "error": None,
+    }
     client = developer_client(emulator.url)
     assert [j.name for j in client.batches.list()] == [job.name]
 
@@ -58,8 +65,9 @@ def test_transient_errors_are_waited_out(start_emulator, monkeypatch, tmp_path, 
     emulator = start_emulator(time_scale=3600, faults={"http": {"get": {"burst": 3, "codes": [503, 429]}}})
     use_developer(monkeypatch, emulator.url)
     job = submit_shard(GeminiBatchHook(), write_shard(tmp_path / "shards"), "bursts")
-    trigger = GeminiBatchJobTrigger(job_name=job.name, gemini_conn_id="gemini_default", deadline=deadline_in(600),
-                                    poll_interval=0.1)
+    trigger = GeminiBatchJobTrigger(
+        job_name=job.name, gemini_conn_id="gemini_default", deadline=deadline_in(600), poll_interval=0.1
+    )
     started = time.monotonic()
     event = first_event(trigger)
     assert (event["status"], event["state"]) == ("terminal", "JOB_STATE_SUCCEEDED")
@@ -74,8 +82,9 @@ def test_deadline_ends_a_wait_the_service_never_ends(start_emulator, monkeypatch
     use_developer(monkeypatch, emulator.url)
     hook = GeminiBatchHook()
     job = submit_shard(hook, write_shard(tmp_path / "shards"), "stuck")
-    trigger = GeminiBatchJobTrigger(job_name=job.name, gemini_conn_id="gemini_default", deadline=deadline_in(1.5),
-                                    poll_interval=10)
+    trigger = GeminiBatchJobTrigger(
+        job_name=job.name, gemini_conn_id="gemini_default", deadline=deadline_in(1.5), poll_interval=10
+    )
     started = time.monotonic()
     event = first_event(trigger)
     assert event == {"status": "deadline", "job_name": job.name, "state": "JOB_STATE_PENDING", "stats": {}}
@@ -87,15 +96,19 @@ def test_an_expired_job_is_a_terminal_event(start_emulator, monkeypatch, tmp_pat
     emulator = start_emulator(time_scale=3600, faults={"seed": 1, "job_expire_rate": 1, "job_expiry_hours": 1})
     use_developer(monkeypatch, emulator.url)
     job = submit_shard(GeminiBatchHook(), write_shard(tmp_path / "shards"), "expires")
-    event = first_event(GeminiBatchJobTrigger(job_name=job.name, gemini_conn_id="gemini_default",
-                                              deadline=deadline_in(600), poll_interval=0.2))
+    event = first_event(
+        GeminiBatchJobTrigger(
+            job_name=job.name, gemini_conn_id="gemini_default", deadline=deadline_in(600), poll_interval=0.2
+        )
+    )
     assert (event["status"], event["state"]) == ("terminal", "JOB_STATE_EXPIRED")
 
 
 def test_persistent_errors_end_the_wait(emulator, monkeypatch):
     use_developer(monkeypatch, emulator.url)
-    trigger = GeminiBatchJobTrigger(job_name="batches/nosuchjob", gemini_conn_id="gemini_default",
-                                    deadline=deadline_in(600), poll_interval=0.02)
+    trigger = GeminiBatchJobTrigger(
+        job_name="batches/nosuchjob", gemini_conn_id="gemini_default", deadline=deadline_in(600), poll_interval=0.02
+    )
     event = first_event(trigger)
     assert event["status"] == "error" and event["job_name"] == "batches/nosuchjob"
     assert event["error"].startswith("5 polls in a row failed; last: 404")
@@ -108,23 +121,36 @@ def test_vertex_job_reports_completion_stats(start_emulator, gcs, gcs_root, monk
     manifest = write_shard(gcs_root / "triggers" / f"{time.time_ns()}", rows=5)
     dest = manifest.uri.rsplit("/", 1)[0] + "/output/"
     job = hook.create_job(model=MODEL, src=manifest.uri, display_name="vertex-trigger", dest=dest)
-    event = first_event(GeminiBatchJobTrigger(job_name=job.name, gemini_conn_id="gemini_default",
-                                              deadline=deadline_in(600), poll_interval=0.2))
+    event = first_event(
+        GeminiBatchJobTrigger(
+            job_name=job.name, gemini_conn_id="gemini_default", deadline=deadline_in(600), poll_interval=0.2
+        )
+    )
     assert event.pop("output").startswith(dest + "prediction-model-")  # the job's own folder under the prefix
-    assert event == {"status": "terminal", "job_name": job.name, "state": "JOB_STATE_SUCCEEDED",
-                     "stats": {"succeeded": 5, "failed": 0, "incomplete": 0}, "error": None}
+    assert event == {
+        "status": "terminal",
+        "job_name": job.name,
+        "state": "JOB_STATE_SUCCEEDED",
+        "stats": {"succeeded": 5, "failed": 0, "incomplete": 0},
+        "error": None,
+    }
 
 
 def test_vertex_progress_is_logged_as_the_counts_change(start_emulator, gcs, gcs_root, monkeypatch, capfd):
     """Airflow logs through structlog to stdout, not through logging: caplog sees none of it, capfd does."""
-    emulator = start_emulator(time_scale=1, gcs_endpoint=gcs.url,
-                              faults={"pending_seconds": 0.3, "running_seconds": 0.1, "row_seconds": 0.3})
+    emulator = start_emulator(
+        time_scale=1, gcs_endpoint=gcs.url, faults={"pending_seconds": 0.3, "running_seconds": 0.1, "row_seconds": 0.3}
+    )
     use_vertex(monkeypatch, emulator.url)
     manifest = write_shard(gcs_root / "triggers" / f"{time.time_ns()}", rows=5)
-    job = GeminiBatchHook().create_job(model=MODEL, src=manifest.uri, display_name="vertex-progress",
-                                       dest=manifest.uri.rsplit("/", 1)[0] + "/output/")
-    event = first_event(GeminiBatchJobTrigger(job_name=job.name, gemini_conn_id="gemini_default",
-                                              deadline=deadline_in(600), poll_interval=0.05))
+    job = GeminiBatchHook().create_job(
+        model=MODEL, src=manifest.uri, display_name="vertex-progress", dest=manifest.uri.rsplit("/", 1)[0] + "/output/"
+    )
+    event = first_event(
+        GeminiBatchJobTrigger(
+            job_name=job.name, gemini_conn_id="gemini_default", deadline=deadline_in(600), poll_interval=0.05
+        )
+    )
     assert event["state"] == "JOB_STATE_SUCCEEDED"
     out = capfd.readouterr().out
     lines = re.findall(rf"Batch job {re.escape(job.name)}: (\d+ of 5 rows done \(\d+ succeeded, \d+ failed\))", out)

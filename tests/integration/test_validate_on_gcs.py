@@ -10,7 +10,11 @@ import orjson
 from gemini_batch.core.batch_requests import RequestSpec, build_row
 from gemini_batch.core.validate import validate_jsonl
 
-SPEC = RequestSpec(model="gemini-2.5-flash-lite", prompt="Extract the title.", response_schema={"type": "object", "properties": {"title": {"type": "string"}}})
+SPEC = RequestSpec(
+    model="gemini-2.5-flash-lite",
+    prompt="Extract the title.",
+    response_schema={"type": "object", "properties": {"title": {"type": "string"}}},
+)
 TEXT_ROW = build_row("k-text", SPEC, text="Title: A")
 
 
@@ -38,7 +42,9 @@ def test_validates_a_file_on_gcs(gcs_root):
 
 def test_cli_runs_as_a_module(tmp_path):
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "gemini_batch.core.validate", *args], capture_output=True, text=True)
+        return subprocess.run(
+            [sys.executable, "-m", "gemini_batch.core.validate", *args], capture_output=True, text=True
+        )
 
     good = write_jsonl(tmp_path / "good.jsonl", [TEXT_ROW])
     assert run(good, "--max-rows", "1", "--max-bytes", "100000").returncode == 0

@@ -25,7 +25,9 @@ def run_dag(airflow_home, conn: dict, conf: dict, logical_date: str, extra_env: 
 def start_dag(airflow_home, conn: dict, conf: dict, logical_date: str, extra_env: dict | None = None) -> StartedRun:
     """Start one `dags test` run in its own process group; ``wait()`` for its DagRun, or ``kill()`` it."""
     env = {
-        **os.environ, "AIRFLOW_HOME": str(airflow_home), "AIRFLOW_CONN_GEMINI_DEFAULT": json.dumps(conn),
+        **os.environ,
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW_CONN_GEMINI_DEFAULT": json.dumps(conn),
         # The ledger every run of the DAG shares: here one per test folder (beside its output), so tests do not
         # reuse each other's answers while the runs of one test do.
         "GEMINI_BATCH_STATE": str(ledger_root(conf)),
@@ -35,7 +37,11 @@ def start_dag(airflow_home, conn: dict, conf: dict, logical_date: str, extra_env
     log = tempfile.TemporaryFile("w+")
     process = subprocess.Popen(
         [ROOT / "bin" / "airflow", "dags", "test", "gemini_batch_extract", logical_date, "-c", json.dumps(conf)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     return StartedRun(process, log)
 
@@ -95,8 +101,14 @@ def submitted_jobs(server) -> list[tuple[str, list[str]]]:
     jobs_dir = server.log_path.parent / "jobs"
     jobs = sorted((json.loads(p.read_text()) for p in jobs_dir.glob("*.json")), key=lambda j: j["create_time"])
     return [
-        (job["display_name"],
-         [json.loads(line)["key"] for line in (jobs_dir / f"{job['id']}.input.jsonl").read_text().splitlines() if line])
+        (
+            job["display_name"],
+            [
+                json.loads(line)["key"]
+                for line in (jobs_dir / f"{job['id']}.input.jsonl").read_text().splitlines()
+                if line
+            ],
+        )
         for job in jobs
     ]
 
@@ -123,6 +135,10 @@ def assert_contract(records: dict[str, dict], summary: dict, source: Path) -> No
 def new_airflow_home(home):
     env = {**os.environ, "AIRFLOW_HOME": str(home)}
     subprocess.run([ROOT / "bin" / "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
-    subprocess.run([ROOT / "bin" / "airflow", "pools", "set", "gemini_batch_jobs", "10", "jobs", "--include-deferred"],
-                   env=env, check=True, capture_output=True)
+    subprocess.run(
+        [ROOT / "bin" / "airflow", "pools", "set", "gemini_batch_jobs", "10", "jobs", "--include-deferred"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     return home

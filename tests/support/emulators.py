@@ -7,7 +7,6 @@ from pathlib import Path
 from gemini_emulator.models import Catalogue
 from gemini_emulator.testing import requests_made
 
-
 # The models the emulator accepts batches for today, as the service lists them.
 BATCH_MODELS = sorted(m.id for m in Catalogue.load().live() if "batchGenerateContent" in m.methods)
 
@@ -25,7 +24,9 @@ def vertex_client(url: str, project: str = "test-project", location: str = "us-c
     from google.oauth2.credentials import Credentials
 
     return genai.Client(
-        vertexai=True, project=project, location=location,
+        vertexai=True,
+        project=project,
+        location=location,
         credentials=Credentials(token="test-token"),
         http_options=types.HttpOptions(base_url=url),
     )
@@ -58,11 +59,25 @@ def seed_job_history(data_dir: Path, count: int, *, days: float = 30.0, model: s
     newest = time.time() - 86400
     try:
         for i in range(count):
-            job = em.create_batch(model, {"displayName": f"history-{i:05d}", "inputConfig": {"requests": {"requests": [
-                {"request": request, "metadata": {"key": f"history-{i:05d}"}}]}}})
+            job = em.create_batch(
+                model,
+                {
+                    "displayName": f"history-{i:05d}",
+                    "inputConfig": {
+                        "requests": {"requests": [{"request": request, "metadata": {"key": f"history-{i:05d}"}}]}
+                    },
+                },
+            )
             created = newest - (count - 1 - i) * (days - 1) * 86400 / max(count - 1, 1)  # oldest first, as made
-            em.jobs.update(job["id"], state="SUCCEEDED", processed=True, create_time=created, start_time=created + 1,
-                           update_time=created + 60, end_time=created + 60,
-                           stats={"succeeded": 1, "failed": 0, "processed": 1})
+            em.jobs.update(
+                job["id"],
+                state="SUCCEEDED",
+                processed=True,
+                create_time=created,
+                start_time=created + 1,
+                update_time=created + 60,
+                end_time=created + 60,
+                stats={"succeeded": 1, "failed": 0, "processed": 1},
+            )
     finally:
         em.stop()

@@ -28,7 +28,10 @@ def use_developer(monkeypatch, url: str, conn_id: str = "gemini_default", **extr
 def use_vertex(monkeypatch, url: str, conn_id: str = "gemini_default") -> None:
     """Vertex AI through the emulator; the project comes from the anonymous GCP connection."""
     monkeypatch.setenv("AIRFLOW_CONN_GCS_EMULATOR", json.dumps(GCS_CONNECTION))
-    connection = {"conn_type": "generic", "extra": {"backend": "vertex", "base_url": url, "gcp_conn_id": "gcs_emulator"}}
+    connection = {
+        "conn_type": "generic",
+        "extra": {"backend": "vertex", "base_url": url, "gcp_conn_id": "gcs_emulator"},
+    }
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(connection))
 
 

@@ -28,10 +28,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import urllib.error
 import urllib.parse
 import urllib.request
-import types
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +40,12 @@ for folder in (ROOT, ROOT / "tests"):  # run as a script (bin/stack) as well as 
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from support.dagrun import submitted_jobs  # noqa: E402
 from gemini_emulator.testing import free_port, gcs_emulator, gemini_emulator  # noqa: E402
+from support.dagrun import submitted_jobs  # noqa: E402
 
 AIRFLOW = str(ROOT / "bin" / "airflow")
+
+
 def _host_port(var: str, default: str) -> tuple[str, int]:
     host, _, port = os.environ.get(var, default).rpartition(":")
     return host, int(port)
@@ -64,6 +66,7 @@ def log(msg: str) -> None:
 
 
 # ---- Postgres and Redis, reached without Airflow ---------------------------------------------------------------
+
 
 def _pg_connect(dbname: str = "postgres"):
     import psycopg2
@@ -87,8 +90,10 @@ def postgres_reason() -> str | None:
     try:
         _pg_connect().close()
         return None
-    except Exception as exc:  # noqa: BLE001 - any failure means: fall back
-        return f"Postgres on {PG['host']}:{PG['port']} not reachable ({' '.join(str(exc).split()) or type(exc).__name__})"
+    except Exception as exc:
+        return (
+            f"Postgres on {PG['host']}:{PG['port']} not reachable ({' '.join(str(exc).split()) or type(exc).__name__})"
+        )
 
 
 def _redis(*command: str, db: int = 0) -> Any:
@@ -105,7 +110,7 @@ def redis_reason() -> str | None:
     try:
         _redis("PING")
         return None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return f"Redis on {REDIS[0]}:{REDIS[1]} not reachable ({str(exc).strip() or type(exc).__name__})"
 
 
@@ -123,12 +128,15 @@ def pick_redis_db() -> int:
 
 # ---- processes --------------------------------------------------------------------------------------------------
 
+
 def _alive(pid: int, create_time: float | None) -> bool:
     import psutil
 
     try:
         proc = psutil.Process(pid)
-        return proc.status() != psutil.STATUS_ZOMBIE and (create_time is None or abs(proc.create_time() - create_time) < 1)
+        return proc.status() != psutil.STATUS_ZOMBIE and (
+            create_time is None or abs(proc.create_time() - create_time) < 1
+        )
     except psutil.Error:
         return False
 
@@ -145,7 +153,7 @@ def _create_time(pid: int) -> float | None:
 def stop_groups(procs: dict[str, dict], grace: float = 20.0) -> None:
     """SIGTERM every process group, wait up to ``grace`` s together, then SIGKILL what is left."""
     live = {name: p for name, p in procs.items() if _alive(p["pid"], p.get("create_time"))}
-    for name, p in live.items():
+    for _name, p in live.items():
         try:
             os.killpg(p["pid"], signal.SIGTERM)
         except ProcessLookupError:
@@ -164,9 +172,18 @@ def stop_groups(procs: dict[str, dict], grace: float = 20.0) -> None:
 
 
 class Stack:
-    def __init__(self, folder: Path | str, *, backend: str = "developer", time_scale: float = 600.0,
-                 faults: dict | None = None, workers: int = 2, worker_concurrency: int = 2, schedule: bool = False,
-                 pool_slots: int = 10):
+    def __init__(
+        self,
+        folder: Path | str,
+        *,
+        backend: str = "developer",
+        time_scale: float = 600.0,
+        faults: dict | None = None,
+        workers: int = 2,
+        worker_concurrency: int = 2,
+        schedule: bool = False,
+        pool_slots: int = 10,
+    ):
         self.folder = Path(folder).resolve()
         self.home = self.folder / "airflow-home"
         self.logs = self.folder / "logs"
@@ -185,7 +202,7 @@ class Stack:
         self.state_file.write_text(json.dumps(self.state, indent=2))
 
     @classmethod
-    def load(cls, folder: Path | str) -> "Stack":
+    def load(cls, folder: Path | str) -> Stack:
         stack = cls(folder)
         stack.state = json.loads(stack.state_file.read_text())
         return stack
@@ -215,7 +232,7 @@ class Stack:
         return {**os.environ, **self.state["env"]}
 
     # -- start --
-    def start(self) -> "Stack":
+    def start(self) -> Stack:
         t0 = time.monotonic()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
@@ -232,8 +249,10 @@ class Stack:
             log(f"start failed; logs in {self.logs}")
             self.stop()
             raise
-        log(f"up in {time.monotonic() - t0:.0f}s: {self.executor}, api {self.api_url}, user {USER}, "
-            f"password in {self.folder / 'passwords.json'}, logs {self.logs}")
+        log(
+            f"up in {time.monotonic() - t0:.0f}s: {self.executor}, api {self.api_url}, user {USER}, "
+            f"password in {self.folder / 'passwords.json'}, logs {self.logs}"
+        )
         return self
 
     def _configure(self) -> None:
@@ -274,23 +293,27 @@ class Stack:
             redis_db = pick_redis_db()
             self.state["redis_db"] = redis_db
             url = f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{db}"
-            env.update({
-                "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url,
-                "AIRFLOW__CELERY__BROKER_URL": f"redis://{REDIS[0]}:{REDIS[1]}/{redis_db}",
-                "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{db}",
-                "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.worker_concurrency),
-            })
+            env.update(
+                {
+                    "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+                    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url,
+                    "AIRFLOW__CELERY__BROKER_URL": f"redis://{REDIS[0]}:{REDIS[1]}/{redis_db}",
+                    "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{db}",
+                    "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.worker_concurrency),
+                }
+            )
             self.state["executor"] = "CeleryExecutor"
         api_port = free_port()
         api_url = f"http://127.0.0.1:{api_port}"
-        env.update({
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(api_port),
-            "AIRFLOW__API__BASE_URL": api_url,
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api_url}/execution/",
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-        })
+        env.update(
+            {
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__API__PORT": str(api_port),
+                "AIRFLOW__API__BASE_URL": api_url,
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api_url}/execution/",
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+            }
+        )
         password = secrets.token_urlsafe(12)
         pw_file = self.folder / "passwords.json"
         pw_file.write_text(json.dumps({USER: password}) + "\n")
@@ -298,33 +321,63 @@ class Stack:
 
         emu_port, gcs_port = free_port(), free_port()
         emulator_url, gcs_url = f"http://127.0.0.1:{emu_port}", f"http://127.0.0.1:{gcs_port}"
-        developer = {"conn_type": "generic", "password": "local-emulator",
-                     "extra": {"backend": "developer", "base_url": emulator_url}}
-        vertex = {"conn_type": "generic", "extra": {"backend": "vertex", "base_url": emulator_url, "project": "test-project",
-                                                    "location": "us-central1", "gcp_conn_id": "gcs_emulator"}}
-        env.update({
-            "AIRFLOW_CONN_GEMINI_DEFAULT": json.dumps(developer if self.backend == "developer" else vertex),
-            "AIRFLOW_CONN_GEMINI_DEVELOPER": json.dumps(developer),
-            "AIRFLOW_CONN_GEMINI_VERTEX": json.dumps(vertex),
-            "AIRFLOW_CONN_GCS_EMULATOR": json.dumps({"conn_type": "google_cloud_platform",
-                                                     "extra": {"is_anonymous": True, "project": "test-project"}}),
-            "STORAGE_EMULATOR_HOST": gcs_url,
-        })
-        self.state.update(env=env, api_url=api_url, password=password, emulator_url=emulator_url, gcs_url=gcs_url,
-                          emulator_port=emu_port, gcs_port=gcs_port, emulator_dir=str(self.folder / "emulator"),
-                          backend=self.backend)
+        developer = {
+            "conn_type": "generic",
+            "password": "local-emulator",
+            "extra": {"backend": "developer", "base_url": emulator_url},
+        }
+        vertex = {
+            "conn_type": "generic",
+            "extra": {
+                "backend": "vertex",
+                "base_url": emulator_url,
+                "project": "test-project",
+                "location": "us-central1",
+                "gcp_conn_id": "gcs_emulator",
+            },
+        }
+        env.update(
+            {
+                "AIRFLOW_CONN_GEMINI_DEFAULT": json.dumps(developer if self.backend == "developer" else vertex),
+                "AIRFLOW_CONN_GEMINI_DEVELOPER": json.dumps(developer),
+                "AIRFLOW_CONN_GEMINI_VERTEX": json.dumps(vertex),
+                "AIRFLOW_CONN_GCS_EMULATOR": json.dumps(
+                    {"conn_type": "google_cloud_platform", "extra": {"is_anonymous": True, "project": "test-project"}}
+                ),
+                "STORAGE_EMULATOR_HOST": gcs_url,
+            }
+        )
+        self.state.update(
+            env=env,
+            api_url=api_url,
+            password=password,
+            emulator_url=emulator_url,
+            gcs_url=gcs_url,
+            emulator_port=emu_port,
+            gcs_port=gcs_port,
+            emulator_dir=str(self.folder / "emulator"),
+            backend=self.backend,
+        )
 
     def _track(self, name: str, proc: subprocess.Popen) -> None:
         self._children.append(proc)
-        self.state["procs"][name] = {"pid": proc.pid, "create_time": _create_time(proc.pid),
-                                     "log": str(self.logs / f"{name}.log")}
+        self.state["procs"][name] = {
+            "pid": proc.pid,
+            "create_time": _create_time(proc.pid),
+            "log": str(self.logs / f"{name}.log"),
+        }
         self._save()
 
     def _start_emulators(self) -> None:
         gcs = gcs_emulator(self.folder / "gcs", port=self.state["gcs_port"], bucket="test-bucket")
         gcs.log_path = self.logs / "gcs-emulator.log"
-        emu = gemini_emulator(self.emulator_dir, port=self.state["emulator_port"], time_scale=self.time_scale,
-                              faults=self.faults, gcs_endpoint=self.state["gcs_url"])
+        emu = gemini_emulator(
+            self.emulator_dir,
+            port=self.state["emulator_port"],
+            time_scale=self.time_scale,
+            faults=self.faults,
+            gcs_endpoint=self.state["gcs_url"],
+        )
         for name, server in (("gcs-emulator", gcs), ("gemini-emulator", emu)):
             try:
                 server.start(timeout=60)
@@ -335,8 +388,9 @@ class Stack:
 
     def _airflow(self, *args: str, log_name: str, timeout: float = 600) -> None:
         with (self.logs / f"{log_name}.log").open("ab") as out:
-            done = subprocess.run([AIRFLOW, *args], env=self.env(), stdout=out, stderr=subprocess.STDOUT,
-                                  timeout=timeout, cwd=ROOT)
+            done = subprocess.run(
+                [AIRFLOW, *args], env=self.env(), stdout=out, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT
+            )
         if done.returncode:
             tail = (self.logs / f"{log_name}.log").read_text()[-3000:]
             raise RuntimeError(f"airflow {' '.join(args)} exited {done.returncode}:\n{tail}")
@@ -344,14 +398,28 @@ class Stack:
     def _migrate(self) -> None:
         t0 = time.monotonic()
         self._airflow("db", "migrate", log_name="db-migrate")
-        self._airflow("pools", "set", POOL, str(self.pool_slots), "Gemini batch jobs in flight", "--include-deferred",
-                      log_name="db-migrate")
+        self._airflow(
+            "pools",
+            "set",
+            POOL,
+            str(self.pool_slots),
+            "Gemini batch jobs in flight",
+            "--include-deferred",
+            log_name="db-migrate",
+        )
         log(f"database migrated, pool {POOL} ({self.pool_slots}, deferred included) in {time.monotonic() - t0:.0f}s")
 
     def _spawn(self, name: str, *args: str, env: dict | None = None) -> None:
         with (self.logs / f"{name}.log").open("ab") as out:
-            proc = subprocess.Popen([AIRFLOW, *args], env={**self.env(), **(env or {})}, stdout=out,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
+            proc = subprocess.Popen(
+                [AIRFLOW, *args],
+                env={**self.env(), **(env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+                start_new_session=True,
+            )
         self._track(name, proc)
         self.state["procs"][name].update(args=list(args), extra_env=env or {})
         self._save()
@@ -399,16 +467,33 @@ class Stack:
         self._spawn(name, *p["args"], env=p.get("extra_env"))
 
     def _start_airflow(self) -> None:
-        self._spawn("api-server", "api-server", "--host", "127.0.0.1", "--port", self.api_url.rsplit(":", 1)[1],
-                    "--workers", "1")
+        self._spawn(
+            "api-server",
+            "api-server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            self.api_url.rsplit(":", 1)[1],
+            "--workers",
+            "1",
+        )
         self._spawn("scheduler", "scheduler", env={"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())})
         self._spawn("dag-processor", "dag-processor")
         self._spawn("triggerer", "triggerer")
         if self.executor == "CeleryExecutor":
             for n in range(1, self.workers + 1):
-                self._spawn(f"worker-{n}", "celery", "worker", "--celery-hostname", f"worker{n}@%h",
-                            "--concurrency", str(self.worker_concurrency), "--pid", str(self.folder / f"worker-{n}.pid"),
-                            env={"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())})
+                self._spawn(
+                    f"worker-{n}",
+                    "celery",
+                    "worker",
+                    "--celery-hostname",
+                    f"worker{n}@%h",
+                    "--concurrency",
+                    str(self.worker_concurrency),
+                    "--pid",
+                    str(self.folder / f"worker-{n}.pid"),
+                    env={"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())},
+                )
 
     def _wait_ready(self, timeout: float = 240) -> None:
         deadline = time.monotonic() + timeout
@@ -461,23 +546,25 @@ class Stack:
             try:
                 _pg_exec(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
                 self.state["database"] = None
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log(f"could not drop database {db}: {exc}")
         if self.state.get("redis_db") is not None:
             try:
                 _redis("FLUSHDB", db=self.state["redis_db"])
                 self.state["redis_db"] = None
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log(f"could not flush Redis database {self.state['redis_db']}: {exc}")
         self.state["stopped"] = time.time()
         if self.state_file.parent.exists():
             self._save()
 
     def status(self) -> dict[str, str]:
-        return {name: ("running" if _alive(p["pid"], p.get("create_time")) else "stopped") + f" (pid {p['pid']})"
-                for name, p in self.state.get("procs", {}).items()}
+        return {
+            name: ("running" if _alive(p["pid"], p.get("create_time")) else "stopped") + f" (pid {p['pid']})"
+            for name, p in self.state.get("procs", {}).items()
+        }
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -577,8 +664,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bin/stack", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["start", "stop", "status", "env", "token"])
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"the stack's folder (default {DEFAULT_DIR})")
-    parser.add_argument("--backend", choices=["developer", "vertex"], default="developer",
-                        help="what gemini_default points at (gemini_developer and gemini_vertex are always there)")
+    parser.add_argument(
+        "--backend",
+        choices=["developer", "vertex"],
+        default="developer",
+        help="what gemini_default points at (gemini_developer and gemini_vertex are always there)",
+    )
     parser.add_argument("--time-scale", type=float, default=600.0, help="the emulator's time scale")
     parser.add_argument("--faults", type=json.loads, help="the emulator's fault plan (JSON), e.g. slower jobs")
     parser.add_argument("--schedule", action="store_true", help="let the scheduler create the DAG's nightly runs")
@@ -589,11 +680,22 @@ def main(argv: list[str] | None = None) -> int:
             if any(s.startswith("running") for s in old.status().values()):
                 log(f"a stack is already running in {args.dir}; `bin/stack stop` first")
                 return 1
-        stack = Stack(args.dir, backend=args.backend, time_scale=args.time_scale, faults=args.faults,
-                      schedule=args.schedule).start()
-        print(json.dumps({"api_url": stack.api_url, "username": USER, "password": stack.password,
-                          "executor": stack.executor, "emulator_url": stack.emulator_url, "folder": str(stack.folder)},
-                         indent=2))
+        stack = Stack(
+            args.dir, backend=args.backend, time_scale=args.time_scale, faults=args.faults, schedule=args.schedule
+        ).start()
+        print(
+            json.dumps(
+                {
+                    "api_url": stack.api_url,
+                    "username": USER,
+                    "password": stack.password,
+                    "executor": stack.executor,
+                    "emulator_url": stack.emulator_url,
+                    "folder": str(stack.folder),
+                },
+                indent=2,
+            )
+        )
         return 0
     if not (args.dir / "stack.json").exists():
         log(f"no stack in {args.dir}")
@@ -605,8 +707,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "status":
         for name, state in stack.status().items():
             print(f"{name:16} {state}")
-        print(f"executor {stack.executor}; api {stack.api_url}; database {stack.state.get('database')}; "
-              f"redis db {stack.state.get('redis_db')}")
+        print(
+            f"executor {stack.executor}; api {stack.api_url}; database {stack.state.get('database')}; "
+            f"redis db {stack.state.get('redis_db')}"
+        )
     elif args.command == "env":  # `eval "$(bin/stack env)"` then bin/airflow talks to the stack
         for key, value in stack.state["env"].items():
             print(f"export {key}={_shell_quote(value)}")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from support.dagrun import assert_contract, read_results
 
 from gemini_emulator.testing import gemini_emulator
+from support.dagrun import assert_contract, read_results
 
 ROOT = Path(__file__).resolve().parents[2]
 REPORT = ROOT / "artifacts" / "load.jsonl"
@@ -53,7 +53,8 @@ def make_documents(folder: Path, count: int, *, pdf_every: int = PDF_EVERY) -> d
             pdfs += 1
         else:
             (sub / f"note-{i:06d}.txt").write_text(
-                f"Invoice T-{i:06d} dated 2026-{i % 12 + 1:02d}-{i % 28 + 1:02d}, total {i % 997 + 0.5:.2f} EUR\n")
+                f"Invoice T-{i:06d} dated 2026-{i % 12 + 1:02d}-{i % 28 + 1:02d}, total {i % 997 + 0.5:.2f} EUR\n"
+            )
     return {"documents": count, "pdfs": pdfs, "texts": count - pdfs}
 
 
@@ -104,7 +105,7 @@ class Sampler:
     def mean_rss(self) -> float:
         return self.rss_sum / max(self.samples, 1)
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         self._thread.start()
         return self
 
@@ -137,8 +138,10 @@ def report(test: str, rows: list[dict], **fields) -> None:
             out.write(json.dumps({"test": test, "at": at, **fields, **row}) + "\n")
     keys = list(dict.fromkeys(k for row in rows for k in row))
     width = {k: max(len(k), *(len(_fmt(r.get(k))) for r in rows)) for k in keys}
-    lines = [f"[load] {test} " + " ".join(f"{k}={v}" for k, v in fields.items()),
-             "  ".join(k.rjust(width[k]) for k in keys)]
+    lines = [
+        f"[load] {test} " + " ".join(f"{k}={v}" for k, v in fields.items()),
+        "  ".join(k.rjust(width[k]) for k in keys),
+    ]
     lines += ["  ".join(_fmt(r.get(k)).rjust(width[k]) for k in keys) for r in rows]
     print("\n" + "\n".join(lines), file=sys.stderr, flush=True)
 
@@ -204,15 +207,22 @@ def test_many_deferred_waits_in_one_triggerer(tmp_path):
                 idle_cpu_per_min = (cpu1 - cpu0) * 6
                 m.update(idle_cpu_s_per_min=round(idle_cpu_per_min, 2), idle_rss_mb=mb(rss_idle))
 
-                conf = {"source": str(source), "output": str(output), "max_rows_per_job": 1,
-                        "poll_seconds": POLL_SECONDS, "max_jobs_in_flight": WAITS}
+                conf = {
+                    "source": str(source),
+                    "output": str(output),
+                    "max_rows_per_job": 1,
+                    "poll_seconds": POLL_SECONDS,
+                    "max_jobs_in_flight": WAITS,
+                }
                 run = stack.api("POST", "/dags/gemini_batch_extract/dagRuns", {"logical_date": None, "conf": conf})
                 run_id = run["dag_run_id"]
                 t_run = time.monotonic()
 
                 def all_deferred():
                     state = stack.api("GET", f"/dags/gemini_batch_extract/dagRuns/{run_id}")["state"]
-                    assert state not in ("failed", "success"), f"the run ended {state} before its waits were all deferred"
+                    assert state not in ("failed", "success"), (
+                        f"the run ended {state} before its waits were all deferred"
+                    )
                     return _task_states(stack, run_id)["deferred"] >= WAITS
 
                 _wait_for(f"{WAITS} deferred waits", all_deferred, timeout=300 + 6 * WAITS)
@@ -228,12 +238,17 @@ def test_many_deferred_waits_in_one_triggerer(tmp_path):
                 polls = WAITS * HOLD_SECONDS / POLL_SECONDS
                 # what the waits add to the idle triggerer's own loop (heartbeats, trigger table sync), per poll
                 net_ms_per_poll = max(0.0, hold_cpu - idle_cpu_per_min * HOLD_SECONDS / 60) * 1000 / polls
-                m.update({
-                    "hold_cpu_s": round(hold_cpu, 2), "cpu_s_per_min": round(cpu_per_min, 2),
-                    "cpu_ms_per_wait_min": round(cpu_per_min * 1000 / WAITS, 1),
-                    "cpu_ms_per_poll": round(hold_cpu * 1000 / polls, 2), "net_cpu_ms_per_poll": round(net_ms_per_poll, 2),
-                    "hold_peak_rss_mb": mb(hold.peak_rss), "rss_kb_per_wait": round((hold.peak_rss - rss_idle) / 1024 / WAITS, 1),
-                })
+                m.update(
+                    {
+                        "hold_cpu_s": round(hold_cpu, 2),
+                        "cpu_s_per_min": round(cpu_per_min, 2),
+                        "cpu_ms_per_wait_min": round(cpu_per_min * 1000 / WAITS, 1),
+                        "cpu_ms_per_poll": round(hold_cpu * 1000 / polls, 2),
+                        "net_cpu_ms_per_poll": round(net_ms_per_poll, 2),
+                        "hold_peak_rss_mb": mb(hold.peak_rss),
+                        "rss_kb_per_wait": round((hold.peak_rss - rss_idle) / 1024 / WAITS, 1),
+                    }
+                )
                 still = _task_states(stack, run_id)
                 assert still["deferred"] == WAITS, still
 
@@ -241,15 +256,25 @@ def test_many_deferred_waits_in_one_triggerer(tmp_path):
                 # files (the jobs' outputs) that live long enough for every collect however slow the resumes are
                 stack.kill("gemini-emulator", signal.SIGTERM)
                 released = gemini_emulator(
-                    stack.emulator_dir, port=stack.state["emulator_port"], time_scale=3600,
+                    stack.emulator_dir,
+                    port=stack.state["emulator_port"],
+                    time_scale=3600,
                     gcs_endpoint=stack.state["gcs_url"],
-                    faults={"pending_seconds": 0, "running_seconds": 0, "file_processing_seconds": 0,
-                            "job_expiry_hours": 10**5, "file_ttl_hours": 10**5},
+                    faults={
+                        "pending_seconds": 0,
+                        "running_seconds": 0,
+                        "file_processing_seconds": 0,
+                        "job_expiry_hours": 10**5,
+                        "file_ttl_hours": 10**5,
+                    },
                 ).start()
                 t_release = time.monotonic()
                 with Sampler(triggerer, interval=1.0) as resolving:
-                    _wait_for("every wait resolved",
-                              lambda: _task_states(stack, run_id)["deferred"] == 0, timeout=120 + 2 * WAITS)
+                    _wait_for(
+                        "every wait resolved",
+                        lambda: _task_states(stack, run_id)["deferred"] == 0,
+                        timeout=120 + 2 * WAITS,
+                    )
                     m["resolve_s"] = round(time.monotonic() - t_release, 1)
                     _, cpu_c, _ = tree_usage(triggerer)
                 m.update(resolve_cpu_s=round(cpu_c - cpu_b, 2), resolve_peak_rss_mb=mb(resolving.peak_rss))
@@ -278,5 +303,3 @@ def test_many_deferred_waits_in_one_triggerer(tmp_path):
 
 
 # ------------------------------------------------------------------ 3. soak: consecutive runs leave nothing behind
-
-

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from support.stack import DAG, POOL, ApiError, Stack, emulator_jobs, failure_report, q, wait_run
+
 from support.dagrun import assert_contract, ledger_root, read_results
+from support.stack import DAG, POOL, ApiError, Stack, emulator_jobs, failure_report, q, wait_run
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "include" / "samples"
@@ -39,7 +40,8 @@ def xcom_sizes(stack: Stack, run_id: str) -> dict[str, int]:
     sizes = {}
     for entry in entries["xcom_entries"]:
         value = stack.api(
-            "GET", f"/dags/{DAG}/dagRuns/{q(run_id)}/taskInstances/{q(entry['task_id'])}/xcomEntries/{q(entry['key'])}",
+            "GET",
+            f"/dags/{DAG}/dagRuns/{q(run_id)}/taskInstances/{q(entry['task_id'])}/xcomEntries/{q(entry['key'])}",
             map_index=entry["map_index"],
         )["value"]
         sizes[f"{entry['task_id']}[{entry['map_index']}].{entry['key']}"] = len(json.dumps(value).encode())
@@ -58,8 +60,9 @@ def test_developer_run_through_the_rest_api(stack, source, tmp_path):
     jobs_before = len(emulator_jobs(stack))
     run_id = f"stack-developer-{int(time.time())}"
     t0 = time.monotonic()
-    run = trigger(stack, run_id, "2026-11-01T00:00:00Z",
-                  {"source": str(source), "output": str(output), "poll_seconds": 1})
+    run = trigger(
+        stack, run_id, "2026-11-01T00:00:00Z", {"source": str(source), "output": str(output), "poll_seconds": 1}
+    )
     assert run["dag_run_id"] == run_id and run["state"] == "queued"
     state, deferred, max_deferred_slots = wait_run(stack, run_id)
     say(f"developer run {state} in {time.monotonic() - t0:.0f}s (stack start {stack.timings['start']:.0f}s)")
@@ -82,14 +85,18 @@ def test_developer_run_through_the_rest_api(stack, source, tmp_path):
     assert "Pausing task as DEFERRED" in task_log
     triggerers = {j["id"] for j in stack.api("GET", "/jobs", job_type="TriggererJob", limit=100)["jobs"]}
     task_dir = stack.home / "logs" / f"dag_id={DAG}" / f"run_id={run_id}" / "task_id=jobs.wait" / "map_index=0"
-    trigger_logs = {int(p.name.split(".trigger.")[1].split(".")[0]): p.read_text()
-                    for p in task_dir.glob("attempt=1.log.trigger.*.log")}
+    trigger_logs = {
+        int(p.name.split(".trigger.")[1].split(".")[0]): p.read_text()
+        for p in task_dir.glob("attempt=1.log.trigger.*.log")
+    }
     assert trigger_logs and set(trigger_logs) <= triggerers, (trigger_logs.keys(), triggerers)
     assert any("Trigger fired event" in text and "JOB_STATE_SUCCEEDED" in text for text in trigger_logs.values())
     # seen deferred while polling (a short window with the fast emulator: reported, and checked when seen)
     waits = [ti for ti in deferred if ti["task_id"] == "jobs.wait"]
-    say(f"jobs.wait seen deferred through the API: {len(waits)}; most pool slots held by deferred tasks: "
-        f"{max_deferred_slots}; triggerer jobs {sorted(trigger_logs)}; task ran on {done['hostname']}")
+    say(
+        f"jobs.wait seen deferred through the API: {len(waits)}; most pool slots held by deferred tasks: "
+        f"{max_deferred_slots}; triggerer jobs {sorted(trigger_logs)}; task ran on {done['hostname']}"
+    )
     for ti in waits:
         assert ti["trigger"]["classpath"].startswith("gemini_batch."), ti["trigger"]
         assert ti["triggerer_job"] is None or ti["triggerer_job"]["id"] in trigger_logs
@@ -108,11 +115,19 @@ def test_vertex_run_through_gcs(stack, source, tmp_path):
     jobs_before = len(emulator_jobs(stack))
     run_id = f"stack-vertex-{int(time.time())}"
     t0 = time.monotonic()
-    trigger(stack, run_id, "2026-11-02T00:00:00Z", {
-        "source": str(source), "output": str(output), "poll_seconds": 1, "gemini_conn_id": "gemini_vertex",
-        "staging_prefix": f"gs://test-bucket/{run_id}",
-    })
-    state, deferred, _ = wait_run(stack, run_id)
+    trigger(
+        stack,
+        run_id,
+        "2026-11-02T00:00:00Z",
+        {
+            "source": str(source),
+            "output": str(output),
+            "poll_seconds": 1,
+            "gemini_conn_id": "gemini_vertex",
+            "staging_prefix": f"gs://test-bucket/{run_id}",
+        },
+    )
+    state, _deferred, _ = wait_run(stack, run_id)
     say(f"vertex run {state} in {time.monotonic() - t0:.0f}s")
     stack.timings["vertex run"] = time.monotonic() - t0
     assert state == "success", failure_report(stack, run_id)
@@ -161,8 +176,10 @@ def test_triggerer_restart_while_deferred(stack, source, tmp_path):
     assert_contract(records, summary, source)
     assert summary["jobs"] == 1 and len(emulator_jobs(stack)[jobs_before:]) == 1
     task_dir = stack.home / "logs" / f"dag_id={DAG}" / f"run_id={run_id}" / "task_id=jobs.wait" / "map_index=0"
-    holders = {int(p.name.split(".trigger.")[1].split(".")[0]): p.read_text()
-               for p in task_dir.glob("attempt=1.log.trigger.*.log")}
+    holders = {
+        int(p.name.split(".trigger.")[1].split(".")[0]): p.read_text()
+        for p in task_dir.glob("attempt=1.log.trigger.*.log")
+    }
     # the restarted triggerer (a new TriggererJob) ran the trigger to its event
     assert any(job != first and "Trigger fired event" in text for job, text in holders.items()), (first, list(holders))
 
@@ -235,8 +252,18 @@ def test_jobs_in_flight_are_capped_exactly(stack, source, tmp_path):
     output = tmp_path / "out"
     run_id = f"stack-cap-{int(time.time())}"
     t0 = time.monotonic()
-    trigger(stack, run_id, "2026-11-05T00:00:00Z", {"source": str(source), "output": str(output), "poll_seconds": 1,
-                                                    "max_rows_per_job": 2, "max_jobs_in_flight": 2})
+    trigger(
+        stack,
+        run_id,
+        "2026-11-05T00:00:00Z",
+        {
+            "source": str(source),
+            "output": str(output),
+            "poll_seconds": 1,
+            "max_rows_per_job": 2,
+            "max_jobs_in_flight": 2,
+        },
+    )
     state, _, _ = wait_run(stack, run_id, timeout=600)
     stack.timings["capped run"] = time.monotonic() - t0
     assert state == "success", failure_report(stack, run_id)
@@ -244,8 +271,9 @@ def test_jobs_in_flight_are_capped_exactly(stack, source, tmp_path):
     assert_contract(records, summary, source)
     assert summary["requests"] == 8 and summary["jobs"] == 4
     for task_id in ("jobs.submit", "jobs.wait"):
-        mapped = stack.api("GET", f"/dags/{DAG}/dagRuns/{q(run_id)}/taskInstances", task_id=task_id,
-                           limit=100)["task_instances"]
+        mapped = stack.api("GET", f"/dags/{DAG}/dagRuns/{q(run_id)}/taskInstances", task_id=task_id, limit=100)[
+            "task_instances"
+        ]
         assert len(mapped) == 4 and {ti["pool"] for ti in mapped} == {POOL}
     xcom = f"/dags/{DAG}/dagRuns/{q(run_id)}/taskInstances/jobs.submit/xcomEntries/job_name"
     names = {stack.api("GET", xcom, map_index=ti["map_index"])["value"] for ti in mapped}
@@ -263,7 +291,9 @@ def wait_backfill(stack: Stack, backfill_id: int, timeout: float = 420) -> list[
     """Poll until the backfill is complete; its runs, by logical date."""
     deadline = time.monotonic() + timeout
     while stack.api("GET", f"/backfills/{backfill_id}")["completed_at"] is None:
-        assert time.monotonic() < deadline, f"backfill {backfill_id} not done after {timeout:.0f}s; logs in {stack.logs}"
+        assert time.monotonic() < deadline, (
+            f"backfill {backfill_id} not done after {timeout:.0f}s; logs in {stack.logs}"
+        )
         time.sleep(2)
     runs = stack.api("GET", f"/dags/{DAG}/dagRuns", run_type="backfill", limit=100, order_by="logical_date")["dag_runs"]
     return [r for r in runs if r["logical_date"][:10] in DAYS]
@@ -277,14 +307,34 @@ def test_backfill_processes_each_dated_folder_once(stack, tmp_path):
         (landing / day).mkdir(parents=True)
         for k in range(n):
             (landing / day / f"note-{k}.txt").write_text(f"Invoice {day}-{k}, total {10 * n + k}.50 EUR\n")
-    conf = {"source": f"{landing}/{{{{ ds }}}}/", "output": f"{out}/{{{{ ds }}}}", "state": str(out / "_state"),
-            "poll_seconds": 1}
+    conf = {
+        "source": f"{landing}/{{{{ ds }}}}/",
+        "output": f"{out}/{{{{ ds }}}}",
+        "state": str(out / "_state"),
+        "poll_seconds": 1,
+    }
     jobs_before = len(emulator_jobs(stack))
     t0 = time.monotonic()
     done = subprocess.run(
-        [str(ROOT / "bin" / "airflow"), "backfill", "create", "--dag-id", DAG, "--from-date", DAYS[0],
-         "--to-date", f"{DAYS[-1]}T23:59:59+00:00", "--dag-run-conf", json.dumps(conf), "--max-active-runs", "3"],
-        env=stack.env(), capture_output=True, text=True, timeout=120,
+        [
+            str(ROOT / "bin" / "airflow"),
+            "backfill",
+            "create",
+            "--dag-id",
+            DAG,
+            "--from-date",
+            DAYS[0],
+            "--to-date",
+            f"{DAYS[-1]}T23:59:59+00:00",
+            "--dag-run-conf",
+            json.dumps(conf),
+            "--max-active-runs",
+            "3",
+        ],
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     first = max(b["id"] for b in stack.api("GET", "/backfills", dag_id=DAG)["backfills"])
@@ -302,9 +352,18 @@ def test_backfill_processes_each_dated_folder_once(stack, tmp_path):
 
     jobs_before = len(emulator_jobs(stack))
     t1 = time.monotonic()
-    again = stack.api("POST", "/backfills", {"dag_id": DAG, "from_date": f"{DAYS[0]}T00:00:00Z",
-                                            "to_date": f"{DAYS[-1]}T23:59:59Z", "dag_run_conf": conf,
-                                            "reprocess_behavior": "completed", "max_active_runs": 3})
+    again = stack.api(
+        "POST",
+        "/backfills",
+        {
+            "dag_id": DAG,
+            "from_date": f"{DAYS[0]}T00:00:00Z",
+            "to_date": f"{DAYS[-1]}T23:59:59Z",
+            "dag_run_conf": conf,
+            "reprocess_behavior": "completed",
+            "max_active_runs": 3,
+        },
+    )
     runs = wait_backfill(stack, again["id"])
     say(f"second backfill done in {time.monotonic() - t1:.0f}s")
     assert all(r["state"] == "success" for r in runs), [(r["dag_run_id"], r["state"]) for r in runs]
@@ -335,9 +394,13 @@ def test_two_overlapping_runs_on_celery_request_each_key_once(stack, tmp_path):
     stamp = int(time.time())
     runs = {f"stack-overlap-{i}-{stamp}": tmp_path / f"out-{i}" for i in (1, 2)}
     t0 = time.monotonic()
-    for (run_id, output), day in zip(runs.items(), ("2026-11-20T00:00:00Z", "2026-11-21T00:00:00Z")):
-        trigger(stack, run_id, day, {"source": str(source), "output": str(output), "poll_seconds": 1,
-                                     "state": str(tmp_path / "ledger")})
+    for (run_id, output), day in zip(runs.items(), ("2026-11-20T00:00:00Z", "2026-11-21T00:00:00Z"), strict=False):
+        trigger(
+            stack,
+            run_id,
+            day,
+            {"source": str(source), "output": str(output), "poll_seconds": 1, "state": str(tmp_path / "ledger")},
+        )
     for run_id in runs:
         state, _, _ = wait_run(stack, run_id, timeout=600)
         assert state == "success", failure_report(stack, run_id)
@@ -352,8 +415,10 @@ def test_two_overlapping_runs_on_celery_request_each_key_once(stack, tmp_path):
         assert summary["succeeded"] == 6 and summary["retry_rounds"] == 0, summary
         reused.append(summary["reused"])
     assert sum(reused) == 6, reused
-    say(f"overlap on celery: 2 runs, {len(sent)} requests for 6 documents, reused {reused}, "
-        f"{stack.timings['overlap runs']:.0f}s")
+    say(
+        f"overlap on celery: 2 runs, {len(sent)} requests for 6 documents, reused {reused}, "
+        f"{stack.timings['overlap runs']:.0f}s"
+    )
 
 
 def wait_awaiting_input(stack: Stack, run_id: str, task_id: str, timeout: float = 240) -> dict:
@@ -377,11 +442,21 @@ def test_a_run_over_the_approval_threshold_waits_for_a_person(stack, tmp_path):
     runs = {}
     for answer in ("Approve", "Reject"):
         run_id = f"stack-approval-{answer.lower()}-{int(time.time())}"
-        trigger(stack, run_id, None, {"source": str(source), "output": str(tmp_path / answer), "poll_seconds": 1,
-                                      "approve_above_usd": 0, "state": str(tmp_path / "ledger" / answer)})
+        trigger(
+            stack,
+            run_id,
+            None,
+            {
+                "source": str(source),
+                "output": str(tmp_path / answer),
+                "poll_seconds": 1,
+                "approve_above_usd": 0,
+                "state": str(tmp_path / "ledger" / answer),
+            },
+        )
         runs[answer] = run_id
     t0 = time.monotonic()
-    for answer, run_id in runs.items():
+    for _answer, run_id in runs.items():
         wait_awaiting_input(stack, run_id, "approve_cost")
         detail = stack.api("GET", f"/dags/{DAG}/dagRuns/{q(run_id)}/taskInstances/approve_cost/-1/hitlDetails")
         assert detail["options"] == ["Approve", "Reject"] and "$" in detail["subject"], detail
@@ -392,18 +467,26 @@ def test_a_run_over_the_approval_threshold_waits_for_a_person(stack, tmp_path):
     assert len(emulator_jobs(stack)) == jobs_before  # nothing submitted while waiting
 
     for answer, run_id in runs.items():
-        stack.api("PATCH", f"/dags/{DAG}/dagRuns/{q(run_id)}/taskInstances/approve_cost/-1/hitlDetails",
-                  {"chosen_options": [answer]})
+        stack.api(
+            "PATCH",
+            f"/dags/{DAG}/dagRuns/{q(run_id)}/taskInstances/approve_cost/-1/hitlDetails",
+            {"chosen_options": [answer]},
+        )
     approved, _, _ = wait_run(stack, runs["Approve"])
     assert approved == "success", failure_report(stack, runs["Approve"])
-    records, summary = read_results(tmp_path / "Approve")
+    _records, summary = read_results(tmp_path / "Approve")
     assert summary["documents"] == 3 and summary["succeeded"] == 3
     rejected, _, _ = wait_run(stack, runs["Reject"])
     assert rejected == "failed"
     ti = stack.api("GET", f"/dags/{DAG}/dagRuns/{q(runs['Reject'])}/taskInstances/approve_cost")
     assert ti["state"] == "failed", ti
-    task_log = json.dumps(stack.api("GET", f"/dags/{DAG}/dagRuns/{q(runs['Reject'])}/taskInstances/approve_cost/"
-                                           f"logs/{ti['try_number']}", full_content="true"))
+    task_log = json.dumps(
+        stack.api(
+            "GET",
+            f"/dags/{DAG}/dagRuns/{q(runs['Reject'])}/taskInstances/approve_cost/logs/{ti['try_number']}",
+            full_content="true",
+        )
+    )
     assert "rejected the run: estimated $" in task_log and "nothing was submitted" in task_log, task_log[-2000:]
     assert not (tmp_path / "Reject" / "results.jsonl").exists()
     assert len(emulator_jobs(stack)) == jobs_before + 1  # the approved run's one job only

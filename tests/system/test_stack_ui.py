@@ -20,16 +20,25 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from support.dagrun import assert_contract, read_results
+
 from gemini_emulator.testing import requests_made
+from support.dagrun import assert_contract, read_results
 from support.stack import DAG, emulator_jobs, failure_report, wait_run
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts" / "browser"
 CHROMIUM = os.environ.get("GEMINI_BATCH_CHROMIUM", "/usr/bin/chromium")
 # As root, in a sandbox with no internet: no setuid sandbox, and none of Chromium's calls home.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SCHEMA = {  # not the default: the run must use what was typed into the form
     "type": "object",
     "properties": {"invoice_number": {"type": ["string", "null"]}, "total": {"type": ["number", "null"]}},
@@ -44,8 +53,10 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium and chromium-driver (bin/test does it as root) "
-                    "or set GEMINI_BATCH_CHROMIUM")
+        pytest.fail(
+            f"{CHROMIUM} not found: install Debian's chromium and chromium-driver (bin/test does it as root) "
+            "or set GEMINI_BATCH_CHROMIUM"
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -100,8 +111,15 @@ def test_trigger_from_the_form_and_read_the_summary(stack, page, tmp_path):
     form = page.get_by_role("dialog")
     form.get_by_text("Run Parameters").wait_for()
     # the form explains itself: every field the user fills has a title and a description
-    for text in ("Source", "Local folder or gs://bucket/prefix", "Prompt", "Response JSON schema",
-                 "JSON schema every answer must match", "Model", "Budget (USD)"):
+    for text in (
+        "Source",
+        "Local folder or gs://bucket/prefix",
+        "Prompt",
+        "Response JSON schema",
+        "JSON schema every answer must match",
+        "Model",
+        "Budget (USD)",
+    ):
         assert form.get_by_text(text).first.is_visible(), text
     page.locator("#element_source").fill(str(source))
     page.locator("#element_output").fill(str(output))
@@ -158,8 +176,11 @@ def test_trigger_from_the_form_and_read_the_summary(stack, page, tmp_path):
     assert len(jobs) == 1
     answered = [r for r in records.values() if r["status"] == "succeeded"]
     assert len(answered) == 7 and all(set(r["data"]) == {"invoice_number", "total"} for r in answered)
-    models = {json.loads(p.read_text())["model"] for p in (stack.emulator_dir / "jobs").glob("*.json")
-              if json.loads(p.read_text())["display_name"] == jobs[0][0]}
+    models = {
+        json.loads(p.read_text())["model"]
+        for p in (stack.emulator_dir / "jobs").glob("*.json")
+        if json.loads(p.read_text())["display_name"] == jobs[0][0]
+    }
     assert models == {f"models/{MODEL}"}
 
 
@@ -192,9 +213,14 @@ def test_add_a_connection_in_the_form_and_test_it(stack, page):
     # what the form stored: every field under its bare name, a blank one as null; the key as the password
     stored = stack.api("GET", f"/connections/{conn_id}")
     assert (stored["conn_type"], stored["password"]) == ("gemini_batch", "***")
-    assert json.loads(stored["extra"]) == {"backend": "developer", "base_url": stack.emulator_url, "project": None,
-                                           "location": "us-central1", "gcp_conn_id": None,
-                                           "enqueued_token_limit": None}
+    assert json.loads(stored["extra"]) == {
+        "backend": "developer",
+        "base_url": stack.emulator_url,
+        "project": None,
+        "location": "us-central1",
+        "gcp_conn_id": None,
+        "enqueued_token_limit": None,
+    }
 
     # Airflow 3.3.2's list sends port Number(null) == 0 for a connection without one, and its API takes 0 for
     # another destination (400 "The host or port to test differs ..."): drop it, as apache/airflow#73298 (the
@@ -209,8 +235,10 @@ def test_add_a_connection_in_the_form_and_test_it(stack, page):
     row = page.get_by_role("row").filter(has_text=conn_id)
     with page.expect_response("**/api/v2/connections/test") as tested:
         row.get_by_role("button", name="Test Connection").click()
-    assert tested.value.json() == {"status": True, "message": f"Gemini Developer API at {stack.emulator_url} "
-                                                              "answered the batch jobs list with the API key"}
+    assert tested.value.json() == {
+        "status": True,
+        "message": f"Gemini Developer API at {stack.emulator_url} answered the batch jobs list with the API key",
+    }
     toast = page.get_by_role("status").filter(has_text="Test Connection Successful")
     toast.get_by_text(tested.value.json()["message"]).wait_for()
     stack.timings["connection form"] = time.monotonic() - t0

@@ -5,20 +5,27 @@ on local disk and on gs://."""
 from __future__ import annotations
 
 import base64
+import itertools
 import tempfile
 
 import orjson
 import pytest
-from support.emulators import BATCH_MODELS
 from fpdf import FPDF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gemini_batch.core.batch_requests import (RequestSpec, ShardManifest, ShardWriter, build_row, generation_config,
-                                         inline_budget)
+from gemini_batch.core.batch_requests import (
+    RequestSpec,
+    ShardManifest,
+    ShardWriter,
+    build_row,
+    generation_config,
+    inline_budget,
+)
 from gemini_batch.core.locations import as_path
 from gemini_emulator import responder
 from gemini_emulator.config import Faults
+from support.emulators import BATCH_MODELS
 
 SCHEMA = {
     "type": "object",
@@ -41,35 +48,44 @@ def invoice_pdf(tmp_path_factory):
 # ---------------------------------------------------------------- generation config
 
 
-@pytest.mark.parametrize(("model", "thinking"), [
-    ("gemini-3-pro-preview", {"thinkingLevel": "low"}),
-    ("gemini-3-flash-preview", {"thinkingLevel": "low"}),
-    ("gemini-3.1-pro-preview", {"thinkingLevel": "low"}),
-    ("gemini-3.1-flash-lite-preview", {"thinkingLevel": "low"}),
-    ("models/gemini-2.5-pro", {"thinkingBudget": 128}),
-    ("gemini-2.5-flash", {"thinkingBudget": 0}),
-    ("publishers/google/models/gemini-2.5-flash-lite", {"thinkingBudget": 0}),
-    ("gemini-pro-latest", {"thinkingBudget": 128}),
-    ("gemini-flash-latest", {"thinkingBudget": 0}),
-    ("gemini-flash-lite-latest", {"thinkingBudget": 0}),
-    ("gemini-2.0-flash", None),
-    ("gemini-2.0-flash-lite-001", None),
-])
+@pytest.mark.parametrize(
+    ("model", "thinking"),
+    [
+        ("gemini-3-pro-preview", {"thinkingLevel": "low"}),
+        ("gemini-3-flash-preview", {"thinkingLevel": "low"}),
+        ("gemini-3.1-pro-preview", {"thinkingLevel": "low"}),
+        ("gemini-3.1-flash-lite-preview", {"thinkingLevel": "low"}),
+        ("models/gemini-2.5-pro", {"thinkingBudget": 128}),
+        ("gemini-2.5-flash", {"thinkingBudget": 0}),
+        ("publishers/google/models/gemini-2.5-flash-lite", {"thinkingBudget": 0}),
+        ("gemini-pro-latest", {"thinkingBudget": 128}),
+        ("gemini-flash-latest", {"thinkingBudget": 0}),
+        ("gemini-flash-lite-latest", {"thinkingBudget": 0}),
+        ("gemini-2.0-flash", None),
+        ("gemini-2.0-flash-lite-001", None),
+    ],
+)
 def test_low_thinking_takes_the_form_each_model_family_accepts(model, thinking):
     config = generation_config(RequestSpec(model=model, prompt="Extract."))
     assert config.get("thinkingConfig") == thinking
 
 
 def test_model_default_thinking_sends_no_thinking_config():
-    assert "thinkingConfig" not in generation_config(RequestSpec(model="gemini-3-pro-preview", prompt="p", thinking="model-default"))
+    assert "thinkingConfig" not in generation_config(
+        RequestSpec(model="gemini-3-pro-preview", prompt="p", thinking="model-default")
+    )
 
 
 @given(
-    model=st.sampled_from(BATCH_MODELS), schema=st.none() | st.just(SCHEMA),
-    thinking=st.sampled_from(["low", "model-default"]), max_output_tokens=st.none() | st.integers(1, 65536),
+    model=st.sampled_from(BATCH_MODELS),
+    schema=st.none() | st.just(SCHEMA),
+    thinking=st.sampled_from(["low", "model-default"]),
+    max_output_tokens=st.none() | st.integers(1, 65536),
 )
 def test_generation_config_is_json_out_with_no_sampling_settings(model, schema, thinking, max_output_tokens):
-    spec = RequestSpec(model=model, prompt="p", response_schema=schema, thinking=thinking, max_output_tokens=max_output_tokens)
+    spec = RequestSpec(
+        model=model, prompt="p", response_schema=schema, thinking=thinking, max_output_tokens=max_output_tokens
+    )
     config = generation_config(spec)
     assert config["responseMimeType"] == "application/json"
     assert config.get("responseJsonSchema") == schema
@@ -84,13 +100,16 @@ def test_spec_key_options_cover_the_settings_that_change_the_answer():
     assert low.key_options() != RequestSpec(model="m", prompt="p", max_output_tokens=100).key_options()
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"prompt": "  "}, "prompt is empty"),
-    ({"thinking": "high"}, "thinking must be one of low, model-default"),
-    ({"max_output_tokens": 0}, "max_output_tokens must be positive"),
-    ({"response_schema": '{"type": "object"}'}, "response_schema must be a JSON object"),
-    ({"model": "models/"}, "names no model"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"prompt": "  "}, "prompt is empty"),
+        ({"thinking": "high"}, "thinking must be one of low, model-default"),
+        ({"max_output_tokens": 0}, "max_output_tokens must be positive"),
+        ({"response_schema": '{"type": "object"}'}, "response_schema must be a JSON object"),
+        ({"model": "models/"}, "names no model"),
+    ],
+)
 def test_bad_spec_is_refused_with_the_cause(kwargs, message):
     with pytest.raises(ValueError, match=message):
         RequestSpec(**{"model": "gemini-2.5-flash", "prompt": "Extract.", **kwargs})
@@ -104,10 +123,20 @@ def test_row_with_a_file_reference():
     assert build_row("k1", spec, file_uri="files/abc", mime_type="application/pdf") == {
         "key": "k1",
         "request": {
-            "contents": [{"role": "user", "parts": [
-                {"text": "Extract."}, {"fileData": {"fileUri": "files/abc", "mimeType": "application/pdf"}},
-            ]}],
-            "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": SCHEMA, "thinkingConfig": {"thinkingBudget": 0}},
+            "contents": [
+                {
+                    "role": "user",
+                    "parts": [
+                        {"text": "Extract."},
+                        {"fileData": {"fileUri": "files/abc", "mimeType": "application/pdf"}},
+                    ],
+                }
+            ],
+            "generationConfig": {
+                "responseMimeType": "application/json",
+                "responseJsonSchema": SCHEMA,
+                "thinkingConfig": {"thinkingBudget": 0},
+            },
         },
     }
 
@@ -118,27 +147,37 @@ def test_row_with_inline_text():
 
 
 def test_row_with_inline_bytes_carries_them_in_base64():
-    row = build_row("k3", RequestSpec(model="gemini-2.5-flash", prompt="Extract."), data=b"%PDF-1.7 \x00\xff",
-                    mime_type="application/pdf")
+    row = build_row(
+        "k3",
+        RequestSpec(model="gemini-2.5-flash", prompt="Extract."),
+        data=b"%PDF-1.7 \x00\xff",
+        mime_type="application/pdf",
+    )
     assert row["request"]["contents"][0]["parts"][1] == {
-        "inlineData": {"mimeType": "application/pdf", "data": base64.b64encode(b"%PDF-1.7 \x00\xff").decode()}}
+        "inlineData": {"mimeType": "application/pdf", "data": base64.b64encode(b"%PDF-1.7 \x00\xff").decode()}
+    }
 
 
 @pytest.mark.parametrize("max_row_bytes", [10_000, 2**20 + 7])
 def test_the_inline_budget_is_the_largest_part_whose_row_fits(max_row_bytes):
     spec = RequestSpec(model="gemini-2.5-flash", prompt="Extract " * 100, response_schema=SCHEMA)
     budget = inline_budget(spec, max_row_bytes)
+
     def row_bytes(size):
         return len(orjson.dumps(build_row("k" * 64, spec, data=b"x" * size, mime_type="application/pdf"))) + 1
+
     assert row_bytes(budget) <= max_row_bytes < row_bytes(budget + 3)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({}, "exactly one of file_uri, data or text"),
-    ({"file_uri": "files/a", "mime_type": "application/pdf", "text": "t"}, "exactly one of file_uri, data or text"),
-    ({"file_uri": "files/a"}, "needs a mime_type"),
-    ({"data": b"x"}, "needs a mime_type"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "exactly one of file_uri, data or text"),
+        ({"file_uri": "files/a", "mime_type": "application/pdf", "text": "t"}, "exactly one of file_uri, data or text"),
+        ({"file_uri": "files/a"}, "needs a mime_type"),
+        ({"data": b"x"}, "needs a mime_type"),
+    ],
+)
 def test_row_needs_exactly_one_document(kwargs, message):
     with pytest.raises(ValueError, match=f"row k: .*{message}"):
         build_row("k", RequestSpec(model="gemini-2.5-flash", prompt="p"), **kwargs)
@@ -186,7 +225,7 @@ def check_shards(folder, rows: list[dict], manifests: list[ShardManifest], max_r
         assert ShardManifest.load(manifest.manifest_uri) == manifest
         written.append(lines)
     assert [line for lines in written for line in lines] == [line_of(row) for row in rows]
-    for shard, following in zip(written, written[1:]):
+    for shard, following in itertools.pairwise(written):
         assert len(shard) == max_rows or sum(map(len, shard)) + len(following[0]) > max_bytes
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         f"{m.shard_id}{suffix}" for m in manifests for suffix in (".jsonl", ".keys", ".manifest.json")
@@ -225,12 +264,17 @@ def test_shards_fill_exactly_to_a_limit(tmp_path, max_rows, fits, sizes):
 def test_a_row_larger_than_a_shard_names_its_key(tmp_path):
     with ShardWriter(as_path(tmp_path), max_bytes=100) as writer:
         writer.add(make_row(1, 0))
-        with pytest.raises(ValueError, match=r"row key-0002 is \d+ bytes, more than a whole shard may hold \(100 bytes\)"):
+        with pytest.raises(
+            ValueError, match=r"row key-0002 is \d+ bytes, more than a whole shard may hold \(100 bytes\)"
+        ):
             writer.add(make_row(2, 200))
 
 
 def test_a_row_without_a_key_is_refused(tmp_path):
-    with ShardWriter(as_path(tmp_path)) as writer, pytest.raises(ValueError, match="non-empty one-line string 'key'.*fields: request"):
+    with (
+        ShardWriter(as_path(tmp_path)) as writer,
+        pytest.raises(ValueError, match="non-empty one-line string 'key'.*fields: request"),
+    ):
         writer.add({"request": {}})
 
 
@@ -254,7 +298,10 @@ def test_manifest_round_trip_and_a_bad_manifest_is_named(tmp_path):
     manifest = ShardManifest("shard-00000", "/x.jsonl", 3, 120, "/x.keys", str(tmp_path / "m.json"))
     assert ShardManifest.from_json(orjson.loads(orjson.dumps(manifest.to_json()))) == manifest
     (tmp_path / "m.json").write_text('{"shard_id": "shard-00000"}')
-    with pytest.raises(ValueError, match=r"m\.json: not a shard manifest: shard manifest lacks uri, rows, bytes, keys_uri, manifest_uri"):
+    with pytest.raises(
+        ValueError,
+        match=r"m\.json: not a shard manifest: shard manifest lacks uri, rows, bytes, keys_uri, manifest_uri",
+    ):
         ShardManifest.load(str(tmp_path / "m.json"))
 
 

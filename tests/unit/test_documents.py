@@ -18,8 +18,18 @@ from PIL import Image
 from pypdf import PdfReader, PdfWriter
 
 from gemini_batch.core import documents
-from gemini_batch.core.documents import (Limits, PartSpec, SourceChanged, SourceError, SourceFile, discover, inline_text,
-                                    inspect, open_part, read_inline)
+from gemini_batch.core.documents import (
+    Limits,
+    PartSpec,
+    SourceChanged,
+    SourceError,
+    SourceFile,
+    discover,
+    inline_text,
+    inspect,
+    open_part,
+    read_inline,
+)
 from gemini_batch.core.locations import as_path
 
 SUPPORTED = "(supported: PDF, PNG, JPEG, WEBP, text, Markdown, HTML)"
@@ -433,8 +443,16 @@ def test_symlinks_inside_are_followed_and_others_rejected(tmp_path):
     (source / "docs/self").symlink_to(".")
     found = {file.path: file for file in discover(as_path(source))}
     assert sorted(found) == [
-        "alias.txt", "broken.txt", "docs/loop", "docs/report.txt", "docs/self",
-        "escape-folder", "escape.txt", "mirror/loop", "mirror/report.txt", "mirror/self",
+        "alias.txt",
+        "broken.txt",
+        "docs/loop",
+        "docs/report.txt",
+        "docs/self",
+        "escape-folder",
+        "escape.txt",
+        "mirror/loop",
+        "mirror/report.txt",
+        "mirror/self",
     ]
     for followed in ["alias.txt", "mirror/report.txt", "docs/report.txt"]:
         assert found[followed].rejected is None and found[followed].size == 7
@@ -484,7 +502,18 @@ def test_limits_must_be_positive():
 def test_a_local_walk_yields_whole_paths_in_code_point_order_lazily(tmp_path):
     """Folders are walked one listing at a time, yet the order is that of sorting every relative path:
     ``a-b`` (0x2D) before the files of folder ``a`` ("a/" is 0x2F), ``a0`` after them."""
-    names = ["a/x.txt", "a/b/y.txt", "a-b.txt", "a.txt", "a0.txt", "Z.txt", "b/a/a.txt", "b/a-.txt", "é.txt", "a/a b.txt"]
+    names = [
+        "a/x.txt",
+        "a/b/y.txt",
+        "a-b.txt",
+        "a.txt",
+        "a0.txt",
+        "Z.txt",
+        "b/a/a.txt",
+        "b/a-.txt",
+        "é.txt",
+        "a/a b.txt",
+    ]
     for name in names:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
@@ -492,4 +521,4 @@ def test_a_local_walk_yields_whole_paths_in_code_point_order_lazily(tmp_path):
     walk = discover(as_path(tmp_path))
     assert not isinstance(walk, list)
     found = [f.path for f in walk]
-    assert found == sorted(names + ["loop"]) and found[found.index("loop")] == "loop"
+    assert found == sorted([*names, "loop"]) and found[found.index("loop")] == "loop"

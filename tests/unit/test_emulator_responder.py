@@ -44,7 +44,10 @@ def pdf_bytes(lines: list[str], pages: int = 1, password: str | None = None) -> 
 
 
 def ask(parts: list[dict], faults: Faults | None = None, key: str = "k", **config) -> dict:
-    request = {"contents": [{"role": "user", "parts": [{"text": "Extract the fields."}, *parts]}], "generationConfig": config}
+    request = {
+        "contents": [{"role": "user", "parts": [{"text": "Extract the fields."}, *parts]}],
+        "generationConfig": config,
+    }
     return answer(request, key, "gemini-2.5-flash", no_files, faults or Faults())
 
 
@@ -54,7 +57,11 @@ def text_of(response: dict) -> str:
 
 def test_finds_dates_in_common_formats():
     assert find_dates("on 2024-1-9, then 5 March 2024, March 6, 2024 and 12/31/2023") == [
-        "2024-01-09", "2024-03-05", "2024-03-06", "2023-12-31"]
+        "2024-01-09",
+        "2024-03-05",
+        "2024-03-06",
+        "2023-12-31",
+    ]
 
 
 def test_json_schema_is_filled_from_the_text_and_validates():
@@ -89,10 +96,18 @@ def test_json_schema_is_filled_from_the_text_and_validates():
 
 
 def test_openapi_style_response_schema_with_nested_arrays():
-    schema = {"type": "OBJECT", "properties": {
-        "lines": {"type": "ARRAY", "minItems": 2, "items": {"type": "OBJECT", "properties": {"total": {"type": "NUMBER"}, "count": {"type": "INTEGER"}}}},
-        "status": {"type": "STRING", "enum": ["open", "closed"], "nullable": True},
-    }, "propertyOrdering": ["status", "lines"]}
+    schema = {
+        "type": "OBJECT",
+        "properties": {
+            "lines": {
+                "type": "ARRAY",
+                "minItems": 2,
+                "items": {"type": "OBJECT", "properties": {"total": {"type": "NUMBER"}, "count": {"type": "INTEGER"}}},
+            },
+            "status": {"type": "STRING", "enum": ["open", "closed"], "nullable": True},
+        },
+        "propertyOrdering": ["status", "lines"],
+    }
     value = SchemaFiller(TEXT, schema).fill()
     assert list(value) == ["status", "lines"]
     assert value["status"] == "open"  # no enum value occurs in the text: the first one
@@ -102,16 +117,23 @@ def test_openapi_style_response_schema_with_nested_arrays():
 def test_pdf_inline_data_is_read_and_billed_per_page():
     data = base64.b64encode(pdf_bytes(["Invoice Number: PDF-7", "Total: 12.50"], pages=4)).decode()
     schema = {"type": "object", "properties": {"invoice_number": {"type": "string"}, "total": {"type": "number"}}}
-    response = ask([{"inlineData": {"mimeType": "application/pdf", "data": data}}], responseMimeType="application/json", responseJsonSchema=schema)
+    response = ask(
+        [{"inlineData": {"mimeType": "application/pdf", "data": data}}],
+        responseMimeType="application/json",
+        responseJsonSchema=schema,
+    )
     assert json.loads(text_of(response)) == {"invoice_number": "PDF-7", "total": 12.5}
     details = {d["modality"]: d["tokenCount"] for d in response["usageMetadata"]["promptTokensDetails"]}
     assert details["DOCUMENT"] == 4 * 258
 
 
-@pytest.mark.parametrize(("data", "fragment"), [
-    (b"%PDF-1.7\nthis is not really a pdf", "Unable to process input PDF"),
-    (pdf_bytes(["secret"], password="pw"), "encrypted"),
-])
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (b"%PDF-1.7\nthis is not really a pdf", "Unable to process input PDF"),
+        (pdf_bytes(["secret"], password="pw"), "encrypted"),
+    ],
+)
 def test_unreadable_pdfs_fail_the_row(data, fragment):
     with pytest.raises(RowFailure) as exc:
         ask([{"inlineData": {"mimeType": "application/pdf", "data": base64.b64encode(data).decode()}}])
@@ -127,10 +149,22 @@ def test_same_request_same_answer_and_free_json_without_schema():
 
 def test_rest_form_is_enforced():
     with pytest.raises(RowFailure) as exc:
-        answer({"contents": [{"parts": [{"text": "x"}]}], "generation_config": {}}, "k", "gemini-2.5-flash", no_files, Faults())
+        answer(
+            {"contents": [{"parts": [{"text": "x"}]}], "generation_config": {}},
+            "k",
+            "gemini-2.5-flash",
+            no_files,
+            Faults(),
+        )
     assert 'Unknown name "generation_config"' in exc.value.status["message"]
     with pytest.raises(RowFailure) as exc:
-        answer({"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"thinking_budget": 0}}, "k", "gemini-2.5-flash", no_files, Faults())
+        answer(
+            {"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"thinking_budget": 0}},
+            "k",
+            "gemini-2.5-flash",
+            no_files,
+            Faults(),
+        )
     assert "thinking_budget" in exc.value.status["message"]
     with pytest.raises(RowFailure):
         answer({"contents": []}, "k", "gemini-2.5-flash", no_files, Faults())
@@ -138,7 +172,15 @@ def test_rest_form_is_enforced():
 
 def test_row_faults_are_seeded_by_key():
     faults = Faults(seed=7, fenced_rate=0.5)
-    fenced = {k for k in map(str, range(200)) if text_of(ask([{"text": TEXT}], faults, key=k, responseMimeType="application/json")).startswith("```json")}
+    fenced = {
+        k
+        for k in map(str, range(200))
+        if text_of(ask([{"text": TEXT}], faults, key=k, responseMimeType="application/json")).startswith("```json")
+    }
     assert 60 < len(fenced) < 140
-    again = {k for k in map(str, range(200)) if text_of(ask([{"text": TEXT}], faults, key=k, responseMimeType="application/json")).startswith("```json")}
+    again = {
+        k
+        for k in map(str, range(200))
+        if text_of(ask([{"text": TEXT}], faults, key=k, responseMimeType="application/json")).startswith("```json")
+    }
     assert fenced == again

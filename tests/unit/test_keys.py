@@ -18,13 +18,19 @@ from gemini_batch.core.keys import canonical_json, normalize_model, request_key
 SHA = st.binary(max_size=64).map(lambda data: hashlib.sha256(data).hexdigest())
 PAGES = st.none() | st.tuples(st.integers(1, 500), st.integers(0, 500)).map(lambda p: (p[0], p[0] + p[1]))
 MODELS = st.sampled_from(["gemini-2.5-flash", "gemini-2.5-pro", "gemini-3-flash-preview", "gemini-2.0-flash"])
-JSON_SCALARS = st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.text(max_size=10)
+JSON_SCALARS = st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.text(max_size=10)
 SCHEMAS = st.none() | st.dictionaries(
     st.text(min_size=1, max_size=8),
-    st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8),
+    st.recursive(
+        JSON_SCALARS,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+        max_leaves=8,
+    ),
     max_size=5,
 )
-OPTIONS = st.fixed_dictionaries({"thinking": st.sampled_from(["low", "model-default"]), "max_output_tokens": st.none() | st.integers(1, 65536)})
+OPTIONS = st.fixed_dictionaries(
+    {"thinking": st.sampled_from(["low", "model-default"]), "max_output_tokens": st.none() | st.integers(1, 65536)}
+)
 
 
 def reordered(value):
@@ -40,14 +46,24 @@ def reordered(value):
 def test_same_inputs_give_the_same_key_whatever_the_key_order(sha, pages, prompt, model, schema, options):
     first = request_key(sha, pages, prompt=prompt, model=model, response_schema=schema, options=options)
     again = request_key(
-        sha, pages, prompt=prompt, model=f"models/{model}", response_schema=reordered(schema), options=reordered(options),
+        sha,
+        pages,
+        prompt=prompt,
+        model=f"models/{model}",
+        response_schema=reordered(schema),
+        options=reordered(options),
     )
     assert first == again
     assert re.fullmatch(r"[0-9a-f]{64}", first)
 
 
 @given(
-    sha=SHA, pages=PAGES, prompt=st.text(max_size=100), model=MODELS, schema=SCHEMAS, options=OPTIONS,
+    sha=SHA,
+    pages=PAGES,
+    prompt=st.text(max_size=100),
+    model=MODELS,
+    schema=SCHEMAS,
+    options=OPTIONS,
     change=st.sampled_from(["sha", "pages", "prompt", "model", "schema", "options"]),
 )
 def test_changing_any_input_changes_the_key(sha, pages, prompt, model, schema, options, change):
@@ -63,7 +79,14 @@ def test_changing_any_input_changes_the_key(sha, pages, prompt, model, schema, o
     }[change]
 
     def key(a):
-        return request_key(a["sha"], a["pages"], prompt=a["prompt"], model=a["model"], response_schema=a["schema"], options=a["options"])
+        return request_key(
+            a["sha"],
+            a["pages"],
+            prompt=a["prompt"],
+            model=a["model"],
+            response_schema=a["schema"],
+            options=a["options"],
+        )
 
     assert key(args) != key(changed)
 
@@ -80,7 +103,12 @@ def test_a_new_pipeline_version_changes_every_key(sha, prompt):
 def test_no_options_and_empty_options_are_the_same_request():
     sha = hashlib.sha256(b"doc").hexdigest()
     assert request_key(sha, None, prompt="p", model="m", response_schema=None) == request_key(
-        sha, None, prompt="p", model="m", response_schema=None, options={},
+        sha,
+        None,
+        prompt="p",
+        model="m",
+        response_schema=None,
+        options={},
     )
 
 
@@ -92,8 +120,12 @@ def test_keys_match_in_a_fresh_interpreter_with_another_hash_seed():
         " response_schema={'type': 'object', 'properties': {'b': {}, 'a': {}}}, options={'y': 1, 'x': 2}))"
     )
     here = request_key(
-        "a" * 64, (1, 50), prompt="Extract", model="gemini-2.5-flash",
-        response_schema={"type": "object", "properties": {"b": {}, "a": {}}}, options={"y": 1, "x": 2},
+        "a" * 64,
+        (1, 50),
+        prompt="Extract",
+        model="gemini-2.5-flash",
+        response_schema={"type": "object", "properties": {"b": {}, "a": {}}},
+        options={"y": 1, "x": 2},
     )
     for seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
@@ -101,8 +133,16 @@ def test_keys_match_in_a_fresh_interpreter_with_another_hash_seed():
         assert out.stdout.strip() == here
 
 
-@pytest.mark.parametrize("model", ["gemini-2.5-flash", "models/gemini-2.5-flash", "publishers/google/models/gemini-2.5-flash",
-                                   "projects/p/locations/us-central1/publishers/google/models/gemini-2.5-flash", " gemini-2.5-flash "])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "gemini-2.5-flash",
+        "models/gemini-2.5-flash",
+        "publishers/google/models/gemini-2.5-flash",
+        "projects/p/locations/us-central1/publishers/google/models/gemini-2.5-flash",
+        " gemini-2.5-flash ",
+    ],
+)
 def test_model_names_normalize_to_the_bare_id(model):
     assert normalize_model(model) == "gemini-2.5-flash"
 
@@ -111,13 +151,16 @@ def test_canonical_json_sorts_keys_and_drops_whitespace():
     assert canonical_json({"b": [1, {"d": 1, "c": 2}], "a": None}) == b'{"a":null,"b":[1,{"c":2,"d":1}]}'
 
 
-@pytest.mark.parametrize(("sha", "pages", "model", "message"), [
-    ("A" * 64, None, "m", "document_sha256"),
-    ("a" * 63, None, "m", "document_sha256"),
-    ("a" * 64, (0, 3), "m", "pages"),
-    ("a" * 64, (5, 4), "m", "pages"),
-    ("a" * 64, None, "models/", "names no model"),
-])
+@pytest.mark.parametrize(
+    ("sha", "pages", "model", "message"),
+    [
+        ("A" * 64, None, "m", "document_sha256"),
+        ("a" * 63, None, "m", "document_sha256"),
+        ("a" * 64, (0, 3), "m", "pages"),
+        ("a" * 64, (5, 4), "m", "pages"),
+        ("a" * 64, None, "models/", "names no model"),
+    ],
+)
 def test_bad_inputs_are_named(sha, pages, model, message):
     with pytest.raises(ValueError, match=message):
         request_key(sha, pages, prompt="p", model=model, response_schema=None)

@@ -22,8 +22,18 @@ def key(n: int) -> str:
 
 
 def answered(k: str, data, run: str = "run-a") -> LedgerEvent:
-    outcome = {"key": k, "status": "succeeded", "data": data, "error": None, "finish_reason": "STOP",
-               "input_tokens": 3, "output_tokens": 2, "model_version": "m", "raw_text": None, "reused": False}
+    outcome = {
+        "key": k,
+        "status": "succeeded",
+        "data": data,
+        "error": None,
+        "finish_reason": "STOP",
+        "input_tokens": 3,
+        "output_tokens": 2,
+        "model_version": "m",
+        "raw_text": None,
+        "reused": False,
+    }
     return LedgerEvent(k, "answered", run, now_iso(), outcome)
 
 
@@ -55,7 +65,7 @@ def test_a_corrupt_line_costs_only_its_key(ledger, caplog):
     segment = next(ledger.events.iterdir())
     whole = segment.read_bytes()
     first = whole.index(orjson.dumps({"key": key(1)})[:-1])  # line 2: the segment's begin line comes first
-    segment.write_bytes(whole[:first + 20] + whole[whole.index(b"\n", first):])
+    segment.write_bytes(whole[: first + 20] + whole[whole.index(b"\n", first) :])
     with ledger.view() as view:
         assert key(1) not in view and view.finished(key(2))["data"] == 2
     assert "skipping" in caplog.text and "line 2" in caplog.text
@@ -64,8 +74,18 @@ def test_a_corrupt_line_costs_only_its_key(ledger, caplog):
 def test_a_finished_key_store_of_earlier_versions_is_read_and_folded_in(ledger):
     """Upgrades keep what was paid for: the old store's segments (outcome records at the top level)."""
     ledger.folder.mkdir(parents=True)
-    old = {"key": key(7), "status": "succeeded", "data": {"total": 7}, "error": None, "finish_reason": "STOP",
-           "input_tokens": 1, "output_tokens": 1, "model_version": "m", "raw_text": None, "finished_at": "2026-11-01"}
+    old = {
+        "key": key(7),
+        "status": "succeeded",
+        "data": {"total": 7},
+        "error": None,
+        "finish_reason": "STOP",
+        "input_tokens": 1,
+        "output_tokens": 1,
+        "model_version": "m",
+        "raw_text": None,
+        "finished_at": "2026-11-01",
+    }
     (ledger.folder / "2026-11-01T02_00_00-manual.jsonl").write_bytes(orjson.dumps(old) + b"\n")
     with ledger.view() as view:
         assert view.finished(key(7))["data"] == {"total": 7}
@@ -84,7 +104,9 @@ def test_compaction_folds_segments_into_a_snapshot_and_loses_nothing(ledger, mon
     ledger.append([answered(key(1000), "after")], writer="run-after")
     with ledger.view() as view:
         assert view.snapshot_name == f"{snapshot}.json"
-        assert [p.name for p in view.unfolded] == [next(p.name for p in ledger.events.iterdir() if "run-after" in p.name)]
+        assert [p.name for p in view.unfolded] == [
+            next(p.name for p in ledger.events.iterdir() if "run-after" in p.name)
+        ]
         assert view.finished_count() == (ledger_module.COMPACT_AFTER_SEGMENTS - 1) * 10 + 2
         assert view.finished(key(999))["data"] == "last" and view.finished(key(1000))["data"] == "after"
         assert view.finished(key(13))["data"] == 1
@@ -157,14 +179,21 @@ def claim_for(run: str, round_: int = 0, *, built: bool = False, shards: str = "
     return Claim(claim_id(run, round_), "gemini_batch_extract", f"manual__{run}", run, round_, shards, built, now_iso())
 
 
-def claimer(ledger: Ledger, me: Claim, *, jobs: dict | None = None, run_states: dict | None = None,
-            named: dict | None = None) -> KeyClaimer:
+def claimer(
+    ledger: Ledger, me: Claim, *, jobs: dict | None = None, run_states: dict | None = None, named: dict | None = None
+) -> KeyClaimer:
     """A claimer whose service holds ``jobs`` (name -> JobState) and ``named`` (display name -> job name)."""
     ledger.write_claim(me)
     jobs = jobs or {}
     run_states = run_states or {}
-    return KeyClaimer(ledger, me, job_state=lambda name: jobs[name], run_state=lambda dag, run: run_states.get(run),
-                      expiry=dt.timedelta(hours=24), find_job=lambda display, since: (named or {}).get(display))
+    return KeyClaimer(
+        ledger,
+        me,
+        job_state=lambda name: jobs[name],
+        run_state=lambda dag, run: run_states.get(run),
+        expiry=dt.timedelta(hours=24),
+        find_job=lambda display, since: (named or {}).get(display),
+    )
 
 
 def test_two_runs_claiming_the_same_keys_at_once_split_them_without_overlap(ledger):
@@ -180,8 +209,9 @@ def test_two_runs_claiming_the_same_keys_at_once_split_them_without_overlap(ledg
     assert set(got_a.adopted) <= {b.claim} and set(got_b.adopted) <= {a.claim}
 
 
-def built_claim(ledger: Ledger, tmp_path, run: str, keys: list[str], job: str | None,
-                display_name: str | None = None) -> Claim:
+def built_claim(
+    ledger: Ledger, tmp_path, run: str, keys: list[str], job: str | None, display_name: str | None = None
+) -> Claim:
     """A claim of another run whose one shard requests ``keys`` (as job ``job``, if submitted; being submitted
     as ``display_name`` when only that is given)."""
     from gemini_batch.core.batch_requests import ShardWriter
@@ -206,15 +236,18 @@ FAILED = JobState("JOB_STATE_FAILED", True, True, dt.datetime.now(dt.timezone.ut
 STUCK = JobState("JOB_STATE_PENDING", False, False, dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=25))
 
 
-@pytest.mark.parametrize(("job", "run_state", "round_", "adopt"), [
-    (LIVE, "failed", 0, True),  # its run died mid-wait, its job still runs: wait for that job
-    (SUCCEEDED, "failed", 0, True),  # the job answered: read its answers once
-    (SUCCEEDED, "failed", 1, False),  # ...and in a retry round, its failures are ours to request
-    (FAILED, "running", 0, False),  # a dead job delivers nothing
-    (STUCK, "running", 0, False),  # past its deadline
-    (None, "running", 0, True),  # not submitted yet by a live run
-    (None, "failed", 0, False),  # its run died before submitting
-])
+@pytest.mark.parametrize(
+    ("job", "run_state", "round_", "adopt"),
+    [
+        (LIVE, "failed", 0, True),  # its run died mid-wait, its job still runs: wait for that job
+        (SUCCEEDED, "failed", 0, True),  # the job answered: read its answers once
+        (SUCCEEDED, "failed", 1, False),  # ...and in a retry round, its failures are ours to request
+        (FAILED, "running", 0, False),  # a dead job delivers nothing
+        (STUCK, "running", 0, False),  # past its deadline
+        (None, "running", 0, True),  # not submitted yet by a live run
+        (None, "failed", 0, False),  # its run died before submitting
+    ],
+)
 def test_a_lease_held_by_another_run_is_adopted_or_taken_over(ledger, tmp_path, job, run_state, round_, adopt):
     keys = [key(n) for n in range(5)]
     holder = built_claim(ledger, tmp_path, "run-a", keys, "batches/a" if job else None)
@@ -228,20 +261,29 @@ def test_a_lease_held_by_another_run_is_adopted_or_taken_over(ledger, tmp_path, 
         assert not any(p.name.endswith(".000000") for p in ledger.leases.iterdir()), "the dead generation is removed"
 
 
-@pytest.mark.parametrize(("found", "round_", "adopt"), [
-    (SUCCEEDED, 1, False),  # it made the job after all, which answered: the retry round requests its failures
-    (LIVE, 1, True),  # ... still running: wait for it
-    (None, 1, True),  # no such job yet: its live run may still be creating it
-])
+@pytest.mark.parametrize(
+    ("found", "round_", "adopt"),
+    [
+        (SUCCEEDED, 1, False),  # it made the job after all, which answered: the retry round requests its failures
+        (LIVE, 1, True),  # ... still running: wait for it
+        (None, 1, True),  # no such job yet: its live run may still be creating it
+    ],
+)
 def test_a_submitter_that_died_between_create_and_record_leaves_a_job_found_by_its_name(
-        ledger, tmp_path, found, round_, adopt):
+    ledger, tmp_path, found, round_, adopt
+):
     """Its run still reads as running (a killed `dags test`, a worker lost before the scheduler notices): the
     job is looked up once by the display name it recorded before the create, and recorded for the next reader."""
     keys = [key(n) for n in range(4)]
     holder = built_claim(ledger, tmp_path, "run-a", keys, None, display_name="gemini-batch-run-a-shard-0")
     named = {"gemini-batch-run-a-shard-0": "batches/found"} if found else {}
-    result = claimer(ledger, claim_for("run-b", round_), jobs={"batches/found": found},
-                     run_states={"manual__run-a": "running"}, named=named).claim(keys)
+    result = claimer(
+        ledger,
+        claim_for("run-b", round_),
+        jobs={"batches/found": found},
+        run_states={"manual__run-a": "running"},
+        named=named,
+    ).claim(keys)
     if adopt:
         assert result.adopted == {holder.claim: keys}
     else:
@@ -294,8 +336,12 @@ def test_a_lease_released_while_it_is_read_is_taken_from_the_ledger(ledger, monk
 
 
 def test_a_run_unknown_to_this_airflow_counts_as_alive_for_a_day():
-    fresh, old = claim_for("x"), Claim("x-r0", "d", "r", "x", 0, "/", False,
-                                       (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=2)).isoformat())
+    fresh, old = (
+        claim_for("x"),
+        Claim(
+            "x-r0", "d", "r", "x", 0, "/", False, (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=2)).isoformat()
+        ),
+    )
 
     def unknown(dag_id, run_id):
         raise RuntimeError("no such run here")
@@ -333,8 +379,9 @@ def test_slots_admit_jobs_only_while_their_tokens_fit_the_quota(ledger):
     ended: set[str] = set()
 
     def take(holder: str) -> bool:
-        return ledger.take_slot(holder, 10, ended.__contains__, tokens=tokens[holder], token_budget=1000,
-                                tokens_of=tokens.__getitem__)
+        return ledger.take_slot(
+            holder, 10, ended.__contains__, tokens=tokens[holder], token_budget=1000, tokens_of=tokens.__getitem__
+        )
 
     assert take("a/s") and take("b/s"), "600 + 300 fit in 1,000"
     assert not take("c/s"), "900 held: 500 more would not fit, though slots are free"
@@ -342,7 +389,9 @@ def test_slots_admit_jobs_only_while_their_tokens_fit_the_quota(ledger):
     assert take("c/s"), "the 600 ended: 300 + 500 fit"
     assert not take("big/s")
     ended.update({"b/s", "c/s"})
-    assert take("big/s"), "alone in flight, a job over the quota is admitted: the estimate errs high, the service decides"
+    assert take("big/s"), (
+        "alone in flight, a job over the quota is admitted: the estimate errs high, the service decides"
+    )
 
 
 def test_a_job_record_written_before_display_names_reads_back(ledger):
@@ -379,8 +428,7 @@ def all_answered(keys: list[str]) -> dict[str, object]:
     return {"count": len(keys), **{k: n for n, k in enumerate(keys)}}
 
 
-def test_a_truncated_snapshot_is_reported_and_the_one_before_it_answers_with_its_segments(ledger, monkeypatch,
-                                                                                         caplog):
+def test_a_truncated_snapshot_is_reported_and_the_one_before_it_answers_with_its_segments(ledger, monkeypatch, caplog):
     keys, _, newest = compacted_twice(ledger, monkeypatch)
     snapshot = ledger.snapshots / f"{newest}.sqlite"
     snapshot.write_bytes(snapshot.read_bytes()[:5000])
@@ -389,8 +437,9 @@ def test_a_truncated_snapshot_is_reported_and_the_one_before_it_answers_with_its
 
 
 @pytest.mark.parametrize("kept", [0, 4096], ids=["all-garbage", "garbage-after-its-first-page"])
-def test_a_garbage_snapshot_is_reported_and_the_one_before_it_answers_with_its_segments(ledger, monkeypatch, caplog,
-                                                                                       kept):
+def test_a_garbage_snapshot_is_reported_and_the_one_before_it_answers_with_its_segments(
+    ledger, monkeypatch, caplog, kept
+):
     import random
 
     keys, _, newest = compacted_twice(ledger, monkeypatch)
@@ -407,7 +456,7 @@ def test_a_cut_manifest_is_reported_and_loses_no_answered_key(ledger, monkeypatc
     before = answers(ledger, keys)
     manifest = ledger.snapshots / f"{newest}.json"
     whole = manifest.read_bytes()
-    manifest.write_bytes(whole[:int(len(whole) * cut)])
+    manifest.write_bytes(whole[: int(len(whole) * cut)])
     assert answers(ledger, keys) == before == all_answered(keys)
     assert f"{newest}.json" in caplog.text and "damaged" in caplog.text
 
@@ -419,7 +468,7 @@ def test_a_torn_segment_loses_only_its_torn_line_and_reports_it(ledger, caplog, 
     [segment] = ledger.events.iterdir()
     whole = segment.read_bytes()
     last = whole.index(orjson.dumps({"key": keys[9]})[:-1])
-    segment.write_bytes(whole[:last + 120] if where == "mid-line" else whole[:last])
+    segment.write_bytes(whole[: last + 120] if where == "mid-line" else whole[:last])
     with ledger.view() as view:
         assert [k for k in keys if k in view] == keys[:9]
         assert [view.finished(k)["data"] for k in keys[:9]] == list(range(9))
@@ -465,8 +514,11 @@ def test_a_power_loss_right_after_compaction_loses_nothing(ledger, monkeypatch):
         ledger.append([answered(keys[n], n)], writer=f"run-{n}")
 
     def inodes() -> dict[str, int]:
-        return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_ino
-                for d, _, files in os.walk(ledger.folder.path) for f in files}
+        return {
+            os.path.join(d, f): os.stat(os.path.join(d, f)).st_ino
+            for d, _, files in os.walk(ledger.folder.path)
+            for f in files
+        }
 
     flushed, real_fsync = set(), os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (flushed.add(os.fstat(fd).st_ino), real_fsync(fd))[1])
@@ -510,15 +562,25 @@ def test_a_ledger_written_without_checksums_still_reads_and_its_next_compaction_
     ledger.events.mkdir(parents=True)
     db = sqlite3.connect(ledger.snapshots.path + "/20260101T000000000000Z-abcd1234-old.sqlite")
     db.execute("CREATE TABLE finished (key TEXT PRIMARY KEY, record BLOB) WITHOUT ROWID")
-    db.executemany("INSERT INTO finished VALUES (?, ?)",
-                   [(k, orjson.dumps(answered(k, n).outcome)) for n, k in enumerate(keys[:2])])
+    db.executemany(
+        "INSERT INTO finished VALUES (?, ?)",
+        [(k, orjson.dumps(answered(k, n).outcome)) for n, k in enumerate(keys[:2])],
+    )
     db.commit()
     db.close()
-    (ledger.snapshots / "20260101T000000000000Z-abcd1234-old.json").write_bytes(orjson.dumps(
-        {"sqlite": "20260101T000000000000Z-abcd1234-old.sqlite", "segments": ["20251231T000000000000Z-x-run.jsonl"],
-         "keys": 2, "created_at": "2026-01-01T00:00:00+00:00"}))
+    (ledger.snapshots / "20260101T000000000000Z-abcd1234-old.json").write_bytes(
+        orjson.dumps(
+            {
+                "sqlite": "20260101T000000000000Z-abcd1234-old.sqlite",
+                "segments": ["20251231T000000000000Z-x-run.jsonl"],
+                "keys": 2,
+                "created_at": "2026-01-01T00:00:00+00:00",
+            }
+        )
+    )
     (ledger.events / "20260102T000000000000Z-abcd1234-run.jsonl").write_bytes(
-        b"".join(orjson.dumps(answered(k, n + 2).to_json()) + b"\n" for n, k in enumerate(keys[2:])))
+        b"".join(orjson.dumps(answered(k, n + 2).to_json()) + b"\n" for n, k in enumerate(keys[2:]))
+    )
     assert answers(ledger, keys) == all_answered(keys)
     assert ledger.check().damaged == []
     assert ledger.compact(writer="upgrade") is not None, "the first compaction after an upgrade adds checksums"
@@ -536,8 +598,9 @@ def gemini_batch_cli(*args: str, env: dict | None = None):
 
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "plugins"), str(root)]), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "gemini_batch", *args], capture_output=True, text=True, env=env,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "gemini_batch", *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def test_ledger_check_and_repair_from_the_command_line(ledger, monkeypatch):
@@ -548,7 +611,7 @@ def test_ledger_check_and_repair_from_the_command_line(ledger, monkeypatch):
     keys += [key(10), key(11)]
     [torn] = [p for p in ledger.events.iterdir() if "torn" in p.name]
     whole = torn.read_bytes()
-    torn.write_bytes(whole[:whole.index(orjson.dumps({"key": key(12)})[:-1]) + 100])
+    torn.write_bytes(whole[: whole.index(orjson.dumps({"key": key(12)})[:-1]) + 100])
     snapshot = ledger.snapshots / f"{newest}.sqlite"
     snapshot.write_bytes(snapshot.read_bytes()[:5000])
     folder = ledger.folder.path
@@ -573,7 +636,8 @@ def test_ledger_check_and_repair_from_the_command_line(ledger, monkeypatch):
 def test_ledger_check_reads_the_dags_default_ledger(tmp_path):
     ledger = Ledger(as_path(tmp_path / "state" / "my_dag"))
     ledger.append([answered(key(1), 1)], writer="run-a")
-    done = gemini_batch_cli("ledger", "check", "--dag-id", "my_dag",
-                            env={"GEMINI_BATCH_STATE": str(tmp_path / "state")})
+    done = gemini_batch_cli(
+        "ledger", "check", "--dag-id", "my_dag", env={"GEMINI_BATCH_STATE": str(tmp_path / "state")}
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert str(tmp_path / "state" / "my_dag") in done.stdout and "no damage" in done.stdout

@@ -3,6 +3,7 @@ field, in the loader's import error, and the others still load (Airflow's own Da
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import time
 import tracemalloc
@@ -17,10 +18,16 @@ from gemini_batch.pipelines import ERRORS_DAG_ID
 
 ROOT = Path(__file__).resolve().parents[2]
 LOADER = ROOT / "dags" / "gemini_batch_pipelines.py"
-GOOD = {"dag_id": "receipts", "schedule": "@daily", "source": "gs://landing/receipts/{{ ds }}/",
-        "output": "gs://results/receipts/{{ ds }}", "prompt": "Extract the total.",
-        "schema": {"type": "object", "properties": {"total": {"type": "number"}}}, "model": "gemini-2.5-flash-lite",
-        "limits": {"max_cost_usd": 2.5, "max_rows_per_job": 500}}
+GOOD = {
+    "dag_id": "receipts",
+    "schedule": "@daily",
+    "source": "gs://landing/receipts/{{ ds }}/",
+    "output": "gs://results/receipts/{{ ds }}",
+    "prompt": "Extract the total.",
+    "schema": {"type": "object", "properties": {"total": {"type": "number"}}},
+    "model": "gemini-2.5-flash-lite",
+    "limits": {"max_cost_usd": 2.5, "max_rows_per_job": 500},
+}
 
 
 def bag(tmp_path: Path, monkeypatch, files: dict[str, object]) -> DagBag:
@@ -41,15 +48,21 @@ def test_the_repositorys_pipelines_load_with_their_own_defaults():
     assert {"gemini_batch_extract", "invoices_nightly", "contracts_weekly"} <= set(dags.dags)
     contracts = dags.dags["contracts_weekly"]
     assert contracts.timetable.expression == "0 3 * * 1"
-    assert set(contracts.params["response_schema"]["properties"]) == {"parties", "effective_date", "end_date",
-                                                                       "total_value"}  # from schema_file
+    assert set(contracts.params["response_schema"]["properties"]) == {
+        "parties",
+        "effective_date",
+        "end_date",
+        "total_value",
+    }  # from schema_file
     assert contracts.params["max_pages"] == 100 and contracts.params["retry_rounds"] == 1
     assert dags.dags["invoices_nightly"].params["approve_above_usd"] == 1
     assert dags.dags["gemini_batch_extract"].params["response_schema"] == DEFAULT_SCHEMA  # contract 5 unchanged
 
 
 def test_a_pipeline_sets_the_dags_id_schedule_and_defaults(tmp_path, monkeypatch):
-    dags = bag(tmp_path, monkeypatch, {"receipts.yaml": GOOD, "no-id.yml": {k: v for k, v in GOOD.items() if k != "dag_id"}})
+    dags = bag(
+        tmp_path, monkeypatch, {"receipts.yaml": GOOD, "no-id.yml": {k: v for k, v in GOOD.items() if k != "dag_id"}}
+    )
     assert not dags.import_errors, dags.import_errors
     receipts = dags.dags["receipts"]
     assert receipts.params["source"] == GOOD["source"] and receipts.params["max_cost_usd"] == 2.5
@@ -59,19 +72,23 @@ def test_a_pipeline_sets_the_dags_id_schedule_and_defaults(tmp_path, monkeypatch
     assert "no-id" in dags.dags  # no dag_id: the file's name
 
 
-@pytest.mark.parametrize(("change", "field", "cause"), [
-    ({"limits": {"max_pages": 0}}, "limits.max_pages", "less than the minimum of 1"),
-    ({"limits": {"max_cost": 3}}, "limits.max_cost", "Additional properties"),
-    ({"promt": "typo"}, "promt", "Additional properties"),
-    ({"prompt": None}, "prompt", "is not of type 'string'"),
-    ({"schedule": "every night"}, "schedule", "every night"),
-    ({"schema": {"type": "objekt"}}, "schema", "not a valid JSON schema"),
-    ({"schema_file": "missing.json"}, "schema, schema_file", "either schema or schema_file"),
-    ({"start_date": "first of may"}, "start_date", "not an ISO date"),
-    ({"thinking": "lots"}, "thinking", "is not one of"),
-])
-def test_a_pipeline_with_a_mistake_is_named_with_its_field_and_the_others_load(tmp_path, monkeypatch, change, field,
-                                                                              cause):
+@pytest.mark.parametrize(
+    ("change", "field", "cause"),
+    [
+        ({"limits": {"max_pages": 0}}, "limits.max_pages", "less than the minimum of 1"),
+        ({"limits": {"max_cost": 3}}, "limits.max_cost", "Additional properties"),
+        ({"promt": "typo"}, "promt", "Additional properties"),
+        ({"prompt": None}, "prompt", "is not of type 'string'"),
+        ({"schedule": "every night"}, "schedule", "every night"),
+        ({"schema": {"type": "objekt"}}, "schema", "not a valid JSON schema"),
+        ({"schema_file": "missing.json"}, "schema, schema_file", "either schema or schema_file"),
+        ({"start_date": "first of may"}, "start_date", "not an ISO date"),
+        ({"thinking": "lots"}, "thinking", "is not one of"),
+    ],
+)
+def test_a_pipeline_with_a_mistake_is_named_with_its_field_and_the_others_load(
+    tmp_path, monkeypatch, change, field, cause
+):
     bad = {**GOOD, "dag_id": "broken", **change}
     dags = bag(tmp_path, monkeypatch, {"receipts.yaml": GOOD, "broken.yaml": bad})
     assert set(dags.dags) == {"receipts"}  # the good one loads; neither the broken one nor a stand-in
@@ -81,12 +98,20 @@ def test_a_pipeline_with_a_mistake_is_named_with_its_field_and_the_others_load(t
 
 
 def test_every_broken_file_is_named_and_a_missing_schema_file_too(tmp_path, monkeypatch):
-    dags = bag(tmp_path, monkeypatch, {
-        "a.yaml": {**{k: v for k, v in GOOD.items() if k != "schema"}, "dag_id": "a", "schema_file": "nowhere.json"},
-        "b.yaml": "source: [unclosed",
-        "c.yaml": {**GOOD, "dag_id": "receipts"},
-        "receipts.yaml": GOOD,
-    })
+    dags = bag(
+        tmp_path,
+        monkeypatch,
+        {
+            "a.yaml": {
+                **{k: v for k, v in GOOD.items() if k != "schema"},
+                "dag_id": "a",
+                "schema_file": "nowhere.json",
+            },
+            "b.yaml": "source: [unclosed",
+            "c.yaml": {**GOOD, "dag_id": "receipts"},
+            "receipts.yaml": GOOD,
+        },
+    )
     [error] = dags.import_errors.values()
     assert "a.yaml: field schema_file: cannot read" in error.replace(str(tmp_path / "pipelines") + "/", "")
     assert "b.yaml: not valid YAML" in error
@@ -104,7 +129,8 @@ def billion_laughs(field: str) -> str:
     expanded, though the parsed data shares them and costs little to hold."""
     levels = "abcdefghi"
     anchors = [f"  - &a [{', '.join(['lol'] * 9)}]"] + [
-        f"  - &{name} [{', '.join(['*' + below] * 9)}]" for below, name in zip(levels, levels[1:])]
+        f"  - &{name} [{', '.join(['*' + below] * 9)}]" for below, name in itertools.pairwise(levels)
+    ]
     inner = "\n".join(anchors)
     body = f"schema:\n  type: object\n  enum:\n{inner}\n" if field == "schema" else f"{field}:\n{inner}\n"
     return "dag_id: laughs\nsource: landing\n" + ("prompt: Extract.\n" if field != "prompt" else "") + body
@@ -128,17 +154,21 @@ def test_a_yaml_bomb_is_refused_quickly_and_the_other_pipelines_load(tmp_path, m
     assert len(error) < 2000
 
 
-@pytest.mark.parametrize(("content", "cause"), [
-    ("prompt: " + "x" * (2**20 + 1), "bytes, above the 1,048,576 a pipeline file may hold"),
-    ("source: &s [*s]\nprompt: p\n", "refused: an alias refers to a value that contains it"),
-    ("source: landing\nprompt: p\nschema:\n" + "".join("  " * n + "  properties:\n" + "  " * n + "    x:\n"
-                                                        for n in range(0, 120, 2)), "nested deeper than"),
-], ids=["oversized", "self-referring", "deep"])
-def test_an_oversized_self_referring_or_deep_file_is_named_and_the_others_load(tmp_path, monkeypatch, content,
-                                                                             cause):
+@pytest.mark.parametrize(
+    ("content", "cause"),
+    [
+        ("prompt: " + "x" * (2**20 + 1), "bytes, above the 1,048,576 a pipeline file may hold"),
+        ("source: &s [*s]\nprompt: p\n", "refused: an alias refers to a value that contains it"),
+        (
+            "source: landing\nprompt: p\nschema:\n"
+            + "".join("  " * n + "  properties:\n" + "  " * n + "    x:\n" for n in range(0, 120, 2)),
+            "nested deeper than",
+        ),
+    ],
+    ids=["oversized", "self-referring", "deep"],
+)
+def test_an_oversized_self_referring_or_deep_file_is_named_and_the_others_load(tmp_path, monkeypatch, content, cause):
     dags = bag(tmp_path, monkeypatch, {"receipts.yaml": GOOD, "bad.yaml": content})
     assert set(dags.dags) == {"receipts"}
     [error] = dags.import_errors.values()
     assert "bad.yaml: " in error and cause in error, error
-
-

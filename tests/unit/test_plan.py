@@ -13,14 +13,13 @@ import orjson
 import pytest
 from fpdf import FPDF
 
+from gemini_batch.coordination.ledger import Ledger, LedgerEvent
 from gemini_batch.core import documents
-
-from gemini_batch.steps import plan
 from gemini_batch.core.batch_requests import RequestSpec
 from gemini_batch.core.cost import load_prices
 from gemini_batch.core.locations import as_path
-from gemini_batch.coordination.ledger import Ledger, LedgerEvent
 from gemini_batch.core.planned import Routing
+from gemini_batch.steps import plan
 
 SCHEMA = {"type": "object", "properties": {"invoice_number": {"type": "string"}, "date": {"type": "string"}}}
 SPEC = RequestSpec(model="gemini-2.5-flash-lite", prompt="Extract the invoice number and date.", response_schema=SCHEMA)
@@ -55,8 +54,9 @@ STAGE_ALL = Routing(inline_max_bytes=0)  # every part but text uploaded first
 
 
 def run_plan(source, work, finished=frozenset(), routing=STAGE_ALL):
-    return plan.plan_run(as_path(source), SPEC, as_path(work) / "plan.jsonl", finished=finished, routing=routing,
-                         prices=load_prices())
+    return plan.plan_run(
+        as_path(source), SPEC, as_path(work) / "plan.jsonl", finished=finished, routing=routing, prices=load_prices()
+    )
 
 
 def test_plan_accounts_for_every_document(source, tmp_path):
@@ -64,7 +64,7 @@ def test_plan_accounts_for_every_document(source, tmp_path):
     docs = {d.path: d for d in plan.read_plan(as_path(summary.plan_uri))}
 
     assert sorted(docs) == ["a.pdf", "b.pdf", "broken.pdf", "copy-of-a.pdf", "empty.txt", "notes.md", "sub/long.pdf"]
-    assert [d for d in docs] == sorted(docs), "plan order is the stable discovery order"
+    assert list(docs) == sorted(docs), "plan order is the stable discovery order"
     assert docs["broken.pdf"].rejected and not docs["broken.pdf"].parts
     assert docs["empty.txt"].rejected
     assert [p.pages for p in docs["sub/long.pdf"].parts] == [(1, 50), (51, 100), (101, 120)]
@@ -119,9 +119,17 @@ def test_an_inline_document_changed_or_gone_since_the_plan_fails_alone(source, t
 def test_rerun_over_unchanged_folder_plans_zero_requests(source, tmp_path):
     first = run_plan(source, tmp_path / "w1")
     ledger = Ledger(as_path(tmp_path / "state"))
-    done = [LedgerEvent(p.key, "answered", "run-1", "2026-11-24T00:00:00Z",
-                        {"key": p.key, "status": "succeeded", "data": {"ok": True}, "finish_reason": "STOP"})
-            for d in plan.read_plan(as_path(first.plan_uri)) for p in d.parts]
+    done = [
+        LedgerEvent(
+            p.key,
+            "answered",
+            "run-1",
+            "2026-11-24T00:00:00Z",
+            {"key": p.key, "status": "succeeded", "data": {"ok": True}, "finish_reason": "STOP"},
+        )
+        for d in plan.read_plan(as_path(first.plan_uri))
+        for p in d.parts
+    ]
     ledger.append(done, writer="run-1")
 
     with ledger.view() as finished:
@@ -153,8 +161,9 @@ def test_huge_files_are_judged_by_type_and_size_before_they_are_read(source, tmp
     summary = run_plan(source, tmp_path / "work")
     assert time.monotonic() - started < 10
     docs = {d.path: d for d in plan.read_plan(as_path(summary.plan_uri))}
-    assert docs["disk.img"].rejected == ("unsupported file type: unrecognised binary content "
-                                         "(supported: PDF, PNG, JPEG, WEBP, text, Markdown, HTML)")
+    assert docs["disk.img"].rejected == (
+        "unsupported file type: unrecognised binary content (supported: PDF, PNG, JPEG, WEBP, text, Markdown, HTML)"
+    )
     assert docs["scan-archive.pdf"].rejected == "PDF is 5 GB, above the 2 GB file limit"
     assert docs["scan-archive.pdf"].mime_type == "application/pdf" and docs["scan-archive.pdf"].size == 5 * 2**30
     assert (summary.documents, summary.rejected, summary.requests) == (9, 4, 6)  # seven as before, two rejected

@@ -15,7 +15,8 @@ def test_workers_do_not_run_the_parents_main_again(tmp_path):
     workers must not run it. The script's top level records each process that runs it; only the parent does."""
     marker = tmp_path / "ran-main"
     script = tmp_path / "main.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(PLUGINS)!r})
         with open({str(marker)!r}, "a") as out:
@@ -25,7 +26,8 @@ def test_workers_do_not_run_the_parents_main_again(tmp_path):
             with worker_pool(2) as pool:
                 pids = {{pool.submit(os.getpid).result() for _ in range(8)}}
             print(len(pids), sys.modules["__main__"].__file__ == {str(script)!r})
-    """))
+    """)
+    )
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     workers, main_restored = done.stdout.split()

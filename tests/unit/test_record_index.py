@@ -21,8 +21,9 @@ def test_put_get_replace_and_keep():
 
 def test_lookups_while_iterating_and_many_records():
     with RecordIndex() as index:
-        index.put({"key": f"k{i:06d}", "status": "succeeded" if i % 3 else "failed", "data": "x" * 100}
-                  for i in range(30_000))
+        index.put(
+            {"key": f"k{i:06d}", "status": "succeeded" if i % 3 else "failed", "data": "x" * 100} for i in range(30_000)
+        )
         failed = 0
         for key in index.keys("failed"):  # a second query while the first cursor is open
             failed += index.get(key)["status"] == "failed"

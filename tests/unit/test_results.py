@@ -14,12 +14,11 @@ from hypothesis import strategies as st
 from jsonschema.exceptions import SchemaError
 
 from gemini_batch.core.batch_requests import RequestSpec, build_row
-from gemini_batch.steps.plan import PlannedDocument, PlannedPart
 from gemini_batch.core.results import (
     WARNINGS_PER_KIND,
+    DocumentRecord,
     ExtractionError,
     RowOutcome,
-    DocumentRecord,
     RunTotals,
     document_record,
     extract_json,
@@ -28,6 +27,7 @@ from gemini_batch.core.results import (
     parse_output_row,
     read_output,
 )
+from gemini_batch.steps.plan import PlannedDocument, PlannedPart
 from gemini_emulator import responder
 from gemini_emulator.config import Faults
 
@@ -36,9 +36,12 @@ INVOICE_SCHEMA = {
     "properties": {"invoice_number": {"type": "string"}, "total": {"type": "number"}},
     "required": ["invoice_number", "total"],
 }
-SCHEMA = INVOICE_SCHEMA | {"properties": INVOICE_SCHEMA["properties"] | {
-    "items": {"type": "array", "items": {"type": "object", "required": ["sku"]}},
-}}
+SCHEMA = INVOICE_SCHEMA | {
+    "properties": INVOICE_SCHEMA["properties"]
+    | {
+        "items": {"type": "array", "items": {"type": "object", "required": ["sku"]}},
+    }
+}
 INVOICE = {"invoice_number": "INV-42", "total": 1234.5}
 REQUEST = {"contents": [{"role": "user", "parts": [{"text": "Extract."}]}]}
 
@@ -62,7 +65,13 @@ def developer_row(key, answer) -> dict:
 
 
 def vertex_row(key, answer) -> dict:
-    return {"key": key, "request": REQUEST, "status": "", "response": answer, "processed_time": "2026-03-01T10:00:00.000Z"}
+    return {
+        "key": key,
+        "request": REQUEST,
+        "status": "",
+        "response": answer,
+        "processed_time": "2026-03-01T10:00:00.000Z",
+    }
 
 
 FORMATS = pytest.mark.parametrize("row", [developer_row, vertex_row], ids=["developer", "vertex"])
@@ -75,35 +84,44 @@ def lines(*rows) -> list[bytes]:
 # ---------------------------------------------------------------- extract_json
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ('{"invoice_number": "INV-42", "total": 1234.5}', INVOICE),
-    ('  [{"sku": "a"}, {"sku": "b"}]\n', [{"sku": "a"}, {"sku": "b"}]),
-    ('```json\n{"invoice_number": "INV-42", "total": 1234.5}\n```', INVOICE),
-    ('```\n[1, 2]\n```', [1, 2]),
-    ('Here is {your} data:\n```JSON\n{"a": 1}\n```\nAsk {me} anything.', {"a": 1}),
-    ('Sure! Here is the data:\n\n{"a": {"b": [1, 2]}}\n\nLet me know.', {"a": {"b": [1, 2]}}),
-    ('Result: {"note": "use {x} and [y]", "n": [1, {"b": "}"}]} -- done', {"note": "use {x} and [y]", "n": [1, {"b": "}"}]}),
-    ('Notes:\n```json\n{"a": "a fence: ```json"}\n```', {"a": "a fence: ```json"}),
-    ('```\n42\n```\n```json\n{"a": 1}\n```', {"a": 1}),  # a scalar block is passed over
-    ('"a string" then {"a": 1}', {"a": 1}),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"invoice_number": "INV-42", "total": 1234.5}', INVOICE),
+        ('  [{"sku": "a"}, {"sku": "b"}]\n', [{"sku": "a"}, {"sku": "b"}]),
+        ('```json\n{"invoice_number": "INV-42", "total": 1234.5}\n```', INVOICE),
+        ("```\n[1, 2]\n```", [1, 2]),
+        ('Here is {your} data:\n```JSON\n{"a": 1}\n```\nAsk {me} anything.', {"a": 1}),
+        ('Sure! Here is the data:\n\n{"a": {"b": [1, 2]}}\n\nLet me know.', {"a": {"b": [1, 2]}}),
+        (
+            'Result: {"note": "use {x} and [y]", "n": [1, {"b": "}"}]} -- done',
+            {"note": "use {x} and [y]", "n": [1, {"b": "}"}]},
+        ),
+        ('Notes:\n```json\n{"a": "a fence: ```json"}\n```', {"a": "a fence: ```json"}),
+        ('```\n42\n```\n```json\n{"a": 1}\n```', {"a": 1}),  # a scalar block is passed over
+        ('"a string" then {"a": 1}', {"a": 1}),
+    ],
+)
 def test_extract_json_finds_the_object_or_array(text, expected):
     assert extract_json(text) == expected
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    (None, "empty answer"),
-    ("", "empty answer"),
-    ("  \n\t", "empty answer"),
-    ('{"invoice_number": "INV-42", "total": 12', "invalid JSON: unexpected end of data"),
-    ('```json\n{"invoice_number": "INV-4\n```', "invalid JSON: unexpected end of data"),
-    ('Here you go: [{"sku": "a"}, {"sku"', "invalid JSON: unexpected end of data"),  # not {"sku": "a"}
-    ('[{"sku": ["a"]}, {"sku": ["b"', "invalid JSON: unexpected end of data"),
-    ("42", "a bare number, not a JSON object or array"),
-    ('"INV-42"', "a bare string, not a JSON object or array"),
-    ("null", "a bare null, not a JSON object or array"),
-    ("The invoice number is INV-42.", "no JSON object or array found"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (None, "empty answer"),
+        ("", "empty answer"),
+        ("  \n\t", "empty answer"),
+        ('{"invoice_number": "INV-42", "total": 12', "invalid JSON: unexpected end of data"),
+        ('```json\n{"invoice_number": "INV-4\n```', "invalid JSON: unexpected end of data"),
+        ('Here you go: [{"sku": "a"}, {"sku"', "invalid JSON: unexpected end of data"),  # not {"sku": "a"}
+        ('[{"sku": ["a"]}, {"sku": ["b"', "invalid JSON: unexpected end of data"),
+        ("42", "a bare number, not a JSON object or array"),
+        ('"INV-42"', "a bare string, not a JSON object or array"),
+        ("null", "a bare null, not a JSON object or array"),
+        ("The invoice number is INV-42.", "no JSON object or array found"),
+    ],
+)
 def test_extract_json_fails_with_a_reason_and_never_returns_an_empty_success(text, message):
     with pytest.raises(ExtractionError) as excinfo:
         extract_json(text)
@@ -111,7 +129,11 @@ def test_extract_json_fails_with_a_reason_and_never_returns_an_empty_success(tex
 
 
 _JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
@@ -130,31 +152,58 @@ def test_any_object_embedded_in_prose_round_trips(value, before, after):
 def test_a_good_answer_succeeds_with_its_usage(row):
     outcome = parse_output_row(row("k1", response(orjson.dumps(INVOICE).decode())), SCHEMA)
     assert outcome == RowOutcome(
-        key="k1", status="succeeded", data=INVOICE, error=None, finish_reason="STOP",
-        input_tokens=300, output_tokens=20, model_version="gemini-2.5-flash", raw_text=None,
+        key="k1",
+        status="succeeded",
+        data=INVOICE,
+        error=None,
+        finish_reason="STOP",
+        input_tokens=300,
+        output_tokens=20,
+        model_version="gemini-2.5-flash",
+        raw_text=None,
     )
 
 
-@pytest.mark.parametrize(("row", "error"), [
-    ({"key": "k1", "error": {"code": 4, "message": "Deadline exceeded.", "status": "DEADLINE_EXCEEDED"}},
-     "row error 4 DEADLINE_EXCEEDED: Deadline exceeded."),
-    ({"key": "k1", "request": REQUEST, "status": "DEADLINE_EXCEEDED: Deadline exceeded.", "processed_time": "2026-03-01T10:00Z"},
-     "row error DEADLINE_EXCEEDED: Deadline exceeded."),
-    ({"key": "k1", "status": ""}, "row has neither a response nor an error"),
-], ids=["developer", "vertex", "neither"])
+@pytest.mark.parametrize(
+    ("row", "error"),
+    [
+        (
+            {"key": "k1", "error": {"code": 4, "message": "Deadline exceeded.", "status": "DEADLINE_EXCEEDED"}},
+            "row error 4 DEADLINE_EXCEEDED: Deadline exceeded.",
+        ),
+        (
+            {
+                "key": "k1",
+                "request": REQUEST,
+                "status": "DEADLINE_EXCEEDED: Deadline exceeded.",
+                "processed_time": "2026-03-01T10:00Z",
+            },
+            "row error DEADLINE_EXCEEDED: Deadline exceeded.",
+        ),
+        ({"key": "k1", "status": ""}, "row has neither a response nor an error"),
+    ],
+    ids=["developer", "vertex", "neither"],
+)
 def test_a_row_error_fails_the_row(row, error):
     assert parse_output_row(row, SCHEMA) == missing_outcome("k1", error)
 
 
 @FORMATS
-@pytest.mark.parametrize(("text", "finish", "error"), [
-    ('{"invoice_number": "INV-42", "to', "MAX_TOKENS", "finish reason MAX_TOKENS: answer truncated"),
-    ('{"invoice_number": "INV-42", "total": 1}', "MAX_TOKENS", "finish reason MAX_TOKENS: answer truncated"),
-    (None, "MAX_TOKENS", "finish reason MAX_TOKENS: output token limit reached before any answer (spent on thinking?)"),
-    (None, "SAFETY", "finish reason SAFETY: answer blocked by the safety filters"),
-    (None, "RECITATION", "finish reason RECITATION: answer blocked as recitation"),
-    ('{"a": 1}', "OTHER", "finish reason OTHER: no usable answer"),
-])
+@pytest.mark.parametrize(
+    ("text", "finish", "error"),
+    [
+        ('{"invoice_number": "INV-42", "to', "MAX_TOKENS", "finish reason MAX_TOKENS: answer truncated"),
+        ('{"invoice_number": "INV-42", "total": 1}', "MAX_TOKENS", "finish reason MAX_TOKENS: answer truncated"),
+        (
+            None,
+            "MAX_TOKENS",
+            "finish reason MAX_TOKENS: output token limit reached before any answer (spent on thinking?)",
+        ),
+        (None, "SAFETY", "finish reason SAFETY: answer blocked by the safety filters"),
+        (None, "RECITATION", "finish reason RECITATION: answer blocked as recitation"),
+        ('{"a": 1}', "OTHER", "finish reason OTHER: no usable answer"),
+    ],
+)
 def test_a_finish_reason_other_than_stop_fails_the_row_and_keeps_the_text(row, text, finish, error):
     outcome = parse_output_row(row("k1", response(text, finish=finish, thoughts=500)), None)
     assert (outcome.status, outcome.data, outcome.error) == ("failed", None, error)
@@ -167,14 +216,19 @@ def test_a_blocked_prompt_has_no_candidates(row):
     answer = {"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}, "usageMetadata": {"promptTokenCount": 300}}
     outcome = parse_output_row(row("k1", answer), SCHEMA)
     assert (outcome.status, outcome.error, outcome.input_tokens, outcome.output_tokens) == (
-        "failed", "prompt blocked: PROHIBITED_CONTENT", 300, 0)
+        "failed",
+        "prompt blocked: PROHIBITED_CONTENT",
+        300,
+        0,
+    )
 
 
 @FORMATS
 def test_thought_parts_are_not_the_answer_and_thinking_tokens_are_output(row):
     parts = [
         {"text": "The total {maybe} is...", "thought": True},
-        {"text": '{"invoice_number": "INV-42",'}, {"text": ' "total": 1234.5}'},
+        {"text": '{"invoice_number": "INV-42",'},
+        {"text": ' "total": 1234.5}'},
     ]
     outcome = parse_output_row(row("k1", response(parts=parts, thoughts=150)), SCHEMA)
     assert (outcome.status, outcome.data) == ("succeeded", INVOICE)
@@ -182,11 +236,17 @@ def test_thought_parts_are_not_the_answer_and_thinking_tokens_are_output(row):
 
 
 @FORMATS
-@pytest.mark.parametrize(("data", "error"), [
-    ({"invoice_number": "INV-42", "total": "x"}, "$.total: 'x' is not of type 'number'"),
-    ({"invoice_number": "INV-42", "total": 1, "items": [{"sku": "a"}, {"qty": 2}]}, "$.items[1]: 'sku' is a required property"),
-    ([INVOICE], "$: [{'invoice_number': 'INV-42', 'total': 1234.5}] is not of type 'object'"),
-])
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        ({"invoice_number": "INV-42", "total": "x"}, "$.total: 'x' is not of type 'number'"),
+        (
+            {"invoice_number": "INV-42", "total": 1, "items": [{"sku": "a"}, {"qty": 2}]},
+            "$.items[1]: 'sku' is a required property",
+        ),
+        ([INVOICE], "$: [{'invoice_number': 'INV-42', 'total': 1234.5}] is not of type 'object'"),
+    ],
+)
 def test_an_answer_that_breaks_the_schema_fails_with_the_json_path(row, data, error):
     text = orjson.dumps(data).decode()
     outcome = parse_output_row(row("k1", response(text)), SCHEMA)
@@ -215,16 +275,21 @@ def test_finish_reason_may_be_absent_but_an_answer_may_not():
 
 
 @FORMATS
-@pytest.mark.parametrize(("fault", "status", "error"), [
-    ({}, "succeeded", None),
-    ({"fenced_rate": 1.0}, "succeeded", None),
-    ({"prose_rate": 1.0}, "succeeded", None),
-    ({"truncated_rate": 1.0}, "failed", "finish reason MAX_TOKENS: answer truncated"),
-    ({"safety_rate": 1.0}, "failed", "finish reason SAFETY: answer blocked by the safety filters"),
-])
+@pytest.mark.parametrize(
+    ("fault", "status", "error"),
+    [
+        ({}, "succeeded", None),
+        ({"fenced_rate": 1.0}, "succeeded", None),
+        ({"prose_rate": 1.0}, "succeeded", None),
+        ({"truncated_rate": 1.0}, "failed", "finish reason MAX_TOKENS: answer truncated"),
+        ({"safety_rate": 1.0}, "failed", "finish reason SAFETY: answer blocked by the safety filters"),
+    ],
+)
 def test_the_emulators_answers_parse(row, fault, status, error):
     """The responder's real output, with the answer faults it injects."""
-    spec = RequestSpec(model="gemini-2.5-flash", prompt="Extract the invoice number and total.", response_schema=INVOICE_SCHEMA)
+    spec = RequestSpec(
+        model="gemini-2.5-flash", prompt="Extract the invoice number and total.", response_schema=INVOICE_SCHEMA
+    )
     request = build_row("k1", spec, text="Invoice number: INV-42\nTotal: 1,234.50\n")
     answer = responder.answer(request["request"], "k1", "gemini-2.5-flash", None, Faults(**fault))
     outcome = parse_output_row(row("k1", answer), INVOICE_SCHEMA)
@@ -305,8 +370,14 @@ def test_read_output_validates_answers_and_rejects_a_broken_schema_before_readin
 def planned(path, *parts, rejected=None) -> PlannedDocument:
     """parts: (key, pages) pairs, or (key, pages, reused)."""
     return PlannedDocument(
-        path, f"file:///src/{path}", 1000, "application/pdf", "sha", 120 if len(parts) > 1 else 1,
-        tuple(PlannedPart(part[0], part[1], 100, part[2] if len(part) > 2 else False) for part in parts), rejected,
+        path,
+        f"file:///src/{path}",
+        1000,
+        "application/pdf",
+        "sha",
+        120 if len(parts) > 1 else 1,
+        tuple(PlannedPart(part[0], part[1], 100, part[2] if len(part) > 2 else False) for part in parts),
+        rejected,
     )
 
 
@@ -328,26 +399,43 @@ def record_json(doc, outcomes, reused) -> dict:
 def test_a_single_part_document_record_has_exactly_the_contract_fields():
     record = record_json(planned("a.pdf", ("k1", None)), {"k1": succeeded("k1", INVOICE)}, {})
     assert record == {
-        "document": "a.pdf", "status": "succeeded", "data": INVOICE, "error": None,
-        "parts": [{"key": "k1", "pages": None, "status": "succeeded", "finish_reason": "STOP", "error": None, "reused": False}],
-        "usage": {"input_tokens": 300, "output_tokens": 20}, "reused": False,
+        "document": "a.pdf",
+        "status": "succeeded",
+        "data": INVOICE,
+        "error": None,
+        "parts": [
+            {"key": "k1", "pages": None, "status": "succeeded", "finish_reason": "STOP", "error": None, "reused": False}
+        ],
+        "usage": {"input_tokens": 300, "output_tokens": 20},
+        "reused": False,
     }
 
 
 def test_a_split_pdf_merges_its_parts_in_page_order():
     doc = planned("long.pdf", ("p1", (1, 50)), ("p2", (51, 100)), ("p3", (101, 120)))
     outcomes = {
-        "p1": succeeded("p1", {
-            "invoice_number": "INV-1", "total": None, "items": [{"sku": "a"}], "vendor": {"name": "ACME", "vat": None},
-        }),
-        "p2": succeeded("p2", {"invoice_number": "INV-9", "total": 10, "items": [{"sku": "b"}], "vendor": {"vat": "DE1"}}),
+        "p1": succeeded(
+            "p1",
+            {
+                "invoice_number": "INV-1",
+                "total": None,
+                "items": [{"sku": "a"}],
+                "vendor": {"name": "ACME", "vat": None},
+            },
+        ),
+        "p2": succeeded(
+            "p2", {"invoice_number": "INV-9", "total": 10, "items": [{"sku": "b"}], "vendor": {"vat": "DE1"}}
+        ),
         "p3": succeeded("p3", {"items": [{"sku": "c"}], "notes": "last page"}),
     }
     record = record_json(doc, outcomes, {})
     assert record["status"] == "succeeded" and record["error"] is None
     assert record["data"] == {
-        "invoice_number": "INV-1", "total": 10, "items": [{"sku": "a"}, {"sku": "b"}, {"sku": "c"}],
-        "vendor": {"name": "ACME", "vat": "DE1"}, "notes": "last page",
+        "invoice_number": "INV-1",
+        "total": 10,
+        "items": [{"sku": "a"}, {"sku": "b"}, {"sku": "c"}],
+        "vendor": {"name": "ACME", "vat": "DE1"},
+        "notes": "last page",
     }
     assert [p["pages"] for p in record["parts"]] == [[1, 50], [51, 100], [101, 120]]
     assert record["usage"] == {"input_tokens": 900, "output_tokens": 60}
@@ -362,7 +450,10 @@ def test_parts_that_are_not_all_objects_give_the_list_of_their_data():
 
 
 def test_merge_part_data_keeps_the_first_non_null_value_even_across_types():
-    assert merge_part_data([{"a": None, "b": "x"}, {"a": [1], "b": ["y"]}, {"a": [2], "b": None}]) == {"a": [1, 2], "b": "x"}
+    assert merge_part_data([{"a": None, "b": "x"}, {"a": [1], "b": ["y"]}, {"a": [2], "b": None}]) == {
+        "a": [1, 2],
+        "b": "x",
+    }
 
 
 def test_one_failed_part_fails_the_document_and_names_its_pages():
@@ -375,7 +466,8 @@ def test_one_failed_part_fails_the_document_and_names_its_pages():
     record = record_json(doc, outcomes, {})
     assert (record["status"], record["data"]) == ("failed", None)
     assert record["error"] == (
-        "pages 51-100: finish reason MAX_TOKENS: answer truncated; pages 101-120: no answer: job EXPIRED before this row ran"
+        "pages 51-100: finish reason MAX_TOKENS: answer truncated; "
+        "pages 101-120: no answer: job EXPIRED before this row ran"
     )
     assert [p["status"] for p in record["parts"]] == ["succeeded", "failed", "failed"]
     assert record["parts"][1]["finish_reason"] == "MAX_TOKENS"
@@ -408,8 +500,13 @@ def test_reused_parts_count_as_succeeded_and_cost_nothing_this_run():
 def test_a_rejected_document_keeps_its_reason():
     record = record_json(planned("broken.pdf", rejected="corrupt PDF: no pages"), {}, {})
     assert record == {
-        "document": "broken.pdf", "status": "rejected", "data": None, "error": "corrupt PDF: no pages", "parts": [],
-        "usage": {"input_tokens": 0, "output_tokens": 0}, "reused": False,
+        "document": "broken.pdf",
+        "status": "rejected",
+        "data": None,
+        "error": "corrupt PDF: no pages",
+        "parts": [],
+        "usage": {"input_tokens": 0, "output_tokens": 0},
+        "reused": False,
     }
 
 
@@ -431,11 +528,21 @@ def test_run_totals_give_the_summary_contract():
     for record in (a, copy_of_a, failed_doc, reused, rejected):
         totals.add(record)
 
-    summary = totals.to_json(requests=2, jobs=1, retry_rounds=1, input_tokens=600, output_tokens=70,
-                             estimated_cost_usd=0.0123)
+    summary = totals.to_json(
+        requests=2, jobs=1, retry_rounds=1, input_tokens=600, output_tokens=70, estimated_cost_usd=0.0123
+    )
     assert summary == {
-        "documents": 5, "succeeded": 3, "failed": 1, "rejected": 1, "reused": 1, "requests": 2, "jobs": 1,
-        "retry_rounds": 1, "input_tokens": 600, "output_tokens": 70, "estimated_cost_usd": 0.0123,
+        "documents": 5,
+        "succeeded": 3,
+        "failed": 1,
+        "rejected": 1,
+        "reused": 1,
+        "requests": 2,
+        "jobs": 1,
+        "retry_rounds": 1,
+        "input_tokens": 600,
+        "output_tokens": 70,
+        "estimated_cost_usd": 0.0123,
     }
     assert summary["documents"] == summary["succeeded"] + summary["failed"] + summary["rejected"]
     with pytest.raises(ValueError, match="status 'pending'"):

@@ -9,8 +9,8 @@ import types
 import pendulum
 import pytest
 
-from gemini_batch.steps import runs
 from gemini_batch.dag import default_params
+from gemini_batch.steps import runs
 
 LOGICAL = pendulum.datetime(2026, 3, 4, 2, 0, tz="UTC")
 SECRET = "sk-never-in-a-folder-name-0123"
@@ -30,16 +30,28 @@ def context(params: dict | None = None, *, logical_date=LOGICAL, run_after=LOGIC
     """A task's context as Airflow 3 builds it; a run without a logical date has no ds, ts, ... at all."""
     values = {name: param.value for name, param in default_params().items()}
     found = {
-        "params": {**values, **(params or {})}, "run_id": "manual__2026-03-04T02:00:00+00:00",
+        "params": {**values, **(params or {})},
+        "run_id": "manual__2026-03-04T02:00:00+00:00",
         "dag": types.SimpleNamespace(dag_id="gemini_batch_extract"),
-        "dag_run": types.SimpleNamespace(run_after=run_after, conf={}), "conn": Vault(), "var": {"value": Vault()},
-        "ti": Vault(), "task_instance": Vault(), "task": Vault(), "macros": Vault(),
+        "dag_run": types.SimpleNamespace(run_after=run_after, conf={}),
+        "conn": Vault(),
+        "var": {"value": Vault()},
+        "ti": Vault(),
+        "task_instance": Vault(),
+        "task": Vault(),
+        "macros": Vault(),
     }
     if logical_date is not None:
         ds = logical_date.strftime("%Y-%m-%d")
-        found.update(logical_date=logical_date, ds=ds, ds_nodash=ds.replace("-", ""), ts=logical_date.isoformat(),
-                     ts_nodash=logical_date.strftime("%Y%m%dT%H%M%S"), data_interval_start=logical_date.add(days=-1),
-                     data_interval_end=logical_date)
+        found.update(
+            logical_date=logical_date,
+            ds=ds,
+            ds_nodash=ds.replace("-", ""),
+            ts=logical_date.isoformat(),
+            ts_nodash=logical_date.strftime("%Y%m%dT%H%M%S"),
+            data_interval_start=logical_date.add(days=-1),
+            data_interval_end=logical_date,
+        )
     return found
 
 
@@ -48,17 +60,20 @@ def output_of(template: str, **kwargs) -> str:
     return settings.output.path.removeprefix("/data/")
 
 
-@pytest.mark.parametrize(("template", "rendered"), [
-    ("landing/{{ ds }}/", "landing/2026-03-04"),
-    ("{{ macros.ds_add(ds, -1) }}", "2026-03-03"),
-    ("{{ macros.ds_format(ds, '%Y-%m-%d', '%Y/%m') }}", "2026/03"),
-    ("{{ ds_nodash }}-{{ ts_nodash }}", "20260304-20260304T020000"),
-    ("{{ logical_date.strftime('%Y/%m/%d') }}", "2026/03/04"),
-    ("{{ data_interval_start | ds }}", "2026-03-03"),
-    ("{{ (logical_date - macros.timedelta(days=7)).strftime('%G-W%V') }}", "2026-W09"),
-    ("{{ params.model }}/{{ ds }}", "gemini-2.5-flash-lite/2026-03-04"),
-    ("{% set day = ds %}{{ day }}", "2026-03-04"),
-])
+@pytest.mark.parametrize(
+    ("template", "rendered"),
+    [
+        ("landing/{{ ds }}/", "landing/2026-03-04"),
+        ("{{ macros.ds_add(ds, -1) }}", "2026-03-03"),
+        ("{{ macros.ds_format(ds, '%Y-%m-%d', '%Y/%m') }}", "2026/03"),
+        ("{{ ds_nodash }}-{{ ts_nodash }}", "20260304-20260304T020000"),
+        ("{{ logical_date.strftime('%Y/%m/%d') }}", "2026/03/04"),
+        ("{{ data_interval_start | ds }}", "2026-03-03"),
+        ("{{ (logical_date - macros.timedelta(days=7)).strftime('%G-W%V') }}", "2026-W09"),
+        ("{{ params.model }}/{{ ds }}", "gemini-2.5-flash-lite/2026-03-04"),
+        ("{% set day = ds %}{{ day }}", "2026-03-04"),
+    ],
+)
 def test_the_runs_dates_macros_and_params_render(template, rendered):
     assert output_of(template) == rendered
 
@@ -74,16 +89,19 @@ def test_the_defaults_render_as_the_readme_says():
     assert settings.output.path == str(runs.base_folder() / "output" / "2026-03-04")
 
 
-@pytest.mark.parametrize(("template", "refused"), [
-    ("out-{{ conn.gemini_default.password }}", "`conn`"),
-    ("out-{{ var.value.some_secret }}", "`var`"),
-    ("{{ ti.xcom_pull('plan_documents') }}", "`ti`"),
-    ("{{ task_instance }}", "`task_instance`"),
-    ("{{ dag_run.conf }}", "`dag_run`"),
-    ("{{ task.render_template('x', {}) }}", "`task`"),
-    ("{{ lipsum.__globals__ }}", "`lipsum`"),
-    ("{% for x in range(3) %}{{ x }}{% endfor %}", "`range`"),
-])
+@pytest.mark.parametrize(
+    ("template", "refused"),
+    [
+        ("out-{{ conn.gemini_default.password }}", "`conn`"),
+        ("out-{{ var.value.some_secret }}", "`var`"),
+        ("{{ ti.xcom_pull('plan_documents') }}", "`ti`"),
+        ("{{ task_instance }}", "`task_instance`"),
+        ("{{ dag_run.conf }}", "`dag_run`"),
+        ("{{ task.render_template('x', {}) }}", "`task`"),
+        ("{{ lipsum.__globals__ }}", "`lipsum`"),
+        ("{% for x in range(3) %}{{ x }}{% endfor %}", "`range`"),
+    ],
+)
 def test_names_outside_the_runs_dates_and_params_are_refused_by_name(template, refused):
     with pytest.raises(runs.RunConfigError) as raised:
         output_of(template)
@@ -92,13 +110,16 @@ def test_names_outside_the_runs_dates_and_params_are_refused_by_name(template, r
     assert "params" in message and SECRET not in message
 
 
-@pytest.mark.parametrize("template", [
-    "{{ ds.__class__.__mro__ }}",
-    "{{ params.__class__ }}",
-    "{{ macros.ds_add.__globals__ }}",
-    "{{ ds | attr('__class__') }}",
-    "{{ macros.datetime.now.__self__ }}",
-])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ ds.__class__.__mro__ }}",
+        "{{ params.__class__ }}",
+        "{{ macros.ds_add.__globals__ }}",
+        "{{ ds | attr('__class__') }}",
+        "{{ macros.datetime.now.__self__ }}",
+    ],
+)
 def test_the_sandbox_refuses_reaching_past_the_values(template):
     with pytest.raises(runs.RunConfigError, match="^output: cannot be rendered: "):
         output_of(template)
@@ -109,7 +130,6 @@ def test_a_location_that_renders_to_a_template_is_refused():
     with pytest.raises(runs.RunConfigError, match="^output: renders to Jinja markup"):
         output_of("{% raw %}{{ conn.gemini_default.password }}{% endraw %}")
     with pytest.raises(runs.RunConfigError, match="^source: renders to Jinja markup"):
-        runs.RunSettings.from_context(context({"source": "/data/{{ params.prompt }}",
-                                               "prompt": "{{ var.value.some_secret }}"}))
-
-
+        runs.RunSettings.from_context(
+            context({"source": "/data/{{ params.prompt }}", "prompt": "{{ var.value.some_secret }}"})
+        )

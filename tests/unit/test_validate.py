@@ -13,7 +13,11 @@ from gemini_batch.core.validate import STORED_PROBLEMS, Problem, main, validate_
 from gemini_emulator import responder
 from gemini_emulator.config import Faults
 
-SPEC = RequestSpec(model="gemini-2.5-flash-lite", prompt="Extract the title.", response_schema={"type": "object", "properties": {"title": {"type": "string"}}})
+SPEC = RequestSpec(
+    model="gemini-2.5-flash-lite",
+    prompt="Extract the title.",
+    response_schema={"type": "object", "properties": {"title": {"type": "string"}}},
+)
 FILE_ROW = build_row("k-file", SPEC, file_uri="files/abc123", mime_type="application/pdf")
 TEXT_ROW = build_row("k-text", SPEC, text="Title: A")
 
@@ -37,13 +41,16 @@ def messages(report) -> list[tuple[int, str]]:
     return [(p.line, p.message) for p in report.problems]
 
 
-@pytest.mark.parametrize(("backend", "uri"), [
-    ("developer", "files/abc123"),
-    ("developer", "https://generativelanguage.googleapis.com/v1beta/files/abc123"),
-    ("vertex", "gs://bucket/staging/doc.pdf"),
-    (None, "files/abc123"),
-    (None, "gs://bucket/doc.pdf"),
-])
+@pytest.mark.parametrize(
+    ("backend", "uri"),
+    [
+        ("developer", "files/abc123"),
+        ("developer", "https://generativelanguage.googleapis.com/v1beta/files/abc123"),
+        ("vertex", "gs://bucket/staging/doc.pdf"),
+        (None, "files/abc123"),
+        (None, "gs://bucket/doc.pdf"),
+    ],
+)
 def test_rows_as_built_are_valid(tmp_path, backend, uri):
     rows = [build_row("a", SPEC, file_uri=uri, mime_type="application/pdf"), TEXT_ROW]
     report = validate_jsonl(write_jsonl(tmp_path / "ok.jsonl", rows), backend=backend)
@@ -52,42 +59,133 @@ def test_rows_as_built_are_valid(tmp_path, backend, uri):
     assert report.path == str(tmp_path / "ok.jsonl")
 
 
-@pytest.mark.parametrize(("line", "expected"), [
-    (b"{not json}\n", "not valid JSON"),
-    (b"[1, 2]\n", "the row is a JSON array, expected an object with 'key' and 'request'"),
-    (orjson.dumps({"request": TEXT_ROW["request"]}) + b"\n", "missing 'key'"),
-    (orjson.dumps({"key": "", "request": TEXT_ROW["request"]}) + b"\n", "'key' must be a non-empty string, got \"\""),
-    (orjson.dumps({"key": 7, "request": TEXT_ROW["request"]}) + b"\n", "'key' must be a non-empty string, got 7"),
-    (orjson.dumps({"key": "k"}) + b"\n", "missing 'request'"),
-    (orjson.dumps({"key": "k", "request": "hello"}) + b"\n", "'request' must be an object (a GenerateContentRequest), got a JSON string"),
-    (orjson.dumps(with_request(contents=[])) + b"\n", "request.contents must be a non-empty list"),
-    (orjson.dumps(with_request(contents=None)) + b"\n", "request.contents must be a non-empty list"),
-    (orjson.dumps(with_request(contents=[{"role": "user", "parts": []}])) + b"\n", "request.contents[0].parts must be a non-empty list"),
-    (orjson.dumps(with_request(contents=[{"role": "system", "parts": [{"text": "x"}]}])) + b"\n", "request.contents[0].role must be 'user' or 'model', got \"system\""),
-    (orjson.dumps(with_request(contents=[{"role": ["user"], "parts": [{"text": "x"}]}])) + b"\n", "request.contents[0].role must be 'user' or 'model'"),
-    (orjson.dumps(with_part({})) + b"\n", "request.contents[0].parts[1] must hold exactly one of text, fileData, inlineData; it holds none"),
-    (orjson.dumps(with_part({"text": "a", "fileData": {"fileUri": "files/x", "mimeType": "application/pdf"}})) + b"\n",
-     "request.contents[0].parts[1] must hold exactly one of text, fileData, inlineData; it holds text, fileData"),
-    (orjson.dumps(with_part({"text": 5})) + b"\n", "request.contents[0].parts[1].text must be a string"),
-    (orjson.dumps(with_part({"file_data": {"fileUri": "files/x"}})) + b"\n", "request.contents[0].parts[1].file_data: the batch file takes the REST spelling 'fileData'"),
-    (orjson.dumps(with_part({"fileData": {"fileUri": "files/x", "mime_type": "application/pdf"}})) + b"\n", "fileData.mime_type: the batch file takes the REST spelling 'mimeType'"),
-    (orjson.dumps(with_part({"fileData": {"fileUri": "files/x"}})) + b"\n", "request.contents[0].parts[1].fileData.mimeType is missing"),
-    (orjson.dumps(with_part({"fileData": {"fileUri": "files/x", "mimeType": "application/zip"}})) + b"\n", "fileData.mimeType 'application/zip' is not supported; use one of application/pdf, image/jpeg"),
-    (orjson.dumps(with_part({"fileData": {"mimeType": "application/pdf"}})) + b"\n", "fileData.fileUri is missing"),
-    (orjson.dumps(with_part({"inlineData": {"mimeType": "image/png", "data": "not base64!"}})) + b"\n", "inlineData.data must be non-empty standard base64"),
-    (orjson.dumps(with_request(generation_config={"response_mime_type": "application/json"})) + b"\n", "request.generation_config: the batch file takes the REST spelling 'generationConfig'"),
-    (orjson.dumps(with_request(response_mime_type="application/json")) + b"\n", "request.response_mime_type: generation options go under request.generationConfig as 'responseMimeType'"),
-    (orjson.dumps(with_request(thinking_config={"thinking_budget": 0})) + b"\n", "request.thinking_config: generation options go under request.generationConfig as 'thinkingConfig'"),
-    (orjson.dumps(with_request(temperature=0.2)) + b"\n", "request.temperature: generation options go under request.generationConfig as 'temperature'"),
-    (orjson.dumps(with_request(prompt="x")) + b"\n", "request.prompt: unknown field"),
-    (orjson.dumps(with_request(generationConfig={"responseMimeType": "application/json", "response_json_schema": {}})) + b"\n", "request.generationConfig.response_json_schema: the batch file takes the REST spelling 'responseJsonSchema'"),
-    (orjson.dumps(with_request(generationConfig={"responseMimeType": "application/json", "responseJsonSchema": '{"type": "object"}'})) + b"\n", "request.generationConfig.responseJsonSchema must be a JSON object: the schema itself, not text or a list"),
-    (orjson.dumps(with_request(generationConfig={"responseMimeType": "application/json", "responseSchema": ["object"]})) + b"\n", "request.generationConfig.responseSchema must be a JSON object"),
-    (orjson.dumps(with_request(generationConfig={"responseJsonSchema": {"type": "object"}})) + b"\n", "a response schema needs responseMimeType 'application/json'"),
-    (orjson.dumps(with_request(generationConfig={"maxOutputTokens": "100"})) + b"\n", "request.generationConfig.maxOutputTokens must be a positive integer"),
-    (orjson.dumps(with_request(generationConfig={"thinkingConfig": {"thinkingLevel": "low", "thinkingBudget": 0}})) + b"\n", "set thinkingLevel or thinkingBudget, not both"),
-    (orjson.dumps(with_request(generationConfig={"thinkingConfig": {"thinking_level": "low"}})) + b"\n", "request.generationConfig.thinkingConfig.thinking_level: the batch file takes the REST spelling 'thinkingLevel'"),
-])
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b"{not json}\n", "not valid JSON"),
+        (b"[1, 2]\n", "the row is a JSON array, expected an object with 'key' and 'request'"),
+        (orjson.dumps({"request": TEXT_ROW["request"]}) + b"\n", "missing 'key'"),
+        (
+            orjson.dumps({"key": "", "request": TEXT_ROW["request"]}) + b"\n",
+            "'key' must be a non-empty string, got \"\"",
+        ),
+        (orjson.dumps({"key": 7, "request": TEXT_ROW["request"]}) + b"\n", "'key' must be a non-empty string, got 7"),
+        (orjson.dumps({"key": "k"}) + b"\n", "missing 'request'"),
+        (
+            orjson.dumps({"key": "k", "request": "hello"}) + b"\n",
+            "'request' must be an object (a GenerateContentRequest), got a JSON string",
+        ),
+        (orjson.dumps(with_request(contents=[])) + b"\n", "request.contents must be a non-empty list"),
+        (orjson.dumps(with_request(contents=None)) + b"\n", "request.contents must be a non-empty list"),
+        (
+            orjson.dumps(with_request(contents=[{"role": "user", "parts": []}])) + b"\n",
+            "request.contents[0].parts must be a non-empty list",
+        ),
+        (
+            orjson.dumps(with_request(contents=[{"role": "system", "parts": [{"text": "x"}]}])) + b"\n",
+            "request.contents[0].role must be 'user' or 'model', got \"system\"",
+        ),
+        (
+            orjson.dumps(with_request(contents=[{"role": ["user"], "parts": [{"text": "x"}]}])) + b"\n",
+            "request.contents[0].role must be 'user' or 'model'",
+        ),
+        (
+            orjson.dumps(with_part({})) + b"\n",
+            "request.contents[0].parts[1] must hold exactly one of text, fileData, inlineData; it holds none",
+        ),
+        (
+            orjson.dumps(with_part({"text": "a", "fileData": {"fileUri": "files/x", "mimeType": "application/pdf"}}))
+            + b"\n",
+            "request.contents[0].parts[1] must hold exactly one of text, fileData, inlineData; it holds text, fileData",
+        ),
+        (orjson.dumps(with_part({"text": 5})) + b"\n", "request.contents[0].parts[1].text must be a string"),
+        (
+            orjson.dumps(with_part({"file_data": {"fileUri": "files/x"}})) + b"\n",
+            "request.contents[0].parts[1].file_data: the batch file takes the REST spelling 'fileData'",
+        ),
+        (
+            orjson.dumps(with_part({"fileData": {"fileUri": "files/x", "mime_type": "application/pdf"}})) + b"\n",
+            "fileData.mime_type: the batch file takes the REST spelling 'mimeType'",
+        ),
+        (
+            orjson.dumps(with_part({"fileData": {"fileUri": "files/x"}})) + b"\n",
+            "request.contents[0].parts[1].fileData.mimeType is missing",
+        ),
+        (
+            orjson.dumps(with_part({"fileData": {"fileUri": "files/x", "mimeType": "application/zip"}})) + b"\n",
+            "fileData.mimeType 'application/zip' is not supported; use one of application/pdf, image/jpeg",
+        ),
+        (orjson.dumps(with_part({"fileData": {"mimeType": "application/pdf"}})) + b"\n", "fileData.fileUri is missing"),
+        (
+            orjson.dumps(with_part({"inlineData": {"mimeType": "image/png", "data": "not base64!"}})) + b"\n",
+            "inlineData.data must be non-empty standard base64",
+        ),
+        (
+            orjson.dumps(with_request(generation_config={"response_mime_type": "application/json"})) + b"\n",
+            "request.generation_config: the batch file takes the REST spelling 'generationConfig'",
+        ),
+        (
+            orjson.dumps(with_request(response_mime_type="application/json")) + b"\n",
+            "request.response_mime_type: generation options go under request.generationConfig as 'responseMimeType'",
+        ),
+        (
+            orjson.dumps(with_request(thinking_config={"thinking_budget": 0})) + b"\n",
+            "request.thinking_config: generation options go under request.generationConfig as 'thinkingConfig'",
+        ),
+        (
+            orjson.dumps(with_request(temperature=0.2)) + b"\n",
+            "request.temperature: generation options go under request.generationConfig as 'temperature'",
+        ),
+        (orjson.dumps(with_request(prompt="x")) + b"\n", "request.prompt: unknown field"),
+        (
+            orjson.dumps(
+                with_request(generationConfig={"responseMimeType": "application/json", "response_json_schema": {}})
+            )
+            + b"\n",
+            "request.generationConfig.response_json_schema: the batch file takes the REST spelling "
+            "'responseJsonSchema'",
+        ),
+        (
+            orjson.dumps(
+                with_request(
+                    generationConfig={
+                        "responseMimeType": "application/json",
+                        "responseJsonSchema": '{"type": "object"}',
+                    }
+                )
+            )
+            + b"\n",
+            "request.generationConfig.responseJsonSchema must be a JSON object: the schema itself, not text or a list",
+        ),
+        (
+            orjson.dumps(
+                with_request(generationConfig={"responseMimeType": "application/json", "responseSchema": ["object"]})
+            )
+            + b"\n",
+            "request.generationConfig.responseSchema must be a JSON object",
+        ),
+        (
+            orjson.dumps(with_request(generationConfig={"responseJsonSchema": {"type": "object"}})) + b"\n",
+            "a response schema needs responseMimeType 'application/json'",
+        ),
+        (
+            orjson.dumps(with_request(generationConfig={"maxOutputTokens": "100"})) + b"\n",
+            "request.generationConfig.maxOutputTokens must be a positive integer",
+        ),
+        (
+            orjson.dumps(
+                with_request(generationConfig={"thinkingConfig": {"thinkingLevel": "low", "thinkingBudget": 0}})
+            )
+            + b"\n",
+            "set thinkingLevel or thinkingBudget, not both",
+        ),
+        (
+            orjson.dumps(with_request(generationConfig={"thinkingConfig": {"thinking_level": "low"}})) + b"\n",
+            "request.generationConfig.thinkingConfig.thinking_level: the batch file takes the REST spelling "
+            "'thinkingLevel'",
+        ),
+    ],
+)
 def test_each_mistake_is_named_on_its_line(tmp_path, line, expected):
     report = validate_jsonl(write_jsonl(tmp_path / "bad.jsonl", [FILE_ROW, line, TEXT_ROW]))
     assert not report.ok
@@ -96,12 +194,15 @@ def test_each_mistake_is_named_on_its_line(tmp_path, line, expected):
     assert any(expected in p.message for p in report.problems), messages(report)
 
 
-@pytest.mark.parametrize("request_", [
-    with_request(generation_config={"response_mime_type": "application/json"})["request"],
-    with_request(thinking_config={"thinking_budget": 0})["request"],
-    with_part({"file_data": {"fileUri": "files/x"}})["request"],
-    with_request(contents=[])["request"],
-])
+@pytest.mark.parametrize(
+    "request_",
+    [
+        with_request(generation_config={"response_mime_type": "application/json"})["request"],
+        with_request(thinking_config={"thinking_budget": 0})["request"],
+        with_part({"file_data": {"fileUri": "files/x"}})["request"],
+        with_request(contents=[])["request"],
+    ],
+)
 def test_what_the_validator_flags_the_emulated_service_fails(tmp_path, request_):
     report = validate_jsonl(write_jsonl(tmp_path / "bad.jsonl", [{"key": "k", "request": request_}]))
     assert not report.ok
@@ -117,7 +218,10 @@ def test_problems_carry_the_row_key(tmp_path):
 def test_blank_lines_are_errors_and_are_not_rows(tmp_path):
     report = validate_jsonl(write_jsonl(tmp_path / "blank.jsonl", [FILE_ROW, b"\n", b"   \n", TEXT_ROW]))
     assert report.rows == 2
-    assert messages(report) == [(2, "blank line: every line must be one JSON row (remove empty lines)"), (3, "blank line: every line must be one JSON row (remove empty lines)")]
+    assert messages(report) == [
+        (2, "blank line: every line must be one JSON row (remove empty lines)"),
+        (3, "blank line: every line must be one JSON row (remove empty lines)"),
+    ]
 
 
 def test_a_last_line_without_newline_is_fine(tmp_path):
@@ -135,16 +239,39 @@ def test_duplicate_keys_name_the_first_line(tmp_path):
     ]
 
 
-@pytest.mark.parametrize(("backend", "uri", "expected"), [
-    ("vertex", "https://storage.googleapis.com/bucket/doc.pdf", "Vertex AI reads documents from Cloud Storage only: upload it and use its gs:// URI, not https://"),
-    ("vertex", "files/abc123", "Vertex AI needs a gs://bucket/object URI (Files API URIs belong to the Developer API)"),
-    ("vertex", "https://generativelanguage.googleapis.com/v1beta/files/abc123", "Vertex AI needs a gs://bucket/object URI (Files API URIs belong to the Developer API)"),
-    ("developer", "gs://bucket/doc.pdf", "the Developer API cannot read gs:// URIs: upload the document with the Files API and use files/ID"),
-    ("developer", "https://example.com/doc.pdf", "the Developer API needs a Files API URI (files/ID or https://.../files/ID)"),
-    ("developer", "files/Not_An_Id", "the Developer API needs a Files API URI (files/ID or https://.../files/ID)"),
-    (None, "/tmp/doc.pdf", "expected a Files API URI (files/ID, Developer API) or a gs:// URI (Vertex AI)"),
-    (None, "gs://", "expected a Files API URI (files/ID, Developer API) or a gs:// URI (Vertex AI)"),
-])
+@pytest.mark.parametrize(
+    ("backend", "uri", "expected"),
+    [
+        (
+            "vertex",
+            "https://storage.googleapis.com/bucket/doc.pdf",
+            "Vertex AI reads documents from Cloud Storage only: upload it and use its gs:// URI, not https://",
+        ),
+        (
+            "vertex",
+            "files/abc123",
+            "Vertex AI needs a gs://bucket/object URI (Files API URIs belong to the Developer API)",
+        ),
+        (
+            "vertex",
+            "https://generativelanguage.googleapis.com/v1beta/files/abc123",
+            "Vertex AI needs a gs://bucket/object URI (Files API URIs belong to the Developer API)",
+        ),
+        (
+            "developer",
+            "gs://bucket/doc.pdf",
+            "the Developer API cannot read gs:// URIs: upload the document with the Files API and use files/ID",
+        ),
+        (
+            "developer",
+            "https://example.com/doc.pdf",
+            "the Developer API needs a Files API URI (files/ID or https://.../files/ID)",
+        ),
+        ("developer", "files/Not_An_Id", "the Developer API needs a Files API URI (files/ID or https://.../files/ID)"),
+        (None, "/tmp/doc.pdf", "expected a Files API URI (files/ID, Developer API) or a gs:// URI (Vertex AI)"),
+        (None, "gs://", "expected a Files API URI (files/ID, Developer API) or a gs:// URI (Vertex AI)"),
+    ],
+)
 def test_document_uris_must_suit_the_backend(tmp_path, backend, uri, expected):
     row = build_row("k", SPEC, file_uri=uri, mime_type="application/pdf")
     report = validate_jsonl(write_jsonl(tmp_path / "uri.jsonl", [row]), backend=backend)
@@ -169,7 +296,9 @@ def test_byte_limit_names_the_line_that_passes_it(tmp_path):
     path = write_jsonl(tmp_path / "bytes.jsonl", rows)
     line_bytes = len(orjson.dumps(rows[0]) + b"\n")
     report = validate_jsonl(path, max_bytes=2 * line_bytes)
-    assert messages(report) == [(3, f"the file passes {2 * line_bytes} bytes at this line (the limit per file); split it")]
+    assert messages(report) == [
+        (3, f"the file passes {2 * line_bytes} bytes at this line (the limit per file); split it")
+    ]
     assert validate_jsonl(path, max_bytes=4 * line_bytes).ok
 
 
@@ -208,10 +337,12 @@ def test_cli_exit_codes_and_output(tmp_path, capsys):
     bad = write_jsonl(tmp_path / "bad.jsonl", [FILE_ROW, b"\n", FILE_ROW])
     assert main([bad, "--backend", "vertex"]) == 1
     assert capsys.readouterr().out.splitlines() == [
-        f"{bad}:1: request.contents[0].parts[1].fileData.fileUri 'files/abc123': Vertex AI needs a gs://bucket/object URI (Files API URIs belong to the Developer API)",
+        f"{bad}:1: request.contents[0].parts[1].fileData.fileUri 'files/abc123': Vertex AI needs a "
+        f"gs://bucket/object URI (Files API URIs belong to the Developer API)",
         f"{bad}:2: blank line: every line must be one JSON row (remove empty lines)",
         f"{bad}:3: duplicate key 'k-file' (first on line 1): keys must be unique in a file",
-        f"{bad}:3: request.contents[0].parts[1].fileData.fileUri 'files/abc123': Vertex AI needs a gs://bucket/object URI (Files API URIs belong to the Developer API)",
+        f"{bad}:3: request.contents[0].parts[1].fileData.fileUri 'files/abc123': Vertex AI needs a "
+        f"gs://bucket/object URI (Files API URIs belong to the Developer API)",
     ]
 
 
@@ -231,5 +362,3 @@ def test_cli_usage_errors_exit_2(tmp_path, capsys):
         assert exited.value.code == 2
     assert main([str(tmp_path)]) == 2  # a folder, not a file
     assert f"{tmp_path}: cannot read:" in capsys.readouterr().err
-
-

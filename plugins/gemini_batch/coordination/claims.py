@@ -24,10 +24,10 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from gemini_batch.core.batch_requests import ShardManifest
-from gemini_batch.hooks.gemini import CLOCK_SKEW, DEAD_STATES, is_terminal, state_name
 from gemini_batch.coordination.ledger import Claim, Ledger, ShardJob, claim_lost
+from gemini_batch.core.batch_requests import ShardManifest
 from gemini_batch.core.locations import as_path
+from gemini_batch.hooks.gemini import CLOCK_SKEW, DEAD_STATES, is_terminal, state_name
 
 log = logging.getLogger(__name__)
 RunState = Callable[[str, str], "str | None"]  # (dag id, run id) -> the run's state, from Airflow; None: unknown
@@ -57,9 +57,11 @@ def job_state(hook, name: str) -> JobState:
 
 def job_finder(hook) -> JobFinder:
     """How a run finds another run's job by its display name, through the hook (paging back only to ``since``)."""
+
     def find(display_name: str, since: dt.datetime) -> str | None:
         job = hook.find_job(display_name, created_after=since - CLOCK_SKEW)
         return job.name if job is not None else None
+
     return find
 
 
@@ -130,8 +132,12 @@ class KeyClaimer:
                 else:
                     result.adopted.setdefault(holder, []).append(key)
         if result.adopted:
-            log.info("Claimed %d key(s); %d are another run's to request: %s", result.won, result.adopted_keys,
-                     ", ".join(f"{len(v)} from {k}" for k, v in sorted(result.adopted.items())))
+            log.info(
+                "Claimed %d key(s); %d are another run's to request: %s",
+                result.won,
+                result.adopted_keys,
+                ", ".join(f"{len(v)} from {k}" for k, v in sorted(result.adopted.items())),
+            )
         return result
 
     def _claim_one(self, key: str, generation: int | None) -> str:
@@ -140,9 +146,10 @@ class KeyClaimer:
             holder = self.ledger.try_lease(key, 0, self.me.claim)
             return FROM_LEDGER if holder == claim_lost(key) else holder
         for _ in range(8):  # each lap is a takeover lost to a run that then judged its own claim
-            holder = self.ledger.lease_holder(key, generation)
-            if holder is None or holder == claim_lost(key):
+            read = self.ledger.lease_holder(key, generation)
+            if read is None or read == claim_lost(key):
                 return FROM_LEDGER  # released: its run answered it
+            holder = read
             if holder == self.me.claim or not self._take_over(holder, key):
                 return holder
             won = self.ledger.try_lease(key, generation + 1, self.me.claim)
@@ -206,7 +213,7 @@ def run_alive(claim: Claim, run_state: RunState) -> bool:
     """The claim's run is queued or running; one this Airflow does not know is alive for a day."""
     try:
         state = run_state(claim.dag_id, claim.run_id)
-    except Exception as exc:  # noqa: BLE001 - another Airflow's run, or no API to ask: judge by age
+    except Exception as exc:
         log.debug("Cannot read the state of run %s of %s: %s", claim.run_id, claim.dag_id, exc)
         state = None
     if state is not None:  # an enum from the Execution API's models (whose str() is "DagRunState.RUNNING"), or a str
@@ -245,7 +252,11 @@ def holder_tokens(ledger: Ledger, holder: str, conn_id: str | None) -> int:
 
 
 def slot_is_free(
-    ledger: Ledger, holder: str, *, job_state: Callable[[str], JobState], run_state: RunState,
+    ledger: Ledger,
+    holder: str,
+    *,
+    job_state: Callable[[str], JobState],
+    run_state: RunState,
     find_job: JobFinder | None = None,
 ) -> bool:
     """An in-flight slot's holder ("<claim>/<shard id>") has a job that ended, or a dead run that never made one."""

@@ -67,8 +67,8 @@ from typing import Any, BinaryIO, TypeVar
 import orjson
 from airflow.sdk import ObjectStoragePath
 
-from gemini_batch.core.records import from_record
 from gemini_batch.core.locations import is_gcs, replace_whole, uri_of, writing_whole
+from gemini_batch.core.records import from_record
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +222,9 @@ class Ledger:
         if first is None:
             return 0
         self.events.mkdir(parents=True, exist_ok=True)
-        return self._write_segment(self.events / f"{_stamp()}-{safe_name(writer)}{SEGMENT_SUFFIX}",
-                                   itertools.chain([first], events), writer)
+        return self._write_segment(
+            self.events / f"{_stamp()}-{safe_name(writer)}{SEGMENT_SUFFIX}", itertools.chain([first], events), writer
+        )
 
     def _write_segment(self, target: ObjectStoragePath, events: Iterable[LedgerEvent], writer: str) -> int:
         """``events`` between a begin line and an end line that counts them, on disk before the name appears: a
@@ -270,8 +271,13 @@ class Ledger:
         list it and its grace has passed.
         """
         with self.view() as view:
-            due = (force or view.damaged or (view.manifest is not None and "sha256" not in view.manifest)
-                   or len(view.unfolded) >= COMPACT_AFTER_SEGMENTS or view.unfolded_events >= COMPACT_AFTER_EVENTS)
+            due = (
+                force
+                or view.damaged
+                or (view.manifest is not None and "sha256" not in view.manifest)
+                or len(view.unfolded) >= COMPACT_AFTER_SEGMENTS
+                or view.unfolded_events >= COMPACT_AFTER_EVENTS
+            )
             if not due:
                 return None
             view.verify()  # read whole now: damage must not be copied into the next snapshot under a new checksum
@@ -280,16 +286,26 @@ class Ledger:
                 local = os.path.join(tmp, "snapshot.sqlite")
                 view.write_snapshot(local)
                 self.snapshots.mkdir(parents=True, exist_ok=True)
-                with open(local, "rb") as source, writing_whole(self.snapshots / f"{stem}.sqlite",
-                                                                 durable=True) as out:
+                with open(local, "rb") as source, writing_whole(self.snapshots / f"{stem}.sqlite", durable=True) as out:
                     digest, size = _copy(source, out)
             listed = sorted({*view.folded, *(p.name for p in view.unfolded)})
-            manifest = {"sqlite": f"{stem}.sqlite", "bytes": size, "sha256": digest, "segments": listed,
-                        "keys": view.finished_count(), "created_at": now_iso()}
+            manifest = {
+                "sqlite": f"{stem}.sqlite",
+                "bytes": size,
+                "sha256": digest,
+                "segments": listed,
+                "keys": view.finished_count(),
+                "created_at": now_iso(),
+            }
             replace_whole(self.snapshots / f"{stem}.json", _sealed(manifest), durable=True)
             damaged = {d.path.name.rsplit(".", 1)[0] for d in view.damaged}
-        log.info("Ledger %s: snapshot %s holds %d answered keys from %d segments",
-                 uri_of(self.folder), stem, manifest["keys"], len(listed))
+        log.info(
+            "Ledger %s: snapshot %s holds %d answered keys from %d segments",
+            uri_of(self.folder),
+            stem,
+            manifest["keys"],
+            len(listed),
+        )
         self._prune(damaged)
         return stem
 
@@ -306,7 +322,7 @@ class Ledger:
         for manifest in reversed(manifests):
             if len(kept) == SNAPSHOTS_KEPT:
                 break
-            if manifest.name[:-len(".json")] in damaged:
+            if manifest.name[: -len(".json")] in damaged:
                 continue
             with contextlib.suppress(FileNotFoundError, _Damaged):
                 listed = _read_manifest(manifest)
@@ -318,10 +334,10 @@ class Ledger:
             for old in manifests:
                 if old.name < oldest:  # the manifest first: a reader that still finds it finds its SQLite file
                     old.unlink(missing_ok=True)
-                    (self.snapshots / (old.name[:-len(".json")] + ".sqlite")).unlink(missing_ok=True)
-            named = {m.name[:-len(".json")] for m in manifests}
+                    (self.snapshots / (old.name[: -len(".json")] + ".sqlite")).unlink(missing_ok=True)
+            named = {m.name[: -len(".json")] for m in manifests}
             for file in self.snapshots.iterdir():  # a compaction that died between its SQLite file and its manifest
-                stem = file.name[:-len(".sqlite")]
+                stem = file.name[: -len(".sqlite")]
                 if file.name.endswith(".sqlite") and stem not in named and file.name < oldest and stem[:15] < cutoff:
                     file.unlink(missing_ok=True)
         if len(kept) == SNAPSHOTS_KEPT and self.events.exists():
@@ -330,14 +346,17 @@ class Ledger:
                 if segment.name in listed_by_all and segment.name[:15] < cutoff:
                     segment.unlink(missing_ok=True)
         if self.claims.exists():
-            oldest = dt.datetime.now(dt.timezone.utc) - CLAIMS_KEPT
+            claims_before = dt.datetime.now(dt.timezone.utc) - CLAIMS_KEPT
             for record in self.claims.iterdir():
-                if record.name.endswith(".json") and (claim := self._read_claim(record)) is not None:
-                    if dt.datetime.fromisoformat(claim.created_at) < oldest:
-                        jobs = self.claims / f"{claim.claim}.jobs"
-                        if jobs.exists():
-                            jobs.fs.rm(jobs.path, recursive=True)
-                        record.unlink(missing_ok=True)
+                if (
+                    record.name.endswith(".json")
+                    and (claim := self._read_claim(record)) is not None
+                    and dt.datetime.fromisoformat(claim.created_at) < claims_before
+                ):
+                    jobs = self.claims / f"{claim.claim}.jobs"
+                    if jobs.exists():
+                        jobs.fs.rm(jobs.path, recursive=True)
+                    record.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ damage: found, reported, set aside
 
@@ -386,7 +405,7 @@ class Ledger:
             if damage.path.name.endswith(SEGMENT_SUFFIX):
                 intact = list(_segment_events(damage.path))
                 if intact:
-                    name = damage.path.name[:-len(SEGMENT_SUFFIX)] + ".repaired" + SEGMENT_SUFFIX
+                    name = damage.path.name[: -len(SEGMENT_SUFFIX)] + ".repaired" + SEGMENT_SUFFIX
                     self._write_segment(damage.path.parent / name, intact, writer)
                     done.append(f"kept the {len(intact)} intact events of {uri_of(damage.path)} in {name}")
                 done.append(self._set_aside(damage.path, damage.cause))
@@ -394,16 +413,20 @@ class Ledger:
             stem = damage.path.name.rsplit(".", 1)[0]
             for path in (self.snapshots / f"{stem}.json", self.snapshots / f"{stem}.sqlite"):
                 if path.exists():
-                    done.append(self._set_aside(path, damage.cause if path.name == damage.path.name
-                                                else "its snapshot is damaged"))
+                    done.append(
+                        self._set_aside(
+                            path, damage.cause if path.name == damage.path.name else "its snapshot is damaged"
+                        )
+                    )
         if not found.damaged:
             return done
-        stem = self.compact(writer=writer, force=True)
+        snapshot = self.compact(writer=writer, force=True)
         with self.view() as view:
             answered = view.finished_count()
-        done.append(f"wrote snapshot {stem}: {answered} answered keys")
-        done += [f"lost {key}: its answer was only on a damaged line; the next run requests it again"
-                 for key in found.lost]
+        done.append(f"wrote snapshot {snapshot}: {answered} answered keys")
+        done += [
+            f"lost {key}: its answer was only on a damaged line; the next run requests it again" for key in found.lost
+        ]
         if found.missing:
             done.append(f"lost {found.missing} answered keys a damaged snapshot held: the next run requests them again")
         return done
@@ -500,7 +523,7 @@ class Ledger:
     def holders(self, leases: Mapping[str, int]) -> dict[str, str]:
         """The claim holding each of the given current leases (read in parallel); vanished ones are left out."""
         with self.lease_mapper() as map_leases:
-            found = zip(leases, map_leases(lambda item: self.lease_holder(*item), leases.items()))
+            found = zip(leases, map_leases(lambda item: self.lease_holder(*item), leases.items()), strict=False)
             return {key: holder for key, holder in found if holder is not None}
 
     def release(self, leases: Mapping[str, int]) -> int:
@@ -563,8 +586,16 @@ class Ledger:
     def prepare_leases(self) -> None:
         self.leases.mkdir(parents=True, exist_ok=True)
 
-    def take_slot(self, holder: str, slots: int, is_free: Callable[[str], bool], *, tokens: int = 0,
-                  token_budget: int | None = None, tokens_of: Callable[[str], int] | None = None) -> bool:
+    def take_slot(
+        self,
+        holder: str,
+        slots: int,
+        is_free: Callable[[str], bool],
+        *,
+        tokens: int = 0,
+        token_budget: int | None = None,
+        tokens_of: Callable[[str], int] | None = None,
+    ) -> bool:
         """Hold one of ``slots`` slots for a job in flight (``holder``: "<claim>/<shard id>"); False if all are busy.
 
         A slot is a lease like a key's: taken by an atomic create, and taken
@@ -584,7 +615,7 @@ class Ledger:
             return True
         free = {name: owner is None or is_free(owner) for name, owner in holders.items()}
         if token_budget is not None and tokens_of is not None:
-            live = [owner for name, owner in holders.items() if not free[name]]
+            live = [owner for name, owner in holders.items() if owner is not None and not free[name]]
             if live and sum(tokens_of(owner) for owner in live) + tokens > token_budget:
                 return False
         for name in names:
@@ -696,8 +727,11 @@ class LedgerView:
             return
 
     def _report(self, damage: _Damaged, manifest: Mapping | None) -> None:
-        log.warning("Ledger: %s is damaged (%s); the snapshot before it answers, with the segments it does not hold",
-                    uri_of(damage.path), damage.cause)
+        log.warning(
+            "Ledger: %s is damaged (%s); the snapshot before it answers, with the segments it does not hold",
+            uri_of(damage.path),
+            damage.cause,
+        )
         self.damaged.append(Damage(damage.path, damage.cause))
         if manifest is not None and isinstance(manifest.get("keys"), int):
             self._held = max(self._held, manifest["keys"])
@@ -708,14 +742,19 @@ class LedgerView:
             return
         with contextlib.suppress(sqlite3.DatabaseError):  # a failing snapshot is replaced at its next query
             if (missing := self._held - self._count()) > 0:
-                log.warning("Ledger %s: %d answered keys of a damaged snapshot are in no intact snapshot or segment; "
-                            "they will be requested again", uri_of(self.ledger.folder), missing)
+                log.warning(
+                    "Ledger %s: %d answered keys of a damaged snapshot are in no intact snapshot or segment; "
+                    "they will be requested again",
+                    uri_of(self.ledger.folder),
+                    missing,
+                )
 
     def _fold(self, segment: ObjectStoragePath, *, replace: bool = True) -> None:
         problems: list[tuple[str, str | None]] = []
         self._db.executemany(
             f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO finished VALUES (?, ?)",
-            ((e.key, orjson.dumps(e.outcome)) for e in _segment_events(segment, problems) if e.event == "answered"))
+            ((e.key, orjson.dumps(e.outcome)) for e in _segment_events(segment, problems) if e.event == "answered"),
+        )
         self._db.commit()  # no transaction left open: a failed compaction's rollback must not undo what was read
         if problems:
             self.damaged.append(_segment_damage(segment, problems))
@@ -724,6 +763,7 @@ class LedgerView:
         """The snapshot in use failed: report it; the one before it and the segments that one does not list answer
         from now on (what the newer segments already read say stays: they are newer)."""
         failed = self.snapshot_name
+        assert failed is not None and self.manifest is not None  # a snapshot is in use
         self._report(_Damaged(self.ledger.snapshots / self.manifest["sqlite"], cause), self.manifest)
         self._db.execute("DETACH DATABASE snap")
         self._has_snapshot, self._local, self.manifest, self.snapshot_name, self.folded = False, None, None, None, set()
@@ -753,6 +793,7 @@ class LedgerView:
         """Read the snapshot in use whole against its checksum (on opening, a local one is checked by its size and
         header only), falling back from one that fails: compaction copies it into the next."""
         while self._has_snapshot and not self._read_whole:
+            assert self._local is not None and self.manifest is not None  # a snapshot is in use
             problem = _sqlite_problem(self._local, self.manifest, deep=True)
             if problem is None:
                 self._read_whole = True
@@ -768,6 +809,7 @@ class LedgerView:
 
     def finished(self, key: str) -> dict[str, Any] | None:
         """The succeeded outcome record the ledger holds for ``key``, or None."""
+
         def lookup() -> dict[str, Any] | None:
             row = self._db.execute("SELECT record FROM finished WHERE key = ?", (key,)).fetchone()
             if row is None and self._has_snapshot:
@@ -780,8 +822,9 @@ class LedgerView:
         def lookup() -> bool:
             if self._db.execute("SELECT 1 FROM finished WHERE key = ?", (key,)).fetchone():
                 return True
-            return bool(self._has_snapshot
-                        and self._db.execute("SELECT 1 FROM snap.finished WHERE key = ?", (key,)).fetchone())
+            return bool(
+                self._has_snapshot and self._db.execute("SELECT 1 FROM snap.finished WHERE key = ?", (key,)).fetchone()
+            )
 
         return self._answer(lookup)
 
@@ -793,7 +836,8 @@ class LedgerView:
             return self._db.execute("SELECT count(*) FROM finished").fetchone()[0]
         return self._db.execute(
             "SELECT (SELECT count(*) FROM snap.finished) + "
-            "(SELECT count(*) FROM finished WHERE key NOT IN (SELECT key FROM snap.finished))").fetchone()[0]
+            "(SELECT count(*) FROM finished WHERE key NOT IN (SELECT key FROM snap.finished))"
+        ).fetchone()[0]
 
     def write_snapshot(self, path: str) -> None:
         """This fold as a new SQLite snapshot file at ``path`` (local)."""
@@ -832,16 +876,18 @@ def _frame(kind: str, writer: str, count: int | None = None) -> bytes:
     return orjson.dumps(LedgerEvent("", kind, writer, now_iso(), outcome).to_json(), option=orjson.OPT_APPEND_NEWLINE)
 
 
-def _segment_events(segment: ObjectStoragePath,
-                    problems: list[tuple[str, str | None]] | None = None) -> Iterator[LedgerEvent]:
+def _segment_events(
+    segment: ObjectStoragePath, problems: list[tuple[str, str | None]] | None = None
+) -> Iterator[LedgerEvent]:
     """The events of one segment. A damaged line is skipped with a warning naming its key where it still shows
     (it costs a re-request at most), and so is a framed segment that ends before its end line or counts other
     than it holds; ``problems`` collects (cause, key or None) of each."""
 
     def damaged(cause: str, key: str | None = None, *, line: bool = False) -> None:
         lost = f": key {key} is requested again unless another record answers it" if key else ""
-        log.warning("Ledger: %s is damaged (%s)%s", uri_of(segment), cause,
-                    f"; skipping that line{lost}" if line else "")
+        log.warning(
+            "Ledger: %s is damaged (%s)%s", uri_of(segment), cause, f"; skipping that line{lost}" if line else ""
+        )
         if problems is not None:
             problems.append((cause, key))
 
@@ -899,8 +945,12 @@ def _read_manifest(path: ObjectStoragePath) -> dict:
         manifest = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise _Damaged(path, f"not JSON ({len(raw)} bytes): {exc}") from None
-    if (not isinstance(manifest, dict) or not isinstance(manifest.get("sqlite"), str) or "/" in manifest["sqlite"]
-            or not isinstance(manifest.get("segments"), list)):
+    if (
+        not isinstance(manifest, dict)
+        or not isinstance(manifest.get("sqlite"), str)
+        or "/" in manifest["sqlite"]
+        or not isinstance(manifest.get("segments"), list)
+    ):
         raise _Damaged(path, "not a snapshot manifest: no SQLite file name or segment list")
     checksum = manifest.pop("checksum", None)
     if checksum is not None and checksum != _checksum(manifest):

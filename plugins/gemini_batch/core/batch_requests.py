@@ -13,13 +13,13 @@ import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
 from gemini_batch.core.keys import normalize_model
-from gemini_batch.core.records import from_record
 from gemini_batch.core.locations import as_path, make_folder, open_file, replace_whole, uri_of
+from gemini_batch.core.records import from_record
 
 if TYPE_CHECKING:  # Airflow is not imported at run time: a worker process parsing outputs does without it
     from airflow.sdk import ObjectStoragePath
@@ -46,7 +46,9 @@ class RequestSpec:
             raise ValueError("prompt is empty")
         normalize_model(self.model)
         if self.response_schema is not None and not isinstance(self.response_schema, dict):
-            raise ValueError(f"response_schema must be a JSON object or None, got {type(self.response_schema).__name__}")
+            raise ValueError(
+                f"response_schema must be a JSON object or None, got {type(self.response_schema).__name__}"
+            )
         if self.thinking not in THINKING_SETTINGS:
             raise ValueError(f"thinking must be one of {', '.join(THINKING_SETTINGS)}, got {self.thinking!r}")
         if self.max_output_tokens is not None and self.max_output_tokens < 1:
@@ -91,12 +93,18 @@ def generation_config(spec: RequestSpec) -> dict:
 
 
 def build_row(
-    key: str, spec: RequestSpec, *, file_uri: str | None = None, data: bytes | None = None,
-    mime_type: str | None = None, text: str | None = None,
+    key: str,
+    spec: RequestSpec,
+    *,
+    file_uri: str | None = None,
+    data: bytes | None = None,
+    mime_type: str | None = None,
+    text: str | None = None,
 ) -> dict:
     """One JSONL row: the prompt first, then the document as a file reference, inline bytes or inline text."""
     if sum(value is not None for value in (file_uri, data, text)) != 1:
         raise ValueError(f"row {key}: give exactly one of file_uri, data or text")
+    document: dict[str, Any]
     if text is not None:
         document = {"text": text}
     elif not mime_type:
@@ -104,6 +112,7 @@ def build_row(
     elif file_uri is not None:
         document = {"fileData": {"fileUri": file_uri, "mimeType": mime_type}}
     else:
+        assert data is not None
         document = {"inlineData": {"mimeType": mime_type, "data": base64.b64encode(data).decode("ascii")}}
     return {
         "key": key,
@@ -158,14 +167,16 @@ class ShardManifest:
             manifest.write(orjson.dumps(self.to_json(), option=orjson.OPT_INDENT_2))
 
 
-def write_adoption(folder: ObjectStoragePath, shard_id: str, keys: Iterable[str], *, adopts: str,
-                   ledger: str) -> ShardManifest:
+def write_adoption(
+    folder: ObjectStoragePath, shard_id: str, keys: Iterable[str], *, adopts: str, ledger: str
+) -> ShardManifest:
     """A manifest with no requests: its keys are another claim's (or the ledger's), for the submit task to wait for."""
     keys_path, manifest_path = folder / f"{shard_id}.keys", folder / f"{shard_id}.manifest.json"
     keys = list(keys)
     keys_path.write_bytes(b"".join(key.encode() + b"\n" for key in keys))
-    manifest = ShardManifest(shard_id, "", len(keys), 0, uri_of(keys_path), uri_of(manifest_path),
-                             ledger=ledger, adopts=adopts)
+    manifest = ShardManifest(
+        shard_id, "", len(keys), 0, uri_of(keys_path), uri_of(manifest_path), ledger=ledger, adopts=adopts
+    )
     manifest.save(manifest_path)
     return manifest
 
@@ -181,12 +192,20 @@ class ShardWriter:
     """
 
     def __init__(
-        self, folder: str | ObjectStoragePath, *, max_rows: int = 10_000, max_bytes: int = 100 * 2**20,
-        max_tokens: int | None = None, prefix: str = "shard", claim: str | None = None, ledger: str | None = None,
+        self,
+        folder: str | ObjectStoragePath,
+        *,
+        max_rows: int = 10_000,
+        max_bytes: int = 100 * 2**20,
+        max_tokens: int | None = None,
+        prefix: str = "shard",
+        claim: str | None = None,
+        ledger: str | None = None,
     ):
         if max_rows < 1 or max_bytes < 1 or (max_tokens is not None and max_tokens < 1):
-            raise ValueError(f"max_rows, max_bytes and max_tokens must be positive, got {max_rows}, {max_bytes} and "
-                             f"{max_tokens}")
+            raise ValueError(
+                f"max_rows, max_bytes and max_tokens must be positive, got {max_rows}, {max_bytes} and {max_tokens}"
+            )
         self.folder = as_path(folder)
         self.max_rows = max_rows
         self.max_bytes = max_bytes
@@ -220,13 +239,20 @@ class ShardWriter:
             raise ValueError("ShardWriter is closed")
         key = row.get("key")
         if not isinstance(key, str) or not key or "\n" in key:
-            raise ValueError(f"row needs a non-empty one-line string 'key', got {key!r} (fields: {', '.join(sorted(row))})")
+            raise ValueError(
+                f"row needs a non-empty one-line string 'key', got {key!r} (fields: {', '.join(sorted(row))})"
+            )
         line = orjson.dumps(row) + b"\n"
         if len(line) > self.max_bytes:
-            raise ValueError(f"row {key} is {len(line)} bytes, more than a whole shard may hold ({self.max_bytes} bytes)")
+            raise ValueError(
+                f"row {key} is {len(line)} bytes, more than a whole shard may hold ({self.max_bytes} bytes)"
+            )
         shard = self._open
-        if shard is not None and (shard.rows == self.max_rows or shard.bytes + len(line) > self.max_bytes
-                                  or (self.max_tokens is not None and shard.tokens + tokens > self.max_tokens)):
+        if shard is not None and (
+            shard.rows == self.max_rows
+            or shard.bytes + len(line) > self.max_bytes
+            or (self.max_tokens is not None and shard.tokens + tokens > self.max_tokens)
+        ):
             self._finish()
             shard = None
         if shard is None:
@@ -239,6 +265,7 @@ class ShardWriter:
         self._closed = True
 
     def _finish(self) -> None:
+        assert self._open is not None
         self._manifests.append(self._open.finish())
         self._open = None
 
@@ -269,8 +296,14 @@ class _OpenShard:
         self.data.close()
         self.keys.close()
         manifest = ShardManifest(
-            shard_id=self.shard_id, uri=uri_of(self.data_path), rows=self.rows, bytes=self.bytes,
-            keys_uri=uri_of(self.keys_path), manifest_uri=uri_of(self.manifest_path), tokens=self.tokens, **self.stamp,
+            shard_id=self.shard_id,
+            uri=uri_of(self.data_path),
+            rows=self.rows,
+            bytes=self.bytes,
+            keys_uri=uri_of(self.keys_path),
+            manifest_uri=uri_of(self.manifest_path),
+            tokens=self.tokens,
+            **self.stamp,
         )
         manifest.save(self.manifest_path)
         return manifest
@@ -296,7 +329,7 @@ def split_shard(manifest: ShardManifest, folder: ObjectStoragePath) -> tuple[Sha
     pieces = [_OpenShard(folder, f"{manifest.shard_id}.p{n}", stamp) for n in (1, 2)]
     source, keys = folder / manifest.uri.rsplit("/", 1)[-1], folder / manifest.keys_uri.rsplit("/", 1)[-1]
     with open_file(source) as lines, open_file(keys) as key_lines:
-        for row, (line, key) in enumerate(zip(lines, key_lines)):
+        for row, (line, key) in enumerate(zip(lines, key_lines, strict=False)):
             pieces[row >= first_rows].write(key.decode().strip(), line, 0)
     for piece in pieces:
         piece.tokens = -(-manifest.tokens * piece.rows // manifest.rows)
@@ -339,7 +372,7 @@ class ShardPieces:
     @classmethod
     def from_json(cls, data: Mapping) -> ShardPieces:
         pieces = from_record(cls, data, "shard pieces")
-        return dataclasses.replace(pieces, pieces=[from_record(ShardPiece, p, "shard piece") for p in pieces.pieces])
+        return dataclasses.replace(pieces, pieces=[from_record(ShardPiece, p, "shard piece") for p in data["pieces"]])
 
     @classmethod
     def load(cls, path: ObjectStoragePath) -> ShardPieces | None:

@@ -64,14 +64,18 @@ class CostEstimate:
             return NotImplemented
         usd = None if self.usd is None or other.usd is None else self.usd + other.usd
         return CostEstimate(
-            self.requests + other.requests, self.input_tokens + other.input_tokens,
-            self.output_tokens + other.output_tokens, usd,
+            self.requests + other.requests,
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            usd,
         )
 
     def to_json(self) -> dict:
         return {
-            "requests": self.requests, "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens, "usd": None if self.usd is None else round(self.usd, 6),
+            "requests": self.requests,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "usd": None if self.usd is None else round(self.usd, 6),
         }
 
 
@@ -109,9 +113,11 @@ class PriceTable:
     def no_price(self, model: str) -> str:
         """Why ``model`` cannot be priced, naming the priced models and where to add one."""
         known = ", ".join(sorted({*self.models, *self.aliases}))
-        return (f"no price for model {model!r} (prices as of {self.as_of}; priced: {known}); set it in the Airflow "
-                f"Variable {PRICES_VARIABLE}, e.g. {{\"models\": {{\"{normalize_model(model)}\": "
-                f"{{\"input_per_million\": 0.1, \"output_per_million\": 0.4}}}}}}")
+        return (
+            f"no price for model {model!r} (prices as of {self.as_of}; priced: {known}); set it in the Airflow "
+            f'Variable {PRICES_VARIABLE}, e.g. {{"models": {{"{normalize_model(model)}": '
+            f'{{"input_per_million": 0.1, "output_per_million": 0.4}}}}}}'
+        )
 
 
 PRICES_VARIABLE = "gemini_batch_prices"
@@ -127,11 +133,16 @@ def load_prices(path: str | Path | None = None, overrides: Mapping | None = None
         data = json.loads(path.read_text())
         if overrides:
             where = f"{path} with the Variable {PRICES_VARIABLE}"
-            data = {**data, **{k: v for k, v in overrides.items() if k not in ("models", "aliases")},
-                    "models": {**data["models"], **(overrides.get("models") or {})},
-                    "aliases": {**data.get("aliases", {}), **(overrides.get("aliases") or {})}}
+            data = {
+                **data,
+                **{k: v for k, v in overrides.items() if k not in ("models", "aliases")},
+                "models": {**data["models"], **(overrides.get("models") or {})},
+                "aliases": {**data.get("aliases", {}), **(overrides.get("aliases") or {})},
+            }
         return PriceTable(
-            as_of=data["as_of"], source=data["source"], batch_discount=float(data["batch_discount"]),
+            as_of=data["as_of"],
+            source=data["source"],
+            batch_discount=float(data["batch_discount"]),
             models={
                 name: ModelPrice(float(price["input_per_million"]), float(price["output_per_million"]))
                 for name, price in data["models"].items()
@@ -142,7 +153,9 @@ def load_prices(path: str | Path | None = None, overrides: Mapping | None = None
         raise ValueError(f"{where}: not a valid price table: {type(exc).__name__}: {exc}") from None
 
 
-def estimate_request(spec: RequestSpec, *, mime_type: str, pages: int | None, size: int, prices: PriceTable) -> CostEstimate:
+def estimate_request(
+    spec: RequestSpec, *, mime_type: str, pages: int | None, size: int, prices: PriceTable
+) -> CostEstimate:
     """One request for a document part of ``size`` bytes (``pages`` pages when it is a PDF)."""
     input_tokens = estimate_input_tokens(spec, mime_type=mime_type, pages=pages, size=size)
     if spec.response_schema is None:

@@ -221,8 +221,12 @@ def _listing(folder: str, root: str, ancestors: frozenset[str]) -> list[tuple]:
                 status: os.stat_result | OSError = os.stat(target)
             except OSError as error:
                 status = error
-            walked = (isinstance(status, os.stat_result) and stat.S_ISDIR(status.st_mode) and target not in ancestors
-                      and not (is_link and os.path.commonpath([root, target]) != root))
+            walked = (
+                isinstance(status, os.stat_result)
+                and stat.S_ISDIR(status.st_mode)
+                and target not in ancestors
+                and not (is_link and os.path.commonpath([root, target]) != root)
+            )
             listed.append((entry.name + "/" if walked else entry.name, entry.name, is_link, target, status))
     listed.sort(key=lambda item: item[0])
     return listed
@@ -231,7 +235,8 @@ def _listing(folder: str, root: str, ancestors: frozenset[str]) -> list[tuple]:
 def _walk_folder(
     source: ObjectStoragePath, root: str, listing: list[tuple], prefix: str, ancestors: frozenset[str]
 ) -> Iterator[SourceFile]:
-    """Files of a folder's ``listing`` and below; ``ancestors`` (real paths of the folders above) stop symlink cycles."""
+    """Files of a folder's ``listing`` and below; ``ancestors`` (real paths of the folders above) stop symlink
+    cycles."""
     for _, name, is_link, target, status in listing:
         relative = prefix + name
         rejected = partial(SourceFile, relative, source, 0)
@@ -303,18 +308,21 @@ def inspect(file: SourceFile, limits: Limits = Limits()) -> Inspection:
 
 def local_item(file: SourceFile) -> tuple[str, str, int]:
     """What ``inspect_local`` needs of a local file: plain strings, cheap to send to another process."""
-    return file.path, locate(file.source, file.path), file.size
+    return file.path, os.path.join(file.source.path, file.path), file.size
 
 
 def inspect_local(items: list[tuple[str, str, int]], limits: Limits = Limits()) -> list[Inspection]:
     """``inspect`` of local files given as ``local_item``s: what the planner's worker processes run, many files
     a call (one call a file would cost more in messages than pypdf costs), importing nothing of Airflow."""
-    return [_inspect(path, printable(os_path), size, partial(open, os_path, "rb"), True, limits)
-            for path, os_path, size in items]
+    return [
+        _inspect(path, printable(os_path), size, partial(_open_binary, os_path), True, limits)
+        for path, os_path, size in items
+    ]
 
 
-def _inspect(path: str, uri: str, size: int, open_stream: Callable[[], BinaryIO], local: bool,
-             limits: Limits) -> Inspection:
+def _inspect(
+    path: str, uri: str, size: int, open_stream: Callable[[], BinaryIO], local: bool, limits: Limits
+) -> Inspection:
     try:
         with ExitStack() as cleanup:
             return _inspect_readable(path, uri, size, cleanup.enter_context(open_stream()), local, limits, cleanup)
@@ -322,8 +330,9 @@ def _inspect(path: str, uri: str, size: int, open_stream: Callable[[], BinaryIO]
         return Inspection(path, uri, size, None, None, None, (), f"unreadable: {error}")
 
 
-def _inspect_readable(path: str, uri: str, listed_size: int, stream: BinaryIO, local: bool, limits: Limits,
-                      cleanup: ExitStack) -> Inspection:
+def _inspect_readable(
+    path: str, uri: str, listed_size: int, stream: BinaryIO, local: bool, limits: Limits, cleanup: ExitStack
+) -> Inspection:
     """The first bytes and the listed size judge the file; only one that can be sent is read on, in one streaming
     pass that hashes it and, as its type needs, spools a remote PDF or checks UTF-8."""
     chunks = iter(partial(stream.read, CHUNK_BYTES), b"")
@@ -335,11 +344,12 @@ def _inspect_readable(path: str, uri: str, listed_size: int, stream: BinaryIO, l
         return Inspection(path, uri, listed_size, mime_type, None, None, (), rejected)
     limit, subject, limit_name = _size_limit(mime_type, limits)
     if listed_size > limit:
-        return Inspection(path, uri, listed_size, mime_type, None, None, (),
-                          _too_large(subject, listed_size, limit, limit_name))
+        return Inspection(
+            path, uri, listed_size, mime_type, None, None, (), _too_large(subject, listed_size, limit, limit_name)
+        )
     digest = hashlib.sha256()
     remote_pdf = mime_type == PDF and not local
-    spool = cleanup.enter_context(tempfile.TemporaryFile()) if remote_pdf else None
+    spool = cleanup.enter_context(tempfile.TemporaryFile()) if remote_pdf else None  # noqa: SIM115 - entered in the ExitStack
     utf8 = _Utf8Check() if mime_type in TEXT_TYPES else None
     size = 0
     for chunk in chain([head], chunks):
@@ -357,8 +367,8 @@ def _inspect_readable(path: str, uri: str, listed_size: int, stream: BinaryIO, l
         pdf.seek(0)
         try:
             page_count, parts = _pdf_parts(pdf, size, limits)
-        except _Rejected as reason:
-            return inspection(None, (), str(reason))
+        except _Rejected as rejected:
+            return inspection(None, (), str(rejected))
         return inspection(page_count, parts, None)
     if utf8 and (reason := utf8.finish()):
         return inspection(None, (), reason)
@@ -455,7 +465,7 @@ def _check_pdf(stream: BinaryIO) -> tuple[int, bool]:
     page_count = len(reader.pages)
     if page_count == 0:
         raise _Rejected("PDF has no pages")
-    declared = reader.root_object["/Pages"].get("/Count")
+    declared = reader.root_object["/Pages"].get("/Count")  # type: ignore[attr-defined]
     if isinstance(declared, int) and declared > page_count:
         raise _Rejected(f"corrupt PDF: the page tree declares {declared} pages but only {page_count} can be read")
     for number, page in enumerate(reader.pages, 1):
@@ -494,7 +504,7 @@ def _write_pages(source: BinaryIO, pages: tuple[int, int], sink: BinaryIO | _Byt
     reader, writer = _open_pdf(source), PdfWriter()
     for index in range(first - 1, last):
         writer.add_page(reader.pages[index])
-    writer.write_stream(sink)
+    writer.write_stream(sink)  # type: ignore[arg-type]  # a writable stream is all it needs
     del reader, writer
     gc.collect(1)
 
@@ -564,8 +574,9 @@ def _random_access(location: Location) -> Iterator[BinaryIO]:
 
 
 @contextmanager
-def open_planned(source: ObjectStoragePath, path: str, pages: tuple[int, int] | None,
-                 sha256: str) -> Iterator[BinaryIO]:
+def open_planned(
+    source: ObjectStoragePath, path: str, pages: tuple[int, int] | None, sha256: str
+) -> Iterator[BinaryIO]:
     """What a part of the planned document ``path`` sends, and only while the document is the one planned: every
     part, inline or staged, is read through here, since its key stands for the bytes the plan hashed.
 
@@ -585,8 +596,10 @@ def open_planned(source: ObjectStoragePath, path: str, pages: tuple[int, int] | 
             if copy is not None:
                 copy.write(chunk)
         if digest.hexdigest() != sha256:
-            raise SourceChanged(f"{printable(path)} changed since the run planned it (sha256 "
-                                f"{digest.hexdigest()[:12]}..., planned {sha256[:12]}...); the next run plans it again")
+            raise SourceChanged(
+                f"{printable(path)} changed since the run planned it (sha256 "
+                f"{digest.hexdigest()[:12]}..., planned {sha256[:12]}...); the next run plans it again"
+            )
         hashed = copy if copy is not None else stream
         hashed.seek(0)
         if pages is None:
@@ -597,8 +610,10 @@ def open_planned(source: ObjectStoragePath, path: str, pages: tuple[int, int] | 
                 part.seek(0)
                 yield part
         if before is not None and _written(before, os.fstat(stream.fileno())):
-            raise SourceChanged(f"{printable(path)} changed since the run planned it (written to while it was "
-                                "read); the next run plans it again")
+            raise SourceChanged(
+                f"{printable(path)} changed since the run planned it (written to while it was "
+                "read); the next run plans it again"
+            )
 
 
 def _open_source(source: ObjectStoragePath, path: str) -> BinaryIO:
@@ -606,7 +621,7 @@ def _open_source(source: ObjectStoragePath, path: str) -> BinaryIO:
     source (its real path inside, the last step no link), never through a link out, nor as a FIFO, which blocks."""
     if not is_local(source):
         return _open_binary(locate(source, path))
-    root, target = os.path.realpath(source.path), os.path.realpath(locate(source, path))
+    root, target = os.path.realpath(source.path), os.path.realpath(os.path.join(source.path, path))
     refused = f"{printable(path)} changed since the run planned it: it is now {{}}; not read"
     if os.path.commonpath([root, target]) != root:
         raise SourceChanged(refused.format(f"a link to {printable(target)}, outside the source"))
@@ -629,8 +644,11 @@ def _open_source(source: ObjectStoragePath, path: str) -> BinaryIO:
 def _written(before: os.stat_result, after: os.stat_result) -> bool:
     """Whether a file was written between two looks at it: its change time moves with every write, even one that
     sets the modification time back."""
-    return ((before.st_size, before.st_mtime_ns, before.st_ctime_ns)
-            != (after.st_size, after.st_mtime_ns, after.st_ctime_ns))
+    return (before.st_size, before.st_mtime_ns, before.st_ctime_ns) != (
+        after.st_size,
+        after.st_mtime_ns,
+        after.st_ctime_ns,
+    )
 
 
 def read_inline(source: ObjectStoragePath, path: str, pages: tuple[int, int] | None, sha256: str) -> bytes:

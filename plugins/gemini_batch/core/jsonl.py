@@ -34,8 +34,9 @@ class Writer:
         self._batch = bytearray()
 
     def __call__(self, record: Any) -> None:
-        self._batch.extend(orjson.dumps(record if isinstance(record, dict) else record.to_json(),
-                                        option=orjson.OPT_APPEND_NEWLINE))
+        self._batch.extend(
+            orjson.dumps(record if isinstance(record, dict) else record.to_json(), option=orjson.OPT_APPEND_NEWLINE)
+        )
         if len(self._batch) >= WRITE_BATCH_BYTES:
             self.flush()
 

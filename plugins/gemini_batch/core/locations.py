@@ -47,7 +47,7 @@ def open_file(path: ObjectStoragePath, mode: str = "rb") -> IO[bytes]:
     imports every provider's filesystem and its lineage plugins), and each of its writes goes through a wrapper."""
     if any(flag in mode for flag in "wax"):
         make_folder(path.parent)
-    return open(path.path, mode) if is_local(path) else path.open(mode)  # noqa: SIM115 - the caller closes it
+    return open(path.path, mode) if is_local(path) else path.open(mode)
 
 
 def replace_whole(path: ObjectStoragePath, content: bytes, *, durable: bool = False) -> None:

@@ -44,13 +44,23 @@ class PlannedPart:
     route: str = STAGED  # Routing.route; plans written before routing staged every part but text
 
     def to_json(self) -> dict:
-        return {"key": self.key, "pages": list(self.pages) if self.pages else None, "size": self.size,
-                "reused": self.reused, "route": self.route}
+        return {
+            "key": self.key,
+            "pages": list(self.pages) if self.pages else None,
+            "size": self.size,
+            "reused": self.reused,
+            "route": self.route,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping) -> PlannedPart:
-        return cls(data["key"], tuple(data["pages"]) if data["pages"] else None, data["size"], data["reused"],
-                   data.get("route", STAGED))
+        return cls(
+            data["key"],
+            tuple(data["pages"]) if data["pages"] else None,
+            data["size"],
+            data["reused"],
+            data.get("route", STAGED),
+        )
 
 
 @dataclass(frozen=True)
@@ -64,12 +74,24 @@ class PlannedDocument:
     parts: tuple[PlannedPart, ...]
     rejected: str | None
 
+    @property
+    def read_as(self) -> tuple[str, str]:
+        """(mime type, sha256) of a document that has parts: one that was read, so both are known."""
+        if self.mime_type is None or self.sha256 is None:
+            raise ValueError(f"{printable(self.path)} was not read: it has no parts")
+        return self.mime_type, self.sha256
+
     def to_json(self) -> dict:
         """The plan line; a name that is not UTF-8 also keeps its exact bytes, percent-encoded, in ``path_quoted``."""
         data = {
-            "document": printable(self.path), "uri": self.uri, "size": self.size, "mime_type": self.mime_type,
-            "sha256": self.sha256, "page_count": self.page_count,
-            "parts": [part.to_json() for part in self.parts], "rejected": self.rejected,
+            "document": printable(self.path),
+            "uri": self.uri,
+            "size": self.size,
+            "mime_type": self.mime_type,
+            "sha256": self.sha256,
+            "page_count": self.page_count,
+            "parts": [part.to_json() for part in self.parts],
+            "rejected": self.rejected,
         }
         if data["document"] != self.path:
             data["path_quoted"] = urllib.parse.quote(self.path, errors="surrogateescape")
@@ -79,7 +101,12 @@ class PlannedDocument:
     def from_json(cls, data: Mapping) -> PlannedDocument:
         quoted = data.get("path_quoted")
         return cls(
-            urllib.parse.unquote(quoted, errors="surrogateescape") if quoted else data["document"], data["uri"],
-            data["size"], data["mime_type"], data["sha256"], data["page_count"],
-            tuple(PlannedPart.from_json(part) for part in data["parts"]), data["rejected"],
+            urllib.parse.unquote(quoted, errors="surrogateescape") if quoted else data["document"],
+            data["uri"],
+            data["size"],
+            data["mime_type"],
+            data["sha256"],
+            data["page_count"],
+            tuple(PlannedPart.from_json(part) for part in data["parts"]),
+            data["rejected"],
         )

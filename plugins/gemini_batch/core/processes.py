@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 
 def cores() -> int:
@@ -40,7 +41,9 @@ def worker_pool(workers: int) -> Iterator[concurrent.futures.ProcessPoolExecutor
 def _main_left_out() -> Iterator[None]:
     """While processes are spawned, ``__main__`` names no file or module, so they do not run it again."""
     main = sys.modules["__main__"]
-    hidden = {name: main.__dict__.pop(name) for name in ("__file__", "__spec__") if name in main.__dict__}
+    hidden: dict[str, Any] = {
+        name: main.__dict__.pop(name) for name in ("__file__", "__spec__") if name in main.__dict__
+    }
     try:
         if "__spec__" in hidden:
             main.__spec__ = None

@@ -40,11 +40,13 @@ class RecordIndex:
         self._db.close()
 
     def put(self, records: Iterable[Mapping], *, replace: bool = True) -> None:
-        """Add records (each with a ``key``; ``status`` if any); an existing key is replaced, or kept if not ``replace``."""
+        """Add records (each with a ``key``; ``status`` if any); an existing key is replaced, or kept if not
+        ``replace``."""
         verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
         # Row by row from the generator: a list of orjson.dumps results would hold about 4 KB per record.
-        self._db.executemany(f"{verb} INTO records VALUES (?, ?, ?)",
-                             ((r["key"], r.get("status"), orjson.dumps(r)) for r in records))
+        self._db.executemany(
+            f"{verb} INTO records VALUES (?, ?, ?)", ((r["key"], r.get("status"), orjson.dumps(r)) for r in records)
+        )
 
     def add(self, key: str) -> bool:
         """Add a key without a record; False if it is there already (a set of keys that stays on disk)."""

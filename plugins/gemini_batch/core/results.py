@@ -25,8 +25,8 @@ from jsonschema.exceptions import SchemaError, best_match
 from referencing.jsonschema import DRAFT202012
 
 from gemini_batch.core import jsonl
-from gemini_batch.core.records import from_record
 from gemini_batch.core.locations import printable
+from gemini_batch.core.records import from_record
 
 if TYPE_CHECKING:
     from gemini_batch.core.planned import PlannedDocument
@@ -94,7 +94,7 @@ def _candidates(text: str) -> Iterator[str]:
     if starts:  # only the outermost span: an inner one of a truncated answer would be part of the data
         start = min(starts)
         end = text.rfind(_BRACKETS[text[start]])
-        yield text[start:end + 1] if end > start else text[start:]  # no closer: truncated, say so
+        yield text[start : end + 1] if end > start else text[start:]  # no closer: truncated, say so
 
 
 @dataclass(frozen=True)
@@ -179,15 +179,15 @@ def _validator(response_schema: Mapping | None) -> _SchemaCheck | None:
         return None
     check_schema(response_schema)
     try:
-        fast = jsonschema_rs.Draft202012Validator(response_schema)
-    except Exception as exc:  # noqa: BLE001 - a schema it cannot compile is still checked, only slower
+        fast = jsonschema_rs.Draft202012Validator(dict(response_schema))
+    except Exception as exc:
         log.warning("Answers are checked by python-jsonschema alone (jsonschema-rs refused the schema: %s)", exc)
         fast = None
-    return _SchemaCheck(fast, Draft202012Validator(response_schema))
+    return _SchemaCheck(fast, Draft202012Validator(dict(response_schema)))
 
 
 def _parse_row(row: Mapping, validator: _SchemaCheck | None) -> RowOutcome:
-    key = row.get("key")
+    key: str = row["key"]  # read_output passes only rows whose key it was sent
     problem = row.get("error") or row.get("status")  # Developer API: error object; Vertex AI: "STATUS: message"
     if problem:
         if isinstance(problem, dict):  # google.rpc.Status
@@ -245,7 +245,8 @@ def _answer_text(candidate: Mapping) -> str:
         text = parts[0].get("text")
         return text if isinstance(text, str) else ""
     return "".join(
-        part["text"] for part in parts
+        part["text"]
+        for part in parts
         if isinstance(part, dict) and isinstance(part.get("text"), str) and not part.get("thought")
     )
 
@@ -289,15 +290,23 @@ def read_output(
     answered = dict.fromkeys(expected_keys, False)  # in the order sent; True once a row for the key is read
     reading = OutputReading()
     try:
-        _read_rows(lines, answered, validator, _reused_sink(sink) if adopted else sink, reading, warn_unknown=not adopted)
+        _read_rows(
+            lines, answered, validator, _reused_sink(sink) if adopted else sink, reading, warn_unknown=not adopted
+        )
     except OutputUnavailable as exc:
         reading.unavailable = str(exc)
     reading.unanswered = [key for key, done in answered.items() if not done]
     return reading
 
 
-def read_output_file(output_file: str, expected_keys: list[str], response_schema: Mapping | None,
-                     outcomes_file: str, *, unavailable: str | None = None) -> OutputReading:
+def read_output_file(
+    output_file: str,
+    expected_keys: list[str],
+    response_schema: Mapping | None,
+    outcomes_file: str,
+    *,
+    unavailable: str | None = None,
+) -> OutputReading:
     """``read_output`` of a job's output spooled to a local file, its outcomes written to the local JSON lines file
     ``outcomes_file``: what a collecting worker process runs (files both ways: pickling the outcomes back cost more
     than parsing them). ``unavailable``: why the spool ends before the output did."""
@@ -308,8 +317,13 @@ def read_output_file(output_file: str, expected_keys: list[str], response_schema
 
 
 def _read_rows(
-    lines: Iterable[bytes], answered: dict[str, bool], validator: _SchemaCheck | None,
-    sink: Callable[[RowOutcome], None], reading: OutputReading, *, warn_unknown: bool = True,
+    lines: Iterable[bytes],
+    answered: dict[str, bool],
+    validator: _SchemaCheck | None,
+    sink: Callable[[RowOutcome], None],
+    reading: OutputReading,
+    *,
+    warn_unknown: bool = True,
 ) -> None:
     for number, line in enumerate(lines, start=1):
         if line.isspace() or not line:  # isspace stops at the first other byte; strip would copy the line
@@ -324,7 +338,7 @@ def _read_rows(
             continue
         key = row.get("key")
         done = answered.get(key) if isinstance(key, str) else None
-        if done is None:
+        if done is None or not isinstance(key, str):
             reading.unknown_keys += 1
             if warn_unknown:
                 _warn(reading.unknown_keys, "Output line %d: key %r is not one this job was sent, ignored", number, key)
@@ -349,7 +363,9 @@ def _reused_sink(sink: Callable[[RowOutcome], None]) -> Callable[[RowOutcome], N
 
 def _warn(count: int, message: str, *args: Any) -> None:
     if count <= WARNINGS_PER_KIND:
-        log.warning(message + ("; further ones of this kind are not logged" if count == WARNINGS_PER_KIND else ""), *args)
+        log.warning(
+            message + ("; further ones of this kind are not logged" if count == WARNINGS_PER_KIND else ""), *args
+        )
 
 
 @dataclass(frozen=True)
@@ -364,13 +380,19 @@ class PartRecord:
     reused: bool
 
     def to_json(self) -> dict:
-        return {"key": self.key, "pages": list(self.pages) if self.pages else None, "status": self.status,
-                "finish_reason": self.finish_reason, "error": self.error, "reused": self.reused}
+        return {
+            "key": self.key,
+            "pages": list(self.pages) if self.pages else None,
+            "status": self.status,
+            "finish_reason": self.finish_reason,
+            "error": self.error,
+            "reused": self.reused,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping) -> PartRecord:
         record = from_record(cls, data, "part record")
-        return dataclasses.replace(record, pages=tuple(record.pages) if record.pages else None)
+        return dataclasses.replace(record, pages=(record.pages[0], record.pages[1]) if record.pages else None)
 
 
 @dataclass(frozen=True)
@@ -391,24 +413,38 @@ class DocumentRecord:
             raise ValueError(f"record for {self.document} has status {self.status!r}")
 
     def to_json(self) -> dict:
-        return {"document": self.document, "status": self.status, "data": self.data, "error": self.error,
-                "parts": [part.to_json() for part in self.parts],
-                "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
-                "reused": self.reused}
+        return {
+            "document": self.document,
+            "status": self.status,
+            "data": self.data,
+            "error": self.error,
+            "parts": [part.to_json() for part in self.parts],
+            "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
+            "reused": self.reused,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping) -> DocumentRecord:
         usage = data.get("usage") or {}
-        return cls(data["document"], data["status"], data.get("data"), data.get("error"),
-                   tuple(PartRecord.from_json(part) for part in data.get("parts") or ()),
-                   int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0)), bool(data.get("reused")))
+        return cls(
+            data["document"],
+            data["status"],
+            data.get("data"),
+            data.get("error"),
+            tuple(PartRecord.from_json(part) for part in data.get("parts") or ()),
+            int(usage.get("input_tokens", 0)),
+            int(usage.get("output_tokens", 0)),
+            bool(data.get("reused")),
+        )
 
 
 DOCUMENT_STATUSES = ("succeeded", "failed", "rejected")
 
 
 def document_record(
-    doc: PlannedDocument, outcomes: Mapping[str, RowOutcome], reused: Mapping[str, Mapping],
+    doc: PlannedDocument,
+    outcomes: Mapping[str, RowOutcome],
+    reused: Mapping[str, Mapping],
 ) -> DocumentRecord:
     """The results.jsonl record of one document.
 
@@ -433,16 +469,21 @@ def document_record(
         if outcome.status == "succeeded":
             datas.append(outcome.data)
         else:
-            errors.append(f"pages {part.pages[0]}-{part.pages[1]}: {outcome.error}" if part.pages else outcome.error)
+            errors.append(
+                f"pages {part.pages[0]}-{part.pages[1]}: {outcome.error}" if part.pages else str(outcome.error)
+            )
     all_reused = all(part.reused for part in parts)
     if errors:
-        return DocumentRecord(document, "failed", None, "; ".join(errors), tuple(parts), input_tokens, output_tokens,
-                              all_reused)
+        return DocumentRecord(
+            document, "failed", None, "; ".join(errors), tuple(parts), input_tokens, output_tokens, all_reused
+        )
     data = datas[0] if len(datas) == 1 else merge_part_data(datas)
     return DocumentRecord(document, "succeeded", data, None, tuple(parts), input_tokens, output_tokens, all_reused)
 
 
-def _part_outcome(key: str, outcomes: Mapping[str, RowOutcome], reused: Mapping[str, Mapping]) -> tuple[RowOutcome, bool]:
+def _part_outcome(
+    key: str, outcomes: Mapping[str, RowOutcome], reused: Mapping[str, Mapping]
+) -> tuple[RowOutcome, bool]:
     """This run's outcome for a key, else the earlier run's record (as a token-free success), else a failure."""
     if key in outcomes and not outcomes[key].reused:
         return outcomes[key], False
@@ -450,8 +491,17 @@ def _part_outcome(key: str, outcomes: Mapping[str, RowOutcome], reused: Mapping[
         return dataclasses.replace(outcomes[key], input_tokens=0, output_tokens=0), True
     if key in reused:
         stored = reused[key]
-        return RowOutcome(key, "succeeded", stored.get("data"), None, stored.get("finish_reason"), 0, 0,
-                          stored.get("model_version"), None), True
+        return RowOutcome(
+            key,
+            "succeeded",
+            stored.get("data"),
+            None,
+            stored.get("finish_reason"),
+            0,
+            0,
+            stored.get("model_version"),
+            None,
+        ), True
     return missing_outcome(key, "no answer for this part"), False
 
 
@@ -505,12 +555,25 @@ class RunTotals:
         self.reused += record.reused
 
     def to_json(
-        self, *, requests: int, jobs: int, retry_rounds: int, input_tokens: int, output_tokens: int,
+        self,
+        *,
+        requests: int,
+        jobs: int,
+        retry_rounds: int,
+        input_tokens: int,
+        output_tokens: int,
         estimated_cost_usd: float | None,
     ) -> dict:
         return {
-            "documents": self.documents, "succeeded": self.succeeded, "failed": self.failed,
-            "rejected": self.rejected, "reused": self.reused, "requests": requests, "jobs": jobs,
-            "retry_rounds": retry_rounds, "input_tokens": input_tokens, "output_tokens": output_tokens,
+            "documents": self.documents,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "rejected": self.rejected,
+            "reused": self.reused,
+            "requests": requests,
+            "jobs": jobs,
+            "retry_rounds": retry_rounds,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
             "estimated_cost_usd": estimated_cost_usd,
         }

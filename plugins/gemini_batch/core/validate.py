@@ -30,19 +30,56 @@ from airflow.sdk import ObjectStoragePath
 from gemini_batch.core.locations import as_path, open_file, uri_of
 
 BACKENDS = ("developer", "vertex")
-SUPPORTED_MIME_TYPES = frozenset({
-    "application/pdf", "image/png", "image/jpeg", "image/webp", "text/plain", "text/markdown", "text/html",
-})
-REQUEST_FIELDS = frozenset({
-    "contents", "generationConfig", "safetySettings", "systemInstruction", "tools", "toolConfig", "cachedContent",
-    "labels",
-})
-GENERATION_CONFIG_FIELDS = frozenset({
-    "stopSequences", "responseMimeType", "responseSchema", "responseJsonSchema", "responseModalities",
-    "candidateCount", "maxOutputTokens", "temperature", "topP", "topK", "seed", "presencePenalty",
-    "frequencyPenalty", "responseLogprobs", "logprobs", "enableEnhancedCivicAnswers", "speechConfig",
-    "thinkingConfig", "mediaResolution", "imageConfig", "audioTimestamp", "routingConfig", "modelSelectionConfig",
-})
+SUPPORTED_MIME_TYPES = frozenset(
+    {
+        "application/pdf",
+        "image/png",
+        "image/jpeg",
+        "image/webp",
+        "text/plain",
+        "text/markdown",
+        "text/html",
+    }
+)
+REQUEST_FIELDS = frozenset(
+    {
+        "contents",
+        "generationConfig",
+        "safetySettings",
+        "systemInstruction",
+        "tools",
+        "toolConfig",
+        "cachedContent",
+        "labels",
+    }
+)
+GENERATION_CONFIG_FIELDS = frozenset(
+    {
+        "stopSequences",
+        "responseMimeType",
+        "responseSchema",
+        "responseJsonSchema",
+        "responseModalities",
+        "candidateCount",
+        "maxOutputTokens",
+        "temperature",
+        "topP",
+        "topK",
+        "seed",
+        "presencePenalty",
+        "frequencyPenalty",
+        "responseLogprobs",
+        "logprobs",
+        "enableEnhancedCivicAnswers",
+        "speechConfig",
+        "thinkingConfig",
+        "mediaResolution",
+        "imageConfig",
+        "audioTimestamp",
+        "routingConfig",
+        "modelSelectionConfig",
+    }
+)
 THINKING_CONFIG_FIELDS = frozenset({"thinkingBudget", "thinkingLevel", "includeThoughts"})
 CONTENT_FIELDS = frozenset({"role", "parts"})
 PART_DATA_FIELDS = ("text", "fileData", "inlineData")  # in the order messages name them
@@ -77,7 +114,10 @@ class Report:
 
 
 def validate_jsonl(
-    path: str | ObjectStoragePath, *, backend: str | None = None, max_rows: int = 10_000,
+    path: str | ObjectStoragePath,
+    *,
+    backend: str | None = None,
+    max_rows: int = 10_000,
     max_bytes: int = 100 * 2**20,
 ) -> Report:
     """Every problem in a batch JSONL, by line. ``backend`` None accepts either backend's document URIs.
@@ -95,7 +135,9 @@ def validate_jsonl(
         size += len(line)
         found: list[Problem] = []
         if size > max_bytes >= size - len(line):
-            found.append(Problem(line_no, f"the file passes {max_bytes} bytes at this line (the limit per file); split it"))
+            found.append(
+                Problem(line_no, f"the file passes {max_bytes} bytes at this line (the limit per file); split it")
+            )
         if not line.strip():
             found.append(Problem(line_no, "blank line: every line must be one JSON row (remove empty lines)"))
         else:
@@ -110,7 +152,7 @@ def validate_jsonl(
 
 def _lines(path: ObjectStoragePath) -> Iterator[tuple[int, bytes]]:
     # Buffered: remote file objects otherwise fetch a whole block per readline.
-    with open_file(path) as raw, io.BufferedReader(raw, buffer_size=2**20) as buffered:
+    with open_file(path) as raw, io.BufferedReader(raw, buffer_size=2**20) as buffered:  # type: ignore[type-var]
         yield from enumerate(buffered, 1)
 
 
@@ -128,7 +170,9 @@ def _row_problems(line_no: int, line: bytes, backend: str | None, first_line_of_
     elif not isinstance(key, str) or not key:
         messages.append(f"'key' must be a non-empty string, got {orjson.dumps(key).decode()[:80]}")
     elif key in first_line_of_key:
-        messages.append(f"duplicate key {key!r} (first on line {first_line_of_key[key]}): keys must be unique in a file")
+        messages.append(
+            f"duplicate key {key!r} (first on line {first_line_of_key[key]}): keys must be unique in a file"
+        )
     else:
         first_line_of_key[key] = line_no
     if "request" not in row:
@@ -239,7 +283,9 @@ def _mime_type_problems(blob: dict, where: str) -> list[str]:
     if mime_type is None:
         return [f"{where}.mimeType is missing"]
     if not (isinstance(mime_type, str) and mime_type in SUPPORTED_MIME_TYPES):
-        return [f"{where}.mimeType {mime_type!r} is not supported; use one of {', '.join(sorted(SUPPORTED_MIME_TYPES))}"]
+        return [
+            f"{where}.mimeType {mime_type!r} is not supported; use one of {', '.join(sorted(SUPPORTED_MIME_TYPES))}"
+        ]
     return []
 
 
@@ -289,11 +335,15 @@ def _camel(name: str) -> str:
 def _json_type(value: Any) -> str:
     if isinstance(value, bool):
         return "boolean"
-    return {dict: "object", list: "array", str: "string", int: "number", float: "number", type(None): "null"}[type(value)]
+    return {dict: "object", list: "array", str: "string", int: "number", float: "number", type(None): "null"}[
+        type(value)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gemini_batch.core.validate", description="Check a Gemini batch JSONL file.")
+    parser = argparse.ArgumentParser(
+        prog="python -m gemini_batch.core.validate", description="Check a Gemini batch JSONL file."
+    )
     parser.add_argument("file", help="local path or gs://bucket/object")
     parser.add_argument("--backend", choices=BACKENDS, help="check document URIs for this backend")
     parser.add_argument("--max-rows", type=int, default=10_000, metavar="N")

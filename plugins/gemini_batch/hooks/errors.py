@@ -4,8 +4,8 @@ policy every call to the service shares."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import tenacity
@@ -14,9 +14,18 @@ from google.genai import errors
 
 TRANSIENT_CODES = frozenset({408, 429, 500, 502, 503, 504})
 # ErrorInfo reasons Google APIs give for a key or token that is wrong, expired, blocked or not allowed.
-AUTH_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED", "API_KEY_SERVICE_BLOCKED", "SERVICE_DISABLED",
-                          "CREDENTIALS_MISSING", "ACCESS_TOKEN_EXPIRED", "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
-                          "IAM_PERMISSION_DENIED"})
+AUTH_REASONS = frozenset(
+    {
+        "API_KEY_INVALID",
+        "API_KEY_EXPIRED",
+        "API_KEY_SERVICE_BLOCKED",
+        "SERVICE_DISABLED",
+        "CREDENTIALS_MISSING",
+        "ACCESS_TOKEN_EXPIRED",
+        "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
+        "IAM_PERMISSION_DENIED",
+    }
+)
 GONE_CODES = frozenset({403, 404})
 MAX_BACKOFF_SECONDS = 60
 
@@ -69,14 +78,17 @@ def is_gone(exc: BaseException) -> bool:
     return isinstance(exc, errors.APIError) and exc.code in GONE_CODES and not is_auth_error(exc)
 
 
-def retry_policy(*, attempts: int, initial_seconds: float, log: logging.Logger | logging.LoggerAdapter,
-                 what: Callable[[], str]) -> tenacity.Retrying:
+def retry_policy(*, attempts: int, initial_seconds: float, log: Any, what: Callable[[], str]) -> tenacity.Retrying:
     """Transient errors retried ``attempts`` times with exponential backoff and jitter, each retry logged."""
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception(is_transient),
         stop=tenacity.stop_after_attempt(attempts),
         wait=tenacity.wait_exponential_jitter(initial=initial_seconds, max=MAX_BACKOFF_SECONDS),
-        before_sleep=lambda state: log.warning("%s: transient error, attempt %d: %s", what(), state.attempt_number,
-                                               state.outcome.exception()),
+        before_sleep=lambda state: log.warning(
+            "%s: transient error, attempt %d: %s",
+            what(),
+            state.attempt_number,
+            state.outcome.exception() if state.outcome else None,
+        ),
         reraise=True,
     )

@@ -29,7 +29,13 @@ from gemini_batch.core.keys import normalize_model
 from gemini_batch.core.locations import as_path
 from gemini_batch.core.results import OutputUnavailable
 from gemini_batch.hooks.errors import (
-    GeminiAuthError, QuotaExhausted, StagingBucketUnusable, UnknownModel, is_auth_error, is_gone, retry_policy,
+    GeminiAuthError,
+    QuotaExhausted,
+    StagingBucketUnusable,
+    UnknownModel,
+    is_auth_error,
+    is_gone,
+    retry_policy,
 )
 from gemini_batch.hooks.uploads import FilesApiUploads
 
@@ -40,10 +46,15 @@ DEFAULT_LOCATION = "us-central1"
 DEVELOPER_BASE_URL = "https://generativelanguage.googleapis.com"
 DEVELOPER_API_VERSION = "v1beta"  # what the SDK's Developer client speaks; downloads use the same path
 JSONL_MIME_TYPE = "application/jsonl"
-TERMINAL_STATES = frozenset({
-    "JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED",
-    "JOB_STATE_PARTIALLY_SUCCEEDED",
-})
+TERMINAL_STATES = frozenset(
+    {
+        "JOB_STATE_SUCCEEDED",
+        "JOB_STATE_FAILED",
+        "JOB_STATE_CANCELLED",
+        "JOB_STATE_EXPIRED",
+        "JOB_STATE_PARTIALLY_SUCCEEDED",
+    }
+)
 IN_FLIGHT_STATES = ("JOB_STATE_QUEUED", "JOB_STATE_PENDING", "JOB_STATE_RUNNING")
 IN_FLIGHT_WINDOW = dt.timedelta(hours=72)  # the longest a job may queue before the service expires it
 # A job in one of these will deliver nothing more: never reattach to it.
@@ -67,8 +78,11 @@ _clients_lock = threading.Lock()
 
 # A multi-region holds the regions whose names start so; a predefined dual-region is its two regions.
 MULTI_REGIONS = {"US": "us-", "EU": "europe-", "ASIA": "asia-"}
-DUAL_REGIONS = {"NAM4": {"us-central1", "us-east1"}, "EUR4": {"europe-north1", "europe-west4"},
-                "ASIA1": {"asia-northeast1", "asia-northeast2"}}
+DUAL_REGIONS = {
+    "NAM4": {"us-central1", "us-east1"},
+    "EUR4": {"europe-north1", "europe-west4"},
+    "ASIA1": {"asia-northeast1", "asia-northeast2"},
+}
 
 
 def region_can_use_bucket(region: str, location: str, data_locations: Iterable[str] | None = None) -> bool | None:
@@ -93,6 +107,13 @@ def region_can_use_bucket(region: str, location: str, data_locations: Iterable[s
 
 def state_name(job: types.BatchJob) -> str | None:
     return job.state.name if job.state else None
+
+
+def name_of(job: types.BatchJob) -> str:
+    """A job's resource name: the service always gives one (the SDK types it optional)."""
+    if not job.name:
+        raise ValueError(f"the service answered with a batch job that has no name: {job!r}")
+    return job.name
 
 
 def is_terminal(job: types.BatchJob) -> bool:
@@ -162,7 +183,8 @@ class GeminiBatchHook(BaseHook):
         backend = self._extra("backend") or "developer"
         if backend not in BACKENDS:
             raise ValueError(
-                f"connection {self.gemini_conn_id!r}: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+                f"connection {self.gemini_conn_id!r}: backend must be one of {', '.join(BACKENDS)}, got {backend!r}"
+            )
         return backend
 
     @property
@@ -189,8 +211,10 @@ class GeminiBatchHook(BaseHook):
         except (TypeError, ValueError):
             limit = 0
         if limit < 1:
-            raise ValueError(f"connection {self.gemini_conn_id!r}: enqueued_token_limit must be a positive number of "
-                             f"tokens, got {value!r}")
+            raise ValueError(
+                f"connection {self.gemini_conn_id!r}: enqueued_token_limit must be a positive number of "
+                f"tokens, got {value!r}"
+            )
         return limit
 
     # ------------------------------------------------------------------ clients
@@ -224,14 +248,17 @@ class GeminiBatchHook(BaseHook):
         if not self.connection.password:
             # The SDK cannot build a Developer client without a key, and the emulator refuses calls without one.
             raise ValueError(f"connection {self.gemini_conn_id!r} has no API key: put it in the password field")
-        self.log.info("Gemini Developer API client for connection %s (base URL %s)",
-                      self.gemini_conn_id, self.base_url or DEVELOPER_BASE_URL)
+        self.log.info(
+            "Gemini Developer API client for connection %s (base URL %s)",
+            self.gemini_conn_id,
+            self.base_url or DEVELOPER_BASE_URL,
+        )
         return genai.Client(api_key=self.connection.password, http_options=self._http_options())
 
     def _vertex_client(self) -> genai.Client:
+        from airflow.providers.google.common.hooks.base_google import GoogleBaseHook
         from google.auth.credentials import AnonymousCredentials
         from google.oauth2.credentials import Credentials
-        from airflow.providers.google.common.hooks.base_google import GoogleBaseHook
 
         gcp_conn_id = self.gcp_conn_id or GoogleBaseHook.default_conn_name
         credentials, gcp_project = GoogleBaseHook(gcp_conn_id=gcp_conn_id).get_credentials_and_project_id()
@@ -242,11 +269,22 @@ class GeminiBatchHook(BaseHook):
         project = self._extra("project") or gcp_project
         if not project:
             raise ValueError(
-                f"connection {self.gemini_conn_id!r}: no project in its extra nor in connection {gcp_conn_id!r}")
-        self.log.info("Vertex AI client for connection %s: project %s, location %s, credentials from %s",
-                      self.gemini_conn_id, project, self.location, gcp_conn_id)
-        return genai.Client(vertexai=True, project=project, location=self.location, credentials=credentials,
-                            http_options=self._http_options())
+                f"connection {self.gemini_conn_id!r}: no project in its extra nor in connection {gcp_conn_id!r}"
+            )
+        self.log.info(
+            "Vertex AI client for connection %s: project %s, location %s, credentials from %s",
+            self.gemini_conn_id,
+            project,
+            self.location,
+            gcp_conn_id,
+        )
+        return genai.Client(
+            vertexai=True,
+            project=project,
+            location=self.location,
+            credentials=credentials,
+            http_options=self._http_options(),
+        )
 
     def test_connection(self) -> tuple[bool, str]:
         """What the UI's Test button and ``airflow connections test`` run: one cheap authenticated call, the first
@@ -265,7 +303,7 @@ class GeminiBatchHook(BaseHook):
             return False, f"{where} refused the batch jobs list: {reason}{hint}"
         except httpx.TransportError as exc:
             return False, f"{where} cannot be reached: {type(exc).__name__}: {_redact(str(exc), key)}"
-        except Exception as exc:  # noqa: BLE001 - any failure is the test's answer
+        except Exception as exc:
             return False, _redact(f"{type(exc).__name__}: {exc}", key)
         return True, f"{where} answered the batch jobs list with {credentials}"
 
@@ -286,16 +324,21 @@ class GeminiBatchHook(BaseHook):
         """``call`` with transient errors retried. What it raises names the connection and never quotes the key:
         refused credentials are a GeminiAuthError at once; an unreachable service, once retries are spent, the same
         httpx error naming where it was sent."""
-        retrying = retry_policy(attempts=self.retry_attempts, initial_seconds=self.retry_initial_seconds, log=self.log,
-                                what=lambda: str(getattr(call, "__name__", call)))
+        retrying = retry_policy(
+            attempts=self.retry_attempts,
+            initial_seconds=self.retry_initial_seconds,
+            log=self.log,
+            what=lambda: str(getattr(call, "__name__", call)),
+        )
         try:
             return retrying(call, *args, **kwargs)
         except errors.APIError as exc:
             if is_auth_error(exc):
                 raise self._auth_error(exc) from None  # the service's own error may quote the key
             if self._quotes_key(str(exc)):
-                raise type(exc)(exc.code, orjson.loads(self._scrub(orjson.dumps(exc.details).decode())),
-                                exc.response) from None
+                raise type(exc)(
+                    exc.code, orjson.loads(self._scrub(orjson.dumps(exc.details).decode())), exc.response
+                ) from None
             raise
         except httpx.TransportError as exc:
             unreachable = self._unreachable(exc)
@@ -312,7 +355,8 @@ class GeminiBatchHook(BaseHook):
     def _auth_error(self, exc: errors.APIError) -> GeminiAuthError:
         return GeminiAuthError(
             f"connection {self.gemini_conn_id!r}: {self._endpoint()} refused {self._credentials()}: {exc.code} "
-            f"{exc.status}: {self._scrub(exc.message or '')} (not retried: fix the connection's credentials)")
+            f"{exc.status}: {self._scrub(exc.message or '')} (not retried: fix the connection's credentials)"
+        )
 
     def _unreachable(self, exc: httpx.TransportError) -> httpx.TransportError:
         """The same kind of error (so it stays transient to whoever retries it further up), naming where it went."""
@@ -321,8 +365,10 @@ class GeminiBatchHook(BaseHook):
             sent = f" ({exc.request.method} {url.scheme}://{url.netloc.decode()}{url.path})"
         except RuntimeError:  # no request attached
             sent = ""
-        message = self._scrub(f"connection {self.gemini_conn_id!r}: {self._endpoint()} cannot be reached{sent}: "
-                              f"{type(exc).__name__}: {exc}")
+        message = self._scrub(
+            f"connection {self.gemini_conn_id!r}: {self._endpoint()} cannot be reached{sent}: "
+            f"{type(exc).__name__}: {exc}"
+        )
         try:
             return type(exc)(message, request=exc.request)
         except RuntimeError:
@@ -344,10 +390,13 @@ class GeminiBatchHook(BaseHook):
             raise ValueError("the Files API belongs to the Developer API; Vertex AI reads shards from gs://")
         uploads = FilesApiUploads(self.get_conn())
         file = self._retry(
-            uploads.ensure, name, lambda: path.fs.open(path.path, "rb"),  # an io.IOBase, which the SDK streams
-            mime_type=JSONL_MIME_TYPE, display_name=path.name,
+            uploads.ensure,
+            name,
+            lambda: path.fs.open(path.path, "rb"),  # an io.IOBase, which the SDK streams
+            mime_type=JSONL_MIME_TYPE,
+            display_name=path.name,
         )
-        return file.name
+        return str(file.name)
 
     def check_staging_bucket(self, uri: str) -> None:
         """Vertex AI: fail before anything is uploaded when the bucket of ``uri`` is missing or in a location the
@@ -360,25 +409,36 @@ class GeminiBatchHook(BaseHook):
         try:
             metadata = path.fs.info(path.bucket)
         except FileNotFoundError:
-            raise StagingBucketUnusable(f"staging bucket {bucket} does not exist (or the credentials of connection "
-                                        f"{self.gcp_conn_id!r} cannot see it)") from None
+            raise StagingBucketUnusable(
+                f"staging bucket {bucket} does not exist (or the credentials of connection "
+                f"{self.gcp_conn_id!r} cannot see it)"
+            ) from None
         except OSError as exc:
-            self.log.warning("The location of staging bucket %s cannot be read, so it is not checked against "
-                             "region %s: %s", bucket, self.location, exc)
+            self.log.warning(
+                "The location of staging bucket %s cannot be read, so it is not checked against region %s: %s",
+                bucket,
+                self.location,
+                exc,
+            )
             return
         location = metadata.get("location")
         data_locations = (metadata.get("customPlacementConfig") or {}).get("dataLocations")
         usable = region_can_use_bucket(self.location, location, data_locations) if location else None
         if usable is None:
-            self.log.warning("Staging bucket %s is in %s: not known to be usable from region %s, not checked",
-                             bucket, location or "an unknown location", self.location)
+            self.log.warning(
+                "Staging bucket %s is in %s: not known to be usable from region %s, not checked",
+                bucket,
+                location or "an unknown location",
+                self.location,
+            )
         elif not usable:
             where = f"{location} ({', '.join(data_locations)})" if data_locations else location
             raise StagingBucketUnusable(
                 f"staging bucket {bucket} is in {where}, but connection {self.gemini_conn_id!r} runs Vertex AI batch "
                 f"jobs in {self.location}: a job reads and writes only buckets in its own region or a dual- or "
                 f"multi-region holding it. Stage in a bucket in {self.location.upper()}, or set the connection's "
-                "location to the bucket's region")
+                "location to the bucket's region"
+            )
 
     # ------------------------------------------------------------------ models
 
@@ -393,7 +453,9 @@ class GeminiBatchHook(BaseHook):
             if exc.code not in (400, 404):
                 raise
             found = None
-        if found is not None and (self.backend == "vertex" or "batchGenerateContent" in (found.supported_actions or [])):
+        if found is not None and (
+            self.backend == "vertex" or "batchGenerateContent" in (found.supported_actions or [])
+        ):
             return
         available = self.batch_models()
         listed = f"; batch-capable models: {', '.join(available)}" if available else ""
@@ -406,7 +468,9 @@ class GeminiBatchHook(BaseHook):
         if self.backend == "vertex":
             return []
         models = self._retry(lambda: list(self.get_conn().models.list(config={"page_size": 1000})))
-        return sorted(normalize_model(m.name) for m in models if "batchGenerateContent" in (m.supported_actions or []))
+        return sorted(
+            normalize_model(m.name) for m in models if m.name and "batchGenerateContent" in (m.supported_actions or [])
+        )
 
     # ------------------------------------------------------------------ jobs
 
@@ -471,8 +535,17 @@ class GeminiBatchHook(BaseHook):
         wanted = normalize_model(model)
         batches = self.get_conn().batches
         if self.backend == "vertex":
-            found = [job for state in IN_FLIGHT_STATES for job in self._retry(lambda state=state: list(batches.list(
-                config=types.ListBatchJobsConfig(filter=f"state={state}", page_size=LIST_PAGE_SIZE))))]
+            found = [
+                job
+                for state in IN_FLIGHT_STATES
+                for job in self._retry(
+                    lambda state=state: list(
+                        batches.list(
+                            config=types.ListBatchJobsConfig(filter=f"state={state}", page_size=LIST_PAGE_SIZE)
+                        )
+                    )
+                )
+            ]
         else:
             since = dt.datetime.now(dt.timezone.utc) - IN_FLIGHT_WINDOW
 
@@ -514,15 +587,21 @@ class GeminiBatchHook(BaseHook):
         uris = list(uris)
         with concurrent.futures.ThreadPoolExecutor(DELETE_WORKERS, thread_name_prefix="delete") as pool:
             outcomes = list(pool.map(self._delete_one, uris))
-        failures = [(uri, outcome) for uri, outcome in zip(uris, outcomes) if isinstance(outcome, Exception)]
+        failures = [
+            (uri, outcome) for uri, outcome in zip(uris, outcomes, strict=False) if isinstance(outcome, Exception)
+        ]
         if failures:
-            self.log.warning("Could not delete %d of %d file(s): %s%s", len(failures), len(uris),
-                             "; ".join(f"{uri}: {exc}" for uri, exc in failures[:FAILURES_NAMED]),
-                             f"; and {len(failures) - FAILURES_NAMED} more" if len(failures) > FAILURES_NAMED else "")
+            self.log.warning(
+                "Could not delete %d of %d file(s): %s%s",
+                len(failures),
+                len(uris),
+                "; ".join(f"{uri}: {exc}" for uri, exc in failures[:FAILURES_NAMED]),
+                f"; and {len(failures) - FAILURES_NAMED} more" if len(failures) > FAILURES_NAMED else "",
+            )
         return {"deleted": outcomes.count("deleted"), "gone": outcomes.count("gone"), "failed": len(failures)}
 
     def _delete_one(self, uri: str) -> str | Exception:
-        """"deleted", "gone", or the error that stopped it."""
+        """ "deleted", "gone", or the error that stopped it."""
         try:
             if uri.startswith("gs://"):
                 self._retry(self.storage_path(uri).unlink)
@@ -532,7 +611,7 @@ class GeminiBatchHook(BaseHook):
             return "gone"
         except errors.ClientError as exc:
             return "gone" if is_gone(exc) else exc
-        except Exception as exc:  # noqa: BLE001 - counted and logged by delete_files
+        except Exception as exc:
             return exc
         return "deleted"
 
@@ -566,19 +645,21 @@ class GeminiBatchHook(BaseHook):
         """The download's response, streamed. The service redirects to its /download/ path; redirects are followed
         here, not by httpx (which drops only ``Authorization`` across origins), so the key goes only to the
         configured endpoint's origin: a redirect elsewhere (a signed download URL) is followed without it."""
-        target, params = httpx.URL(url), {"alt": "media"}
+        target, params = httpx.URL(url), {"alt": "media"}  # the redirect's own query replaces it
         for _ in range(MAX_REDIRECTS + 1):
             same_origin = _origin(target) == _origin(httpx.URL(url))
             headers = {"x-goog-api-key": self.connection.password or ""} if same_origin else {}
-            response = http.send(http.build_request("GET", target, params=params, headers=headers), stream=True,
-                                 follow_redirects=False)
+            response = http.send(
+                http.build_request("GET", target, params=params, headers=headers), stream=True, follow_redirects=False
+            )
             if not response.is_redirect:
                 break
             response.close()
-            target, params = response.url.join(response.headers["location"]), None
+            target, params = response.url.join(response.headers["location"]), {}
         else:
-            raise httpx.TooManyRedirects(f"the download of {url} was redirected more than {MAX_REDIRECTS} times",
-                                         request=response.request)
+            raise httpx.TooManyRedirects(
+                f"the download of {url} was redirected more than {MAX_REDIRECTS} times", request=response.request
+            )
         try:
             errors.APIError.raise_for_response(response)
         except errors.APIError:
@@ -612,11 +693,13 @@ class GeminiGenericConnectionHook(GeminiBatchHook):
     def test_connection(self) -> tuple[bool, str]:
         try:
             gemini = self.gemini_conn_id == self.default_conn_name or self._extra("backend") is not None
-        except Exception as exc:  # noqa: BLE001 - the test's answer, as in GeminiBatchHook.test_connection
+        except Exception as exc:
             return False, f"{type(exc).__name__}: {exc}"
         if not gemini:
-            return False, (f"connection {self.gemini_conn_id!r} is a generic connection, not a Gemini Batch connection "
-                           "(that has a 'backend' extra: developer or vertex): there is nothing to test it with")
+            return False, (
+                f"connection {self.gemini_conn_id!r} is a generic connection, not a Gemini Batch connection "
+                "(that has a 'backend' extra: developer or vertex): there is nothing to test it with"
+            )
         return super().test_connection()
 
 

@@ -59,14 +59,13 @@ class _Stager:
     def __init__(self, open_part: OpenPart, *, workers: int = 16, attempts: int = 5, backoff_seconds: float = 1.0):
         self.open_part = open_part
         self.workers = workers
-        self._retry = retry_policy(attempts=attempts, initial_seconds=backoff_seconds, log=log,
-                                   what=lambda: "Staging")
+        self._retry = retry_policy(attempts=attempts, initial_seconds=backoff_seconds, log=log, what=lambda: "Staging")
 
     def stage(self, items: Iterable[StageItem]) -> Iterator[StagedPart | StageFailure]:
         """Stage every item; yield one result per item as uploads finish (not in input order)."""
         items = iter(items)
         with concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="stage") as pool:
-            in_flight = {}
+            in_flight: dict[concurrent.futures.Future, StageItem] = {}
 
             def refill() -> None:
                 while len(in_flight) < self.workers * 2:
@@ -85,7 +84,7 @@ class _Stager:
                     except SourceChanged as exc:  # the message names the document and says why
                         log.warning("Staging %s: %s", item.key, exc)
                         yield StageFailure(item.key, str(exc))
-                    except Exception as exc:  # noqa: BLE001 - one bad part must not stop the others
+                    except Exception as exc:
                         where = printable(uri_of(item.source / item.path))
                         log.warning("Staging %s (%s) failed: %s", item.key, where, exc)
                         yield StageFailure(item.key, f"staging {where} failed: {exc}")
@@ -114,13 +113,20 @@ class FilesApiUploads:
     ACTIVE: a job fails the rows, or refuses the input, of a file still PROCESSING.
     """
 
-    def __init__(self, client: genai.Client, *, margin: dt.timedelta = EXPIRY_MARGIN, processing_timeout: float = 600.0):
+    def __init__(
+        self, client: genai.Client, *, margin: dt.timedelta = EXPIRY_MARGIN, processing_timeout: float = 600.0
+    ):
         self.client = client
         self.margin = margin
         self.processing_timeout = processing_timeout
 
     def ensure(
-        self, name: str, open_stream: Callable[[], AbstractContextManager[BinaryIO]], *, mime_type: str, display_name: str,
+        self,
+        name: str,
+        open_stream: Callable[[], AbstractContextManager[BinaryIO]],
+        *,
+        mime_type: str,
+        display_name: str,
     ) -> types.File:
         uploaded = self._upload(name, open_stream, mime_type, display_name)
         if uploaded is not None:
@@ -129,8 +135,13 @@ class FilesApiUploads:
         if existing is not None and self._usable(existing):
             return self._active(existing)
         if existing is not None:
-            log.info("Files API: %s is unusable (state %s, expires %s, margin %s); uploading again",
-                     name, existing.state.value if existing.state else None, existing.expiration_time, self.margin)
+            log.info(
+                "Files API: %s is unusable (state %s, expires %s, margin %s); uploading again",
+                name,
+                existing.state.value if existing.state else None,
+                existing.expiration_time,
+                self.margin,
+            )
             self._delete(name)
         uploaded = self._upload(name, open_stream, mime_type, display_name)
         if uploaded is None:  # another run uploaded it in between: theirs is new
@@ -139,8 +150,9 @@ class FilesApiUploads:
             raise StagingError(f"{name} exists and is gone again at once (409, then 404)")
         return self._active(uploaded)
 
-    def _upload(self, name: str, open_stream: Callable[[], AbstractContextManager[BinaryIO]], mime_type: str,
-                display_name: str) -> types.File | None:
+    def _upload(
+        self, name: str, open_stream: Callable[[], AbstractContextManager[BinaryIO]], mime_type: str, display_name: str
+    ) -> types.File | None:
         """The new file, or None when the name exists (409).
 
         A stream that fails as it closes, once uploaded (its source changed while it was read), takes the upload
@@ -150,7 +162,8 @@ class FilesApiUploads:
         try:
             with open_stream() as stream:
                 uploaded = self.client.files.upload(
-                    file=stream, config=types.UploadFileConfig(name=name, mime_type=mime_type, display_name=display_name),
+                    file=stream,  # type: ignore[arg-type]  # an io.IOBase: the stream open_part gives
+                    config=types.UploadFileConfig(name=name, mime_type=mime_type, display_name=display_name),
                 )
         except errors.APIError as exc:
             if exc.code != 409:
@@ -176,9 +189,11 @@ class FilesApiUploads:
                 raise StagingError(f"{file.name} still PROCESSING after {self.processing_timeout:.0f} s")
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
-            name, file = file.name, self._get(file.name)
-            if file is None:
+            name = str(file.name)
+            current = self._get(name)
+            if current is None:
                 raise FileVanished(f"{name} was deleted while it was PROCESSING")
+            file = current
         if file.state == types.FileState.FAILED:
             raise StagingError(f"the Files API could not process {file.name}: {file.error or 'state FAILED'}")
         return file
@@ -216,11 +231,13 @@ class FilesApiStager(_Stager):
 
     def _attempt(self, item: StageItem) -> StagedPart:
         file = self.uploads.ensure(
-            files_api_name(item.key), lambda: self._open(item),
-            mime_type=item.mime_type, display_name=_display_name(item),
+            files_api_name(item.key),
+            lambda: self._open(item),
+            mime_type=item.mime_type,
+            display_name=_display_name(item),
         )
         expires = file.expiration_time.astimezone(dt.timezone.utc).isoformat() if file.expiration_time else None
-        return StagedPart(item.key, file.uri, file.mime_type or item.mime_type, expires)
+        return StagedPart(item.key, str(file.uri), file.mime_type or item.mime_type, expires)
 
 
 class GcsStager(_Stager):

@@ -3,10 +3,18 @@
 # The public names, where Airflow and users' DAGs import them from.
 from gemini_batch.operators.approval import CostApprovalOperator
 from gemini_batch.operators.batch import (
-    GeminiBatchJobLink, GeminiBatchJobSensor, GeminiBatchOutputLink, GeminiBatchSubmitOperator, lineage_run_facets,
+    GeminiBatchJobLink,
+    GeminiBatchJobSensor,
+    GeminiBatchOutputLink,
+    GeminiBatchSubmitOperator,
+    lineage_run_facets,
 )
 
 __all__ = [
-    "CostApprovalOperator", "GeminiBatchJobLink", "GeminiBatchJobSensor", "GeminiBatchOutputLink",
-    "GeminiBatchSubmitOperator", "lineage_run_facets",
+    "CostApprovalOperator",
+    "GeminiBatchJobLink",
+    "GeminiBatchJobSensor",
+    "GeminiBatchOutputLink",
+    "GeminiBatchSubmitOperator",
+    "lineage_run_facets",
 ]

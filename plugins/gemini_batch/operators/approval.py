@@ -25,8 +25,10 @@ def _threshold(value: Any) -> float | None:
 def describe_estimate(planned: Mapping) -> str:
     estimate = planned["estimate"]
     cost = "an unknown cost" if estimate["usd"] is None else f"${estimate['usd']:.4f}"
-    return (f"{cost} for {planned['requests']:,} requests ({estimate['input_tokens']:,} input + "
-            f"{estimate['output_tokens']:,} output tokens)")
+    return (
+        f"{cost} for {planned['requests']:,} requests ({estimate['input_tokens']:,} input + "
+        f"{estimate['output_tokens']:,} output tokens)"
+    )
 
 
 class CostApprovalOperator(ApprovalOperator):
@@ -44,13 +46,18 @@ class CostApprovalOperator(ApprovalOperator):
         threshold, estimate = _threshold(self.threshold_usd), self.planned["estimate"]["usd"]
         described = describe_estimate(self.planned)
         if threshold is None or (estimate is not None and estimate <= threshold):
-            self.log.info("No approval needed: estimated %s, approval threshold %s", described,
-                          "not set" if threshold is None else f"${threshold:.4f}")
+            self.log.info(
+                "No approval needed: estimated %s, approval threshold %s",
+                described,
+                "not set" if threshold is None else f"${threshold:.4f}",
+            )
             return None
         self.subject = f"Approve {described}?"
-        self.body = (f"This run would submit {described}, above the approval threshold "
-                     f"(approve_above_usd) of ${threshold:.4f}.\n\nApprove submits it; Reject fails the run "
-                     "before anything is uploaded.")
+        self.body = (
+            f"This run would submit {described}, above the approval threshold "
+            f"(approve_above_usd) of ${threshold:.4f}.\n\nApprove submits it; Reject fails the run "
+            "before anything is uploaded."
+        )
         return super().execute(context)
 
     def execute_complete(self, context, event: dict[str, Any]):
@@ -62,6 +69,7 @@ class CostApprovalOperator(ApprovalOperator):
             who = by.get("name") or by.get("id") or "a user"
             raise AirflowFailException(
                 f"{who} rejected the run: estimated {describe_estimate(self.planned)} is above approve_above_usd "
-                f"${_threshold(self.threshold_usd):.4f}; nothing was submitted")
+                f"${_threshold(self.threshold_usd):.4f}; nothing was submitted"
+            )
         self.log.info("Approved by %s: submitting", (response.get("responded_by_user") or {}).get("name"))
         return response

@@ -27,23 +27,39 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from airflow.sdk import BaseOperator, BaseOperatorLink, BaseSensorOperator, ObjectStoragePath, PokeReturnValue
-from airflow.sdk.execution_time.xcom import XCom
 from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+from airflow.sdk import BaseOperator, BaseOperatorLink, BaseSensorOperator, ObjectStoragePath, PokeReturnValue, XComArg
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.execution_time.xcom import XCom
 from google.genai import errors, types
 
-from gemini_batch.core.batch_requests import ShardManifest, ShardPiece, ShardPieces, split_shard
 from gemini_batch.coordination.claims import (
-    FROM_LEDGER, holder_tokens, job_finder, job_state, key_shards, run_alive, run_state_of, shard_job_name,
+    FROM_LEDGER,
+    holder_tokens,
+    job_finder,
+    job_state,
+    key_shards,
+    run_alive,
+    run_state_of,
+    shard_job_name,
     slot_is_free,
 )
-from gemini_batch.hooks.gemini import (
-    CLOCK_SKEW, DEAD_STATES, DEVELOPER_API_VERSION, DEVELOPER_BASE_URL, GeminiBatchHook, is_terminal, job_error, job_stats, state_name,
-)
-from gemini_batch.hooks.errors import QuotaExhausted
 from gemini_batch.coordination.ledger import Ledger, ShardJob, now_iso
+from gemini_batch.core.batch_requests import ShardManifest, ShardPiece, ShardPieces, split_shard
 from gemini_batch.core.locations import uri_of
+from gemini_batch.hooks.errors import QuotaExhausted
+from gemini_batch.hooks.gemini import (
+    CLOCK_SKEW,
+    DEAD_STATES,
+    DEVELOPER_API_VERSION,
+    DEVELOPER_BASE_URL,
+    GeminiBatchHook,
+    is_terminal,
+    job_error,
+    job_stats,
+    name_of,
+    state_name,
+)
 from gemini_batch.steps.runs import LINEAGE_EXTRA
 from gemini_batch.triggers.gemini import GeminiBatchJobTrigger, job_output
 
@@ -71,8 +87,10 @@ class GeminiBatchJobLink(BaseOperatorLink):
         if not job_name:
             return ""
         if job := VERTEX_JOB.fullmatch(job_name):
-            return (f"{CONSOLE}/vertex-ai/locations/{job['location']}/batch-predictions/{job['id']}"
-                    f"?project={job['project']}")
+            return (
+                f"{CONSOLE}/vertex-ai/locations/{job['location']}/batch-predictions/{job['id']}"
+                f"?project={job['project']}"
+            )
         return AI_STUDIO_BATCHES
 
 
@@ -96,9 +114,10 @@ JOB_LINKS = (GeminiBatchJobLink(), GeminiBatchOutputLink())
 
 
 def lineage_run_facets(task_instance, ti_state) -> dict:
-    """An OpenLineage ``[openlineage] custom_run_facets`` function (``gemini_batch.operators.batch.lineage_run_facets``):
-    the totals a task recorded as hook-lineage extra ``LINEAGE_EXTRA`` (jobs, tokens, documents) as the run facet
-    ``geminiBatch``. The provider makes facets of SQL extras only, and a TaskFlow task cannot return its own."""
+    """An OpenLineage ``[openlineage] custom_run_facets`` function
+    (``gemini_batch.operators.batch.lineage_run_facets``): the totals a task recorded as hook-lineage extra
+    ``LINEAGE_EXTRA`` (jobs, tokens, documents) as the run facet ``geminiBatch``. The provider makes facets of SQL
+    extras only, and a TaskFlow task cannot return its own."""
     import attrs
     from airflow.providers.common.compat.lineage.hook import get_hook_lineage_collector
     from airflow.providers.common.compat.openlineage.facet import RunFacet
@@ -145,17 +164,26 @@ def job_deadline(job: types.BatchJob, expiry: dt.timedelta) -> dt.datetime:
 
 
 def wait_for_job(
-    task: BaseOperator, hook: GeminiBatchHook, job: types.BatchJob, *, expiry: dt.timedelta, poll_interval: float,
+    task: BaseOperator,
+    hook: GeminiBatchHook,
+    job: types.BatchJob,
+    *,
+    expiry: dt.timedelta,
+    poll_interval: float,
     describe: Mapping[str, Any],
 ) -> dict:
     """The outcome of a job that has ended; otherwise defer to the trigger until it ends (raises TaskDeferred)."""
     if is_terminal(job):
-        return job_outcome(task, describe, job.name, state_name(job), job_stats(job), job_error(job))
+        return job_outcome(task, describe, name_of(job), state_name(job), job_stats(job), job_error(job))
     deadline = job_deadline(job, expiry)
-    task.log.info("Waiting for batch job %s (%s) until %s at the latest", job.name, state_name(job), deadline.isoformat())
+    task.log.info(
+        "Waiting for batch job %s (%s) until %s at the latest", name_of(job), state_name(job), deadline.isoformat()
+    )
     task.defer(
         trigger=GeminiBatchJobTrigger(
-            job_name=job.name, gemini_conn_id=hook.gemini_conn_id, deadline=deadline.isoformat(),
+            job_name=name_of(job),
+            gemini_conn_id=hook.gemini_conn_id,
+            deadline=deadline.isoformat(),
             poll_interval=poll_interval,
         ),
         method_name="execute_complete",
@@ -173,7 +201,11 @@ def complete_from_event(task: BaseOperator, hook: GeminiBatchHook, event: Mappin
 
 
 def deadline_outcome(
-    task: BaseOperator, hook: GeminiBatchHook, job_name: str, last_state: str | None, stats: Mapping,
+    task: BaseOperator,
+    hook: GeminiBatchHook,
+    job_name: str,
+    last_state: str | None,
+    stats: Mapping,
     describe: Mapping[str, Any],
 ) -> dict:
     """Cancel a job past its deadline and report it EXPIRED; one that ended meanwhile reports how it ended."""
@@ -185,19 +217,34 @@ def deadline_outcome(
 
 
 def job_outcome(
-    task: BaseOperator, describe: Mapping[str, Any], job_name: str, state: str | None, stats: Mapping, error: str | None,
-    *, deadline_passed: bool = False,
+    task: BaseOperator,
+    describe: Mapping[str, Any],
+    job_name: str,
+    state: str | None,
+    stats: Mapping,
+    error: str | None,
+    *,
+    deadline_passed: bool = False,
 ) -> dict:
     outcome = {
-        "job_name": job_name, "display_name": describe.get("display_name"), "shard_id": describe.get("shard_id"),
-        "manifest_uri": describe.get("manifest_uri"), "state": state, "stats": dict(stats), "error": error,
+        "job_name": job_name,
+        "display_name": describe.get("display_name"),
+        "shard_id": describe.get("shard_id"),
+        "manifest_uri": describe.get("manifest_uri"),
+        "state": state,
+        "stats": dict(stats),
+        "error": error,
         "deadline_passed": deadline_passed,
     }
     if state in SUCCEEDED_STATES:
         task.log.info("Batch job %s ended %s %s", job_name, state, dict(stats) or "")
     else:
-        task.log.warning("Batch job %s ended %s (%s); its finished rows are collected and the rest retried",
-                         job_name, state, error or "no error message")
+        task.log.warning(
+            "Batch job %s ended %s (%s); its finished rows are collected and the rest retried",
+            job_name,
+            state,
+            error or "no error message",
+        )
     return outcome
 
 
@@ -229,8 +276,15 @@ class GeminiBatchSubmitOperator(BaseOperator):
     operator_extra_links = JOB_LINKS
     # gemini_conn_id, expiry and polling too: the DAG takes them as run params (contract 5); strings are converted.
     template_fields = (
-        "manifest_uri", "model", "display_name", "output_prefix", "gemini_conn_id", "expiry_hours", "poll_interval",
-        "max_jobs_in_flight", "quota_wait_hours",
+        "manifest_uri",
+        "model",
+        "display_name",
+        "output_prefix",
+        "gemini_conn_id",
+        "expiry_hours",
+        "poll_interval",
+        "max_jobs_in_flight",
+        "quota_wait_hours",
     )
 
     def __init__(
@@ -267,8 +321,14 @@ class GeminiBatchSubmitOperator(BaseOperator):
             submission = self._adopt(context, hook, adoption)
             if not self.wait:
                 return submission
-            return observe_jobs(self, hook, submission, expiry=dt.timedelta(hours=float(self.expiry_hours)),
-                                poll_interval=float(self.poll_interval), method_name="resume")
+            return observe_jobs(
+                self,
+                hook,
+                submission,
+                expiry=dt.timedelta(hours=float(self.expiry_hours)),
+                poll_interval=float(self.poll_interval),
+                method_name="resume",
+            )
         manifest, display_name = self._shard(context, hook)
         pieces_path = ShardPieces.path_of(manifest, hook.storage_path(self.manifest_uri).parent)
         if (pieces := ShardPieces.load(pieces_path)) is not None:  # the service refused this shard before
@@ -277,10 +337,12 @@ class GeminiBatchSubmitOperator(BaseOperator):
         store = context.get("task_state_store")
         job = self._earlier_job(context, store, hook, display_name)
         if job is not None and state_name(job) not in DEAD_STATES:
-            self.log.info("Reattaching to batch job %s (%s), %s", job.name, display_name, state_name(job))
+            self.log.info("Reattaching to batch job %s (%s), %s", name_of(job), display_name, state_name(job))
         else:
             if job is not None:
-                self.log.info("The earlier job %s (%s) ended %s; submitting again", job.name, display_name, state_name(job))
+                self.log.info(
+                    "The earlier job %s (%s) ended %s; submitting again", name_of(job), display_name, state_name(job)
+                )
             if not self._take_slot(context, hook, manifest):
                 return self._wait(f"for one of the {self.max_jobs_in_flight} slots for jobs in flight", "resume")
             if store is not None:
@@ -293,24 +355,36 @@ class GeminiBatchSubmitOperator(BaseOperator):
             except QuotaExhausted as exc:  # nothing was created: from here on the shard is submitted as pieces
                 if store is not None:
                     store.delete(SUBMIT_STARTED_KEY)
-                self.log.info("The service refused shard %s (%d requests, about %d input tokens): %s",
-                              manifest.shard_id, manifest.rows, manifest.tokens, exc)
-                pieces = ShardPieces(manifest.shard_id, [ShardPiece(self.manifest_uri, display_name, manifest.rows,
-                                                                    src=src)])
+                self.log.info(
+                    "The service refused shard %s (%d requests, about %d input tokens): %s",
+                    manifest.shard_id,
+                    manifest.rows,
+                    manifest.tokens,
+                    exc,
+                )
+                pieces = ShardPieces(
+                    manifest.shard_id, [ShardPiece(self.manifest_uri, display_name, manifest.rows, src=src)]
+                )
                 pieces.save(pieces_path)
                 return self._submit_pieces(context, hook, pieces, pieces_path, refused_now=True)
         if store is not None:  # a new job, or one found by searching: the next try needs a single get
-            store.set(JOB_NAME_KEY, job.name)
-        self.job_name = job.name
-        self._record_job(hook, manifest, ShardJob(job.name, now_iso(), display_name))
-        push_links(context, job.name, job_output(job))
+            store.set(JOB_NAME_KEY, name_of(job))
+        self.job_name = name_of(job)
+        self._record_job(hook, manifest, ShardJob(name_of(job), now_iso(), display_name))
+        push_links(context, name_of(job), job_output(job))
         if hook.backend == "developer":  # the SDK does not report a Developer API job's input: clean-up needs it
             ti.xcom_push(key="job_input", value=f"files/{shard_file_name(display_name)}")
         describe = self._describe(display_name, manifest)
         if not self.wait:
-            return {**describe, "jobs": [job.name], "adopted": False, "own": True}
-        return wait_for_job(self, hook, job, expiry=dt.timedelta(hours=float(self.expiry_hours)),
-                            poll_interval=float(self.poll_interval), describe=describe)
+            return {**describe, "jobs": [name_of(job)], "adopted": False, "own": True}
+        return wait_for_job(
+            self,
+            hook,
+            job,
+            expiry=dt.timedelta(hours=float(self.expiry_hours)),
+            poll_interval=float(self.poll_interval),
+            describe=describe,
+        )
 
     @staticmethod
     def _record_job(hook: GeminiBatchHook, manifest: ShardManifest, job: ShardJob) -> None:
@@ -340,8 +414,9 @@ class GeminiBatchSubmitOperator(BaseOperator):
             if job.display_name == display_name:
                 return job
             # Mapped tasks are stored per map index: this index now holds other rows (its upstream was rerun).
-            self.log.info("The stored job %s is for %s, not %s; searching by name", job_name, job.display_name,
-                          display_name)
+            self.log.info(
+                "The stored job %s is for %s, not %s; searching by name", job_name, job.display_name, display_name
+            )
             return hook.find_job(display_name)
         if started := store.get(SUBMIT_STARTED_KEY):
             return hook.find_job(display_name, created_after=dt.datetime.fromisoformat(started) - CLOCK_SKEW)
@@ -352,7 +427,8 @@ class GeminiBatchSubmitOperator(BaseOperator):
         if hook.backend == "vertex":
             if not manifest.uri.startswith("gs://"):
                 raise ValueError(
-                    f"Vertex AI reads batch input from gs:// only; shard {manifest.shard_id} is at {manifest.uri}")
+                    f"Vertex AI reads batch input from gs:// only; shard {manifest.shard_id} is at {manifest.uri}"
+                )
             return manifest.uri
         return hook.upload_jsonl(hook.storage_path(manifest.uri), shard_file_name(display_name))
 
@@ -362,8 +438,11 @@ class GeminiBatchSubmitOperator(BaseOperator):
         if hook.backend == "vertex":
             dest = default_output_prefix(manifest)
             if self.output_prefix:
-                dest = self.output_prefix if manifest.piece_of is None else (
-                    f"{self.output_prefix.rstrip('/')}/{manifest.shard_id}/")
+                dest = (
+                    self.output_prefix
+                    if manifest.piece_of is None
+                    else (f"{self.output_prefix.rstrip('/')}/{manifest.shard_id}/")
+                )
         try:
             return hook.create_job(model=self.model, src=src, display_name=display_name, dest=dest)
         except errors.ClientError as exc:
@@ -371,7 +450,8 @@ class GeminiBatchSubmitOperator(BaseOperator):
                 raise
             raise AirflowFailException(
                 f"model {self.model!r}: the service has no such model for batch jobs, or not for this project "
-                f"({exc.code} {exc.status}: {exc.message})") from None
+                f"({exc.code} {exc.status}: {exc.message})"
+            ) from None
 
     def _shard(self, context, hook: GeminiBatchHook) -> tuple[ShardManifest, str]:
         """The shard's manifest and the job's display name (the same run and rows give the same name)."""
@@ -380,13 +460,17 @@ class GeminiBatchSubmitOperator(BaseOperator):
 
     def _display_name(self, context, hook: GeminiBatchHook, manifest: ShardManifest) -> str:
         if self.display_name:
-            return self.display_name if manifest.piece_of is None else (
-                f"{self.display_name}{manifest.shard_id[len(manifest.piece_of):]}")
+            return (
+                self.display_name
+                if manifest.piece_of is None
+                else (f"{self.display_name}{manifest.shard_id[len(manifest.piece_of) :]}")
+            )
         ti = context["ti"]
         return default_display_name(ti.dag_id, ti.run_id, manifest.shard_id, hook.storage_path(manifest.keys_uri))
 
-    def _submit_pieces(self, context, hook: GeminiBatchHook, pieces: ShardPieces, path: ObjectStoragePath, *,
-                       refused_now: bool = False) -> dict | str:
+    def _submit_pieces(
+        self, context, hook: GeminiBatchHook, pieces: ShardPieces, path: ObjectStoragePath, *, refused_now: bool = False
+    ) -> dict | str:
         """Submit, in order, the pieces of a shard the service refused; return the submission once each has a job
         or is refused. ``refused_now``: the first open piece was just refused (no second create for it)."""
         index = 0
@@ -399,38 +483,59 @@ class GeminiBatchSubmitOperator(BaseOperator):
             verdict = "refused" if refused_now else self._try_piece(hook, part, piece, pieces, path)
             refused_now = False
             if isinstance(verdict, types.BatchJob):
-                push_links(context, verdict.name, job_output(verdict))
+                push_links(context, name_of(verdict), job_output(verdict))
                 index += 1
             elif hook.jobs_in_flight(self.model):  # they hold the quota: wait for them, not forever
                 return self._wait_for_quota(hook, part, pieces, path)
-            elif (verdict := self._try_piece(hook, part, piece, pieces, path)) != "refused":
-                push_links(context, verdict.name, job_output(verdict))  # the quota freed up meanwhile
+            elif isinstance(verdict := self._try_piece(hook, part, piece, pieces, path), types.BatchJob):
+                push_links(context, name_of(verdict), job_output(verdict))  # the quota freed up meanwhile
                 index += 1
             elif hook.jobs_in_flight(self.model):
                 return self._wait_for_quota(hook, part, pieces, path)
             elif part.rows > 1:  # refused twice with nothing else in flight: this piece alone is over the quota
                 halves = split_shard(part, hook.storage_path(piece.manifest_uri).parent)
-                pieces.pieces[index:index + 1] = [
-                    ShardPiece(half.manifest_uri, self._display_name(context, hook, half), half.rows) for half in halves]
+                pieces.pieces[index : index + 1] = [
+                    ShardPiece(half.manifest_uri, self._display_name(context, hook, half), half.rows) for half in halves
+                ]
                 pieces.save(path)
-                self.log.info("Shard %s alone is over the model's quota: split into %s and %s (%d and %d requests)",
-                              part.shard_id, halves[0].shard_id, halves[1].shard_id, halves[0].rows, halves[1].rows)
+                self.log.info(
+                    "Shard %s alone is over the model's quota: split into %s and %s (%d and %d requests)",
+                    part.shard_id,
+                    halves[0].shard_id,
+                    halves[1].shard_id,
+                    halves[0].rows,
+                    halves[1].rows,
+                )
             else:
                 piece.refused = quota_refusal(self.model, part.tokens)
                 pieces.save(path)
                 self.log.warning("Request %s: %s", part.shard_id, piece.refused)
                 index += 1
-        submission = self._describe(pieces.pieces[0].display_name, ShardManifest.load(
-            hook.storage_path(self.manifest_uri)))
-        return {**submission, "jobs": [p.job_name for p in pieces.pieces if p.job_name], "adopted": False,
-                "own": True, "pieces_uri": uri_of(path)}
+        submission = self._describe(
+            pieces.pieces[0].display_name, ShardManifest.load(hook.storage_path(self.manifest_uri))
+        )
+        return {
+            **submission,
+            "jobs": [p.job_name for p in pieces.pieces if p.job_name],
+            "adopted": False,
+            "own": True,
+            "pieces_uri": uri_of(path),
+        }
 
-    def _try_piece(self, hook: GeminiBatchHook, part: ShardManifest, piece: ShardPiece, pieces: ShardPieces,
-                   path: ObjectStoragePath) -> types.BatchJob | str:
+    def _try_piece(
+        self,
+        hook: GeminiBatchHook,
+        part: ShardManifest,
+        piece: ShardPiece,
+        pieces: ShardPieces,
+        path: ObjectStoragePath,
+    ) -> types.BatchJob | str:
         """The piece's job (one an earlier try made, found by its display name, or a new one), or "refused"."""
         job = None
         if piece.started_at is not None:
-            job = hook.find_job(piece.display_name, created_after=dt.datetime.fromisoformat(piece.started_at) - CLOCK_SKEW)
+            job = hook.find_job(
+                piece.display_name, created_after=dt.datetime.fromisoformat(piece.started_at) - CLOCK_SKEW
+            )
             job = job if job is not None and state_name(job) not in DEAD_STATES else None
         if job is None:
             if piece.src is None:
@@ -442,15 +547,15 @@ class GeminiBatchSubmitOperator(BaseOperator):
                 job = self._create(hook, part, piece.src, piece.display_name)
             except QuotaExhausted:
                 return "refused"
-        piece.job_name, pieces.quota_wait_since = job.name, None
+        piece.job_name, pieces.quota_wait_since = name_of(job), None
         pieces.save(path)
-        self._record_job(hook, part, ShardJob(job.name, now_iso(), piece.display_name))
-        self.log.info("Piece %s of shard %s (%d requests): batch job %s", part.shard_id, pieces.shard_id, part.rows,
-                      job.name)
+        self._record_job(hook, part, ShardJob(name_of(job), now_iso(), piece.display_name))
+        self.log.info(
+            "Piece %s of shard %s (%d requests): batch job %s", part.shard_id, pieces.shard_id, part.rows, name_of(job)
+        )
         return job
 
-    def _wait_for_quota(self, hook: GeminiBatchHook, part: ShardManifest, pieces: ShardPieces,
-                        path: ObjectStoragePath):
+    def _wait_for_quota(self, hook: GeminiBatchHook, part: ShardManifest, pieces: ShardPieces, path: ObjectStoragePath):
         """Defer until the model's jobs in flight leave room; fail the run once the wait passes quota_wait_hours."""
         now = dt.datetime.now(dt.timezone.utc)
         if pieces.quota_wait_since is None:
@@ -461,21 +566,26 @@ class GeminiBatchSubmitOperator(BaseOperator):
         if now - since >= limit:
             raise AirflowFailException(
                 f"model {self.model!r}: the service refused {part.shard_id} ({part.rows} requests, about "
-                f"{part.tokens:,} input tokens) for {now - since} while other jobs of the model held its enqueued-token "
-                f"quota (quota_wait_hours={float(self.quota_wait_hours):g}). Set the model's quota as "
+                f"{part.tokens:,} input tokens) for {now - since} while other jobs of the model held its "
+                f"enqueued-token quota (quota_wait_hours={float(self.quota_wait_hours):g}). Set the model's quota as "
                 f"enqueued_token_limit in connection {self.gemini_conn_id!r} (shards are then sized to it and wait "
-                f"their turn), lower max_jobs_in_flight, or raise quota_wait_hours")
-        return self._wait(f"for the model's quota: {part.shard_id} (about {part.tokens:,} input tokens) was refused "
-                          f"while other jobs of {self.model} are in flight; waiting until {(since + limit).isoformat()} "
-                          "at the latest", "resume")
+                f"their turn), lower max_jobs_in_flight, or raise quota_wait_hours"
+            )
+        return self._wait(
+            f"for the model's quota: {part.shard_id} (about {part.tokens:,} input tokens) was refused "
+            f"while other jobs of {self.model} are in flight; waiting until {(since + limit).isoformat()} "
+            "at the latest",
+            "resume",
+        )
 
-    def _describe(self, display_name: str, manifest: ShardManifest) -> dict:
+    def _describe(self, display_name: str | None, manifest: ShardManifest) -> dict:
         return {"display_name": display_name, "shard_id": manifest.shard_id, "manifest_uri": self.manifest_uri}
 
     def execute_complete(self, context, event: Mapping, describe: Mapping[str, Any] | None = None) -> dict:
         hook = GeminiBatchHook(self.gemini_conn_id)
         if describe is None:  # not every runner hands the defer kwargs back (dags test does not): rebuild them
-            describe = self._describe(*reversed(self._shard(context, hook)))
+            manifest, display_name = self._shard(context, hook)
+            describe = self._describe(display_name, manifest)
         if event["status"] == "terminal":
             push_links(context, event["job_name"], event.get("output"))
         return complete_from_event(self, hook, event, describe)
@@ -490,11 +600,19 @@ class GeminiBatchSubmitOperator(BaseOperator):
             return True
         ledger = Ledger(hook.storage_path(manifest.ledger))
         return ledger.take_slot(
-            f"{manifest.claim}/{manifest.shard_id}", int(self.max_jobs_in_flight),
-            lambda holder: slot_is_free(ledger, holder, job_state=lambda name: job_state(hook, name),
-                                        run_state=run_state_of(context), find_job=job_finder(hook)),
-            tokens=manifest.tokens, token_budget=hook.enqueued_token_limit,
-            tokens_of=lambda holder: holder_tokens(ledger, holder, hook.gcp_conn_id))
+            f"{manifest.claim}/{manifest.shard_id}",
+            int(self.max_jobs_in_flight),
+            lambda holder: slot_is_free(
+                ledger,
+                holder,
+                job_state=lambda name: job_state(hook, name),
+                run_state=run_state_of(context),
+                find_job=job_finder(hook),
+            ),
+            tokens=manifest.tokens,
+            token_budget=hook.enqueued_token_limit,
+            tokens_of=lambda holder: holder_tokens(ledger, holder, hook.gcp_conn_id),
+        )
 
     def _adopt(self, context, hook: GeminiBatchHook, manifest: ShardManifest) -> dict:
         """The submission of the jobs another run's claim made for this manifest's keys, once they exist.
@@ -504,7 +622,7 @@ class GeminiBatchSubmitOperator(BaseOperator):
         keys without an answer here; the next round takes them over.
         """
         submission = {**self._describe(None, manifest), "jobs": [], "adopted": True, "own": False}
-        if manifest.adopts == FROM_LEDGER:
+        if manifest.adopts == FROM_LEDGER or manifest.adopts is None or manifest.ledger is None:
             return submission
         ledger = Ledger(hook.storage_path(manifest.ledger))
         claim = ledger.claim(manifest.adopts)
@@ -522,8 +640,12 @@ class GeminiBatchSubmitOperator(BaseOperator):
                 return self._wait(f"for claim {claim.claim} to submit shard {shard}", "resume")
             if name is not None:
                 submission["jobs"].append(name)
-        self.log.info("%d key(s) are requested by claim %s, in jobs %s", len(wanted), claim.claim,
-                      ", ".join(submission["jobs"]) or "none")
+        self.log.info(
+            "%d key(s) are requested by claim %s, in jobs %s",
+            len(wanted),
+            claim.claim,
+            ", ".join(submission["jobs"]) or "none",
+        )
         return submission
 
     def _wait(self, what: str, method_name: str):
@@ -556,7 +678,7 @@ class GeminiBatchJobSensor(BaseSensorOperator):
     def __init__(
         self,
         *,
-        job_name: str | Mapping,
+        job_name: str | Mapping | XComArg,  # the submission, or a job name
         gemini_conn_id: str = GeminiBatchHook.default_conn_name,
         deferrable: bool = True,
         poll_interval: float | str = 30,
@@ -579,8 +701,14 @@ class GeminiBatchJobSensor(BaseSensorOperator):
     def _submission(self) -> dict:
         if isinstance(self.job_name, Mapping):
             return dict(self.job_name)
-        return {"jobs": [self.job_name], "adopted": False, "own": False,
-                "display_name": None, "shard_id": None, "manifest_uri": None}
+        return {
+            "jobs": [self.job_name],
+            "adopted": False,
+            "own": False,
+            "display_name": None,
+            "shard_id": None,
+            "manifest_uri": None,
+        }
 
     def execute(self, context) -> dict | None:
         if not self.deferrable:
@@ -588,12 +716,24 @@ class GeminiBatchJobSensor(BaseSensorOperator):
         hook = GeminiBatchHook(self.gemini_conn_id)
         submission = self._submission()
         if submission["adopted"] or submission.get("pieces_uri"):
-            return observe_jobs(self, hook, submission, expiry=self.expiry, poll_interval=float(self.poll_interval),
-                                method_name="execute_complete")
+            return observe_jobs(
+                self,
+                hook,
+                submission,
+                expiry=self.expiry,
+                poll_interval=float(self.poll_interval),
+                method_name="execute_complete",
+            )
         job = hook.get_job(submission["jobs"][0])
-        push_links(context, job.name, job_output(job))
-        return wait_for_job(self, hook, job, expiry=self.expiry, poll_interval=float(self.poll_interval),
-                            describe=_describe(submission, job))
+        push_links(context, name_of(job), job_output(job))
+        return wait_for_job(
+            self,
+            hook,
+            job,
+            expiry=self.expiry,
+            poll_interval=float(self.poll_interval),
+            describe=_describe(submission, job),
+        )
 
     def poke(self, context) -> bool | PokeReturnValue:
         hook = GeminiBatchHook(self.gemini_conn_id)
@@ -603,21 +743,42 @@ class GeminiBatchJobSensor(BaseSensorOperator):
         if not all(is_terminal(job) or now >= job_deadline(job, self.expiry) for job in jobs):
             return False
         if submission["adopted"] or submission.get("pieces_uri"):
-            return PokeReturnValue(True, observe_jobs(self, hook, submission, expiry=self.expiry,  # all ended
-                                                      poll_interval=float(self.poll_interval), method_name="poke"))
+            return PokeReturnValue(
+                True,
+                observe_jobs(
+                    self,
+                    hook,
+                    submission,
+                    expiry=self.expiry,  # all ended
+                    poll_interval=float(self.poll_interval),
+                    method_name="poke",
+                ),
+            )
         (job,) = jobs
-        push_links(context, job.name, job_output(job))
+        push_links(context, name_of(job), job_output(job))
         if is_terminal(job):
-            return PokeReturnValue(True, job_outcome(
-                self, _describe(submission, job), job.name, state_name(job), job_stats(job), job_error(job)))
-        return PokeReturnValue(True, self._past_deadline(hook, submission, job.name, state_name(job), job_stats(job)))
+            return PokeReturnValue(
+                True,
+                job_outcome(
+                    self, _describe(submission, job), name_of(job), state_name(job), job_stats(job), job_error(job)
+                ),
+            )
+        return PokeReturnValue(
+            True, self._past_deadline(hook, submission, name_of(job), state_name(job), job_stats(job))
+        )
 
     def execute_complete(self, context, event: Mapping, describe: Mapping[str, Any] | None = None) -> dict:
         hook = GeminiBatchHook(self.gemini_conn_id)
         submission = self._submission()
         if submission["adopted"] or submission.get("pieces_uri"):  # one of its jobs ended: look at all again
-            return observe_jobs(self, hook, submission, expiry=self.expiry, poll_interval=float(self.poll_interval),
-                                method_name="execute_complete")
+            return observe_jobs(
+                self,
+                hook,
+                submission,
+                expiry=self.expiry,
+                poll_interval=float(self.poll_interval),
+                method_name="execute_complete",
+            )
         if event["status"] == "deadline":
             return self._past_deadline(hook, submission, event["job_name"], event["state"], event.get("stats") or {})
         if event["status"] == "terminal":
@@ -633,7 +794,12 @@ class GeminiBatchJobSensor(BaseSensorOperator):
 
 
 def observe_jobs(
-    task: BaseOperator, hook: GeminiBatchHook, submission: Mapping, *, expiry: dt.timedelta, poll_interval: float,
+    task: BaseOperator,
+    hook: GeminiBatchHook,
+    submission: Mapping,
+    *,
+    expiry: dt.timedelta,
+    poll_interval: float,
     method_name: str,
 ) -> dict:
     """The outcome of a submission of several jobs once each has ended or passed its deadline; until then defer.
@@ -646,37 +812,66 @@ def observe_jobs(
         job = hook.get_job(name)
         deadline = job_deadline(job, expiry)
         if not is_terminal(job) and dt.datetime.now(dt.timezone.utc) < deadline:
-            task.log.info("Waiting for batch job %s (%s)%s", name, state_name(job),
-                          " of another run: it requests keys of this round" if submission["adopted"] else "")
-            task.defer(trigger=GeminiBatchJobTrigger(job_name=name, gemini_conn_id=hook.gemini_conn_id,
-                                                     deadline=deadline.isoformat(), poll_interval=poll_interval),
-                       method_name=method_name)
+            task.log.info(
+                "Waiting for batch job %s (%s)%s",
+                name,
+                state_name(job),
+                " of another run: it requests keys of this round" if submission["adopted"] else "",
+            )
+            task.defer(
+                trigger=GeminiBatchJobTrigger(
+                    job_name=name,
+                    gemini_conn_id=hook.gemini_conn_id,
+                    deadline=deadline.isoformat(),
+                    poll_interval=poll_interval,
+                ),
+                method_name=method_name,
+            )
         jobs.append(job)
         if not submission["adopted"]:
-            pieces.append(deadline_outcome(task, hook, name, state_name(job), job_stats(job), {})
-                          if not is_terminal(job) else
-                          job_outcome(task, {}, name, state_name(job), job_stats(job), job_error(job)))
+            pieces.append(
+                deadline_outcome(task, hook, name, state_name(job), job_stats(job), {})
+                if not is_terminal(job)
+                else job_outcome(task, {}, name, state_name(job), job_stats(job), job_error(job))
+            )
     if submission["adopted"]:
         return adopted_outcome(submission, jobs)
-    return {**adopted_outcome(submission, []), "display_name": submission.get("display_name"), "state": "PIECES",
-            "adopted_jobs": None, "pieces_uri": submission["pieces_uri"], "piece_jobs": pieces}
+    return {
+        **adopted_outcome(submission, []),
+        "display_name": submission.get("display_name"),
+        "state": "PIECES",
+        "adopted_jobs": None,
+        "pieces_uri": submission["pieces_uri"],
+        "piece_jobs": pieces,
+    }
 
 
 def adopted_outcome(submission: Mapping, jobs: list[types.BatchJob]) -> dict:
     return {
-        "job_name": None, "display_name": None, "shard_id": submission.get("shard_id"),
-        "manifest_uri": submission.get("manifest_uri"), "state": "ADOPTED", "stats": {}, "error": None,
-        "deadline_passed": False, "adopted_jobs": [{"job_name": job.name, "state": state_name(job)} for job in jobs],
+        "job_name": None,
+        "display_name": None,
+        "shard_id": submission.get("shard_id"),
+        "manifest_uri": submission.get("manifest_uri"),
+        "state": "ADOPTED",
+        "stats": {},
+        "error": None,
+        "deadline_passed": False,
+        "adopted_jobs": [{"job_name": name_of(job), "state": state_name(job)} for job in jobs],
     }
 
 
 def _describe(submission: Mapping, job: types.BatchJob | None) -> dict:
-    return {"display_name": submission.get("display_name") or (job.display_name if job else None),
-            "shard_id": submission.get("shard_id"), "manifest_uri": submission.get("manifest_uri")}
+    return {
+        "display_name": submission.get("display_name") or (job.display_name if job else None),
+        "shard_id": submission.get("shard_id"),
+        "manifest_uri": submission.get("manifest_uri"),
+    }
 
 
 def quota_refusal(model: str, tokens: int) -> str:
     """Why a single request can never be submitted: alone, it is over the model's enqueued-token quota."""
-    return (f"refused by the service: this request alone (about {tokens:,} input tokens) is over model {model}'s "
-            "enqueued-token quota (429 RESOURCE_EXHAUSTED with no other job of the model in flight); split the "
-            "document smaller (max_pages, max_part_mb), or ask Google for a larger quota")
+    return (
+        f"refused by the service: this request alone (about {tokens:,} input tokens) is over model {model}'s "
+        "enqueued-token quota (429 RESOURCE_EXHAUSTED with no other job of the model in flight); split the "
+        "document smaller (max_pages, max_part_mb), or ask Google for a larger quota"
+    )

@@ -22,19 +22,25 @@ from gemini_batch.core import documents, jsonl, keys
 from gemini_batch.core.batch_requests import RequestSpec, ShardManifest, ShardWriter, build_row
 from gemini_batch.core.cost import CostEstimate, PriceTable, estimate_input_tokens, estimate_request
 from gemini_batch.core.locations import printable, uri_of
+from gemini_batch.core.planned import (
+    IN_PLACE,
+    INLINE,
+    STAGED,
+    PlannedDocument,
+    PlannedPart,
+    Routing,
+)
 from gemini_batch.core.processes import cores, worker_pool
 from gemini_batch.core.record_index import RecordIndex
-from gemini_batch.core.planned import (
-    IN_PLACE, INLINE, STAGED, PlannedDocument, PlannedPart, Routing,
-)
 from gemini_batch.core.staged import StagedPart, StageItem
-
 
 log = logging.getLogger(__name__)
 
 PROCESSES_AFTER = 64  # local files inspected in this process before a process pool is worth its start-up
 LOCAL_BATCH = 32  # local files a worker process inspects per message
 REMOTE_INSPECT_THREADS = 8  # remote files: mostly waiting on the store
+
+
 @dataclass(frozen=True)
 class PlanSummary:
     """What XCom carries for a plan: its URI and counts, never the documents."""
@@ -90,7 +96,11 @@ def plan_run(
                     counts["requests"] += 1
                     routes[part.route] += 1
                     estimate += estimate_request(
-                        spec, mime_type=planned.mime_type, pages=_page_span(part, planned), size=part.size, prices=prices,
+                        spec,
+                        mime_type=planned.read_as[0],
+                        pages=_page_span(part, planned),
+                        size=part.size,
+                        prices=prices,
                     )
     return PlanSummary(plan_uri=uri_of(plan_file), estimate=estimate, routes=routes, **counts)
 
@@ -110,7 +120,8 @@ def parts_to_stage(plan_file: ObjectStoragePath, source: ObjectStoragePath) -> I
                 continue
             for part in doc.parts:
                 if part.route == STAGED and not part.reused and seen.add(part.key):
-                    yield StageItem(part.key, source, doc.path, part.pages, doc.mime_type, part.size, doc.sha256)
+                    mime_type, sha256 = doc.read_as
+                    yield StageItem(part.key, source, doc.path, part.pages, mime_type, part.size, sha256)
 
 
 def keys_to_request(plan_file: ObjectStoragePath, only: Container[str] | None = None) -> Iterator[str]:
@@ -149,17 +160,32 @@ def build_shards(
     failed (the staging failure says why). Their documents fail; the others go on.
     """
     unbuilt: dict[str, str | None] = {}
-    with (ShardWriter(folder, max_rows=max_rows, max_bytes=max_bytes, max_tokens=max_tokens, prefix=prefix, claim=claim,
-                      ledger=ledger) as writer,
-          RecordIndex() as seen):
+    with (
+        ShardWriter(
+            folder,
+            max_rows=max_rows,
+            max_bytes=max_bytes,
+            max_tokens=max_tokens,
+            prefix=prefix,
+            claim=claim,
+            ledger=ledger,
+        ) as writer,
+        RecordIndex() as seen,
+    ):
         for doc in read_plan(plan_file):
             location = documents.locate(source, doc.path)
             inline = _InlineReader(source, doc)
             for part in doc.parts:
-                if (part.reused or (only is not None and part.key not in only) or part.key in skip
-                        or not seen.add(part.key)):
+                if (
+                    part.reused
+                    or (only is not None and part.key not in only)
+                    or part.key in skip
+                    or not seen.add(part.key)
+                ):
                     continue
-                tokens = estimate_input_tokens(spec, mime_type=doc.mime_type, pages=_page_span(part, doc), size=part.size)
+                tokens = estimate_input_tokens(
+                    spec, mime_type=doc.read_as[0], pages=_page_span(part, doc), size=part.size
+                )
                 if part.route == INLINE or doc.mime_type in documents.TEXT_TYPES:
                     row = inline.row(part, spec)
                     if isinstance(row, str):
@@ -167,8 +193,8 @@ def build_shards(
                     else:
                         writer.add(row, tokens)
                 elif part.route == IN_PLACE:
-                    writer.add(build_row(part.key, spec, file_uri=uri_of(location), mime_type=doc.mime_type),
-                               tokens)
+                    uri = location if isinstance(location, str) else uri_of(location)
+                    writer.add(build_row(part.key, spec, file_uri=uri, mime_type=doc.mime_type), tokens)
                 elif part.key in staged:
                     stage = staged[part.key]
                     writer.add(build_row(part.key, spec, file_uri=stage.uri, mime_type=stage.mime_type), tokens)
@@ -190,7 +216,7 @@ class _InlineReader:
         doc = self.doc
         if self.problem is None:
             try:
-                data = documents.read_inline(self.source, doc.path, part.pages, doc.sha256)
+                data = documents.read_inline(self.source, doc.path, part.pages, doc.read_as[1])
                 if doc.mime_type in documents.TEXT_TYPES:
                     return build_row(part.key, spec, text=documents.inline_text(data))
                 return build_row(part.key, spec, data=data, mime_type=doc.mime_type)
@@ -202,7 +228,9 @@ class _InlineReader:
 
 
 def _inspect_in_order(
-    files: Iterable[documents.SourceFile], limits: documents.Limits, workers: int | None,
+    files: Iterable[documents.SourceFile],
+    limits: documents.Limits,
+    workers: int | None,
 ) -> Iterator[documents.Inspection]:
     """Inspect in parallel, yield in discovery order, with a bounded window so memory stays flat.
 
@@ -215,7 +243,8 @@ def _inspect_in_order(
     threads_wanted = max(workers, REMOTE_INSPECT_THREADS)
     with contextlib.ExitStack() as pools:
         threads = pools.enter_context(
-            concurrent.futures.ThreadPoolExecutor(max_workers=threads_wanted, thread_name_prefix="inspect"))
+            concurrent.futures.ThreadPoolExecutor(max_workers=threads_wanted, thread_name_prefix="inspect")
+        )
         processes = None
         local_seen = 0
 
@@ -229,8 +258,9 @@ def _inspect_in_order(
             if processes is None and local_seen > PROCESSES_AFTER and workers > 1:
                 processes = pools.enter_context(worker_pool(workers))
                 log.info("Inspecting documents in %d worker processes from here (%d inspected)", workers, local_seen)
-            return (processes or threads).submit(documents.inspect_local, [documents.local_item(f) for f in batch],
-                                                 limits)
+            return (processes or threads).submit(
+                documents.inspect_local, [documents.local_item(f) for f in batch], limits
+            )
 
         batches = _batches(files, LOCAL_BATCH)
         window = collections.deque(submit(b) for b in itertools.islice(batches, threads_wanted * 2))
@@ -258,19 +288,32 @@ def _batches(files: Iterable[documents.SourceFile], size: int) -> Iterator[list[
         yield batch
 
 
-def _plan_document(inspection: documents.Inspection, spec: RequestSpec, finished: Container[str],
-                   routing: Routing) -> PlannedDocument:
+def _plan_document(
+    inspection: documents.Inspection, spec: RequestSpec, finished: Container[str], routing: Routing
+) -> PlannedDocument:
     parts = tuple(
         PlannedPart(key, part.pages, part.size, key in finished, routing.route(inspection.mime_type, part))
         for part in inspection.parts
-        for key in [keys.request_key(
-            inspection.sha256, part.pages, prompt=spec.prompt, model=spec.model,
-            response_schema=spec.response_schema, options=spec.key_options(),
-        )]
+        for key in [
+            keys.request_key(
+                str(inspection.sha256),  # a document with parts was read whole
+                part.pages,
+                prompt=spec.prompt,
+                model=spec.model,
+                response_schema=spec.response_schema,
+                options=spec.key_options(),
+            )
+        ]
     )
     return PlannedDocument(
-        inspection.path, inspection.uri, inspection.size, inspection.mime_type, inspection.sha256,
-        inspection.page_count, parts, inspection.rejected,
+        inspection.path,
+        inspection.uri,
+        inspection.size,
+        inspection.mime_type,
+        inspection.sha256,
+        inspection.page_count,
+        parts,
+        inspection.rejected,
     )
 
 

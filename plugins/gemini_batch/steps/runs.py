@@ -42,23 +42,27 @@ import orjson
 from airflow.providers.common.compat.lineage.hook import get_hook_lineage_collector
 from airflow.sdk import ObjectStoragePath, Variable
 
-from gemini_batch.core import documents, jsonl, results
-
-from gemini_batch.steps import plan, templating
-from gemini_batch.core.batch_requests import (
-    RequestSpec, ShardManifest, ShardPiece, ShardPieces, inline_budget, write_adoption,
-)
 from gemini_batch.coordination.claims import FROM_LEDGER, KeyClaimer, RunState, job_finder, job_state, run_state_of
-from gemini_batch.core.cost import PRICES_VARIABLE, PriceTable, load_prices
-from gemini_batch.hooks.gemini import GeminiBatchHook
-from gemini_batch.hooks.errors import StagingBucketUnusable, UnknownModel
 from gemini_batch.coordination.ledger import Claim, Ledger, LedgerEvent, claim_id, now_iso
+from gemini_batch.core import documents, jsonl, results
+from gemini_batch.core.batch_requests import (
+    RequestSpec,
+    ShardManifest,
+    ShardPiece,
+    ShardPieces,
+    inline_budget,
+    write_adoption,
+)
+from gemini_batch.core.cost import PRICES_VARIABLE, PriceTable, load_prices
 from gemini_batch.core.locations import as_path, is_gcs, uri_of
+from gemini_batch.core.planned import DEFAULT_INLINE_MB, IN_PLACE, INLINE, STAGED, Routing
 from gemini_batch.core.processes import cores, worker_pool
 from gemini_batch.core.record_index import RecordIndex
-from gemini_batch.hooks.uploads import FilesApiStager, GcsStager
 from gemini_batch.core.staged import StagedPart, StageFailure, stage_record
-from gemini_batch.core.planned import DEFAULT_INLINE_MB, INLINE, IN_PLACE, Routing, STAGED
+from gemini_batch.hooks.errors import StagingBucketUnusable, UnknownModel
+from gemini_batch.hooks.gemini import GeminiBatchHook
+from gemini_batch.hooks.uploads import FilesApiStager, GcsStager
+from gemini_batch.steps import plan, templating
 
 log = logging.getLogger(__name__)
 # A round's outputs are parsed in the task's process until they pass this size, then in a process per core
@@ -105,15 +109,22 @@ class RunSettings:
 
     @classmethod
     def from_params(
-        cls, params: Mapping, *, gcp_conn_id: str | None = None, dag_id: str = "gemini_batch_extract",
+        cls,
+        params: Mapping,
+        *,
+        gcp_conn_id: str | None = None,
+        dag_id: str = "gemini_batch_extract",
     ) -> RunSettings:
         try:
             spec = RequestSpec(
-                model=params["model"], prompt=params["prompt"], response_schema=params.get("response_schema"),
+                model=params["model"],
+                prompt=params["prompt"],
+                response_schema=params.get("response_schema"),
                 thinking=params.get("thinking", "low"),
             )
             limits = documents.Limits(
-                max_pages=int(params.get("max_pages", 50)), max_part_bytes=int(params.get("max_part_mb", 50)) * 2**20,
+                max_pages=int(params.get("max_pages", 50)),
+                max_part_bytes=int(params.get("max_part_mb", 50)) * 2**20,
             )
             if spec.response_schema is not None:
                 results.check_schema(spec.response_schema)
@@ -125,12 +136,17 @@ class RunSettings:
             raise RunConfigError(f"retention must be one of {RETENTIONS}, got {params['retention']!r}")
         source = _location(params["source"], "source", gcp_conn_id)
         output = _location(params["output"], "output", gcp_conn_id)
-        state = (_location(params["state"], "state", gcp_conn_id) if params.get("state")
-                 else default_ledger(dag_id, gcp_conn_id))
+        state = (
+            _location(params["state"], "state", gcp_conn_id)
+            if params.get("state")
+            else default_ledger(dag_id, gcp_conn_id)
+        )
         for name, location in (("output", output), ("state", state)):
             if location is not None and _inside(location, source):
-                raise RunConfigError(f"{name} {uri_of(location)} is inside source {uri_of(source)}: "
-                                     "the run's own files would be read as documents")
+                raise RunConfigError(
+                    f"{name} {uri_of(location)} is inside source {uri_of(source)}: "
+                    "the run's own files would be read as documents"
+                )
         staging = params.get("staging_prefix")
         return cls(
             source=source,
@@ -172,7 +188,8 @@ def default_ledger(dag_id: str, gcp_conn_id: str | None = None) -> ObjectStorage
     """``$GEMINI_BATCH_STATE/<dag id>``, else ``$AIRFLOW_HOME/gemini_batch/ledger/<dag id>``: never the run's
     output or date, so every run of the DAG shares it. Workers on several machines need a shared one (gs://)."""
     root = os.environ.get(LEDGER_ROOT_ENV) or os.path.join(
-        os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow"), "gemini_batch", "ledger")
+        os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow"), "gemini_batch", "ledger"
+    )
     return _location(root.rstrip("/") + "/" + dag_id, LEDGER_ROOT_ENV, gcp_conn_id)
 
 
@@ -208,8 +225,10 @@ class RunFolder:
         self.work = settings.output / "_work" / self.slug
         if backend == "vertex":
             if settings.staging_prefix is None or not is_gcs(settings.staging_prefix):
-                raise RunConfigError("staging_prefix: Vertex AI reads documents and requests from Cloud Storage; "
-                                     "give a gs://bucket/prefix")
+                raise RunConfigError(
+                    "staging_prefix: Vertex AI reads documents and requests from Cloud Storage; "
+                    "give a gs://bucket/prefix"
+                )
             self.remote = settings.staging_prefix / self.slug
         else:
             self.remote = self.work
@@ -261,8 +280,15 @@ class Run:
     ``publish`` and ``clean_up``.
     """
 
-    def __init__(self, settings: RunSettings, run_id: str, hook: GeminiBatchHook | None = None, *,
-                 run_state: RunState | None = None, prices: PriceTable | None = None):
+    def __init__(
+        self,
+        settings: RunSettings,
+        run_id: str,
+        hook: GeminiBatchHook | None = None,
+        *,
+        run_state: RunState | None = None,
+        prices: PriceTable | None = None,
+    ):
         self.settings = settings
         self.hook = hook
         self.prices = prices or load_prices()
@@ -282,6 +308,13 @@ class Run:
         """A run outside Airflow (tests, benchmarks): params as the DAG's, already rendered."""
         settings = RunSettings.from_params(params, gcp_conn_id=hook.gcp_conn_id if hook else None)
         return cls(settings, run_id, hook, **kwargs)
+
+    @property
+    def service(self) -> GeminiBatchHook:
+        """The hook, for the steps that talk to the service (a run opened without one can only plan)."""
+        if self.hook is None:
+            raise RuntimeError("this run was opened without a hook: it can plan, not reach the service")
+        return self.hook
 
     # ------------------------------------------------------------------ plan and stage
 
@@ -304,10 +337,22 @@ class Run:
             in_place=self.hook is not None and self.hook.backend == "vertex" and is_gcs(settings.source),
         )
         with self.ledger.view() as finished:
-            summary = plan.plan_run(settings.source, settings.spec, self.folder.plan, finished=finished,
-                                    limits=settings.limits, routing=routing, prices=self.prices)
-        log.info("Planned %d requests: %d inline, %d referenced in place, %d to upload first", summary.requests,
-                 summary.routes[INLINE], summary.routes[IN_PLACE], summary.routes[STAGED])
+            summary = plan.plan_run(
+                settings.source,
+                settings.spec,
+                self.folder.plan,
+                finished=finished,
+                limits=settings.limits,
+                routing=routing,
+                prices=self.prices,
+            )
+        log.info(
+            "Planned %d requests: %d inline, %d referenced in place, %d to upload first",
+            summary.requests,
+            summary.routes[INLINE],
+            summary.routes[IN_PLACE],
+            summary.routes[STAGED],
+        )
         return summary
 
     def check_budget(self, summary: Mapping) -> None:
@@ -328,11 +373,14 @@ class Run:
 
     def stage(self, *, only: set[str] | None = None) -> dict:
         """Stage every part to request (or the keys in ``only``) in one pass, recording each part's result."""
-        items = (i for i in plan.parts_to_stage(self.folder.plan, self.settings.source) if only is None or i.key in only)
-        if self.hook.backend == "vertex":
+        items = (
+            i for i in plan.parts_to_stage(self.folder.plan, self.settings.source) if only is None or i.key in only
+        )
+        stager: GcsStager | FilesApiStager
+        if self.service.backend == "vertex":
             stager = GcsStager(self.folder.documents_prefix(), documents.open_planned)
         else:
-            stager = FilesApiStager(self.hook.get_conn(), documents.open_planned)
+            stager = FilesApiStager(self.service.get_conn(), documents.open_planned)
         counts = {"staged": 0, "failed": 0}
         with jsonl.writer(self.folder.next_pass()) as write:
             for result in stager.stage(items):
@@ -345,8 +393,13 @@ class Run:
         """The latest staging of each key: a later pass wins."""
         with RecordIndex() as index:
             for path in _passes(self.folder.staged):
-                index.put({**(r := stage_record(data)).to_json(), "status": "failed" if isinstance(r, StageFailure)
-                           else "staged"} for data in jsonl.read(path))
+                index.put(
+                    {
+                        **(r := stage_record(data)).to_json(),
+                        "status": "failed" if isinstance(r, StageFailure) else "staged",
+                    }
+                    for data in jsonl.read(path)
+                )
             yield Staging(index)
 
     # ------------------------------------------------------------------ build, collect, retry
@@ -364,25 +417,51 @@ class Run:
         whose keys another run requests; return the manifest URIs (what the submit tasks map over)."""
         self.reset_round(round_)
         folder, ledger, hook = self.folder, self.ledger, self.hook
-        me = Claim(claim_id(folder.slug, round_), self.settings.dag_id, folder.run_id, folder.slug, round_,
-                   uri_of(folder.shards(round_)), built=False, created_at=now_iso())
+        me = Claim(
+            claim_id(folder.slug, round_),
+            self.settings.dag_id,
+            folder.run_id,
+            folder.slug,
+            round_,
+            uri_of(folder.shards(round_)),
+            built=False,
+            created_at=now_iso(),
+        )
         ledger.write_claim(me)  # before any lease names it: a run that finds the lease must find the claim
-        claimer = KeyClaimer(ledger, me, job_state=lambda name: job_state(hook, name), run_state=self.run_state,
-                             expiry=self.settings.expiry, conn_id=hook.gcp_conn_id if hook else None,
-                             find_job=job_finder(hook) if hook else None)
+        claimer = KeyClaimer(
+            ledger,
+            me,
+            job_state=lambda name: job_state(hook, name),
+            run_state=self.run_state,
+            expiry=self.settings.expiry,
+            conn_id=hook.gcp_conn_id if hook else None,
+            find_job=job_finder(hook) if hook else None,
+        )
         claimed = claimer.claim(plan.keys_to_request(folder.plan, only))
         with self.staging() as staged:
             manifests, unbuilt = plan.build_shards(
-                folder.plan, self.settings.source, staged.parts, self.settings.spec, folder.shards(round_),
-                max_rows=self.settings.max_rows, max_bytes=self.settings.max_bytes,
+                folder.plan,
+                self.settings.source,
+                staged.parts,
+                self.settings.spec,
+                folder.shards(round_),
+                max_rows=self.settings.max_rows,
+                max_bytes=self.settings.max_bytes,
                 max_tokens=(hook.enqueued_token_limit if hook else None) or DEFAULT_TOKENS_PER_JOB,
-                only=only, skip=claimed.elsewhere(),
+                only=only,
+                skip=claimed.elsewhere(),
                 prefix=f"r{round_}-shard",  # the shard id names the job: a retry of the same keys is a new job
-                claim=me.claim, ledger=uri_of(ledger.folder),
+                claim=me.claim,
+                ledger=uri_of(ledger.folder),
             )
         manifests += [
-            write_adoption(folder.shards(round_), f"r{round_}-adopt-{number:05d}", keys, adopts=holder,
-                           ledger=uri_of(ledger.folder))
+            write_adoption(
+                folder.shards(round_),
+                f"r{round_}-adopt-{number:05d}",
+                keys,
+                adopts=holder,
+                ledger=uri_of(ledger.folder),
+            )
             for number, (holder, keys) in enumerate(sorted(claimed.adopted.items()))
         ]
         ledger.write_claim(dataclasses.replace(me, built=True))
@@ -391,8 +470,11 @@ class Run:
                 for failure in unread:
                     write(failure)
         if unbuilt:
-            log.warning("%d part(s) could not be staged or read and are not requested; see %s",
-                        len(unbuilt), uri_of(folder.staged))
+            log.warning(
+                "%d part(s) could not be staged or read and are not requested; see %s",
+                len(unbuilt),
+                uri_of(folder.staged),
+            )
         return [m.manifest_uri for m in manifests]
 
     def retry(self, round_: int) -> list[str]:
@@ -427,8 +509,10 @@ class Run:
         if not manifests:
             return tally.to_json()  # nothing was requested in this round: no outcomes file, the round did not happen
         outcomes = self.folder.outcomes(round_)
-        with (jsonl.writer(outcomes) as write,
-              _OutputReader(self.hook, self.settings.spec.response_schema, write) as reader):
+        with (
+            jsonl.writer(outcomes) as write,
+            _OutputReader(self.service, self.settings.spec.response_schema, write) as reader,
+        ):
             tally.write = write
             for manifest_file in manifests:
                 manifest = ShardManifest.load(manifest_file)
@@ -471,12 +555,23 @@ class Run:
         publish, and a later run reuses it. Adopted answers too: the run that paid may have died before
         recording them."""
         at = now_iso()
-        self.ledger.append((LedgerEvent(o["key"], "answered" if o["status"] == "succeeded" else "failed",
-                                        self.folder.slug, at, {**o, "reused": False})
-                            for o in jsonl.read(outcomes)), writer=self.folder.slug)
+        self.ledger.append(
+            (
+                LedgerEvent(
+                    o["key"],
+                    "answered" if o["status"] == "succeeded" else "failed",
+                    self.folder.slug,
+                    at,
+                    {**o, "reused": False},
+                )
+                for o in jsonl.read(outcomes)
+            ),
+            writer=self.folder.slug,
+        )
 
-    def _collect_adopted(self, manifest: ShardManifest, outcome: Mapping | None, expected: list[str],
-                         tally: _Tally) -> None:
+    def _collect_adopted(
+        self, manifest: ShardManifest, outcome: Mapping | None, expected: list[str], tally: _Tally
+    ) -> None:
         """Outcomes of keys another run requested: from the jobs its claim submitted, or from the ledger."""
         if manifest.adopts == FROM_LEDGER:
             remaining = []
@@ -494,8 +589,13 @@ class Run:
         for job in (outcome or {}).get("adopted_jobs") or []:
             if not remaining:
                 break
-            reading = results.read_output(self.hook.iter_output_lines(self.hook.get_job(job["job_name"])), remaining,
-                                          self.settings.spec.response_schema, tally.write, adopted=True)
+            reading = results.read_output(
+                self.service.iter_output_lines(self.service.get_job(job["job_name"])),
+                remaining,
+                self.settings.spec.response_schema,
+                tally.write,
+                adopted=True,
+            )
             log.info("Job %s of claim %s (%s), adopted: %s", job["job_name"], manifest.adopts, job["state"], reading)
             tally.add(reading)
             remaining = reading.unanswered
@@ -548,13 +648,14 @@ class Run:
         rounds = self.last_round()
         totals = results.RunTotals()
         unsucceeded = 0
-        with (self.latest_outcomes(rounds) as (outcomes, tokens), ledger.view() as finished,
-              self.staging() as staged):
+        with self.latest_outcomes(rounds) as (outcomes, tokens), ledger.view() as finished, self.staging() as staged:
             # A key whose latest staging (or inline read) failed was not requested after it: that failure is its
             # latest news, unless another run's job answered it meanwhile.
-            unstaged = [results.missing_outcome(key, f"not requested: {error}").to_json()
-                        for key, error in staged.failures()
-                        if (outcome := outcomes.get(key)) is None or outcome["status"] != "succeeded"]
+            unstaged = [
+                results.missing_outcome(key, f"not requested: {error}").to_json()
+                for key, error in staged.failures()
+                if (outcome := outcomes.get(key)) is None or outcome["status"] != "succeeded"
+            ]
             outcomes.put(unstaged)
             with jsonl.writer(results_file) as write:
                 for doc in plan.read_plan(self.folder.plan):
@@ -568,11 +669,17 @@ class Run:
                         if unsucceeded <= FAILURES_LOGGED:
                             log.warning("%s %s: %s", record.status.capitalize(), record.document, record.error)
             if unsucceeded > FAILURES_LOGGED:
-                log.warning("... and %d more documents failed or were rejected; all are in %s",
-                            unsucceeded - FAILURES_LOGGED, uri_of(results_file))
+                log.warning(
+                    "... and %d more documents failed or were rejected; all are in %s",
+                    unsucceeded - FAILURES_LOGGED,
+                    uri_of(results_file),
+                )
         ledger.compact(writer=self.folder.slug)
         report = totals.to_json(
-            requests=requests, jobs=len(job_names), retry_rounds=rounds, **tokens,
+            requests=requests,
+            jobs=len(job_names),
+            retry_rounds=rounds,
+            **tokens,
             estimated_cost_usd=_rounded(self.prices.cost(settings.spec.model, **tokens)),  # None: no price
         )
         (settings.output / "summary.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
@@ -591,7 +698,7 @@ class Run:
         (the Files API deletes it after 48 h anyway). The run's leases are released
         last, so no other run takes a key over while this one still deletes.
         """
-        settings, folder, ledger, hook = self.settings, self.folder, self.ledger, self.hook
+        settings, folder, ledger, hook = self.settings, self.folder, self.ledger, self.service
         pieces = [piece for round_ in range(settings.retry_rounds + 1) for piece in _pieces(folder.shards(round_))]
         job_names = list(dict.fromkeys([*job_names, *(p.job_name for p in pieces if p.job_name)]))
         job_inputs = [*job_inputs, *(p.src for p in pieces if p.src and p.src.startswith("files/"))]
@@ -607,7 +714,8 @@ class Run:
             if settings.retention == "all":
                 for name in job_names:
                     job = hook.get_job(name)
-                    uris.append(job.dest.file_name if job.dest else None)
+                    if job.dest and job.dest.file_name:
+                        uris.append(job.dest.file_name)
             with self.staging() as staged:
                 for key, part in staged.parts.items():
                     if held.get(key) is None or held[key] in mine:
@@ -622,8 +730,11 @@ class Run:
                 if path.exists():
                     path.fs.rm(path.path, recursive=True)
         released = ledger.release({key: leases[key] for key, holder in held.items() if holder in mine})
-        return {"cancelled_jobs": cancelled, "deleted_files": counts["deleted"] + counts["gone"],
-                "released_leases": released}
+        return {
+            "cancelled_jobs": cancelled,
+            "deleted_files": counts["deleted"] + counts["gone"],
+            "released_leases": released,
+        }
 
 
 class Staging:
@@ -652,7 +763,7 @@ class StagedParts(Mapping[str, StagedPart]):
         return StagedPart.from_json(record)
 
     def __contains__(self, key: object) -> bool:
-        return self.get(key) is not None
+        return isinstance(key, str) and self.get(key) is not None
 
     def __iter__(self) -> Iterator[str]:
         return self._index.keys("staged")
@@ -668,8 +779,12 @@ def _job_read(job: Mapping, tally: _Tally, reading: results.OutputReading) -> No
     reason = f"no answer: job {job['job_name']} ended {job['state']} before this row finished"
     if reading.unavailable:  # the rows not read yet go to the next round
         reason = f"no answer: job {job['job_name']} ended {job['state']} but its {reading.unavailable}"
-        log.warning("Job %s: %s; %d row(s) read before that, the rest will be retried",
-                    job["job_name"], reading.unavailable, reading.outcomes)
+        log.warning(
+            "Job %s: %s; %d row(s) read before that, the rest will be retried",
+            job["job_name"],
+            reading.unavailable,
+            reading.outcomes,
+        )
     tally.missing(reading.unanswered, reason)
 
 
@@ -711,8 +826,9 @@ class _OutputReader:
     def read(self, job_name: str, expected: list[str], done: Callable[[results.OutputReading], None]) -> None:
         """Read job ``job_name``'s output for the keys ``expected``; ``done`` gets the reading, in job order."""
         self.spooled += 1
-        output, outcomes = (os.path.join(self.spool.name, f"{self.spooled:05d}.{kind}.jsonl")
-                            for kind in ("output", "outcomes"))
+        output, outcomes = (
+            os.path.join(self.spool.name, f"{self.spooled:05d}.{kind}.jsonl") for kind in ("output", "outcomes")
+        )
         unavailable = None
         with open(output, "wb", buffering=2**20) as out:
             try:
@@ -724,10 +840,12 @@ class _OutputReader:
             self.read_bytes += out.tell()
         if self.processes is None and self.read_bytes > PARSE_PROCESSES_AFTER_BYTES and self.workers > 1:
             self.processes = self.pools.enter_context(worker_pool(self.workers))
-            log.info("Parsing outputs in %d worker processes from here (%.1f MB read)", self.workers,
-                     self.read_bytes / 2**20)
-        parse = functools.partial(results.read_output_file, output, expected, self.response_schema, outcomes,
-                                  unavailable=unavailable)
+            log.info(
+                "Parsing outputs in %d worker processes from here (%.1f MB read)", self.workers, self.read_bytes / 2**20
+            )
+        parse = functools.partial(
+            results.read_output_file, output, expected, self.response_schema, outcomes, unavailable=unavailable
+        )
         self.pending.append((self.processes.submit(parse) if self.processes else parse(), output, outcomes, done))
         while len(self.pending) > 2 * self.workers or (self.pending and self.processes is None):
             self._finish_oldest()
@@ -742,6 +860,10 @@ class _OutputReader:
         done(reading)
 
 
+def _no_outcomes_file(outcome: results.RowOutcome) -> None:
+    raise RuntimeError(f"outcome of {outcome.key} read before the round's outcomes file was opened")
+
+
 @dataclass
 class _Tally:
     """A round's counts as its outcomes are written (``write``: the round's outcomes file)."""
@@ -751,7 +873,7 @@ class _Tally:
     failed: int = 0
     requests: int = 0  # rows of this run's own jobs: what it sent
     job_names: list[str] = field(default_factory=list)  # this run's own jobs, not adopted ones
-    write: Callable[[results.RowOutcome], None] | None = None
+    write: Callable[[results.RowOutcome], None] = field(default=_no_outcomes_file)
 
     def add(self, reading: results.OutputReading) -> None:
         self.keys += reading.outcomes
@@ -765,8 +887,13 @@ class _Tally:
         self.failed += len(keys)
 
     def to_json(self) -> dict:
-        return {"keys": self.keys, "succeeded": self.succeeded, "failed": self.failed, "requests": self.requests,
-                "job_names": self.job_names}
+        return {
+            "keys": self.keys,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "requests": self.requests,
+            "job_names": self.job_names,
+        }
 
 
 # ------------------------------------------------------------------ helpers

@@ -21,13 +21,26 @@ from airflow.sdk.execution_time import macros as airflow_macros
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-DATE_NAMES = ("ds", "ds_nodash", "ts", "ts_nodash", "ts_nodash_with_tz", "logical_date", "data_interval_start",
-              "data_interval_end")
+DATE_NAMES = (
+    "ds",
+    "ds_nodash",
+    "ts",
+    "ts_nodash",
+    "ts_nodash_with_tz",
+    "logical_date",
+    "data_interval_start",
+    "data_interval_end",
+)
 TEMPLATE_NAMES = (*DATE_NAMES, "run_id", "params", "macros")
 # Airflow's date macros and the classes to do date arithmetic with: no modules (``datetime`` the module reaches
 # ``sys``), nothing that reads configuration or sleeps.
-MACROS = types.SimpleNamespace(ds_add=airflow_macros.ds_add, ds_format=airflow_macros.ds_format,
-                               datetime=dt.datetime, timedelta=dt.timedelta, date=dt.date)
+MACROS = types.SimpleNamespace(
+    ds_add=airflow_macros.ds_add,
+    ds_format=airflow_macros.ds_format,
+    datetime=dt.datetime,
+    timedelta=dt.timedelta,
+    date=dt.date,
+)
 _MARKUP = ("{{", "{%", "{#")
 
 
@@ -51,13 +64,17 @@ def template_values(context: Mapping[str, Any]) -> dict[str, Any]:
     when = context.get("logical_date") or context["dag_run"].run_after
     ds, ts = when.strftime("%Y-%m-%d"), when.isoformat()
     values = {
-        "ds": ds, "ds_nodash": ds.replace("-", ""), "ts": ts, "ts_nodash": when.strftime("%Y%m%dT%H%M%S"),
-        "ts_nodash_with_tz": ts.replace("-", "").replace(":", ""), "logical_date": when,
-        "data_interval_start": when, "data_interval_end": when,
+        "ds": ds,
+        "ds_nodash": ds.replace("-", ""),
+        "ts": ts,
+        "ts_nodash": when.strftime("%Y%m%dT%H%M%S"),
+        "ts_nodash_with_tz": ts.replace("-", "").replace(":", ""),
+        "logical_date": when,
+        "data_interval_start": when,
+        "data_interval_end": when,
     }
     values.update({name: context[name] for name in DATE_NAMES if context.get(name) is not None})
-    return {**values, "run_id": context.get("run_id"), "params": dict(context.get("params") or {}),
-            "macros": MACROS}
+    return {**values, "run_id": context.get("run_id"), "params": dict(context.get("params") or {}), "macros": MACROS}
 
 
 def render(name: str, template: str, values: Mapping[str, Any]) -> str:
@@ -69,14 +86,17 @@ def render(name: str, template: str, values: Mapping[str, Any]) -> str:
     refused = sorted(meta.find_undeclared_variables(parsed) - set(values))
     if refused:
         listed = ", ".join(f"`{n}`" for n in refused)
-        raise TemplateError(f"{name}: {listed} {'is' if len(refused) == 1 else 'are'} not available in templates; "
-                            f"only {', '.join(TEMPLATE_NAMES[:-2])}, params and macros "
-                            f"({', '.join(vars(MACROS))})")
+        raise TemplateError(
+            f"{name}: {listed} {'is' if len(refused) == 1 else 'are'} not available in templates; "
+            f"only {', '.join(TEMPLATE_NAMES[:-2])}, params and macros "
+            f"({', '.join(vars(MACROS))})"
+        )
     try:
         rendered = ENVIRONMENT.from_string(parsed).render(values)
-    except Exception as exc:  # noqa: BLE001 - the sandbox's refusals and whatever a macro raises
+    except Exception as exc:
         raise TemplateError(f"{name}: cannot be rendered: {type(exc).__name__}: {exc}") from None
     if any(markup in rendered for markup in _MARKUP):
-        raise TemplateError(f"{name}: renders to Jinja markup ({rendered!r}); a location is rendered once and "
-                            "must not hold any")
+        raise TemplateError(
+            f"{name}: renders to Jinja markup ({rendered!r}); a location is rendered once and must not hold any"
+        )
     return rendered

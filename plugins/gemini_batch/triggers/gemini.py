@@ -21,8 +21,8 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from google.genai import types
 
-from gemini_batch.hooks.gemini import GeminiBatchHook, is_terminal, job_error, job_stats, state_name
 from gemini_batch.hooks.errors import is_transient
+from gemini_batch.hooks.gemini import GeminiBatchHook, is_terminal, job_error, job_stats, state_name
 
 MAX_BACKOFF_SECONDS = 600.0
 MAX_CONSECUTIVE_ERRORS = 5
@@ -34,15 +34,20 @@ def progress_line(stats: dict[str, int]) -> str | None:
     if not stats:
         return None
     done = stats["succeeded"] + stats["failed"]
-    return (f"{done:,} of {done + stats['incomplete']:,} rows done "
-            f"({stats['succeeded']:,} succeeded, {stats['failed']:,} failed)")
+    return (
+        f"{done:,} of {done + stats['incomplete']:,} rows done "
+        f"({stats['succeeded']:,} succeeded, {stats['failed']:,} failed)"
+    )
 
 
 def job_output(job: types.BatchJob) -> str | None:
     """Where a job's results are: its own gs:// output folder once it runs, else the prefix it writes under
     (Vertex AI); its results file ``files/...`` once it ends (Developer API)."""
-    return ((job.output_info and job.output_info.gcs_output_directory)
-            or (job.dest and (job.dest.gcs_uri or job.dest.file_name)) or None)
+    return (
+        (job.output_info and job.output_info.gcs_output_directory)
+        or (job.dest and (job.dest.gcs_uri or job.dest.file_name))
+        or None
+    )
 
 
 class GeminiBatchJobTrigger(BaseTrigger):
@@ -67,8 +72,12 @@ class GeminiBatchJobTrigger(BaseTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
-            {"job_name": self.job_name, "gemini_conn_id": self.gemini_conn_id, "deadline": self.deadline,
-             "poll_interval": self.poll_interval},
+            {
+                "job_name": self.job_name,
+                "gemini_conn_id": self.gemini_conn_id,
+                "deadline": self.deadline,
+                "poll_interval": self.poll_interval,
+            },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -82,15 +91,25 @@ class GeminiBatchJobTrigger(BaseTrigger):
         while True:
             try:
                 job = await client.batches.get(name=self.job_name)
-            except Exception as exc:  # noqa: BLE001 - a poll that fails is judged here, never fatal at once
+            except Exception as exc:
                 if not is_transient(exc):
                     errors_in_a_row += 1
                     if errors_in_a_row >= MAX_CONSECUTIVE_ERRORS:
-                        yield TriggerEvent({"status": "error", "job_name": self.job_name,
-                                            "error": f"{errors_in_a_row} polls in a row failed; last: {exc}"})
+                        yield TriggerEvent(
+                            {
+                                "status": "error",
+                                "job_name": self.job_name,
+                                "error": f"{errors_in_a_row} polls in a row failed; last: {exc}",
+                            }
+                        )
                         return
-                self.log.warning("Polling %s failed (%s), next poll in %.0f s: %s", self.job_name,
-                                 "transient" if is_transient(exc) else f"{errors_in_a_row} in a row", backoff, exc)
+                self.log.warning(
+                    "Polling %s failed (%s), next poll in %.0f s: %s",
+                    self.job_name,
+                    "transient" if is_transient(exc) else f"{errors_in_a_row} in a row",
+                    backoff,
+                    exc,
+                )
                 sleep_for, backoff = backoff, min(backoff * 2, MAX_BACKOFF_SECONDS)
             else:
                 errors_in_a_row = 0
@@ -103,8 +122,16 @@ class GeminiBatchJobTrigger(BaseTrigger):
                     self.log.info("Batch job %s: %s", self.job_name, line)
                 progress = line
                 if is_terminal(job):
-                    yield TriggerEvent({"status": "terminal", "job_name": self.job_name, "state": state,
-                                        "stats": stats, "error": job_error(job), "output": job_output(job)})
+                    yield TriggerEvent(
+                        {
+                            "status": "terminal",
+                            "job_name": self.job_name,
+                            "state": state,
+                            "stats": stats,
+                            "error": job_error(job),
+                            "output": job_output(job),
+                        }
+                    )
                     return
                 sleep_for = backoff = self.poll_interval
             remaining = (self._deadline_at - dt.datetime.now(dt.timezone.utc)).total_seconds()
