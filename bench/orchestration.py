@@ -1,4 +1,4 @@
-"""Benchmark "orchestration" (issue 7): what Airflow adds around our steps, and what one deferred wait costs.
+"""Benchmark "orchestration": what Airflow adds around our steps, and what one deferred wait costs.
 
 1. The demo run. ``bin/airflow dags test gemini_batch_extract`` over include/samples, with the emulator in
    instant mode (queueing, running and file processing take ~0 s) and 1 s polls, in a throwaway AIRFLOW_HOME

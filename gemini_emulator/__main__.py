@@ -1,4 +1,4 @@
-"""``python -m gemini_emulator --port PORT --data-dir DIR`` (DESIGN.md, contract 3)."""
+"""``python -m gemini_emulator --port PORT --data-dir DIR`` (docs/emulator.md)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="emulated seconds per real second (3600: an hour passes in a second)",
     )
-    parser.add_argument("--faults", help="fault plan: a JSON object or a path to a JSON file (see README)")
+    parser.add_argument("--faults", help="fault plan: a JSON object or a path to a JSON file (see docs/emulator.md)")
     parser.add_argument(
         "--models",
         type=Path,

@@ -99,7 +99,7 @@ def gemini_emulator(
     gcs_endpoint: str | None = None,
     models: Path | None = None,
 ) -> ServerProcess:
-    """The Gemini Batch emulator, started exactly as contract 3 says."""
+    """The Gemini Batch emulator, started exactly as docs/emulator.md says."""
     port = port or free_port()
     argv = [
         sys.executable,

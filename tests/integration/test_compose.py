@@ -58,4 +58,4 @@ def test_airflow_services_cover_the_production_topology():
     )
     env = services["airflow-scheduler"]["environment"]
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
-    assert "gemini-emulator%3A8790" in env["AIRFLOW_CONN_GEMINI_DEFAULT"]  # the offline default (contract 4)
+    assert "gemini-emulator%3A8790" in env["AIRFLOW_CONN_GEMINI_DEFAULT"]  # the offline default: the bundled emulator

@@ -419,7 +419,7 @@ def test_async_client_full_cycle(client):
     )
 
 
-# ---------------------------------------------------------------- true to the published API (issue 15)
+# ---------------------------------------------------------------- true to the published API
 
 
 def check_spec(value, schema: str) -> None:

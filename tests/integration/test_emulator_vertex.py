@@ -559,7 +559,7 @@ def test_requests_without_a_bearer_token_are_unauthenticated(vertex_emulator, ve
     assert list(vertex.batches.list()) == []  # nothing was created by the refused POSTs
 
 
-# ---------------------------------------------------------------- true to the published API (issue 15)
+# ---------------------------------------------------------------- true to the published API
 
 
 def check_spec(value, schema: str) -> None:

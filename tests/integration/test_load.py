@@ -1,4 +1,4 @@
-"""Load (issue "Reliability and security"): many documents, many deferred waits, many consecutive runs.
+"""Load: many documents, many deferred waits, many consecutive runs.
 
 CI-sized by default (the whole file takes a few minutes on 2 cores); the full set is one command:
 

@@ -1,4 +1,4 @@
-"""The fault matrix (issue 6): one real `airflow dags test` run per scenario against an emulator with that fault
+"""The fault matrix: one real `airflow dags test` run per scenario against an emulator with that fault
 switched on, then the four invariants, checked against the emulator's own records rather than the DAG's account:
 
 1. every document under `source` is in results.jsonl exactly once and summary.json adds up;

@@ -1,8 +1,8 @@
-"""The production topology end to end (issue 5): tests/support/stack.py starts Postgres-backed Airflow with the
+"""The production topology end to end: tests/support/stack.py starts Postgres-backed Airflow with the
 CeleryExecutor (two workers), scheduler, dag-processor, triggerer and api-server natively from .venv, and this
 test drives gemini_batch_extract through the REST API (/api/v2, a JWT from SimpleAuthManager's /auth/token)
 against the emulator, then checks what only a real deployment shows: the deferred waits held by the triggerer,
-the pool, XCom sizes, and the outputs of contract 6."""
+the pool, XCom sizes, and the run's results.jsonl and summary.json."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def test_developer_run_through_the_rest_api(stack, source, tmp_path):
     stack.timings["developer run"] = time.monotonic() - t0
     assert state == "success", failure_report(stack, run_id)
 
-    # contract 6, and exactly the one job the emulator received
+    # results.jsonl and summary.json, and exactly the one job the emulator received
     records, summary = read_results(output)
     assert_contract(records, summary, source)
     assert summary["succeeded"] == 7 and summary["rejected"] == 1 and summary["jobs"] == 1

@@ -1,4 +1,4 @@
-"""The Airflow UI in a real browser (issue 5): headless Debian Chromium (/usr/bin/chromium, installed by bin/test),
+"""The Airflow UI in a real browser: headless Debian Chromium (/usr/bin/chromium, installed by bin/test),
 driven by Playwright, against the full stack's api-server. A person's path: sign in, open the DAG, fill the
 trigger form (source, prompt, schema, model), trigger, watch the run finish, read its summary in the UI.
 

@@ -390,7 +390,7 @@ def failed(key, error, tokens=(300, 50)) -> RowOutcome:
 
 
 def record_json(doc, outcomes, reused) -> dict:
-    """The results.jsonl line of a document, as written (contract 6); the typed record reads it back unchanged."""
+    """The results.jsonl line of a document, as written; the typed record reads it back unchanged."""
     record = document_record(doc, outcomes, reused)
     assert DocumentRecord.from_json(orjson.loads(orjson.dumps(record.to_json()))) == record
     return record.to_json()

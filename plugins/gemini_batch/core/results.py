@@ -397,7 +397,7 @@ class PartRecord:
 
 @dataclass(frozen=True)
 class DocumentRecord:
-    """One line of results.jsonl (contract 6): a document, its status, its data and how each part ended."""
+    """One line of results.jsonl: a document, its status, its data and how each part ended."""
 
     document: str
     status: str  # "succeeded" | "failed" | "rejected"

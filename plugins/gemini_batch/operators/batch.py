@@ -274,7 +274,7 @@ class GeminiBatchSubmitOperator(BaseOperator):
     """
 
     operator_extra_links = JOB_LINKS
-    # gemini_conn_id, expiry and polling too: the DAG takes them as run params (contract 5); strings are converted.
+    # gemini_conn_id, expiry and polling too: the DAG takes them as run params; strings are converted.
     template_fields = (
         "manifest_uri",
         "model",
