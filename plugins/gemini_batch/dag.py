@@ -18,181 +18,33 @@ from typing import Any
 from airflow.sdk import DAG, Asset, Param, TaskGroup, TriggerRule, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowFailException
 
-from gemini_batch.core import documents
+from gemini_batch.core import documents, settings
 from gemini_batch.core.locations import uri_of
-from gemini_batch.core.planned import DEFAULT_INLINE_MB, MAX_INLINE_MB
+from gemini_batch.core.settings import MAX_RETRY_ROUNDS
 from gemini_batch.operators.approval import CostApprovalOperator
-from gemini_batch.operators.batch import DEFAULT_QUOTA_WAIT_HOURS, GeminiBatchJobSensor, GeminiBatchSubmitOperator
+from gemini_batch.operators.batch import GeminiBatchJobSensor, GeminiBatchSubmitOperator
 from gemini_batch.steps import runs
 
 POOL = "gemini_batch_jobs"  # counts deferred tasks: caps worker and triggerer load (bin/setup: 10 slots)
-MAX_RETRY_ROUNDS = 3  # task groups in the graph; the retry_rounds param decides how many run
 DEFAULT_SCHEDULE = "0 2 * * *"
 DEFAULT_START = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 LANDING_ENV = "GEMINI_BATCH_LANDING"  # nightly runs of the repository's DAG read <landing>/<date>/
 
-DEFAULT_PROMPT = (
-    "Extract the invoice from this document: the invoice number, the issue date (YYYY-MM-DD), the vendor name, "
-    "the currency and the total amount due. Use null for anything the document does not state."
-)
-DEFAULT_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "invoice_number": {"type": ["string", "null"]},
-        "date": {"type": ["string", "null"]},
-        "vendor": {"type": ["string", "null"]},
-        "currency": {"type": ["string", "null"]},
-        "total": {"type": ["number", "null"]},
-    },
-    "required": ["invoice_number", "date", "vendor", "currency", "total"],
-}
-
 
 def default_params() -> dict[str, Param]:
-    """The trigger form: every param with its default (``build_dag(params=...)`` replaces defaults)."""
+    """The trigger form, one field per setting (core.settings), with its default (``build_dag(params=...)`` replaces
+    defaults). Nightly runs of the repository's DAG read ``$GEMINI_BATCH_LANDING/<date>/`` when that is set."""
     landing = os.environ.get(LANDING_ENV)
-    return {
-        "source": Param(
-            f"{landing}/{{{{ ds }}}}/" if landing else "include/samples",
-            type="string",
-            title="Source",
-            description="Local folder or gs://bucket/prefix with the documents. Relative paths resolve "
-            "against $GEMINI_BATCH_HOME, else $AIRFLOW_HOME. Jinja works: "
-            "gs://landing/{{ ds }}/ reads the run's day.",
-        ),
-        "output": Param(
-            "output/{{ ds }}",
-            type="string",
-            title="Output",
-            description="Local folder or gs:// prefix for results.jsonl and summary.json (Jinja works).",
-        ),
-        "prompt": Param(
-            DEFAULT_PROMPT,
-            type="string",
-            title="Prompt",
-            minLength=1,
-            description="One extraction prompt, sent with every document.",
-            format="multiline",
-        ),
-        "response_schema": Param(
-            DEFAULT_SCHEMA,
-            type=["object", "null"],
-            title="Response JSON schema",
-            description="JSON schema every answer must match; null for free JSON.",
-        ),
-        "model": Param(
-            "gemini-2.5-flash-lite",
-            type="string",
-            title="Model",
-            examples=["gemini-2.5-flash-lite", "gemini-3.8-flash", "gemini-3-flash-preview", "gemini-3.5-flash-lite"],
-            description="A model the service serves for batch jobs; the run checks it before anything is "
-            "uploaded. Prices: gemini_batch/prices.json, overridden by the Variable "
-            "gemini_batch_prices.",
-        ),
-        "gemini_conn_id": Param(
-            "gemini_default",
-            type="string",
-            title="Gemini connection",
-            description="A Gemini Batch (or generic) connection: API key, backend, base URL, project.",
-        ),
-        "max_cost_usd": Param(
-            None,
-            type=["number", "null"],
-            minimum=0,
-            title="Budget (USD)",
-            description="Fail before submitting when the estimated cost is above this; null: no limit.",
-        ),
-        "approve_above_usd": Param(
-            None,
-            type=["number", "null"],
-            minimum=0,
-            title="Ask for approval above (USD)",
-            description="Above this estimate the run waits for a person to approve it in the "
-            "UI (Reject fails it); null: never ask.",
-        ),
-        "retry_rounds": Param(
-            2,
-            type="integer",
-            minimum=0,
-            maximum=MAX_RETRY_ROUNDS,
-            title="Retry rounds",
-            description="How many times failed or unanswered requests are resubmitted.",
-        ),
-        "max_pages": Param(
-            50,
-            type="integer",
-            minimum=1,
-            title="Pages per PDF part",
-            description="Longer PDFs are split into page ranges of at most this many pages.",
-        ),
-        "max_part_mb": Param(50, type="integer", minimum=1, title="MB per document part"),
-        "inline_max_mb": Param(
-            DEFAULT_INLINE_MB,
-            type="number",
-            minimum=0,
-            maximum=MAX_INLINE_MB,
-            title="Inline parts up to (MB)",
-            description="Parts up to this size travel inside their request (base64): no upload, "
-            "no Files API expiry, nothing to delete. Larger ones are uploaded first; "
-            "0: upload every part but text.",
-        ),
-        "max_rows_per_job": Param(10_000, type="integer", minimum=1, title="Requests per batch job"),
-        "max_mb_per_job": Param(100, type="integer", minimum=1, title="MB of JSONL per batch job"),
-        "max_jobs_in_flight": Param(
-            10,
-            type="integer",
-            minimum=1,
-            title="Jobs in flight",
-            description="At most this many batch jobs of this DAG's runs (all that share the "
-            "ledger) run at once; a shard waits, deferred, for one to end.",
-        ),
-        "thinking": Param(
-            "low",
-            enum=["low", "model-default"],
-            title="Thinking",
-            description="low: the least thinking the model allows (best for extraction).",
-        ),
-        "expiry_hours": Param(
-            24,
-            type="number",
-            minimum=0.001,
-            title="Job expiry (hours)",
-            description="A job not finished this long after submission is cancelled and its rows retried.",
-        ),
-        "quota_wait_hours": Param(
-            DEFAULT_QUOTA_WAIT_HOURS,
-            type="number",
-            minimum=0,
-            title="Quota wait (hours)",
-            description="A shard the service refuses while other jobs of the model hold its "
-            "enqueued-token quota waits for them at most this long without progress, "
-            "then the run fails naming what to set.",
-        ),
-        "poll_seconds": Param(30, type="number", minimum=0.1, title="Poll interval (seconds)"),
-        "staging_prefix": Param(
-            None,
-            type=["string", "null"],
-            title="Vertex staging prefix",
-            description="Vertex AI only: gs://bucket/prefix for documents, requests and outputs.",
-        ),
-        "state": Param(
-            None,
-            type=["string", "null"],
-            title="Ledger",
-            description="Folder (or gs:// prefix) of the ledger every run of this DAG shares: what was "
-            "answered, and which run requests what now. Default: $GEMINI_BATCH_STATE/<dag "
-            "id>, else $AIRFLOW_HOME/gemini_batch/ledger/<dag id>.",
-        ),
-        "retention": Param(
-            "staged",
-            enum=list(runs.RETENTIONS),
-            title="Clean-up",
-            description="keep: keep everything; staged: delete staged uploads; all: also the work files.",
-        ),
-    }
+    form = {}
+    for setting in settings.SETTINGS:
+        default = f"{landing}/{{{{ ds }}}}/" if setting.name == "source" and landing else setting.default
+        form[setting.name] = Param(
+            copy.deepcopy(default), setting.description or None, title=setting.title, **setting.schema
+        )
+    return form
 
 
-PARAM_NAMES = frozenset(default_params())
+PARAM_NAMES = frozenset(settings.BY_NAME)
 
 
 def _open_run() -> runs.Run:
@@ -324,6 +176,7 @@ def build_dag(
         max_active_runs=max_active_runs,
         default_args={"retries": 2, "retry_delay": dt.timedelta(seconds=30)},
         params=form,
+        render_template_as_native_obj=True,  # "{{ params.x }}" is the param's value: a number, or None
         tags=list(tags),
         doc_md=doc_md or __doc__,
     ) as dag:

@@ -28,35 +28,15 @@ import yaml
 from airflow.sdk import DAG
 
 from gemini_batch.core import results
-from gemini_batch.dag import build_dag, default_params
+from gemini_batch.core.settings import BY_NAME, LIMIT, RUN, SETTINGS
+from gemini_batch.dag import build_dag
 from gemini_batch.steps.runs import base_folder
 
 PIPELINES_ENV = "GEMINI_BATCH_PIPELINES"  # the pipelines folder; default <GEMINI_BATCH_HOME>/include/pipelines
 ERRORS_DAG_ID = "gemini_batch_pipeline_errors"
-RUN_FIELDS = (
-    "source",
-    "output",
-    "prompt",
-    "model",
-    "gemini_conn_id",
-    "state",
-    "staging_prefix",
-    "thinking",
-    "retention",
-)
-LIMIT_FIELDS = (
-    "max_cost_usd",
-    "approve_above_usd",
-    "retry_rounds",
-    "max_pages",
-    "max_part_mb",
-    "inline_max_mb",
-    "max_rows_per_job",
-    "max_mb_per_job",
-    "max_jobs_in_flight",
-    "expiry_hours",
-    "poll_seconds",
-)
+# A file's top-level fields and its ``limits``: the settings of each kind (the schema has its own field, ``schema``).
+RUN_FIELDS = tuple(s.name for s in SETTINGS if s.kind == RUN and s.name != "response_schema")
+LIMIT_FIELDS = tuple(s.name for s in SETTINGS if s.kind == LIMIT)
 SCHEMA_KEYWORDS = ("type", "enum", "minimum", "maximum", "minLength")
 MAX_FILE_BYTES = 2**20  # a pipeline or schema file; real ones hold a few KB
 MAX_VALUES = 100_000  # values of a file once its aliases are expanded: what checking and serializing it costs
@@ -149,8 +129,8 @@ def _brief(text: str) -> str:
 
 
 def _param_schema(name: str) -> dict:
-    """A field's JSON schema, the trigger form's own (one definition of what each param accepts)."""
-    schema = default_params()[name].schema
+    """A field's JSON schema, the setting's own (the trigger form's too)."""
+    schema = BY_NAME[name].schema
     return {key: schema[key] for key in SCHEMA_KEYWORDS if key in schema}
 
 

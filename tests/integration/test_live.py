@@ -1,7 +1,8 @@
 """The opt-in live check (``GEMINI_API_KEY=... bin/test -m live``): the smallest real run, against Google's
 Developer API itself, not the emulator. Three short documents, each sent its own way: text inline in the
 JSONL, a one-page PDF inline (base64 ``inlineData``), and a longer PDF uploaded to the Files API first (an
-inline threshold of 2 KB sorts the two PDFs); the cheapest model; results.jsonl and summary.json checked on what it publishes.
+inline threshold of 2 KB sorts the two PDFs); the cheapest model; results.jsonl and summary.json checked
+on what it publishes.
 It costs well under a cent (three requests of a few hundred tokens each at Batch Mode prices) and can take
 minutes to hours: batch jobs have no promised turnaround. Without a key, or without ``-m live``, it is
 reported as not run, with the reason."""

@@ -138,7 +138,8 @@ def test_the_installed_wheel_registers_the_provider_and_runs_a_pipeline_and_the_
         )
     )
 
-    port = free_port()  # the emulator's documented start command, with the installed python; PYTHONSAFEPATH: not this repository's copy
+    # The emulator's documented start command, with the installed python; PYTHONSAFEPATH: not this repository's copy.
+    port = free_port()
     emulator = ServerProcess(
         [
             installed / "bin" / "python",

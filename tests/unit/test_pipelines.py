@@ -13,7 +13,8 @@ import pytest
 import yaml
 from airflow.dag_processing.dagbag import DagBag
 
-from gemini_batch.dag import DEFAULT_SCHEMA, build_dag
+from gemini_batch.core.settings import DEFAULT_SCHEMA
+from gemini_batch.dag import build_dag
 from gemini_batch.pipelines import ERRORS_DAG_ID
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +57,9 @@ def test_the_repositorys_pipelines_load_with_their_own_defaults():
     }  # from schema_file
     assert contracts.params["max_pages"] == 100 and contracts.params["retry_rounds"] == 1
     assert dags.dags["invoices_nightly"].params["approve_above_usd"] == 1
-    assert dags.dags["gemini_batch_extract"].params["response_schema"] == DEFAULT_SCHEMA  # the repository DAG's default unchanged
+    assert (
+        dags.dags["gemini_batch_extract"].params["response_schema"] == DEFAULT_SCHEMA
+    )  # the repository DAG's default unchanged
 
 
 def test_a_pipeline_sets_the_dags_id_schedule_and_defaults(tmp_path, monkeypatch):

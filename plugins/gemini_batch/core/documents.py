@@ -58,6 +58,7 @@ from pypdf import PasswordType, PdfReader, PdfWriter
 
 from gemini_batch.core import locations
 from gemini_batch.core.locations import printable, uri_of
+from gemini_batch.core.settings import DEFAULTS
 
 if TYPE_CHECKING:  # not imported at run time: inspect_local's worker processes import no Airflow
     from airflow.sdk import ObjectStoragePath
@@ -116,8 +117,8 @@ class SourceError(Exception):
 
 @dataclass(frozen=True)
 class Limits:
-    max_pages: int = 50  # pages per PDF part
-    max_part_bytes: int = 50 * 2**20  # bytes per PDF or image part
+    max_pages: int = DEFAULTS["max_pages"]  # pages per PDF part
+    max_part_bytes: int = DEFAULTS["max_part_mb"] * 2**20  # bytes per PDF or image part
     max_text_bytes: int = 4 * 2**20  # text goes inline in the request; larger text is rejected
     max_file_bytes: int = 2 * 2**30  # the largest PDF read at all: what the Files API takes as one file
 

@@ -8,10 +8,9 @@ from dataclasses import dataclass
 
 from gemini_batch.core import documents
 from gemini_batch.core.locations import printable
+from gemini_batch.core.settings import DEFAULT_INLINE_MB
 
 INLINE, IN_PLACE, STAGED = "inline", "in_place", "staged"  # how a part reaches the service (Routing)
-DEFAULT_INLINE_MB = 10  # base64 makes it 13.4 MB: well within the 20 MB a request may carry
-MAX_INLINE_MB = 14  # 18.7 MB in base64: the largest that leaves the prompt and schema room under 20 MB
 
 
 @dataclass(frozen=True)

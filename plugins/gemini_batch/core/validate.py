@@ -28,6 +28,7 @@ import orjson
 from airflow.sdk import ObjectStoragePath
 
 from gemini_batch.core.locations import as_path, open_file, uri_of
+from gemini_batch.core.settings import DEFAULTS
 
 BACKENDS = ("developer", "vertex")
 SUPPORTED_MIME_TYPES = frozenset(
@@ -117,8 +118,8 @@ def validate_jsonl(
     path: str | ObjectStoragePath,
     *,
     backend: str | None = None,
-    max_rows: int = 10_000,
-    max_bytes: int = 100 * 2**20,
+    max_rows: int = DEFAULTS["max_rows_per_job"],
+    max_bytes: int = DEFAULTS["max_mb_per_job"] * 2**20,
 ) -> Report:
     """Every problem in a batch JSONL, by line. ``backend`` None accepts either backend's document URIs.
 
@@ -346,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("file", help="local path or gs://bucket/object")
     parser.add_argument("--backend", choices=BACKENDS, help="check document URIs for this backend")
-    parser.add_argument("--max-rows", type=int, default=10_000, metavar="N")
-    parser.add_argument("--max-bytes", type=int, default=100 * 2**20, metavar="N")
+    parser.add_argument("--max-rows", type=int, default=DEFAULTS["max_rows_per_job"], metavar="N")
+    parser.add_argument("--max-bytes", type=int, default=DEFAULTS["max_mb_per_job"] * 2**20, metavar="N")
     parser.add_argument("--show", type=int, default=50, metavar="N", help="print at most N problems (default 50)")
     args = parser.parse_args(argv)
     try:

@@ -16,10 +16,8 @@ from airflow.sdk.exceptions import AirflowFailException
 
 
 def _threshold(value: Any) -> float | None:
-    """A rendered ``approve_above_usd``: a template of a null param renders as ``"None"``."""
-    if value in (None, "", "None"):
-        return None
-    return float(value)
+    """``threshold_usd`` as rendered: None (never ask), a number, or a number in a string."""
+    return None if value is None or value == "" else float(value)
 
 
 def describe_estimate(planned: Mapping) -> str:

@@ -47,6 +47,7 @@ from gemini_batch.coordination.claims import (
 from gemini_batch.coordination.ledger import Ledger, ShardJob, now_iso
 from gemini_batch.core.batch_requests import ShardManifest, ShardPiece, ShardPieces, split_shard
 from gemini_batch.core.locations import uri_of
+from gemini_batch.core.settings import DEFAULTS
 from gemini_batch.hooks.errors import QuotaExhausted
 from gemini_batch.hooks.gemini import (
     CLOCK_SKEW,
@@ -64,8 +65,8 @@ from gemini_batch.steps.runs import LINEAGE_EXTRA
 from gemini_batch.triggers.gemini import GeminiBatchJobTrigger, job_output
 
 SUCCEEDED_STATES = frozenset({"JOB_STATE_SUCCEEDED"})
-DEFAULT_EXPIRY_HOURS = 24.0
-DEFAULT_QUOTA_WAIT_HOURS = 24.0
+DEFAULT_EXPIRY_HOURS = DEFAULTS["expiry_hours"]
+DEFAULT_QUOTA_WAIT_HOURS = DEFAULTS["quota_wait_hours"]
 HASH_CHUNK_BYTES = 2**20
 # Task state store keys: when a submit started (ISO, UTC), then the job it made.
 SUBMIT_STARTED_KEY = "submit_started_at"

@@ -32,6 +32,7 @@ from gemini_batch.core.planned import (
 )
 from gemini_batch.core.processes import cores, worker_pool
 from gemini_batch.core.record_index import RecordIndex
+from gemini_batch.core.settings import DEFAULTS
 from gemini_batch.core.staged import StagedPart, StageItem
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,8 @@ def build_shards(
     spec: RequestSpec,
     folder: ObjectStoragePath,
     *,
-    max_rows: int = 10_000,
-    max_bytes: int = 100 * 2**20,
+    max_rows: int = DEFAULTS["max_rows_per_job"],
+    max_bytes: int = DEFAULTS["max_mb_per_job"] * 2**20,
     max_tokens: int | None = None,
     only: Container[str] | None = None,
     skip: Container[str] = frozenset(),

@@ -36,6 +36,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import orjson
@@ -55,9 +56,10 @@ from gemini_batch.core.batch_requests import (
 )
 from gemini_batch.core.cost import PRICES_VARIABLE, PriceTable, load_prices
 from gemini_batch.core.locations import as_path, is_gcs, uri_of
-from gemini_batch.core.planned import DEFAULT_INLINE_MB, IN_PLACE, INLINE, STAGED, Routing
+from gemini_batch.core.planned import IN_PLACE, INLINE, STAGED, Routing
 from gemini_batch.core.processes import cores, worker_pool
 from gemini_batch.core.record_index import RecordIndex
+from gemini_batch.core.settings import DEFAULTS, RETENTIONS, TEMPLATED, setting_value
 from gemini_batch.core.staged import StagedPart, StageFailure, stage_record
 from gemini_batch.hooks.errors import StagingBucketUnusable, UnknownModel
 from gemini_batch.hooks.gemini import GeminiBatchHook
@@ -71,10 +73,8 @@ PARSE_PROCESSES_AFTER_BYTES = int(float(os.environ.get("GEMINI_BATCH_PARSE_PROCE
 LINEAGE_EXTRA = "gemini_batch"  # the hook-lineage extra of a run's totals, read by operators.lineage_run_facets
 FAILURES_LOGGED = 100  # the task log names this many failed documents with their reason; results.jsonl has all
 
-RETENTIONS = ("keep", "staged", "all")
 LEDGER_ROOT_ENV = "GEMINI_BATCH_STATE"  # where each DAG's ledger lives unless the state param names one
 HOME_ENV = "GEMINI_BATCH_HOME"  # what relative location params resolve against; else $AIRFLOW_HOME
-TEMPLATED_PARAMS = ("source", "output", "state", "staging_prefix")
 
 
 # Input tokens one job may hold unless the connection states the quota: under the published tier-1
@@ -94,18 +94,18 @@ class RunSettings:
     source: ObjectStoragePath
     output: ObjectStoragePath
     spec: RequestSpec
-    gemini_conn_id: str = "gemini_default"
+    gemini_conn_id: str = DEFAULTS["gemini_conn_id"]
     dag_id: str = "gemini_batch_extract"
     state: ObjectStoragePath | None = None  # the ledger's folder (from_params: default_ledger(dag_id) if not given)
     staging_prefix: ObjectStoragePath | None = None  # Vertex: gs:// prefix for documents, shards and outputs
     limits: documents.Limits = field(default_factory=documents.Limits)
-    max_rows: int = 10_000
-    max_bytes: int = 100 * 2**20
-    inline_max_bytes: int = DEFAULT_INLINE_MB * 2**20
-    max_cost_usd: float | None = None
-    retry_rounds: int = 2
-    retention: str = "staged"
-    expiry: dt.timedelta = dt.timedelta(hours=24)
+    max_rows: int = DEFAULTS["max_rows_per_job"]
+    max_bytes: int = DEFAULTS["max_mb_per_job"] * 2**20
+    inline_max_bytes: int = DEFAULTS["inline_max_mb"] * 2**20
+    max_cost_usd: float | None = DEFAULTS["max_cost_usd"]
+    retry_rounds: int = DEFAULTS["retry_rounds"]
+    retention: str = DEFAULTS["retention"]
+    expiry: dt.timedelta = dt.timedelta(hours=DEFAULTS["expiry_hours"])
 
     @classmethod
     def from_params(
@@ -115,16 +115,18 @@ class RunSettings:
         gcp_conn_id: str | None = None,
         dag_id: str = "gemini_batch_extract",
     ) -> RunSettings:
+        def value(name: str) -> Any:
+            return setting_value(params, name)
+
         try:
             spec = RequestSpec(
-                model=params["model"],
-                prompt=params["prompt"],
-                response_schema=params.get("response_schema"),
-                thinking=params.get("thinking", "low"),
+                model=value("model"),
+                prompt=value("prompt"),
+                response_schema=value("response_schema"),
+                thinking=value("thinking"),
             )
             limits = documents.Limits(
-                max_pages=int(params.get("max_pages", 50)),
-                max_part_bytes=int(params.get("max_part_mb", 50)) * 2**20,
+                max_pages=int(value("max_pages")), max_part_bytes=int(value("max_part_mb")) * 2**20
             )
             if spec.response_schema is not None:
                 results.check_schema(spec.response_schema)
@@ -132,14 +134,12 @@ class RunSettings:
             raise RunConfigError(f"response_schema is not a valid JSON schema: {exc.message}") from None
         except (ValueError, TypeError) as exc:
             raise RunConfigError(f"invalid parameters: {exc}") from None
-        if params.get("retention", "staged") not in RETENTIONS:
-            raise RunConfigError(f"retention must be one of {RETENTIONS}, got {params['retention']!r}")
-        source = _location(params["source"], "source", gcp_conn_id)
-        output = _location(params["output"], "output", gcp_conn_id)
+        if value("retention") not in RETENTIONS:
+            raise RunConfigError(f"retention must be one of {RETENTIONS}, got {value('retention')!r}")
+        source = _location(value("source"), "source", gcp_conn_id)
+        output = _location(value("output"), "output", gcp_conn_id)
         state = (
-            _location(params["state"], "state", gcp_conn_id)
-            if params.get("state")
-            else default_ledger(dag_id, gcp_conn_id)
+            _location(value("state"), "state", gcp_conn_id) if value("state") else default_ledger(dag_id, gcp_conn_id)
         )
         for name, location in (("output", output), ("state", state)):
             if location is not None and _inside(location, source):
@@ -147,23 +147,23 @@ class RunSettings:
                     f"{name} {uri_of(location)} is inside source {uri_of(source)}: "
                     "the run's own files would be read as documents"
                 )
-        staging = params.get("staging_prefix")
+        staging = value("staging_prefix")
         return cls(
             source=source,
             output=output,
             spec=spec,
-            gemini_conn_id=params.get("gemini_conn_id") or "gemini_default",
+            gemini_conn_id=value("gemini_conn_id") or DEFAULTS["gemini_conn_id"],
             dag_id=dag_id,
             state=state,
             staging_prefix=_location(staging, "staging_prefix", gcp_conn_id) if staging else None,
             limits=limits,
-            max_rows=int(params.get("max_rows_per_job", 10_000)),
-            max_bytes=int(params.get("max_mb_per_job", 100)) * 2**20,
-            inline_max_bytes=int(float(params.get("inline_max_mb", DEFAULT_INLINE_MB)) * 2**20),
-            max_cost_usd=params.get("max_cost_usd"),
-            retry_rounds=int(params.get("retry_rounds", 2)),
-            retention=params.get("retention", "staged"),
-            expiry=dt.timedelta(hours=float(params.get("expiry_hours", 24))),
+            max_rows=int(value("max_rows_per_job")),
+            max_bytes=int(value("max_mb_per_job")) * 2**20,
+            inline_max_bytes=int(float(value("inline_max_mb")) * 2**20),
+            max_cost_usd=value("max_cost_usd"),
+            retry_rounds=int(value("retry_rounds")),
+            retention=value("retention"),
+            expiry=dt.timedelta(hours=float(value("expiry_hours"))),
         )
 
     @classmethod
@@ -172,7 +172,7 @@ class RunSettings:
         in a sandbox holding the run's dates and params only (``gemini_batch.steps.templating``), never a secret."""
         values = templating.template_values(context)
         params = dict(context["params"])
-        for name in TEMPLATED_PARAMS:
+        for name in TEMPLATED:
             if isinstance(params.get(name), str):
                 try:
                     params[name] = templating.render(name, params[name], values)
