@@ -250,7 +250,7 @@ def our_steps(home: str, url: str, output: str) -> dict:
         return open_run().publish(collected)
 
     def clean_up():
-        return open_run().clean_up(ti.pushed("job_name"), ti.pushed("job_input"))
+        return open_run().clean_up()
 
     start = time.perf_counter()
     planned = timed("plan_documents", plan_documents)

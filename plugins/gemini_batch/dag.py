@@ -128,12 +128,8 @@ def publish_results(collected: list[dict], outlet_events=None) -> dict:
 
 @task(multiple_outputs=False)  # the DAG makes it a teardown: it runs whatever happened upstream
 def clean_up() -> dict:
-    context = get_current_context()
-    task_ids = ["jobs.submit"] + [f"retry_round_{r}.jobs.submit" for r in range(1, MAX_RETRY_ROUNDS + 1)]
-    names, inputs = (
-        [v for v in context["ti"].xcom_pull(task_ids=task_ids, key=key) or [] if v] for key in ("job_name", "job_input")
-    )
-    return _open_run().clean_up(names, inputs)
+    """The run's jobs are found in the ledger, where each submit recorded them."""
+    return _open_run().clean_up()
 
 
 def results_asset(dag_id: str) -> Asset:

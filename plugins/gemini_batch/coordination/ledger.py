@@ -473,6 +473,17 @@ class Ledger:
         folder.mkdir(parents=True, exist_ok=True)
         replace_whole(folder / f"{safe_name(shard_id)}.json", orjson.dumps(job.to_json()))
 
+    def claim_jobs(self, claim: str) -> list[ShardJob]:
+        """Every job a claim's shards were (or were being) submitted as."""
+        folder = self.claims / f"{claim}.jobs"
+        if not folder.exists():
+            return []
+        return [
+            ShardJob.from_json(orjson.loads(path.read_bytes()))
+            for path in sorted(folder.iterdir())
+            if path.name.endswith(".json")
+        ]
+
     def shard_job(self, claim: str, shard_id: str) -> ShardJob | None:
         path = self.claims / f"{claim}.jobs" / f"{safe_name(shard_id)}.json"
         try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
+import hashlib
 import logging
 import shutil
 import time
@@ -46,6 +47,12 @@ EXTENSIONS = {"application/pdf": ".pdf", "image/png": ".png", "image/jpeg": ".jp
 
 class StagingError(Exception):
     """A part that cannot be staged for a reason a retry will not fix."""
+
+
+def shard_file_name(display_name: str) -> str:
+    """The Files API name of a job's input (from the job's display name): at most 40 lowercase letters, digits or
+    dashes."""
+    return "gbs-" + hashlib.sha256(display_name.encode()).hexdigest()[:36]
 
 
 def files_api_name(key: str) -> str:

@@ -61,6 +61,7 @@ from gemini_batch.hooks.gemini import (
     name_of,
     state_name,
 )
+from gemini_batch.hooks.uploads import shard_file_name
 from gemini_batch.steps.runs import LINEAGE_EXTRA
 from gemini_batch.triggers.gemini import GeminiBatchJobTrigger, job_output
 
@@ -148,11 +149,6 @@ def default_display_name(dag_id: str, run_id: str, shard_id: str, keys: ObjectSt
         while chunk := stream.read(HASH_CHUNK_BYTES):
             keys_hash.update(chunk)
     return f"gb-{run_hash}-{shard_id}-{keys_hash.hexdigest()[:12]}"
-
-
-def shard_file_name(display_name: str) -> str:
-    """The Files API name of a job's input: at most 40 lowercase letters, digits or dashes."""
-    return "gbs-" + hashlib.sha256(display_name.encode()).hexdigest()[:36]
 
 
 def default_output_prefix(manifest: ShardManifest) -> str:
@@ -334,7 +330,6 @@ class GeminiBatchSubmitOperator(BaseOperator):
         pieces_path = ShardPieces.path_of(manifest, hook.storage_path(self.manifest_uri).parent)
         if (pieces := ShardPieces.load(pieces_path)) is not None:  # the service refused this shard before
             return self._submit_pieces(context, hook, pieces, pieces_path)
-        ti = context["ti"]
         store = context.get("task_state_store")
         job = self._earlier_job(context, store, hook, display_name)
         if job is not None and state_name(job) not in DEAD_STATES:
@@ -373,8 +368,6 @@ class GeminiBatchSubmitOperator(BaseOperator):
         self.job_name = name_of(job)
         self._record_job(hook, manifest, ShardJob(name_of(job), now_iso(), display_name))
         push_links(context, name_of(job), job_output(job))
-        if hook.backend == "developer":  # the SDK does not report a Developer API job's input: clean-up needs it
-            ti.xcom_push(key="job_input", value=f"files/{shard_file_name(display_name)}")
         describe = self._describe(display_name, manifest)
         if not self.wait:
             return {**describe, "jobs": [name_of(job)], "adopted": False, "own": True}

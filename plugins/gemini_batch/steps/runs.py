@@ -49,7 +49,6 @@ from gemini_batch.core import documents, jsonl, results
 from gemini_batch.core.batch_requests import (
     RequestSpec,
     ShardManifest,
-    ShardPiece,
     ShardPieces,
     inline_budget,
     write_adoption,
@@ -63,7 +62,7 @@ from gemini_batch.core.settings import DEFAULTS, RETENTIONS, TEMPLATED, setting_
 from gemini_batch.core.staged import StagedPart, StageFailure, stage_record
 from gemini_batch.hooks.errors import StagingBucketUnusable, UnknownModel
 from gemini_batch.hooks.gemini import GeminiBatchHook
-from gemini_batch.hooks.uploads import FilesApiStager, GcsStager
+from gemini_batch.hooks.uploads import FilesApiStager, GcsStager, shard_file_name
 from gemini_batch.steps import plan, templating
 
 log = logging.getLogger(__name__)
@@ -689,21 +688,28 @@ class Run:
         lineage.add_extra(settings.output, LINEAGE_EXTRA, {**report, "job_names": job_names})
         return report
 
-    def clean_up(self, job_names: Iterable[str], job_inputs: Iterable[str] = ()) -> dict:
+    def clean_up(self, job_names: Iterable[str] = (), job_inputs: Iterable[str] = ()) -> dict:
         """Cancel this run's unfinished jobs (no orphaned billing), delete files per ``retention``, release leases.
 
-        staged: the staged documents and the jobs' uploaded input files; all: also
+        The run's jobs are those its claims recorded in the ledger (every shard
+        and piece, the name recorded before each create); ``job_names`` and
+        ``job_inputs`` add others. staged: the staged documents and the jobs'
+        uploaded input files; all: also
         the jobs' output files and the run's work folders. A staged document whose
         key another run's claim now holds is left alone: that run's job reads it
         (the Files API deletes it after 48 h anyway). The run's leases are released
         last, so no other run takes a key over while this one still deletes.
         """
         settings, folder, ledger, hook = self.settings, self.folder, self.ledger, self.service
-        pieces = [piece for round_ in range(settings.retry_rounds + 1) for piece in _pieces(folder.shards(round_))]
-        job_names = list(dict.fromkeys([*job_names, *(p.job_name for p in pieces if p.job_name)]))
-        job_inputs = [*job_inputs, *(p.src for p in pieces if p.src and p.src.startswith("files/"))]
-        cancelled = sum(bool(hook.cancel_job(name)) for name in job_names)
         mine = {claim_id(folder.slug, round_) for round_ in range(settings.retry_rounds + 1)}
+        recorded = [job for claim in sorted(mine) for job in ledger.claim_jobs(claim)]
+        job_names = list(dict.fromkeys([*job_names, *(job.job_name for job in recorded if job.job_name)]))
+        if hook.backend == "developer":  # the SDK does not report a Developer API job's input: it is named after it
+            job_inputs = [
+                *job_inputs,
+                *(f"files/{shard_file_name(job.display_name)}" for job in recorded if job.display_name),
+            ]
+        cancelled = sum(bool(hook.cancel_job(name)) for name in job_names)
         leases = ledger.current_leases()
         run_keys = set(plan.keys_to_request(folder.plan)) if folder.plan.exists() else set()
         held = ledger.holders({key: leases[key] for key in run_keys if key in leases})
@@ -913,13 +919,6 @@ def _manifests(shard_folder: ObjectStoragePath) -> list[ObjectStoragePath]:
     if not shard_folder.exists():
         return []
     return sorted(p for p in shard_folder.iterdir() if p.name.endswith(".manifest.json"))
-
-
-def _pieces(shard_folder: ObjectStoragePath) -> Iterator[ShardPiece]:
-    """The pieces of every shard in the folder that the service refused whole."""
-    if shard_folder.exists():
-        for path in sorted(p for p in shard_folder.iterdir() if p.name.endswith(".pieces.json")):
-            yield from (ShardPieces.load(path) or ShardPieces("", [])).pieces
 
 
 def _passes(pass_folder: ObjectStoragePath) -> list[ObjectStoragePath]:
