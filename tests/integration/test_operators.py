@@ -422,3 +422,41 @@ def test_a_shard_alone_over_the_quota_is_split_and_a_request_over_it_alone_is_re
     assert [(j["job_name"], j["state"]) for j in outcome["piece_jobs"]] == [
         (submission["jobs"][0], "JOB_STATE_SUCCEEDED")
     ]
+
+
+def test_on_its_own_the_operator_takes_a_plain_jsonl_file_and_the_sensor_a_job_name(
+    start_emulator, monkeypatch, tmp_path
+):
+    """Outside the DAG, like the upstream operators: a batch JSONL file the user wrote, submitted and waited for;
+    a second run of the task reattaches to the job instead of paying twice; the sensor waits for a job by name."""
+    emulator = start_emulator(time_scale=3600)
+    use_developer(monkeypatch, emulator.url)
+    rows = [
+        {
+            "key": f"invoice-{n}",
+            "request": {
+                "contents": [{"role": "user", "parts": [{"text": f"Return the invoice number INV-{n} as JSON."}]}]
+            },
+        }
+        for n in range(3)
+    ]
+    requests_file = tmp_path / "requests.jsonl"
+    requests_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    task = GeminiBatchSubmitOperator(task_id="extract", input_file=str(requests_file), model=MODEL, poll_interval=0.2)
+    outcome = run_to_completion(task, context())
+    assert outcome["state"] == "JOB_STATE_SUCCEEDED"
+    answered = [
+        json.loads(line)["key"]
+        for line in GeminiBatchHook().iter_output_lines(GeminiBatchHook().get_job(outcome["job_name"]))
+    ]
+    assert sorted(answered) == ["invoice-0", "invoice-1", "invoice-2"]
+    again = GeminiBatchSubmitOperator(task_id="extract", input_file=str(requests_file), model=MODEL, wait=False)
+    assert again.execute(context())["jobs"] == [outcome["job_name"]] and len(listed_jobs(emulator.url)) == 1
+
+    waited = run_to_completion(
+        GeminiBatchJobSensor(task_id="wait", job_name=outcome["job_name"], poll_interval=0.2), context()
+    )
+    assert waited["state"] == "JOB_STATE_SUCCEEDED" and waited["job_name"] == outcome["job_name"]
+    with pytest.raises(ValueError, match="give a shard's manifest_uri or a plain JSONL input_file"):
+        GeminiBatchSubmitOperator(task_id="neither", model=MODEL)

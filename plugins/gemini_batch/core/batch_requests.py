@@ -9,9 +9,10 @@ limits so each one can be submitted as its own job.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
@@ -167,6 +168,31 @@ class ShardManifest:
             manifest.write(orjson.dumps(self.to_json(), option=orjson.OPT_INDENT_2))
 
 
+def manifest_of_file(jsonl: ObjectStoragePath, folder: ObjectStoragePath, shard_id: str) -> ShardManifest:
+    """A manifest, kept in ``folder``, for a batch JSONL file written elsewhere: what the submit operator takes when
+    given a plain file. Its keys are read once (a row's ``key``, else its line number), streamed."""
+    manifest_path, keys_path = folder / f"{shard_id}.manifest.json", folder / f"{shard_id}.keys"
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        known = ShardManifest.load(manifest_path)
+        if known.uri == uri_of(jsonl):
+            return known
+    rows = size = 0
+    with open_file(jsonl) as lines, open_file(keys_path, "wb") as keys:
+        for number, line in enumerate(lines, 1):
+            size += len(line)
+            if not line.strip():
+                continue
+            try:
+                key = orjson.loads(line).get("key") or f"line-{number}"
+            except (orjson.JSONDecodeError, AttributeError):
+                raise ValueError(f"{uri_of(jsonl)} line {number}: not a JSON object (a batch row)") from None
+            keys.write(str(key).encode() + b"\n")
+            rows += 1
+    manifest = ShardManifest(shard_id, uri_of(jsonl), rows, size, uri_of(keys_path), uri_of(manifest_path))
+    manifest.save(manifest_path)
+    return manifest
+
+
 def write_adoption(
     folder: ObjectStoragePath, shard_id: str, keys: Iterable[str], *, adopts: str, ledger: str
 ) -> ShardManifest:
@@ -313,8 +339,11 @@ class _OpenShard:
         self.keys.close()
 
 
-def split_shard(manifest: ShardManifest, folder: ObjectStoragePath) -> tuple[ShardManifest, ShardManifest]:
-    """The rows of a shard of two or more rows as two shards beside it, ``<id>.p1`` and ``<id>.p2``, in order.
+def split_shard(
+    manifest: ShardManifest, path_of: Callable[[str], ObjectStoragePath]
+) -> tuple[ShardManifest, ShardManifest]:
+    """The rows of a shard of two or more rows as two shards beside its manifest, ``<id>.p1`` and ``<id>.p2``, in
+    order (``path_of`` makes a path of a URI, with the credentials to reach it).
 
     For a job the service refuses whole (over the model's enqueued-token
     quota). The JSONL and keys files are streamed, and each piece's tokens
@@ -326,9 +355,9 @@ def split_shard(manifest: ShardManifest, folder: ObjectStoragePath) -> tuple[Sha
         raise ValueError(f"shard {manifest.shard_id} has {manifest.rows} row(s): nothing to split")
     first_rows = (manifest.rows + 1) // 2
     stamp = {"claim": manifest.claim, "ledger": manifest.ledger, "piece_of": manifest.piece_of or manifest.shard_id}
+    folder = path_of(manifest.manifest_uri).parent
     pieces = [_OpenShard(folder, f"{manifest.shard_id}.p{n}", stamp) for n in (1, 2)]
-    source, keys = folder / manifest.uri.rsplit("/", 1)[-1], folder / manifest.keys_uri.rsplit("/", 1)[-1]
-    with open_file(source) as lines, open_file(keys) as key_lines:
+    with open_file(path_of(manifest.uri)) as lines, open_file(path_of(manifest.keys_uri)) as key_lines:
         for row, (line, key) in enumerate(zip(lines, key_lines, strict=False)):
             pieces[row >= first_rows].write(key.decode().strip(), line, 0)
     for piece in pieces:

@@ -45,7 +45,7 @@ from gemini_batch.coordination.claims import (
     slot_is_free,
 )
 from gemini_batch.coordination.ledger import Ledger, ShardJob, now_iso
-from gemini_batch.core.batch_requests import ShardManifest, ShardPiece, ShardPieces, split_shard
+from gemini_batch.core.batch_requests import ShardManifest, ShardPiece, ShardPieces, manifest_of_file, split_shard
 from gemini_batch.core.locations import uri_of
 from gemini_batch.core.settings import DEFAULTS
 from gemini_batch.hooks.errors import QuotaExhausted
@@ -255,6 +255,10 @@ class GeminiBatchSubmitOperator(BaseOperator):
     ``job_name``. On Vertex AI the output goes to ``output_prefix`` (default
     ``<shard folder>/output/<shard id>/``).
 
+    On its own, outside the DAG, it takes a plain batch JSONL file instead of a
+    manifest: ``input_file`` (local or gs://; rows with a ``key``); its manifest
+    is kept in ``_gemini_batch/`` beside the file.
+
     A shard whose keys another run requests (an adoption manifest) submits
     nothing: its submission names that run's jobs, once they exist. With
     ``max_jobs_in_flight``, a new job is created only while fewer than that
@@ -274,6 +278,7 @@ class GeminiBatchSubmitOperator(BaseOperator):
     # gemini_conn_id, expiry and polling too: the DAG takes them as run params; strings are converted.
     template_fields = (
         "manifest_uri",
+        "input_file",
         "model",
         "display_name",
         "output_prefix",
@@ -287,7 +292,8 @@ class GeminiBatchSubmitOperator(BaseOperator):
     def __init__(
         self,
         *,
-        manifest_uri: str,
+        manifest_uri: str | None = None,
+        input_file: str | None = None,
         model: str,
         gemini_conn_id: str = GeminiBatchHook.default_conn_name,
         display_name: str | None = None,
@@ -300,6 +306,9 @@ class GeminiBatchSubmitOperator(BaseOperator):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if (manifest_uri is None) == (input_file is None):
+            raise ValueError(f"{self.task_id}: give a shard's manifest_uri or a plain JSONL input_file, one of them")
+        self.input_file = input_file
         self.max_jobs_in_flight = max_jobs_in_flight
         self.quota_wait_hours = quota_wait_hours
         self.manifest_uri = manifest_uri
@@ -314,7 +323,7 @@ class GeminiBatchSubmitOperator(BaseOperator):
 
     def execute(self, context) -> dict | str:
         hook = GeminiBatchHook(self.gemini_conn_id)
-        if (adoption := ShardManifest.load(hook.storage_path(self.manifest_uri))).adopts is not None:
+        if (adoption := ShardManifest.load(hook.storage_path(self._manifest_uri(hook)))).adopts is not None:
             submission = self._adopt(context, hook, adoption)
             if not self.wait:
                 return submission
@@ -327,7 +336,7 @@ class GeminiBatchSubmitOperator(BaseOperator):
                 method_name="resume",
             )
         manifest, display_name = self._shard(context, hook)
-        pieces_path = ShardPieces.path_of(manifest, hook.storage_path(self.manifest_uri).parent)
+        pieces_path = ShardPieces.path_of(manifest, hook.storage_path(manifest.manifest_uri).parent)
         if (pieces := ShardPieces.load(pieces_path)) is not None:  # the service refused this shard before
             return self._submit_pieces(context, hook, pieces, pieces_path)
         store = context.get("task_state_store")
@@ -359,7 +368,7 @@ class GeminiBatchSubmitOperator(BaseOperator):
                     exc,
                 )
                 pieces = ShardPieces(
-                    manifest.shard_id, [ShardPiece(self.manifest_uri, display_name, manifest.rows, src=src)]
+                    manifest.shard_id, [ShardPiece(manifest.manifest_uri, display_name, manifest.rows, src=src)]
                 )
                 pieces.save(pieces_path)
                 return self._submit_pieces(context, hook, pieces, pieces_path, refused_now=True)
@@ -449,7 +458,7 @@ class GeminiBatchSubmitOperator(BaseOperator):
 
     def _shard(self, context, hook: GeminiBatchHook) -> tuple[ShardManifest, str]:
         """The shard's manifest and the job's display name (the same run and rows give the same name)."""
-        manifest = ShardManifest.load(hook.storage_path(self.manifest_uri))
+        manifest = ShardManifest.load(hook.storage_path(self._manifest_uri(hook)))
         return manifest, self._display_name(context, hook, manifest)
 
     def _display_name(self, context, hook: GeminiBatchHook, manifest: ShardManifest) -> str:
@@ -487,7 +496,7 @@ class GeminiBatchSubmitOperator(BaseOperator):
             elif hook.jobs_in_flight(self.model):
                 return self._wait_for_quota(hook, part, pieces, path)
             elif part.rows > 1:  # refused twice with nothing else in flight: this piece alone is over the quota
-                halves = split_shard(part, hook.storage_path(piece.manifest_uri).parent)
+                halves = split_shard(part, hook.storage_path)
                 pieces.pieces[index : index + 1] = [
                     ShardPiece(half.manifest_uri, self._display_name(context, hook, half), half.rows) for half in halves
                 ]
@@ -506,7 +515,7 @@ class GeminiBatchSubmitOperator(BaseOperator):
                 self.log.warning("Request %s: %s", part.shard_id, piece.refused)
                 index += 1
         submission = self._describe(
-            pieces.pieces[0].display_name, ShardManifest.load(hook.storage_path(self.manifest_uri))
+            pieces.pieces[0].display_name, ShardManifest.load(hook.storage_path(self._manifest_uri(hook)))
         )
         return {
             **submission,
@@ -572,8 +581,16 @@ class GeminiBatchSubmitOperator(BaseOperator):
             "resume",
         )
 
+    def _manifest_uri(self, hook: GeminiBatchHook) -> str:
+        """The shard's manifest: as given, or made for a plain ``input_file`` (once; a retry finds it)."""
+        if self.manifest_uri is None:
+            jsonl = hook.storage_path(str(self.input_file))
+            shard_id = re.sub(r"[^a-z0-9-]+", "-", self.task_id.lower()).strip("-") or "shard"
+            self.manifest_uri = manifest_of_file(jsonl, jsonl.parent / "_gemini_batch", shard_id).manifest_uri
+        return self.manifest_uri
+
     def _describe(self, display_name: str | None, manifest: ShardManifest) -> dict:
-        return {"display_name": display_name, "shard_id": manifest.shard_id, "manifest_uri": self.manifest_uri}
+        return {"display_name": display_name, "shard_id": manifest.shard_id, "manifest_uri": manifest.manifest_uri}
 
     def execute_complete(self, context, event: Mapping, describe: Mapping[str, Any] | None = None) -> dict:
         hook = GeminiBatchHook(self.gemini_conn_id)
