@@ -727,14 +727,7 @@ class GeminiBatchJobSensor(BaseSensorOperator):
         hook = GeminiBatchHook(self.gemini_conn_id)
         submission = self._submission()
         if submission["adopted"] or submission.get("pieces_uri"):
-            return observe_jobs(
-                self,
-                hook,
-                submission,
-                expiry=self.expiry,
-                poll_interval=float(self.poll_interval),
-                method_name="execute_complete",
-            )
+            return self._observe(hook, submission, "execute_complete")
         job = hook.get_job(submission["jobs"][0])
         push_links(context, name_of(job), job_output(job))
         return wait_for_job(
@@ -756,14 +749,7 @@ class GeminiBatchJobSensor(BaseSensorOperator):
         if submission["adopted"] or submission.get("pieces_uri"):
             return PokeReturnValue(
                 True,
-                observe_jobs(
-                    self,
-                    hook,
-                    submission,
-                    expiry=self.expiry,  # all ended
-                    poll_interval=float(self.poll_interval),
-                    method_name="poke",
-                ),
+                self._observe(hook, submission, "poke"),  # all ended: it does not defer
             )
         (job,) = jobs
         push_links(context, name_of(job), job_output(job))
@@ -782,19 +768,18 @@ class GeminiBatchJobSensor(BaseSensorOperator):
         hook = GeminiBatchHook(self.gemini_conn_id)
         submission = self._submission()
         if submission["adopted"] or submission.get("pieces_uri"):  # one of its jobs ended: look at all again
-            return observe_jobs(
-                self,
-                hook,
-                submission,
-                expiry=self.expiry,
-                poll_interval=float(self.poll_interval),
-                method_name="execute_complete",
-            )
+            return self._observe(hook, submission, "execute_complete")
         if event["status"] == "deadline":
             return self._past_deadline(hook, submission, event["job_name"], event["state"], event.get("stats") or {})
         if event["status"] == "terminal":
             push_links(context, event["job_name"], event.get("output"))
         return complete_from_event(self, hook, event, describe or _describe(submission, None))
+
+    def _observe(self, hook: GeminiBatchHook, submission: Mapping, method_name: str) -> dict:
+        """A submission of several jobs (adopted, or a shard's pieces): their outcome, or a deferral."""
+        return observe_jobs(
+            self, hook, submission, expiry=self.expiry, poll_interval=float(self.poll_interval), method_name=method_name
+        )
 
     def _past_deadline(self, hook, submission: Mapping, job_name: str, state: str | None, stats: Mapping) -> dict:
         describe = _describe(submission, None)
