@@ -232,10 +232,7 @@ def key_shards(claim: Claim, conn_id: str | None = None) -> dict[str, str]:
         manifest = ShardManifest.load(path)
         if manifest.adopts is not None:
             continue
-        with as_path(manifest.keys_uri, conn_id=conn_id).open("rb") as keys:
-            for line in keys:
-                if line.strip():
-                    shards[line.decode().strip()] = manifest.shard_id
+        shards.update(dict.fromkeys(manifest.keys(conn_id), manifest.shard_id))
     return shards
 
 

@@ -162,6 +162,11 @@ class ShardManifest:
         except (orjson.JSONDecodeError, ValueError) as exc:
             raise ValueError(f"{uri_of(path)}: not a shard manifest: {exc}") from None
 
+    def keys(self, conn_id: str | None = None) -> list[str]:
+        """The shard's keys, in the order of its rows (its keys file read with the connection ``conn_id``)."""
+        with open_file(as_path(self.keys_uri, conn_id=conn_id)) as keys:
+            return [line.decode().strip() for line in keys if line.strip()]
+
     def save(self, path: ObjectStoragePath) -> None:
         """Write the manifest to ``path`` (its ``manifest_uri``, with the connection to reach it); ``load`` reads it."""
         with open_file(path, "wb") as manifest:

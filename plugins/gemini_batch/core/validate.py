@@ -27,21 +27,11 @@ from typing import Any
 import orjson
 from airflow.sdk import ObjectStoragePath
 
+from gemini_batch.core.documents import SUPPORTED_TYPES
 from gemini_batch.core.locations import as_path, open_file, uri_of
 from gemini_batch.core.settings import DEFAULTS
 
 BACKENDS = ("developer", "vertex")
-SUPPORTED_MIME_TYPES = frozenset(
-    {
-        "application/pdf",
-        "image/png",
-        "image/jpeg",
-        "image/webp",
-        "text/plain",
-        "text/markdown",
-        "text/html",
-    }
-)
 REQUEST_FIELDS = frozenset(
     {
         "contents",
@@ -283,10 +273,8 @@ def _mime_type_problems(blob: dict, where: str) -> list[str]:
     mime_type = blob.get("mimeType")
     if mime_type is None:
         return [f"{where}.mimeType is missing"]
-    if not (isinstance(mime_type, str) and mime_type in SUPPORTED_MIME_TYPES):
-        return [
-            f"{where}.mimeType {mime_type!r} is not supported; use one of {', '.join(sorted(SUPPORTED_MIME_TYPES))}"
-        ]
+    if not (isinstance(mime_type, str) and mime_type in SUPPORTED_TYPES):
+        return [f"{where}.mimeType {mime_type!r} is not supported; use one of {', '.join(sorted(SUPPORTED_TYPES))}"]
     return []
 
 

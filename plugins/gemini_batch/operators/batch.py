@@ -642,8 +642,7 @@ class GeminiBatchSubmitOperator(BaseOperator):
             return self._wait(f"for claim {claim.claim} to write its shards", "resume")
         if claim is None or not claim.built:
             return submission
-        with hook.storage_path(manifest.keys_uri).open("rb") as keys:
-            wanted = {line.decode().strip() for line in keys if line.strip()}
+        wanted = set(manifest.keys(hook.gcp_conn_id))
         shards = key_shards(claim, hook.gcp_conn_id)
         for shard in sorted({shards[key] for key in wanted if key in shards}):
             name = shard_job_name(ledger, claim.claim, shard, job_finder(hook))

@@ -517,7 +517,7 @@ class Run:
                 manifest = ShardManifest.load(manifest_file)
                 if manifest.piece_of is not None:
                     continue  # collected with the shard it was split from
-                expected = _keys(manifest, manifest_file.conn_id)
+                expected = manifest.keys(manifest_file.conn_id)
                 job = jobs_by_manifest.get(manifest.manifest_uri)
                 if manifest.adopts is not None:
                     self._collect_adopted(manifest, job, expected, tally)
@@ -538,7 +538,7 @@ class Run:
         pieces = ShardPieces.load(as_path(outcome["pieces_uri"], conn_id=conn_id))
         jobs = {job["job_name"]: job for job in outcome.get("piece_jobs") or []}
         for piece in pieces.pieces if pieces else []:
-            expected = _keys(ShardManifest.load(as_path(piece.manifest_uri, conn_id=conn_id)), conn_id)
+            expected = ShardManifest.load(as_path(piece.manifest_uri, conn_id=conn_id)).keys(conn_id)
             if piece.refused is not None:
                 tally.missing(expected, piece.refused)
             elif piece.job_name is None:
@@ -907,12 +907,6 @@ class _Tally:
 
 def _rounded(usd: float | None) -> float | None:
     return None if usd is None else round(usd, 6)
-
-
-def _keys(manifest: ShardManifest, conn_id: str | None) -> list[str]:
-    """A shard's keys, in the order of its rows."""
-    with as_path(manifest.keys_uri, conn_id=conn_id).open("rb") as keys_file:
-        return [line.decode().strip() for line in keys_file if line.strip()]
 
 
 def _manifests(shard_folder: ObjectStoragePath) -> list[ObjectStoragePath]:
