@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from gemini_batch.coordination.ledger import Claim, Ledger, ShardJob, claim_lost
 from gemini_batch.core.batch_requests import ShardManifest
 from gemini_batch.core.locations import as_path
-from gemini_batch.hooks.gemini import CLOCK_SKEW, DEAD_STATES, is_terminal, state_name
+from gemini_batch.hooks.gemini import CLOCK_SKEW, DEAD_STATES, deadline_of, is_terminal, state_name
 
 log = logging.getLogger(__name__)
 RunState = Callable[[str, str], "str | None"]  # (dag id, run id) -> the run's state, from Airflow; None: unknown
@@ -174,8 +174,9 @@ class KeyClaimer:
         if job.dead:
             return True
         if not job.terminal:
-            deadline = job.created_at + self.expiry if job.created_at else None
-            return deadline is not None and dt.datetime.now(dt.timezone.utc) >= deadline
+            return job.created_at is not None and dt.datetime.now(dt.timezone.utc) >= deadline_of(
+                job.created_at, self.expiry
+            )
         return self.me.round > 0  # SUCCEEDED: its answers are read once, its failures are ours to retry
 
     def _claim(self, name: str) -> Claim | None:

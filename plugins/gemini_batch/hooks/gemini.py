@@ -109,6 +109,12 @@ def state_name(job: types.BatchJob) -> str | None:
     return job.state.name if job.state else None
 
 
+def deadline_of(created: dt.datetime, expiry: dt.timedelta) -> dt.datetime:
+    """When a job created at ``created`` is given up on (cancelled, its rows retried): from its create time, so
+    neither a restart nor another run that waits for it extends it."""
+    return created.astimezone(dt.timezone.utc) + expiry
+
+
 def name_of(job: types.BatchJob) -> str:
     """A job's resource name: the service always gives one (the SDK types it optional)."""
     if not job.name:

@@ -55,6 +55,7 @@ from gemini_batch.hooks.gemini import (
     DEVELOPER_API_VERSION,
     DEVELOPER_BASE_URL,
     GeminiBatchHook,
+    deadline_of,
     is_terminal,
     job_error,
     job_stats,
@@ -156,8 +157,7 @@ def default_output_prefix(manifest: ShardManifest) -> str:
 
 
 def job_deadline(job: types.BatchJob, expiry: dt.timedelta) -> dt.datetime:
-    created = job.create_time or dt.datetime.now(dt.timezone.utc)
-    return created.astimezone(dt.timezone.utc) + expiry
+    return deadline_of(job.create_time or dt.datetime.now(dt.timezone.utc), expiry)
 
 
 def wait_for_job(
