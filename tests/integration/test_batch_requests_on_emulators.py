@@ -6,31 +6,16 @@ import time
 
 import orjson
 import pytest
-from fpdf import FPDF
 from google.genai import types
 
 from gemini_batch.core.batch_requests import RequestSpec, ShardManifest, ShardWriter, build_row
 from gemini_batch.core.locations import as_path
-
-SCHEMA = {
-    "type": "object",
-    "properties": {"invoice_number": {"type": "string"}, "total": {"type": "number"}},
-    "required": ["invoice_number", "total"],
-}
+from support.batch_requests import SCHEMA, write_invoice_pdf
 
 
 @pytest.fixture(scope="module")
 def invoice_pdf(tmp_path_factory):
-    path = tmp_path_factory.mktemp("docs") / "invoice.pdf"
-    pdf = FPDF()
-    pdf.add_page()
-    pdf.set_font("helvetica", size=12)
-    pdf.multi_cell(0, 10, text="Invoice number: INV-42\nTotal: 1,234.50\n")
-    pdf.output(str(path))
-    return path
-
-
-# ---------------------------------------------------------------- generation config
+    return write_invoice_pdf(tmp_path_factory.mktemp("docs") / "invoice.pdf")
 
 
 # ---------------------------------------------------------------- rows

@@ -12,7 +12,6 @@ import uuid
 from contextlib import contextmanager
 
 import pytest
-from fpdf import FPDF
 
 from gemini_batch.core import documents
 from gemini_batch.core.batch_requests import ShardManifest
@@ -23,6 +22,7 @@ from gemini_batch.hooks.uploads import FilesApiStager, GcsStager, files_api_name
 from gemini_batch.steps import plan, runs
 from gemini_emulator.testing import requests_made
 from support.dagrun import read_results
+from support.documents import write_pdf
 from support.emulators import developer_client
 from support.service import MODEL, use_developer, wait_until_ended
 
@@ -32,28 +32,19 @@ PARAMS = {"prompt": "Extract the invoice number.", "model": MODEL, "response_sch
 CHANGED = "scan.pdf changed since the run planned it"
 
 
-def write_pdf(path, number: str) -> None:
-    pdf = FPDF()
-    pdf.add_page()
-    pdf.set_font("helvetica", size=12)
-    pdf.cell(text=f"Invoice Number: {number}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pdf.output(str(path))
-
-
 @pytest.fixture
 def source(tmp_path):
     """scan.pdf, the document that will change, beside other.pdf, which does not."""
     root = tmp_path / "source"
-    write_pdf(root / "scan.pdf", "GENUINE-1")
-    write_pdf(root / "other.pdf", "OTHER-2")
+    write_pdf(root / "scan.pdf", "Invoice Number: GENUINE-1")
+    write_pdf(root / "other.pdf", "Invoice Number: OTHER-2")
     return root
 
 
 def symlink_out(source, tmp_path) -> bytes:
     """scan.pdf becomes a symlink to a file outside the source; returns that file's bytes."""
     outside = tmp_path / "outside" / "secret.pdf"
-    write_pdf(outside, "OUTSIDE-9")
+    write_pdf(outside, "Invoice Number: OUTSIDE-9")
     genuine = source / "scan.pdf"
     genuine.rename(tmp_path / "genuine.pdf")
     genuine.symlink_to(outside)
@@ -63,7 +54,7 @@ def symlink_out(source, tmp_path) -> bytes:
 def edit_in_place(source, tmp_path) -> bytes:
     """scan.pdf gets other content in the same file; returns the new bytes."""
     shutil.copy(source / "scan.pdf", tmp_path / "genuine.pdf")
-    write_pdf(source / "scan.pdf", "EDITED-5")
+    write_pdf(source / "scan.pdf", "Invoice Number: EDITED-5")
     return (source / "scan.pdf").read_bytes()
 
 

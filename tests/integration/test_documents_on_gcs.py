@@ -3,63 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import io
-from collections.abc import Sequence
 
 import pytest
-from fpdf import FPDF
-from PIL import Image
-from pypdf import PdfReader
 
-from gemini_batch.core import documents
-from gemini_batch.core.documents import Limits, SourceError, SourceFile, discover, inline_text, inspect, open_part
+from gemini_batch.core.documents import Limits, SourceError, discover, inspect, open_part
 from gemini_batch.core.locations import as_path
+from support.documents import image_bytes, page_texts, pdf_bytes, text_of, where
 from support.emulators import storage_client
-
-
-def pdf_bytes(pages: int, images: Sequence[bytes] = ()) -> bytes:
-    """A PDF whose page i reads "Page i of N"; images[i], when given, fills page i+1."""
-    pdf = FPDF()
-    pdf.set_font("helvetica", size=12)
-    for number in range(1, pages + 1):
-        pdf.add_page()
-        if number <= len(images):
-            pdf.image(io.BytesIO(images[number - 1]), x=0, y=20, w=200)
-        pdf.cell(text=f"Page {number} of {pages}")
-    return bytes(pdf.output())
-
-
-def image_bytes(kind: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (16, 16), "red").save(buffer, kind)
-    return buffer.getvalue()
-
-
-def page_texts(stream) -> list[str]:
-    reader = PdfReader(stream)
-    return [page.extract_text() for page in reader.pages]
-
-
-# --- PDFs --------------------------------------------------------------------
-
-
-# --- content decides the type ------------------------------------------------
-
-
-def text_of(location) -> str:
-    with open_part(location, None) as stream:
-        return inline_text(stream.read())
-
-
-def where(file: SourceFile):
-    """Where a discovered file is read from (its OS path when local)."""
-    return documents.locate(file.source, file.path)
-
-
-# --- discovery ---------------------------------------------------------------
-
-
-# --- Google Cloud Storage ----------------------------------------------------
 
 
 def test_discover_and_inspect_on_gcs(gcs, gcs_root):

@@ -39,113 +39,25 @@ import re
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from support.dagrun import assert_contract, developer_conn, ledger_root, read_results
+from support.dagrun import assert_contract, dags_test, developer_conn, read_results
 from support.emulators import developer_client
-
-ROOT = Path(__file__).resolve().parents[2]
-REPORT = ROOT / "artifacts" / "load.jsonl"
-MB = 2**20
+from support.load import MB, Sampler, emulator_jobs, make_documents, mb, report, tree
 
 DOCS = int(os.environ.get("GEMINI_BATCH_LOAD_DOCS", "2000"))
 SOAK_RUNS = int(os.environ.get("GEMINI_BATCH_SOAK_RUNS", "5"))
-PDF_EVERY = 50  # one document in 50 is a PDF
 MAX_RSS_BYTES = 1024 * MB
 MAX_XCOM_BYTES = 64 * 1024
 
 pytestmark = pytest.mark.load
 
 
-# ------------------------------------------------------------------ documents
-
-
-def make_documents(folder: Path, count: int, *, pdf_every: int = PDF_EVERY) -> dict:
-    """``count`` distinct small documents, 1000 per sub-folder: one-line invoices as text, every
-    ``pdf_every``-th a one-page PDF (one fpdf2 file, its invoice number rewritten in place)."""
-    from fpdf import FPDF
-
-    pdf = FPDF()
-    pdf.set_compression(False)  # the page text stays literal: the number can be rewritten in place
-    pdf.add_page()
-    pdf.set_font("helvetica", size=12)
-    pdf.cell(text="Invoice INV-#######, dated 2026-11-01, total 125.50 EUR, ACME GmbH")
-    template = bytes(pdf.output())
-    assert template.count(b"#######") == 1
-    pdfs = 0
-    for i in range(count):
-        sub = folder / f"batch-{i // 1000:03d}"
-        if i % 1000 == 0:
-            sub.mkdir(parents=True, exist_ok=True)
-        if pdf_every and i % pdf_every == pdf_every - 1:
-            (sub / f"invoice-{i:06d}.pdf").write_bytes(template.replace(b"#######", f"{i:07d}".encode()))
-            pdfs += 1
-        else:
-            (sub / f"note-{i:06d}.txt").write_text(
-                f"Invoice T-{i:06d} dated 2026-{i % 12 + 1:02d}-{i % 28 + 1:02d}, total {i % 997 + 0.5:.2f} EUR\n"
-            )
-    return {"documents": count, "pdfs": pdfs, "texts": count - pdfs}
-
-
-# ------------------------------------------------------------------ measuring a process tree
-
-
-def tree(proc: psutil.Process) -> list[psutil.Process]:
-    try:
-        return [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-def tree_usage(proc: psutil.Process) -> tuple[int, float, int]:
-    """RSS bytes and CPU seconds (user + system, including reaped children) of a process and its descendants."""
-    rss, cpu, n = 0, 0.0, 0
-    for p in tree(proc):
-        try:
-            with p.oneshot():
-                rss += p.memory_info().rss
-                t = p.cpu_times()
-                cpu += t.user + t.system + t.children_user + t.children_system
-                n += 1
-        except psutil.Error:
-            pass
-    return rss, cpu, n
-
-
-class Sampler:
-    """Samples a process tree's RSS (sum over the tree) and CPU in a thread until stopped."""
-
-    def __init__(self, proc: psutil.Process, interval: float = 0.25):
-        self.proc, self.interval = proc, interval
-        self.peak_rss = self.peak_procs = 0
-        self.rss_sum, self.samples, self.cpu = 0, 0, 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            rss, cpu, n = tree_usage(self.proc)
-            if n:
-                self.peak_rss, self.peak_procs = max(self.peak_rss, rss), max(self.peak_procs, n)
-                self.rss_sum, self.samples, self.cpu = self.rss_sum + rss, self.samples + 1, max(self.cpu, cpu)
-            self._stop.wait(self.interval)
-
-    @property
-    def mean_rss(self) -> float:
-        return self.rss_sum / max(self.samples, 1)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+# ------------------------------------------------------------------ a measured `dags test` run
 
 
 # The wrapper reports the peak RSS of the largest process under it (getrusage of its reaped children).
@@ -182,29 +94,10 @@ def run_measured(
     extra_env: dict | None = None,
     timeout: float = 900,
 ) -> MeasuredRun:
-    """`bin/airflow dags test` (as tests/support/dagrun.py's run_dag) under a getrusage wrapper, its tree sampled."""
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(airflow_home),
-        "AIRFLOW_CONN_GEMINI_DEFAULT": json.dumps(conn),
-        "GEMINI_BATCH_STATE": str(ledger_root(conf)),
-        **(extra_env or {}),
-    }
-    conf = {"poll_seconds": 0.5, **conf}
+    """`bin/airflow dags test` (as support.dagrun's run_dag) under a getrusage wrapper, its tree sampled."""
+    command, env = dags_test(airflow_home, conn, conf, logical_date, extra_env)
     usage_file = log_path.with_suffix(".rusage")
-    argv = [
-        sys.executable,
-        "-c",
-        RUSAGE_WRAPPER,
-        str(usage_file),
-        str(ROOT / "bin" / "airflow"),
-        "dags",
-        "test",
-        "gemini_batch_extract",
-        logical_date,
-        "-c",
-        json.dumps(conf),
-    ]
+    argv = [sys.executable, "-c", RUSAGE_WRAPPER, str(usage_file), *command]
     start = time.monotonic()
     with log_path.open("wb") as out:
         proc = psutil.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -261,15 +154,6 @@ def xcom_of_run(airflow_home: Path, run_id: str) -> tuple[int, int, dict]:
     return sum(per_task.values()), len(rows), per_task
 
 
-def emulator_jobs(server) -> list[dict]:
-    """The emulator's own record of every job, with the size of the input it received."""
-    jobs_dir = server.log_path.parent / "jobs"
-    jobs = [json.loads(p.read_text()) for p in jobs_dir.glob("*.json")]
-    for job in jobs:
-        job["input_bytes"] = (jobs_dir / f"{job['id']}.input.jsonl").stat().st_size
-    return sorted(jobs, key=lambda j: j["create_time"])
-
-
 def files_api(server) -> list:
     client = developer_client(server.url)  # held until the pager has read every page
     files = list(client.files.list(config={"page_size": 100}))
@@ -310,36 +194,6 @@ def processes_of(airflow_home: Path, keep: set[int]) -> list[str]:
 
 def count_files(folder: Path) -> int:
     return sum(1 for _ in folder.rglob("*")) if folder.exists() else 0
-
-
-# ------------------------------------------------------------------ reporting
-
-
-def report(test: str, rows: list[dict], **fields) -> None:
-    """A table to stderr, and one JSON line per row in artifacts/load.jsonl."""
-    at = time.strftime("%Y-%m-%dT%H:%M:%S")
-    REPORT.parent.mkdir(exist_ok=True)
-    with REPORT.open("a") as out:
-        for row in rows:
-            out.write(json.dumps({"test": test, "at": at, **fields, **row}) + "\n")
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    width = {k: max(len(k), *(len(_fmt(r.get(k))) for r in rows)) for k in keys}
-    lines = [
-        f"[load] {test} " + " ".join(f"{k}={v}" for k, v in fields.items()),
-        "  ".join(k.rjust(width[k]) for k in keys),
-    ]
-    lines += ["  ".join(_fmt(r.get(k)).rjust(width[k]) for k in keys) for r in rows]
-    print("\n" + "\n".join(lines), file=sys.stderr, flush=True)
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
-    return "-" if value is None else str(value)
-
-
-def mb(n: float) -> float:
-    return round(n / MB, 1)
 
 
 # ------------------------------------------------------------------ 1. many documents
@@ -411,9 +265,6 @@ def test_many_documents_in_one_run(airflow_home, tmp_path, start_emulator):
     assert max(done.peak_tree_rss, done.peak_process_rss) < MAX_RSS_BYTES
     assert xcom_bytes < MAX_XCOM_BYTES, per_task
     assert len(jobs) >= math.ceil(DOCS / max_rows)
-
-
-# ------------------------------------------------------------------ 2. many deferred waits in one triggerer
 
 
 # ------------------------------------------------------------------ 3. soak: consecutive runs leave nothing behind

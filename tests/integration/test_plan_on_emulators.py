@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import base64
-import shutil
 import time
 
 import orjson
 import pytest
-from fpdf import FPDF
 
 from gemini_batch.core import documents
-from gemini_batch.core.batch_requests import RequestSpec
 from gemini_batch.core.cost import load_prices
 from gemini_batch.core.locations import as_path
 from gemini_batch.core.planned import Routing
@@ -21,43 +18,13 @@ from gemini_batch.hooks.uploads import FilesApiStager, GcsStager
 from gemini_batch.steps import plan
 from gemini_emulator.testing import requests_made
 from support.emulators import developer_client
-
-SCHEMA = {"type": "object", "properties": {"invoice_number": {"type": "string"}, "date": {"type": "string"}}}
-SPEC = RequestSpec(model="gemini-2.5-flash-lite", prompt="Extract the invoice number and date.", response_schema=SCHEMA)
-
-
-def write_pdf(path, pages: int, text: str = "Invoice") -> None:
-    pdf = FPDF()
-    for page in range(1, pages + 1):
-        pdf.add_page()
-        pdf.set_font("helvetica", size=12)
-        pdf.cell(text=f"{text} page {page} dated 2026-03-{page % 28 + 1:02d}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pdf.output(str(path))
+from support.plans import SPEC, landing_folder, run_plan
 
 
 @pytest.fixture
 def source(tmp_path):
     """A folder with the cases a real landing folder has."""
-    root = tmp_path / "source"
-    write_pdf(root / "a.pdf", 1, "Invoice A-1")
-    write_pdf(root / "sub" / "long.pdf", 120, "Report")
-    write_pdf(root / "b.pdf", 1, "Invoice B-2")
-    shutil.copy(root / "a.pdf", root / "copy-of-a.pdf")  # same bytes: one request, two records
-    (root / "notes.md").write_text("# Notes\nInvoice N-3 dated 2026-05-01\n")
-    (root / "broken.pdf").write_bytes((root / "b.pdf").read_bytes()[:300])
-    (root / "empty.txt").write_bytes(b"")
-    (root / ".DS_Store").write_bytes(b"\0\1")
-    return root
-
-
-STAGE_ALL = Routing(inline_max_bytes=0)  # every part but text uploaded first
-
-
-def run_plan(source, work, finished=frozenset(), routing=STAGE_ALL):
-    return plan.plan_run(
-        as_path(source), SPEC, as_path(work) / "plan.jsonl", finished=finished, routing=routing, prices=load_prices()
-    )
+    return landing_folder(tmp_path / "source")
 
 
 def answers_of(client, manifest) -> dict[str, dict]:

@@ -24,6 +24,23 @@ def run_dag(airflow_home, conn: dict, conf: dict, logical_date: str, extra_env: 
 
 def start_dag(airflow_home, conn: dict, conf: dict, logical_date: str, extra_env: dict | None = None) -> StartedRun:
     """Start one `dags test` run in its own process group; ``wait()`` for its DagRun, or ``kill()`` it."""
+    command, env = dags_test(airflow_home, conn, conf, logical_date, extra_env)
+    log = tempfile.TemporaryFile("w+")
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    return StartedRun(process, log)
+
+
+def dags_test(
+    airflow_home, conn: dict, conf: dict, logical_date: str, extra_env: dict | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The `bin/airflow dags test` command for one run of gemini_batch_extract, and its environment."""
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(airflow_home),
@@ -34,16 +51,8 @@ def start_dag(airflow_home, conn: dict, conf: dict, logical_date: str, extra_env
         **(extra_env or {}),
     }
     conf = {"poll_seconds": 0.5, **conf}
-    log = tempfile.TemporaryFile("w+")
-    process = subprocess.Popen(
-        [ROOT / "bin" / "airflow", "dags", "test", "gemini_batch_extract", logical_date, "-c", json.dumps(conf)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    return StartedRun(process, log)
+    airflow = str(ROOT / "bin" / "airflow")
+    return [airflow, "dags", "test", "gemini_batch_extract", logical_date, "-c", json.dumps(conf)], env
 
 
 @dataclasses.dataclass

@@ -10,7 +10,6 @@ import tempfile
 
 import orjson
 import pytest
-from fpdf import FPDF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,24 +24,13 @@ from gemini_batch.core.batch_requests import (
 from gemini_batch.core.locations import as_path
 from gemini_emulator import responder
 from gemini_emulator.config import Faults
+from support.batch_requests import SCHEMA, write_invoice_pdf
 from support.emulators import BATCH_MODELS
-
-SCHEMA = {
-    "type": "object",
-    "properties": {"invoice_number": {"type": "string"}, "total": {"type": "number"}},
-    "required": ["invoice_number", "total"],
-}
 
 
 @pytest.fixture(scope="module")
 def invoice_pdf(tmp_path_factory):
-    path = tmp_path_factory.mktemp("docs") / "invoice.pdf"
-    pdf = FPDF()
-    pdf.add_page()
-    pdf.set_font("helvetica", size=12)
-    pdf.multi_cell(0, 10, text="Invoice number: INV-42\nTotal: 1,234.50\n")
-    pdf.output(str(path))
-    return path
+    return write_invoice_pdf(tmp_path_factory.mktemp("docs") / "invoice.pdf")
 
 
 # ---------------------------------------------------------------- generation config

@@ -7,11 +7,9 @@ import io
 import os
 import tracemalloc
 import zipfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from fpdf import FPDF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -25,38 +23,20 @@ from gemini_batch.core.documents import (
     SourceError,
     SourceFile,
     discover,
-    inline_text,
     inspect,
     open_part,
     read_inline,
 )
 from gemini_batch.core.locations import as_path
+from support.documents import image_bytes, page_texts, pdf_bytes, text_of, where
 
 SUPPORTED = "(supported: PDF, PNG, JPEG, WEBP, text, Markdown, HTML)"
-
-
-def pdf_bytes(pages: int, images: Sequence[bytes] = ()) -> bytes:
-    """A PDF whose page i reads "Page i of N"; images[i], when given, fills page i+1."""
-    pdf = FPDF()
-    pdf.set_font("helvetica", size=12)
-    for number in range(1, pages + 1):
-        pdf.add_page()
-        if number <= len(images):
-            pdf.image(io.BytesIO(images[number - 1]), x=0, y=20, w=200)
-        pdf.cell(text=f"Page {number} of {pages}")
-    return bytes(pdf.output())
 
 
 def noise_jpeg(side: int) -> bytes:
     """Random noise barely compresses: a side x side JPEG is about side**2 * 1.1 bytes."""
     buffer = io.BytesIO()
     Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(buffer, "JPEG", quality=95)
-    return buffer.getvalue()
-
-
-def image_bytes(kind: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (16, 16), "red").save(buffer, kind)
     return buffer.getvalue()
 
 
@@ -73,11 +53,6 @@ def rewritten(data: bytes, **encrypt) -> bytes:
 def inspect_bytes(tmp_path: Path, name: str, data: bytes, limits: Limits = Limits()) -> documents.Inspection:
     (tmp_path / name).write_bytes(data)
     return inspect(SourceFile(name, as_path(tmp_path), len(data)), limits)
-
-
-def page_texts(stream) -> list[str]:
-    reader = PdfReader(stream)
-    return [page.extract_text() for page in reader.pages]
 
 
 def covered_pages(parts: tuple[PartSpec, ...]) -> list[int]:
@@ -305,16 +280,6 @@ def test_image_above_the_part_limit_is_rejected(tmp_path):
 def test_text_kinds(tmp_path, name, data, mime_type):
     result = inspect_bytes(tmp_path, name, data)
     assert (result.mime_type, result.rejected, result.parts) == (mime_type, None, (PartSpec(None, len(data)),))
-
-
-def text_of(location) -> str:
-    with open_part(location, None) as stream:
-        return inline_text(stream.read())
-
-
-def where(file: SourceFile):
-    """Where a discovered file is read from (its OS path when local)."""
-    return documents.locate(file.source, file.path)
 
 
 def test_inline_text_strips_the_bom_and_keeps_line_endings(tmp_path):

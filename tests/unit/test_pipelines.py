@@ -3,8 +3,6 @@ field, in the loader's import error, and the others still load (Airflow's own Da
 
 from __future__ import annotations
 
-import itertools
-import shutil
 import time
 import tracemalloc
 from pathlib import Path
@@ -16,27 +14,14 @@ from airflow.dag_processing.dagbag import DagBag
 from gemini_batch.core.settings import DEFAULT_SCHEMA
 from gemini_batch.dag import build_dag
 from gemini_batch.pipelines import ERRORS_DAG_ID
+from support.pipelines import GOOD, billion_laughs, loader_folders
 
 ROOT = Path(__file__).resolve().parents[2]
-LOADER = ROOT / "dags" / "gemini_batch_pipelines.py"
-GOOD = {
-    "dag_id": "receipts",
-    "schedule": "@daily",
-    "source": "gs://landing/receipts/{{ ds }}/",
-    "output": "gs://results/receipts/{{ ds }}",
-    "prompt": "Extract the total.",
-    "schema": {"type": "object", "properties": {"total": {"type": "number"}}},
-    "model": "gemini-2.5-flash-lite",
-    "limits": {"max_cost_usd": 2.5, "max_rows_per_job": 500},
-}
 
 
 def bag(tmp_path: Path, monkeypatch, files: dict[str, object]) -> DagBag:
     """The loader DAG file alone in a DAG folder, reading ``files`` (name -> YAML data, or raw text)."""
-    dags, pipelines = tmp_path / "dags", tmp_path / "pipelines"
-    dags.mkdir()
-    pipelines.mkdir()
-    shutil.copy(LOADER, dags)
+    dags, pipelines = loader_folders(tmp_path)
     for name, content in files.items():
         (pipelines / name).write_text(content if isinstance(content, str) else yaml.safe_dump(content))
     monkeypatch.setenv("GEMINI_BATCH_PIPELINES", str(pipelines))
@@ -125,18 +110,6 @@ def test_every_broken_file_is_named_and_a_missing_schema_file_too(tmp_path, monk
 def test_build_dag_refuses_a_param_it_does_not_have():
     with pytest.raises(ValueError, match="unknown params promt"):
         build_dag("mine", params={"promt": "typo"})
-
-
-def billion_laughs(field: str) -> str:
-    """A pipeline file of about 400 bytes whose ``field`` holds nine levels of nine aliases: 9**9 strings once
-    expanded, though the parsed data shares them and costs little to hold."""
-    levels = "abcdefghi"
-    anchors = [f"  - &a [{', '.join(['lol'] * 9)}]"] + [
-        f"  - &{name} [{', '.join(['*' + below] * 9)}]" for below, name in itertools.pairwise(levels)
-    ]
-    inner = "\n".join(anchors)
-    body = f"schema:\n  type: object\n  enum:\n{inner}\n" if field == "schema" else f"{field}:\n{inner}\n"
-    return "dag_id: laughs\nsource: landing\n" + ("prompt: Extract.\n" if field != "prompt" else "") + body
 
 
 @pytest.mark.parametrize("field", ["schema", "prompt"])

@@ -6,12 +6,10 @@ shards accepted by the emulator's batch endpoint."""
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 
 import orjson
 import pytest
-from fpdf import FPDF
 
 from gemini_batch.coordination.ledger import Ledger, LedgerEvent
 from gemini_batch.core import documents
@@ -20,43 +18,14 @@ from gemini_batch.core.cost import load_prices
 from gemini_batch.core.locations import as_path
 from gemini_batch.core.planned import Routing
 from gemini_batch.steps import plan
-
-SCHEMA = {"type": "object", "properties": {"invoice_number": {"type": "string"}, "date": {"type": "string"}}}
-SPEC = RequestSpec(model="gemini-2.5-flash-lite", prompt="Extract the invoice number and date.", response_schema=SCHEMA)
-
-
-def write_pdf(path, pages: int, text: str = "Invoice") -> None:
-    pdf = FPDF()
-    for page in range(1, pages + 1):
-        pdf.add_page()
-        pdf.set_font("helvetica", size=12)
-        pdf.cell(text=f"{text} page {page} dated 2026-03-{page % 28 + 1:02d}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pdf.output(str(path))
+from support.documents import write_dated_pdf
+from support.plans import SCHEMA, SPEC, landing_folder, run_plan
 
 
 @pytest.fixture
 def source(tmp_path):
     """A folder with the cases a real landing folder has."""
-    root = tmp_path / "source"
-    write_pdf(root / "a.pdf", 1, "Invoice A-1")
-    write_pdf(root / "sub" / "long.pdf", 120, "Report")
-    write_pdf(root / "b.pdf", 1, "Invoice B-2")
-    shutil.copy(root / "a.pdf", root / "copy-of-a.pdf")  # same bytes: one request, two records
-    (root / "notes.md").write_text("# Notes\nInvoice N-3 dated 2026-05-01\n")
-    (root / "broken.pdf").write_bytes((root / "b.pdf").read_bytes()[:300])
-    (root / "empty.txt").write_bytes(b"")
-    (root / ".DS_Store").write_bytes(b"\0\1")
-    return root
-
-
-STAGE_ALL = Routing(inline_max_bytes=0)  # every part but text uploaded first
-
-
-def run_plan(source, work, finished=frozenset(), routing=STAGE_ALL):
-    return plan.plan_run(
-        as_path(source), SPEC, as_path(work) / "plan.jsonl", finished=finished, routing=routing, prices=load_prices()
-    )
+    return landing_folder(tmp_path / "source")
 
 
 def test_plan_accounts_for_every_document(source, tmp_path):
@@ -82,7 +51,7 @@ def test_a_plan_made_by_the_process_pool_is_the_one_made_here(tmp_path, monkeypa
     """Past PROCESSES_AFTER local files, spawned processes inspect them: same plan, same order, byte for byte."""
     source = tmp_path / "many"
     for n in range(plan.PROCESSES_AFTER + 30):
-        write_pdf(source / f"doc-{n:03d}.pdf", 1 + n % 3, f"Invoice {n}")
+        write_dated_pdf(source / f"doc-{n:03d}.pdf", 1 + n % 3, f"Invoice {n}")
     (source / "bad.pdf").write_bytes(b"%PDF-1.7 truncated")
     one = plan.plan_run(as_path(source), SPEC, as_path(tmp_path / "one.jsonl"), prices=load_prices(), workers=1)
     pool = plan.plan_run(as_path(source), SPEC, as_path(tmp_path / "pool.jsonl"), prices=load_prices(), workers=2)
@@ -105,7 +74,7 @@ def test_keys_follow_prompt_model_and_schema(source, tmp_path):
 def test_an_inline_document_changed_or_gone_since_the_plan_fails_alone(source, tmp_path):
     work = as_path(tmp_path / "work")
     run_plan(source, tmp_path / "work", routing=Routing())
-    write_pdf(source / "b.pdf", 2, "Invoice B-2, corrected")  # edited after the plan
+    write_dated_pdf(source / "b.pdf", 2, "Invoice B-2, corrected")  # edited after the plan
     (source / "sub" / "long.pdf").unlink()  # gone after the plan
     docs = {d.path: d for d in plan.read_plan(work / "plan.jsonl")}
 
@@ -137,7 +106,7 @@ def test_rerun_over_unchanged_folder_plans_zero_requests(source, tmp_path):
     assert (second.requests, second.reused_parts, second.documents) == (0, first.parts, first.documents)
     assert list(plan.parts_to_stage(as_path(second.plan_uri), as_path(source))) == []
 
-    write_pdf(source / "new.pdf", 2, "Invoice C-9")
+    write_dated_pdf(source / "new.pdf", 2, "Invoice C-9")
     with ledger.view() as finished:
         third = run_plan(source, tmp_path / "w3", finished=finished)
     assert third.requests == 1 and third.documents == first.documents + 1
