@@ -41,7 +41,7 @@ def open_ledger(args: argparse.Namespace):
     logging.getLogger("gemini_batch.coordination.ledger").setLevel(logging.ERROR)  # the report says it all, once
     if args.folder:
         return Ledger(as_path(args.folder))
-    from gemini_batch.steps.runs import default_ledger
+    from gemini_batch.steps.run_settings import default_ledger
 
     return Ledger(default_ledger(args.dag_id))
 

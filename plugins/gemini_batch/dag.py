@@ -23,7 +23,7 @@ from gemini_batch.core.locations import uri_of
 from gemini_batch.core.settings import MAX_RETRY_ROUNDS
 from gemini_batch.operators.approval import CostApprovalOperator
 from gemini_batch.operators.batch import GeminiBatchJobSensor, GeminiBatchSubmitOperator
-from gemini_batch.steps import runs
+from gemini_batch.steps import run_settings, runs
 
 POOL = "gemini_batch_jobs"  # counts deferred tasks: caps worker and triggerer load (bin/setup: 10 slots)
 DEFAULT_SCHEDULE = "0 2 * * *"
@@ -51,7 +51,7 @@ def _open_run() -> runs.Run:
     """The current task's run: settings checked once, work folder, ledger and hook."""
     try:
         return runs.Run.from_context(get_current_context())
-    except runs.RunConfigError as exc:
+    except run_settings.RunConfigError as exc:
         raise AirflowFailException(str(exc)) from None  # retrying cannot fix a parameter
 
 
@@ -60,7 +60,7 @@ def plan_documents() -> dict:
     """An empty source plans zero documents and the run publishes an empty result; a missing one fails at once."""
     try:
         return _open_run().plan().to_json()
-    except (documents.SourceError, runs.RunConfigError) as exc:
+    except (documents.SourceError, run_settings.RunConfigError) as exc:
         raise AirflowFailException(str(exc)) from None  # a missing source or an unknown model: a parameter to fix
 
 
@@ -68,7 +68,7 @@ def plan_documents() -> dict:
 def check_budget(planned: dict) -> None:
     try:
         _open_run().check_budget(planned)
-    except runs.RunConfigError as exc:
+    except run_settings.RunConfigError as exc:
         raise AirflowFailException(str(exc)) from None  # over budget: no retry
 
 

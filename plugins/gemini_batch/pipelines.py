@@ -30,7 +30,7 @@ from airflow.sdk import DAG
 from gemini_batch.core import results
 from gemini_batch.core.settings import BY_NAME, LIMIT, RUN, SETTINGS
 from gemini_batch.dag import build_dag
-from gemini_batch.steps.runs import base_folder
+from gemini_batch.steps.run_settings import base_folder
 
 PIPELINES_ENV = "GEMINI_BATCH_PIPELINES"  # the pipelines folder; default <GEMINI_BATCH_HOME>/include/pipelines
 ERRORS_DAG_ID = "gemini_batch_pipeline_errors"

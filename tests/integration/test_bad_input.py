@@ -31,7 +31,7 @@ from gemini_batch.core.locations import as_path
 from gemini_batch.core.validate import validate_jsonl
 from gemini_batch.hooks.gemini import GeminiBatchHook
 from gemini_batch.operators.batch import GeminiBatchSubmitOperator
-from gemini_batch.steps import plan, runs
+from gemini_batch.steps import plan, run_settings, runs
 from support.dagrun import developer_conn, read_results, run_dag, submitted_jobs
 from support.emulators import developer_client, storage_client
 from support.service import RecordingTaskInstance, context, use_developer, wait_until_ended, write_shard
@@ -233,15 +233,15 @@ def test_parameters_that_cannot_work_name_the_parameter_and_cause(change, messag
     source = str(tmp_path / "source")
     change = {name: value.format(source=source) if isinstance(value, str) else value for name, value in change.items()}
     params = {**PARAMS, "source": source, "output": str(tmp_path / "out"), **change}
-    with pytest.raises(runs.RunConfigError, match=message.format(source=source)):
-        runs.RunSettings.from_params(params)
+    with pytest.raises(run_settings.RunConfigError, match=message.format(source=source)):
+        run_settings.RunSettings.from_params(params)
 
 
 def test_output_beside_or_above_the_source_and_references_that_resolve_are_fine(tmp_path):
     (tmp_path / "source-2").mkdir()
     schema = {"$defs": {"amount": {"type": "number"}}, "properties": {"total": {"$ref": "#/$defs/amount"}}}
     for output in ("source-2-out", "."):  # a sibling whose name starts the same; the source's parent
-        runs.RunSettings.from_params(
+        run_settings.RunSettings.from_params(
             {
                 **PARAMS,
                 "source": str(tmp_path / "source-2"),

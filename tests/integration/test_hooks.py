@@ -704,7 +704,7 @@ def test_which_bucket_locations_a_vertex_region_can_use(bucket, data_locations, 
 def test_vertex_plan_refuses_a_staging_bucket_outside_the_job_region(
     start_emulator, gcs, gcs_root, monkeypatch, tmp_path
 ):
-    from gemini_batch.steps import runs
+    from gemini_batch.steps import run_settings, runs
     from support.dagrun import SAMPLES
     from support.emulators import storage_client
 
@@ -725,7 +725,7 @@ def test_vertex_plan_refuses_a_staging_bucket_outside_the_job_region(
         "prompt": "Return the invoice number as JSON.",
     }
     run = runs.Run.from_params(params, "manual__eu", hook)
-    with pytest.raises(runs.RunConfigError) as raised:
+    with pytest.raises(run_settings.RunConfigError) as raised:
         run.plan()
     message = str(raised.value)
     assert f"gs://{name}" in message and "EUROPE-WEST4" in message and "us-central1" in message

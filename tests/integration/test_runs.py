@@ -14,7 +14,7 @@ from gemini_batch.core import results
 from gemini_batch.core.batch_requests import ShardManifest
 from gemini_batch.core.locations import as_path
 from gemini_batch.hooks.gemini import GeminiBatchHook
-from gemini_batch.steps import runs
+from gemini_batch.steps import collection, run_settings, runs
 from support.dagrun import read_results
 from support.service import submit_shard, use_developer, wait_until_ended, write_shard
 
@@ -40,17 +40,17 @@ PARAMS = {
     ],
 )
 def test_bad_parameters_name_the_parameter(change, message):
-    with pytest.raises(runs.RunConfigError, match=message):
-        runs.RunSettings.from_params({**PARAMS, **change})
+    with pytest.raises(run_settings.RunConfigError, match=message):
+        run_settings.RunSettings.from_params({**PARAMS, **change})
 
 
 def test_relative_locations_are_inside_the_project():
-    settings = runs.RunSettings.from_params({**PARAMS, "source": "include/samples"})
+    settings = run_settings.RunSettings.from_params({**PARAMS, "source": "include/samples"})
     assert settings.source.path == str(SAMPLES)
 
 
 def test_vertex_needs_a_gcs_staging_prefix():
-    with pytest.raises(runs.RunConfigError, match="staging_prefix"):
+    with pytest.raises(run_settings.RunConfigError, match="staging_prefix"):
         runs.Run.from_params(PARAMS, "manual__1", SimpleNamespace(backend="vertex", gcp_conn_id=None))
 
 
@@ -61,7 +61,9 @@ def test_budget_gate_states_the_estimate(tmp_path):
     summary = run(None).plan().to_json()
     run(None).check_budget(summary)
     run(100.0).check_budget(summary)
-    with pytest.raises(runs.RunConfigError, match=r"estimated cost \$0\.0\d+ for 8 requests .* exceeds max_cost_usd"):
+    with pytest.raises(
+        run_settings.RunConfigError, match=r"estimated cost \$0\.0\d+ for 8 requests .* exceeds max_cost_usd"
+    ):
         run(0.0001).check_budget(summary)
 
 
@@ -254,7 +256,7 @@ def finished_round_0(server_url: str, monkeypatch, tmp_path, name: str):
     run.plan()
     run.stage()
     (manifest_uri,) = run.build(0)
-    src = hook.upload_jsonl(hook.storage_path(runs.ShardManifest.load(manifest_uri).uri), f"gbs-{name}")
+    src = hook.upload_jsonl(hook.storage_path(ShardManifest.load(manifest_uri).uri), f"gbs-{name}")
     job = wait_until_ended(hook, hook.create_job(model=PARAMS["model"], src=src, display_name=name).name)
     return run, job, [{"manifest_uri": manifest_uri, "job_name": job.name, "state": job.state.name}]
 
@@ -317,7 +319,7 @@ def test_outputs_parsed_in_worker_processes_give_the_outcomes_parsed_here(start_
     hook.get_conn().files.delete(name=hook.get_job(jobs[2]["job_name"]).dest.file_name)
 
     def collected(after_bytes: int) -> tuple[dict, list[bytes]]:
-        monkeypatch.setattr(runs, "PARSE_PROCESSES_AFTER_BYTES", after_bytes)
+        monkeypatch.setattr(collection, "PARSE_PROCESSES_AFTER_BYTES", after_bytes)
         counts = run.collect(0, jobs)
         return counts, sorted(run.folder.outcomes(0).read_bytes().splitlines())
 

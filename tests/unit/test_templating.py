@@ -10,7 +10,7 @@ import pendulum
 import pytest
 
 from gemini_batch.dag import default_params
-from gemini_batch.steps import runs
+from gemini_batch.steps import run_settings
 
 LOGICAL = pendulum.datetime(2026, 3, 4, 2, 0, tz="UTC")
 SECRET = "sk-never-in-a-folder-name-0123"
@@ -56,7 +56,7 @@ def context(params: dict | None = None, *, logical_date=LOGICAL, run_after=LOGIC
 
 
 def output_of(template: str, **kwargs) -> str:
-    settings = runs.RunSettings.from_context(context({"output": f"/data/{template}"}, **kwargs))
+    settings = run_settings.RunSettings.from_context(context({"output": f"/data/{template}"}, **kwargs))
     return settings.output.path.removeprefix("/data/")
 
 
@@ -85,8 +85,8 @@ def test_a_run_without_a_logical_date_takes_the_day_it_was_asked_to_run():
 
 
 def test_the_defaults_render_as_the_readme_says():
-    settings = runs.RunSettings.from_context(context())
-    assert settings.output.path == str(runs.base_folder() / "output" / "2026-03-04")
+    settings = run_settings.RunSettings.from_context(context())
+    assert settings.output.path == str(run_settings.base_folder() / "output" / "2026-03-04")
 
 
 @pytest.mark.parametrize(
@@ -103,7 +103,7 @@ def test_the_defaults_render_as_the_readme_says():
     ],
 )
 def test_names_outside_the_runs_dates_and_params_are_refused_by_name(template, refused):
-    with pytest.raises(runs.RunConfigError) as raised:
+    with pytest.raises(run_settings.RunConfigError) as raised:
         output_of(template)
     message = str(raised.value)
     assert message.startswith(f"output: {refused} is not available in templates; only ds, ds_nodash, "), message
@@ -121,15 +121,15 @@ def test_names_outside_the_runs_dates_and_params_are_refused_by_name(template, r
     ],
 )
 def test_the_sandbox_refuses_reaching_past_the_values(template):
-    with pytest.raises(runs.RunConfigError, match="^output: cannot be rendered: "):
+    with pytest.raises(run_settings.RunConfigError, match="^output: cannot be rendered: "):
         output_of(template)
 
 
 def test_a_location_that_renders_to_a_template_is_refused():
     """Rendered once, here: nothing downstream may render a path again with Airflow's full context."""
-    with pytest.raises(runs.RunConfigError, match="^output: renders to Jinja markup"):
+    with pytest.raises(run_settings.RunConfigError, match="^output: renders to Jinja markup"):
         output_of("{% raw %}{{ conn.gemini_default.password }}{% endraw %}")
-    with pytest.raises(runs.RunConfigError, match="^source: renders to Jinja markup"):
-        runs.RunSettings.from_context(
+    with pytest.raises(run_settings.RunConfigError, match="^source: renders to Jinja markup"):
+        run_settings.RunSettings.from_context(
             context({"source": "/data/{{ params.prompt }}", "prompt": "{{ var.value.some_secret }}"})
         )

@@ -22,253 +22,52 @@ appended to.
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import contextlib
 import dataclasses
-import datetime as dt
 import functools
-import hashlib
 import logging
-import os
-import re
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
 
-import jsonschema
 import orjson
 from airflow.providers.common.compat.lineage.hook import get_hook_lineage_collector
-from airflow.sdk import ObjectStoragePath, Variable
+from airflow.sdk import ObjectStoragePath
 
 from gemini_batch.coordination.claims import FROM_LEDGER, KeyClaimer, RunState, job_finder, job_state, run_state_of
-from gemini_batch.coordination.ledger import Claim, Ledger, LedgerEvent, claim_id, now_iso
+from gemini_batch.coordination.ledger import Claim, LedgerEvent, claim_id, now_iso
 from gemini_batch.core import documents, jsonl, results
 from gemini_batch.core.batch_requests import (
-    RequestSpec,
     ShardManifest,
     ShardPieces,
     inline_budget,
     write_adoption,
 )
-from gemini_batch.core.cost import PRICES_VARIABLE, PriceTable, load_prices
+from gemini_batch.core.cost import PriceTable, load_prices
 from gemini_batch.core.locations import as_path, is_gcs, uri_of
 from gemini_batch.core.planned import IN_PLACE, INLINE, STAGED, Routing
-from gemini_batch.core.processes import cores, worker_pool
 from gemini_batch.core.record_index import RecordIndex
-from gemini_batch.core.settings import DEFAULTS, RETENTIONS, TEMPLATED, setting_value
 from gemini_batch.core.staged import StagedPart, StageFailure, stage_record
 from gemini_batch.hooks.errors import StagingBucketUnusable, UnknownModel
 from gemini_batch.hooks.gemini import GeminiBatchHook
 from gemini_batch.hooks.uploads import FilesApiStager, GcsStager, shard_file_name
-from gemini_batch.steps import plan, templating
+from gemini_batch.steps import plan
+from gemini_batch.steps.collection import OutputReader, Tally, job_read
+from gemini_batch.steps.run_settings import (
+    RunConfigError,
+    RunFolder,
+    RunSettings,
+    prices_with_overrides,
+)
+from gemini_batch.steps.staging import Staging
 
 log = logging.getLogger(__name__)
-# A round's outputs are parsed in the task's process until they pass this size, then in a process per core
-# (GEMINI_BATCH_PARSE_PROCESSES_AFTER_MB; 0: from the first output).
-PARSE_PROCESSES_AFTER_BYTES = int(float(os.environ.get("GEMINI_BATCH_PARSE_PROCESSES_AFTER_MB", "64")) * 2**20)
 LINEAGE_EXTRA = "gemini_batch"  # the hook-lineage extra of a run's totals, read by operators.lineage_run_facets
 FAILURES_LOGGED = 100  # the task log names this many failed documents with their reason; results.jsonl has all
-
-LEDGER_ROOT_ENV = "GEMINI_BATCH_STATE"  # where each DAG's ledger lives unless the state param names one
-HOME_ENV = "GEMINI_BATCH_HOME"  # what relative location params resolve against; else $AIRFLOW_HOME
 
 
 # Input tokens one job may hold unless the connection states the quota: under the published tier-1
 # enqueued-token quotas of the flash and pro models. A shard the service still refuses alone is split by the
 # submit (operators); a 429 while other jobs are in flight is waited out.
 DEFAULT_TOKENS_PER_JOB = 2_000_000
-
-
-class RunConfigError(ValueError):
-    """A run's parameters cannot work; the message names the parameter."""
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """A run's parameters, checked once, from the DAG params."""
-
-    source: ObjectStoragePath
-    output: ObjectStoragePath
-    spec: RequestSpec
-    gemini_conn_id: str = DEFAULTS["gemini_conn_id"]
-    dag_id: str = "gemini_batch_extract"
-    state: ObjectStoragePath | None = None  # the ledger's folder (from_params: default_ledger(dag_id) if not given)
-    staging_prefix: ObjectStoragePath | None = None  # Vertex: gs:// prefix for documents, shards and outputs
-    limits: documents.Limits = field(default_factory=documents.Limits)
-    max_rows: int = DEFAULTS["max_rows_per_job"]
-    max_bytes: int = DEFAULTS["max_mb_per_job"] * 2**20
-    inline_max_bytes: int = DEFAULTS["inline_max_mb"] * 2**20
-    max_cost_usd: float | None = DEFAULTS["max_cost_usd"]
-    retry_rounds: int = DEFAULTS["retry_rounds"]
-    retention: str = DEFAULTS["retention"]
-    expiry: dt.timedelta = dt.timedelta(hours=DEFAULTS["expiry_hours"])
-
-    @classmethod
-    def from_params(
-        cls,
-        params: Mapping,
-        *,
-        gcp_conn_id: str | None = None,
-        dag_id: str = "gemini_batch_extract",
-    ) -> RunSettings:
-        def value(name: str) -> Any:
-            return setting_value(params, name)
-
-        try:
-            spec = RequestSpec(
-                model=value("model"),
-                prompt=value("prompt"),
-                response_schema=value("response_schema"),
-                thinking=value("thinking"),
-            )
-            limits = documents.Limits(
-                max_pages=int(value("max_pages")), max_part_bytes=int(value("max_part_mb")) * 2**20
-            )
-            if spec.response_schema is not None:
-                results.check_schema(spec.response_schema)
-        except jsonschema.SchemaError as exc:
-            raise RunConfigError(f"response_schema is not a valid JSON schema: {exc.message}") from None
-        except (ValueError, TypeError) as exc:
-            raise RunConfigError(f"invalid parameters: {exc}") from None
-        if value("retention") not in RETENTIONS:
-            raise RunConfigError(f"retention must be one of {RETENTIONS}, got {value('retention')!r}")
-        source = _location(value("source"), "source", gcp_conn_id)
-        output = _location(value("output"), "output", gcp_conn_id)
-        state = (
-            _location(value("state"), "state", gcp_conn_id) if value("state") else default_ledger(dag_id, gcp_conn_id)
-        )
-        for name, location in (("output", output), ("state", state)):
-            if location is not None and _inside(location, source):
-                raise RunConfigError(
-                    f"{name} {uri_of(location)} is inside source {uri_of(source)}: "
-                    "the run's own files would be read as documents"
-                )
-        staging = value("staging_prefix")
-        return cls(
-            source=source,
-            output=output,
-            spec=spec,
-            gemini_conn_id=value("gemini_conn_id") or DEFAULTS["gemini_conn_id"],
-            dag_id=dag_id,
-            state=state,
-            staging_prefix=_location(staging, "staging_prefix", gcp_conn_id) if staging else None,
-            limits=limits,
-            max_rows=int(value("max_rows_per_job")),
-            max_bytes=int(value("max_mb_per_job")) * 2**20,
-            inline_max_bytes=int(float(value("inline_max_mb")) * 2**20),
-            max_cost_usd=value("max_cost_usd"),
-            retry_rounds=int(value("retry_rounds")),
-            retention=value("retention"),
-            expiry=dt.timedelta(hours=float(value("expiry_hours"))),
-        )
-
-    @classmethod
-    def from_context(cls, context: Mapping, *, gcp_conn_id: str | None = None) -> RunSettings:
-        """The run's params with the location ones rendered, so ``gs://landing/{{ ds }}/`` means that day's folder:
-        in a sandbox holding the run's dates and params only (``gemini_batch.steps.templating``), never a secret."""
-        values = templating.template_values(context)
-        params = dict(context["params"])
-        for name in TEMPLATED:
-            if isinstance(params.get(name), str):
-                try:
-                    params[name] = templating.render(name, params[name], values)
-                except templating.TemplateError as exc:
-                    raise RunConfigError(str(exc)) from None
-        return cls.from_params(params, gcp_conn_id=gcp_conn_id, dag_id=context["dag"].dag_id)
-
-    def ledger(self) -> Ledger:
-        return Ledger(self.state or default_ledger(self.dag_id))
-
-
-def default_ledger(dag_id: str, gcp_conn_id: str | None = None) -> ObjectStoragePath:
-    """``$GEMINI_BATCH_STATE/<dag id>``, else ``$AIRFLOW_HOME/gemini_batch/ledger/<dag id>``: never the run's
-    output or date, so every run of the DAG shares it. Workers on several machines need a shared one (gs://)."""
-    root = os.environ.get(LEDGER_ROOT_ENV) or os.path.join(
-        os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow"), "gemini_batch", "ledger"
-    )
-    return _location(root.rstrip("/") + "/" + dag_id, LEDGER_ROOT_ENV, gcp_conn_id)
-
-
-def base_folder() -> Path:
-    """Where relative ``source``/``output``/``state`` params point: ``$GEMINI_BATCH_HOME``, else ``$AIRFLOW_HOME``
-    (an Astro project's root, for example), else ``~/airflow``."""
-    return Path(os.environ.get(HOME_ENV) or os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow"))
-
-
-def _location(value: str, name: str, conn_id: str | None) -> ObjectStoragePath:
-    if not isinstance(value, str) or not value.strip():
-        raise RunConfigError(f"{name}: give a local folder or a gs:// prefix, got {value!r}")
-    value = value.strip()
-    if "://" not in value and not Path(value).is_absolute():
-        value = str(base_folder() / value)  # the same folder whatever directory a task runs in
-    return as_path(value, conn_id=conn_id if value.startswith("gs://") else None)
-
-
-def _inside(path: ObjectStoragePath, folder: ObjectStoragePath) -> bool:
-    """``path`` is ``folder`` or below it (local paths compared where their symlinks lead)."""
-    if is_gcs(path) != is_gcs(folder):
-        return False
-    inner, outer = (uri_of(p) if is_gcs(p) else os.path.realpath(p.path) for p in (path, folder))
-    return (inner.rstrip("/") + "/").startswith(outer.rstrip("/") + "/")
-
-
-class RunFolder:
-    """Where one run keeps its work files (see the module docstring)."""
-
-    def __init__(self, settings: RunSettings, run_id: str, backend: str):
-        self.run_id = run_id
-        self.slug = run_slug(run_id)
-        self.work = settings.output / "_work" / self.slug
-        if backend == "vertex":
-            if settings.staging_prefix is None or not is_gcs(settings.staging_prefix):
-                raise RunConfigError(
-                    "staging_prefix: Vertex AI reads documents and requests from Cloud Storage; "
-                    "give a gs://bucket/prefix"
-                )
-            self.remote = settings.staging_prefix / self.slug
-        else:
-            self.remote = self.work
-        self.plan = self.work / "plan.jsonl"
-        self.staged = self.work / "staged"
-
-    def shards(self, round_: int) -> ObjectStoragePath:
-        return self.remote / f"round-{round_}"
-
-    def outcomes(self, round_: int) -> ObjectStoragePath:
-        return self.work / f"round-{round_}" / "outcomes.jsonl"
-
-    def unreadable(self, round_: int) -> ObjectStoragePath:
-        """Text parts go inline, read when round ``round_`` is built: failing that is their staging pass."""
-        return self.staged / f"pass-round-{round_:03d}.jsonl"
-
-    def next_pass(self) -> ObjectStoragePath:
-        numbered = [p for p in _passes(self.staged) if PASS_NAME.fullmatch(p.name)]
-        return self.staged / f"pass-{len(numbered):05d}.jsonl"
-
-    def documents_prefix(self) -> ObjectStoragePath:
-        """Vertex: staged documents are shared by key across runs, so they live beside the runs."""
-        return self.remote.parent / "documents"
-
-
-def _prices() -> PriceTable:
-    """The shipped price table with the Airflow Variable ``gemini_batch_prices`` (JSON) laid over it, if set."""
-    overrides = Variable.get(PRICES_VARIABLE, default=None, deserialize_json=True)
-    try:
-        return load_prices(overrides=overrides)
-    except ValueError as exc:
-        raise RunConfigError(str(exc)) from None
-
-
-def run_slug(run_id: str) -> str:
-    """A folder- and display-name-safe, unique form of a run id."""
-    readable = re.sub(r"[^a-z0-9]+", "-", run_id.lower()).strip("-")[:40]
-    return f"{readable}-{hashlib.sha256(run_id.encode()).hexdigest()[:8]}"
-
-
-PASS_NAME = re.compile(r"pass-\d{5}\.jsonl")
 
 
 class Run:
@@ -300,7 +99,7 @@ class Run:
         """The run of the task in ``context``: its params rendered and checked (RunConfigError names a bad one)."""
         hook = GeminiBatchHook(context["params"]["gemini_conn_id"])
         settings = RunSettings.from_context(context, gcp_conn_id=hook.gcp_conn_id)
-        return cls(settings, context["run_id"], hook, run_state=run_state_of(context), prices=_prices())
+        return cls(settings, context["run_id"], hook, run_state=run_state_of(context), prices=prices_with_overrides())
 
     @classmethod
     def from_params(cls, params: Mapping, run_id: str, hook: GeminiBatchHook | None = None, **kwargs) -> Run:
@@ -391,7 +190,7 @@ class Run:
     def staging(self) -> Iterator[Staging]:
         """The latest staging of each key: a later pass wins."""
         with RecordIndex() as index:
-            for path in _passes(self.folder.staged):
+            for path in self.folder.passes():
                 index.put(
                     {
                         **(r := stage_record(data)).to_json(),
@@ -503,14 +302,14 @@ class Run:
     def collect(self, round_: int, jobs: Iterable[Mapping]) -> dict:
         """Turn every key of round ``round_`` into an outcome: answered, failed, or missing from its job's output."""
         jobs_by_manifest = {job["manifest_uri"]: job for job in jobs if job}
-        tally = _Tally()
+        tally = Tally()
         manifests = _manifests(self.folder.shards(round_))
         if not manifests:
             return tally.to_json()  # nothing was requested in this round: no outcomes file, the round did not happen
         outcomes = self.folder.outcomes(round_)
         with (
             jsonl.writer(outcomes) as write,
-            _OutputReader(self.service, self.settings.spec.response_schema, write) as reader,
+            OutputReader(self.service, self.settings.spec.response_schema, write) as reader,
         ):
             tally.write = write
             for manifest_file in manifests:
@@ -528,12 +327,12 @@ class Run:
                 else:
                     tally.job_names.append(job["job_name"])
                     tally.requests += len(expected)
-                    reader.read(job["job_name"], expected, functools.partial(_job_read, job, tally))
+                    reader.read(job["job_name"], expected, functools.partial(job_read, job, tally))
         self._record_answers(outcomes)
         return tally.to_json()
 
     @staticmethod
-    def _collect_pieces(outcome: Mapping, conn_id: str | None, reader: _OutputReader, tally: _Tally) -> None:
+    def _collect_pieces(outcome: Mapping, conn_id: str | None, reader: OutputReader, tally: Tally) -> None:
         """A shard the service refused whole, submitted as pieces: each piece's job, or why it was refused."""
         pieces = ShardPieces.load(as_path(outcome["pieces_uri"], conn_id=conn_id))
         jobs = {job["job_name"]: job for job in outcome.get("piece_jobs") or []}
@@ -547,7 +346,7 @@ class Run:
                 job = jobs.get(piece.job_name) or {"job_name": piece.job_name, "state": None}
                 tally.job_names.append(piece.job_name)
                 tally.requests += len(expected)
-                reader.read(piece.job_name, expected, functools.partial(_job_read, job, tally))
+                reader.read(piece.job_name, expected, functools.partial(job_read, job, tally))
 
     def _record_answers(self, outcomes: ObjectStoragePath) -> None:
         """Put a round's outcomes in the ledger as soon as they are read: what was paid for survives a failed
@@ -569,7 +368,7 @@ class Run:
         )
 
     def _collect_adopted(
-        self, manifest: ShardManifest, outcome: Mapping | None, expected: list[str], tally: _Tally
+        self, manifest: ShardManifest, outcome: Mapping | None, expected: list[str], tally: Tally
     ) -> None:
         """Outcomes of keys another run requested: from the jobs its claim submitted, or from the ledger."""
         if manifest.adopts == FROM_LEDGER:
@@ -743,165 +542,6 @@ class Run:
         }
 
 
-class Staging:
-    """The latest staging record of each key, through an on-disk index (a run may stage millions of parts)."""
-
-    def __init__(self, index: RecordIndex):
-        self._index = index
-        self.parts = StagedParts(index)
-
-    def failures(self) -> Iterator[tuple[str, str]]:
-        """(key, why) for each key whose latest pass could not stage (or read) it."""
-        for record in self._index.records("failed"):
-            yield record["key"], record["error"]
-
-
-class StagedParts(Mapping[str, StagedPart]):
-    """The keys whose latest pass staged them, with where."""
-
-    def __init__(self, index: RecordIndex):
-        self._index = index
-
-    def __getitem__(self, key: str) -> StagedPart:
-        record = self._index.get(key)
-        if record is None or record["status"] != "staged":
-            raise KeyError(key)
-        return StagedPart.from_json(record)
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.get(key) is not None
-
-    def __iter__(self) -> Iterator[str]:
-        return self._index.keys("staged")
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
-def _job_read(job: Mapping, tally: _Tally, reading: results.OutputReading) -> None:
-    """Count one of this run's jobs' reading; the keys it did not answer fail, each with the reason."""
-    log.info("Job %s (%s): %s", job["job_name"], job["state"], reading)
-    tally.add(reading)
-    reason = f"no answer: job {job['job_name']} ended {job['state']} before this row finished"
-    if reading.unavailable:  # the rows not read yet go to the next round
-        reason = f"no answer: job {job['job_name']} ended {job['state']} but its {reading.unavailable}"
-        log.warning(
-            "Job %s: %s; %d row(s) read before that, the rest will be retried",
-            job["job_name"],
-            reading.unavailable,
-            reading.outcomes,
-        )
-    tally.missing(reading.unanswered, reason)
-
-
-class _OutputReader:
-    """Reads a round's job outputs into its outcomes, using every core once the outputs are large.
-
-    Each output is downloaded (through the hook, here) to a local spool file
-    and parsed by ``results.read_output_file`` into an outcomes file of its
-    own, which is then appended to the round's outcomes, in the order the jobs
-    were read. Parsing runs here until the round's outputs pass
-    ``PARSE_PROCESSES_AFTER_BYTES``, then in spawned processes, one per core,
-    while this one downloads the next (files both ways: pickling outcomes
-    back cost more than parsing them). At most two outputs per process wait
-    on disk.
-    """
-
-    def __init__(self, hook: GeminiBatchHook, response_schema: Mapping | None, write: jsonl.Writer):
-        self.hook, self.response_schema, self.write = hook, response_schema, write
-        self.workers = cores()
-        self.pending: collections.deque = collections.deque()  # (reading or its future, output, outcomes, done)
-        self.read_bytes = 0
-        self.processes: concurrent.futures.ProcessPoolExecutor | None = None
-        self.pools = contextlib.ExitStack()
-        self.spool = tempfile.TemporaryDirectory(prefix="gemini-batch-outputs-")
-        self.spooled = 0
-
-    def __enter__(self) -> _OutputReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            if exc[0] is None:
-                while self.pending:
-                    self._finish_oldest()
-        finally:
-            self.pools.close()
-            self.spool.cleanup()
-
-    def read(self, job_name: str, expected: list[str], done: Callable[[results.OutputReading], None]) -> None:
-        """Read job ``job_name``'s output for the keys ``expected``; ``done`` gets the reading, in job order."""
-        self.spooled += 1
-        output, outcomes = (
-            os.path.join(self.spool.name, f"{self.spooled:05d}.{kind}.jsonl") for kind in ("output", "outcomes")
-        )
-        unavailable = None
-        with open(output, "wb", buffering=2**20) as out:
-            try:
-                for line in self.hook.iter_output_lines(self.hook.get_job(job_name)):
-                    out.write(line)
-                    out.write(b"\n")
-            except results.OutputUnavailable as exc:  # the rows read so far count; the rest are unanswered
-                unavailable = str(exc)
-            self.read_bytes += out.tell()
-        if self.processes is None and self.read_bytes > PARSE_PROCESSES_AFTER_BYTES and self.workers > 1:
-            self.processes = self.pools.enter_context(worker_pool(self.workers))
-            log.info(
-                "Parsing outputs in %d worker processes from here (%.1f MB read)", self.workers, self.read_bytes / 2**20
-            )
-        parse = functools.partial(
-            results.read_output_file, output, expected, self.response_schema, outcomes, unavailable=unavailable
-        )
-        self.pending.append((self.processes.submit(parse) if self.processes else parse(), output, outcomes, done))
-        while len(self.pending) > 2 * self.workers or (self.pending and self.processes is None):
-            self._finish_oldest()
-
-    def _finish_oldest(self) -> None:
-        reading, output, outcomes, done = self.pending.popleft()
-        if isinstance(reading, concurrent.futures.Future):
-            reading = reading.result()
-        self.write.append_file(outcomes)
-        for path in (output, outcomes):
-            os.unlink(path)
-        done(reading)
-
-
-def _no_outcomes_file(outcome: results.RowOutcome) -> None:
-    raise RuntimeError(f"outcome of {outcome.key} read before the round's outcomes file was opened")
-
-
-@dataclass
-class _Tally:
-    """A round's counts as its outcomes are written (``write``: the round's outcomes file)."""
-
-    keys: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    requests: int = 0  # rows of this run's own jobs: what it sent
-    job_names: list[str] = field(default_factory=list)  # this run's own jobs, not adopted ones
-    write: Callable[[results.RowOutcome], None] = field(default=_no_outcomes_file)
-
-    def add(self, reading: results.OutputReading) -> None:
-        self.keys += reading.outcomes
-        self.succeeded += reading.succeeded
-        self.failed += reading.failed
-
-    def missing(self, keys: list[str], reason: str) -> None:
-        for key in keys:
-            self.write(results.missing_outcome(key, reason))
-        self.keys += len(keys)
-        self.failed += len(keys)
-
-    def to_json(self) -> dict:
-        return {
-            "keys": self.keys,
-            "succeeded": self.succeeded,
-            "failed": self.failed,
-            "requests": self.requests,
-            "job_names": self.job_names,
-        }
-
-
 # ------------------------------------------------------------------ helpers
 
 
@@ -913,10 +553,3 @@ def _manifests(shard_folder: ObjectStoragePath) -> list[ObjectStoragePath]:
     if not shard_folder.exists():
         return []
     return sorted(p for p in shard_folder.iterdir() if p.name.endswith(".manifest.json"))
-
-
-def _passes(pass_folder: ObjectStoragePath) -> list[ObjectStoragePath]:
-    """The files of a folder written one per staging pass, oldest first (the round passes after the numbered)."""
-    if not pass_folder.exists():
-        return []
-    return sorted(p for p in pass_folder.iterdir() if p.name.startswith("pass-") and p.name.endswith(".jsonl"))
