@@ -381,6 +381,7 @@ class ShardPiece:
     started_at: str | None = None  # when a create began: a job made then is found by its display name
     job_name: str | None = None
     refused: str | None = None  # why the service will never take it: a document fails with this reason
+    refused_alone_since: str | None = None  # refused 429 since then with no other job of the model in flight
 
     @property
     def open(self) -> bool:
@@ -395,6 +396,7 @@ class ShardPieces:
     shard_id: str
     pieces: list[ShardPiece]
     quota_wait_since: str | None = None  # when the current wait for the model's quota began
+    over_quota_alone: bool = False  # a piece was refused alone long enough: the quota is below it, not a burst
 
     @staticmethod
     def path_of(manifest: ShardManifest, folder: ObjectStoragePath) -> ObjectStoragePath:

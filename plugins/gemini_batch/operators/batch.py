@@ -69,6 +69,10 @@ from gemini_batch.triggers.gemini import GeminiBatchJobTrigger, job_output
 SUCCEEDED_STATES = frozenset({"JOB_STATE_SUCCEEDED"})
 DEFAULT_EXPIRY_HOURS = DEFAULTS["expiry_hours"]
 DEFAULT_QUOTA_WAIT_HOURS = DEFAULTS["quota_wait_hours"]
+# A shard refused 429 with no other job of the model in flight is over the quota on its own once the refusals have
+# lasted this many poll intervals (and at least ALONE_MIN_SECONDS): a rate limit's burst of 429s is over by then.
+ALONE_POLLS = 10
+ALONE_MIN_SECONDS = 5.0
 HASH_CHUNK_BYTES = 2**20
 # Task state store keys: when a submit started (ISO, UTC), then the job it made.
 SUBMIT_STARTED_KEY = "submit_started_at"
@@ -475,7 +479,11 @@ class GeminiBatchSubmitOperator(BaseOperator):
         self, context, hook: GeminiBatchHook, pieces: ShardPieces, path: ObjectStoragePath, *, refused_now: bool = False
     ) -> dict | str:
         """Submit, in order, the pieces of a shard the service refused; return the submission once each has a job
-        or is refused. ``refused_now``: the first open piece was just refused (no second create for it)."""
+        or is refused. ``refused_now``: the first open piece was just refused (no second create for it).
+
+        Refused while none of the model's jobs is in flight, a piece is judged over the quota on its own only once
+        the refusals have lasted ``ALONE_POLLS`` poll intervals (a burst of 429s passes; a quota does not); from
+        then on the shard's smaller pieces are split or refused at their first such refusal."""
         index = 0
         while index < len(pieces.pieces):
             piece = pieces.pieces[index]
@@ -488,14 +496,20 @@ class GeminiBatchSubmitOperator(BaseOperator):
             if isinstance(verdict, types.BatchJob):
                 push_links(context, name_of(verdict), job_output(verdict))
                 index += 1
-            elif hook.jobs_in_flight(self.model):  # they hold the quota: wait for them, not forever
+                continue
+            if hook.jobs_in_flight(self.model):  # they hold the quota: wait for them, not forever
+                if piece.refused_alone_since is not None:
+                    piece.refused_alone_since = None
+                    pieces.save(path)
                 return self._wait_for_quota(hook, part, pieces, path)
-            elif isinstance(verdict := self._try_piece(hook, part, piece, pieces, path), types.BatchJob):
-                push_links(context, name_of(verdict), job_output(verdict))  # the quota freed up meanwhile
-                index += 1
-            elif hook.jobs_in_flight(self.model):
-                return self._wait_for_quota(hook, part, pieces, path)
-            elif part.rows > 1:  # refused twice with nothing else in flight: this piece alone is over the quota
+            if not pieces.over_quota_alone and not self._refused_alone_long_enough(piece, pieces, path):
+                return self._wait(
+                    f"to see whether {part.shard_id} stays refused with no other job of {self.model} in flight (a "
+                    "burst of 429s passes, the model's quota does not)",
+                    "resume",
+                )
+            pieces.over_quota_alone, piece.refused_alone_since = True, None
+            if part.rows > 1:
                 halves = split_shard(part, hook.storage_path)
                 pieces.pieces[index : index + 1] = [
                     ShardPiece(half.manifest_uri, self._display_name(context, hook, half), half.rows) for half in halves
@@ -524,6 +538,14 @@ class GeminiBatchSubmitOperator(BaseOperator):
             "own": True,
             "pieces_uri": uri_of(path),
         }
+
+    def _refused_alone_long_enough(self, piece: ShardPiece, pieces: ShardPieces, path: ObjectStoragePath) -> bool:
+        now = dt.datetime.now(dt.timezone.utc)
+        if piece.refused_alone_since is None:
+            piece.refused_alone_since = now.isoformat()
+            pieces.save(path)
+        settle = max(ALONE_POLLS * float(self.poll_interval), ALONE_MIN_SECONDS)
+        return (now - dt.datetime.fromisoformat(piece.refused_alone_since)).total_seconds() >= settle
 
     def _try_piece(
         self,
