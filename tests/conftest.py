@@ -25,8 +25,8 @@ TIERS = ("unit", "integration", "system")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Each test is marked with its tier, its folder (``bin/test -m unit``); the system tier shares one stack, so
-    its tests run in one worker. The live check spends money on the real service: it runs only when asked for by
+    """Each test is marked with its tier, its folder (``bin/test -m unit``); the tests on the session's stack share
+    it, so they run in one worker. The live check spends money on the real service: it runs only when asked for by
     name (``-m live``)."""
     expression = config.getoption("markexpr") or ""
     run_live = "live" in expression and "not live" not in expression
@@ -35,8 +35,8 @@ def pytest_collection_modifyitems(config, items):
         if tier is None:
             raise pytest.UsageError(f"{item.nodeid}: a test lives in tests/unit, tests/integration or tests/system")
         item.add_marker(tier)
-        if tier == "system":
-            item.add_marker(pytest.mark.xdist_group("system"))
+        if "stack" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("stack"))
         if item.get_closest_marker("live") and not run_live:
             item.add_marker(pytest.mark.skip(reason="not run: the live check runs only with bin/test -m live"))
 

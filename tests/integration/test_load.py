@@ -12,7 +12,7 @@ CI-sized by default (the whole file takes a few minutes on 2 cores); the full se
    request_count and input file) respects max_rows_per_job and max_mb_per_job.
 2. Many deferred waits: `dags test` does not hold deferred waits together (it runs each task's trigger inline,
    to its end, one task after another), so this test uses the production topology of tests/support/stack.py (one
-   triggerer, scheduler, Celery workers or the LocalExecutor) with GEMINI_BATCH_LOAD_WAITS (default 20)
+   triggerer, scheduler, Celery workers or the LocalExecutor) with GEMINI_BATCH_LOAD_WAITS (default 10)
    one-request shards, the pool and max_jobs_in_flight raised to that many. The emulator keeps every job PENDING
    until all the waits are deferred at once; the triggerer's CPU and memory are measured over a hold of
    GEMINI_BATCH_LOAD_HOLD seconds, then the emulator is restarted with jobs that finish at once, and every
@@ -23,7 +23,7 @@ CI-sized by default (the whole file takes a few minutes on 2 cores); the full se
    by at most the runs' job output files, and the emulator's open file descriptors do not grow.
 
 Sizes and knobs (environment): GEMINI_BATCH_LOAD_DOCS (2000), GEMINI_BATCH_LOAD_ROWS (max_rows_per_job; default
-docs/10, at most 10,000: about 10 shards), GEMINI_BATCH_LOAD_MB (max_mb_per_job, 100), GEMINI_BATCH_LOAD_WAITS (20),
+docs/10, at most 10,000: about 10 shards), GEMINI_BATCH_LOAD_MB (max_mb_per_job, 100), GEMINI_BATCH_LOAD_WAITS (10),
 GEMINI_BATCH_LOAD_POLL (the waits' poll_seconds, 10), GEMINI_BATCH_LOAD_HOLD (seconds measured with every wait
 deferred, 20), GEMINI_BATCH_SOAK_RUNS (5). Each test prints a table to stderr and appends its numbers as JSON lines
 to artifacts/load.jsonl.

@@ -13,7 +13,7 @@ from gemini_emulator.testing import gemini_emulator
 from support.dagrun import assert_contract, read_results
 from support.load import Sampler, emulator_jobs, make_documents, mb, report, tree_usage
 
-WAITS = int(os.environ.get("GEMINI_BATCH_LOAD_WAITS", "20"))
+WAITS = int(os.environ.get("GEMINI_BATCH_LOAD_WAITS", "10"))
 HOLD_SECONDS = float(os.environ.get("GEMINI_BATCH_LOAD_HOLD", "20"))  # all waits deferred: measure this long
 POLL_SECONDS = float(os.environ.get("GEMINI_BATCH_LOAD_POLL", "10"))  # the triggers' poll interval in test 2
 
