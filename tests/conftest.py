@@ -24,6 +24,7 @@ from support.emulators import developer_client  # noqa: E402
 TIERS = ("unit", "integration", "system")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the groups
 def pytest_collection_modifyitems(config, items):
     """Each test is marked with its tier, its folder (``bin/test -m unit``); the tests on the session's stack share
     it, so they run in one worker. The live check spends money on the real service: it runs only when asked for by
