@@ -651,7 +651,8 @@ class GeminiBatchHook(BaseHook):
         """The download's response, streamed. The service redirects to its /download/ path; redirects are followed
         here, not by httpx (which drops only ``Authorization`` across origins), so the key goes only to the
         configured endpoint's origin: a redirect elsewhere (a signed download URL) is followed without it."""
-        target, params = httpx.URL(url), {"alt": "media"}  # the redirect's own query replaces it
+        target = httpx.URL(url)
+        params: dict[str, str] | None = {"alt": "media"}  # a redirect's target carries its own query
         for _ in range(MAX_REDIRECTS + 1):
             same_origin = _origin(target) == _origin(httpx.URL(url))
             headers = {"x-goog-api-key": self.connection.password or ""} if same_origin else {}
@@ -661,7 +662,7 @@ class GeminiBatchHook(BaseHook):
             if not response.is_redirect:
                 break
             response.close()
-            target, params = response.url.join(response.headers["location"]), {}
+            target, params = response.url.join(response.headers["location"]), None
         else:
             raise httpx.TooManyRedirects(
                 f"the download of {url} was redirected more than {MAX_REDIRECTS} times", request=response.request
