@@ -191,6 +191,7 @@ def our_steps(home: str, url: str, output: str) -> dict:
     dag_file = _dag_module()
     from airflow.sdk.exceptions import TaskDeferred
 
+    from gemini_batch.core import records
     from gemini_batch.hooks.gemini import GeminiBatchHook
     from gemini_batch.operators.batch import GeminiBatchSubmitOperator
     from gemini_batch.steps import runs
@@ -229,7 +230,7 @@ def our_steps(home: str, url: str, output: str) -> dict:
             return getattr(operator, deferred.method_name)(context, event=event)  # no kwargs back, as in dags test
 
     def plan_documents():
-        return open_run().plan().to_json()
+        return records.to_builtins(open_run().plan())
 
     def check_budget(planned):
         open_run().check_budget(planned)

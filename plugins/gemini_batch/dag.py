@@ -18,7 +18,7 @@ from typing import Any
 from airflow.sdk import DAG, Asset, Param, TaskGroup, TriggerRule, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowFailException
 
-from gemini_batch.core import documents, settings
+from gemini_batch.core import documents, records, settings
 from gemini_batch.core.locations import uri_of
 from gemini_batch.core.settings import MAX_RETRY_ROUNDS
 from gemini_batch.operators.approval import CostApprovalOperator
@@ -59,7 +59,7 @@ def _open_run() -> runs.Run:
 def plan_documents() -> dict:
     """An empty source plans zero documents and the run publishes an empty result; a missing one fails at once."""
     try:
-        return _open_run().plan().to_json()
+        return records.to_builtins(_open_run().plan())
     except (documents.SourceError, run_settings.RunConfigError) as exc:
         raise AirflowFailException(str(exc)) from None  # a missing source or an unknown model: a parameter to fix
 

@@ -24,7 +24,7 @@ from fpdf import FPDF
 from PIL import Image
 from pypdf import PdfReader, PdfWriter
 
-from gemini_batch.core import documents, results
+from gemini_batch.core import documents, records, results
 from gemini_batch.core.batch_requests import RequestSpec, ShardManifest
 from gemini_batch.core.cost import load_prices
 from gemini_batch.core.locations import as_path
@@ -192,7 +192,7 @@ def test_a_name_that_is_not_utf8_is_read_and_shown_with_escapes(tmp_path):
     )
     (row,) = map(orjson.loads, as_path(manifest.uri).read_bytes().splitlines())
     assert unbuilt == {} and base64.b64decode(row["request"]["contents"][0]["parts"][1]["inlineData"]["data"]) == data
-    record = results.document_record(doc, {}, {}).to_json()
+    record = records.to_builtins(results.document_record(doc, {}, {}))
     assert record["document"] == "caf\\xe9.pdf" and orjson.dumps(record).decode("utf-8")
 
 

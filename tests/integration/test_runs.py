@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from gemini_batch.core import results
+from gemini_batch.core import records, results
 from gemini_batch.core.batch_requests import ShardManifest
 from gemini_batch.core.locations import as_path
 from gemini_batch.hooks.gemini import GeminiBatchHook
@@ -58,7 +58,7 @@ def test_budget_gate_states_the_estimate(tmp_path):
     def run(max_cost_usd):
         return runs.Run.from_params({**PARAMS, "output": str(tmp_path), "max_cost_usd": max_cost_usd}, "manual__1")
 
-    summary = run(None).plan().to_json()
+    summary = records.to_builtins(run(None).plan())
     run(None).check_budget(summary)
     run(100.0).check_budget(summary)
     with pytest.raises(
@@ -131,7 +131,7 @@ def test_retry_restages_an_upload_that_is_gone(start_emulator, monkeypatch, tmp_
     hook.get_conn().files.delete(name=name)
     outcomes = run.folder.outcomes(0)
     outcomes.parent.mkdir(parents=True, exist_ok=True)
-    outcomes.write_text(json.dumps(results.missing_outcome(key, "no answer: job EXPIRED").to_json()) + "\n")
+    outcomes.write_text(json.dumps(records.to_builtins(results.missing_outcome(key, "no answer: job EXPIRED"))) + "\n")
 
     assert run.keys_to_retry(1) == {key}
     assert hook.get_conn().files.get(name=name).state.name == "ACTIVE"
@@ -153,7 +153,7 @@ def test_a_retry_reads_inline_parts_from_the_source_again_and_a_changed_one_fail
     run = runs.Run.from_params(
         {**PARAMS, "source": str(source), "output": str(tmp_path / "out"), "inline_max_mb": 10}, "manual__inline", hook
     )
-    planned = run.plan().to_json()
+    planned = records.to_builtins(run.plan())
     assert planned["routes"] == {"inline": 3, "in_place": 0, "staged": 0}
     assert run.stage() == {"staged": 0, "failed": 0}
     (_first,) = run.build(0)
@@ -168,13 +168,15 @@ def test_a_retry_reads_inline_parts_from_the_source_again_and_a_changed_one_fail
     retried = run.collect(1, [{"manifest_uri": manifest_uri, "job_name": job.name, "state": job.state.name}])
     run.publish([first_round, retried])
 
-    records, _summary = read_results(tmp_path / "out")
-    assert {d: r["status"] for d, r in records.items()} == {
+    published, _summary = read_results(tmp_path / "out")
+    assert {d: r["status"] for d, r in published.items()} == {
         "invoice-1.pdf": "succeeded",
         "invoice-2.pdf": "failed",
         "invoice-3.pdf": "succeeded",
     }
-    assert records["invoice-2.pdf"]["error"].startswith("not requested: invoice-2.pdf changed since the run planned it")
+    assert published["invoice-2.pdf"]["error"].startswith(
+        "not requested: invoice-2.pdf changed since the run planned it"
+    )
     assert run.clean_up([job.name], [src])["deleted_files"] == 1  # the retry's input file only: nothing was staged
 
 
@@ -187,7 +189,7 @@ def test_a_cleared_run_forgets_its_earlier_rounds(tmp_path):
     assert len(first) == 1
     stale = folder.outcomes(1)
     stale.parent.mkdir(parents=True, exist_ok=True)
-    stale.write_text(json.dumps(results.missing_outcome("k", "old").to_json()) + "\n")
+    stale.write_text(json.dumps(records.to_builtins(results.missing_outcome("k", "old"))) + "\n")
 
     assert run.build(0, only=set()) == []  # the second try requests nothing
     assert not folder.shards(0).exists() or list(folder.shards(0).iterdir()) == []
@@ -347,7 +349,7 @@ def test_answers_are_in_the_ledger_once_collected_so_a_failed_publish_loses_noth
     again = runs.Run.from_params(
         {**PARAMS, "source": str(SAMPLES), "output": str(tmp_path / "out-2")}, "manual__after-failed-publish", run.hook
     )
-    planned = again.plan().to_json()
+    planned = records.to_builtins(again.plan())
     assert planned["requests"] == 0 and planned["reused_parts"] == planned["parts"], planned
     summary = again.publish([])
     assert summary["succeeded"] == summary["reused"] == planned["documents"] - planned["rejected"]

@@ -16,7 +16,7 @@ import pytest
 from fpdf import FPDF
 from pypdf import PdfReader
 
-from gemini_batch.core import documents
+from gemini_batch.core import documents, records
 from gemini_batch.core.locations import as_path
 from gemini_batch.core.staged import StagedPart, StageFailure, StageItem
 from gemini_batch.hooks.uploads import FilesApiStager, GcsStager, files_api_name
@@ -139,7 +139,7 @@ def test_files_api_restages_uploads_about_to_expire(items, emulator):
 
 def test_staged_part_round_trips():
     part = StagedPart("k", "files/x", "application/pdf", "2026-11-25T12:00:00+00:00")
-    assert StagedPart.from_json(part.to_json()) == part
+    assert records.decode(records.encode(part), StagedPart) == part
 
 
 def test_transient_upload_errors_are_retried(items, start_emulator):

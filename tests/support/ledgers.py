@@ -7,7 +7,7 @@ import datetime as dt
 import hashlib
 
 from gemini_batch.coordination import ledger as ledger_module
-from gemini_batch.coordination.ledger import Ledger, LedgerEvent, now_iso
+from gemini_batch.coordination.ledger import EventKind, Ledger, LedgerEvent, now_iso
 
 
 def key(n: int) -> str:
@@ -27,7 +27,7 @@ def answered(k: str, data, run: str = "run-a") -> LedgerEvent:
         "raw_text": None,
         "reused": False,
     }
-    return LedgerEvent(k, "answered", run, now_iso(), outcome)
+    return LedgerEvent(k, EventKind.ANSWERED, run, now_iso(), outcome)
 
 
 def lease_race(ledger: Ledger, contenders: int = 16) -> list[str]:

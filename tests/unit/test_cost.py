@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gemini_batch.core import records
 from gemini_batch.core.batch_requests import RequestSpec
 from gemini_batch.core.cost import CostEstimate, ModelPrice, PriceTable, estimate_request, load_prices
 from gemini_batch.core.keys import canonical_json
@@ -112,7 +113,7 @@ def test_estimates_add_up():
     b = estimate_request(spec, mime_type="application/pdf", pages=2, size=1, prices=table())
     total = sum([a, b], CostEstimate.zero())
     assert total == CostEstimate(2, a.input_tokens + b.input_tokens, a.output_tokens + b.output_tokens, a.usd + b.usd)
-    assert CostEstimate(1, 2, 3, 0.1234567891).to_json() == {
+    assert records.to_builtins(CostEstimate(1, 2, 3, 0.1234567891).rounded()) == {
         "requests": 1,
         "input_tokens": 2,
         "output_tokens": 3,
@@ -123,7 +124,7 @@ def test_estimates_add_up():
 def test_a_model_without_a_price_has_tokens_but_no_cost():
     spec = RequestSpec(model="models/gemini-9-ultra", prompt="p")
     estimate = estimate_request(spec, mime_type="text/plain", pages=None, size=400, prices=table())
-    assert estimate.usd is None and estimate.input_tokens > 100 and estimate.to_json()["usd"] is None
+    assert estimate.usd is None and estimate.input_tokens > 100 and estimate.rounded().usd is None
     priced = estimate_request(
         RequestSpec(model="gemini-2.5-flash", prompt="p"), mime_type="text/plain", pages=None, size=400, prices=table()
     )

@@ -13,6 +13,7 @@ from gemini_batch.coordination import claims as claims_module
 from gemini_batch.coordination import ledger as ledger_module
 from gemini_batch.coordination.claims import FROM_LEDGER, JobState, KeyClaimer
 from gemini_batch.coordination.ledger import Claim, Ledger, LedgerEvent, ShardJob, claim_id, now_iso
+from gemini_batch.core import records
 from gemini_batch.core.locations import as_path
 from support.ledgers import all_answered, answered, answers, compacted_twice, key, lease_race
 
@@ -528,7 +529,7 @@ def test_a_ledger_written_without_checksums_still_reads_and_its_next_compaction_
         )
     )
     (ledger.events / "20260102T000000000000Z-abcd1234-run.jsonl").write_bytes(
-        b"".join(orjson.dumps(answered(k, n + 2).to_json()) + b"\n" for n, k in enumerate(keys[2:]))
+        b"".join(records.encode(answered(k, n + 2)) + b"\n" for n, k in enumerate(keys[2:]))
     )
     assert answers(ledger, keys) == all_answered(keys)
     assert ledger.check().damaged == []

@@ -5,14 +5,13 @@ shards accepted by the emulator's batch endpoint."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
-import orjson
+import msgspec
 import pytest
 
 from gemini_batch.coordination.ledger import Ledger, LedgerEvent
-from gemini_batch.core import documents
+from gemini_batch.core import documents, records
 from gemini_batch.core.batch_requests import RequestSpec
 from gemini_batch.core.cost import load_prices
 from gemini_batch.core.locations import as_path
@@ -44,7 +43,7 @@ def test_plan_accounts_for_every_document(source, tmp_path):
     assert (summary.documents, summary.rejected, summary.parts) == (7, 2, 7)
     assert (summary.requests, summary.duplicate_parts, summary.reused_parts) == (6, 1, 0)
     assert summary.estimate.requests == 6 and summary.estimate.usd > 0
-    assert len(orjson.dumps(summary.to_json())) < 2048, "small enough for XCom"
+    assert len(records.encode(summary)) < 2048, "small enough for XCom"
 
 
 def test_a_plan_made_by_the_process_pool_is_the_one_made_here(tmp_path, monkeypatch):
@@ -56,7 +55,7 @@ def test_a_plan_made_by_the_process_pool_is_the_one_made_here(tmp_path, monkeypa
     one = plan.plan_run(as_path(source), SPEC, as_path(tmp_path / "one.jsonl"), prices=load_prices(), workers=1)
     pool = plan.plan_run(as_path(source), SPEC, as_path(tmp_path / "pool.jsonl"), prices=load_prices(), workers=2)
     assert (tmp_path / "pool.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
-    assert dataclasses.replace(pool, plan_uri="") == dataclasses.replace(one, plan_uri="")
+    assert msgspec.structs.replace(pool, plan_uri="") == msgspec.structs.replace(one, plan_uri="")
     assert pool.documents == plan.PROCESSES_AFTER + 31 and pool.rejected == 1
 
 

@@ -4,7 +4,6 @@ answer, and the records and totals published for a run."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import orjson
@@ -13,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema.exceptions import SchemaError
 
+from gemini_batch.core import records
 from gemini_batch.core.batch_requests import RequestSpec, build_row
 from gemini_batch.core.results import (
     WARNINGS_PER_KIND,
@@ -300,11 +300,11 @@ def test_the_emulators_answers_parse(row, fault, status, error):
 
 def test_outcomes_round_trip_through_json_and_tolerate_extra_fields():
     outcome = parse_output_row(developer_row("k1", response('{"a": [1, {"b": null}]}', thoughts=7)), None)
-    record = orjson.loads(orjson.dumps(outcome.to_json()))
-    assert RowOutcome.from_json(record) == outcome
-    assert RowOutcome.from_json(record | {"finished_at": "2026-03-01T10:00:00Z"}) == outcome
-    with pytest.raises(ValueError, match="lacks data, error"):
-        RowOutcome.from_json({k: v for k, v in record.items() if k not in ("data", "error")})
+    record = orjson.loads(records.encode(outcome))
+    assert records.convert(record, RowOutcome) == outcome
+    assert records.convert(record | {"finished_at": "2026-03-01T10:00:00Z"}, RowOutcome) == outcome
+    with pytest.raises(ValueError, match="outcome record: Object missing required field `data`"):
+        records.convert({k: v for k, v in record.items() if k not in ("data", "error")}, RowOutcome)
 
 
 # ---------------------------------------------------------------- read_output
@@ -369,7 +369,7 @@ def test_read_output_validates_answers_and_rejects_a_broken_schema_before_readin
 
 def planned(path, *parts, rejected=None) -> PlannedDocument:
     """parts: (key, pages) pairs, or (key, pages, reused)."""
-    return PlannedDocument(
+    return PlannedDocument.planned(
         path,
         f"file:///src/{path}",
         1000,
@@ -392,8 +392,8 @@ def failed(key, error, tokens=(300, 50)) -> RowOutcome:
 def record_json(doc, outcomes, reused) -> dict:
     """The results.jsonl line of a document, as written; the typed record reads it back unchanged."""
     record = document_record(doc, outcomes, reused)
-    assert DocumentRecord.from_json(orjson.loads(orjson.dumps(record.to_json()))) == record
-    return record.to_json()
+    assert records.decode(records.encode(record), DocumentRecord) == record
+    return orjson.loads(records.encode(record))
 
 
 def test_a_single_part_document_record_has_exactly_the_contract_fields():
@@ -482,7 +482,7 @@ def test_an_unsplit_document_without_an_outcome_fails_without_a_page_prefix():
 
 def test_reused_parts_count_as_succeeded_and_cost_nothing_this_run():
     stored = {
-        key: succeeded(key, {"page": n}).to_json() | {"finished_at": "2026-02-01T00:00:00Z"}
+        key: records.to_builtins(succeeded(key, {"page": n})) | {"finished_at": "2026-02-01T00:00:00Z"}
         for n, key in enumerate(["p1", "p2"], 1)
     }
     doc = planned("long.pdf", ("p1", (1, 50), True), ("p2", (51, 100), True))
@@ -523,13 +523,17 @@ def test_run_totals_give_the_summary_contract():
     a = document_record(planned("a.pdf", ("k1", None)), {"k1": succeeded("k1", {"n": 1})}, {})
     copy_of_a = document_record(planned("copy-of-a.pdf", ("k1", None)), {"k1": succeeded("k1", {"n": 1})}, {})
     failed_doc = document_record(planned("b.pdf", ("k2", None)), {"k2": failed("k2", "truncated")}, {})
-    reused = document_record(planned("c.pdf", ("k3", None, True)), {}, {"k3": succeeded("k3", {"n": 3}).to_json()})
+    reused = document_record(
+        planned("c.pdf", ("k3", None, True)), {}, {"k3": records.to_builtins(succeeded("k3", {"n": 3}))}
+    )
     rejected = document_record(planned("broken.pdf", rejected="corrupt"), {}, {})
     for record in (a, copy_of_a, failed_doc, reused, rejected):
         totals.add(record)
 
-    summary = totals.to_json(
-        requests=2, jobs=1, retry_rounds=1, input_tokens=600, output_tokens=70, estimated_cost_usd=0.0123
+    summary = records.to_builtins(
+        totals.summary(
+            requests=2, jobs=1, retry_rounds=1, input_tokens=600, output_tokens=70, estimated_cost_usd=0.0123
+        )
     )
     assert summary == {
         "documents": 5,
@@ -545,5 +549,5 @@ def test_run_totals_give_the_summary_contract():
         "estimated_cost_usd": 0.0123,
     }
     assert summary["documents"] == summary["succeeded"] + summary["failed"] + summary["rejected"]
-    with pytest.raises(ValueError, match="status 'pending'"):
-        dataclasses.replace(a, status="pending")
+    with pytest.raises(ValueError, match=r"results.jsonl record: Invalid enum value 'pending' - at `\$.status`"):
+        records.convert(records.to_builtins(a) | {"status": "pending"}, DocumentRecord)

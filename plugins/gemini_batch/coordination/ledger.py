@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import dataclasses
 import datetime as dt
 import errno
 import hashlib
@@ -62,13 +61,14 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, ClassVar, TypeVar
 
 import orjson
 from airflow.sdk import ObjectStoragePath
 
+from gemini_batch.core import records
 from gemini_batch.core.locations import is_gcs, replace_whole, uri_of, writing_whole
-from gemini_batch.core.records import from_record
+from gemini_batch.core.records import Record, StrEnum
 
 log = logging.getLogger(__name__)
 
@@ -101,30 +101,42 @@ def safe_name(text: str) -> str:
     return _UNSAFE.sub("_", text).strip("._") or "x"
 
 
-@dataclass(frozen=True)
-class LedgerEvent:
-    """One line of a segment: what happened to a key in a run."""
+class EventKind(StrEnum):
+    """What a ledger event says happened to its key; BEGIN and END (key "") frame a segment."""
+
+    ANSWERED = "answered"  # the outcome succeeded
+    FAILED = "failed"
+    BEGIN = "begin"
+    END = "end"
+
+
+class LedgerEvent(Record, frozen=True):
+    """One line of a segment: what happened to a key in a run.
+
+    ``event`` is an ``EventKind`` as written; read back it stays the string it was, so a kind a newer version
+    writes is read (and skipped) rather than taken for damage."""
+
+    kind: ClassVar[str] = "ledger event"
 
     key: str
-    event: str  # "answered" (the outcome succeeded) or "failed"; "begin"/"end" (key "") frame a segment
+    event: str  # an EventKind
     run: str  # the run's slug
     at: str  # ISO 8601 UTC
-    outcome: dict | None = None  # the RowOutcome record
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+    outcome: Any = None  # the RowOutcome record (read back: its dict); an end line: {"events": <count>}
 
     @classmethod
-    def from_json(cls, data: Mapping) -> LedgerEvent:
-        if "event" not in data and isinstance(data.get("key"), str):  # a finished-store record of earlier versions
-            return cls(data["key"], "answered", data.get("run") or "legacy", data.get("finished_at") or "", dict(data))
-        try:  # by hand, not from_record: a view reads every event of the newer segments
-            event = cls(data["key"], data["event"], data["run"], data["at"], data.get("outcome"))
-        except KeyError as exc:
-            raise ValueError(f"ledger event lacks {exc.args[0]}") from None
-        if not isinstance(event.key, str):
-            raise ValueError(f"ledger event key must be a string, got {event.key!r}")
-        return event
+    def decode(cls, line: bytes) -> LedgerEvent:
+        """The event of a segment line, or (a finished-store record of earlier versions: no ``event``) its record as
+        an answered event; records.RecordError otherwise."""
+        try:
+            return records.decode(line, cls)
+        except records.RecordError:
+            data = orjson.loads(line)  # JSONDecodeError is a ValueError too
+            if isinstance(data, dict) and "event" not in data and isinstance(data.get("key"), str):
+                return cls(
+                    data["key"], EventKind.ANSWERED, data.get("run") or "legacy", data.get("finished_at") or "", data
+                )
+            raise
 
 
 @dataclass(frozen=True)
@@ -153,9 +165,10 @@ class _Damaged(Exception):
         self.path, self.cause = path, cause
 
 
-@dataclass(frozen=True)
-class Claim:
+class Claim(Record, frozen=True):
     """One run's claim on the keys it requests in one round; its leases name it."""
+
+    kind: ClassVar[str] = "claim"
 
     claim: str  # "<run slug>-r<round>": a retried build claims again under the same name
     dag_id: str
@@ -166,16 +179,8 @@ class Claim:
     built: bool  # the shards are written: their keys files say which job asks for which key
     created_at: str
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_json(cls, data: Mapping) -> Claim:
-        return from_record(cls, data, "claim")
-
-
-@dataclass(frozen=True)
-class ShardJob:
+class ShardJob(Record, frozen=True):
     """The job a claim's shard is being, or was, submitted as: what a run adopting its keys waits for.
 
     Written with the display name alone just before the create and again with
@@ -184,16 +189,11 @@ class ShardJob:
     after ``at``).
     """
 
+    kind: ClassVar[str] = "shard job"
+
     job_name: str | None
     at: str
     display_name: str | None = None  # records written before submitters named the job first have none
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Mapping) -> ShardJob:
-        return from_record(cls, data, "shard job")
 
 
 def claim_id(run_slug: str, round_: int) -> str:
@@ -231,14 +231,14 @@ class Ledger:
         segment cut short anywhere, even between two lines, reads as cut."""
         count = 0
         with writing_whole(target, durable=True) as out:
-            batch = bytearray(_frame("begin", writer))
+            batch = bytearray(_frame(EventKind.BEGIN, writer))
             for event in events:
-                batch += orjson.dumps(event.to_json(), option=orjson.OPT_APPEND_NEWLINE)
+                records.encode_into(event, batch)
                 count += 1
                 if len(batch) >= 2**20:
                     out.write(batch)
                     batch.clear()
-            batch += _frame("end", writer, count)
+            batch += _frame(EventKind.END, writer, count)
             out.write(batch)
         return count
 
@@ -453,17 +453,17 @@ class Ledger:
 
     def write_claim(self, claim: Claim) -> None:
         self.claims.mkdir(parents=True, exist_ok=True)
-        replace_whole(self.claims / f"{claim.claim}.json", orjson.dumps(claim.to_json()))
+        replace_whole(self.claims / f"{claim.claim}.json", records.encode(claim))
 
     def claim(self, claim: str) -> Claim | None:
         return self._read_claim(self.claims / f"{claim}.json")
 
     def _read_claim(self, path: ObjectStoragePath) -> Claim | None:
         try:
-            return Claim.from_json(orjson.loads(path.read_bytes()))
+            return records.decode(path.read_bytes(), Claim)
         except FileNotFoundError:
             return None
-        except (orjson.JSONDecodeError, ValueError) as exc:
+        except ValueError as exc:
             log.warning("Ledger: claim %s is unreadable (%s); its leases count as dead", uri_of(path), exc)
             return None
 
@@ -471,7 +471,7 @@ class Ledger:
         """The job a claim's shard is being or was submitted as: what another run waiting for those keys reads."""
         folder = self.claims / f"{claim}.jobs"
         folder.mkdir(parents=True, exist_ok=True)
-        replace_whole(folder / f"{safe_name(shard_id)}.json", orjson.dumps(job.to_json()))
+        replace_whole(folder / f"{safe_name(shard_id)}.json", records.encode(job))
 
     def claim_jobs(self, claim: str) -> list[ShardJob]:
         """Every job a claim's shards were (or were being) submitted as."""
@@ -479,7 +479,7 @@ class Ledger:
         if not folder.exists():
             return []
         return [
-            ShardJob.from_json(orjson.loads(path.read_bytes()))
+            records.decode(path.read_bytes(), ShardJob)
             for path in sorted(folder.iterdir())
             if path.name.endswith(".json")
         ]
@@ -487,7 +487,7 @@ class Ledger:
     def shard_job(self, claim: str, shard_id: str) -> ShardJob | None:
         path = self.claims / f"{claim}.jobs" / f"{safe_name(shard_id)}.json"
         try:
-            return ShardJob.from_json(orjson.loads(path.read_bytes()))
+            return records.decode(path.read_bytes(), ShardJob)
         except FileNotFoundError:
             return None
 
@@ -764,7 +764,11 @@ class LedgerView:
         problems: list[tuple[str, str | None]] = []
         self._db.executemany(
             f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO finished VALUES (?, ?)",
-            ((e.key, orjson.dumps(e.outcome)) for e in _segment_events(segment, problems) if e.event == "answered"),
+            (
+                (e.key, records.encode(e.outcome))
+                for e in _segment_events(segment, problems)
+                if e.event == EventKind.ANSWERED
+            ),
         )
         self._db.commit()  # no transaction left open: a failed compaction's rollback must not undo what was read
         if problems:
@@ -880,11 +884,13 @@ class LedgerView:
             self._db.execute("DETACH DATABASE next")
 
 
-def _frame(kind: str, writer: str, count: int | None = None) -> bytes:
+def _frame(kind: EventKind, writer: str, count: int | None = None) -> bytes:
     """A segment's begin or end line (the end counts its events), shaped as an event neither answered nor failed:
     earlier versions read it and skip it."""
     outcome = None if count is None else {"events": count}
-    return orjson.dumps(LedgerEvent("", kind, writer, now_iso(), outcome).to_json(), option=orjson.OPT_APPEND_NEWLINE)
+    line = bytearray()
+    records.encode_into(LedgerEvent("", kind, writer, now_iso(), outcome), line)
+    return bytes(line)
 
 
 def _segment_events(
@@ -912,15 +918,15 @@ def _segment_events(
             if not line.strip():
                 continue
             try:
-                event = LedgerEvent.from_json(orjson.loads(line))
-            except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError) as exc:
+                event = LedgerEvent.decode(line)
+            except ValueError as exc:
                 lines += 1
                 key = _KEY_OF_LINE.match(line)
                 damaged(f"line {number}: {exc}", key[1].decode("utf-8", "replace") if key else None, line=True)
                 continue
-            if not event.key and event.event in ("begin", "end"):
+            if not event.key and event.event in (EventKind.BEGIN, EventKind.END):
                 framed = True
-                if event.event == "end":
+                if event.event == EventKind.END:
                     end = event
                 continue
             lines += 1

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import orjson
 
+from gemini_batch.core import records
 from gemini_batch.core.keys import normalize_model
 from gemini_batch.core.locations import as_path, make_folder, open_file, replace_whole, uri_of
-from gemini_batch.core.records import from_record
+from gemini_batch.core.records import MutableRecord, Record
 
 if TYPE_CHECKING:  # Airflow is not imported at run time: a worker process parsing outputs does without it
     from airflow.sdk import ObjectStoragePath
@@ -130,9 +130,10 @@ def inline_budget(spec: RequestSpec, max_row_bytes: int) -> int:
     return max(0, (max_row_bytes - overhead) // 4 * 3)
 
 
-@dataclass(frozen=True)
-class ShardManifest:
+class ShardManifest(Record, frozen=True):
     """One written shard; XCom carries only ``manifest_uri``, the rest is read back with ``load``."""
+
+    kind: ClassVar[str] = "shard manifest"
 
     shard_id: str
     uri: str  # the JSONL (local path or gs://...)
@@ -146,21 +147,14 @@ class ShardManifest:
     tokens: int = 0  # the input tokens its rows are estimated to hold while its job is active (the quota counts them)
     piece_of: str | None = None  # a part of that shard, split off because the service refused the whole
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Mapping) -> ShardManifest:
-        return from_record(cls, data, "shard manifest")
-
     @classmethod
     def load(cls, path: str | ObjectStoragePath) -> ShardManifest:
         path = as_path(path)
         try:
             with open_file(path) as manifest:
-                return cls.from_json(orjson.loads(manifest.read()))
-        except (orjson.JSONDecodeError, ValueError) as exc:
-            raise ValueError(f"{uri_of(path)}: not a shard manifest: {exc}") from None
+                return records.decode(manifest.read(), cls)
+        except ValueError as exc:
+            raise ValueError(f"{uri_of(path)}: {exc}") from None
 
     def keys(self, conn_id: str | None = None) -> list[str]:
         """The shard's keys, in the order of its rows (its keys file read with the connection ``conn_id``)."""
@@ -170,7 +164,7 @@ class ShardManifest:
     def save(self, path: ObjectStoragePath) -> None:
         """Write the manifest to ``path`` (its ``manifest_uri``, with the connection to reach it); ``load`` reads it."""
         with open_file(path, "wb") as manifest:
-            manifest.write(orjson.dumps(self.to_json(), option=orjson.OPT_INDENT_2))
+            manifest.write(orjson.dumps(records.to_builtins(self), option=orjson.OPT_INDENT_2))
 
 
 def manifest_of_file(jsonl: ObjectStoragePath, folder: ObjectStoragePath, shard_id: str) -> ShardManifest:
@@ -370,9 +364,10 @@ def split_shard(
     return pieces[0].finish(), pieces[1].finish()
 
 
-@dataclass
-class ShardPiece:
+class ShardPiece(MutableRecord):
     """One part of a shard the service refused whole, and how far its submission got."""
+
+    kind: ClassVar[str] = "shard piece"
 
     manifest_uri: str
     display_name: str
@@ -388,10 +383,11 @@ class ShardPiece:
         return self.job_name is None and self.refused is None
 
 
-@dataclass
-class ShardPieces:
+class ShardPieces(MutableRecord):
     """A shard's submission as pieces, kept beside its manifest (``<id>.pieces.json``) from the first time the
     service refused the shard: the submit task's own record across deferrals, retries and restarts."""
+
+    kind: ClassVar[str] = "shard pieces record"
 
     shard_id: str
     pieces: list[ShardPiece]
@@ -402,23 +398,15 @@ class ShardPieces:
     def path_of(manifest: ShardManifest, folder: ObjectStoragePath) -> ObjectStoragePath:
         return folder / f"{manifest.shard_id}.pieces.json"
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Mapping) -> ShardPieces:
-        pieces = from_record(cls, data, "shard pieces")
-        return dataclasses.replace(pieces, pieces=[from_record(ShardPiece, p, "shard piece") for p in data["pieces"]])
-
     @classmethod
     def load(cls, path: ObjectStoragePath) -> ShardPieces | None:
         try:
             with open_file(path) as record:
-                return cls.from_json(orjson.loads(record.read()))
+                return records.decode(record.read(), cls)
         except FileNotFoundError:
             return None
-        except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
-            raise ValueError(f"{uri_of(path)}: not a shard's pieces record: {exc}") from None
+        except ValueError as exc:
+            raise ValueError(f"{uri_of(path)}: {exc}") from None
 
     def save(self, path: ObjectStoragePath) -> None:
-        replace_whole(path, orjson.dumps(self.to_json(), option=orjson.OPT_INDENT_2), durable=True)
+        replace_whole(path, orjson.dumps(records.to_builtins(self), option=orjson.OPT_INDENT_2), durable=True)

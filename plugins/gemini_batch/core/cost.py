@@ -30,9 +30,13 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
+
+import msgspec
 
 from gemini_batch.core.batch_requests import RequestSpec, thinking_config
 from gemini_batch.core.keys import canonical_json, normalize_model
+from gemini_batch.core.records import Record
 
 DEFAULT_PRICES = Path(__file__).with_name("prices.json")  # package data: installed with the package
 
@@ -48,8 +52,11 @@ DEFAULT_THINKING_TOKENS = 2048
 _NOT_THINKING_BY_DEFAULT = ("gemini-2.0", "gemini-2.5-flash-lite")
 
 
-@dataclass(frozen=True)
-class CostEstimate:
+class CostEstimate(Record, frozen=True):
+    """What requests are estimated to cost (``usd`` rounded to 6 places where stored: ``rounded``)."""
+
+    kind: ClassVar[str] = "cost estimate"
+
     requests: int
     input_tokens: int
     output_tokens: int
@@ -70,13 +77,9 @@ class CostEstimate:
             usd,
         )
 
-    def to_json(self) -> dict:
-        return {
-            "requests": self.requests,
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "usd": None if self.usd is None else round(self.usd, 6),
-        }
+    def rounded(self) -> CostEstimate:
+        """The estimate as stored and shown: ``usd`` to the millionth of a dollar."""
+        return msgspec.structs.replace(self, usd=None if self.usd is None else round(self.usd, 6))
 
 
 @dataclass(frozen=True)

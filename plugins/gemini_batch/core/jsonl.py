@@ -1,8 +1,8 @@
 """The one way work files are written and read: JSON lines, one record each.
 
-Records are dataclasses with ``to_json``/``from_json`` (or plain dicts);
-this module moves their JSON form to and from a file, local or gs://
-(``locations.open_file``: a local one through the OS).
+Records are ``records.Record`` structs (or plain dicts), encoded by the one
+codec (``gemini_batch.core.records``); this module moves their lines to and
+from a file, local or gs:// (``locations.open_file``: a local one through the OS).
 """
 
 from __future__ import annotations
@@ -12,31 +12,31 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from gemini_batch.core import records
 from gemini_batch.core.locations import is_local, open_file
 
 if TYPE_CHECKING:  # Airflow is not imported at run time: a worker process parsing outputs does without it
     from airflow.sdk import ObjectStoragePath
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 WRITE_BATCH_BYTES = 2**20
 COPY_CHUNK_BYTES = 4 * 2**20
 
 
 class Writer:
-    """Writes records (``to_json()`` or a dict) as JSON lines, in batches of about 1 MB (see ``writer``)."""
+    """Writes records (a ``Record`` or a dict) as JSON lines, in batches of about 1 MB (see ``writer``)."""
 
     def __init__(self, out: Any):
         self._out = out
         self._batch = bytearray()
 
     def __call__(self, record: Any) -> None:
-        self._batch.extend(
-            orjson.dumps(record if isinstance(record, dict) else record.to_json(), option=orjson.OPT_APPEND_NEWLINE)
-        )
+        records.encode_into(record, self._batch)
         if len(self._batch) >= WRITE_BATCH_BYTES:
             self.flush()
 
@@ -57,8 +57,8 @@ def writer(path: ObjectStoragePath | str) -> Iterator[Writer]:
 
     One write through ObjectStoragePath's file wrapper costs more than
     encoding a record: collecting a large output wrote at half the speed.
-    The batch is a bytearray, not a list of lines: each bytes object
-    orjson.dumps returns keeps about 4 KB allocated, whatever its length.
+    The batch is a bytearray, not a list of lines: a bytes object per line
+    would keep about 4 KB allocated, whatever its length.
     """
     with open(path, "wb") if isinstance(path, str) else open_file(path, "wb") as out:
         write = Writer(out)
@@ -67,8 +67,20 @@ def writer(path: ObjectStoragePath | str) -> Iterator[Writer]:
 
 
 def read(path: ObjectStoragePath) -> Iterator[dict]:
-    """Each record of a JSONL work file (none if it is not there); a last line cut off by a killed writer is skipped
-    (the step that wrote it is redone)."""
+    """Each record of a JSONL work file as a dict (none if it is not there); see ``lines``."""
+    for line in lines(path):
+        yield orjson.loads(line)
+
+
+def read_records(path: ObjectStoragePath, type_: type[T]) -> Iterator[T]:
+    """Each record of a JSONL work file as a ``type_``, decoded and checked in one pass (``records.decode``)."""
+    for line in lines(path):
+        yield records.decode(line, type_)
+
+
+def lines(path: ObjectStoragePath) -> Iterator[bytes]:
+    """Each non-blank line of a JSONL work file (none if it is not there); a last line cut off by a killed writer is
+    skipped (the step that wrote it is redone)."""
     local = is_local(path)
     if not (os.path.exists(path.path) if local else path.exists()):
         return
@@ -78,4 +90,4 @@ def read(path: ObjectStoragePath) -> Iterator[dict]:
                 log.warning("%s ends in a cut-off line (its writer was stopped); ignoring %d bytes", path, len(line))
                 return
             if line.strip():
-                yield orjson.loads(line)
+                yield line

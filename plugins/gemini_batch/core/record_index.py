@@ -48,6 +48,10 @@ class RecordIndex:
             f"{verb} INTO records VALUES (?, ?, ?)", ((r["key"], r.get("status"), orjson.dumps(r)) for r in records)
         )
 
+    def put_lines(self, records: Iterable[tuple[str, str | None, bytes]]) -> None:
+        """Add records already encoded, as (key, status, JSON): a JSON lines file's, each line as it is."""
+        self._db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?)", records)
+
     def add(self, key: str) -> bool:
         """Add a key without a record; False if it is there already (a set of keys that stays on disk)."""
         return self._db.execute("INSERT OR IGNORE INTO records (key) VALUES (?)", (key,)).rowcount == 1

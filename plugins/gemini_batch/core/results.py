@@ -14,9 +14,10 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jsonschema_rs
+import msgspec
 import orjson
 import referencing
 import referencing.exceptions
@@ -25,8 +26,7 @@ from jsonschema.exceptions import SchemaError, best_match
 from referencing.jsonschema import DRAFT202012
 
 from gemini_batch.core import jsonl
-from gemini_batch.core.locations import printable
-from gemini_batch.core.records import from_record
+from gemini_batch.core.records import Record, StrEnum
 
 if TYPE_CHECKING:
     from gemini_batch.core.planned import PlannedDocument
@@ -97,10 +97,28 @@ def _candidates(text: str) -> Iterator[str]:
         yield text[start : end + 1] if end > start else text[start:]  # no closer: truncated, say so
 
 
-@dataclass(frozen=True)
-class RowOutcome:
+class OutcomeStatus(StrEnum):
+    """How a request key (a part) ended."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class DocumentStatus(StrEnum):
+    """How a document ended in results.jsonl."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+
+class RowOutcome(Record, frozen=True):
+    """One key's outcome: a line of a round's outcomes file, and the record the ledger keeps of an answer."""
+
+    kind: ClassVar[str] = "outcome record"
+
     key: str
-    status: str  # "succeeded" | "failed"
+    status: OutcomeStatus
     data: Any  # the extracted JSON; None when failed
     error: str | None  # why it failed, for people
     finish_reason: str | None
@@ -110,17 +128,10 @@ class RowOutcome:
     raw_text: str | None  # the model's text, kept on failure (truncated); None on success
     reused: bool = False  # read from another run's job (adopted): that run paid for it
 
-    def to_json(self) -> dict:
-        return dict(self.__dict__)  # the fields in order (dataclasses.fields per record halved collection speed)
-
-    @classmethod
-    def from_json(cls, data: Mapping) -> RowOutcome:
-        return from_record(cls, data, "outcome record")
-
 
 def missing_outcome(key: str, reason: str) -> RowOutcome:
     """A failed outcome without any answer: the key's row is missing (job expired or failed) or is an error."""
-    return RowOutcome(key, "failed", None, reason, None, 0, 0, None, None)
+    return RowOutcome(key, OutcomeStatus.FAILED, None, reason, None, 0, 0, None, None)
 
 
 def parse_output_row(row: Mapping, response_schema: Mapping | None) -> RowOutcome:
@@ -205,7 +216,9 @@ def _parse_row(row: Mapping, validator: _SchemaCheck | None) -> RowOutcome:
 
     def failed(reason: str, finish_reason: str | None = None, text: str | None = None) -> RowOutcome:
         raw = text[:RAW_TEXT_LIMIT] if text else None
-        return RowOutcome(key, "failed", None, reason, finish_reason, input_tokens, output_tokens, model_version, raw)
+        return RowOutcome(
+            key, OutcomeStatus.FAILED, None, reason, finish_reason, input_tokens, output_tokens, model_version, raw
+        )
 
     candidates = response.get("candidates")
     if not isinstance(candidates, list) or not candidates:
@@ -225,7 +238,9 @@ def _parse_row(row: Mapping, validator: _SchemaCheck | None) -> RowOutcome:
         return failed(f"answer is not JSON: {exc}", finish, text)
     if validator is not None and (error := validator.error(data)) is not None:
         return failed(f"answer does not match the response schema: {error}", finish, text)
-    return RowOutcome(key, "succeeded", data, None, finish, input_tokens, output_tokens, model_version, None)
+    return RowOutcome(
+        key, OutcomeStatus.SUCCEEDED, data, None, finish, input_tokens, output_tokens, model_version, None
+    )
 
 
 def _mapping(value: Any) -> Mapping:
@@ -350,7 +365,7 @@ def _read_rows(
         answered[key] = True
         outcome = _parse_row(row, validator)
         reading.outcomes += 1
-        if outcome.status == "succeeded":
+        if outcome.status == OutcomeStatus.SUCCEEDED:
             reading.succeeded += 1
         else:
             reading.failed += 1
@@ -358,7 +373,7 @@ def _read_rows(
 
 
 def _reused_sink(sink: Callable[[RowOutcome], None]) -> Callable[[RowOutcome], None]:
-    return lambda outcome: sink(dataclasses.replace(outcome, reused=True))
+    return lambda outcome: sink(msgspec.structs.replace(outcome, reused=True))
 
 
 def _warn(count: int, message: str, *args: Any) -> None:
@@ -368,77 +383,40 @@ def _warn(count: int, message: str, *args: Any) -> None:
         )
 
 
-@dataclass(frozen=True)
-class PartRecord:
+class PartRecord(Record, frozen=True):
     """One request part of a published document: which key, which pages, and how it ended."""
+
+    kind: ClassVar[str] = "part record"
 
     key: str
     pages: tuple[int, int] | None
-    status: str
+    status: OutcomeStatus
     finish_reason: str | None
     error: str | None
     reused: bool
 
-    def to_json(self) -> dict:
-        return {
-            "key": self.key,
-            "pages": list(self.pages) if self.pages else None,
-            "status": self.status,
-            "finish_reason": self.finish_reason,
-            "error": self.error,
-            "reused": self.reused,
-        }
 
-    @classmethod
-    def from_json(cls, data: Mapping) -> PartRecord:
-        record = from_record(cls, data, "part record")
-        return dataclasses.replace(record, pages=(record.pages[0], record.pages[1]) if record.pages else None)
+class Usage(Record, frozen=True):
+    """The tokens of a document's answers."""
 
+    kind: ClassVar[str] = "usage record"
 
-@dataclass(frozen=True)
-class DocumentRecord:
-    """One line of results.jsonl: a document, its status, its data and how each part ended."""
-
-    document: str
-    status: str  # "succeeded" | "failed" | "rejected"
-    data: Any
-    error: str | None
-    parts: tuple[PartRecord, ...] = ()
     input_tokens: int = 0
     output_tokens: int = 0
+
+
+class DocumentRecord(Record, frozen=True):
+    """One line of results.jsonl: a document, its status, its data and how each part ended."""
+
+    kind: ClassVar[str] = "results.jsonl record"
+
+    document: str
+    status: DocumentStatus
+    data: Any = None
+    error: str | None = None
+    parts: tuple[PartRecord, ...] = ()
+    usage: Usage = msgspec.field(default_factory=Usage)
     reused: bool = False
-
-    def __post_init__(self) -> None:
-        if self.status not in DOCUMENT_STATUSES:
-            raise ValueError(f"record for {self.document} has status {self.status!r}")
-
-    def to_json(self) -> dict:
-        return {
-            "document": self.document,
-            "status": self.status,
-            "data": self.data,
-            "error": self.error,
-            "parts": [part.to_json() for part in self.parts],
-            "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
-            "reused": self.reused,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping) -> DocumentRecord:
-        usage = data.get("usage") or {}
-        return cls(
-            data["document"],
-            data["status"],
-            data.get("data"),
-            data.get("error"),
-            tuple(PartRecord.from_json(part) for part in data.get("parts") or ()),
-            int(usage.get("input_tokens", 0)),
-            int(usage.get("output_tokens", 0)),
-            bool(data.get("reused")),
-        )
-
-
-DOCUMENT_STATUSES = ("succeeded", "failed", "rejected")
 
 
 def document_record(
@@ -454,11 +432,11 @@ def document_record(
     its stored data and adds no tokens to this run's usage.
     The data of a split PDF is its parts' data combined by ``merge_part_data``.
     """
-    document = printable(doc.path)
+    document = doc.document
     if doc.rejected is not None:
-        return DocumentRecord(document, "rejected", None, doc.rejected)
+        return DocumentRecord(document, DocumentStatus.REJECTED, None, doc.rejected)
     if not doc.parts:
-        return DocumentRecord(document, "failed", None, "document has no parts to request")
+        return DocumentRecord(document, DocumentStatus.FAILED, None, "document has no parts to request")
     parts, datas, errors = [], [], []
     input_tokens = output_tokens = 0
     for part in doc.parts:
@@ -466,19 +444,18 @@ def document_record(
         input_tokens += outcome.input_tokens
         output_tokens += outcome.output_tokens
         parts.append(PartRecord(part.key, part.pages, outcome.status, outcome.finish_reason, outcome.error, was_reused))
-        if outcome.status == "succeeded":
+        if outcome.status == OutcomeStatus.SUCCEEDED:
             datas.append(outcome.data)
         else:
             errors.append(
                 f"pages {part.pages[0]}-{part.pages[1]}: {outcome.error}" if part.pages else str(outcome.error)
             )
     all_reused = all(part.reused for part in parts)
+    usage = Usage(input_tokens, output_tokens)
     if errors:
-        return DocumentRecord(
-            document, "failed", None, "; ".join(errors), tuple(parts), input_tokens, output_tokens, all_reused
-        )
+        return DocumentRecord(document, DocumentStatus.FAILED, None, "; ".join(errors), tuple(parts), usage, all_reused)
     data = datas[0] if len(datas) == 1 else merge_part_data(datas)
-    return DocumentRecord(document, "succeeded", data, None, tuple(parts), input_tokens, output_tokens, all_reused)
+    return DocumentRecord(document, DocumentStatus.SUCCEEDED, data, None, tuple(parts), usage, all_reused)
 
 
 def _part_outcome(
@@ -488,12 +465,12 @@ def _part_outcome(
     if key in outcomes and not outcomes[key].reused:
         return outcomes[key], False
     if key in outcomes:
-        return dataclasses.replace(outcomes[key], input_tokens=0, output_tokens=0), True
+        return msgspec.structs.replace(outcomes[key], input_tokens=0, output_tokens=0), True
     if key in reused:
         stored = reused[key]
         return RowOutcome(
             key,
-            "succeeded",
+            OutcomeStatus.SUCCEEDED,
             stored.get("data"),
             None,
             stored.get("finish_reason"),
@@ -534,9 +511,27 @@ def _merge_values(first: Any, later: Any) -> Any:
     return first
 
 
+class RunSummary(Record, frozen=True):
+    """summary.json, and what the publish task hands on: a run's documents by status, and what it sent and pays."""
+
+    kind: ClassVar[str] = "run summary"
+
+    documents: int
+    succeeded: int
+    failed: int
+    rejected: int
+    reused: int
+    requests: int
+    jobs: int
+    retry_rounds: int
+    input_tokens: int
+    output_tokens: int
+    estimated_cost_usd: float | None
+
+
 @dataclass
 class RunTotals:
-    """Running tallies of published records for summary.json: ``add`` each record, then ``to_json``.
+    """Running tallies of published records for summary.json: ``add`` each record, then ``summary``.
 
     Tokens are not tallied from records: a record carries its final answer's
     usage, while a run is billed for every attempt, failed ones included; the
@@ -554,7 +549,7 @@ class RunTotals:
         setattr(self, record.status, getattr(self, record.status) + 1)
         self.reused += record.reused
 
-    def to_json(
+    def summary(
         self,
         *,
         requests: int,
@@ -563,17 +558,17 @@ class RunTotals:
         input_tokens: int,
         output_tokens: int,
         estimated_cost_usd: float | None,
-    ) -> dict:
-        return {
-            "documents": self.documents,
-            "succeeded": self.succeeded,
-            "failed": self.failed,
-            "rejected": self.rejected,
-            "reused": self.reused,
-            "requests": requests,
-            "jobs": jobs,
-            "retry_rounds": retry_rounds,
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "estimated_cost_usd": estimated_cost_usd,
-        }
+    ) -> RunSummary:
+        return RunSummary(
+            self.documents,
+            self.succeeded,
+            self.failed,
+            self.rejected,
+            self.reused,
+            requests,
+            jobs,
+            retry_rounds,
+            input_tokens,
+            output_tokens,
+            estimated_cost_usd,
+        )

@@ -8,11 +8,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gemini_batch.core.records import StrEnum
+
 RUN, LIMIT = "run", "limit"  # a pipeline file names a run field at its top level, a limit under ``limits``
 MAX_RETRY_ROUNDS = 3  # task groups in the graph; the retry_rounds setting decides how many run
 DEFAULT_INLINE_MB = 10  # base64 makes it 13.4 MB: well within the 20 MB a request may carry
 MAX_INLINE_MB = 14  # 18.7 MB in base64: the largest that leaves the prompt and schema room under 20 MB
-RETENTIONS = ("keep", "staged", "all")
+
+
+class Retention(StrEnum):
+    """What a run's clean-up deletes (the ``retention`` setting)."""
+
+    KEEP = "keep"  # nothing
+    STAGED = "staged"  # the staged uploads and the jobs' input files
+    ALL = "all"  # also the jobs' output files and the run's work folders
+
+
+RETENTIONS = tuple(retention.value for retention in Retention)
 
 DEFAULT_PROMPT = (
     "Extract the invoice from this document: the invoice number, the issue date (YYYY-MM-DD), the vendor name, "
@@ -233,8 +245,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "retention",
         "Clean-up",
-        "staged",
-        {"enum": ["keep", "staged", "all"]},
+        Retention.STAGED.value,
+        {"enum": [retention.value for retention in Retention]},
         RUN,
         "keep: keep everything; staged: delete staged uploads; all: also the work files.",
     ),

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
+
+from gemini_batch.core import records
+from gemini_batch.core.records import Record
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -24,34 +27,26 @@ class StageItem:
     sha256: str
 
 
-@dataclass(frozen=True)
-class StagedPart:
+class StagedPart(Record, frozen=True):
+    kind: ClassVar[str] = "staged part record"
+
     key: str
     uri: str
     mime_type: str
     expires_at: str | None  # ISO 8601 UTC; None where the staged copy does not expire (GCS)
 
-    def to_json(self) -> dict:
-        return {"key": self.key, "uri": self.uri, "mime_type": self.mime_type, "expires_at": self.expires_at}
 
-    @classmethod
-    def from_json(cls, data: Mapping) -> StagedPart:
-        return cls(data["key"], data["uri"], data["mime_type"], data["expires_at"])
-
-
-@dataclass(frozen=True)
-class StageFailure:
+class StageFailure(Record, frozen=True):
     """A part that could not be staged (or, for a text part sent inline, read) and why: its document fails."""
+
+    kind: ClassVar[str] = "staging failure record"
 
     key: str
     error: str
-
-    def to_json(self) -> dict:
-        return {"key": self.key, "error": self.error}
 
 
 def stage_record(data: Mapping) -> StagedPart | StageFailure:
     """A staging log line read back: a failure carries ``error``, a staged part its ``uri``."""
     if "error" in data:
-        return StageFailure(data["key"], data["error"])
-    return StagedPart.from_json(data)
+        return records.convert(data, StageFailure)
+    return records.convert(data, StagedPart)

@@ -12,9 +12,13 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
+
+import msgspec
 
 from gemini_batch.core import jsonl, results
 from gemini_batch.core.processes import cores, worker_pool
+from gemini_batch.core.records import Record
 from gemini_batch.hooks.gemini import GeminiBatchHook
 
 log = logging.getLogger(__name__)
@@ -137,11 +141,18 @@ class Tally:
         self.keys += len(keys)
         self.failed += len(keys)
 
-    def to_json(self) -> dict:
-        return {
-            "keys": self.keys,
-            "succeeded": self.succeeded,
-            "failed": self.failed,
-            "requests": self.requests,
-            "job_names": self.job_names,
-        }
+    def counts(self) -> RoundCounts:
+        return RoundCounts(self.keys, self.succeeded, self.failed, self.requests, list(self.job_names))
+
+
+class RoundCounts(Record, frozen=True):
+    """What a round's collect task hands to publish (through XCom): its keys' outcomes counted, and this run's own
+    jobs and requests."""
+
+    kind: ClassVar[str] = "round counts"
+
+    keys: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    requests: int = 0  # rows of this run's own jobs: what it sent
+    job_names: list[str] = msgspec.field(default_factory=list)  # this run's own jobs, not adopted ones

@@ -14,24 +14,19 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Container, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from typing import ClassVar
 
+import msgspec
 from airflow.sdk import ObjectStoragePath
 
 from gemini_batch.core import documents, jsonl, keys
 from gemini_batch.core.batch_requests import RequestSpec, ShardManifest, ShardWriter, build_row
 from gemini_batch.core.cost import CostEstimate, PriceTable, estimate_input_tokens, estimate_request
-from gemini_batch.core.locations import printable, uri_of
-from gemini_batch.core.planned import (
-    IN_PLACE,
-    INLINE,
-    STAGED,
-    PlannedDocument,
-    PlannedPart,
-    Routing,
-)
+from gemini_batch.core.locations import uri_of
+from gemini_batch.core.planned import PlannedDocument, PlannedPart, Route, Routing
 from gemini_batch.core.processes import cores, worker_pool
 from gemini_batch.core.record_index import RecordIndex
+from gemini_batch.core.records import Record
 from gemini_batch.core.settings import DEFAULTS
 from gemini_batch.core.staged import StagedPart, StageItem
 
@@ -42,9 +37,10 @@ LOCAL_BATCH = 32  # local files a worker process inspects per message
 REMOTE_INSPECT_THREADS = 8  # remote files: mostly waiting on the store
 
 
-@dataclass(frozen=True)
-class PlanSummary:
+class PlanSummary(Record, frozen=True):
     """What XCom carries for a plan: its URI and counts, never the documents."""
+
+    kind: ClassVar[str] = "plan summary"
 
     plan_uri: str
     documents: int
@@ -53,13 +49,8 @@ class PlanSummary:
     reused_parts: int
     duplicate_parts: int  # parts whose key another document already brings (same bytes): requested once
     requests: int  # unique keys that must be requested
-    estimate: CostEstimate = field(default_factory=CostEstimate.zero)
-    routes: dict[str, int] = field(default_factory=dict)  # requests by route: inline, in_place, staged
-
-    def to_json(self) -> dict:
-        data = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "estimate"}
-        data["estimate"] = self.estimate.to_json()
-        return data
+    routes: dict[Route, int] = msgspec.field(default_factory=dict)  # requests by route
+    estimate: CostEstimate = msgspec.field(default_factory=CostEstimate.zero)  # usd rounded
 
 
 def plan_run(
@@ -80,7 +71,7 @@ def plan_run(
     """
     counts = dict.fromkeys(("documents", "rejected", "parts", "reused_parts", "duplicate_parts", "requests"), 0)
     estimate = CostEstimate.zero()
-    routes = dict.fromkeys((INLINE, IN_PLACE, STAGED), 0)
+    routes = dict.fromkeys(Route, 0)
     with jsonl.writer(plan_file) as write, RecordIndex() as requested:
         for inspection in _inspect_in_order(documents.discover(source), limits, workers):
             planned = _plan_document(inspection, spec, finished, routing)
@@ -103,24 +94,23 @@ def plan_run(
                         size=part.size,
                         prices=prices,
                     )
-    return PlanSummary(plan_uri=uri_of(plan_file), estimate=estimate, routes=routes, **counts)
+    return PlanSummary(plan_uri=uri_of(plan_file), estimate=estimate.rounded(), routes=routes, **counts)
 
 
 def read_plan(plan_file: ObjectStoragePath) -> Iterator[PlannedDocument]:
     if not plan_file.exists():
         raise FileNotFoundError(f"{uri_of(plan_file)}: the run has no plan (its plan_documents task has not run)")
-    for data in jsonl.read(plan_file):
-        yield PlannedDocument.from_json(data)
+    yield from jsonl.read_records(plan_file, PlannedDocument)
 
 
 def parts_to_stage(plan_file: ObjectStoragePath, source: ObjectStoragePath) -> Iterator[StageItem]:
-    """Each key to request once (first document wins) whose route is ``STAGED``."""
+    """Each key to request once (first document wins) whose route is ``Route.STAGED``."""
     with RecordIndex() as seen:
         for doc in read_plan(plan_file):
             if doc.mime_type in documents.TEXT_TYPES:
                 continue
             for part in doc.parts:
-                if part.route == STAGED and not part.reused and seen.add(part.key):
+                if part.route == Route.STAGED and not part.reused and seen.add(part.key):
                     mime_type, sha256 = doc.read_as
                     yield StageItem(part.key, source, doc.path, part.pages, mime_type, part.size, sha256)
 
@@ -187,13 +177,13 @@ def build_shards(
                 tokens = estimate_input_tokens(
                     spec, mime_type=doc.read_as[0], pages=_page_span(part, doc), size=part.size
                 )
-                if part.route == INLINE or doc.mime_type in documents.TEXT_TYPES:
+                if part.route == Route.INLINE or doc.mime_type in documents.TEXT_TYPES:
                     row = inline.row(part, spec)
                     if isinstance(row, str):
                         unbuilt[part.key] = row
                     else:
                         writer.add(row, tokens)
-                elif part.route == IN_PLACE:
+                elif part.route == Route.IN_PLACE:
                     uri = location if isinstance(location, str) else uri_of(location)
                     writer.add(build_row(part.key, spec, file_uri=uri, mime_type=doc.mime_type), tokens)
                 elif part.key in staged:
@@ -224,7 +214,7 @@ class _InlineReader:
             except documents.SourceChanged as error:
                 self.problem = str(error)
             except (OSError, UnicodeDecodeError) as error:
-                self.problem = f"{printable(doc.path)} cannot be read any more: {error}"
+                self.problem = f"{doc.document} cannot be read any more: {error}"
         return self.problem
 
 
@@ -306,7 +296,7 @@ def _plan_document(
             )
         ]
     )
-    return PlannedDocument(
+    return PlannedDocument.planned(
         inspection.path,
         inspection.uri,
         inspection.size,

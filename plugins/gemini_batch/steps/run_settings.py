@@ -21,7 +21,7 @@ from gemini_batch.core.batch_requests import (
 )
 from gemini_batch.core.cost import PRICES_VARIABLE, PriceTable, load_prices
 from gemini_batch.core.locations import as_path, is_gcs, uri_of
-from gemini_batch.core.settings import DEFAULTS, RETENTIONS, TEMPLATED, setting_value
+from gemini_batch.core.settings import DEFAULTS, RETENTIONS, TEMPLATED, Retention, setting_value
 from gemini_batch.steps import templating
 
 LEDGER_ROOT_ENV = "GEMINI_BATCH_STATE"  # where each DAG's ledger lives unless the state param names one
@@ -49,7 +49,7 @@ class RunSettings:
     inline_max_bytes: int = DEFAULTS["inline_max_mb"] * 2**20
     max_cost_usd: float | None = DEFAULTS["max_cost_usd"]
     retry_rounds: int = DEFAULTS["retry_rounds"]
-    retention: str = DEFAULTS["retention"]
+    retention: Retention = Retention(DEFAULTS["retention"])  # noqa: RUF009  # an enum member: immutable
     expiry: dt.timedelta = dt.timedelta(hours=DEFAULTS["expiry_hours"])
 
     @classmethod
@@ -107,7 +107,7 @@ class RunSettings:
             inline_max_bytes=int(float(value("inline_max_mb")) * 2**20),
             max_cost_usd=value("max_cost_usd"),
             retry_rounds=int(value("retry_rounds")),
-            retention=value("retention"),
+            retention=Retention(value("retention")),
             expiry=dt.timedelta(hours=float(value("expiry_hours"))),
         )
 

@@ -23,18 +23,18 @@ appended to.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 
+import msgspec
 import orjson
 from airflow.providers.common.compat.lineage.hook import get_hook_lineage_collector
 from airflow.sdk import ObjectStoragePath
 
 from gemini_batch.coordination.claims import FROM_LEDGER, KeyClaimer, RunState, job_finder, job_state, run_state_of
-from gemini_batch.coordination.ledger import Claim, LedgerEvent, claim_id, now_iso
-from gemini_batch.core import documents, jsonl, results
+from gemini_batch.coordination.ledger import Claim, EventKind, LedgerEvent, claim_id, now_iso
+from gemini_batch.core import documents, jsonl, records, results
 from gemini_batch.core.batch_requests import (
     ShardManifest,
     ShardPieces,
@@ -43,14 +43,15 @@ from gemini_batch.core.batch_requests import (
 )
 from gemini_batch.core.cost import PriceTable, load_prices
 from gemini_batch.core.locations import as_path, is_gcs, uri_of
-from gemini_batch.core.planned import IN_PLACE, INLINE, STAGED, Routing
+from gemini_batch.core.planned import Route, Routing
 from gemini_batch.core.record_index import RecordIndex
+from gemini_batch.core.settings import Retention
 from gemini_batch.core.staged import StagedPart, StageFailure, stage_record
 from gemini_batch.hooks.errors import StagingBucketUnusable, UnknownModel
 from gemini_batch.hooks.gemini import GeminiBatchHook
 from gemini_batch.hooks.uploads import FilesApiStager, GcsStager, shard_file_name
 from gemini_batch.steps import plan
-from gemini_batch.steps.collection import OutputReader, Tally, job_read
+from gemini_batch.steps.collection import OutputReader, RoundCounts, Tally, job_read
 from gemini_batch.steps.run_settings import (
     RunConfigError,
     RunFolder,
@@ -147,25 +148,27 @@ class Run:
         log.info(
             "Planned %d requests: %d inline, %d referenced in place, %d to upload first",
             summary.requests,
-            summary.routes[INLINE],
-            summary.routes[IN_PLACE],
-            summary.routes[STAGED],
+            summary.routes[Route.INLINE],
+            summary.routes[Route.IN_PLACE],
+            summary.routes[Route.STAGED],
         )
         return summary
 
     def check_budget(self, summary: Mapping) -> None:
-        """Over ``max_cost_usd``, or a budget set for a model without a price: fail before anything is submitted."""
-        estimate, limit = summary["estimate"], self.settings.max_cost_usd
-        if estimate["usd"] is None:
+        """Over ``max_cost_usd``, or a budget set for a model without a price: fail before anything is submitted.
+        ``summary``: the plan's summary as XCom carries it."""
+        planned = records.convert(summary, plan.PlanSummary)
+        estimate, limit = planned.estimate, self.settings.max_cost_usd
+        if estimate.usd is None:
             message = self.prices.no_price(self.settings.spec.model)
             if limit is not None:
                 raise RunConfigError(f"max_cost_usd ${limit:.4f} is set but the cost cannot be estimated: {message}")
             log.warning("The cost of this run is unknown: %s", message)
             return
-        if limit is not None and estimate["usd"] > limit:
+        if limit is not None and estimate.usd > limit:
             raise RunConfigError(
-                f"estimated cost ${estimate['usd']:.4f} for {summary['requests']} requests "
-                f"({estimate['input_tokens']:,} input + {estimate['output_tokens']:,} output tokens) exceeds "
+                f"estimated cost ${estimate.usd:.4f} for {planned.requests} requests "
+                f"({estimate.input_tokens:,} input + {estimate.output_tokens:,} output tokens) exceeds "
                 f"max_cost_usd ${limit:.4f}; nothing was submitted"
             )
 
@@ -193,7 +196,7 @@ class Run:
             for path in self.folder.passes():
                 index.put(
                     {
-                        **(r := stage_record(data)).to_json(),
+                        **records.to_builtins(r := stage_record(data)),
                         "status": "failed" if isinstance(r, StageFailure) else "staged",
                     }
                     for data in jsonl.read(path)
@@ -262,7 +265,7 @@ class Run:
             )
             for number, (holder, keys) in enumerate(sorted(claimed.adopted.items()))
         ]
-        ledger.write_claim(dataclasses.replace(me, built=True))
+        ledger.write_claim(msgspec.structs.replace(me, built=True))
         if unread := [StageFailure(key, error) for key, error in unbuilt.items() if error]:
             with jsonl.writer(folder.unreadable(round_)) as write:
                 for failure in unread:
@@ -305,7 +308,7 @@ class Run:
         tally = Tally()
         manifests = _manifests(self.folder.shards(round_))
         if not manifests:
-            return tally.to_json()  # nothing was requested in this round: no outcomes file, the round did not happen
+            return records.to_builtins(tally.counts())  # nothing was requested in this round: no outcomes file
         outcomes = self.folder.outcomes(round_)
         with (
             jsonl.writer(outcomes) as write,
@@ -329,7 +332,7 @@ class Run:
                     tally.requests += len(expected)
                     reader.read(job["job_name"], expected, functools.partial(job_read, job, tally))
         self._record_answers(outcomes)
-        return tally.to_json()
+        return records.to_builtins(tally.counts())
 
     @staticmethod
     def _collect_pieces(outcome: Mapping, conn_id: str | None, reader: OutputReader, tally: Tally) -> None:
@@ -352,19 +355,20 @@ class Run:
         """Put a round's outcomes in the ledger as soon as they are read: what was paid for survives a failed
         publish, and a later run reuses it. Adopted answers too: the run that paid may have died before
         recording them."""
-        at = now_iso()
+        at, slug = now_iso(), self.folder.slug
+        succeeded = results.OutcomeStatus.SUCCEEDED
         self.ledger.append(
             (
                 LedgerEvent(
-                    o["key"],
-                    "answered" if o["status"] == "succeeded" else "failed",
-                    self.folder.slug,
+                    o.key,
+                    EventKind.ANSWERED if o.status == succeeded else EventKind.FAILED,
+                    slug,
                     at,
-                    {**o, "reused": False},
+                    msgspec.structs.replace(o, reused=False) if o.reused else o,
                 )
-                for o in jsonl.read(outcomes)
+                for o in jsonl.read_records(outcomes, results.RowOutcome)
             ),
-            writer=self.folder.slug,
+            writer=slug,
         )
 
     def _collect_adopted(
@@ -376,7 +380,7 @@ class Run:
             with self.ledger.view() as ledger:
                 for key in expected:
                     if (record := ledger.finished(key)) is not None:
-                        tally.write(dataclasses.replace(results.RowOutcome.from_json(record), reused=True))
+                        tally.write(msgspec.structs.replace(records.convert(record, results.RowOutcome), reused=True))
                         tally.keys += 1
                         tally.succeeded += 1
                     else:
@@ -409,17 +413,17 @@ class Run:
         """
         tokens = {"input_tokens": 0, "output_tokens": 0}
 
-        def read(round_: int) -> Iterator[dict]:
-            for data in jsonl.read(self.folder.outcomes(round_)):
-                outcome = results.RowOutcome.from_json(data)  # checks the record
+        def read(round_: int) -> Iterator[tuple[str, str, bytes]]:
+            for line in jsonl.lines(self.folder.outcomes(round_)):
+                outcome = records.decode(line, results.RowOutcome)  # checks the record
                 if not outcome.reused:  # another run's job: that run was billed
                     tokens["input_tokens"] += outcome.input_tokens
                     tokens["output_tokens"] += outcome.output_tokens
-                yield data
+                yield outcome.key, outcome.status, line.rstrip()  # indexed as written
 
         with RecordIndex() as latest:
             for round_ in range(last_round + 1):
-                latest.put(read(round_))
+                latest.put_lines(read(round_))
             yield latest, tokens
 
     def last_round(self) -> int:
@@ -439,9 +443,9 @@ class Run:
         ``LINEAGE_EXTRA``.
         """
         settings, ledger = self.settings, self.ledger
-        collected = list(collected)
-        job_names = [name for counts in collected for name in counts["job_names"]]
-        requests = sum(counts.get("requests", 0) for counts in collected)
+        rounds_read = [records.convert(counts, RoundCounts) for counts in collected]
+        job_names = [name for counts in rounds_read for name in counts.job_names]
+        requests = sum(counts.requests for counts in rounds_read)
         results_file = settings.output / "results.jsonl"  # one object for its writes and its lineage: one dataset
         rounds = self.last_round()
         totals = results.RunTotals()
@@ -450,19 +454,21 @@ class Run:
             # A key whose latest staging (or inline read) failed was not requested after it: that failure is its
             # latest news, unless another run's job answered it meanwhile.
             unstaged = [
-                results.missing_outcome(key, f"not requested: {error}").to_json()
+                records.to_builtins(results.missing_outcome(key, f"not requested: {error}"))
                 for key, error in staged.failures()
-                if (outcome := outcomes.get(key)) is None or outcome["status"] != "succeeded"
+                if (outcome := outcomes.get(key)) is None or outcome["status"] != results.OutcomeStatus.SUCCEEDED
             ]
             outcomes.put(unstaged)
             with jsonl.writer(results_file) as write:
                 for doc in plan.read_plan(self.folder.plan):
-                    answered = {p.key: results.RowOutcome.from_json(o) for p in doc.parts if (o := outcomes.get(p.key))}
+                    answered = {
+                        p.key: records.convert(o, results.RowOutcome) for p in doc.parts if (o := outcomes.get(p.key))
+                    }
                     reused = {p.key: r for p in doc.parts if p.reused and (r := finished.finished(p.key)) is not None}
                     record = results.document_record(doc, answered, reused)
                     totals.add(record)
                     write(record)
-                    if record.status != "succeeded":
+                    if record.status != results.DocumentStatus.SUCCEEDED:
                         unsucceeded += 1
                         if unsucceeded <= FAILURES_LOGGED:
                             log.warning("%s %s: %s", record.status.capitalize(), record.document, record.error)
@@ -473,12 +479,14 @@ class Run:
                     uri_of(results_file),
                 )
         ledger.compact(writer=self.folder.slug)
-        report = totals.to_json(
-            requests=requests,
-            jobs=len(job_names),
-            retry_rounds=rounds,
-            **tokens,
-            estimated_cost_usd=_rounded(self.prices.cost(settings.spec.model, **tokens)),  # None: no price
+        report = records.to_builtins(
+            totals.summary(
+                requests=requests,
+                jobs=len(job_names),
+                retry_rounds=rounds,
+                **tokens,
+                estimated_cost_usd=_rounded(self.prices.cost(settings.spec.model, **tokens)),  # None: no price
+            )
         )
         (settings.output / "summary.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
         lineage = get_hook_lineage_collector()
@@ -514,9 +522,9 @@ class Run:
         held = ledger.holders({key: leases[key] for key in run_keys if key in leases})
         counts = {"deleted": 0, "gone": 0, "failed": 0}
         kept = 0
-        if settings.retention in ("staged", "all"):
+        if settings.retention in (Retention.STAGED, Retention.ALL):
             uris = list(dict.fromkeys(job_inputs))
-            if settings.retention == "all":
+            if settings.retention == Retention.ALL:
                 for name in job_names:
                     job = hook.get_job(name)
                     if job.dest and job.dest.file_name:
@@ -530,7 +538,7 @@ class Run:
             counts = hook.delete_files(uri for uri in uris if uri)
         if kept:
             log.info("Left %d staged document(s) in place: another run's claim holds their keys", kept)
-        if settings.retention == "all":
+        if settings.retention == Retention.ALL:
             for path in {uri_of(folder.work): folder.work, uri_of(folder.remote): folder.remote}.values():
                 if path.exists():
                     path.fs.rm(path.path, recursive=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
+from gemini_batch.core import records
 from gemini_batch.core.record_index import RecordIndex
 from gemini_batch.core.staged import StagedPart
 
@@ -31,7 +32,7 @@ class StagedParts(Mapping[str, StagedPart]):
         record = self._index.get(key)
         if record is None or record["status"] != "staged":
             raise KeyError(key)
-        return StagedPart.from_json(record)
+        return records.convert(record, StagedPart)
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self.get(key) is not None
