@@ -22,6 +22,11 @@ from support.dagrun import new_airflow_home  # noqa: E402
 from support.emulators import developer_client  # noqa: E402
 
 TIERS = ("unit", "integration", "system")
+_TIER_WEIGHT = {"unit": 0, "integration": 1, "system": 2, None: 0}
+
+
+def _tier(item) -> str | None:
+    return next((part for part in item.path.relative_to(ROOT / "tests").parts[:-1] if part in TIERS), None)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the groups
@@ -32,7 +37,7 @@ def pytest_collection_modifyitems(config, items):
     expression = config.getoption("markexpr") or ""
     run_live = "live" in expression and "not live" not in expression
     for item in items:
-        tier = next((part for part in item.path.relative_to(ROOT / "tests").parts[:-1] if part in TIERS), None)
+        tier = _tier(item)
         if tier is None:
             raise pytest.UsageError(f"{item.nodeid}: a test lives in tests/unit, tests/integration or tests/system")
         item.add_marker(tier)
@@ -40,6 +45,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group("stack"))
         if item.get_closest_marker("live") and not run_live:
             item.add_marker(pytest.mark.skip(reason="not run: the live check runs only with bin/test -m live"))
+    # Longest first, so no worker is left with a long tail: the stack's chain, the rest of the system tier, the
+    # integration tier, then the many short unit tests to fill in.
+    items.sort(key=lambda item: (0 if "stack" in getattr(item, "fixturenames", ()) else 1, -_TIER_WEIGHT[_tier(item)]))
 
 
 @pytest.fixture(autouse=True)

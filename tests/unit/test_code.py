@@ -33,3 +33,46 @@ def check(*command: str) -> None:
 )
 def test_the_code_passes(command):
     check(*command)
+
+
+def test_tests_marked_for_one_worker_run_in_one(tmp_path):
+    """bin/test gives the tests on the session's stack one worker (``xdist_group``, ``--dist loadgroup``): with a
+    pytest and pytest-xdist that do not agree on how a group is named, each worker would start a stack of its own."""
+    (tmp_path / "test_grouped.py").write_text(
+        "import os, pytest\n"
+        "@pytest.mark.parametrize('n', range(8))\n"
+        "@pytest.mark.xdist_group('stack')\n"
+        "def test_grouped(n):\n"
+        "    with open(os.environ['WORKERS_SEEN'], 'a') as seen:\n"
+        "        seen.write(os.environ['PYTEST_XDIST_WORKER'] + '\\n')\n"
+        "@pytest.mark.parametrize('n', range(8))\n"
+        "def test_free(n):\n"
+        "    pass\n"
+    )
+    seen = tmp_path / "workers"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-n",
+            "2",
+            "--dist",
+            "loadgroup",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-c",
+            os.devnull,
+            "--rootdir",
+            str(tmp_path),
+            str(tmp_path),
+        ],
+        env={**os.environ, "WORKERS_SEEN": str(seen)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    workers = seen.read_text().split()
+    assert len(workers) == 8 and len(set(workers)) == 1, f"the grouped tests ran on {sorted(set(workers))}"
