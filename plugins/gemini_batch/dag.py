@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from airflow.sdk import DAG, Asset, Param, TaskGroup, TriggerRule, get_current_context, task, task_group
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from gemini_batch.core import documents, records, settings
 from gemini_batch.core.locations import uri_of
@@ -88,9 +88,13 @@ def collect_results(round_: int, jobs) -> dict:
     return _open_run().collect(round_, [jobs] if isinstance(jobs, Mapping) else list(jobs or []))
 
 
-@task(trigger_rule=TriggerRule.NONE_FAILED)
+@task
 def prepare_retry(round_: int) -> list[str]:
-    return _open_run().retry(round_)
+    """Nothing left to retry skips this round and every later one (their tasks never start)."""
+    manifests = _open_run().retry(round_)
+    if not manifests:
+        raise AirflowSkipException(f"nothing to retry in round {round_}")
+    return manifests
 
 
 @task_group(group_id="jobs", tooltip="Per shard: submit its batch job, then wait for it (deferred)")
@@ -120,7 +124,7 @@ def batch_job(manifest_uri: str, pool: str = POOL):
 @task(trigger_rule=TriggerRule.NONE_FAILED, multiple_outputs=True)  # the summary's fields in the UI
 def publish_results(collected: list[dict], outlet_events=None) -> dict:
     run = _open_run()
-    summary = run.publish(collected)
+    summary = run.publish([counts for counts in collected if counts is not None])  # a skipped round hands on None
     for asset in get_current_context()["outlets"]:
         outlet_events[asset].extra = {"output": uri_of(run.settings.output), **summary}
     return summary
@@ -190,7 +194,9 @@ def build_dag(
                 retry_manifests = prepare_retry(round_)
                 collected[-1] >> retry_manifests
                 collected.append(
-                    collect_results(round_, batch_job.partial(pool=pool).expand(manifest_uri=retry_manifests))
+                    collect_results.override(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)(
+                        round_, batch_job.partial(pool=pool).expand(manifest_uri=retry_manifests)
+                    )
                 )
         published = publish_results.override(outlets=[results_asset(dag_id)])(collected)  # type: ignore[arg-type]
         published >> clean_up().as_teardown()  # a teardown does not decide the run's state

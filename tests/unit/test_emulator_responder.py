@@ -133,6 +133,7 @@ def test_pdf_inline_data_is_read_and_billed_per_page():
         (b"%PDF-1.7\nthis is not really a pdf", "Unable to process input PDF"),
         (pdf_bytes(["secret"], password="pw"), "encrypted"),
     ],
+    ids=["not-a-pdf", "encrypted"],  # an encrypted PDF's bytes differ in each worker
 )
 def test_unreadable_pdfs_fail_the_row(data, fragment):
     with pytest.raises(RowFailure) as exc:

@@ -45,7 +45,7 @@ from gemini_batch.core.cost import PriceTable, load_prices
 from gemini_batch.core.locations import as_path, is_gcs, uri_of
 from gemini_batch.core.planned import Route, Routing
 from gemini_batch.core.record_index import RecordIndex
-from gemini_batch.core.settings import Retention
+from gemini_batch.core.settings import MAX_RETRY_ROUNDS, Retention
 from gemini_batch.core.staged import StagedPart, StageFailure, stage_record
 from gemini_batch.hooks.errors import StagingBucketUnusable, UnknownModel
 from gemini_batch.hooks.gemini import GeminiBatchHook
@@ -281,8 +281,9 @@ class Run:
     def retry(self, round_: int) -> list[str]:
         """Round ``round_``'s shards of the keys that failed so far; none past the run's retry_rounds."""
         failed = self.keys_to_retry(round_) if round_ <= self.settings.retry_rounds else set()
-        if not failed:
-            self.reset_round(round_)
+        if not failed:  # no later round runs either: none may keep what an earlier try of this run left
+            for later in range(round_, MAX_RETRY_ROUNDS + 1):
+                self.reset_round(later)
             return []
         return self.build(round_, only=failed)
 
