@@ -21,8 +21,8 @@ from gemini_emulator.testing import gcs_emulator, gemini_emulator  # noqa: E402
 from support.dagrun import new_airflow_home  # noqa: E402
 from support.emulators import developer_client  # noqa: E402
 
-TIERS = ("unit", "integration", "system")
-_TIER_WEIGHT = {"unit": 0, "integration": 1, "system": 2, None: 0}
+TIERS = ("unit", "snippets", "integration", "system")
+_TIER_WEIGHT = {"unit": 0, "snippets": 1, "integration": 2, "system": 3, None: 0}
 
 
 def _tier(item) -> str | None:
@@ -39,7 +39,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         tier = _tier(item)
         if tier is None:
-            raise pytest.UsageError(f"{item.nodeid}: a test lives in tests/unit, tests/integration or tests/system")
+            raise pytest.UsageError(
+                f"{item.nodeid}: a test lives in tests/unit, tests/snippets, tests/integration or tests/system"
+            )
         item.add_marker(tier)
         if "stack" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("stack"))
