@@ -7,7 +7,7 @@ not match the schema, row errors, rows missing and unknown keys. It comes as
 jobs of 10,000 rows, the DAG's default ``max_rows_per_job``. Two ways over the
 same files, each in a fresh process:
 
-- ours: ``Run.collect`` for the round, writing one outcome per key
+- ours: ``collection.collect_results`` for the round, writing one outcome per key
   sent; each job's output is read from its local file (the stand-in for the
   hook's download, the one part not measured);
 - the floors: a bare loop of ``orjson.loads`` over the same lines, on one core and split over one spawned
@@ -159,7 +159,7 @@ def _row(rng: random.Random, key: str, i: int, fault: str | None) -> dict:
 
 
 class LocalOutputHook:
-    """The hook's two calls Run.collect makes, over the local output files (the download is not measured)."""
+    """The hook's two calls collect_results makes, over the local output files (the download is not measured)."""
 
     backend = "developer"
     gcp_conn_id = None
@@ -173,9 +173,9 @@ class LocalOutputHook:
 
 
 def ours(jobs: str, work: str) -> dict:
-    """``Run.collect`` over a round of one shard per job: one outcome per key sent, into the round's outcomes.jsonl."""
+    """``collect_results`` over a round of one shard per job: one outcome per key sent, into the round's outcomes."""
     from gemini_batch.core.batch_requests import ShardManifest
-    from gemini_batch.steps import runs
+    from gemini_batch.steps import collection, runs
 
     run = runs.Run.from_params(
         {
@@ -199,7 +199,7 @@ def ours(jobs: str, work: str) -> dict:
         manifest.save(shards / f"{keys.stem}.manifest.json")
         submitted.append({"manifest_uri": manifest.manifest_uri, "job_name": job, "state": "JOB_STATE_SUCCEEDED"})
     start = time.perf_counter()
-    counts = run.collect(0, submitted)
+    counts = collection.collect_results(run, 0, submitted)
     return {
         **counts,
         "outcomes_bytes": Path(folder.outcomes(0).path).stat().st_size,
@@ -263,7 +263,7 @@ def run(
     floors = [measure("bench.collect.floor", jobs=str(jobs), processes=n) for n in (1, cores)]
     collected = measure("bench.collect.ours", jobs=str(jobs), work=str(case_dir / "work"))
     if collected["keys"] != made["keys"]:
-        raise AssertionError(f"Run.collect wrote {collected['keys']} outcomes for {made['keys']} keys")
+        raise AssertionError(f"collect_results wrote {collected['keys']} outcomes for {made['keys']} keys")
     rate, all_cores = size_mb / collected["seconds"], floors[-1]["seconds"]
     rows = [
         Row(

@@ -4,7 +4,7 @@ answered keys (target: within 2x of the empty ledger's time).
 Each ledger is built once under the work folder the way runs build it (one
 segment per run of 10,000 answers, then a compaction into a snapshot, then
 a few newer segments the snapshot does not hold), and reused by later runs.
-The timed step is the DAG's plan task (``Run.plan``), in a fresh
+The timed step is the DAG's plan task (``planning.plan_documents``), in a fresh
 process: the view of the ledger is opened, every document is inspected and
 keyed, and every key is looked up.
 """
@@ -69,7 +69,7 @@ def build(folder: str, keys: int) -> dict:
 
 def plan(source: str, work: str, ledger: str) -> dict:
     """The plan task's step against ``ledger``."""
-    from gemini_batch.steps import runs
+    from gemini_batch.steps import planning, runs
 
     run = runs.Run.from_params(
         {
@@ -83,7 +83,7 @@ def plan(source: str, work: str, ledger: str) -> dict:
         "bench-ledger",
     )
     start = time.perf_counter()
-    summary = run.plan()
+    summary = planning.plan_documents(run)
     return {
         "documents": summary.documents,
         "requests": summary.requests,

@@ -2,7 +2,7 @@
 
 1. The demo run. ``bin/airflow dags test gemini_batch_extract`` over include/samples, with the emulator in
    instant mode (queueing, running and file processing take ~0 s) and 1 s polls, in a throwaway AIRFLOW_HOME
-   migrated beforehand (not timed). The same steps the tasks call (gemini_batch.steps.runs and the submit operator,
+   migrated beforehand (not timed). The same steps the tasks call (gemini_batch.steps and the submit operator,
    its trigger run to its event as ``dags test`` runs it) then run in one plain Python process against the
    same kind of emulator: that is "our steps", and Airflow's overhead is the ``dags test`` wall time minus it.
    The task instances in the home's SQLite database show where that overhead goes: before the first task
@@ -194,7 +194,8 @@ def our_steps(home: str, url: str, output: str) -> dict:
     from gemini_batch.core import records
     from gemini_batch.hooks.gemini import GeminiBatchHook
     from gemini_batch.operators.batch import GeminiBatchSubmitOperator
-    from gemini_batch.steps import runs
+    from gemini_batch.steps import budget, build, collection, planning, publish, retry, runs, staging
+    from gemini_batch.steps.clean_up import clean_up as clean_up_run
 
     imports_s = time.perf_counter() - started
     params = {name: param.value for name, param in dag_file.PARAMS.items()}
@@ -230,28 +231,28 @@ def our_steps(home: str, url: str, output: str) -> dict:
             return getattr(operator, deferred.method_name)(context, event=event)  # no kwargs back, as in dags test
 
     def plan_documents():
-        return records.to_builtins(open_run().plan())
+        return records.to_builtins(planning.plan_documents(open_run()))
 
     def check_budget(planned):
-        open_run().check_budget(planned)
+        budget.check_budget(open_run(), planned)
 
     def stage_documents():
-        return open_run().stage()
+        return staging.stage_documents(open_run())
 
     def build_requests():
-        return open_run().build(0)
+        return build.build_requests(open_run(), 0)
 
     def collect_results(round_, jobs):
-        return open_run().collect(round_, jobs)
+        return collection.collect_results(open_run(), round_, jobs)
 
     def prepare_retry(round_):
-        return open_run().retry(round_)
+        return retry.prepare_retry(open_run(), round_)
 
     def publish_results(collected):
-        return open_run().publish(collected)
+        return publish.publish_results(open_run(), collected)
 
     def clean_up():
-        return open_run().clean_up()
+        return clean_up_run(open_run())
 
     start = time.perf_counter()
     planned = timed("plan_documents", plan_documents)

@@ -2,7 +2,7 @@
 
 Over the same files, each in a fresh process (``common.measure``):
 
-- ours: what the DAG's plan, stage and build tasks run (``gemini_batch.steps.runs``),
+- ours: what the DAG's plan, stage and build tasks run (``gemini_batch.steps``),
   then the JSONL check of every shard; with the default routing (every PDF
   here is small: inline in its request) and with ``inline_max_mb`` 0 (every
   PDF uploaded first, the path before inline parts);
@@ -37,14 +37,14 @@ BASELINE_SAMPLE = 2_000  # the baseline's rate is steady: larger runs time it on
 
 
 def ours(source: str, work: str, url: str, inline_max_mb: float | None = None) -> dict:
-    """The plan, stage and build tasks' steps (``gemini_batch.steps.runs.Run``), then the JSONL check; seconds per
+    """The plan, stage and build tasks' steps (``gemini_batch.steps``), then the JSONL check; seconds per
     step."""
     os.environ["AIRFLOW_CONN_GEMINI_DEFAULT"] = emulator_connection(url)
     from gemini_batch.core.batch_requests import ShardManifest
     from gemini_batch.core.locations import as_path
     from gemini_batch.core.validate import validate_jsonl
     from gemini_batch.hooks.gemini import GeminiBatchHook
-    from gemini_batch.steps import runs
+    from gemini_batch.steps import build, planning, runs, staging
 
     hook = GeminiBatchHook()
     run = runs.Run.from_params(
@@ -64,17 +64,17 @@ def ours(source: str, work: str, url: str, inline_max_mb: float | None = None) -
     peaks: dict[str, float] = {"start": peak_rss_mb()}  # the process's peak so far, after each step
 
     start = time.perf_counter()
-    summary = run.plan()
+    summary = planning.plan_documents(run)
     steps["plan"] = time.perf_counter() - start
     peaks["plan"] = peak_rss_mb()
 
     start = time.perf_counter()
-    staging = run.stage()
+    staged = staging.stage_documents(run)
     steps["stage"] = time.perf_counter() - start
     peaks["stage"] = peak_rss_mb()
 
     start = time.perf_counter()
-    manifests = [ShardManifest.load(as_path(uri)) for uri in run.build(0)]
+    manifests = [ShardManifest.load(as_path(uri)) for uri in build.build_requests(run, 0)]
     steps["build"] = time.perf_counter() - start
     peaks["build"] = peak_rss_mb()
 
@@ -84,7 +84,7 @@ def ours(source: str, work: str, url: str, inline_max_mb: float | None = None) -
     peaks["validate"] = peak_rss_mb()
     return {
         "documents": summary.documents,
-        **staging,
+        **staged,
         "rows": sum(m.rows for m in manifests),
         "valid": valid,
         "steps": {name: round(seconds, 3) for name, seconds in steps.items()},

@@ -3,8 +3,8 @@
 plan -> check budget -> (approve the cost) -> stage -> build requests (leases the keys in the ledger)
 -> jobs (one mapped group per shard: submit, then a deferred sensor waits) ->
 collect -> retry rounds (failed keys only) -> publish results -> clean up.
-Each task opens the run (``gemini_batch.steps.runs.Run``) and calls its step; this
-module only wires them. Nothing here runs at parse time but the wiring.
+Each task opens the run (``gemini_batch.steps.runs.Run``) and calls its step, a function of its own module
+under ``gemini_batch.steps``; this module only wires them. Nothing here runs at parse time but the wiring.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from gemini_batch.core.locations import uri_of
 from gemini_batch.core.settings import MAX_RETRY_ROUNDS
 from gemini_batch.operators.approval import CostApprovalOperator
 from gemini_batch.operators.batch import GeminiBatchJobSensor, GeminiBatchSubmitOperator
-from gemini_batch.steps import run_settings, runs
+from gemini_batch.steps import budget, build, collection, planning, publish, retry, run_settings, runs, staging
+from gemini_batch.steps.clean_up import clean_up as clean_up_run  # the task below is clean_up
 
 POOL = "gemini_batch_jobs"  # counts deferred tasks: caps worker and triggerer load (bin/setup: 10 slots)
 DEFAULT_SCHEDULE = "0 2 * * *"
@@ -59,7 +60,7 @@ def _open_run() -> runs.Run:
 def plan_documents() -> dict:
     """An empty source plans zero documents and the run publishes an empty result; a missing one fails at once."""
     try:
-        return records.to_builtins(_open_run().plan())
+        return records.to_builtins(planning.plan_documents(_open_run()))
     except (documents.SourceError, run_settings.RunConfigError) as exc:
         raise AirflowFailException(str(exc)) from None  # a missing source or an unknown model: a parameter to fix
 
@@ -67,31 +68,31 @@ def plan_documents() -> dict:
 @task
 def check_budget(planned: dict) -> None:
     try:
-        _open_run().check_budget(planned)
+        budget.check_budget(_open_run(), planned)
     except run_settings.RunConfigError as exc:
         raise AirflowFailException(str(exc)) from None  # over budget: no retry
 
 
 @task(multiple_outputs=False)
 def stage_documents() -> dict:
-    return _open_run().stage()
+    return staging.stage_documents(_open_run())
 
 
 @task
 def build_requests() -> list[str]:
-    return _open_run().build(0)
+    return build.build_requests(_open_run(), 0)
 
 
 @task(trigger_rule=TriggerRule.NONE_FAILED, multiple_outputs=False)
 def collect_results(round_: int, jobs) -> dict:
     # A mapped group of one shard hands its single outcome on unwrapped (Airflow 3.3), not as a list of one.
-    return _open_run().collect(round_, [jobs] if isinstance(jobs, Mapping) else list(jobs or []))
+    return collection.collect_results(_open_run(), round_, [jobs] if isinstance(jobs, Mapping) else list(jobs or []))
 
 
 @task
 def prepare_retry(round_: int) -> list[str]:
     """Nothing left to retry skips this round and every later one (their tasks never start)."""
-    manifests = _open_run().retry(round_)
+    manifests = retry.prepare_retry(_open_run(), round_)
     if not manifests:
         raise AirflowSkipException(f"nothing to retry in round {round_}")
     return manifests
@@ -124,7 +125,8 @@ def batch_job(manifest_uri: str, pool: str = POOL):
 @task(trigger_rule=TriggerRule.NONE_FAILED, multiple_outputs=True)  # the summary's fields in the UI
 def publish_results(collected: list[dict], outlet_events=None) -> dict:
     run = _open_run()
-    summary = run.publish([counts for counts in collected if counts is not None])  # a skipped round hands on None
+    rounds = [counts for counts in collected if counts is not None]  # a skipped round hands on None
+    summary = publish.publish_results(run, rounds)
     for asset in get_current_context()["outlets"]:
         outlet_events[asset].extra = {"output": uri_of(run.settings.output), **summary}
     return summary
@@ -133,7 +135,7 @@ def publish_results(collected: list[dict], outlet_events=None) -> dict:
 @task(multiple_outputs=False)  # the DAG makes it a teardown: it runs whatever happened upstream
 def clean_up() -> dict:
     """The run's jobs are found in the ledger, where each submit recorded them."""
-    return _open_run().clean_up()
+    return clean_up_run(_open_run())
 
 
 def results_asset(dag_id: str) -> Asset:

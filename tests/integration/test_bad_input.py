@@ -32,6 +32,11 @@ from gemini_batch.core.validate import validate_jsonl
 from gemini_batch.hooks.gemini import GeminiBatchHook
 from gemini_batch.operators.batch import GeminiBatchSubmitOperator
 from gemini_batch.steps import plan, run_settings, runs
+from gemini_batch.steps.build import build_requests
+from gemini_batch.steps.collection import collect_results
+from gemini_batch.steps.planning import plan_documents
+from gemini_batch.steps.publish import publish_results
+from gemini_batch.steps.staging import stage_documents
 from support.dagrun import developer_conn, read_results, run_dag, submitted_jobs
 from support.emulators import developer_client, storage_client
 from support.service import RecordingTaskInstance, context, use_developer, wait_until_ended, write_shard
@@ -294,19 +299,19 @@ def test_a_source_that_disappears_mid_run_fails_only_what_it_still_needed(start_
     run = runs.Run.from_params(
         {**PARAMS, "source": str(source), "output": str(tmp_path / "out"), "inline_max_mb": 0}, "manual__vanish", hook
     )
-    run.plan()
+    plan_documents(run)
     late = source.parent / "late.pdf"
     (source / "late.pdf").rename(late)  # gone before staging
-    assert run.stage() == {"staged": 1, "failed": 1}
+    assert stage_documents(run) == {"staged": 1, "failed": 1}
     late.rename(source / "late.pdf")
     shutil.rmtree(source)  # gone after staging, before the requests are built
 
-    (manifest_uri,) = run.build(0)
+    (manifest_uri,) = build_requests(run, 0)
     assert as_path(manifest_uri).exists()
     src = hook.upload_jsonl(hook.storage_path(ShardManifest.load(manifest_uri).uri), "gbs-vanish")
     job = wait_until_ended(hook, hook.create_job(model=MODEL, src=src, display_name="vanish").name)
-    collected = run.collect(0, [{"manifest_uri": manifest_uri, "job_name": job.name, "state": job.state.name}])
-    report = run.publish([collected])
+    collected = collect_results(run, 0, [{"manifest_uri": manifest_uri, "job_name": job.name, "state": job.state.name}])
+    report = publish_results(run, [collected])
 
     records, summary = read_results(tmp_path / "out")
     assert records["invoice.pdf"]["status"] == "succeeded"
@@ -324,7 +329,7 @@ def test_a_source_that_disappears_mid_run_fails_only_what_it_still_needed(start_
         assert dict(staging.failures()).keys() == {late_key, note_key}
     (source / "sub").mkdir(parents=True)
     (source / "sub" / "note.txt").write_text("Invoice T-2, total 2.00 EUR\n")
-    run.build(0)
+    build_requests(run, 0)
     with run.staging() as staging:
         assert dict(staging.failures()).keys() == {late_key}
 

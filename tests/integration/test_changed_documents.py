@@ -20,6 +20,11 @@ from gemini_batch.core.staged import StagedPart, StageFailure, StageItem
 from gemini_batch.hooks.gemini import GeminiBatchHook
 from gemini_batch.hooks.uploads import FilesApiStager, GcsStager, files_api_name
 from gemini_batch.steps import plan, runs
+from gemini_batch.steps.build import build_requests
+from gemini_batch.steps.collection import collect_results
+from gemini_batch.steps.planning import plan_documents
+from gemini_batch.steps.publish import publish_results
+from gemini_batch.steps.staging import stage_documents
 from gemini_emulator.testing import requests_made
 from support.dagrun import read_results
 from support.documents import write_pdf
@@ -69,16 +74,16 @@ CHANGES = pytest.mark.parametrize("change", [symlink_out, edit_in_place], ids=["
 def run_through(hook, source, output, run_id, *, after_plan=lambda: None) -> runs.Run:
     """plan, (the change), stage, build, one job per shard on the emulator, collect, publish."""
     run = runs.Run.from_params({**PARAMS, "source": str(source), "output": str(output)}, run_id, hook)
-    run.plan()
+    plan_documents(run)
     after_plan()
-    run.stage()
+    stage_documents(run)
     jobs = []
-    for uri in run.build(0):
+    for uri in build_requests(run, 0):
         manifest = ShardManifest.load(uri)
         src = hook.upload_jsonl(hook.storage_path(manifest.uri), "gbs-" + uuid.uuid4().hex[:32])
         job = wait_until_ended(hook, hook.create_job(model=MODEL, src=src, display_name=run_id).name)
         jobs.append({"manifest_uri": uri, "job_name": job.name, "state": job.state.name})
-    run.publish([run.collect(0, jobs)])
+    publish_results(run, [collect_results(run, 0, jobs)])
     return run
 
 

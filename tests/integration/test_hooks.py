@@ -705,6 +705,7 @@ def test_vertex_plan_refuses_a_staging_bucket_outside_the_job_region(
     start_emulator, gcs, gcs_root, monkeypatch, tmp_path
 ):
     from gemini_batch.steps import run_settings, runs
+    from gemini_batch.steps.planning import plan_documents
     from support.dagrun import SAMPLES
     from support.emulators import storage_client
 
@@ -726,7 +727,7 @@ def test_vertex_plan_refuses_a_staging_bucket_outside_the_job_region(
     }
     run = runs.Run.from_params(params, "manual__eu", hook)
     with pytest.raises(run_settings.RunConfigError) as raised:
-        run.plan()
+        plan_documents(run)
     message = str(raised.value)
     assert f"gs://{name}" in message and "EUROPE-WEST4" in message and "us-central1" in message
     assert "'gemini_default'" in message

@@ -15,6 +15,14 @@ from gemini_batch.core.batch_requests import ShardManifest
 from gemini_batch.core.locations import as_path
 from gemini_batch.hooks.gemini import GeminiBatchHook
 from gemini_batch.steps import collection, run_settings, runs
+from gemini_batch.steps.budget import check_budget
+from gemini_batch.steps.build import build_requests
+from gemini_batch.steps.clean_up import clean_up
+from gemini_batch.steps.collection import collect_results
+from gemini_batch.steps.planning import plan_documents
+from gemini_batch.steps.publish import publish_results
+from gemini_batch.steps.retry import keys_to_retry, prepare_retry
+from gemini_batch.steps.staging import stage_documents
 from support.dagrun import read_results
 from support.service import submit_shard, use_developer, wait_until_ended, write_shard
 
@@ -58,13 +66,13 @@ def test_budget_gate_states_the_estimate(tmp_path):
     def run(max_cost_usd):
         return runs.Run.from_params({**PARAMS, "output": str(tmp_path), "max_cost_usd": max_cost_usd}, "manual__1")
 
-    summary = records.to_builtins(run(None).plan())
-    run(None).check_budget(summary)
-    run(100.0).check_budget(summary)
+    summary = records.to_builtins(plan_documents(run(None)))
+    check_budget(run(None), summary)
+    check_budget(run(100.0), summary)
     with pytest.raises(
         run_settings.RunConfigError, match=r"estimated cost \$0\.0\d+ for 8 requests .* exceeds max_cost_usd"
     ):
-        run(0.0001).check_budget(summary)
+        check_budget(run(0.0001), summary)
 
 
 def staged_samples(tmp_path, run_id: str):
@@ -74,8 +82,8 @@ def staged_samples(tmp_path, run_id: str):
     run = runs.Run.from_params(
         {**PARAMS, "source": str(source), "output": str(tmp_path / "out")}, run_id, GeminiBatchHook()
     )
-    run.plan()
-    return run, run.stage()
+    plan_documents(run)
+    return run, stage_documents(run)
 
 
 def test_clean_up_cancels_unfinished_jobs_and_deletes_staged_uploads(start_emulator, monkeypatch, tmp_path):
@@ -87,15 +95,15 @@ def test_clean_up_cancels_unfinished_jobs_and_deletes_staged_uploads(start_emula
     stuck = submit_shard(hook, write_shard(as_path(tmp_path / "shards")), "gb-cleanup-test")
     (job_input,) = [f.name for f in hook.get_conn().files.list() if f.name.startswith("files/gbs-")]
 
-    run.build(0)  # leases the run's 8 keys
+    build_requests(run, 0)  # leases the run's 8 keys
 
-    report = run.clean_up([stuck.name], [job_input])
+    report = clean_up(run, [stuck.name], [job_input])
     assert report == {"cancelled_jobs": 1, "deleted_files": 8, "released_leases": 8}  # 7 staged + the job's input
     assert run.ledger.current_leases() == {}
     assert hook.get_job(stuck.name).state.name in ("JOB_STATE_CANCELLED", "JOB_STATE_CANCELLING")
     assert list(hook.get_conn().files.list()) == []
     # cancelling again finds nothing to cancel and fails nothing
-    assert run.clean_up([stuck.name])["cancelled_jobs"] == 0
+    assert clean_up(run, [stuck.name])["cancelled_jobs"] == 0
     assert json.loads(json.dumps(report)) == report
 
 
@@ -104,14 +112,14 @@ def test_clean_up_leaves_a_staged_document_another_runs_claim_holds(start_emulat
     server = start_emulator(time_scale=3600)
     use_developer(monkeypatch, server.url)
     run, _ = staged_samples(tmp_path, "manual__kept")
-    run.build(0)
+    build_requests(run, 0)
     ledger = run.ledger
     with run.staging() as staged:
         taken, part = next(iter(staged.parts.items()))
     generation = ledger.current_leases()[taken]
     assert ledger.try_lease(taken, generation + 1, "another-run-r1") == "another-run-r1"
 
-    report = run.clean_up([])
+    report = clean_up(run, [])
     assert report == {"cancelled_jobs": 0, "deleted_files": 6, "released_leases": 7}
     assert [f.uri for f in run.hook.get_conn().files.list()] == [part.uri]
     assert ledger.current_leases() == {taken: generation + 1}
@@ -123,8 +131,8 @@ def test_retry_restages_an_upload_that_is_gone(start_emulator, monkeypatch, tmp_
     use_developer(monkeypatch, server.url)
     hook = GeminiBatchHook()
     run = runs.Run.from_params({**PARAMS, "output": str(tmp_path / "out")}, "manual__retry", hook)
-    run.plan()
-    run.stage()
+    plan_documents(run)
+    stage_documents(run)
     with run.staging() as staged:
         key, gone = next(iter(staged.parts.items()))
     name = "files/" + gone.uri.rsplit("/files/", 1)[-1]
@@ -133,9 +141,9 @@ def test_retry_restages_an_upload_that_is_gone(start_emulator, monkeypatch, tmp_
     outcomes.parent.mkdir(parents=True, exist_ok=True)
     outcomes.write_text(json.dumps(records.to_builtins(results.missing_outcome(key, "no answer: job EXPIRED"))) + "\n")
 
-    assert run.keys_to_retry(1) == {key}
+    assert keys_to_retry(run, 1) == {key}
     assert hook.get_conn().files.get(name=name).state.name == "ACTIVE"
-    assert run.build(1, only={key})  # one shard, with the fresh upload's URI
+    assert build_requests(run, 1, only={key})  # one shard, with the fresh upload's URI
 
 
 def test_a_retry_reads_inline_parts_from_the_source_again_and_a_changed_one_fails_alone(
@@ -153,20 +161,20 @@ def test_a_retry_reads_inline_parts_from_the_source_again_and_a_changed_one_fail
     run = runs.Run.from_params(
         {**PARAMS, "source": str(source), "output": str(tmp_path / "out"), "inline_max_mb": 10}, "manual__inline", hook
     )
-    planned = records.to_builtins(run.plan())
+    planned = records.to_builtins(plan_documents(run))
     assert planned["routes"] == {"inline": 3, "in_place": 0, "staged": 0}
-    assert run.stage() == {"staged": 0, "failed": 0}
-    (_first,) = run.build(0)
-    first_round = run.collect(0, [])
+    assert stage_documents(run) == {"staged": 0, "failed": 0}
+    (_first,) = build_requests(run, 0)
+    first_round = collect_results(run, 0, [])
     assert first_round["failed"] == 3 and first_round["requests"] == 0  # round 0's job never ran: nothing sent
 
     shutil.copy(SAMPLES / "invoice-1.pdf", source / "invoice-2.pdf")  # changed after the plan
-    (manifest_uri,) = run.retry(1)
+    (manifest_uri,) = prepare_retry(run, 1)
     assert ShardManifest.load(manifest_uri).rows == 2
     src = hook.upload_jsonl(hook.storage_path(ShardManifest.load(manifest_uri).uri), "gbs-inline-retry")
     job = wait_until_ended(hook, hook.create_job(model=PARAMS["model"], src=src, display_name="inline-retry").name)
-    retried = run.collect(1, [{"manifest_uri": manifest_uri, "job_name": job.name, "state": job.state.name}])
-    run.publish([first_round, retried])
+    retried = collect_results(run, 1, [{"manifest_uri": manifest_uri, "job_name": job.name, "state": job.state.name}])
+    publish_results(run, [first_round, retried])
 
     published, _summary = read_results(tmp_path / "out")
     assert {d: r["status"] for d, r in published.items()} == {
@@ -177,23 +185,23 @@ def test_a_retry_reads_inline_parts_from_the_source_again_and_a_changed_one_fail
     assert published["invoice-2.pdf"]["error"].startswith(
         "not requested: invoice-2.pdf changed since the run planned it"
     )
-    assert run.clean_up([job.name], [src])["deleted_files"] == 1  # the retry's input file only: nothing was staged
+    assert clean_up(run, [job.name], [src])["deleted_files"] == 1  # the retry's input file only: nothing was staged
 
 
 def test_a_cleared_run_forgets_its_earlier_rounds(tmp_path):
     """Clearing a finished run re-runs its tasks in the same work folder: stale shards and outcomes must go."""
     run = runs.Run.from_params({**PARAMS, "output": str(tmp_path / "out")}, "manual__cleared")
     folder = run.folder
-    run.plan()
-    first = run.build(0)  # nothing staged here: only the Markdown document goes inline
+    plan_documents(run)
+    first = build_requests(run, 0)  # nothing staged here: only the Markdown document goes inline
     assert len(first) == 1
     stale = folder.outcomes(1)
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_text(json.dumps(records.to_builtins(results.missing_outcome("k", "old"))) + "\n")
 
-    assert run.build(0, only=set()) == []  # the second try requests nothing
+    assert build_requests(run, 0, only=set()) == []  # the second try requests nothing
     assert not folder.shards(0).exists() or list(folder.shards(0).iterdir()) == []
-    assert run.retry(1) == []  # nothing failed: no round 1, and no stale file
+    assert prepare_retry(run, 1) == []  # nothing failed: no round 1, and no stale file
     assert not stale.exists()
     assert run.last_round() == 0
 
@@ -217,15 +225,15 @@ def test_each_staging_pass_writes_its_own_file_and_later_passes_win(where, tmp_p
             backend="vertex", gcp_conn_id=None, check_model=lambda model: None, check_staging_bucket=lambda uri: None
         ),
     )
-    run.plan()
+    plan_documents(run)
     (source / "invoice-2.pdf").rename(tmp_path / "away.pdf")
-    assert run.stage() == {"staged": 6, "failed": 1}
+    assert stage_documents(run) == {"staged": 6, "failed": 1}
     with run.staging() as staging:
         ((key, error),) = staging.failures()
     assert "invoice-2.pdf" in error
 
     (tmp_path / "away.pdf").rename(source / "invoice-2.pdf")
-    assert run.stage(only={key}) == {"staged": 1, "failed": 0}
+    assert stage_documents(run, only={key}) == {"staged": 1, "failed": 0}
     assert sorted(p.name for p in run.folder.staged.iterdir()) == ["pass-00000.jsonl", "pass-00001.jsonl"]
     with run.staging() as staging:
         assert len(staging.parts) == 7 and staging.parts[key].uri.endswith(f"/{key}.pdf")
@@ -255,9 +263,9 @@ def finished_round_0(server_url: str, monkeypatch, tmp_path, name: str):
     run = runs.Run.from_params(
         {**PARAMS, "source": str(SAMPLES), "output": str(tmp_path / "out")}, f"manual__{name}", hook
     )
-    run.plan()
-    run.stage()
-    (manifest_uri,) = run.build(0)
+    plan_documents(run)
+    stage_documents(run)
+    (manifest_uri,) = build_requests(run, 0)
     src = hook.upload_jsonl(hook.storage_path(ShardManifest.load(manifest_uri).uri), f"gbs-{name}")
     job = wait_until_ended(hook, hook.create_job(model=PARAMS["model"], src=src, display_name=name).name)
     return run, job, [{"manifest_uri": manifest_uri, "job_name": job.name, "state": job.state.name}]
@@ -273,14 +281,14 @@ def test_an_output_file_gone_before_collection_leaves_its_rows_for_the_next_roun
     run, job, jobs = finished_round_0(server.url, monkeypatch, tmp_path, "gone")
     run.hook.get_conn().files.delete(name=job.dest.file_name)  # what the service does after 48 h
 
-    counts = run.collect(0, jobs)
+    counts = collect_results(run, 0, jobs)
     assert counts["keys"] == counts["failed"] == 8 and counts["succeeded"] == 0
     with run.latest_outcomes(0) as (outcomes, _):
         assert {o["error"] for o in outcomes.records()} == {
             f"no answer: job {job.name} ended {job.state.name} but its output file {job.dest.file_name} cannot be "
             "read: 403 PERMISSION_DENIED"
         }
-        assert run.keys_to_retry(1) == set(outcomes.keys())
+        assert keys_to_retry(run, 1) == set(outcomes.keys())
 
 
 def test_a_collection_cut_off_and_retried_writes_the_same_outcomes(start_emulator, monkeypatch, tmp_path):
@@ -290,10 +298,10 @@ def test_a_collection_cut_off_and_retried_writes_the_same_outcomes(start_emulato
     server = start_emulator(time_scale=3600)
     run, _, jobs = finished_round_0(server.url, monkeypatch, tmp_path, "cut-collect")
 
-    first = run.collect(0, jobs)
+    first = collect_results(run, 0, jobs)
     whole = run.folder.outcomes(0).read_bytes()
     run.folder.outcomes(0).write_bytes(whole[: len(whole) // 2])  # the kill
-    assert run.collect(0, jobs) == first
+    assert collect_results(run, 0, jobs) == first
     assert run.folder.outcomes(0).read_bytes() == whole
     assert first["keys"] == 8 and len(whole.splitlines()) == 8
 
@@ -310,8 +318,8 @@ def test_outputs_parsed_in_worker_processes_give_the_outcomes_parsed_here(start_
         "manual__parallel-collect",
         hook,
     )
-    run.plan()
-    manifests = run.build(0)
+    plan_documents(run)
+    manifests = build_requests(run, 0)
     assert len(manifests) == 4  # the 8 sample requests, 2 a job
     jobs = []
     for number, manifest_uri in enumerate(manifests):
@@ -322,7 +330,7 @@ def test_outputs_parsed_in_worker_processes_give_the_outcomes_parsed_here(start_
 
     def collected(after_bytes: int) -> tuple[dict, list[bytes]]:
         monkeypatch.setattr(collection, "PARSE_PROCESSES_AFTER_BYTES", after_bytes)
-        counts = run.collect(0, jobs)
+        counts = collect_results(run, 0, jobs)
         return counts, sorted(run.folder.outcomes(0).read_bytes().splitlines())
 
     here, in_processes = collected(2**40), collected(0)
@@ -340,18 +348,18 @@ def test_answers_are_in_the_ledger_once_collected_so_a_failed_publish_loses_noth
     documents sends no request for them; its summary counts them as reused, not as requests."""
     server = start_emulator(time_scale=3600)
     run, _job, jobs = finished_round_0(server.url, monkeypatch, tmp_path, "publish-fails")
-    collected = run.collect(0, jobs)
+    collected = collect_results(run, 0, jobs)
     assert collected["requests"] == 8 and collected["succeeded"] == 8
     (tmp_path / "out" / "results.jsonl").mkdir()
     with pytest.raises(IsADirectoryError):
-        run.publish([collected])
+        publish_results(run, [collected])
 
     again = runs.Run.from_params(
         {**PARAMS, "source": str(SAMPLES), "output": str(tmp_path / "out-2")}, "manual__after-failed-publish", run.hook
     )
-    planned = records.to_builtins(again.plan())
+    planned = records.to_builtins(plan_documents(again))
     assert planned["requests"] == 0 and planned["reused_parts"] == planned["parts"], planned
-    summary = again.publish([])
+    summary = publish_results(again, [])
     assert summary["succeeded"] == summary["reused"] == planned["documents"] - planned["rejected"]
     assert (summary["requests"], summary["jobs"]) == (0, 0)
     assert (summary["input_tokens"], summary["estimated_cost_usd"]) == (0, 0.0), "nothing was paid for twice"

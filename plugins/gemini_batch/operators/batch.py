@@ -63,7 +63,7 @@ from gemini_batch.hooks.gemini import (
     state_name,
 )
 from gemini_batch.hooks.uploads import shard_file_name
-from gemini_batch.steps.runs import LINEAGE_EXTRA
+from gemini_batch.steps.publish import LINEAGE_EXTRA
 from gemini_batch.triggers.gemini import GeminiBatchJobTrigger, job_output
 
 SUCCEEDED_STATES = frozenset({"JOB_STATE_SUCCEEDED"})

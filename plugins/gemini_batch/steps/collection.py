@@ -1,5 +1,6 @@
-"""Reading a round's job outputs into its outcomes: downloads spooled to local files, parsed here or, once the
-outputs are large, in a worker process per core."""
+"""The collect step: every key of a round turned into an outcome, read from its job's output (downloads spooled to
+local files, parsed here or, once the outputs are large, in a worker process per core), from another run's job or
+from the ledger; the round's outcomes recorded in the ledger at once."""
 
 from __future__ import annotations
 
@@ -10,21 +11,138 @@ import functools
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import msgspec
+from airflow.sdk import ObjectStoragePath
 
-from gemini_batch.core import jsonl, results
+from gemini_batch.coordination.claims import FROM_LEDGER
+from gemini_batch.coordination.ledger import EventKind, LedgerEvent, now_iso
+from gemini_batch.core import jsonl, records, results
+from gemini_batch.core.batch_requests import ShardManifest, ShardPieces
+from gemini_batch.core.locations import as_path
 from gemini_batch.core.processes import cores, worker_pool
 from gemini_batch.core.records import Record
 from gemini_batch.hooks.gemini import GeminiBatchHook
+from gemini_batch.steps.runs import Run
 
 log = logging.getLogger(__name__)
 # A round's outputs are parsed in the task's process until they pass this size, then in a process per core
 # (GEMINI_BATCH_PARSE_PROCESSES_AFTER_MB; 0: from the first output).
 PARSE_PROCESSES_AFTER_BYTES = int(float(os.environ.get("GEMINI_BATCH_PARSE_PROCESSES_AFTER_MB", "64")) * 2**20)
+
+
+def collect_results(run: Run, round_: int, jobs: Iterable[Mapping]) -> dict:
+    """Turn every key of round ``round_`` into an outcome: answered, failed, or missing from its job's output.
+    ``jobs``: what the round's submit and wait tasks handed on, one per shard; returns the round's counts."""
+    jobs_by_manifest = {job["manifest_uri"]: job for job in jobs if job}
+    tally = Tally()
+    manifests = _manifests(run.folder.shards(round_))
+    if not manifests:
+        return records.to_builtins(tally.counts())  # nothing was requested in this round: no outcomes file
+    outcomes = run.folder.outcomes(round_)
+    with (
+        jsonl.writer(outcomes) as write,
+        OutputReader(run.service, run.settings.spec.response_schema, write) as reader,
+    ):
+        tally.write = write
+        for manifest_file in manifests:
+            manifest = ShardManifest.load(manifest_file)
+            if manifest.piece_of is not None:
+                continue  # collected with the shard it was split from
+            expected = manifest.keys(manifest_file.conn_id)
+            job = jobs_by_manifest.get(manifest.manifest_uri)
+            if manifest.adopts is not None:
+                _collect_adopted(run, manifest, job, expected, tally)
+            elif job is None:
+                tally.missing(expected, "no answer: the shard's job was not submitted")
+            elif job.get("pieces_uri"):
+                _collect_pieces(job, manifest_file.conn_id, reader, tally)
+            else:
+                tally.job_names.append(job["job_name"])
+                tally.requests += len(expected)
+                reader.read(job["job_name"], expected, functools.partial(job_read, job, tally))
+    _record_answers(run, outcomes)
+    return records.to_builtins(tally.counts())
+
+
+def _collect_pieces(outcome: Mapping, conn_id: str | None, reader: OutputReader, tally: Tally) -> None:
+    """A shard the service refused whole, submitted as pieces: each piece's job, or why it was refused."""
+    pieces = ShardPieces.load(as_path(outcome["pieces_uri"], conn_id=conn_id))
+    jobs = {job["job_name"]: job for job in outcome.get("piece_jobs") or []}
+    for piece in pieces.pieces if pieces else []:
+        expected = ShardManifest.load(as_path(piece.manifest_uri, conn_id=conn_id)).keys(conn_id)
+        if piece.refused is not None:
+            tally.missing(expected, piece.refused)
+        elif piece.job_name is None:
+            tally.missing(expected, "no answer: the shard's piece was not submitted")
+        else:
+            job = jobs.get(piece.job_name) or {"job_name": piece.job_name, "state": None}
+            tally.job_names.append(piece.job_name)
+            tally.requests += len(expected)
+            reader.read(piece.job_name, expected, functools.partial(job_read, job, tally))
+
+
+def _record_answers(run: Run, outcomes: ObjectStoragePath) -> None:
+    """Put a round's outcomes in the ledger as soon as they are read: what was paid for survives a failed
+    publish, and a later run reuses it. Adopted answers too: the run that paid may have died before
+    recording them."""
+    at, slug = now_iso(), run.folder.slug
+    succeeded = results.OutcomeStatus.SUCCEEDED
+    run.ledger.append(
+        (
+            LedgerEvent(
+                o.key,
+                EventKind.ANSWERED if o.status == succeeded else EventKind.FAILED,
+                slug,
+                at,
+                msgspec.structs.replace(o, reused=False) if o.reused else o,
+            )
+            for o in jsonl.read_records(outcomes, results.RowOutcome)
+        ),
+        writer=slug,
+    )
+
+
+def _collect_adopted(
+    run: Run, manifest: ShardManifest, outcome: Mapping | None, expected: list[str], tally: Tally
+) -> None:
+    """Outcomes of keys another run requested: from the jobs its claim submitted, or from the ledger."""
+    if manifest.adopts == FROM_LEDGER:
+        remaining = []
+        with run.ledger.view() as ledger:
+            for key in expected:
+                if (record := ledger.finished(key)) is not None:
+                    tally.write(msgspec.structs.replace(records.convert(record, results.RowOutcome), reused=True))
+                    tally.keys += 1
+                    tally.succeeded += 1
+                else:
+                    remaining.append(key)
+        tally.missing(remaining, "no answer: another run released its lease before its answer reached the ledger")
+        return
+    remaining = expected
+    for job in (outcome or {}).get("adopted_jobs") or []:
+        if not remaining:
+            break
+        reading = results.read_output(
+            run.service.iter_output_lines(run.service.get_job(job["job_name"])),
+            remaining,
+            run.settings.spec.response_schema,
+            tally.write,
+            adopted=True,
+        )
+        log.info("Job %s of claim %s (%s), adopted: %s", job["job_name"], manifest.adopts, job["state"], reading)
+        tally.add(reading)
+        remaining = reading.unanswered
+    tally.missing(remaining, f"no answer: the job of run claim {manifest.adopts} that requested it gave none")
+
+
+def _manifests(shard_folder: ObjectStoragePath) -> list[ObjectStoragePath]:
+    if not shard_folder.exists():
+        return []
+    return sorted(p for p in shard_folder.iterdir() if p.name.endswith(".manifest.json"))
 
 
 def job_read(job: Mapping, tally: Tally, reading: results.OutputReading) -> None:
