@@ -150,11 +150,14 @@ class RequestLog:
             self._file.flush()
 
 
-def developer_job_view(em: Emulator, job: dict) -> dict:
+def developer_job_view(em: Emulator, job: dict, listed: bool = False) -> dict:
+    """A Developer API batch as an ``Operation``; ``listed``: as ``batches.list`` shows it, without the
+    inlined responses (``batches.get`` has them)."""
     stats = em.progress(job)
     total = job["request_count"]
+    batch_type = "EmbedContentBatch" if job.get("kind") == "embed" else "GenerateContentBatch"
     metadata: dict[str, Any] = {
-        "@type": TYPE_PREFIX + "GenerateContentBatch",
+        "@type": TYPE_PREFIX + batch_type,
         "name": job["name"],
         "model": job["model"],
         "displayName": job["display_name"],
@@ -175,7 +178,7 @@ def developer_job_view(em: Emulator, job: dict) -> dict:
     output: dict[str, Any] = {}
     if job.get("output_file"):
         output = {"responsesFile": job["output_file"]}
-    elif job.get("inline") and job["state"] in ("SUCCEEDED", "FAILED", "EXPIRED"):
+    elif job.get("inline") and job["state"] in ("SUCCEEDED", "FAILED", "EXPIRED") and not listed:
         output = {"inlinedResponses": {"inlinedResponses": em.inlined_responses(job)}}
     if output:
         metadata["output"] = output
@@ -185,7 +188,7 @@ def developer_job_view(em: Emulator, job: dict) -> dict:
     if job["error"]:
         view["error"] = job["error"]
     elif view.get("done") and output:
-        view["response"] = {"@type": TYPE_PREFIX + "GenerateContentBatchOutput", **output}
+        view["response"] = {"@type": TYPE_PREFIX + batch_type + "Output", **output}
     return view
 
 
@@ -390,6 +393,12 @@ def create_app(config: EmulatorConfig) -> FastAPI:
         job = await run_in_threadpool(em.create_batch, model, body.get("batch"))
         return _json(developer_job_view(em, job))
 
+    @app.post("/v1beta/models/{model}:asyncBatchEmbedContent")
+    async def create_embeddings_batch(model: str, request: Request) -> Response:
+        body = await _body(request)
+        job = await run_in_threadpool(em.create_batch, model, body.get("batch"), "embed")
+        return _json(developer_job_view(em, job))
+
     @app.get("/v1beta/batches/{job_id}")
     async def get_batch(job_id: str) -> Response:
         em.inject("get")
@@ -399,7 +408,7 @@ def create_app(config: EmulatorConfig) -> FastAPI:
     async def list_batches(pageSize: int | None = None, pageToken: str | None = None) -> Response:
         em.inject("list")
         jobs, token = em.list_jobs("developer", pageSize, pageToken)
-        body: dict[str, Any] = {"operations": [developer_job_view(em, j) for j in jobs]}
+        body: dict[str, Any] = {"operations": [developer_job_view(em, j, listed=True) for j in jobs]}
         if token:
             body["nextPageToken"] = token
         return _json(body)

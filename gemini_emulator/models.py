@@ -10,6 +10,8 @@ from importlib import resources
 from pathlib import Path
 
 GENERATE_METHODS = ("generateContent", "countTokens", "createCachedContent", "batchGenerateContent")
+SURFACES = ("developer", "vertex")
+BATCH_METHODS = {"generate": "batchGenerateContent", "embed": "asyncBatchEmbedContent"}
 
 
 @dataclass(frozen=True)
@@ -20,9 +22,15 @@ class Model:
     thinking: bool = False
     shutdown: dt.date | None = None
     routed_to: str | None = None
+    surfaces: tuple[str, ...] = SURFACES
+    dimensions: int = 0  # an embedding model's vector size
 
     def live(self, today: dt.date) -> bool:
         return self.shutdown is None or today < self.shutdown
+
+    def batch_kind(self) -> str | None:
+        """``generate`` or ``embed``: the batches the model answers (None: no batches)."""
+        return next((kind for kind, method in BATCH_METHODS.items() if method in self.methods), None)
 
     def developer_view(self) -> dict:
         """``models.get`` on the Developer API (the ``Model`` resource)."""
@@ -67,6 +75,8 @@ class Catalogue:
                     thinking=bool(e.get("thinking", False)),
                     shutdown=dt.date.fromisoformat(e["shutdown"]) if e.get("shutdown") else None,
                     routed_to=e.get("routed_to"),
+                    surfaces=tuple(e.get("surfaces", SURFACES)),
+                    dimensions=int(e.get("dimensions", 0)),
                 )
                 for e in entries
             }
@@ -74,21 +84,23 @@ class Catalogue:
             raise ValueError(f"--models: {where} is not a model catalogue: {type(exc).__name__}: {exc}") from None
         return cls(models)
 
-    def live(self, today: dt.date | None = None) -> list[Model]:
+    def live(self, today: dt.date | None = None, surface: str | None = None) -> list[Model]:
         today = today or dt.datetime.now(dt.timezone.utc).date()
-        return [m for m in self.models.values() if m.live(today)]
+        return [m for m in self.models.values() if m.live(today) and (surface is None or surface in m.surfaces)]
 
-    def get(self, model_id: str, today: dt.date | None = None) -> Model | None:
-        """The live model of that id, or None (unknown, or shut down)."""
+    def get(self, model_id: str, today: dt.date | None = None, surface: str | None = None) -> Model | None:
+        """The live model of that id (served on ``surface``), or None (unknown, or shut down)."""
         model = self.models.get(model_id)
         today = today or dt.datetime.now(dt.timezone.utc).date()
-        return model if model is not None and model.live(today) else None
+        if model is None or (surface is not None and surface not in model.surfaces):
+            return None
+        return model if model.live(today) else None
 
-    def for_batches(self, model_id: str) -> str | None:
-        """The model that answers a batch for ``model_id`` (itself, or where a shut-down model is routed);
-        None when batches of it are refused."""
+    def for_batches(self, model_id: str, kind: str = "generate", surface: str | None = None) -> str | None:
+        """The model that answers a ``kind`` batch (``generate``, ``embed``) for ``model_id``: itself, or
+        where a shut-down model is routed; None when such batches of it are refused."""
         model = self.models.get(model_id)
-        if model is None or "batchGenerateContent" not in model.methods:
+        if model is None or model.batch_kind() != kind or (surface is not None and surface not in model.surfaces):
             return None
         if model.live(dt.datetime.now(dt.timezone.utc).date()):
             return model.id

@@ -9,7 +9,6 @@ The same request always gets the same answer.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import functools
 import hashlib
@@ -23,48 +22,16 @@ from typing import Any
 import orjson
 
 from .config import Faults
+from .discovery import decode_bytes
 from .errors import row_status
 
 PDF_PAGE_TOKENS = 258  # the service bills each PDF page or image as 258 tokens
 IMAGE_TOKENS = 258
 
-REQUEST_FIELDS = {
-    "contents",
-    "generationConfig",
-    "safetySettings",
-    "systemInstruction",
-    "tools",
-    "toolConfig",
-    "cachedContent",
-    "model",
-    "labels",
-}
-GENERATION_CONFIG_FIELDS = {
-    "stopSequences",
-    "responseMimeType",
-    "responseSchema",
-    "responseJsonSchema",
-    "_responseJsonSchema",
-    "responseModalities",
-    "candidateCount",
-    "maxOutputTokens",
-    "temperature",
-    "topP",
-    "topK",
-    "seed",
-    "presencePenalty",
-    "frequencyPenalty",
-    "responseLogprobs",
-    "logprobs",
-    "enableEnhancedCivicAnswers",
-    "speechConfig",
-    "thinkingConfig",
-    "mediaResolution",
-    "imageConfig",
-    "audioTimestamp",
-    "routingConfig",
-    "modelSelectionConfig",
-}
+# Media the model hears or watches: the service bills video at 263 tokens and audio at 32 tokens per second.
+# The emulator does not decode them; it estimates their length from their size at a typical bitrate.
+VIDEO_TOKENS_PER_SECOND, VIDEO_BYTES_PER_SECOND = 263, 125_000  # ~1 Mbit/s
+AUDIO_TOKENS_PER_SECOND, AUDIO_BYTES_PER_SECOND = 32, 16_000  # ~128 kbit/s
 THINKING_TOKENS = {"minimal": 0, "low": 96, "medium": 384, "high": 1024}
 DEFAULT_THINKING_TOKENS = 512
 
@@ -82,6 +49,8 @@ class Document:
     text: str
     pages: int = 0  # PDF pages; 0 for other kinds
     images: int = 0
+    video_seconds: int = 0
+    audio_seconds: int = 0
 
 
 FileResolver = Callable[[str], tuple[Path, str]]
@@ -119,6 +88,11 @@ def read_document(data: bytes | Path, mime_type: str) -> Document:
         return _pdf_document(io.BytesIO(data))
     if mime_type.startswith("image/"):
         return Document(text="", images=1)
+    if mime_type.startswith(("video/", "audio/")):
+        size = data.stat().st_size if isinstance(data, Path) else len(data)
+        if mime_type.startswith("video/"):
+            return Document(text="", video_seconds=max(1, math.ceil(size / VIDEO_BYTES_PER_SECOND)))
+        return Document(text="", audio_seconds=max(1, math.ceil(size / AUDIO_BYTES_PER_SECOND)))
     if mime_type.startswith("text/") or mime_type in ("application/json", "application/jsonl"):
         raw = data.read_bytes() if isinstance(data, Path) else data
         return Document(text=raw.decode("utf-8", errors="replace"))
@@ -133,17 +107,14 @@ def tokens_of(text: str) -> int:
 
 
 def answer(request: Any, key: str, model: str, resolve_file: FileResolver, faults: Faults) -> dict:
-    """The ``GenerateContentResponse`` (REST form) for one request.
+    """The ``GenerateContentResponse`` (REST form) for one request, given in the canonical form
+    ``discovery.Discovery.normalise`` makes of it (which has refused what the service refuses).
 
     Raises RowFailure when the service would fail the row.
     """
     if not isinstance(request, dict):
         raise RowFailure(3, "Invalid request: the 'request' field must be a JSON object.")
-    _check_fields(request, REQUEST_FIELDS, "request")
     config = request.get("generationConfig") or {}
-    if not isinstance(config, dict):
-        raise RowFailure(3, "Invalid value at 'request.generation_config': must be an object.")
-    _check_fields(config, GENERATION_CONFIG_FIELDS, "request.generation_config")
     prompts, documents = _read_parts(request, resolve_file)
     corpus = "\n".join(d.text for d in documents) if documents else "\n".join(prompts)
 
@@ -189,7 +160,7 @@ def answer(request: Any, key: str, model: str, resolve_file: FileResolver, fault
         "candidatesTokenCount": output_tokens,
         "totalTokenCount": prompt_tokens + doc_tokens + output_tokens + thoughts,
         "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt_tokens}]
-        + ([{"modality": "DOCUMENT", "tokenCount": doc_tokens}] if doc_tokens else []),
+        + [{"modality": m, "tokenCount": n} for m, n in _media_tokens(documents).items() if n],
     }
     if thoughts:
         usage["thoughtsTokenCount"] = thoughts
@@ -208,17 +179,19 @@ def request_tokens(request: Any, resolve_file: FileResolver) -> int:
 
 
 def _document_tokens(documents: list[Document]) -> int:
-    return sum(
-        d.pages * PDF_PAGE_TOKENS + d.images * IMAGE_TOKENS + (0 if d.pages else tokens_of(d.text)) for d in documents
-    )
+    return sum(_media_tokens(documents).values())
 
 
-def _check_fields(obj: dict, allowed: set[str], where: str) -> None:
-    for name in obj:
-        if name not in allowed:
-            raise RowFailure(
-                3, f"Invalid JSON payload received. Unknown name \"{name}\" at '{where}': Cannot find field."
-            )
+def _media_tokens(documents: list[Document]) -> dict[str, int]:
+    """The tokens of the documents and media, by the modality the service reports them under."""
+    return {
+        "DOCUMENT": sum(
+            d.pages * PDF_PAGE_TOKENS + d.images * IMAGE_TOKENS + (0 if d.pages else tokens_of(d.text))
+            for d in documents
+        ),
+        "VIDEO": sum(d.video_seconds * VIDEO_TOKENS_PER_SECOND for d in documents),
+        "AUDIO": sum(d.audio_seconds * AUDIO_TOKENS_PER_SECOND for d in documents),
+    }
 
 
 def _read_parts(request: dict, resolve_file: FileResolver) -> tuple[list[str], list[Document]]:
@@ -243,10 +216,9 @@ def _read_parts(request: dict, resolve_file: FileResolver) -> tuple[list[str], l
                 texts.append(str(part["text"]))
             elif "inlineData" in part:
                 blob = part["inlineData"]
-                try:
-                    data = base64.b64decode(blob.get("data", ""), validate=True)
-                except (ValueError, TypeError):
-                    raise RowFailure(3, "Invalid value at 'inline_data.data': not valid base64.") from None
+                data = decode_bytes(str(blob.get("data", "")))
+                if data is None:
+                    raise RowFailure(3, "Invalid value at 'inline_data.data' (TYPE_BYTES), Base64 decoding failed.")
                 documents.append(read_document(data, blob.get("mimeType", "")))
             elif "fileData" in part:
                 uri = (part["fileData"] or {}).get("fileUri", "")
@@ -529,3 +501,46 @@ class SchemaFiller:
         while len(values) < min_items:
             values.append(values[-1] if values else self._value(items, name, depth + 1))
         return values[:limit]
+
+
+# ---------------------------------------------------------------- embeddings
+
+_WORD = re.compile(r"\w+")
+DEFAULT_EMBEDDING_DIMENSIONS = 768
+
+
+def embedding_text(content: Any, resolve_file: FileResolver) -> str:
+    """The text an ``EmbedContentRequest.content`` holds: its text parts and what its documents say."""
+    if not isinstance(content, dict) or not content.get("parts"):
+        raise RowFailure(3, "* EmbedContentRequest.content: content is not specified")
+    prompts, documents = _read_parts({"contents": [content]}, resolve_file)
+    return "\n".join(prompts + [d.text for d in documents])
+
+
+def embedding_values(text: str, dimensions: int) -> list[float]:
+    """A deterministic unit vector for ``text``: its words hashed into ``dimensions`` buckets with signs
+    (feature hashing), so texts that share words are near each other, as with a real embedding."""
+    vector = [0.0] * dimensions
+    features = [w.lower() for w in _WORD.findall(text)] or [text]
+    for feature in features:
+        digest = hashlib.blake2b(feature.encode(), digest_size=32).digest()
+        for i in range(0, 32, 8):
+            index = int.from_bytes(digest[i : i + 4], "big") % dimensions
+            vector[index] += 1.0 if digest[i + 4] & 1 else -1.0
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [round(v / norm, 6) for v in vector]
+
+
+def embed(request: Any, max_dimensions: int, resolve_file: FileResolver) -> tuple[list[float], int]:
+    """The vector and the input tokens for one ``EmbedContentRequest`` (canonical form); RowFailure when the
+    service would fail the row. ``outputDimensionality`` truncates, as Google's models allow."""
+    if not isinstance(request, dict):
+        raise RowFailure(3, "Invalid request: the 'request' field must be a JSON object.")
+    text = embedding_text(request.get("content"), resolve_file)
+    dimensions = request.get("outputDimensionality") or max_dimensions
+    if not 1 <= int(dimensions) <= max_dimensions:
+        raise RowFailure(
+            3, f"* EmbedContentRequest.output_dimensionality: must be between 1 and {max_dimensions}, got {dimensions}"
+        )
+    title = request.get("title") or ""
+    return embedding_values(f"{title}\n{text}" if title else text, int(dimensions)), tokens_of(title + text)

@@ -43,6 +43,7 @@ ROW_ERROR_MESSAGES = {
 }
 _KEY_IN_BROKEN_LINE = re.compile(rb'"key"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _FILE_ID = re.compile(r"^[a-z0-9-]{1,40}$")
+JOB_ID_LENGTH = 36  # batches/<36 lowercase letters and digits>, as the service names them
 
 
 def rfc3339(ts: float | None) -> str | None:
@@ -82,6 +83,59 @@ def _ends_with_newline(path: Path) -> bool:
     with path.open("rb") as fh:
         fh.seek(-1, os.SEEK_END)
         return fh.read(1) == b"\n"
+
+
+_CLAUSE = re.compile(r'\s*(NOT\s+|-)?([a-z_.]+)\s*(!=|>=|<=|=|:|>|<)\s*("(?:[^"\\]|\\.)*"|[^\s"()]+)\s*')
+_FILTER_FIELDS = {
+    "display_name": lambda j: j["display_name"],
+    "state": lambda j: f"JOB_STATE_{j['state']}",
+    "model": lambda j: j["model"],
+    "create_time": lambda j: rfc3339(j["create_time"]),
+    "update_time": lambda j: rfc3339(j["update_time"]),
+    "start_time": lambda j: rfc3339(j["start_time"]),
+    "end_time": lambda j: rfc3339(j["end_time"]),
+}
+
+
+def _filter_clauses(text: str) -> list:
+    """An AIP-160 filter of Vertex AI's ``batchPredictionJobs.list``: comparisons joined by ``AND`` (or
+    juxtaposed), each ``field op value`` with ``=``, ``!=``, ``:`` (has), ``<``, ``>``, ``<=``, ``>=`` on
+    display_name, state, model and the times; ``*`` in a value is a wildcard; ``NOT`` or ``-`` negates."""
+    clauses = []
+    rest = text.strip()
+    while rest:
+        match = _CLAUSE.match(rest)
+        if not match or match[2] not in _FILTER_FIELDS:
+            raise invalid(
+                f'Invalid filter {text!r}: expected comparisons such as display_name="x", '
+                f'display_name:"prefix*", state=JOB_STATE_SUCCEEDED or create_time>"2026-01-01T00:00:00Z", '
+                f"joined by AND."
+            )
+        negate, field, op, value = match.groups()
+        if value.startswith('"'):
+            value = value[1:-1].replace('\\"', '"')
+        clauses.append(_comparison(_FILTER_FIELDS[field], op, value, bool(negate)))
+        rest = rest[match.end() :]
+        if rest.startswith("AND ") or rest == "AND":
+            rest = rest[3:].lstrip()
+        elif rest.startswith("OR "):
+            raise invalid(f"Invalid filter {text!r}: the emulator joins comparisons with AND only.")
+    return clauses
+
+
+def _comparison(get, op: str, value: str, negate: bool):
+    def test(job: dict) -> bool:
+        actual = get(job)
+        if op in ("=", ":", "!="):
+            hit = actual is not None and (fnmatch.fnmatchcase(actual, value) if "*" in value else actual == value)
+            hit = not hit if op == "!=" else hit
+        elif actual is None:
+            hit = False
+        else:
+            hit = {"<": actual < value, ">": actual > value, "<=": actual <= value, ">=": actual >= value}[op]
+        return hit != negate
+
+    return test
 
 
 def model_id(model: str) -> str:
@@ -354,24 +408,32 @@ class Emulator:
 
     # ---------------------------------------------------------------- batches (both surfaces)
 
-    def _answering_model(self, model: str, surface: str, project: str = "", location: str = "") -> str:
-        """The model that answers a batch for ``model`` (a shut-down one may be routed); 404 as the service
-        answers when there is none."""
-        answering = self.config.models.for_batches(model_id(model))
+    def _answering_model(
+        self, model: str, surface: str, project: str = "", location: str = "", kind: str = "generate"
+    ) -> str:
+        """The model that answers a ``kind`` batch for ``model`` (a shut-down one may be routed); 404 as the
+        service answers when there is none."""
+        answering = self.config.models.for_batches(model_id(model), kind, surface)
         if answering is None:
             if surface == "vertex":
                 raise not_found(
                     f"Publisher Model `projects/{project}/locations/{location}/{model}` was not found or your "
                     f"project does not have access to it."
                 )
+            method = "asyncBatchEmbedContent" if kind == "embed" else "batchGenerateContent"
             raise not_found(
-                f"{model} is not found for API version v1beta, or is not supported for batchGenerateContent. "
+                f"{model} is not found for API version v1beta, or is not supported for {method}. "
                 f"Call ListModels to see the list of available models and their supported methods."
             )
         return answering
 
+    def _vertex_kind(self, model: str) -> str:
+        """What a Vertex AI batch prediction job of ``model`` does: ``embed`` for an embedding model."""
+        found = self.config.models.models.get(model_id(model))
+        return "embed" if found is not None and found.batch_kind() == "embed" else "generate"
+
     def get_model(self, name: str, surface: str) -> dict:
-        model = self.config.models.get(model_id(name))
+        model = self.config.models.get(model_id(name), surface=surface)
         if model is None:
             if surface == "vertex":
                 raise not_found(f"Publisher Model `{name}` was not found or your project does not have access to it.")
@@ -382,7 +444,10 @@ class Emulator:
         return model.vertex_view() if surface == "vertex" else model.developer_view()
 
     def list_models(self, surface: str, page_size: int | None, page_token: str | None) -> tuple[list[dict], str | None]:
-        views = [m.vertex_view() if surface == "vertex" else m.developer_view() for m in self.config.models.live()]
+        views = [
+            m.vertex_view() if surface == "vertex" else m.developer_view()
+            for m in self.config.models.live(surface=surface)
+        ]
         return _page(views, page_size, page_token, default=50, maximum=1000)
 
     def _scan_input(self, path: Path, require_key: bool) -> int:
@@ -465,16 +530,22 @@ class Emulator:
         self.jobs.put(job["id"], job)
         return job
 
-    def create_batch(self, model: str, batch: dict) -> dict:
+    def create_batch(self, model: str, batch: Any, kind: str = "generate") -> dict:
+        """``models.batchGenerateContent`` (``kind`` generate) or ``models.asyncBatchEmbedContent`` (embed)
+        of the request body's ``batch``."""
         self.inject("create")
-        answered_by = self._answering_model(f"models/{model_id(model)}", "developer")
+        answered_by = self._answering_model(f"models/{model_id(model)}", "developer", kind=kind)
         if not isinstance(batch, dict):
             raise invalid("Missing 'batch' in the request body.")
+        schema = "EmbedContentBatch" if kind == "embed" else "GenerateContentBatch"
+        batch, problems = discovery.developer().normalise(batch, schema, "batch")
+        if problems:
+            raise invalid("; ".join(problems[:5]))
         source = batch.get("inputConfig") or {}
         has_file, has_inline = "fileName" in source, "requests" in source
         if has_file == has_inline:
             raise invalid("batch.input_config must set exactly one of file_name or requests.")
-        job_id = new_id()
+        job_id = new_id(JOB_ID_LENGTH)
         input_path = self.jobs.blob_path(job_id, "input.jsonl")
         if has_file:
             file_id = str(source["fileName"]).removeprefix("files/")
@@ -489,12 +560,6 @@ class Emulator:
                 shutil.copyfile(self.files.blob_path(file_id, "bin"), input_path)
         else:
             requests = (source.get("requests") or {}).get("requests") or []
-            for i, item in enumerate(requests):
-                problems = discovery.developer().problems(
-                    item, "InlinedRequest", f"batch.input_config.requests.requests[{i}]", input_names=True
-                )
-                if problems:
-                    raise invalid("Invalid JSON payload received. " + "; ".join(problems[:5]))
             with input_path.open("wb") as out:
                 for item in requests:
                     row = {
@@ -519,6 +584,7 @@ class Emulator:
         return self._new_job(
             id=job_id,
             surface="developer",
+            kind=kind,
             name=f"batches/{job_id}",
             model=f"models/{model_id(model)}",
             display_name=batch.get("displayName") or "",
@@ -541,7 +607,8 @@ class Emulator:
             except orjson.JSONDecodeError:
                 continue  # a line that is not JSON fails only its own row, and holds nothing
             if isinstance(row, dict):
-                total += responder.request_tokens(row.get("request"), self.resolve_file)
+                request, _ = discovery.developer().normalise(row.get("request"), "GenerateContentRequest")
+                total += responder.request_tokens(request, self.resolve_file)
         return total
 
     def _check_quota(self, model: str, tokens: int | None) -> None:
@@ -566,8 +633,12 @@ class Emulator:
 
     def create_vertex_job(self, project: str, location: str, body: dict) -> dict:
         self.inject("create")
+        body, problems = discovery.vertex().normalise(body, "GoogleCloudAiplatformV1BatchPredictionJob")
+        if problems:
+            raise invalid("; ".join(problems[:5]))
         model = str(body.get("model", ""))
-        answered_by = self._answering_model(model, "vertex", project, location)
+        kind = self._vertex_kind(model)
+        answered_by = self._answering_model(model, "vertex", project, location, kind=kind)
         source = body.get("inputConfig") or {}
         if "bigquerySource" in source:
             raise ApiError(
@@ -602,6 +673,8 @@ class Emulator:
         return self._new_job(
             id=job_id,
             surface="vertex",
+            kind=kind,
+            model_parameters=body.get("modelParameters") if isinstance(body.get("modelParameters"), dict) else None,
             name=f"projects/{project}/locations/{location}/batchPredictionJobs/{job_id}",
             model=model,
             display_name=body.get("displayName") or "",
@@ -626,15 +699,8 @@ class Emulator:
         self, surface: str, page_size: int | None, page_token: str | None, filter_: str | None = None, parent: str = ""
     ) -> tuple[list[dict], str | None]:
         jobs = [j for j in self.jobs.values() if j["surface"] == surface and j["name"].startswith(parent)]
-        for clause in filter(None, (c.strip() for c in (filter_ or "").split(" AND "))):
-            match = re.fullmatch(r'(display_name|state)\s*=\s*"?([^"]*)"?', clause)
-            if not match:
-                raise invalid(f'Unsupported filter {clause!r}; use display_name="..." or state=JOB_STATE_...')
-            field, value = match.groups()
-            if field == "display_name":
-                jobs = [j for j in jobs if j["display_name"] == value]
-            else:
-                jobs = [j for j in jobs if f"JOB_STATE_{j['state']}" == value]
+        for clause in _filter_clauses(filter_ or ""):
+            jobs = [j for j in jobs if clause(j)]
         jobs.sort(key=lambda j: j["create_time"], reverse=True)
         return _page(jobs, page_size, page_token, default=50 if surface == "developer" else 100, maximum=1000)
 
@@ -695,6 +761,8 @@ class Emulator:
         key = row.get("key") if isinstance(row, dict) else None
         metadata = row.get("metadata") if isinstance(row, dict) else None
         request = row.get("request") if isinstance(row, dict) else None
+        if job["surface"] == "vertex" and job.get("kind") == "embed":
+            request = row  # an instance, echoed in its output row
         identity = self._attempt_identity(key if key is not None else f"line-{line_no}")
         f = self.faults
         if f.chance("missing", identity) < f.missing_rate:
@@ -704,12 +772,25 @@ class Emulator:
             return self._row_error(
                 job, key, metadata, request, row_status(code, ROW_ERROR_MESSAGES.get(code, f"Error {code}."))
             )
+        embed = job.get("kind") == "embed"
+        if embed and job["surface"] == "vertex":
+            return self._vertex_embedding_row(row, job)
         if request is None:
             return self._row_error(job, key, metadata, None, row_status(3, f"Line {line_no} has no 'request' field."))
+        schema = "EmbedContentRequest" if embed else "GenerateContentRequest"
+        if job["surface"] == "vertex":
+            parsed, problems = discovery.vertex().normalise(request, f"GoogleCloudAiplatformV1{schema}", "request")
+        else:
+            parsed, problems = discovery.developer().normalise(request, schema, "request")
+        if problems:
+            return self._row_error(job, key, metadata, request, row_status(3, "; ".join(problems[:5])))
+        answering = job.get("answered_by") or model_id(job["model"])
         try:
-            response = responder.answer(
-                request, identity, job.get("answered_by") or model_id(job["model"]), self.resolve_file, f
-            )
+            if embed:
+                values, _ = responder.embed(parsed, self._dimensions(answering), self.resolve_file)
+                response = {"embedding": {"values": values}}
+            else:
+                response = responder.answer(parsed, identity, answering, self.resolve_file, f)
         except responder.RowFailure as exc:
             return self._row_error(job, key, metadata, request, exc.status)
         if job["surface"] == "vertex":
@@ -726,8 +807,37 @@ class Emulator:
             row = {"key": key, "response": response}
         return {k: v for k, v in row.items() if v is not None}
 
+    def _dimensions(self, model: str) -> int:
+        found = self.config.models.models.get(model_id(model))
+        return found.dimensions if found is not None and found.dimensions else responder.DEFAULT_EMBEDDING_DIMENSIONS
+
+    def _vertex_embedding_row(self, instance: Any, job: dict) -> dict:
+        """A Vertex AI embedding instance (``{"content": "...", "task_type": ..., "title": ...}``) answered as
+        Google documents it: ``{"instance", "predictions": [{"embeddings": {"statistics", "values"}}], "status"}``."""
+        try:
+            if not isinstance(instance, dict) or not instance.get("content"):
+                raise responder.RowFailure(3, "The instance has no 'content' to embed.")
+            content = instance["content"]
+            if isinstance(content, str):
+                content = {"parts": [{"text": content}]}
+            content, problems = discovery.developer().normalise(content, "Content", "instance.content")
+            if problems:
+                raise responder.RowFailure(3, "; ".join(problems[:5]))
+            parameters = job.get("model_parameters") or {}
+            dimensions = parameters.get("outputDimensionality") or parameters.get("output_dimensionality")
+            request = {"content": content, "title": instance.get("title"), "outputDimensionality": dimensions}
+            answering = job.get("answered_by") or model_id(job["model"])
+            values, tokens = responder.embed(request, self._dimensions(answering), self.resolve_file)
+        except (responder.RowFailure, TypeError, ValueError) as exc:
+            status = exc.status if isinstance(exc, responder.RowFailure) else row_status(3, str(exc))
+            return {"instance": instance, "status": vertex_row_status(status)}
+        embeddings = {"statistics": {"token_count": tokens, "truncated": False}, "values": values}
+        return {"instance": instance, "predictions": [{"embeddings": embeddings}], "status": ""}
+
     @staticmethod
     def _row_error(job: dict, key: str | None, metadata: Any, request: Any, status: dict) -> dict:
+        if job["surface"] == "vertex" and job.get("kind") == "embed":
+            return {"instance": request, "status": vertex_row_status(status)}
         if job["surface"] == "vertex":
             row = {
                 "key": key,

@@ -9,6 +9,7 @@ import jsonschema
 import pytest
 from fpdf import FPDF
 
+from gemini_emulator import discovery
 from gemini_emulator.config import Faults
 from gemini_emulator.responder import RowFailure, SchemaFiller, answer, find_dates
 
@@ -148,25 +149,64 @@ def test_same_request_same_answer_and_free_json_without_schema():
     assert summary["title"] == "ACME Corp Invoice" and summary["word_count"] == len(TEXT.split())
 
 
-def test_rest_form_is_enforced():
-    with pytest.raises(RowFailure) as exc:
-        answer(
-            {"contents": [{"parts": [{"text": "x"}]}], "generation_config": {}},
-            "k",
-            "gemini-2.5-flash",
-            no_files,
-            Faults(),
-        )
-    assert 'Unknown name "generation_config"' in exc.value.status["message"]
-    with pytest.raises(RowFailure) as exc:
-        answer(
-            {"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"thinking_budget": 0}},
-            "k",
-            "gemini-2.5-flash",
-            no_files,
-            Faults(),
-        )
-    assert "thinking_budget" in exc.value.status["message"]
+def parse(request: dict) -> tuple[dict, list[str]]:
+    return discovery.developer().normalise(request, "GenerateContentRequest", "request")
+
+
+def test_requests_are_read_as_the_proto3_json_mapping_allows():
+    """Both name forms at every level, URL-safe or unpadded base64, integral floats and strings for integers,
+    enum names in any case: one canonical form, which the responder reads."""
+    data = b"\xff\xfe Invoice Number: B-7 ?>"
+    request, problems = parse(
+        {
+            "contents": [
+                {
+                    "parts": [
+                        {"text": "x"},
+                        {
+                            "inline_data": {
+                                "mime_type": "text/plain",
+                                "data": base64.urlsafe_b64encode(data).decode().rstrip("="),
+                            }
+                        },
+                    ]
+                }
+            ],
+            "system_instruction": {"parts": [{"text": "be brief"}]},
+            "safety_settings": [{"category": "harm_category_hate_speech", "threshold": "block_none"}],
+            "generation_config": {"top_k": 10.0, "max_output_tokens": "2000", "response_modalities": ["text"]},
+        }
+    )
+    assert problems == []
+    assert request["generationConfig"] == {"topK": 10, "maxOutputTokens": 2000, "responseModalities": ["TEXT"]}
+    assert request["safetySettings"] == [{"category": "HARM_CATEGORY_HATE_SPEECH", "threshold": "BLOCK_NONE"}]
+    assert request["contents"][0]["parts"][1]["inlineData"] == {
+        "mimeType": "text/plain",
+        "data": base64.b64encode(data).decode(),
+    }
+    assert "B-7" in text_of(answer(request, "k", "gemini-2.5-flash", no_files, Faults()))
+
+
+def test_what_the_mapping_refuses_is_named_as_the_service_names_it():
+    _, problems = parse({"contents": [{"parts": [{"text": "x"}]}], "thinking_config": {"thinking_budget": 0}})
+    assert problems == [
+        "Invalid JSON payload received. Unknown name \"thinking_config\" at 'request': Cannot find field."
+    ]
+    _, problems = parse(
+        {
+            "contents": [{"parts": [{"inlineData": {"data": "not base64!"}}]}],
+            "generationConfig": {"topK": 10.5, "responseModalities": ["txt"], "temperature": True},
+        }
+    )
+    assert problems == [
+        "Invalid value at 'request.contents[0].parts[0].inline_data.data' (TYPE_BYTES), "
+        'Base64 decoding failed for "not base64!"',
+        "Invalid value at 'request.generation_config.top_k' (TYPE_INT32), 10.5",
+        "Invalid value at 'request.generation_config.response_modalities[0]' (TYPE_ENUM), \"txt\"",
+        "Invalid value at 'request.generation_config.temperature' (TYPE_FLOAT), true",
+    ]
+    _, problems = parse({"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {}, "generation_config": {}})
+    assert problems and "Duplicate field" in problems[0]
     with pytest.raises(RowFailure):
         answer({"contents": []}, "k", "gemini-2.5-flash", no_files, Faults())
 
