@@ -34,8 +34,16 @@ def installed(tmp_path_factory) -> Path:
     """A fresh virtualenv with the wheel, Airflow and the Google provider at the lock's versions."""
     folder = tmp_path_factory.mktemp("package")
     t0 = time.monotonic()
+    # built from a copy of what the wheel holds: setuptools leaves build/ in the tree it builds, and a stale one
+    # would carry modules since removed into the next wheel
+    source = folder / "source"
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for part in ("plugins/gemini_batch", "gemini_emulator"):
+        shutil.copytree(ROOT / part, source / part, ignore=skip)
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / part, source / part)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", folder / "dist", ROOT],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", folder / "dist", source],
         check=True,
         capture_output=True,
         cwd=folder,
