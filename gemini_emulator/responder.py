@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from . import discovery
 from .config import Faults
 from .discovery import decode_bytes
 from .errors import row_status
@@ -28,6 +29,8 @@ from .errors import row_status
 PDF_PAGE_TOKENS = 258  # the service bills each PDF page or image as 258 tokens
 IMAGE_TOKENS = 258
 
+# The generationConfig fields the service takes: the Discovery document's, nothing kept here.
+GENERATION_CONFIG_FIELDS = frozenset(discovery.developer().schemas["GenerationConfig"]["properties"])
 # Media the model hears or watches: the service bills video at 263 tokens and audio at 32 tokens per second.
 # The emulator does not decode them; it estimates their length from their size at a typical bitrate.
 VIDEO_TOKENS_PER_SECOND, VIDEO_BYTES_PER_SECOND = 263, 125_000  # ~1 Mbit/s
@@ -106,14 +109,28 @@ def tokens_of(text: str) -> int:
 # ---------------------------------------------------------------- the answer
 
 
-def answer(request: Any, key: str, model: str, resolve_file: FileResolver, faults: Faults) -> dict:
-    """The ``GenerateContentResponse`` (REST form) for one request, given in the canonical form
-    ``discovery.Discovery.normalise`` makes of it (which has refused what the service refuses).
+def parse(request: Any, schema: str, surface: str = "developer") -> dict:
+    """A row's request as the service parses it (``Discovery.normalise``: the proto3 JSON mapping) against
+    ``schema`` of the surface's Discovery document; RowFailure, in the service's words, for what it refuses."""
+    if not isinstance(request, dict):
+        raise RowFailure(3, "Invalid request: the 'request' field must be a JSON object.")
+    if surface == "vertex":
+        parsed, problems = discovery.vertex().normalise(request, f"GoogleCloudAiplatformV1{schema}", "request")
+    else:
+        parsed, problems = discovery.developer().normalise(request, schema, "request")
+    if problems:
+        raise RowFailure(3, "; ".join(problems[:5]))
+    return parsed
+
+
+def answer(
+    request: Any, key: str, model: str, resolve_file: FileResolver, faults: Faults, surface: str = "developer"
+) -> dict:
+    """The ``GenerateContentResponse`` (REST form) for one request as sent (``parse`` reads it).
 
     Raises RowFailure when the service would fail the row.
     """
-    if not isinstance(request, dict):
-        raise RowFailure(3, "Invalid request: the 'request' field must be a JSON object.")
+    request = parse(request, "GenerateContentRequest", surface)
     config = request.get("generationConfig") or {}
     prompts, documents = _read_parts(request, resolve_file)
     corpus = "\n".join(d.text for d in documents) if documents else "\n".join(prompts)
@@ -531,11 +548,13 @@ def embedding_values(text: str, dimensions: int) -> list[float]:
     return [round(v / norm, 6) for v in vector]
 
 
-def embed(request: Any, max_dimensions: int, resolve_file: FileResolver) -> tuple[list[float], int]:
-    """The vector and the input tokens for one ``EmbedContentRequest`` (canonical form); RowFailure when the
-    service would fail the row. ``outputDimensionality`` truncates, as Google's models allow."""
-    if not isinstance(request, dict):
-        raise RowFailure(3, "Invalid request: the 'request' field must be a JSON object.")
+def embed(
+    request: Any, max_dimensions: int, resolve_file: FileResolver, surface: str = "developer"
+) -> tuple[list[float], int]:
+    """The vector and the input tokens for one ``EmbedContentRequest`` as sent (``parse`` reads it);
+    RowFailure when the service would fail the row. ``outputDimensionality`` truncates, as Google's models
+    allow."""
+    request = parse(request, "EmbedContentRequest", surface)
     text = embedding_text(request.get("content"), resolve_file)
     dimensions = request.get("outputDimensionality") or max_dimensions
     if not 1 <= int(dimensions) <= max_dimensions:

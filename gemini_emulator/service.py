@@ -777,20 +777,13 @@ class Emulator:
             return self._vertex_embedding_row(row, job)
         if request is None:
             return self._row_error(job, key, metadata, None, row_status(3, f"Line {line_no} has no 'request' field."))
-        schema = "EmbedContentRequest" if embed else "GenerateContentRequest"
-        if job["surface"] == "vertex":
-            parsed, problems = discovery.vertex().normalise(request, f"GoogleCloudAiplatformV1{schema}", "request")
-        else:
-            parsed, problems = discovery.developer().normalise(request, schema, "request")
-        if problems:
-            return self._row_error(job, key, metadata, request, row_status(3, "; ".join(problems[:5])))
         answering = job.get("answered_by") or model_id(job["model"])
         try:
             if embed:
-                values, _ = responder.embed(parsed, self._dimensions(answering), self.resolve_file)
+                values, _ = responder.embed(request, self._dimensions(answering), self.resolve_file, job["surface"])
                 response = {"embedding": {"values": values}}
             else:
-                response = responder.answer(parsed, identity, answering, self.resolve_file, f)
+                response = responder.answer(request, identity, answering, self.resolve_file, f, job["surface"])
         except responder.RowFailure as exc:
             return self._row_error(job, key, metadata, request, exc.status)
         if job["surface"] == "vertex":

@@ -197,9 +197,8 @@ def test_each_mistake_is_named_on_its_line(tmp_path, line, expected):
 @pytest.mark.parametrize(
     "request_",
     [
-        with_request(generation_config={"response_mime_type": "application/json"})["request"],
+        with_request(generation_config={"response_mime_type": "application/json"})["request"],  # given twice
         with_request(thinking_config={"thinking_budget": 0})["request"],
-        with_part({"file_data": {"fileUri": "files/x"}})["request"],
         with_request(contents=[])["request"],
     ],
 )
@@ -208,6 +207,23 @@ def test_what_the_validator_flags_the_emulated_service_fails(tmp_path, request_)
     assert not report.ok
     with pytest.raises(responder.RowFailure):
         responder.answer(request_, "k", "gemini-2.5-flash", lambda uri: (tmp_path, "text/plain"), Faults())
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        with_request(generationConfig=None, generation_config={"response_mime_type": "application/json"})["request"],
+        with_part({"file_data": {"file_uri": "files/x", "mime_type": "text/plain"}})["request"],
+    ],
+)
+def test_the_validator_is_stricter_than_the_service_about_names(tmp_path, request_):
+    """The service reads the proto's snake_case names too (proto3 JSON); the pipeline writes and asks for the
+    REST spelling only."""
+    report = validate_jsonl(write_jsonl(tmp_path / "bad.jsonl", [{"key": "k", "request": request_}]))
+    assert not report.ok
+    document = tmp_path / "x.txt"
+    document.write_text("Invoice Number: 1")
+    assert responder.answer(request_, "k", "gemini-2.5-flash", lambda uri: (document, "text/plain"), Faults())
 
 
 def test_problems_carry_the_row_key(tmp_path):
