@@ -2,7 +2,7 @@
 
 The service rejects a whole job for some mistakes (a repeated key, too many
 rows, too many bytes) and fails rows one by one, hours later, for others
-(snake_case fields, a document URI the backend cannot read). Catching both
+(an unknown field, a document URI the backend cannot read). Catching both
 here costs seconds and names the line. Streams the file: memory stays flat
 apart from the set of keys seen.
 
@@ -81,7 +81,7 @@ STORED_PROBLEMS = 1000  # a report keeps the first ones and counts the rest
 
 # The service hands out https:// URIs; the emulator (local or in docker-compose) plain http://.
 _FILES_API_URI = re.compile(r"(?:https?://[^/\s]+(?:/[^/\s]+)*/)?files/[a-z0-9-]{1,40}")
-_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}|[A-Za-z0-9_-]*={0,2}")  # standard or URL-safe, padded or not
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,7 @@ def _row_problems(line_no: int, line: bytes, backend: str | None, first_line_of_
 def _request_problems(request: Any, backend: str | None) -> list[str]:
     if not isinstance(request, dict):
         return [f"'request' must be an object (a GenerateContentRequest), got a JSON {_json_type(request)}"]
-    messages = _unknown_fields(request, REQUEST_FIELDS, "request")
+    request, messages = _spelled(request, REQUEST_FIELDS, "request")
     messages.extend(_contents_problems(request.get("contents"), backend))
     if "generationConfig" in request:
         messages.extend(_generation_config_problems(request["generationConfig"]))
@@ -193,7 +193,8 @@ def _contents_problems(contents: Any, backend: str | None) -> list[str]:
         if not isinstance(content, dict):
             messages.append(f"{where} must be an object with 'parts', got a JSON {_json_type(content)}")
             continue
-        messages.extend(_unknown_fields(content, CONTENT_FIELDS, where))
+        content, problems = _spelled(content, CONTENT_FIELDS, where)
+        messages.extend(problems)
         role = content.get("role", "user")
         if not (isinstance(role, str) and role in ROLES):
             messages.append(f"{where}.role must be 'user' or 'model', got {orjson.dumps(role).decode()[:80]}")
@@ -209,7 +210,7 @@ def _contents_problems(contents: Any, backend: str | None) -> list[str]:
 def _part_problems(part: Any, where: str, backend: str | None) -> list[str]:
     if not isinstance(part, dict):
         return [f"{where} must be an object, got a JSON {_json_type(part)}"]
-    messages = _unknown_fields(part, PART_DATA_FIELDS, where)
+    part, messages = _spelled(part, PART_DATA_FIELDS, where)
     present = [name for name in PART_DATA_FIELDS if name in part]
     if len(present) != 1:
         held = ", ".join(present) if present else "none"
@@ -230,7 +231,7 @@ def _part_problems(part: Any, where: str, backend: str | None) -> list[str]:
 def _file_data_problems(file_data: Any, where: str, backend: str | None) -> list[str]:
     if not isinstance(file_data, dict):
         return [f"{where} must be an object with fileUri and mimeType"]
-    messages = _unknown_fields(file_data, FILE_DATA_FIELDS, where)
+    file_data, messages = _spelled(file_data, FILE_DATA_FIELDS, where)
     messages.extend(_mime_type_problems(file_data, where))
     uri = file_data.get("fileUri")
     if not isinstance(uri, str) or not uri:
@@ -261,11 +262,11 @@ def _uri_problem(uri: str, backend: str | None) -> str | None:
 def _inline_data_problems(inline: Any, where: str) -> list[str]:
     if not isinstance(inline, dict):
         return [f"{where} must be an object with data and mimeType"]
-    messages = _unknown_fields(inline, INLINE_DATA_FIELDS, where)
+    inline, messages = _spelled(inline, INLINE_DATA_FIELDS, where)
     messages.extend(_mime_type_problems(inline, where))
     data = inline.get("data")
-    if not isinstance(data, str) or not data or len(data) % 4 or not _BASE64.fullmatch(data):
-        messages.append(f"{where}.data must be non-empty standard base64")
+    if not isinstance(data, str) or not data or len(data.rstrip("=")) % 4 == 1 or not _BASE64.fullmatch(data):
+        messages.append(f"{where}.data must be non-empty base64 (standard or URL-safe)")
     return messages
 
 
@@ -282,35 +283,59 @@ def _generation_config_problems(config: Any) -> list[str]:
     where = "request.generationConfig"
     if not isinstance(config, dict):
         return [f"{where} must be an object"]
-    messages = _unknown_fields(config, GENERATION_CONFIG_FIELDS, where)
+    config, messages = _spelled(config, GENERATION_CONFIG_FIELDS, where)
     for name in ("responseJsonSchema", "responseSchema"):
         if name in config and not isinstance(config[name], dict):
             messages.append(f"{where}.{name} must be a JSON object: the schema itself, not text or a list")
     has_schema = "responseJsonSchema" in config or "responseSchema" in config
     if has_schema and config.get("responseMimeType") != "application/json":
         messages.append(f"{where}: a response schema needs responseMimeType 'application/json'")
-    max_tokens = config.get("maxOutputTokens")
-    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
+    max_tokens = _integer(config.get("maxOutputTokens"))
+    if "maxOutputTokens" in config and (max_tokens is None or max_tokens < 1):
         messages.append(f"{where}.maxOutputTokens must be a positive integer")
     if "thinkingConfig" in config:
         thinking = config["thinkingConfig"]
         if not isinstance(thinking, dict):
             messages.append(f"{where}.thinkingConfig must be an object")
         else:
-            messages.extend(_unknown_fields(thinking, THINKING_CONFIG_FIELDS, f"{where}.thinkingConfig"))
+            thinking, problems = _spelled(thinking, THINKING_CONFIG_FIELDS, f"{where}.thinkingConfig")
+            messages.extend(problems)
             if "thinkingBudget" in thinking and "thinkingLevel" in thinking:
                 messages.append(f"{where}.thinkingConfig: set thinkingLevel or thinkingBudget, not both")
     return messages
 
 
-def _unknown_fields(obj: dict, known: Collection[str], where: str) -> list[str]:
-    return [_unknown_field(name, known, where) for name in obj if name not in known]
+def _spelled(obj: dict, known: Collection[str], where: str) -> tuple[dict, list[str]]:
+    """``obj`` with each field under its REST name, and what is wrong with its names: the service reads the proto's
+    snake_case names as well (the proto3 JSON mapping), but not a field it does not know, nor one given twice."""
+    spelled: dict[str, Any] = {}
+    messages = []
+    for name, value in obj.items():
+        rest = name if name in known else _camel(name)
+        if rest not in known:
+            messages.append(_unknown_field(name, where))
+        elif rest in spelled:
+            messages.append(f"{where}.{name}: given twice (also as {rest!r})")
+        else:
+            spelled[rest] = value
+    return spelled, messages
 
 
-def _unknown_field(name: str, known: Collection[str], where: str) -> str:
+def _integer(value: Any) -> int | None:
+    """An integer field's value as the service reads it (proto3 JSON): a number with no fraction, or its string."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value):
+        return int(value)
+    return None
+
+
+def _unknown_field(name: str, where: str) -> str:
     camel = _camel(name)
-    if camel in known:
-        return f"{where}.{name}: the batch file takes the REST spelling {camel!r}"
     if where == "request" and camel in GENERATION_CONFIG_FIELDS:
         return f"{where}.{name}: generation options go under request.generationConfig as {camel!r}"
     return f"{where}.{name}: unknown field"
