@@ -363,3 +363,24 @@ def test_answers_are_in_the_ledger_once_collected_so_a_failed_publish_loses_noth
     assert summary["succeeded"] == summary["reused"] == planned["documents"] - planned["rejected"]
     assert (summary["requests"], summary["jobs"]) == (0, 0)
     assert (summary["input_tokens"], summary["estimated_cost_usd"]) == (0, 0.0), "nothing was paid for twice"
+
+
+def test_a_rounds_outcomes_reach_the_ledger_as_written_and_adopted_ones_as_this_runs(tmp_path):
+    """Each outcome line goes into the ledger as it was written; one read from another run's job (``reused``) is
+    recorded as an answer of the ledger's own (the run that paid may have died before recording it)."""
+    run = runs.Run.from_params({**PARAMS, "output": str(tmp_path / "out"), "state": str(tmp_path / "ledger")}, "r")
+    mine = results.RowOutcome("k1", results.OutcomeStatus.SUCCEEDED, {"total": 1.5}, None, "STOP", 10, 5, "m", None)
+    adopted = results.RowOutcome(
+        "k2", results.OutcomeStatus.SUCCEEDED, {"total": 2}, None, "STOP", 7, 3, "m", None, reused=True
+    )
+    failed = results.RowOutcome("k3", results.OutcomeStatus.FAILED, None, "MAX_TOKENS", "MAX_TOKENS", 4, 9, "m", "{")
+    outcomes = run.folder.outcomes(0)
+    outcomes.parent.mkdir(parents=True, exist_ok=True)
+    outcomes.write_bytes(b"".join(records.encode(o) + b"\n" for o in (mine, adopted, failed)))
+
+    collection._record_answers(run, outcomes)
+
+    with run.ledger.view() as view:
+        assert view.finished("k1") == records.to_builtins(mine)
+        assert view.finished("k2") == {**records.to_builtins(adopted), "reused": False}
+        assert view.finished("k3") is None

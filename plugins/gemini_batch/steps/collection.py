@@ -85,25 +85,34 @@ def _collect_pieces(outcome: Mapping, conn_id: str | None, reader: OutputReader,
             reader.read(piece.job_name, expected, functools.partial(job_read, job, tally))
 
 
+class _OutcomeHead(Record, frozen=True):
+    """What the ledger reads of an outcome line; the line itself is copied into the event as it is."""
+
+    kind: ClassVar[str] = "outcome record"
+
+    key: str
+    status: results.OutcomeStatus
+    reused: bool = False
+
+
 def _record_answers(run: Run, outcomes: ObjectStoragePath) -> None:
     """Put a round's outcomes in the ledger as soon as they are read: what was paid for survives a failed
     publish, and a later run reuses it. Adopted answers too: the run that paid may have died before
-    recording them."""
+    recording them. Each outcome line goes into its event as written (checked, not decoded and encoded again)."""
     at, slug = now_iso(), run.folder.slug
     succeeded = results.OutcomeStatus.SUCCEEDED
-    run.ledger.append(
-        (
-            LedgerEvent(
-                o.key,
-                EventKind.ANSWERED if o.status == succeeded else EventKind.FAILED,
-                slug,
-                at,
-                msgspec.structs.replace(o, reused=False) if o.reused else o,
+
+    def events() -> Iterable[LedgerEvent]:
+        for line in jsonl.lines(outcomes):
+            head = records.decode(line, _OutcomeHead)
+            outcome: object = msgspec.Raw(line.rstrip(b"\n"))
+            if head.reused:  # recorded as an answer of its own, not as one read from another run's job
+                outcome = msgspec.structs.replace(records.decode(line, results.RowOutcome), reused=False)
+            yield LedgerEvent(
+                head.key, EventKind.ANSWERED if head.status == succeeded else EventKind.FAILED, slug, at, outcome
             )
-            for o in jsonl.read_records(outcomes, results.RowOutcome)
-        ),
-        writer=slug,
-    )
+
+    run.ledger.append(events(), writer=slug)
 
 
 def _collect_adopted(
