@@ -2,7 +2,7 @@
 
 plan -> check budget -> (approve the cost) -> stage -> build requests (leases the keys in the ledger)
 -> jobs (one mapped group per shard: submit, then a deferred sensor waits) ->
-collect -> retry rounds (failed keys only) -> publish results -> clean up.
+collect -> retry rounds (failed keys only) -> publish results -> (sink results into a SQL table) -> clean up.
 Each task opens the run (``gemini_batch.steps.runs.Run``) and calls its step, a function of its own module
 under ``gemini_batch.steps``; this module only wires them. Nothing here runs at parse time but the wiring.
 """
@@ -21,9 +21,10 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from gemini_batch.core import documents, records, settings
 from gemini_batch.core.locations import uri_of
 from gemini_batch.core.settings import MAX_RETRY_ROUNDS
+from gemini_batch.core.sink_sql import SinkError
 from gemini_batch.operators.approval import CostApprovalOperator
 from gemini_batch.operators.batch import GeminiBatchJobSensor, GeminiBatchSubmitOperator
-from gemini_batch.steps import budget, build, collection, planning, publish, retry, run_settings, runs, staging
+from gemini_batch.steps import budget, build, collection, planning, publish, retry, run_settings, runs, sink, staging
 from gemini_batch.steps.clean_up import clean_up as clean_up_run  # the task below is clean_up
 
 POOL = "gemini_batch_jobs"  # counts deferred tasks: caps worker and triggerer load (bin/setup: 10 slots)
@@ -132,6 +133,18 @@ def publish_results(collected: list[dict], outlet_events=None) -> dict:
     return summary
 
 
+@task
+def sink_results() -> int:
+    """results.jsonl upserted into ``sink_table`` of ``sink_conn_id`` (skipped without one); XCom: the rows."""
+    run = _open_run()
+    if not run.settings.sink_conn_id:
+        raise AirflowSkipException("no sink_conn_id: the results are in results.jsonl only")
+    try:
+        return sink.sink_results(run, sink.sql_hook(run.settings.sink_conn_id))
+    except SinkError as exc:
+        raise AirflowFailException(str(exc)) from None  # a connection or table to fix: retrying cannot
+
+
 @task(multiple_outputs=False)  # the DAG makes it a teardown: it runs whatever happened upstream
 def clean_up() -> dict:
     """The run's jobs are found in the ledger, where each submit recorded them."""
@@ -201,5 +214,5 @@ def build_dag(
                     )
                 )
         published = publish_results.override(outlets=[results_asset(dag_id)])(collected)  # type: ignore[arg-type]
-        published >> clean_up().as_teardown()  # a teardown does not decide the run's state
+        published >> sink_results() >> clean_up().as_teardown()  # a teardown does not decide the run's state
     return dag

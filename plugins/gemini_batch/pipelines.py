@@ -37,7 +37,7 @@ ERRORS_DAG_ID = "gemini_batch_pipeline_errors"
 # A file's top-level fields and its ``limits``: the settings of each kind (the schema has its own field, ``schema``).
 RUN_FIELDS = tuple(s.name for s in SETTINGS if s.kind == RUN and s.name != "response_schema")
 LIMIT_FIELDS = tuple(s.name for s in SETTINGS if s.kind == LIMIT)
-SCHEMA_KEYWORDS = ("type", "enum", "minimum", "maximum", "minLength")
+SCHEMA_KEYWORDS = ("type", "enum", "minimum", "maximum", "minLength", "pattern")
 MAX_FILE_BYTES = 2**20  # a pipeline or schema file; real ones hold a few KB
 MAX_VALUES = 100_000  # values of a file once its aliases are expanded: what checking and serializing it costs
 MAX_DEPTH = 50  # nesting levels: checking a schema recurses once per level

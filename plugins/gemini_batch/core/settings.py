@@ -14,6 +14,8 @@ RUN, LIMIT = "run", "limit"  # a pipeline file names a run field at its top leve
 MAX_RETRY_ROUNDS = 3  # task groups in the graph; the retry_rounds setting decides how many run
 DEFAULT_INLINE_MB = 10  # base64 makes it 13.4 MB: well within the 20 MB a request may carry
 MAX_INLINE_MB = 14  # 18.7 MB in base64: the largest that leaves the prompt and schema room under 20 MB
+# A table name the sink writes into: one or two (schema.table) plain SQL identifiers, nothing to escape.
+SQL_TABLE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$"
 
 
 class Retention(StrEnum):
@@ -249,6 +251,23 @@ SETTINGS: tuple[Setting, ...] = (
         {"enum": [retention.value for retention in Retention]},
         RUN,
         "keep: keep everything; staged: delete staged uploads; all: also the work files.",
+    ),
+    Setting(
+        "sink_conn_id",
+        "Results database connection",
+        None,
+        {"type": ["string", "null"]},
+        RUN,
+        "An Airflow SQL connection (PostgreSQL, SQLite, ...): after publishing, every document's record is "
+        "upserted into sink_table there; null: results.jsonl only.",
+    ),
+    Setting(
+        "sink_table",
+        "Results table",
+        "gemini_batch_results",
+        {"type": "string", "pattern": SQL_TABLE_PATTERN},
+        RUN,
+        "The table (or schema.table) of sink_conn_id, created when absent; one row per DAG, source and document.",
     ),
 )
 

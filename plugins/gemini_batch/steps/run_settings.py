@@ -21,7 +21,7 @@ from gemini_batch.core.batch_requests import (
 )
 from gemini_batch.core.cost import PRICES_VARIABLE, PriceTable, load_prices
 from gemini_batch.core.locations import as_path, is_gcs, uri_of
-from gemini_batch.core.settings import DEFAULTS, RETENTIONS, TEMPLATED, Retention, setting_value
+from gemini_batch.core.settings import DEFAULTS, RETENTIONS, SQL_TABLE_PATTERN, TEMPLATED, Retention, setting_value
 from gemini_batch.steps import templating
 
 LEDGER_ROOT_ENV = "GEMINI_BATCH_STATE"  # where each DAG's ledger lives unless the state param names one
@@ -51,6 +51,8 @@ class RunSettings:
     retry_rounds: int = DEFAULTS["retry_rounds"]
     retention: Retention = Retention(DEFAULTS["retention"])  # noqa: RUF009  # an enum member: immutable
     expiry: dt.timedelta = dt.timedelta(hours=DEFAULTS["expiry_hours"])
+    sink_conn_id: str | None = DEFAULTS["sink_conn_id"]  # None: no results table (steps.sink)
+    sink_table: str = DEFAULTS["sink_table"]
 
     @classmethod
     def from_params(
@@ -93,6 +95,11 @@ class RunSettings:
                     "the run's own files would be read as documents"
                 )
         staging = value("staging_prefix")
+        sink_table = value("sink_table")
+        if not isinstance(sink_table, str) or not re.fullmatch(SQL_TABLE_PATTERN, sink_table):
+            raise RunConfigError(
+                f"sink_table must be a table name (letters, digits, _; optionally schema.table), got {sink_table!r}"
+            )
         return cls(
             source=source,
             output=output,
@@ -109,6 +116,8 @@ class RunSettings:
             retry_rounds=int(value("retry_rounds")),
             retention=Retention(value("retention")),
             expiry=dt.timedelta(hours=float(value("expiry_hours"))),
+            sink_conn_id=value("sink_conn_id") or None,
+            sink_table=sink_table,
         )
 
     @classmethod
