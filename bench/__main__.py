@@ -10,7 +10,8 @@
 4. orchestration: the demo DAG under ``dags test`` split into Airflow and our
    tasks, and the triggerer's CPU per waiting job;
 5. scaling: preparation and collection at 1k, 10k and 100k documents;
-6. ledger: planning 1,000 new PDFs against 0, 100k and 1M answered keys.
+6. ledger: planning 1,000 new PDFs against 0, 100k and 1M answered keys;
+7. sink: 10k and 100k results.jsonl records upserted into PostgreSQL (127.0.0.1:5432), then again as a re-run.
 
 Targets are printed beside the numbers, never asserted. Generated inputs are
 kept in the work folder (default /tmp/gemini-batch-bench) for the next run;
@@ -34,14 +35,22 @@ import sys
 import time
 from pathlib import Path
 
-from bench import collect, end_to_end, ledger, orchestration, prepare
+from bench import collect, end_to_end, ledger, orchestration, prepare, sink
 from bench.common import ROOT, Row
 
-CHOICES = ["preparation", "collection", "end-to-end", "orchestration", "scaling", "ledger"]
+CHOICES = ["preparation", "collection", "end-to-end", "orchestration", "scaling", "ledger", "sink"]
 
 DOCS = ROOT / "docs" / "performance.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
-BENCH_ORDER = ("preparation", "collection", "end to end", "orchestration", "scaling", "ledger")  # Row.bench values
+BENCH_ORDER = (
+    "preparation",
+    "collection",
+    "end to end",
+    "orchestration",
+    "scaling",
+    "ledger",
+    "sink",
+)  # Row.bench values
 DOC_COLUMNS = ("case", "size", "seconds", "rate", "peak_rss_mb", "compare")  # targets stay in the printed table
 
 COLUMNS = (
@@ -108,6 +117,8 @@ def main() -> None:
 
     if "ledger" in chosen:
         plans.append(lambda: ledger.run(args.workdir, small, (0, 2_000, 20_000) if args.quick else ledger.SIZES))
+    if "sink" in chosen:
+        plans.append(lambda: sink.run(args.workdir, (small, large) if args.quick else sink.SIZES))
 
     rows: list[Row] = []
     started = time.perf_counter()

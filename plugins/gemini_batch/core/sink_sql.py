@@ -124,22 +124,33 @@ def create_table_sql(dialect: str, table: Table) -> str:
     return f"CREATE TABLE IF NOT EXISTS {name} (\n  {columns},\n  PRIMARY KEY ({', '.join(KEY)})\n)"
 
 
-def upsert_sql(dialect: str, table: Table, rows: int, placeholder: str = "%s") -> str:
-    """``INSERT ... ON CONFLICT (KEY) DO UPDATE``: for PostgreSQL ``rows`` rows in one statement (one round trip
-    per batch), for SQLite one row (executemany: no network to save, and old SQLite caps parameters at 999)."""
+_ARRAY_TYPES = {"key": "text", "text": "text", "json": "text", "int": "bigint", "real": "float8", "time": "text"}
+_CASTS = {"data": "::jsonb", "updated_at": "::timestamptz"}
+
+
+def upsert_sql(dialect: str, table: Table, placeholder: str = "%s") -> str:
+    """``INSERT ... ON CONFLICT (KEY) DO UPDATE``. PostgreSQL: a whole batch in one statement of one array per
+    column (``unnest``, ``postgres_parameters``): one round trip, and a short statement the driver parses once (a
+    VALUES list of 13,000 placeholders cost psycopg 3 most of the time). SQLite: one row, for executemany (no
+    network to save)."""
     if dialect == POSTGRES:
-        casts = {"data": "::jsonb", "updated_at": "::timestamptz"}
-        one = "(" + ", ".join(placeholder + casts.get(column, "") for column in COLUMNS) + ")"
-        values = ", ".join([one] * rows)
+        arrays = ", ".join(f"{placeholder}::{_ARRAY_TYPES[_KINDS[column]]}[]" for column in COLUMNS)
+        selected = ", ".join(column + _CASTS.get(column, "") for column in COLUMNS)
+        values = f"SELECT {selected} FROM unnest({arrays}) AS batch ({', '.join(COLUMNS)})"
     elif dialect == SQLITE:
-        values = "(" + ", ".join([placeholder] * len(COLUMNS)) + ")"
+        values = "VALUES (" + ", ".join([placeholder] * len(COLUMNS)) + ")"
     else:
         raise SinkError(f"no upsert statement of ours for dialect {dialect!r}: use the hook's insert_rows")
     updates = ", ".join(f"{column} = excluded.{column}" for column in COLUMNS if column not in KEY)
     return (
-        f"INSERT INTO {table.quoted} ({', '.join(COLUMNS)}) VALUES {values} "
+        f"INSERT INTO {table.quoted} ({', '.join(COLUMNS)}) {values} "
         f"ON CONFLICT ({', '.join(KEY)}) DO UPDATE SET {updates}"
     )
+
+
+def postgres_parameters(batch: list[tuple]) -> list[list]:
+    """A batch of rows as the PostgreSQL statement's parameters: one list (an array) per column."""
+    return [list(column) for column in zip(*batch, strict=True)]
 
 
 def request_digest(prompt: str, response_schema: Any) -> str:

@@ -9,9 +9,9 @@ pipeline's daily folders (``core.sink_sql``). A re-run over the same source upda
 results.jsonl is streamed and written in batches of ``BATCH_ROWS`` (memory stays flat whatever its size), all in
 one transaction: readers see the run's rows together, and a failed sink leaves the table as it was (the task's
 retry writes them all again). PostgreSQL and SQLite (3.24 or later) get ``INSERT ... ON CONFLICT DO UPDATE``
-(PostgreSQL a batch per statement); another database goes through the hook's ``insert_rows(replace=True)`` where
-its provider's dialect can replace (MySQL's ``REPLACE INTO``, MSSQL's ``MERGE``), else the step fails naming the
-connection type.
+(PostgreSQL a batch per statement, an array per column); another database goes through the hook's
+``insert_rows(replace=True)`` where its provider's dialect can replace (MySQL's ``REPLACE INTO``, MSSQL's
+``MERGE``), else the step fails naming the connection type.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def sink_results(run: Run, hook: Any, *, batch_rows: int = BATCH_ROWS, now: dt.d
 
 def _upsert(hook: Any, dialect: str, table: Table, rows: Iterator[tuple], batch_rows: int) -> int:
     placeholder = getattr(hook, "placeholder", None) or ("?" if dialect == sink_sql.SQLITE else "%s")
-    statements: dict[int, str] = {}  # per batch size: the full batches' and the last one's
+    statement = sink_sql.upsert_sql(dialect, table, placeholder)
     written = 0
     with contextlib.closing(hook.get_conn()) as conn:
         cursor = conn.cursor()
@@ -93,13 +93,9 @@ def _upsert(hook: Any, dialect: str, table: Table, rows: Iterator[tuple], batch_
             cursor.execute(sink_sql.create_table_sql(dialect, table))
             for batch in _batches(rows, batch_rows):
                 if dialect == sink_sql.POSTGRES:
-                    if len(batch) not in statements:
-                        statements[len(batch)] = sink_sql.upsert_sql(dialect, table, len(batch), placeholder)
-                    cursor.execute(statements[len(batch)], [value for row in batch for value in row])
+                    cursor.execute(statement, sink_sql.postgres_parameters(batch))
                 else:
-                    if not statements:
-                        statements[1] = sink_sql.upsert_sql(dialect, table, 1, placeholder)
-                    cursor.executemany(statements[1], batch)
+                    cursor.executemany(statement, batch)
                 written += len(batch)
             conn.commit()
         except BaseException:

@@ -63,20 +63,22 @@ def test_the_settings_reach_the_form_the_run_and_pipeline_files(tmp_path, monkey
         pipeline_dag(bad)
 
 
-def test_postgres_ddl_and_a_batch_upsert_in_one_statement():
+def test_postgres_ddl_and_a_batch_upsert_in_one_statement_of_arrays():
     table = Table.parse("gb.results")
     ddl = sink_sql.create_table_sql(sink_sql.POSTGRES, table)
     assert ddl.startswith('CREATE TABLE IF NOT EXISTS "gb"."results" (')
     assert "data JSONB," in ddl and "updated_at TIMESTAMPTZ NOT NULL" in ddl and "cost_usd DOUBLE PRECISION" in ddl
     assert ddl.rstrip().endswith("PRIMARY KEY (dag_id, source, document)\n)")
-    upsert = sink_sql.upsert_sql(sink_sql.POSTGRES, table, 3)
-    assert upsert.count("%s") == 3 * len(sink_sql.COLUMNS) and upsert.count("%s::jsonb") == 3
+    upsert = sink_sql.upsert_sql(sink_sql.POSTGRES, table)
+    assert upsert.count("%s") == len(sink_sql.COLUMNS) and "%s::bigint[]" in upsert and "data::jsonb" in upsert
+    assert "FROM unnest(%s::text[]" in upsert and "updated_at::timestamptz FROM" in upsert
+    assert sink_sql.postgres_parameters([(1, "a"), (2, None)]) == [[1, 2], ["a", None]]
     assert "ON CONFLICT (dag_id, source, document) DO UPDATE SET status = excluded.status," in upsert
     assert "document = excluded" not in upsert and "updated_at = excluded.updated_at" in upsert
 
 
 def test_sqlite_upsert_is_one_row_for_executemany():
-    upsert = sink_sql.upsert_sql(sink_sql.SQLITE, Table.parse("r"), 1000, "?")
+    upsert = sink_sql.upsert_sql(sink_sql.SQLITE, Table.parse("r"), "?")
     assert upsert.count("?") == len(sink_sql.COLUMNS) and "%s" not in upsert
     assert "TEXT" in sink_sql.create_table_sql(sink_sql.SQLITE, Table.parse("r"))
 
