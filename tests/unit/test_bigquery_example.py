@@ -1,6 +1,6 @@
-"""The BigQuery example (dags/gemini_batch_to_bigquery.py): scheduled on the extract DAG's results Asset, it loads
-results.jsonl with the Google provider's GCSToBigQueryOperator. Its load configuration is checked here, with no
-network: the format, the dispositions, and a schema naming every field of a results.jsonl record."""
+"""The BigQuery example (include/examples/gemini_batch_to_bigquery.py): scheduled on the extract DAG's results
+Asset, it loads results.jsonl with the Google provider's GCSToBigQueryOperator. Its load configuration is checked
+here, with no network: the format, the dispositions, and a schema naming every field of a results.jsonl record."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from airflow.providers.google.cloud.transfers.gcs_to_bigquery import GCSToBigQue
 from gemini_batch.core.results import DocumentRecord, PartRecord, Usage
 from gemini_batch.dag import results_asset
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "dags" / "gemini_batch_to_bigquery.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "include" / "examples" / "gemini_batch_to_bigquery.py"
 
 
 @pytest.fixture(scope="module")
