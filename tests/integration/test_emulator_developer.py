@@ -13,7 +13,7 @@ import pytest
 from google.genai import errors, types
 
 from gemini_emulator import discovery, responder
-from support.emulators import developer_client
+from support.emulators import developer_client, upload_jsonl, wait_done
 
 SCHEMA = {
     "type": "object",
@@ -34,25 +34,6 @@ def row(key: str, text: str, **config) -> dict:
             "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": SCHEMA, **config},
         },
     }
-
-
-def upload_jsonl(client, rows: list[dict] | bytes, **config):
-    data = rows if isinstance(rows, bytes) else b"".join(orjson.dumps(r) + b"\n" for r in rows)
-    uploaded = client.files.upload(file=io.BytesIO(data), config={"mime_type": "application/jsonl", **config})
-    while uploaded.state != types.FileState.ACTIVE:
-        time.sleep(0.02)
-        uploaded = client.files.get(name=uploaded.name)
-    return uploaded
-
-
-def wait_done(client, name: str, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.batches.get(name=name)
-        if job.done:
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"{name} not done after {timeout}s: {job.state}")
 
 
 def output_rows(client, job) -> list[dict]:

@@ -23,7 +23,7 @@ import pytest
 from google.genai import errors, types
 
 from support.dagrun import ROOT
-from support.emulators import developer_client
+from support.emulators import developer_client, upload_jsonl, wait_done
 
 MODEL = "gemini-2.5-flash-lite"
 FAST = 3600  # an emulated hour per real second
@@ -75,28 +75,8 @@ def jsonl(rows: list[dict]) -> bytes:
     return b"".join(orjson.dumps(r) + b"\n" for r in rows)
 
 
-def upload(client, rows: list[dict]) -> types.File:
-    uploaded = client.files.upload(file=io.BytesIO(jsonl(rows)), config={"mime_type": "application/jsonl"})
-    deadline = time.monotonic() + 10
-    while uploaded.state != types.FileState.ACTIVE:
-        assert time.monotonic() < deadline, f"{uploaded.name} never became ACTIVE"
-        time.sleep(0.02)
-        uploaded = client.files.get(name=uploaded.name)
-    return uploaded
-
-
-def wait_done(client, name: str, timeout: float = 20.0) -> types.BatchJob:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.batches.get(name=name)
-        if job.done:
-            return job
-        assert time.monotonic() < deadline, f"{name} not done after {timeout}s: {job.state}"
-        time.sleep(0.03)
-
-
 def run_batch(client, rows: list[dict], timeout: float = 20.0) -> types.BatchJob:
-    job = client.batches.create(model=MODEL, src=upload(client, rows).name)
+    job = client.batches.create(model=MODEL, src=upload_jsonl(client, rows).name)
     return wait_done(client, job.name, timeout)
 
 
@@ -337,7 +317,7 @@ def test_job_expire_rate_expires_without_results(start_emulator):
     )
     client = developer_client(emulator.url)
     rows = rows_for(40)
-    created = client.batches.create(model=MODEL, src=upload(client, rows).name)
+    created = client.batches.create(model=MODEL, src=upload_jsonl(client, rows).name)
     time.sleep(0.5)
     midway = client.batches.get(name=created.name)
     assert not midway.done and midway.state in (S.JOB_STATE_PENDING, S.JOB_STATE_RUNNING)
@@ -357,7 +337,7 @@ def test_job_expire_rate_expires_without_results(start_emulator):
 def test_stuck_pending_stays_pending_until_it_expires_without_output(start_emulator):
     emulator = start_emulator(time_scale=FAST, faults={"stuck_pending_rate": 1, "job_expiry_hours": 1.5})
     client = developer_client(emulator.url)
-    created = client.batches.create(model=MODEL, src=upload(client, rows_for(5)).name)
+    created = client.batches.create(model=MODEL, src=upload_jsonl(client, rows_for(5)).name)
     assert created.state == S.JOB_STATE_PENDING
     states = []
     deadline = time.monotonic() + 10
@@ -386,7 +366,7 @@ def test_stuck_pending_stays_pending_until_it_expires_without_output(start_emula
 def test_http_create_burst_of_429_then_success(start_emulator):
     emulator = start_emulator(time_scale=FAST, faults={"http": {"create": {"burst": 2, "codes": [429]}}})
     client = developer_client(emulator.url)
-    src = upload(client, rows_for(3)).name
+    src = upload_jsonl(client, rows_for(3)).name
     for _ in range(2):
         with pytest.raises(errors.ClientError) as exc:
             client.batches.create(model=MODEL, src=src)
@@ -419,7 +399,7 @@ def test_http_upload_burst_then_success(start_emulator):
         client.files.upload(file=io.BytesIO(jsonl(rows_for(2))), config={"mime_type": "application/jsonl"})
     assert_error_shape(exc.value, 503, "UNAVAILABLE")
     assert list(client.files.list()) == [], "a refused upload leaves no file"
-    uploaded = upload(client, rows_for(2))
+    uploaded = upload_jsonl(client, rows_for(2))
     assert [f.name for f in client.files.list()] == [uploaded.name]
 
 
@@ -529,7 +509,7 @@ def test_restart_mid_job_finishes_every_row_once(start_emulator, tmp_path, kill)
     first = start_emulator(**settings)
     client = developer_client(first.url)
     rows = rows_for(50)
-    uploaded = upload(client, rows)
+    uploaded = upload_jsonl(client, rows)
     job = client.batches.create(model=MODEL, src=uploaded.name)
     deadline = time.monotonic() + 10
     while True:

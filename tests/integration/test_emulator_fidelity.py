@@ -7,19 +7,17 @@ Where the SDK is what sends the body, the real google-genai client sends it."""
 from __future__ import annotations
 
 import base64
-import io
 import json
 import math
 import re
 import uuid
 import warnings
 
-import orjson
 import pytest
 from google.genai import types
 
 from gemini_emulator import discovery
-from support.emulators import developer_client, storage_client, vertex_client
+from support.emulators import developer_client, storage_client, upload, upload_jsonl, vertex_client, wait_done
 
 INVOICE = "Invoice Number: INV-77\nInvoice Date: 2025-03-01\nTotal: 42.00\n"
 SCHEMA = {
@@ -28,29 +26,6 @@ SCHEMA = {
     "required": ["invoice_number", "total"],
 }
 BUCKET = "test-bucket"
-
-
-def upload(client, data: bytes, mime_type: str):
-    uploaded = client.files.upload(file=io.BytesIO(data), config={"mime_type": mime_type})
-    while uploaded.state != types.FileState.ACTIVE:
-        uploaded = client.files.get(name=uploaded.name)
-    return uploaded
-
-
-def upload_jsonl(client, rows: list[dict]):
-    return upload(client, b"".join(orjson.dumps(r) + b"\n" for r in rows), "application/jsonl")
-
-
-def wait_done(client, name: str, timeout: float = 30):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.batches.get(name=name)
-        if job.done:
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"{name} not done after {timeout}s: {job.state}")
 
 
 def output_rows(client, job) -> dict:

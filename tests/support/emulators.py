@@ -1,8 +1,13 @@
-"""Clients of the emulators as the tests make them, and an account's job history written into an emulator."""
+"""Clients of the emulators as the tests make them, files uploaded and jobs waited for through them, and an
+account's job history written into an emulator."""
 
 from __future__ import annotations
 
+import io
+import time
 from pathlib import Path
+
+import orjson
 
 from gemini_emulator.models import Catalogue
 from gemini_emulator.testing import requests_made
@@ -16,6 +21,36 @@ def developer_client(url: str):
     from google.genai import types
 
     return genai.Client(api_key="test-key", http_options=types.HttpOptions(base_url=url))
+
+
+def upload(client, data: bytes, mime_type: str, timeout: float = 10, **config):
+    """A Files API upload through ``client``, once the emulator has made it ACTIVE."""
+    from google.genai import types
+
+    uploaded = client.files.upload(file=io.BytesIO(data), config={"mime_type": mime_type, **config})
+    deadline = time.monotonic() + timeout
+    while uploaded.state != types.FileState.ACTIVE:
+        assert time.monotonic() < deadline, f"{uploaded.name} not ACTIVE after {timeout}s"
+        time.sleep(0.02)
+        uploaded = client.files.get(name=uploaded.name)
+    return uploaded
+
+
+def upload_jsonl(client, rows: list[dict] | bytes, **config):
+    """Batch rows (or a JSONL file's bytes) uploaded as a Files API file, once ACTIVE."""
+    data = rows if isinstance(rows, bytes) else b"".join(orjson.dumps(r) + b"\n" for r in rows)
+    return upload(client, data, "application/jsonl", **config)
+
+
+def wait_done(client, name: str, timeout: float = 30, poll: float = 0.03):
+    """The batch job ``name`` once it has ended."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.batches.get(name=name)
+        if job.done:
+            return job
+        assert time.monotonic() < deadline, f"{name} not done after {timeout}s: {job.state}"
+        time.sleep(poll)
 
 
 def vertex_client(url: str, project: str = "test-project", location: str = "us-central1"):
