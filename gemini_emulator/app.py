@@ -385,6 +385,18 @@ def create_app(config: EmulatorConfig) -> FastAPI:
         models, token = em.list_models("vertex", pageSize, pageToken)
         return _json({"publisherModels": models, **({"nextPageToken": token} if token else {})})
 
+    # ------------------------------------------------------------ online calls (models.generateContent)
+
+    @app.post("/v1beta/models/{model}:generateContent")
+    async def generate_content(model: str, request: Request) -> Response:
+        body = await _body(request)
+        return _json(await run_in_threadpool(em.generate_content, model, body, "developer"))
+
+    @app.post("/{version}/projects/{project}/locations/{location}/publishers/google/models/{model}:generateContent")
+    async def generate_content_vertex(version: str, project: str, location: str, model: str, request: Request):
+        body = await _body(request)
+        return _json(await run_in_threadpool(em.generate_content, model, body, "vertex", project, location))
+
     # ------------------------------------------------------------ Developer API batches
 
     @app.post("/v1beta/models/{model}:batchGenerateContent")

@@ -35,7 +35,18 @@ STATUS_NAMES = {
     503: "UNAVAILABLE",
 }
 
-HTTP_ENDPOINTS = ("create", "get", "list", "cancel", "delete", "upload", "download", "file_get", "file_list")
+HTTP_ENDPOINTS = (
+    "generate",
+    "create",
+    "get",
+    "list",
+    "cancel",
+    "delete",
+    "upload",
+    "download",
+    "file_get",
+    "file_list",
+)
 
 
 @dataclasses.dataclass
@@ -83,6 +94,7 @@ class Faults:
     job_expiry_hours: float = 48.0  # Developer API: pending or running longer ends EXPIRED, no results
     vertex_queue_hours: float = 72.0  # Vertex AI: queued longer ends EXPIRED, no results
     vertex_run_hours: float = 24.0  # Vertex AI: running longer ends EXPIRED, the finished rows exported
+    online_rpm: int = 0  # online requests (generateContent) per model per emulated minute (0: no limit); over it: 429
     enqueued_token_limit: int = 0  # tokens the active jobs of one model may hold (0: no limit); over it: 429
     file_ttl_hours: float = 48.0
     max_input_bytes: int = 2 * 1024**3

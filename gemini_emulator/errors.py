@@ -30,7 +30,7 @@ HTTP_REASONS = {
     503: "Service Unavailable",
     504: "Gateway Timeout",
 }
-_HTTP_OF_GRPC = {3: 400, 4: 504, 5: 404, 7: 403, 8: 429, 9: 400, 13: 500, 14: 503}
+HTTP_OF_GRPC = {3: 400, 4: 504, 5: 404, 7: 403, 8: 429, 9: 400, 13: 500, 14: 503}
 
 
 def row_status(code: int, message: str) -> dict:
@@ -41,7 +41,7 @@ def row_status(code: int, message: str) -> dict:
 def vertex_row_status(status: dict) -> str:
     """A failed Vertex AI output row's ``status``: the HTTP reason, then the error body as JSON, as in Google's
     example (``Bad Request: {"error": {"code": 400, "message": "...", "status": "INVALID_ARGUMENT"}}``)."""
-    http = status["code"] if status["code"] >= 100 else _HTTP_OF_GRPC.get(status["code"], 500)
+    http = status["code"] if status["code"] >= 100 else HTTP_OF_GRPC.get(status["code"], 500)
     body = {
         "error": {"code": http, "message": status["message"], "status": STATUS_NAMES.get(status["code"], "UNKNOWN")}
     }

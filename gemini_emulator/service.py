@@ -25,7 +25,7 @@ import orjson
 
 from . import discovery, responder
 from .config import HOUR, EmulatorConfig, HttpFaultInjector
-from .errors import ApiError, invalid, not_found, precondition, row_status, vertex_row_status
+from .errors import HTTP_OF_GRPC, ApiError, invalid, not_found, precondition, row_status, vertex_row_status
 from .store import RecordStore, new_id
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,12 @@ def _comparison(get, op: str, value: str, negate: bool):
     return test
 
 
+def contents_fingerprint(contents: Any) -> str:
+    """sha256 of a request's ``contents`` as canonical JSON: the same document and prompt give the same one, sent
+    online or in a batch row (tests compare what went where)."""
+    return hashlib.sha256(orjson.dumps(contents, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
 def model_id(model: str) -> str:
     return model.rsplit("/", 1)[-1]
 
@@ -160,6 +166,8 @@ class Emulator:
         self._gcs_client = None
         self._admission = threading.Lock()
         self._runner = JobRunner(self)
+        self._online_calls: collections.defaultdict[str, collections.deque] = collections.defaultdict(collections.deque)
+        self._online_lock = threading.Lock()
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -734,6 +742,80 @@ class Emulator:
             return []
         with path.open("rb") as fh:
             return [orjson.loads(line) for line in fh if line.strip()]
+
+    # ---------------------------------------------------------------- online calls
+
+    def generate_content(self, model: str, body: dict, surface: str, project: str = "", location: str = "") -> dict:
+        """``models.generateContent``: one request answered at once by the batch rows' responder, with the same
+        row faults (a row error becomes the HTTP error the service answers with), the online rate limit
+        (``online_rpm``: 429 RESOURCE_EXHAUSTED) and the HTTP faults of endpoint ``generate``. Each call is recorded
+        in ``online.jsonl`` (time, surface, model, status, tokens, a fingerprint of its contents)."""
+        record: dict[str, Any] = {"at": time.time(), "surface": surface, "model": model_id(model), "status": 200}
+        contents = body.get("contents") if isinstance(body, dict) else None
+        record["contents_sha256"] = contents_fingerprint(contents)
+        try:
+            response = self._answer_online(model, body, surface, project, location, record)
+        except ApiError as exc:
+            record["status"] = exc.http_code
+            self._record_online(record)
+            raise
+        usage = response.get("usageMetadata") or {}
+        record["input_tokens"] = usage.get("promptTokenCount", 0)
+        record["output_tokens"] = usage.get("candidatesTokenCount", 0) + usage.get("thoughtsTokenCount", 0)
+        self._record_online(record)
+        return response
+
+    def _answer_online(
+        self, model: str, body: dict, surface: str, project: str, location: str, record: dict
+    ) -> dict[str, Any]:
+        self.inject("generate")
+        found = self.config.models.get(model_id(model), surface=surface)
+        if found is None or "generateContent" not in found.methods:
+            if surface == "vertex":
+                raise not_found(
+                    f"Publisher Model `projects/{project}/locations/{location}/publishers/google/models/"
+                    f"{model_id(model)}` was not found or your project does not have access to it."
+                )
+            raise not_found(
+                f"models/{model_id(model)} is not found for API version v1beta, or is not supported for "
+                "generateContent. Call ListModels to see the list of available models and their supported methods."
+            )
+        self._check_online_rate(found.id)
+        identity = self._attempt_identity(f"online-{record['contents_sha256'][:32]}")
+        f = self.faults
+        if f.chance("missing", identity) < f.missing_rate:
+            raise ApiError(504, "Deadline expired before operation could complete.")
+        if f.chance("row_error", identity) < f.row_error_rate:
+            code = f.pick(f.row_error_codes, "row_error", identity)
+            http = code if code >= 100 else HTTP_OF_GRPC.get(code, 500)
+            raise ApiError(http, ROW_ERROR_MESSAGES.get(code, f"Error {code}."))
+        try:
+            response = responder.answer(body, identity, found.id, self.resolve_file, f, surface)
+        except responder.RowFailure as exc:
+            code = exc.status["code"]
+            raise ApiError(code if code >= 100 else HTTP_OF_GRPC.get(code, 500), exc.status["message"]) from None
+        if surface == "vertex":  # Vertex AI's GenerateContentResponse also says when it was made
+            response["createTime"] = vertex_time(time.time())
+        return response
+
+    def _check_online_rate(self, model: str) -> None:
+        """At most ``online_rpm`` online requests per model in any emulated minute (0: no limit); over it, 429."""
+        limit = self.faults.online_rpm
+        if not limit:
+            return
+        now, window = time.monotonic(), self.config.real_seconds(60)
+        with self._online_lock:
+            calls = self._online_calls[model]
+            while calls and calls[0] <= now - window:
+                calls.popleft()
+            if len(calls) >= limit:
+                log.warning("quota: %s online requests per minute of %s used; a request refused", limit, model)
+                raise ApiError(429, "Resource has been exhausted (e.g. check quota).")
+            calls.append(now)
+
+    def _record_online(self, record: dict) -> None:
+        with self._online_lock, (self.config.data_dir / "online.jsonl").open("ab") as out:
+            out.write(orjson.dumps(record) + b"\n")
 
     # ---------------------------------------------------------------- row processing
 

@@ -141,3 +141,16 @@ def requests_made(
         for r in records
         if (method is None or r["method"] == method.upper()) and (pattern is None or pattern.fullmatch(r["path"]))
     ]
+
+
+def online_requests(server_or_data_dir: ServerProcess | Path) -> list[dict]:
+    """The online requests (``models.generateContent``) a Gemini emulator answered or refused, oldest first, from
+    its own ``online.jsonl``: time, surface, model, HTTP status, tokens and ``contents_sha256`` (the fingerprint
+    ``gemini_emulator.service.contents_fingerprint`` gives a batch row's ``request.contents`` too)."""
+    data_dir = (
+        server_or_data_dir.log_path.parent if isinstance(server_or_data_dir, ServerProcess) else server_or_data_dir
+    )
+    path = Path(data_dir) / "online.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_bytes().splitlines(keepends=True) if line.endswith(b"\n")]
