@@ -1,6 +1,7 @@
 """The extraction DAG, built for any id and defaults: the repository's DAG, each pipeline file, or a user's own.
 
-plan -> check budget -> (approve the cost) -> stage -> build requests (leases the keys in the ledger)
+plan -> (preview a few documents online) -> check budget -> (approve the cost) -> stage
+-> build requests (leases the keys in the ledger)
 -> jobs (one mapped group per shard: submit, then a deferred sensor waits) ->
 collect -> retry rounds (failed keys only) -> publish results -> (sink results into a SQL table) -> clean up.
 Each task opens the run (``gemini_batch.steps.runs.Run``) and calls its step, a function of its own module
@@ -24,7 +25,19 @@ from gemini_batch.core.settings import MAX_RETRY_ROUNDS
 from gemini_batch.core.sink_sql import SinkError
 from gemini_batch.operators.approval import CostApprovalOperator
 from gemini_batch.operators.batch import GeminiBatchJobSensor, GeminiBatchSubmitOperator
-from gemini_batch.steps import budget, build, collection, planning, publish, retry, run_settings, runs, sink, staging
+from gemini_batch.steps import (
+    budget,
+    build,
+    collection,
+    planning,
+    preview,
+    publish,
+    retry,
+    run_settings,
+    runs,
+    sink,
+    staging,
+)
 from gemini_batch.steps.clean_up import clean_up as clean_up_run  # the task below is clean_up
 
 POOL = "gemini_batch_jobs"  # counts deferred tasks: caps worker and triggerer load (bin/setup: 10 slots)
@@ -66,10 +79,26 @@ def plan_documents() -> dict:
         raise AirflowFailException(str(exc)) from None  # a missing source or an unknown model: a parameter to fix
 
 
-@task
-def check_budget(planned: dict) -> None:
+@task(multiple_outputs=False)
+def preview_documents(planned: dict) -> dict:
+    """Skipped with ``preview_documents`` 0; else a few documents answered online, their records in
+    preview.jsonl, the run's cost projected from them in preview.json (XCom: that report)."""
+    run = _open_run()
+    if run.settings.preview_documents <= 0:
+        raise AirflowSkipException("preview_documents is 0: no preview")
     try:
-        budget.check_budget(_open_run(), planned)
+        report = preview.preview_documents(run, planned)
+    except run_settings.RunConfigError as exc:
+        raise AirflowFailException(str(exc)) from None  # the preview alone is over budget
+    if report is None:
+        raise AirflowSkipException("no document to preview")
+    return report
+
+
+@task(trigger_rule=TriggerRule.NONE_FAILED)  # a skipped preview: the estimate decides
+def check_budget(planned: dict, previewed: dict | None = None) -> None:
+    try:
+        budget.check_budget(_open_run(), planned, previewed)
     except run_settings.RunConfigError as exc:
         raise AirflowFailException(str(exc)) from None  # over budget: no retry
 
@@ -196,11 +225,16 @@ def build_dag(
         doc_md=doc_md or __doc__,
     ) as dag:
         planned = plan_documents()
+        previewed = preview_documents(planned)  # type: ignore[arg-type]  # TaskFlow passes the XComArg
         staged = stage_documents()
         approved = CostApprovalOperator(
-            task_id="approve_cost", planned=planned, threshold_usd="{{ params.approve_above_usd }}"
+            task_id="approve_cost",
+            planned=planned,
+            preview=previewed,
+            threshold_usd="{{ params.approve_above_usd }}",
+            trigger_rule=TriggerRule.NONE_FAILED,  # runs after a skipped preview
         )
-        check_budget(planned) >> approved >> staged  # type: ignore[arg-type]  # TaskFlow passes the XComArg
+        check_budget(planned, previewed) >> approved >> staged  # type: ignore[arg-type]
         manifests = build_requests()
         staged >> manifests
         collected = [collect_results(0, batch_job.partial(pool=pool).expand(manifest_uri=manifests))]

@@ -13,6 +13,7 @@ from gemini_batch.core.records import StrEnum
 RUN, LIMIT = "run", "limit"  # a pipeline file names a run field at its top level, a limit under ``limits``
 MAX_RETRY_ROUNDS = 3  # task groups in the graph; the retry_rounds setting decides how many run
 DEFAULT_INLINE_MB = 10  # base64 makes it 13.4 MB: well within the 20 MB a request may carry
+MAX_PREVIEW_DOCUMENTS = 50  # documents a preview answers online at most
 MAX_INLINE_MB = 14  # 18.7 MB in base64: the largest that leaves the prompt and schema room under 20 MB
 # A table name the sink writes into: one or two (schema.table) plain SQL identifiers, nothing to escape.
 SQL_TABLE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$"
@@ -140,6 +141,17 @@ SETTINGS: tuple[Setting, ...] = (
         {"type": "integer", "minimum": 0, "maximum": MAX_RETRY_ROUNDS},
         LIMIT,
         "How many times failed or unanswered requests are resubmitted.",
+    ),
+    Setting(
+        "preview_documents",
+        "Preview documents",
+        0,
+        {"type": "integer", "minimum": 0, "maximum": MAX_PREVIEW_DOCUMENTS},
+        LIMIT,
+        "Before the batch, answer this many documents online (the largest, the smallest, the rest at random; "
+        "online price, twice the batch one) into <output>/preview.jsonl and project the run's cost from them "
+        "(preview.json); the budget and the approval use that projection, and the batch reuses their answers. "
+        "0: no preview.",
     ),
     Setting(
         "max_pages",

@@ -35,6 +35,11 @@ class QuotaExhausted(Exception):
     now. Not retried here: the caller waits, deferred, for other jobs to end."""
 
 
+class OnlineRequestFailed(Exception):
+    """An online request (``models.generate_content``) the service refused, or kept failing once retries were spent:
+    that request fails, not the task."""
+
+
 class UnknownModel(ValueError):
     """The service does not serve the model for batch jobs; the message names the ones it does."""
 

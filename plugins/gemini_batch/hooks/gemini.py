@@ -30,6 +30,7 @@ from gemini_batch.core.locations import as_path
 from gemini_batch.core.results import OutputUnavailable
 from gemini_batch.hooks.errors import (
     GeminiAuthError,
+    OnlineRequestFailed,
     QuotaExhausted,
     StagingBucketUnusable,
     UnknownModel,
@@ -71,6 +72,8 @@ LIST_PAGE_SIZE = 1000
 CLOCK_SKEW = dt.timedelta(minutes=5)
 DELETE_WORKERS = 16
 FAILURES_NAMED = 10  # a failed clean-up's warning names this many
+# A batch row's request fields besides contents and generationConfig that the SDK takes in its config.
+ONLINE_REQUEST_FIELDS = ("systemInstruction", "safetySettings", "tools", "toolConfig", "cachedContent", "labels")
 
 _clients: dict[str, tuple[str, genai.Client]] = {}  # conn id -> (fingerprint of the connection, client)
 _clients_lock = threading.Lock()
@@ -581,6 +584,34 @@ class GeminiBatchHook(BaseHook):
             raise
         self.log.info("Cancelled batch job %s", name)
         return True
+
+    # ------------------------------------------------------------------ online calls (the preview)
+
+    def generate_content(self, model: str, request: dict) -> dict:
+        """One request answered online (``models.generate_content``): ``request`` is a batch row's request (REST
+        form: contents, generationConfig, systemInstruction, ...), the answer the REST ``GenerateContentResponse``,
+        as a batch output row carries it. Transient errors (429 included: the online rate limits) are retried;
+        another refusal, or one still failing after the retries, raises OnlineRequestFailed (a refused key:
+        GeminiAuthError)."""
+        contents = [types.Content.model_validate_json(orjson.dumps(content)) for content in request["contents"]]
+        config_fields = {
+            **(request.get("generationConfig") or {}),
+            **{name: request[name] for name in ONLINE_REQUEST_FIELDS if name in request},
+        }
+        config = types.GenerateContentConfig.model_validate_json(orjson.dumps(config_fields))
+        config.automatic_function_calling = types.AutomaticFunctionCallingConfig(disable=True)  # one call, as sent
+        try:
+            response = self._retry(
+                self.get_conn().models.generate_content, model=normalize_model(model), contents=contents, config=config
+            )
+        except errors.APIError as exc:
+            raise OnlineRequestFailed(f"{exc.code} {exc.status}: {self._scrub(exc.message or '')}") from None
+        return response.model_dump(
+            mode="json",
+            by_alias=True,
+            exclude_none=True,
+            exclude={"sdk_http_response", "automatic_function_calling_history", "parsed"},
+        )
 
     # ------------------------------------------------------------------ clean-up
 

@@ -90,7 +90,7 @@ def plan_run(
                     estimate += estimate_request(
                         spec,
                         mime_type=planned.read_as[0],
-                        pages=_page_span(part, planned),
+                        pages=page_span(part, planned),
                         size=part.size,
                         prices=prices,
                     )
@@ -165,7 +165,7 @@ def build_shards(
     ):
         for doc in read_plan(plan_file):
             location = documents.locate(source, doc.path)
-            inline = _InlineReader(source, doc)
+            inline = InlineReader(source, doc)
             for part in doc.parts:
                 if (
                     part.reused
@@ -175,7 +175,7 @@ def build_shards(
                 ):
                     continue
                 tokens = estimate_input_tokens(
-                    spec, mime_type=doc.read_as[0], pages=_page_span(part, doc), size=part.size
+                    spec, mime_type=doc.read_as[0], pages=page_span(part, doc), size=part.size
                 )
                 if part.route == Route.INLINE or doc.mime_type in documents.TEXT_TYPES:
                     row = inline.row(part, spec)
@@ -194,7 +194,7 @@ def build_shards(
     return writer.manifests, unbuilt
 
 
-class _InlineReader:
+class InlineReader:
     """One document's inline parts, read from its source as the plan hashed it (``documents.open_planned``); once
     one has failed, its other parts fail with the same reason without reading it again."""
 
@@ -308,7 +308,7 @@ def _plan_document(
     )
 
 
-def _page_span(part: PlannedPart, doc: PlannedDocument) -> int | None:
+def page_span(part: PlannedPart, doc: PlannedDocument) -> int | None:
     if part.pages:
         return part.pages[1] - part.pages[0] + 1
     return doc.page_count

@@ -49,6 +49,7 @@ class RunSettings:
     inline_max_bytes: int = DEFAULTS["inline_max_mb"] * 2**20
     max_cost_usd: float | None = DEFAULTS["max_cost_usd"]
     retry_rounds: int = DEFAULTS["retry_rounds"]
+    preview_documents: int = DEFAULTS["preview_documents"]  # 0: no preview (steps.preview)
     retention: Retention = Retention(DEFAULTS["retention"])  # noqa: RUF009  # an enum member: immutable
     expiry: dt.timedelta = dt.timedelta(hours=DEFAULTS["expiry_hours"])
     sink_conn_id: str | None = DEFAULTS["sink_conn_id"]  # None: no results table (steps.sink)
@@ -114,6 +115,7 @@ class RunSettings:
             inline_max_bytes=int(float(value("inline_max_mb")) * 2**20),
             max_cost_usd=value("max_cost_usd"),
             retry_rounds=int(value("retry_rounds")),
+            preview_documents=int(value("preview_documents") or 0),
             retention=Retention(value("retention")),
             expiry=dt.timedelta(hours=float(value("expiry_hours"))),
             sink_conn_id=value("sink_conn_id") or None,
