@@ -8,8 +8,11 @@ finds it: ``AIRFLOW_CONN_<ID>`` in the environment, else the secrets backends an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
+from collections.abc import Iterator
 
 DAG_ID = "gemini_batch_extract"
 
@@ -63,10 +66,24 @@ def add_preview(commands) -> None:
     command.set_defaults(run=run_preview)
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Whatever writes to stdout meanwhile (log lines, by file descriptor or by ``sys.stdout``) goes to stderr."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def run_preview(args: argparse.Namespace) -> int:
     import datetime as dt
     import json
-    import os
     import pathlib
     import tempfile
 
@@ -99,13 +116,13 @@ def run_preview(args: argparse.Namespace) -> int:
         "state": here(args.state),
         "preview_documents": args.documents,
     }
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        hook = GeminiBatchHook(args.conn_id)
-        run_id = "preview__" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-        run = Run.from_params({**params}, run_id, hook, prices=prices_with_overrides())
-        planned = records.to_builtins(planning.plan_documents(run))
-        report = previewing.preview_documents(run, planned)
+    try:  # stdout carries the records and the projection only: the steps' log lines go to stderr
+        with _stdout_to_stderr():
+            hook = GeminiBatchHook(args.conn_id)
+            run_id = "preview__" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+            run = Run.from_params(params, run_id, hook, prices=prices_with_overrides())
+            planned = records.to_builtins(planning.plan_documents(run))
+            report = previewing.preview_documents(run, planned)
     except (RunConfigError, documents.SourceError, ValueError, OSError) as exc:
         print(f"preview: {exc}", file=sys.stderr)
         return 1
