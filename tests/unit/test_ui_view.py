@@ -5,7 +5,7 @@ The app runs behind Airflow's own ``get_user`` with real JWTs signed by Airflow'
 a stub (SimpleAuthManager's tokens and users, with per-user DAG access, which SimpleAuthManager's roles cannot
 express), installed as the API server's auth manager; only the revoked-token lookup (a DB query) is stubbed.
 The metadata queries (gemini_batch.ui.metadata) are replaced by fixed answers here; the system tier
-(tests/system/test_view.py) runs them against a real stack's database.
+(tests/system/test_view.py; this file has another basename: pytest imports test files by basename) runs them against a real stack's database.
 """
 
 from __future__ import annotations
