@@ -4,8 +4,8 @@ read from a byte cursor, raw answers of failed parts, the SVG charts) and its Fa
 The app runs behind Airflow's own ``get_user`` with real JWTs signed by Airflow's token signer. The auth manager is
 a stub (SimpleAuthManager's tokens and users, with per-user DAG access, which SimpleAuthManager's roles cannot
 express), installed as the API server's auth manager; only the revoked-token lookup (a DB query) is stubbed.
-The metadata queries (gemini_batch.ui.metadata) are replaced by fixed answers here; the system tier
-(tests/system/test_view.py; this file has another basename: pytest imports test files by basename) runs them against a real stack's database.
+The metadata queries (gemini_batch.ui.metadata) are replaced by fixed answers here; the system tier runs them
+against a real stack's database (tests/system/test_view.py: this file's basename differs, as pytest needs).
 """
 
 from __future__ import annotations
