@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from gemini_batch.core import records, results
+from gemini_batch.core import jsonl, records, results
 from gemini_batch.core.batch_requests import ShardManifest
 from gemini_batch.core.locations import as_path
 from gemini_batch.hooks.gemini import GeminiBatchHook
@@ -366,20 +366,29 @@ def test_answers_are_in_the_ledger_once_collected_so_a_failed_publish_loses_noth
 
 
 def test_a_rounds_outcomes_reach_the_ledger_as_written_and_adopted_ones_as_this_runs(tmp_path):
-    """Each outcome line goes into the ledger as it was written; one read from another run's job (``reused``) is
-    recorded as an answer of the ledger's own (the run that paid may have died before recording it)."""
+    """Each outcome goes into the ledger as it was written, whether written here or copied in from a worker's files;
+    one read from another run's job (``reused``) is recorded as an answer of the ledger's own (the run that paid may
+    have died before recording it)."""
     run = runs.Run.from_params({**PARAMS, "output": str(tmp_path / "out"), "state": str(tmp_path / "ledger")}, "r")
     mine = results.RowOutcome("k1", results.OutcomeStatus.SUCCEEDED, {"total": 1.5}, None, "STOP", 10, 5, "m", None)
     adopted = results.RowOutcome(
         "k2", results.OutcomeStatus.SUCCEEDED, {"total": 2}, None, "STOP", 7, 3, "m", None, reused=True
     )
     failed = results.RowOutcome("k3", results.OutcomeStatus.FAILED, None, "MAX_TOKENS", "MAX_TOKENS", 4, 9, "m", "{")
-    outcomes = run.folder.outcomes(0)
-    outcomes.parent.mkdir(parents=True, exist_ok=True)
-    outcomes.write_bytes(b"".join(records.encode(o) + b"\n" for o in (mine, adopted, failed)))
+    outcomes, events = str(tmp_path / "outcomes.jsonl"), str(tmp_path / "events.jsonl")
+    with (
+        jsonl.writer(str(tmp_path / "worker.outcomes")) as worker_outcomes,
+        jsonl.writer(str(tmp_path / "worker.events")) as worker_events,
+    ):
+        results.OutcomeWriter(worker_outcomes, worker_events, "r", "2026-03-01T10:00:00+00:00")(failed)
+    with jsonl.writer(outcomes) as outcomes_out, jsonl.writer(events) as events_out:
+        write = results.OutcomeWriter(outcomes_out, events_out, "r", "2026-03-01T10:00:00+00:00")
+        write(mine)
+        write(adopted)
+        write.append_files(str(tmp_path / "worker.outcomes"), str(tmp_path / "worker.events"), 1)
 
-    collection._record_answers(run, outcomes)
-
+    assert Path(outcomes).read_bytes() == b"".join(records.encode(o) + b"\n" for o in (mine, adopted, failed))
+    assert run.ledger.append_encoded(events, write.count, writer="r") == 3
     with run.ledger.view() as view:
         assert view.finished("k1") == records.to_builtins(mine)
         assert view.finished("k2") == {**records.to_builtins(adopted), "reused": False}

@@ -3,6 +3,7 @@ format as it was written) still read and are written again byte for byte, and a 
 
 from __future__ import annotations
 
+import msgspec
 import orjson
 import pytest
 
@@ -10,6 +11,7 @@ from gemini_batch.coordination.ledger import Claim, EventKind, LedgerEvent, Shar
 from gemini_batch.core import jsonl, records
 from gemini_batch.core.batch_requests import ShardManifest, ShardPiece, ShardPieces
 from gemini_batch.core.cost import CostEstimate
+from gemini_batch.core.events import OutcomeEvents
 from gemini_batch.core.locations import as_path
 from gemini_batch.core.planned import PlannedDocument, PlannedPart, Route
 from gemini_batch.core.results import (
@@ -301,3 +303,13 @@ def test_an_invalid_record_is_a_value_error_naming_its_kind_and_field(line, type
     if line.endswith(b"}"):
         with pytest.raises(ValueError, match=message):
             records.convert(orjson.loads(line), type_)
+
+
+@pytest.mark.parametrize("key", ["k1", 'a "quoted\\ key\u2028 é\x01'])
+@pytest.mark.parametrize("answered", [True, False])
+def test_an_outcomes_event_line_joined_from_parts_is_the_events_encoding(key, answered):
+    """Collecting workers join each event line from its parts; it must read back as the LedgerEvent it stands for."""
+    outcome = b'{"key":"k1","status":"succeeded"}'
+    line = OutcomeEvents('run "1"', "2026-03-01T10:00:00+00:00").line(key, answered, outcome)
+    kind = EventKind.ANSWERED if answered else EventKind.FAILED
+    assert line == records.encode(LedgerEvent(key, kind, 'run "1"', "2026-03-01T10:00:00+00:00", msgspec.Raw(outcome)))

@@ -4,7 +4,9 @@ answer, and the records and totals published for a run."""
 
 from __future__ import annotations
 
+import json
 import logging
+from unittest import mock
 
 import orjson
 import pytest
@@ -12,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema.exceptions import SchemaError
 
-from gemini_batch.core import records
+from gemini_batch.core import records, results
 from gemini_batch.core.batch_requests import RequestSpec, build_row
 from gemini_batch.core.results import (
     WARNINGS_PER_KIND,
@@ -362,6 +364,161 @@ def test_read_output_validates_answers_and_rejects_a_broken_schema_before_readin
     assert outcomes[0].error == "answer does not match the response schema: $.invoice_number: 1 is not of type 'string'"
     with pytest.raises(SchemaError):
         read_output(iter(()), {"k1"}, {"type": "STRING"}, outcomes.append)
+
+
+def _read_both_ways(output: list[bytes]) -> tuple:
+    """``read_output`` of ``output`` as it reads it, then with every row parsed whole (as it read every row before
+    rows were decoded into the fields they use): outcomes and counts of each."""
+
+    def read() -> tuple:
+        outcomes: list[RowOutcome] = []
+        reading = read_output(output, ["k1", "k2"], INVOICE_SCHEMA, outcomes.append)
+        return outcomes, reading
+
+    typed = read()
+    with mock.patch.object(results, "_decode_row", side_effect=ValueError):
+        whole = read()
+    return typed, whole
+
+
+_ODD = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)  # past 64 bits orjson reads a float
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=4)
+    | st.sampled_from([[], {}, [1], {"a": 1}])
+)
+_HASHABLE = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=4)
+_TEXTS = st.sampled_from(['{"invoice_number": "A", "total": 1}', '{"total": "x"}', "```json\n[1]\n```", "{", "42", ""])
+_PART = st.fixed_dictionaries({}, optional={"text": _TEXTS | _ODD, "thought": _ODD})
+_CANDIDATE = st.fixed_dictionaries(
+    {},
+    optional={
+        "content": st.fixed_dictionaries({}, optional={"parts": st.lists(_PART | _ODD, max_size=3) | _ODD}) | _ODD,
+        "finishReason": st.sampled_from(["STOP", "MAX_TOKENS", "SAFETY", "OTHER"]) | _HASHABLE,
+        "index": _ODD,
+    },
+)
+_COUNT = st.integers(-(2**70), 2**70) | _ODD
+_RESPONSE = st.fixed_dictionaries(
+    {},
+    optional={
+        "candidates": st.lists(_CANDIDATE | _ODD, max_size=2) | _ODD,
+        "usageMetadata": st.fixed_dictionaries(
+            {}, optional={"promptTokenCount": _COUNT, "candidatesTokenCount": _COUNT, "thoughtsTokenCount": _COUNT}
+        )
+        | _ODD,
+        "modelVersion": st.just("gemini-2.5-flash") | _ODD,
+        "promptFeedback": st.fixed_dictionaries({}, optional={"blockReason": _HASHABLE | _ODD}) | _ODD,
+        "responseId": _ODD,
+    },
+)
+_ROW = st.fixed_dictionaries(
+    {},
+    optional={
+        "key": st.sampled_from(["k1", "k2", "k3"]) | _ODD,
+        "error": st.sampled_from([{"code": 13, "message": "Internal.", "status": "INTERNAL"}]) | _ODD,
+        "status": st.sampled_from(["", "INTERNAL: failed"]) | _ODD,
+        "response": _RESPONSE | _ODD,
+        "request": _ODD,
+    },
+)
+
+
+_TYPED_PART = st.fixed_dictionaries({}, optional={"text": _TEXTS | st.none(), "thought": st.booleans() | st.none()})
+_TYPED_CANDIDATE = st.fixed_dictionaries(
+    {},
+    optional={
+        "content": st.fixed_dictionaries({}, optional={"parts": st.lists(_TYPED_PART, max_size=3) | st.none()}),
+        "finishReason": st.sampled_from(["STOP", "MAX_TOKENS", "SAFETY", "OTHER"]) | st.none(),
+    },
+)
+_TYPED_COUNT = st.integers(-(2**63), 2**63 - 1) | st.none()
+_TYPED_ROW = st.fixed_dictionaries(
+    {"key": st.sampled_from(["k1", "k2", "k3"])},
+    optional={
+        "status": st.sampled_from(["", "INTERNAL: failed"]) | st.none(),
+        "response": st.fixed_dictionaries(
+            {},
+            optional={
+                "candidates": st.lists(_TYPED_CANDIDATE, max_size=2) | st.none(),
+                "usageMetadata": st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "promptTokenCount": _TYPED_COUNT,
+                        "candidatesTokenCount": _TYPED_COUNT,
+                        "thoughtsTokenCount": _TYPED_COUNT,
+                    },
+                ),
+                "modelVersion": st.just("gemini-2.5-flash") | st.none(),
+                "promptFeedback": st.fixed_dictionaries({}, optional={"blockReason": st.just("SAFETY") | st.none()}),
+            },
+        )
+        | st.none(),
+    },
+)
+
+
+@given(st.lists(_TYPED_ROW | _ROW | _ODD, max_size=4))
+def test_rows_of_any_shape_read_as_they_read_parsed_whole(rows):
+    """Rows are decoded into the fields they use, of the types the service writes; any other row (a field of another
+    type, a row error, not an object) is parsed whole. Either way, each row gets the outcome and counts it got when
+    every row was parsed whole."""
+    (typed, typed_reading), (whole, whole_reading) = _read_both_ways([json.dumps(row).encode() for row in rows])
+    assert typed == whole
+    assert typed_reading == whole_reading
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"key": "k1", "responseId": "\xff\xfe", "response": {"candidates": []}}',  # not UTF-8 where unread
+        b'{"key": "k1", "response": {"candidates": [], "usageMetadata": {"promptTokenCount": 1.0}}}',
+        b'{"key": "k1", "response": {"usageMetadata": {"promptTokenCount": 18446744073709551615}}}',
+        b'{"key": "k1", "response": {"modelVersion": 5}}',
+        b'{"key": "k1", "error": {}, "status": "INTERNAL: failed"}',
+        b'{"key": "k1", "response": {"candidates": [{"content": {"parts": [{"text": "{}", "thought": 1}]}}]}}',
+        b'["k1"]',
+        b'{"key": "k1", "response": {"candidates": [}}',
+    ],
+)
+def test_rows_the_typed_decoding_refuses_read_as_before(line):
+    with mock.patch.object(results, "_parse_typed_row", side_effect=AssertionError("read as a _Row")):
+        read_output([line], ["k1"], None, lambda outcome: None)
+    (typed, typed_reading), (whole, whole_reading) = _read_both_ways([line, line])
+    assert (typed, typed_reading) == (whole, whole_reading)
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        vertex_row("k1", response('{"invoice_number": "A", "total": 1}', thoughts=7)),
+        developer_row("k1", response(parts=[{"text": '{"a": 1}', "thought": True}])),
+        developer_row(
+            "k1", response(parts=[{"text": "{", "thought": False}, {"text": "}"}, {"text": "x", "thought": True}])
+        ),
+        developer_row("k1", response(parts=[{"text": None}, {"text": "[1]"}])),
+        developer_row("k1", response('{"total": 1}', finish=None)),
+        developer_row("k1", response("", finish="MAX_TOKENS")),
+        developer_row("k1", response("```json\n[1]\n```", finish="SAFETY")),
+        developer_row("k1", response('{"invoice_number": 1, "total": 2}')),
+        developer_row("k1", {"candidates": [], "promptFeedback": {"blockReason": "SAFETY"}}),
+        developer_row("k1", {"candidates": None, "usageMetadata": {"promptTokenCount": 4}}),
+        developer_row("k1", {"candidates": [{"content": None}]}),
+        developer_row("k1", None),
+        {"key": "k1", "status": "INTERNAL: failed", "response": None},
+        {"key": "k3", "response": response("{}")},
+        {"response": response("{}")},
+        b'{"key": "k1", "key": "k2", "response": {"candidates": []}}',  # the last of a repeated name, as orjson
+    ],
+)
+def test_rows_the_typed_decoding_takes_read_as_before(row):
+    output = lines(row, row)
+    with mock.patch.object(results, "_parse_row", side_effect=AssertionError("parsed whole")):
+        read_output(output, ["k1", "k2"], INVOICE_SCHEMA, lambda outcome: None)
+    (typed, typed_reading), (whole, whole_reading) = _read_both_ways(output)
+    assert (typed, typed_reading) == (whole, whole_reading)
 
 
 # ---------------------------------------------------------------- document_record

@@ -66,9 +66,10 @@ from typing import Any, BinaryIO, ClassVar, TypeVar
 import orjson
 from airflow.sdk import ObjectStoragePath
 
-from gemini_batch.core import records
+from gemini_batch.core import jsonl, records
+from gemini_batch.core.events import EventKind, LedgerEvent
 from gemini_batch.core.locations import is_gcs, replace_whole, uri_of, writing_whole
-from gemini_batch.core.records import Record, StrEnum
+from gemini_batch.core.records import Record
 
 log = logging.getLogger(__name__)
 
@@ -99,44 +100,6 @@ def _stamp() -> str:
 
 def safe_name(text: str) -> str:
     return _UNSAFE.sub("_", text).strip("._") or "x"
-
-
-class EventKind(StrEnum):
-    """What a ledger event says happened to its key; BEGIN and END (key "") frame a segment."""
-
-    ANSWERED = "answered"  # the outcome succeeded
-    FAILED = "failed"
-    BEGIN = "begin"
-    END = "end"
-
-
-class LedgerEvent(Record, frozen=True):
-    """One line of a segment: what happened to a key in a run.
-
-    ``event`` is an ``EventKind`` as written; read back it stays the string it was, so a kind a newer version
-    writes is read (and skipped) rather than taken for damage."""
-
-    kind: ClassVar[str] = "ledger event"
-
-    key: str
-    event: str  # an EventKind
-    run: str  # the run's slug
-    at: str  # ISO 8601 UTC
-    outcome: Any = None  # the RowOutcome record (read back: its dict); an end line: {"events": <count>}
-
-    @classmethod
-    def decode(cls, line: bytes) -> LedgerEvent:
-        """The event of a segment line, or (a finished-store record of earlier versions: no ``event``) its record as
-        an answered event; records.RecordError otherwise."""
-        try:
-            return records.decode(line, cls)
-        except records.RecordError:
-            data = orjson.loads(line)  # JSONDecodeError is a ValueError too
-            if isinstance(data, dict) and "event" not in data and isinstance(data.get("key"), str):
-                return cls(
-                    data["key"], EventKind.ANSWERED, data.get("run") or "legacy", data.get("finished_at") or "", data
-                )
-            raise
 
 
 @dataclass(frozen=True)
@@ -221,10 +184,23 @@ class Ledger:
         first = next(events, None)
         if first is None:
             return 0
+        return self._write_segment(self._new_segment(writer), itertools.chain([first], events), writer)
+
+    def append_encoded(self, lines: str, count: int, *, writer: str) -> int:
+        """``append`` of events already encoded: the ``count`` event lines of the local file ``lines``, copied as they
+        are (the processes that read a round's outputs encode the events of its outcomes; decoding them again here
+        cost as much as reading the outputs)."""
+        if count == 0:
+            return 0
+        with writing_whole(self._new_segment(writer), durable=True) as out:
+            out.write(_frame(EventKind.BEGIN, writer))
+            jsonl.copy_file(lines, out)
+            out.write(_frame(EventKind.END, writer, count))
+        return count
+
+    def _new_segment(self, writer: str) -> ObjectStoragePath:
         self.events.mkdir(parents=True, exist_ok=True)
-        return self._write_segment(
-            self.events / f"{_stamp()}-{safe_name(writer)}{SEGMENT_SUFFIX}", itertools.chain([first], events), writer
-        )
+        return self.events / f"{_stamp()}-{safe_name(writer)}{SEGMENT_SUFFIX}"
 
     def _write_segment(self, target: ObjectStoragePath, events: Iterable[LedgerEvent], writer: str) -> int:
         """``events`` between a begin line and an end line that counts them, on disk before the name appears: a

@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -40,15 +40,37 @@ class Writer:
         if len(self._batch) >= WRITE_BATCH_BYTES:
             self.flush()
 
+    def encoded(self, line: bytes) -> None:
+        """Write a record already encoded (its JSON, no newline)."""
+        self._batch += line
+        self._batch.append(10)
+        if len(self._batch) >= WRITE_BATCH_BYTES:
+            self.flush()
+
     def append_file(self, local_path: str) -> None:
         """Copy in the records of another JSON lines file (a local one written by ``writer``), as they are."""
         self.flush()
-        with open(local_path, "rb") as records:
-            shutil.copyfileobj(records, self._out, COPY_CHUNK_BYTES)
+        copy_file(local_path, self._out)
 
     def flush(self) -> None:
         self._out.write(self._batch)
         self._batch.clear()
+
+
+def copy_file(local_path: str, out: IO[bytes]) -> None:
+    """Append the local file ``local_path`` to ``out``; in the kernel when ``out`` is a local file too (sendfile), not
+    read into this process and written back: a round's outcomes and events pass through it whole."""
+    with open(local_path, "rb") as source:
+        try:
+            target = out.fileno()
+        except (AttributeError, OSError):  # not a local file (io.UnsupportedOperation is an OSError)
+            shutil.copyfileobj(source, out, COPY_CHUNK_BYTES)
+            return
+        out.flush()
+        offset, size = 0, os.fstat(source.fileno()).st_size
+        while offset < size and (sent := os.sendfile(target, source.fileno(), offset, size - offset)):
+            offset += sent
+        out.seek(0, os.SEEK_END)  # the file object's own idea of its position catches up
 
 
 @contextlib.contextmanager

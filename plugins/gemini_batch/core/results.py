@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import jsonschema_rs
 import msgspec
@@ -25,7 +25,8 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
 from referencing.jsonschema import DRAFT202012
 
-from gemini_batch.core import jsonl
+from gemini_batch.core import jsonl, records
+from gemini_batch.core.events import OutcomeEvents
 from gemini_batch.core.records import Record, StrEnum
 
 if TYPE_CHECKING:
@@ -104,6 +105,9 @@ class OutcomeStatus(StrEnum):
     FAILED = "failed"
 
 
+_SUCCEEDED, _FAILED = OutcomeStatus.SUCCEEDED, OutcomeStatus.FAILED  # an Enum class's attribute costs a lookup per row
+
+
 class DocumentStatus(StrEnum):
     """How a document ended in results.jsonl."""
 
@@ -131,7 +135,7 @@ class RowOutcome(Record, frozen=True):
 
 def missing_outcome(key: str, reason: str) -> RowOutcome:
     """A failed outcome without any answer: the key's row is missing (job expired or failed) or is an error."""
-    return RowOutcome(key, OutcomeStatus.FAILED, None, reason, None, 0, 0, None, None)
+    return RowOutcome(key, _FAILED, None, reason, None, 0, 0, None, None)
 
 
 def parse_output_row(row: Mapping, response_schema: Mapping | None) -> RowOutcome:
@@ -184,20 +188,90 @@ class _SchemaCheck:
         return f"{error.json_path}: {error.message[:SCHEMA_MESSAGE_LIMIT]}"
 
 
+_last_validator: tuple[bytes, _SchemaCheck] | None = None
+
+
 def _validator(response_schema: Mapping | None) -> _SchemaCheck | None:
-    """Raises jsonschema.SchemaError before any row is read when the schema itself is invalid."""
+    """Raises jsonschema.SchemaError before any row is read when the schema itself is invalid. The last schema's
+    check is kept: a worker process reads every job of a round with the same one, and building it (the schema
+    checked first) cost more than reading a small job."""
+    global _last_validator
     if response_schema is None:
         return None
+    schema_json = orjson.dumps(response_schema, default=dict)
+    if _last_validator is not None and _last_validator[0] == schema_json:
+        return _last_validator[1]
     check_schema(response_schema)
     try:
         fast = jsonschema_rs.Draft202012Validator(dict(response_schema))
     except Exception as exc:
         log.warning("Answers are checked by python-jsonschema alone (jsonschema-rs refused the schema: %s)", exc)
         fast = None
-    return _SchemaCheck(fast, Draft202012Validator(dict(response_schema)))
+    check = _SchemaCheck(fast, Draft202012Validator(dict(response_schema)))
+    _last_validator = schema_json, check
+    return check
+
+
+_Count = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]  # what orjson reads as an int, not a float
+
+
+class _Part(msgspec.Struct):
+    text: str | None = None
+    thought: bool | None = None
+
+
+class _Content(msgspec.Struct):
+    parts: list[_Part] | None = None
+
+
+class _Candidate(msgspec.Struct, rename="camel"):
+    content: _Content | None = None
+    finish_reason: str | None = None
+
+
+class _Usage(msgspec.Struct, rename="camel"):
+    prompt_token_count: _Count | None = None
+    candidates_token_count: _Count | None = None
+    thoughts_token_count: _Count | None = None
+
+
+class _Feedback(msgspec.Struct, rename="camel"):
+    block_reason: str | None = None
+
+
+class _Response(msgspec.Struct, rename="camel"):
+    candidates: list[_Candidate] | None = None
+    usage_metadata: _Usage | None = None
+    model_version: str | None = None
+    prompt_feedback: _Feedback | None = None
+
+
+class _Row(msgspec.Struct):
+    """The fields of an output row an outcome is made of, each of the type the service writes; the rest (the
+    request, the token details, ...) is skipped, never built. A row it does not take (a row error, a field of
+    another type, not an object) is parsed whole and read by ``_parse_row``: either way a row gets the same
+    outcome."""
+
+    key: str | None = None
+    error: None = None  # an error object: parsed whole
+    status: str | None = None
+    response: _Response | None = None
+
+
+_ROW_DECODER = msgspec.json.Decoder(_Row)
+
+
+def _decode_row(line: bytes) -> _Row:
+    """The row of an output line as a ``_Row``; ValueError when it is not one (msgspec.DecodeError), or when
+    it is not UTF-8 throughout: msgspec skips the strings of the fields it does not read unchecked, where orjson
+    refuses the line. (It skips a number too large for a double there too, which orjson refuses.)"""
+    if not line.isascii():
+        line.decode()
+    return _ROW_DECODER.decode(line)
 
 
 def _parse_row(row: Mapping, validator: _SchemaCheck | None) -> RowOutcome:
+    """A row in any form JSON allows (the form ``_Row`` does not take)."""
     key: str = row["key"]  # read_output passes only rows whose key it was sent
     problem = row.get("error") or row.get("status")  # Developer API: error object; Vertex AI: "STATUS: message"
     if problem:
@@ -208,39 +282,77 @@ def _parse_row(row: Mapping, validator: _SchemaCheck | None) -> RowOutcome:
     response = row.get("response")
     if not isinstance(response, dict):
         return missing_outcome(key, "row has neither a response nor an error")
-
     usage = _mapping(response.get("usageMetadata"))
-    input_tokens = _count(usage.get("promptTokenCount"))
-    output_tokens = _count(usage.get("candidatesTokenCount")) + _count(usage.get("thoughtsTokenCount"))
-    model_version = response.get("modelVersion")
-
-    def failed(reason: str, finish_reason: str | None = None, text: str | None = None) -> RowOutcome:
-        raw = text[:RAW_TEXT_LIMIT] if text else None
-        return RowOutcome(
-            key, OutcomeStatus.FAILED, None, reason, finish_reason, input_tokens, output_tokens, model_version, raw
-        )
-
     candidates = response.get("candidates")
-    if not isinstance(candidates, list) or not candidates:
-        block = _mapping(response.get("promptFeedback")).get("blockReason")
-        return failed(f"prompt blocked: {block}" if block else "response has no candidates")
-    candidate = _mapping(candidates[0])
-    finish = candidate.get("finishReason")
-    text = _answer_text(candidate)
-    if finish not in (None, "STOP"):
+    candidate = _mapping(candidates[0]) if isinstance(candidates, list) and candidates else None
+    return _answer_outcome(
+        key,
+        _count(usage.get("promptTokenCount")),
+        _count(usage.get("candidatesTokenCount")) + _count(usage.get("thoughtsTokenCount")),
+        response.get("modelVersion"),
+        _mapping(response.get("promptFeedback")).get("blockReason"),
+        None if candidate is None else candidate.get("finishReason"),
+        None if candidate is None else _answer_text(candidate),
+        validator,
+    )
+
+
+def _parse_typed_row(row: _Row, key: str, validator: _SchemaCheck | None) -> RowOutcome:
+    """``_parse_row`` of a row decoded as a ``_Row``."""
+    if row.status:
+        return missing_outcome(key, f"row error {row.status}")
+    response = row.response
+    if response is None:
+        return missing_outcome(key, "row has neither a response nor an error")
+    usage = response.usage_metadata
+    input_tokens = output_tokens = 0
+    if usage is not None:
+        input_tokens = usage.prompt_token_count or 0
+        output_tokens = (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)
+    finish = text = None
+    if response.candidates:
+        candidate = response.candidates[0]
+        finish = candidate.finish_reason
+        parts = candidate.content.parts if candidate.content is not None else None
+        if not parts:
+            text = ""
+        elif len(parts) == 1:  # most answers
+            text = "" if parts[0].thought else parts[0].text or ""
+        else:
+            text = "".join(part.text for part in parts if part.text is not None and not part.thought)
+    block = response.prompt_feedback.block_reason if response.prompt_feedback is not None else None
+    return _answer_outcome(key, input_tokens, output_tokens, response.model_version, block, finish, text, validator)
+
+
+def _answer_outcome(
+    key: str,
+    input_tokens: int,
+    output_tokens: int,
+    model_version: str | None,
+    block: Any,
+    finish: Any,
+    text: str | None,
+    validator: _SchemaCheck | None,
+) -> RowOutcome:
+    """The outcome of a row with a response: ``text`` its first candidate's answer, None when it has none."""
+    if text is None:
+        reason = f"prompt blocked: {block}" if block else "response has no candidates"
+    elif finish not in (None, "STOP"):
         meaning = _FINISH_MEANINGS.get(finish, "no usable answer")
         if finish == "MAX_TOKENS" and not text:
             meaning = "output token limit reached before any answer (spent on thinking?)"
-        return failed(f"finish reason {finish}: {meaning}", finish, text)
-    try:
-        data = extract_json(text)
-    except ExtractionError as exc:
-        return failed(f"answer is not JSON: {exc}", finish, text)
-    if validator is not None and (error := validator.error(data)) is not None:
-        return failed(f"answer does not match the response schema: {error}", finish, text)
-    return RowOutcome(
-        key, OutcomeStatus.SUCCEEDED, data, None, finish, input_tokens, output_tokens, model_version, None
-    )
+        reason = f"finish reason {finish}: {meaning}"
+    else:
+        try:
+            data = extract_json(text)
+        except ExtractionError as exc:
+            reason = f"answer is not JSON: {exc}"
+        else:
+            if validator is None or (error := validator.error(data)) is None:
+                return RowOutcome(key, _SUCCEEDED, data, None, finish, input_tokens, output_tokens, model_version, None)
+            reason = f"answer does not match the response schema: {error}"
+    raw = text[:RAW_TEXT_LIMIT] if text else None
+    return RowOutcome(key, _FAILED, None, reason, finish, input_tokens, output_tokens, model_version, raw)
 
 
 def _mapping(value: Any) -> Mapping:
@@ -319,16 +431,51 @@ def read_output_file(
     expected_keys: list[str],
     response_schema: Mapping | None,
     outcomes_file: str,
+    events_file: str,
     *,
+    run: str,
+    at: str,
     unavailable: str | None = None,
 ) -> OutputReading:
     """``read_output`` of a job's output spooled to a local file, its outcomes written to the local JSON lines file
-    ``outcomes_file``: what a collecting worker process runs (files both ways: pickling the outcomes back cost more
-    than parsing them). ``unavailable``: why the spool ends before the output did."""
-    with open(output_file, "rb", buffering=2**20) as lines, jsonl.writer(outcomes_file) as write:
-        reading = read_output(lines, expected_keys, response_schema, write)
+    ``outcomes_file`` and their ledger events (``OutcomeWriter``) to ``events_file``: what a collecting worker
+    process runs (files both ways: pickling the outcomes back cost more than parsing them). ``unavailable``: why
+    the spool ends before the output did."""
+    with (
+        open(output_file, "rb", buffering=2**20) as lines,
+        jsonl.writer(outcomes_file) as outcomes,
+        jsonl.writer(events_file) as events,
+    ):
+        reading = read_output(lines, expected_keys, response_schema, OutcomeWriter(outcomes, events, run, at))
     reading.unavailable = unavailable
     return reading
+
+
+class OutcomeWriter:
+    """Writes each outcome to a round's outcomes and the ledger's event of it (answered or failed, for run ``run``
+    at ``at``) to its events, the outcome encoded once for both; ``count``: the events written or appended.
+
+    An outcome read from another run's job (``reused``) is recorded as an answer of the ledger's own: the run that
+    paid may have died before recording it.
+    """
+
+    def __init__(self, outcomes: jsonl.Writer, events: jsonl.Writer, run: str, at: str):
+        self.outcomes, self.events, self.lines = outcomes, events, OutcomeEvents(run, at)
+        self.count = 0
+
+    def __call__(self, outcome: RowOutcome) -> None:
+        line = records.encode(outcome)
+        self.outcomes.encoded(line)
+        if outcome.reused:
+            line = records.encode(msgspec.structs.replace(outcome, reused=False))
+        self.events.encoded(self.lines.line(outcome.key, outcome.status == _SUCCEEDED, line))
+        self.count += 1
+
+    def append_files(self, outcomes_file: str, events_file: str, count: int) -> None:
+        """Copy in the ``count`` outcomes and events another one wrote to local files (``read_output_file``)."""
+        self.outcomes.append_file(outcomes_file)
+        self.events.append_file(events_file)
+        self.count += count
 
 
 def _read_rows(
@@ -343,15 +490,20 @@ def _read_rows(
     for number, line in enumerate(lines, start=1):
         if line.isspace() or not line:  # isspace stops at the first other byte; strip would copy the line
             continue
+        row: _Row | dict | None
         try:
-            row = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            row = None
-        if not isinstance(row, dict):
-            reading.unparseable_lines += 1
-            _warn(reading.unparseable_lines, "Output line %d is not a JSON object: %.100r", number, line)
-            continue
-        key = row.get("key")
+            row = _decode_row(line)
+            key = row.key
+        except ValueError:
+            try:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                row = None
+            if not isinstance(row, dict):
+                reading.unparseable_lines += 1
+                _warn(reading.unparseable_lines, "Output line %d is not a JSON object: %.100r", number, line)
+                continue
+            key = row.get("key")
         done = answered.get(key) if isinstance(key, str) else None
         if done is None or not isinstance(key, str):
             reading.unknown_keys += 1
@@ -363,9 +515,9 @@ def _read_rows(
             _warn(reading.duplicate_keys, "Output line %d: key %s was already read, ignored", number, key)
             continue
         answered[key] = True
-        outcome = _parse_row(row, validator)
+        outcome = _parse_row(row, validator) if isinstance(row, dict) else _parse_typed_row(row, key, validator)
         reading.outcomes += 1
-        if outcome.status == OutcomeStatus.SUCCEEDED:
+        if outcome.status == _SUCCEEDED:
             reading.succeeded += 1
         else:
             reading.failed += 1

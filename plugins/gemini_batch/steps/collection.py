@@ -19,7 +19,7 @@ import msgspec
 from airflow.sdk import ObjectStoragePath
 
 from gemini_batch.coordination.claims import FROM_LEDGER
-from gemini_batch.coordination.ledger import EventKind, LedgerEvent, now_iso
+from gemini_batch.coordination.ledger import now_iso
 from gemini_batch.core import jsonl, records, results
 from gemini_batch.core.batch_requests import ShardManifest, ShardPieces
 from gemini_batch.core.locations import as_path
@@ -42,30 +42,46 @@ def collect_results(run: Run, round_: int, jobs: Iterable[Mapping]) -> dict:
     manifests = _manifests(run.folder.shards(round_))
     if not manifests:
         return records.to_builtins(tally.counts())  # nothing was requested in this round: no outcomes file
-    outcomes = run.folder.outcomes(round_)
-    with (
-        jsonl.writer(outcomes) as write,
-        OutputReader(run.service, run.settings.spec.response_schema, write) as reader,
-    ):
-        tally.write = write
-        for manifest_file in manifests:
-            manifest = ShardManifest.load(manifest_file)
-            if manifest.piece_of is not None:
-                continue  # collected with the shard it was split from
-            expected = manifest.keys(manifest_file.conn_id)
-            job = jobs_by_manifest.get(manifest.manifest_uri)
-            if manifest.adopts is not None:
-                _collect_adopted(run, manifest, job, expected, tally)
-            elif job is None:
-                tally.missing(expected, "no answer: the shard's job was not submitted")
-            elif job.get("pieces_uri"):
-                _collect_pieces(job, manifest_file.conn_id, reader, tally)
-            else:
-                tally.job_names.append(job["job_name"])
-                tally.requests += len(expected)
-                reader.read(job["job_name"], expected, functools.partial(job_read, job, tally))
-    _record_answers(run, outcomes)
+    slug = run.folder.slug
+    with tempfile.TemporaryDirectory(prefix="gemini-batch-collect-") as spool:
+        events = os.path.join(spool, "events.jsonl")
+        with (
+            jsonl.writer(run.folder.outcomes(round_)) as outcomes_out,
+            jsonl.writer(events) as events_out,
+        ):
+            write = results.OutcomeWriter(outcomes_out, events_out, slug, now_iso())
+            tally.write = write
+            with OutputReader(run.service, run.settings.spec.response_schema, write, spool) as reader:
+                _collect_round(run, manifests, jobs_by_manifest, reader, tally)
+        # What was paid for survives a failed publish, and a later run reuses it. Adopted answers too: the run
+        # that paid may have died before recording them.
+        run.ledger.append_encoded(events, write.count, writer=slug)
     return records.to_builtins(tally.counts())
+
+
+def _collect_round(
+    run: Run,
+    manifests: list[ObjectStoragePath],
+    jobs_by_manifest: Mapping[str, Mapping],
+    reader: OutputReader,
+    tally: Tally,
+) -> None:
+    for manifest_file in manifests:
+        manifest = ShardManifest.load(manifest_file)
+        if manifest.piece_of is not None:
+            continue  # collected with the shard it was split from
+        expected = manifest.keys(manifest_file.conn_id)
+        job = jobs_by_manifest.get(manifest.manifest_uri)
+        if manifest.adopts is not None:
+            _collect_adopted(run, manifest, job, expected, tally)
+        elif job is None:
+            tally.missing(expected, "no answer: the shard's job was not submitted")
+        elif job.get("pieces_uri"):
+            _collect_pieces(job, manifest_file.conn_id, reader, tally)
+        else:
+            tally.job_names.append(job["job_name"])
+            tally.requests += len(expected)
+            reader.read(job["job_name"], expected, functools.partial(job_read, job, tally))
 
 
 def _collect_pieces(outcome: Mapping, conn_id: str | None, reader: OutputReader, tally: Tally) -> None:
@@ -83,36 +99,6 @@ def _collect_pieces(outcome: Mapping, conn_id: str | None, reader: OutputReader,
             tally.job_names.append(piece.job_name)
             tally.requests += len(expected)
             reader.read(piece.job_name, expected, functools.partial(job_read, job, tally))
-
-
-class _OutcomeHead(Record, frozen=True):
-    """What the ledger reads of an outcome line; the line itself is copied into the event as it is."""
-
-    kind: ClassVar[str] = "outcome record"
-
-    key: str
-    status: results.OutcomeStatus
-    reused: bool = False
-
-
-def _record_answers(run: Run, outcomes: ObjectStoragePath) -> None:
-    """Put a round's outcomes in the ledger as soon as they are read: what was paid for survives a failed
-    publish, and a later run reuses it. Adopted answers too: the run that paid may have died before
-    recording them. Each outcome line goes into its event as written (checked, not decoded and encoded again)."""
-    at, slug = now_iso(), run.folder.slug
-    succeeded = results.OutcomeStatus.SUCCEEDED
-
-    def events() -> Iterable[LedgerEvent]:
-        for line in jsonl.lines(outcomes):
-            head = records.decode(line, _OutcomeHead)
-            outcome: object = msgspec.Raw(line.rstrip(b"\n"))
-            if head.reused:  # recorded as an answer of its own, not as one read from another run's job
-                outcome = msgspec.structs.replace(records.decode(line, results.RowOutcome), reused=False)
-            yield LedgerEvent(
-                head.key, EventKind.ANSWERED if head.status == succeeded else EventKind.FAILED, slug, at, outcome
-            )
-
-    run.ledger.append(events(), writer=slug)
 
 
 def _collect_adopted(
@@ -173,24 +159,25 @@ def job_read(job: Mapping, tally: Tally, reading: results.OutputReading) -> None
 class OutputReader:
     """Reads a round's job outputs into its outcomes, using every core once the outputs are large.
 
-    Each output is downloaded (through the hook, here) to a local spool file
-    and parsed by ``results.read_output_file`` into an outcomes file of its
-    own, which is then appended to the round's outcomes, in the order the jobs
-    were read. Parsing runs here until the round's outputs pass
-    ``PARSE_PROCESSES_AFTER_BYTES``, then in spawned processes, one per core,
-    while this one downloads the next (files both ways: pickling outcomes
-    back cost more than parsing them). At most two outputs per process wait
-    on disk.
+    Each output is downloaded (through the hook, here) to a file in the local
+    folder ``spool`` and parsed by ``results.read_output_file`` into an
+    outcomes file and an events file of its own, which are then appended to
+    the round's (``write``), in the order the jobs were read. Parsing runs
+    here until the round's outputs pass ``PARSE_PROCESSES_AFTER_BYTES``, then
+    in spawned processes, one per core, while this one downloads the next
+    (files both ways: pickling outcomes back cost more than parsing them). At
+    most two outputs per process wait on disk.
     """
 
-    def __init__(self, hook: GeminiBatchHook, response_schema: Mapping | None, write: jsonl.Writer):
-        self.hook, self.response_schema, self.write = hook, response_schema, write
+    def __init__(
+        self, hook: GeminiBatchHook, response_schema: Mapping | None, write: results.OutcomeWriter, spool: str
+    ):
+        self.hook, self.response_schema, self.write, self.spool = hook, response_schema, write, spool
         self.workers = cores()
-        self.pending: collections.deque = collections.deque()  # (reading or its future, output, outcomes, done)
+        self.pending: collections.deque = collections.deque()  # (reading or its future, files, done)
         self.read_bytes = 0
         self.processes: concurrent.futures.ProcessPoolExecutor | None = None
         self.pools = contextlib.ExitStack()
-        self.spool = tempfile.TemporaryDirectory(prefix="gemini-batch-outputs-")
         self.spooled = 0
 
     def __enter__(self) -> OutputReader:
@@ -203,13 +190,12 @@ class OutputReader:
                     self._finish_oldest()
         finally:
             self.pools.close()
-            self.spool.cleanup()
 
     def read(self, job_name: str, expected: list[str], done: Callable[[results.OutputReading], None]) -> None:
         """Read job ``job_name``'s output for the keys ``expected``; ``done`` gets the reading, in job order."""
         self.spooled += 1
-        output, outcomes = (
-            os.path.join(self.spool.name, f"{self.spooled:05d}.{kind}.jsonl") for kind in ("output", "outcomes")
+        output, outcomes, events = (
+            os.path.join(self.spool, f"{self.spooled:05d}.{kind}.jsonl") for kind in ("output", "outcomes", "events")
         )
         unavailable = None
         with open(output, "wb", buffering=2**20) as out:
@@ -226,18 +212,27 @@ class OutputReader:
                 "Parsing outputs in %d worker processes from here (%.1f MB read)", self.workers, self.read_bytes / 2**20
             )
         parse = functools.partial(
-            results.read_output_file, output, expected, self.response_schema, outcomes, unavailable=unavailable
+            results.read_output_file,
+            output,
+            expected,
+            self.response_schema,
+            outcomes,
+            events,
+            run=self.write.lines.run,
+            at=self.write.lines.at,
+            unavailable=unavailable,
         )
-        self.pending.append((self.processes.submit(parse) if self.processes else parse(), output, outcomes, done))
+        reading = self.processes.submit(parse) if self.processes else parse()
+        self.pending.append((reading, (output, outcomes, events), done))
         while len(self.pending) > 2 * self.workers or (self.pending and self.processes is None):
             self._finish_oldest()
 
     def _finish_oldest(self) -> None:
-        reading, output, outcomes, done = self.pending.popleft()
+        reading, (output, outcomes, events), done = self.pending.popleft()
         if isinstance(reading, concurrent.futures.Future):
             reading = reading.result()
-        self.write.append_file(outcomes)
-        for path in (output, outcomes):
+        self.write.append_files(outcomes, events, reading.outcomes)
+        for path in (output, outcomes, events):
             os.unlink(path)
         done(reading)
 
