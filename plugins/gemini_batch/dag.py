@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from airflow.sdk import DAG, Asset, Param, TaskGroup, TriggerRule, get_current_context, task, task_group
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, DownstreamTasksSkipped
 
 from gemini_batch.core import documents, records, settings
 from gemini_batch.core.locations import uri_of
@@ -40,9 +41,11 @@ from gemini_batch.steps import (
 )
 from gemini_batch.steps.clean_up import clean_up as clean_up_run  # the task below is clean_up
 
+log = logging.getLogger(__name__)
 POOL = "gemini_batch_jobs"  # counts deferred tasks: caps worker and triggerer load (bin/setup: 10 slots)
 DEFAULT_SCHEDULE = "0 2 * * *"
 DEFAULT_START = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+RETRY_ROUND_PREFIX = "retry_round_"
 LANDING_ENV = "GEMINI_BATCH_LANDING"  # nightly runs of the repository's DAG read <landing>/<date>/
 
 
@@ -121,10 +124,17 @@ def collect_results(round_: int, jobs) -> dict:
 
 @task
 def prepare_retry(round_: int) -> list[str]:
-    """Nothing left to retry skips this round and every later one (their tasks never start)."""
+    """Nothing left to retry skips the rest of this round and every later one at once: their tasks never start,
+    and publishing need not wait for the skip to pass down the rounds one task at a time."""
     manifests = retry.prepare_retry(_open_run(), round_)
     if not manifests:
-        raise AirflowSkipException(f"nothing to retry in round {round_}")
+        later = sorted(
+            task_id
+            for task_id in get_current_context()["task"].get_flat_relative_ids(upstream=False)
+            if task_id.startswith(RETRY_ROUND_PREFIX)
+        )
+        log.info("Nothing to retry in round %d: skipping %s", round_, ", ".join(later))
+        raise DownstreamTasksSkipped(tasks=later)
     return manifests
 
 
@@ -239,7 +249,9 @@ def build_dag(
         staged >> manifests
         collected = [collect_results(0, batch_job.partial(pool=pool).expand(manifest_uri=manifests))]
         for round_ in range(1, MAX_RETRY_ROUNDS + 1):
-            with TaskGroup(f"retry_round_{round_}", tooltip="Resubmit the requests that failed or got no answer"):
+            with TaskGroup(
+                f"{RETRY_ROUND_PREFIX}{round_}", tooltip="Resubmit the requests that failed or got no answer"
+            ):
                 retry_manifests = prepare_retry(round_)
                 collected[-1] >> retry_manifests
                 collected.append(
