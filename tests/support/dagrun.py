@@ -3,6 +3,7 @@ and what the emulator received: the helpers the DAG-level test files share."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import json
@@ -14,8 +15,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from support.warm_airflow import WarmAirflow, WarmRun
+
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "include" / "samples"
+NO_PIPELINES = Path(tempfile.mkdtemp(prefix="gemini-batch-no-pipelines-"))
+atexit.register(os.rmdir, NO_PIPELINES)
 
 
 def run_dag(airflow_home, conn: dict, conf: dict, logical_date: str, extra_env: dict | None = None):
@@ -23,9 +28,16 @@ def run_dag(airflow_home, conn: dict, conf: dict, logical_date: str, extra_env: 
 
 
 def start_dag(airflow_home, conn: dict, conf: dict, logical_date: str, extra_env: dict | None = None) -> StartedRun:
-    """Start one `dags test` run in its own process group; ``wait()`` for its DagRun, or ``kill()`` it."""
+    """Start one `dags test` run in its own process group; ``wait()`` for its DagRun, or ``kill()`` it.
+
+    The run is forked from this worker's warm Airflow (support.warm_airflow) when it configures Airflow the same
+    way, else started cold (GEMINI_BATCH_TEST_COLD_AIRFLOW=1: always cold)."""
     command, env = dags_test(airflow_home, conn, conf, logical_date, extra_env)
-    log = tempfile.TemporaryFile("w+")
+    log = tempfile.NamedTemporaryFile("w+", prefix="dags-test-", suffix=".log")
+    env = airflow_env(env)
+    server = _warm_airflow(env)
+    if server is not None:
+        return StartedRun(server.start(command[1:], env, log.name), log)
     process = subprocess.Popen(
         command,
         env=env,
@@ -35,6 +47,34 @@ def start_dag(airflow_home, conn: dict, conf: dict, logical_date: str, extra_env
         start_new_session=True,
     )
     return StartedRun(process, log)
+
+
+def airflow_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with what bin/airflow sets when the caller has not (the project's folders, examples off)."""
+    return {
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "GEMINI_BATCH_HOME": str(ROOT),
+        **env,
+        "PATH": f"{ROOT / '.venv' / 'bin'}:{env.get('PATH', '')}",
+    }
+
+
+_WARM: dict[str, WarmAirflow] = {}
+
+
+def _warm_airflow(env: dict[str, str]) -> WarmAirflow | None:
+    """This worker's warm Airflow for the configuration ``env`` names (one per AIRFLOW_HOME), started on first use."""
+    if os.environ.get("GEMINI_BATCH_TEST_COLD_AIRFLOW") == "1":
+        return None
+    home = env["AIRFLOW_HOME"]
+    server = _WARM.get(home)
+    if server is None:
+        if not _WARM:
+            atexit.register(lambda: [warm.stop() for warm in _WARM.values()])
+        server = _WARM[home] = WarmAirflow(tempfile.mkdtemp(prefix="warm-airflow-"), env)
+    return server if server.serves(env) else None
 
 
 def dags_test(
@@ -48,6 +88,8 @@ def dags_test(
         # The ledger every run of the DAG shares: here one per test folder (beside its output), so tests do not
         # reuse each other's answers while the runs of one test do.
         "GEMINI_BATCH_STATE": str(ledger_root(conf)),
+        # Only the DAG under test is parsed: the repository's pipeline files are other DAGs (tested on their own).
+        "GEMINI_BATCH_PIPELINES": str(NO_PIPELINES),
         **(extra_env or {}),
     }
     conf = {"poll_seconds": 0.5, **conf}
@@ -57,13 +99,13 @@ def dags_test(
 
 @dataclasses.dataclass
 class StartedRun:
-    process: subprocess.Popen
+    process: subprocess.Popen | WarmRun
     output: Any
 
     def wait(self, timeout: float = 900) -> DagRun:
         try:
             self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except (subprocess.TimeoutExpired, TimeoutError):
             self.kill()
             raise
         self.output.seek(0)
