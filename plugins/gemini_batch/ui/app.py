@@ -13,6 +13,7 @@ JSON: ``/api/pipelines``, ``/api/jobs``, ``/api/results`` (one page, streaming f
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import logging
 from typing import Annotated, Any
@@ -113,15 +114,16 @@ def _run_or_404(session: Session, dag_id: str, run_id: str) -> tuple[data.RunRow
     return found
 
 
-def _results_page(
-    row: data.RunRow, conf: dict, *, cursor: int, limit: int, status: str | None, search: str | None
-) -> tuple[data.ResultsPage | None, str | None]:
+def _results_page(row: data.RunRow, conf: dict, query: ResultsQuery) -> tuple[data.ResultsPage | None, str | None]:
     if not row.output:
         return None, "This run's output is not known yet (it is known once publish_results has run)."
     path = as_path(row.output, _gcp_conn_id(conf)) / "results.jsonl"
     try:
         with open_file(path) as fh:
-            return data.results_page(fh, cursor=cursor, limit=limit, status=status or None, search=search), None
+            page = data.results_page(
+                fh, cursor=query.cursor, limit=query.limit, status=query.status, search=query.search
+            )
+            return page, None
     except FileNotFoundError:
         return None, f"{row.output}/results.jsonl is not there (not published yet, or moved)."
 
@@ -151,10 +153,32 @@ def _document(row: data.RunRow, conf: dict, name: str) -> tuple[Any, dict]:
     return record, data.raw_answers(rounds, failed)
 
 
-def _status(value: str | None) -> str | None:
-    if value and value not in data.STATUSES:
+@dataclasses.dataclass(frozen=True)
+class ResultsQuery:
+    """A page of one run's results: what the run page and ``/api/results`` are asked for."""
+
+    dag_id: str
+    run_id: str
+    status: str | None
+    search: str | None
+    cursor: int
+    limit: int
+
+
+def results_query(
+    dag_id: str,
+    run_id: str,
+    status: str | None = None,
+    search: str | None = None,
+    cursor: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=data.MAX_PAGE)] = 50,
+) -> ResultsQuery:
+    if status and status not in data.STATUSES:
         raise HTTPException(422, f"status must be one of {', '.join(data.STATUSES)}")
-    return value or None
+    return ResultsQuery(dag_id, run_id, status or None, search, cursor, limit)
+
+
+ResultsQueryDep = Annotated[ResultsQuery, Depends(results_query)]
 
 
 # ------------------------------------------------------------------------------------------------------------- app
@@ -179,27 +203,23 @@ def create_app() -> FastAPI:
         return HTMLResponse(pages.layout("Gemini Batch", pages.overview(panels, jobs, links)))
 
     @app.get("/run", response_class=HTMLResponse)
-    def run_page(
-        request: Request,
-        user: UserDep,
-        session: SessionDep,
-        dag_id: str,
-        run_id: str,
-        status: str | None = None,
-        search: str | None = None,
-        cursor: Annotated[int, Query(ge=0)] = 0,
-        limit: Annotated[int, Query(ge=1, le=data.MAX_PAGE)] = 50,
-    ) -> HTMLResponse:
-        require_run_access(user, session, dag_id)
-        row, conf = _run_or_404(session, dag_id, run_id)
-        status = _status(status)
-        page, problem = _results_page(row, conf, cursor=cursor, limit=limit, status=status, search=search)
+    def run_page(request: Request, user: UserDep, session: SessionDep, query: ResultsQueryDep) -> HTMLResponse:
+        require_run_access(user, session, query.dag_id)
+        row, conf = _run_or_404(session, query.dag_id, query.run_id)
+        page, problem = _results_page(row, conf, query)
         links = _links(request)
         body = pages.run_page(
-            row, page, _columns(conf, page), links, status=status, search=search, cursor=cursor, problem=problem
+            row,
+            page,
+            _columns(conf, page),
+            links,
+            status=query.status,
+            search=query.search,
+            cursor=query.cursor,
+            problem=problem,
         )
-        crumbs = [("Gemini Batch", links.home()), (dag_id, None)]
-        return HTMLResponse(pages.layout(f"Run {run_id}", body, crumbs))
+        crumbs = [("Gemini Batch", links.home()), (query.dag_id, None)]
+        return HTMLResponse(pages.layout(f"Run {query.run_id}", body, crumbs))
 
     @app.get("/document", response_class=HTMLResponse)
     def document_page(
@@ -239,19 +259,10 @@ def create_app() -> FastAPI:
         return {"jobs": _with_progress(metadata.jobs_in_flight(session, readable_pipelines(user, session)))}
 
     @app.get("/api/results")
-    def results(
-        user: UserDep,
-        session: SessionDep,
-        dag_id: str,
-        run_id: str,
-        status: str | None = None,
-        search: str | None = None,
-        cursor: Annotated[int, Query(ge=0)] = 0,
-        limit: Annotated[int, Query(ge=1, le=data.MAX_PAGE)] = 50,
-    ) -> dict:
-        require_run_access(user, session, dag_id)
-        row, conf = _run_or_404(session, dag_id, run_id)
-        page, problem = _results_page(row, conf, cursor=cursor, limit=limit, status=_status(status), search=search)
+    def results(user: UserDep, session: SessionDep, query: ResultsQueryDep) -> dict:
+        require_run_access(user, session, query.dag_id)
+        row, conf = _run_or_404(session, query.dag_id, query.run_id)
+        page, problem = _results_page(row, conf, query)
         if page is None:
             raise HTTPException(404, problem)
         return {
