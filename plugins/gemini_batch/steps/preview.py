@@ -25,7 +25,7 @@ from gemini_batch.coordination.ledger import EventKind, LedgerEvent, now_iso
 from gemini_batch.core import documents, jsonl, preview, records, results
 from gemini_batch.core.batch_requests import build_row, inline_budget
 from gemini_batch.core.cost import CostEstimate, estimate_input_tokens, estimate_request
-from gemini_batch.core.locations import open_file, uri_of
+from gemini_batch.core.locations import open_file, replace_whole, uri_of, writing_whole
 from gemini_batch.core.planned import PlannedDocument, PlannedPart, Route
 from gemini_batch.hooks.errors import OnlineRequestFailed
 from gemini_batch.steps import plan
@@ -103,7 +103,7 @@ def preview_documents(run: Run, planned: Mapping, n: int | None = None) -> dict 
     (output / "preview.json").write_bytes(
         orjson.dumps({k: v for k, v in body.items() if k != "shown"}, option=orjson.OPT_INDENT_2)
     )
-    done.write_bytes(orjson.dumps(body))
+    replace_whole(done, orjson.dumps(body))  # a retry trusts it: never half written
     projection = report.projection
     log.info(
         "Preview of %d document(s) cost %s online; projected for the run: %s (%d requests left for the batch: %s; "
@@ -216,7 +216,8 @@ def _round(usd: float | None) -> float | None:
 
 
 def _copy(source: ObjectStoragePath, target: ObjectStoragePath) -> None:
-    with open_file(source) as src, open_file(target, "wb") as out:
+    """Whole or not at all: a retry samples from the copy once it exists."""
+    with open_file(source) as src, writing_whole(target) as out:
         shutil.copyfileobj(src, out, 2**20)
 
 
